@@ -1,0 +1,475 @@
+//! [`Base`]: the installed set, the routing table and the install/uninstall
+//! logic the ops API calls.
+//!
+//! An install runs in three steps so that it never blocks serving and a bad
+//! artifact never disturbs what runs:
+//!
+//! 1. *check*: validate the request, fail fast on a route or version clash;
+//! 2. *prepare* (no lock held): fetch the bytes, verify the digest, compile
+//!    or map from cache, link — on a blocking thread;
+//! 3. *commit* (under the registry lock, no awaits): re-check clashes, write
+//!    the records to redb, then swap in a new routing table.
+//!
+//! Requests in flight keep the `LoadedModule` they started with, so an
+//! uninstalled or replaced version is freed when its last request finishes.
+
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use berth_api::{
+    ArtifactSource, CacheOutcome, Health, InstallRequest, InstallResponse, ModuleInfo, ModuleList,
+    Route, UninstallResponse,
+};
+use berth_runtime::{Digest, Runtime};
+use bytes::Bytes;
+
+use crate::config::BaseConfig;
+use crate::error::{BaseError, OpsError};
+use crate::registry::{Installed, Registry};
+use crate::router::{self, RouteTable};
+use crate::source::Source;
+use crate::state::{InstallRecord, StateStore};
+
+/// A base: runtime, installed set and routes. Cheap to clone.
+#[derive(Clone)]
+pub struct Base {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: BaseConfig,
+    runtime: Runtime,
+    store: StateStore,
+    registry: Mutex<Registry>,
+    routes: RwLock<Arc<RouteTable>>,
+    http: reqwest::Client,
+    started: Instant,
+    ingress_addr: OnceLock<std::net::SocketAddr>,
+}
+
+impl Base {
+    /// Opens the data directory, starts the runtime and reinstalls every
+    /// recorded module from the compile cache. Listeners are not bound here;
+    /// see [`Base::start`].
+    pub async fn open(config: BaseConfig) -> Result<Self, BaseError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| BaseError::DataDir {
+            path: config.data_dir.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let store = StateStore::open(&config.data_dir)?;
+        let runtime = Runtime::new(config.runtime.clone())?;
+        let http = reqwest::Client::builder()
+            .timeout(config.fetch_timeout)
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .user_agent(concat!("berth-base/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| BaseError::DataDir {
+                path: config.data_dir.display().to_string(),
+                reason: format!("cannot build the HTTP client: {e}"),
+            })?;
+        let base = Self {
+            inner: Arc::new(Inner {
+                config,
+                runtime,
+                store,
+                registry: Mutex::default(),
+                routes: RwLock::default(),
+                http,
+                started: Instant::now(),
+                ingress_addr: OnceLock::new(),
+            }),
+        };
+        base.restore().await;
+        Ok(base)
+    }
+
+    /// The runtime.
+    pub fn runtime(&self) -> &Runtime {
+        &self.inner.runtime
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &BaseConfig {
+        &self.inner.config
+    }
+
+    /// The current routing snapshot (what the ingress uses per request).
+    pub fn routes(&self) -> Arc<RouteTable> {
+        self.inner.routes.read().expect("routes lock").clone()
+    }
+
+    pub(crate) fn set_ingress_addr(&self, addr: std::net::SocketAddr) {
+        let _ = self.inner.ingress_addr.set(addr);
+    }
+
+    /// Reloads every recorded version; one that fails stays listed as `failed`.
+    async fn restore(&self) {
+        let records = match self.inner.store.load_all() {
+            Ok(records) => records,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the installed set; starting empty");
+                return;
+            }
+        };
+        let started = Instant::now();
+        let count = records.len();
+        let runtime = self.inner.runtime.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            records
+                .into_iter()
+                .map(|record| {
+                    let result = record
+                        .digest
+                        .parse::<Digest>()
+                        .map_err(|e| e.to_string())
+                        .and_then(|d| runtime.load(d, None).map_err(|e| e.to_string()));
+                    (record, result)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .expect("restore task");
+        let mut registry = self.inner.registry.lock().expect("registry lock");
+        for (record, result) in loaded {
+            let installed = match result {
+                Ok((module, _)) => Installed {
+                    record,
+                    module: Some(module),
+                    error: None,
+                },
+                Err(error) => {
+                    tracing::error!(module = %record.key(), %error, "cannot reinstall module");
+                    Installed {
+                        record,
+                        module: None,
+                        error: Some(error),
+                    }
+                }
+            };
+            registry.insert(installed);
+        }
+        self.publish(&registry);
+        tracing::info!(
+            modules = count,
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            "reinstalled recorded modules"
+        );
+    }
+
+    /// Swaps in the routing table for `registry`.
+    fn publish(&self, registry: &Registry) {
+        *self.inner.routes.write().expect("routes lock") = Arc::new(registry.route_table());
+    }
+
+    /// Installs one version of a module; `upload` is the artifact when it came
+    /// as the request body. The new version becomes the module's active one.
+    pub async fn install(
+        &self,
+        request: InstallRequest,
+        upload: Option<Bytes>,
+    ) -> Result<InstallResponse, OpsError> {
+        let started = Instant::now();
+        validate_name(&request.name)?;
+        validate_version(&request.version)?;
+        let expected = request
+            .digest
+            .as_deref()
+            .map(|d| {
+                d.parse::<Digest>()
+                    .map_err(|e| OpsError::InvalidRequest(format!("digest: {e}")))
+            })
+            .transpose()?;
+        let source = match (request.artifact, upload) {
+            (Some(_), Some(_)) => {
+                return Err(OpsError::InvalidRequest(
+                    "give the artifact either as `artifact` or as the uploaded body, not both"
+                        .into(),
+                ));
+            }
+            (None, None) => {
+                return Err(OpsError::InvalidRequest(
+                    "no artifact: set `artifact` to {\"path\": …} or {\"url\": …}, or upload the .wasm \
+                     as the body with Content-Type: application/wasm"
+                        .into(),
+                ));
+            }
+            (Some(ArtifactSource::Path(p)), None) => Source::Path(p),
+            (Some(ArtifactSource::Url(u)), None) => Source::Url(u),
+            (None, Some(bytes)) => Source::Upload(bytes),
+        };
+        let name = request.name;
+        let version = request.version;
+        let route = {
+            let registry = self.inner.registry.lock().expect("registry lock");
+            let route = match request.route {
+                Some(route) => router::normalize(route).map_err(OpsError::InvalidRequest)?,
+                None => registry
+                    .active(&name)
+                    .map(|a| a.record.route.clone())
+                    .unwrap_or_else(|| Route {
+                        host: None,
+                        path_prefix: Some(format!("/{name}")),
+                    }),
+            };
+            check_route(&registry, &name, &route)?;
+            route
+        };
+
+        // Prepare: nothing below holds a lock or touches what serves.
+        let source_desc = source.describe();
+        let bytes = source
+            .fetch(&self.inner.http, self.inner.config.max_artifact_bytes)
+            .await?;
+        let digest = Digest::of(&bytes);
+        if let Some(expected) = expected
+            && expected != digest
+        {
+            return Err(OpsError::DigestMismatch {
+                source_desc,
+                expected: expected.to_string(),
+                actual: digest.to_string(),
+            });
+        }
+        if let Some(existing) = self.unchanged(&name, &version, digest)? {
+            return Ok(InstallResponse {
+                module: existing,
+                unchanged: true,
+            });
+        }
+        let runtime = self.inner.runtime.clone();
+        let size_bytes = bytes.len() as u64;
+        let (module, outcome) =
+            tokio::task::spawn_blocking(move || runtime.load(digest, Some(&bytes)))
+                .await
+                .expect("load task")?;
+
+        // Commit.
+        let mut registry = self.inner.registry.lock().expect("registry lock");
+        check_route(&registry, &name, &route)?;
+        if let Some(existing) = registry.get(&name, &version) {
+            return version_clash(existing, digest);
+        }
+        let record = InstallRecord {
+            name: name.clone(),
+            version: version.clone(),
+            digest: digest.to_string(),
+            route,
+            active: true,
+            installed_at_ms: unix_ms(),
+            install_duration_ms: started.elapsed().as_secs_f64() * 1e3,
+            compile_cache: match outcome {
+                berth_runtime::CacheOutcome::Hit => CacheOutcome::Hit,
+                berth_runtime::CacheOutcome::Miss => CacheOutcome::Miss,
+            },
+            size_bytes,
+        };
+        let mut deactivated: Vec<InstallRecord> = registry
+            .versions(&name)
+            .into_iter()
+            .flat_map(|versions| versions.values())
+            .filter(|v| v.record.active)
+            .map(|v| v.record.clone())
+            .collect();
+        for r in &mut deactivated {
+            r.active = false;
+        }
+        let mut put: Vec<&InstallRecord> = deactivated.iter().collect();
+        put.push(&record);
+        self.inner.store.apply(&put, &[])?;
+        let installed = Installed {
+            record,
+            module: Some(module),
+            error: None,
+        };
+        let info = installed.info();
+        registry.insert(installed);
+        self.publish(&registry);
+        tracing::info!(
+            module = %format!("{name}@{version}"),
+            %digest,
+            route = %info.route,
+            cache = ?outcome,
+            ms = info.install_duration_ms,
+            "installed module"
+        );
+        Ok(InstallResponse {
+            module: info,
+            unchanged: false,
+        })
+    }
+
+    /// `Some(info)` when `name@version` is installed with `digest` already.
+    fn unchanged(
+        &self,
+        name: &str,
+        version: &str,
+        digest: Digest,
+    ) -> Result<Option<ModuleInfo>, OpsError> {
+        let registry = self.inner.registry.lock().expect("registry lock");
+        match registry.get(name, version) {
+            None => Ok(None),
+            Some(existing) => version_clash(existing, digest).map(|r| Some(r.module)),
+        }
+    }
+
+    /// Uninstalls one version of `name`, or all of them. When the active
+    /// version goes and others stay, the most recently installed one becomes
+    /// active.
+    pub async fn uninstall(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<UninstallResponse, OpsError> {
+        let mut registry = self.inner.registry.lock().expect("registry lock");
+        let Some(versions) = registry.versions(name) else {
+            let installed = registry.names();
+            return Err(OpsError::NotFound(format!(
+                "no module named `{name}` is installed{}",
+                if installed.is_empty() {
+                    String::from(" (this base has no modules)")
+                } else {
+                    format!("; installed modules: {}", installed.join(", "))
+                }
+            )));
+        };
+        if let Some(v) = version
+            && !versions.contains_key(v)
+        {
+            return Err(OpsError::NotFound(format!(
+                "module `{name}` has no version `{v}`; installed versions: {}",
+                versions.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        let removed_keys: Vec<String> = versions
+            .values()
+            .filter(|v| version.is_none_or(|want| want == v.record.version))
+            .map(|v| v.record.key())
+            .collect();
+        // If the active version goes, promote the newest remaining one.
+        let promote: Option<InstallRecord> = match version {
+            Some(v) if versions[v].record.active => versions
+                .values()
+                .filter(|other| other.record.version != v && other.module.is_some())
+                .max_by_key(|other| other.record.installed_at_ms)
+                .map(|other| InstallRecord {
+                    active: true,
+                    ..other.record.clone()
+                }),
+            _ => None,
+        };
+        self.inner
+            .store
+            .apply(&promote.iter().collect::<Vec<_>>(), &removed_keys)?;
+        let removed = registry.remove(name, version);
+        if let Some(p) = &promote
+            && let Some(entry) = registry.get_mut(&p.name, &p.version)
+        {
+            entry.record.active = true;
+        }
+        self.publish(&registry);
+        drop(registry);
+        let removed: Vec<ModuleInfo> = removed.iter().map(Installed::info).collect();
+        for info in &removed {
+            tracing::info!(module = %format!("{}@{}", info.name, info.version), "uninstalled module");
+        }
+        Ok(UninstallResponse { removed })
+    }
+
+    /// Every installed version, or those of `name`.
+    pub fn list(&self, name: Option<&str>) -> Result<ModuleList, OpsError> {
+        let registry = self.inner.registry.lock().expect("registry lock");
+        let modules = registry.infos(name);
+        if let Some(name) = name
+            && modules.is_empty()
+        {
+            return Err(OpsError::NotFound(format!(
+                "no module named `{name}` is installed"
+            )));
+        }
+        Ok(ModuleList { modules })
+    }
+
+    /// Liveness and a summary.
+    pub fn health(&self) -> Health {
+        Health {
+            status: "ok".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_seconds: self.inner.started.elapsed().as_secs_f64(),
+            modules: self.inner.registry.lock().expect("registry lock").len(),
+            ingress: self
+                .inner
+                .ingress_addr
+                .get()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+        }
+    }
+}
+
+fn check_route(registry: &Registry, name: &str, route: &Route) -> Result<(), OpsError> {
+    match registry.route_owner(route, name) {
+        Some(owner) => Err(OpsError::RouteConflict(format!(
+            "route `{route}` is already served by module `{owner}`; choose another route.pathPrefix \
+             or route.host for `{name}`, or uninstall `{owner}` first"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Same name and version installed: fine if the bytes are the same.
+fn version_clash(existing: &Installed, digest: Digest) -> Result<InstallResponse, OpsError> {
+    if existing.record.digest == digest.to_string() {
+        Ok(InstallResponse {
+            module: existing.info(),
+            unchanged: true,
+        })
+    } else {
+        Err(OpsError::VersionConflict(format!(
+            "`{}` is already installed with digest {}, and these bytes are {digest}; versions are immutable: \
+             give the new build a new version, or uninstall `{}` first",
+            existing.record.key(),
+            existing.record.digest,
+            existing.record.key(),
+        )))
+    }
+}
+
+fn validate_name(name: &str) -> Result<(), OpsError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(OpsError::InvalidRequest(format!(
+            "name `{name}` is not a module name: use 1-63 lowercase letters, digits and `-`, \
+             starting and ending with a letter or digit (e.g. `orders`)"
+        )))
+    }
+}
+
+fn validate_version(version: &str) -> Result<(), OpsError> {
+    let ok = !version.is_empty()
+        && version.len() <= 64
+        && version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+' | '_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(OpsError::InvalidRequest(format!(
+            "version `{version}` is not a version: use 1-64 letters, digits, `.`, `-`, `+` or `_` (e.g. `1.4.0`)"
+        )))
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,48 @@
+//! Settings of a base, with defaults that run on one machine with no setup.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use berth_runtime::RuntimeConfig;
+
+/// Settings of a [`Base`](crate::Base).
+#[derive(Debug, Clone)]
+pub struct BaseConfig {
+    /// Where module traffic is served.
+    pub ingress_addr: SocketAddr,
+    /// Where the ops API listens.
+    pub ops_addr: SocketAddr,
+    /// Directory holding the installed set (`base.redb`) and the module cache (`cache/`).
+    pub data_dir: PathBuf,
+    /// Runtime settings; its `cache_dir` is set to `<data_dir>/cache` by [`BaseConfig::new`].
+    pub runtime: RuntimeConfig,
+    /// Largest artifact the base accepts (upload or download), in bytes.
+    pub max_artifact_bytes: usize,
+    /// How long downloading an artifact from a URL may take.
+    pub fetch_timeout: Duration,
+}
+
+impl BaseConfig {
+    /// Defaults: ingress on 127.0.0.1:8080, ops on 127.0.0.1:1238, state in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        let data_dir = data_dir.into();
+        Self {
+            ingress_addr: berth_api::DEFAULT_INGRESS_ADDR
+                .parse()
+                .expect("valid default"),
+            ops_addr: berth_api::DEFAULT_OPS_ADDR.parse().expect("valid default"),
+            runtime: RuntimeConfig::new(data_dir.join("cache")),
+            data_dir,
+            max_artifact_bytes: 256 << 20,
+            fetch_timeout: Duration::from_secs(60),
+        }
+    }
+
+    /// The same settings with both listeners on ephemeral localhost ports (for tests).
+    pub fn on_ephemeral_ports(mut self) -> Self {
+        self.ingress_addr = "127.0.0.1:0".parse().expect("valid");
+        self.ops_addr = "127.0.0.1:0".parse().expect("valid");
+        self
+    }
+}

@@ -1,0 +1,127 @@
+//! Errors of the base: [`OpsError`] for the ops API (each a stable code, an
+//! HTTP status and a message that says what to do), [`BaseError`] for start-up.
+
+use berth_api::{ErrorBody, ErrorDetail};
+use berth_runtime::LoadError;
+
+/// An ops API failure. The running modules are untouched by any of these.
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    /// The request itself is malformed (bad JSON, bad name, bad route, ...).
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The artifact bytes differ from the expected digest.
+    #[error(
+        "digest mismatch for {source_desc}: expected {expected}, got {actual}. \
+         The artifact changed since the digest was taken: rebuild or re-download it and use its new digest"
+    )]
+    DigestMismatch {
+        /// Where the bytes came from.
+        source_desc: String,
+        /// The digest asked for.
+        expected: String,
+        /// The digest of the bytes received.
+        actual: String,
+    },
+    /// A local artifact path does not exist or cannot be read.
+    #[error("{0}")]
+    ArtifactNotFound(String),
+    /// Downloading the artifact failed.
+    #[error("{0}")]
+    ArtifactUnreachable(String),
+    /// The artifact is larger than the base accepts.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// The artifact is not a valid berth module.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// No such module (or version).
+    #[error("{0}")]
+    NotFound(String),
+    /// The route is taken by another module.
+    #[error("{0}")]
+    RouteConflict(String),
+    /// The same name and version is installed with other bytes.
+    #[error("{0}")]
+    VersionConflict(String),
+    /// The installed-set database failed.
+    #[error("the base's state store failed: {0}")]
+    Store(String),
+}
+
+impl OpsError {
+    /// The stable, machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            OpsError::InvalidRequest(_) => "invalid_request",
+            OpsError::DigestMismatch { .. } => "digest_mismatch",
+            OpsError::ArtifactNotFound(_) => "artifact_not_found",
+            OpsError::ArtifactUnreachable(_) => "artifact_unreachable",
+            OpsError::PayloadTooLarge(_) => "payload_too_large",
+            OpsError::Load(e) => e.code(),
+            OpsError::NotFound(_) => "module_not_found",
+            OpsError::RouteConflict(_) => "route_conflict",
+            OpsError::VersionConflict(_) => "version_conflict",
+            OpsError::Store(_) => "store_failed",
+        }
+    }
+
+    /// The HTTP status of the ops API response.
+    pub fn status(&self) -> u16 {
+        match self {
+            OpsError::InvalidRequest(_) => 400,
+            OpsError::NotFound(_) => 404,
+            OpsError::RouteConflict(_) | OpsError::VersionConflict(_) => 409,
+            OpsError::PayloadTooLarge(_) => 413,
+            OpsError::DigestMismatch { .. } | OpsError::ArtifactNotFound(_) => 422,
+            OpsError::Load(LoadError::Cache { .. }) | OpsError::Store(_) => 500,
+            OpsError::Load(_) => 422,
+            OpsError::ArtifactUnreachable(_) => 502,
+        }
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code: self.code().to_string(),
+                message: self.to_string(),
+            },
+        }
+    }
+}
+
+impl From<redb::Error> for OpsError {
+    fn from(e: redb::Error) -> Self {
+        OpsError::Store(e.to_string())
+    }
+}
+
+/// Why a base could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BaseError {
+    /// The data directory cannot be created or used.
+    #[error("cannot use data directory {path}: {reason}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// What failed.
+        reason: String,
+    },
+    /// A listener could not bind.
+    #[error(
+        "cannot listen on {addr} for the {what}: {source}. Is another base running? Pick another address"
+    )]
+    Bind {
+        /// ingress or ops API.
+        what: &'static str,
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The runtime could not start.
+    #[error("cannot start the runtime: {0}")]
+    Runtime(#[from] LoadError),
+}

@@ -1,0 +1,145 @@
+//! The ingress: the HTTP server module traffic arrives on.
+//!
+//! HTTP/1.1 with keep-alive (hyper). Each request is routed by the current
+//! [`RouteTable`](crate::router::RouteTable) snapshot and handed to the
+//! target module's runtime; the module's response streams straight back.
+//! Every response carries `x-request-id` (the client's, if it sent a sane
+//! one) and, when a module served it, `x-berth-module: name@version`.
+//! Failures are answered by the base, never by a dropped connection: 404
+//! when no module owns the path (the body names nothing installed), and
+//! 500/503/504 with the request id when a module traps, has no free instance
+//! slot, or runs out of time. The full error and wasm backtrace go to the
+//! base's log under the same request id.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use berth_api::{MODULE_HEADER, REQUEST_ID_HEADER};
+use berth_runtime::{ResponseBody, full_body};
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::base::Base;
+
+/// Accepts connections on `listener` until `shutdown` changes, then lets
+/// in-flight requests finish (up to 10 s).
+pub(crate) async fn serve(listener: TcpListener, base: Base, mut shutdown: watch::Receiver<bool>) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let http = hyper::server::conn::http1::Builder::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // e.g. out of file descriptors: back off instead of spinning.
+                        tracing::warn!(error = %e, "ingress accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let base = base.clone();
+                let service = hyper::service::service_fn(move |request| {
+                    let base = base.clone();
+                    async move { Ok::<_, Infallible>(handle(&base, request).await) }
+                });
+                let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(error = %e, "ingress connection ended with an error");
+                    }
+                });
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("ingress connections still open after 10 s; closing them");
+    }
+}
+
+/// Routes and serves one request.
+pub async fn handle(base: &Base, mut request: Request<Incoming>) -> Response<ResponseBody> {
+    let request_id = request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .filter(|v| v.len() <= 128 && v.to_str().is_ok_and(|s| !s.is_empty()))
+        .cloned()
+        .unwrap_or_else(new_request_id);
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().host())
+        .map(str::to_owned);
+    let target = base
+        .routes()
+        .lookup(host.as_deref(), request.uri().path())
+        .cloned();
+    let Some(target) = target else {
+        return plain(
+            StatusCode::NOT_FOUND,
+            "404 Not Found: no module is installed at this path.\n".to_string(),
+            request_id,
+        );
+    };
+    request
+        .headers_mut()
+        .insert(REQUEST_ID_HEADER, request_id.clone());
+    match target.module.handle(request, target.label.clone()).await {
+        Ok(mut response) => {
+            let headers = response.headers_mut();
+            headers.insert(REQUEST_ID_HEADER, request_id);
+            if let Ok(label) = HeaderValue::from_str(&target.label) {
+                headers.insert(MODULE_HEADER, label);
+            }
+            response
+        }
+        Err(error) => {
+            let id = request_id.to_str().unwrap_or_default().to_owned();
+            tracing::error!(module = %target.label, request_id = %id, error = %error.detail(), "request failed in module");
+            let status =
+                StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let mut response = plain(
+                status,
+                format!(
+                    "{status}: module `{}` failed to handle this request: {error}.\nrequest id: {id}\n",
+                    target.label
+                ),
+                request_id,
+            );
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            response
+        }
+    }
+}
+
+/// A `text/plain` response from the base itself.
+fn plain(status: StatusCode, body: String, request_id: HeaderValue) -> Response<ResponseBody> {
+    let mut response = Response::new(full_body(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(REQUEST_ID_HEADER, request_id);
+    response
+}
+
+fn new_request_id() -> HeaderValue {
+    HeaderValue::from_str(&uuid::Uuid::new_v4().simple().to_string())
+        .expect("hex is a valid header")
+}

@@ -1,0 +1,33 @@
+//! The berth base: one long-running process hosting many modules.
+//!
+//! A base is a [`Runtime`](berth_runtime::Runtime) plus three things around it:
+//!
+//! - the **ingress** ([`ingress`]): a hyper HTTP server that routes each
+//!   request by host and path prefix ([`router`]) to the active version of an
+//!   installed module and streams the module's response back;
+//! - the **ops agent** ([`ops`]): a JSON HTTP API (default
+//!   `127.0.0.1:1238`, Arklet's port) to install, uninstall and list modules
+//!   and check health;
+//! - the **installed set** ([`state`]): what is installed, kept in a redb
+//!   database in the data directory so a restarted base serves the same
+//!   modules again, loading their code from the compile cache.
+//!
+//! [`Base`] is the library entry point: a base team can build its own base
+//! binary around it. [`Base::start`] binds both listeners and returns a
+//! [`RunningBase`] handle.
+
+mod base;
+mod config;
+mod error;
+pub mod ingress;
+pub mod ops;
+mod registry;
+pub mod router;
+mod server;
+mod source;
+pub mod state;
+
+pub use base::Base;
+pub use config::BaseConfig;
+pub use error::{BaseError, OpsError};
+pub use server::RunningBase;

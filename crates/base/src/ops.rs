@@ -1,0 +1,176 @@
+//! The ops agent: the base's JSON HTTP API (Koupleless' Arklet).
+//!
+//! | method | path | does |
+//! |---|---|---|
+//! | GET | `/v1/health` | liveness and a summary ([`Health`](berth_api::Health)) |
+//! | GET | `/v1/modules` | every installed version ([`ModuleList`](berth_api::ModuleList)) |
+//! | GET | `/v1/modules/{name}` | the versions of one module |
+//! | POST | `/v1/modules` | install: JSON [`InstallRequest`](berth_api::InstallRequest), or the `.wasm` as the body with `Content-Type: application/wasm` and `name`, `version`, `pathPrefix`, `host`, `digest` as query parameters |
+//! | DELETE | `/v1/modules/{name}` | uninstall every version |
+//! | DELETE | `/v1/modules/{name}/versions/{version}` | uninstall one version |
+//!
+//! Every error is JSON `{"error": {"code", "message"}}` with a fitting
+//! status: bad requests are rejected before anything is touched, and a
+//! failed install leaves the running modules as they were.
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use berth_api::{InstallRequest, Route};
+use serde::Deserialize;
+
+use crate::base::Base;
+use crate::error::OpsError;
+use crate::source::too_large;
+
+impl IntoResponse for OpsError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, axum::Json(self.body())).into_response()
+    }
+}
+
+/// The ops API router for `base`.
+pub fn router(base: Base) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/healthz", get(health))
+        .route("/v1/modules", get(list).post(install))
+        .route("/v1/modules/{name}", get(show).delete(uninstall_all))
+        .route(
+            "/v1/modules/{name}/versions/{version}",
+            delete(uninstall_version),
+        )
+        .fallback(not_found)
+        // Bodies are size-checked by `install` itself, with a JSON error.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(base)
+}
+
+async fn health(State(base): State<Base>) -> Response {
+    axum::Json(base.health()).into_response()
+}
+
+async fn list(State(base): State<Base>) -> Result<Response, OpsError> {
+    Ok(axum::Json(base.list(None)?).into_response())
+}
+
+async fn show(State(base): State<Base>, Path(name): Path<String>) -> Result<Response, OpsError> {
+    Ok(axum::Json(base.list(Some(&name))?).into_response())
+}
+
+async fn uninstall_all(
+    State(base): State<Base>,
+    Path(name): Path<String>,
+) -> Result<Response, OpsError> {
+    Ok(axum::Json(base.uninstall(&name, None).await?).into_response())
+}
+
+async fn uninstall_version(
+    State(base): State<Base>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Response, OpsError> {
+    Ok(axum::Json(base.uninstall(&name, Some(&version)).await?).into_response())
+}
+
+async fn not_found() -> OpsError {
+    OpsError::NotFound(
+        "no such ops endpoint; the API is GET /v1/health, GET|POST /v1/modules, \
+         GET|DELETE /v1/modules/{name}, DELETE /v1/modules/{name}/versions/{version}"
+            .into(),
+    )
+}
+
+/// Query parameters of an upload install.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct UploadParams {
+    name: String,
+    version: String,
+    #[serde(default)]
+    path_prefix: Option<String>,
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default)]
+    digest: Option<String>,
+}
+
+async fn install(
+    State(base): State<Base>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> Result<Response, OpsError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let max = base.config().max_artifact_bytes;
+    let (request, upload) = match content_type.as_str() {
+        "application/json" => {
+            // Install requests are small; the artifact travels by path or URL.
+            let bytes = read_body(body, 1 << 20, "the JSON install request").await?;
+            let request: InstallRequest = serde_json::from_slice(&bytes).map_err(|e| {
+                OpsError::InvalidRequest(format!("install request is not valid: {e}"))
+            })?;
+            (request, None)
+        }
+        "application/wasm" | "application/octet-stream" => {
+            let params: UploadParams = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
+                .map_err(|e| {
+                OpsError::InvalidRequest(format!(
+                    "upload query parameters are not valid: {e}; expected name, version and \
+                         optionally pathPrefix, host, digest"
+                ))
+            })?;
+            let bytes = read_body(body, max, "the uploaded body").await?;
+            let route = (params.path_prefix.is_some() || params.host.is_some()).then_some(Route {
+                host: params.host,
+                path_prefix: params.path_prefix,
+            });
+            let request = InstallRequest {
+                name: params.name,
+                version: params.version,
+                route,
+                artifact: None,
+                digest: params.digest,
+            };
+            (request, Some(bytes))
+        }
+        other => {
+            return Err(OpsError::InvalidRequest(format!(
+                "Content-Type `{other}` is not accepted: send application/json (an install request) \
+                 or application/wasm (the module itself, with name and version as query parameters)"
+            )));
+        }
+    };
+    let response = base.install(request, upload).await?;
+    let status = if response.unchanged {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, axum::Json(response)).into_response())
+}
+
+/// Reads at most `max` bytes of `body`.
+async fn read_body(body: Body, max: usize, what: &str) -> Result<bytes::Bytes, OpsError> {
+    axum::body::to_bytes(body, max).await.map_err(|e| {
+        // The only error besides I/O is the length limit.
+        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+        {
+            too_large(what, max as u64 + 1, max)
+        } else {
+            OpsError::InvalidRequest(format!("cannot read {what}: {e}"))
+        }
+    })
+}

@@ -1,0 +1,91 @@
+//! Starting and stopping a base's two listeners.
+
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::base::Base;
+use crate::config::BaseConfig;
+use crate::error::BaseError;
+use crate::{ingress, ops};
+
+/// A base with its ingress and ops API listening.
+pub struct RunningBase {
+    /// The base (install, list, ... directly, without HTTP).
+    pub base: Base,
+    /// Where module traffic is served.
+    pub ingress_addr: SocketAddr,
+    /// Where the ops API listens.
+    pub ops_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Base {
+    /// Opens the base (reinstalling recorded modules) and binds both
+    /// listeners. Serving starts before this returns.
+    pub async fn start(config: BaseConfig) -> Result<RunningBase, BaseError> {
+        let ingress_addr = config.ingress_addr;
+        let ops_addr = config.ops_addr;
+        let bind = |what: &'static str, addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| BaseError::Bind { what, addr, source })
+        };
+        // Bind first: a port clash should fail before any state is touched.
+        let ingress = bind("ingress", ingress_addr).await?;
+        let ops_listener = bind("ops API", ops_addr).await?;
+        let base = Base::open(config).await?;
+        let ingress_addr = ingress.local_addr().expect("bound");
+        let ops_addr = ops_listener.local_addr().expect("bound");
+        base.set_ingress_addr(ingress_addr);
+
+        let (shutdown, watcher) = watch::channel(false);
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(ingress::serve(
+            ingress,
+            base.clone(),
+            watcher.clone(),
+        )));
+        let app = ops::router(base.clone());
+        let mut ops_watch = watcher;
+        tasks.push(tokio::spawn(async move {
+            let result = axum::serve(ops_listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = ops_watch.changed().await;
+                })
+                .await;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "ops API server failed");
+            }
+        }));
+        tracing::info!(%ingress_addr, %ops_addr, "base serving");
+        Ok(RunningBase {
+            base,
+            ingress_addr,
+            ops_addr,
+            shutdown,
+            tasks,
+        })
+    }
+}
+
+impl RunningBase {
+    /// Stops accepting, lets in-flight requests finish, and releases the data
+    /// directory (so another base may open it).
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Waits until the base stops (it stops on [`RunningBase::shutdown`] only).
+    pub async fn wait(&mut self) {
+        for task in &mut self.tasks {
+            let _ = task.await;
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! The installed set, persisted in `<data dir>/base.redb`.
+//!
+//! One redb table maps `name@version` to an [`InstallRecord`] (JSON). Every
+//! ops change writes its records in one transaction *before* the in-memory
+//! routing table changes, so what a restarted base reinstalls is exactly what
+//! the ops API last reported. The artifacts themselves live in the runtime's
+//! content-addressed cache; a record only names them by digest.
+
+use std::path::Path;
+
+use berth_api::{CacheOutcome, Route};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{BaseError, OpsError};
+
+const MODULES: TableDefinition<&str, &[u8]> = TableDefinition::new("modules");
+
+/// One installed module version as persisted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstallRecord {
+    /// Module name.
+    pub name: String,
+    /// Module version.
+    pub version: String,
+    /// `sha256:<hex>` of the artifact.
+    pub digest: String,
+    /// The module's route when this version was installed.
+    pub route: Route,
+    /// Whether this version is the one serving the route.
+    pub active: bool,
+    /// Install time, milliseconds since the Unix epoch.
+    pub installed_at_ms: u64,
+    /// How long the original install took, ms.
+    pub install_duration_ms: f64,
+    /// Whether the original install hit the compile cache.
+    pub compile_cache: CacheOutcome,
+    /// Artifact size in bytes.
+    pub size_bytes: u64,
+}
+
+impl InstallRecord {
+    /// The database key, `name@version`.
+    pub fn key(&self) -> String {
+        format!("{}@{}", self.name, self.version)
+    }
+}
+
+/// The redb-backed installed set.
+pub struct StateStore {
+    db: Database,
+}
+
+impl StateStore {
+    /// Opens (creating if needed) `<data_dir>/base.redb`.
+    pub fn open(data_dir: &Path) -> Result<Self, BaseError> {
+        let path = data_dir.join("base.redb");
+        let db = Database::create(&path).map_err(|e| BaseError::DataDir {
+            path: data_dir.display().to_string(),
+            reason: match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => {
+                    "base.redb is open in another process: another base uses this data directory; \
+                     stop it or pass a different --data-dir"
+                        .to_string()
+                }
+                other => format!("cannot open {}: {other}", path.display()),
+            },
+        })?;
+        let tx = db.begin_write().map_err(|e| store_err(e.into()))?;
+        tx.open_table(MODULES).map_err(|e| store_err(e.into()))?;
+        tx.commit().map_err(|e| store_err(e.into()))?;
+        Ok(Self { db })
+    }
+
+    /// Every record, ordered by key.
+    pub fn load_all(&self) -> Result<Vec<InstallRecord>, OpsError> {
+        let tx = self.db.begin_read().map_err(redb::Error::from)?;
+        let table = tx.open_table(MODULES).map_err(redb::Error::from)?;
+        let mut records = Vec::new();
+        for item in table.iter().map_err(redb::Error::from)? {
+            let (key, value) = item.map_err(redb::Error::from)?;
+            match serde_json::from_slice::<InstallRecord>(value.value()) {
+                Ok(record) => records.push(record),
+                Err(e) => {
+                    tracing::error!(key = key.value(), error = %e, "skipping unreadable install record")
+                }
+            }
+        }
+        Ok(records)
+    }
+
+    /// Writes `put` and removes `delete` (keys) in one transaction.
+    pub fn apply(&self, put: &[&InstallRecord], delete: &[String]) -> Result<(), OpsError> {
+        let tx = self.db.begin_write().map_err(redb::Error::from)?;
+        {
+            let mut table = tx.open_table(MODULES).map_err(redb::Error::from)?;
+            for record in put {
+                let json = serde_json::to_vec(record).expect("records serialize");
+                table
+                    .insert(record.key().as_str(), json.as_slice())
+                    .map_err(redb::Error::from)?;
+            }
+            for key in delete {
+                table.remove(key.as_str()).map_err(redb::Error::from)?;
+            }
+        }
+        tx.commit().map_err(redb::Error::from)?;
+        Ok(())
+    }
+}
+
+fn store_err(e: redb::Error) -> BaseError {
+    BaseError::DataDir {
+        path: "base.redb".into(),
+        reason: e.to_string(),
+    }
+}

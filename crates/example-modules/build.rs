@@ -1,0 +1,102 @@
+//! Builds the guest modules in `modules/` for `wasm32-wasip2` (release) and
+//! writes `modules.rs` into `OUT_DIR` with one constant per module naming the
+//! built `.wasm` file, so tests, benchmarks and `berth up` never depend on a
+//! hand-copied artifact.
+
+use std::env;
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Every module in `modules/`, as (package name, kind); keep in sync with `modules/Cargo.toml`.
+const MODULES: &[(&str, Kind)] = &[
+    ("hello", Kind::Lib),
+    ("echo", Kind::Lib),
+    ("panic", Kind::Lib),
+    ("cli-hello", Kind::Bin),
+];
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Lib,
+    Bin,
+}
+
+fn main() {
+    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
+    let modules_dir = manifest_dir.join("../../modules").canonicalize().unwrap();
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").unwrap());
+    // One target dir shared by every profile of the host build: the guests are always release.
+    let target_dir = workspace_target_dir(&out_dir).join("wasm-modules");
+
+    println!("cargo:rerun-if-changed={}", modules_dir.display());
+
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&modules_dir)
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--target-dir",
+        ])
+        .arg(&target_dir);
+    // Flags meant for the host build must not leak into the guest build.
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_MAKEFLAGS",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_PROFILE_RELEASE_DEBUG",
+    ] {
+        cmd.env_remove(var);
+    }
+    let status = cmd
+        .status()
+        .expect("failed to run cargo for the guest modules");
+    if !status.success() {
+        panic!(
+            "building the guest modules in {} for wasm32-wasip2 failed (see above). \
+             If the target is missing, run `rustup toolchain install` in the repository root \
+             (rust-toolchain.toml lists wasm32-wasip2) or `rustup target add wasm32-wasip2`.",
+            modules_dir.display()
+        );
+    }
+
+    let wasm_dir = target_dir.join("wasm32-wasip2/release");
+    let mut generated = String::new();
+    for (name, kind) in MODULES {
+        let file = match kind {
+            Kind::Lib => format!("{}.wasm", name.replace('-', "_")),
+            Kind::Bin => format!("{name}.wasm"),
+        };
+        let path = wasm_dir.join(file);
+        assert!(
+            path.exists(),
+            "expected guest artifact {} after the build",
+            path.display()
+        );
+        let ident = name.replace('-', "_").to_uppercase();
+        let path = path.display().to_string();
+        generated.push_str(&format!(
+            "/// Path of the built `{name}` module (`modules/{name}`).\n\
+             pub const {ident}: &str = {path:?};\n\
+             /// The bytes of the built `{name}` module, embedded in the binary.\n\
+             pub const {ident}_BYTES: &[u8] = include_bytes!({path:?});\n",
+        ));
+    }
+    std::fs::write(out_dir.join("modules.rs"), generated).unwrap();
+}
+
+/// `OUT_DIR` is `<target>/<profile>/build/<pkg>-<hash>/out`; walk up to `<target>`.
+fn workspace_target_dir(out_dir: &std::path::Path) -> PathBuf {
+    out_dir
+        .ancestors()
+        .nth(4)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| out_dir.to_path_buf())
+}

@@ -1,0 +1,124 @@
+//! The on-disk module cache: artifacts by digest, and their precompiled code.
+//!
+//! Layout under the cache directory:
+//!
+//! ```text
+//! artifacts/<sha256 hex>.wasm                 the bytes as installed
+//! compiled/<sha256 hex>-<engine tag>.cwasm    wasmtime's serialized code
+//! ```
+//!
+//! The engine tag hashes [`Engine::precompile_compatibility_hash`], so code
+//! compiled by another wasmtime version or with other settings is never
+//! loaded: it simply misses and is compiled again. Precompiled files are
+//! loaded with `mmap` ([`Component::deserialize_file`]), which is why a warm
+//! install or a base restart costs milliseconds, not a Cranelift run.
+//! Every write goes to a temporary file first and is renamed into place, so a
+//! crash mid-write never leaves a truncated entry behind.
+//!
+//! [`Component::deserialize_file`]: wasmtime::component::Component::deserialize_file
+
+use std::hash::{Hash, Hasher};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use wasmtime::Engine;
+
+use crate::artifact::Digest;
+use crate::error::LoadError;
+
+/// Whether a load found precompiled code in the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// Precompiled code was mapped from the cache.
+    Hit,
+    /// The component was compiled (and the result stored).
+    Miss,
+}
+
+/// Artifacts and precompiled code on disk, content-addressed.
+#[derive(Debug, Clone)]
+pub struct ModuleCache {
+    root: PathBuf,
+    engine_tag: String,
+}
+
+impl ModuleCache {
+    /// Opens (creating if needed) the cache at `root` for code of `engine`.
+    pub fn open(root: impl Into<PathBuf>, engine: &Engine) -> Result<Self, LoadError> {
+        let root = root.into();
+        for dir in ["artifacts", "compiled"] {
+            let path = root.join(dir);
+            std::fs::create_dir_all(&path).map_err(|source| io_err(&path, source))?;
+        }
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        Ok(Self {
+            root,
+            engine_tag: format!("{:016x}", hasher.finish()),
+        })
+    }
+
+    /// Where the bytes of `digest` live.
+    pub fn artifact_path(&self, digest: &Digest) -> PathBuf {
+        self.root
+            .join("artifacts")
+            .join(format!("{}.wasm", digest.hex()))
+    }
+
+    /// Where the precompiled code of `digest` for this engine lives.
+    pub fn compiled_path(&self, digest: &Digest) -> PathBuf {
+        self.root
+            .join("compiled")
+            .join(format!("{}-{}.cwasm", digest.hex(), self.engine_tag))
+    }
+
+    /// Reads the stored bytes of `digest`.
+    pub fn read_artifact(&self, digest: &Digest) -> Result<Vec<u8>, LoadError> {
+        let path = self.artifact_path(digest);
+        std::fs::read(&path).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                LoadError::ArtifactMissing {
+                    digest: digest.to_string(),
+                    path: path.display().to_string(),
+                }
+            } else {
+                io_err(&path, source)
+            }
+        })
+    }
+
+    /// Stores the bytes of `digest` unless they are already there.
+    pub fn store_artifact(&self, digest: &Digest, bytes: &[u8]) -> Result<(), LoadError> {
+        write_atomically(&self.artifact_path(digest), bytes)
+    }
+
+    /// Stores precompiled code for `digest`.
+    pub(crate) fn store_compiled(&self, digest: &Digest, code: &[u8]) -> Result<(), LoadError> {
+        write_atomically(&self.compiled_path(digest), code)
+    }
+
+    /// Drops a precompiled entry that failed to load (e.g. a truncated file).
+    pub(crate) fn evict_compiled(&self, digest: &Digest) {
+        let _ = std::fs::remove_file(self.compiled_path(digest));
+    }
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> LoadError {
+    LoadError::Cache {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
+    if path.exists() {
+        return Ok(());
+    }
+    let dir = path.parent().expect("cache paths have a parent");
+    let mut file = tempfile::NamedTempFile::new_in(dir).map_err(|e| io_err(dir, e))?;
+    file.write_all(bytes).map_err(|e| io_err(file.path(), e))?;
+    file.as_file().sync_data().map_err(|e| io_err(path, e))?;
+    file.persist(path).map_err(|e| io_err(path, e.error))?;
+    Ok(())
+}

@@ -1,0 +1,137 @@
+//! Errors of the runtime, each with a stable machine-readable code.
+//!
+//! [`LoadError`] is everything that can be wrong with an artifact (the base
+//! turns it into a 422 for the ops API); [`HandleError`] is everything that
+//! can go wrong while a module serves one request (a 500 or 503 at ingress).
+
+/// Why an artifact could not become a [`LoadedModule`](crate::LoadedModule).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The bytes do not start with the wasm magic number.
+    #[error(
+        "the artifact is not WebAssembly: it is {len} bytes starting with `{first_bytes}`, not the `0061736d` (\\0asm) magic. \
+         Build the module with `cargo build --release --target wasm32-wasip2` and install the .wasm file it writes"
+    )]
+    NotWasm {
+        /// Hex of up to the first 8 bytes.
+        first_bytes: String,
+        /// Total length.
+        len: usize,
+    },
+    /// A core wasm module, not a component.
+    #[error(
+        "the artifact is a core WebAssembly module, not a component: berth runs WASI 0.2 components. \
+         Build for `wasm32-wasip2` (not wasm32-unknown-unknown or wasm32-wasip1), \
+         or wrap a wasip1 module with `wasm-tools component new --adapt`"
+    )]
+    CoreModule,
+    /// The component does not export `wasi:http/incoming-handler`.
+    #[error(
+        "the component does not export `wasi:http/incoming-handler` (it exports: {exports}). \
+         A berth module implements the `wasi:http/proxy` world: in Rust, a `cdylib` that calls \
+         `wasip2::http::proxy::export!` (a `fn main` command is not an HTTP module)"
+    )]
+    MissingHttpExport {
+        /// The exports it has, comma separated.
+        exports: String,
+    },
+    /// The component imports something this base does not provide.
+    #[error(
+        "the component imports `{import}`, which this base does not provide: {reason}. \
+         Remove the import from the module, or install it on a base that offers that capability"
+    )]
+    UnsupportedImport {
+        /// The import's name.
+        import: String,
+        /// wasmtime's explanation.
+        reason: String,
+    },
+    /// The component failed validation or compilation.
+    #[error("the artifact is not a valid component: {reason}")]
+    Invalid {
+        /// wasmtime's explanation.
+        reason: String,
+    },
+    /// Reading or writing the module cache failed.
+    #[error("module cache I/O failed at {path}: {source}")]
+    Cache {
+        /// The file involved.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The artifact is not in the cache and no bytes were given.
+    #[error(
+        "artifact {digest} is not in the module cache at {path}; install it again from its source"
+    )]
+    ArtifactMissing {
+        /// The digest looked up.
+        digest: String,
+        /// Where it was expected.
+        path: String,
+    },
+}
+
+impl LoadError {
+    /// The stable code for the ops API.
+    pub fn code(&self) -> &'static str {
+        match self {
+            LoadError::NotWasm { .. } => "not_wasm",
+            LoadError::CoreModule => "not_a_component",
+            LoadError::MissingHttpExport { .. } => "missing_http_export",
+            LoadError::UnsupportedImport { .. } => "unsupported_import",
+            LoadError::Invalid { .. } => "invalid_wasm",
+            LoadError::Cache { .. } => "cache_io",
+            LoadError::ArtifactMissing { .. } => "artifact_missing",
+        }
+    }
+}
+
+/// Why a request to a module produced no response of its own.
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    /// No instance slot or memory was free (the pooling allocator is full).
+    #[error("no instance could be created: {0}")]
+    Instantiate(String),
+    /// The guest trapped (panic, unreachable, out-of-bounds, ...) before responding.
+    #[error("the module trapped: {message}")]
+    Trap {
+        /// A short description, safe to show to the client.
+        message: String,
+        /// The full error with the wasm backtrace, for the base's log.
+        detail: String,
+    },
+    /// The guest ran past its CPU deadline.
+    #[error("the module exceeded its {0:?} deadline")]
+    Deadline(std::time::Duration),
+    /// The guest returned without setting a response.
+    #[error("the module returned without sending a response")]
+    NoResponse,
+    /// The guest answered with a `wasi:http` error code instead of a response.
+    #[error("the module answered with error code {0}")]
+    GuestError(String),
+    /// The request could not be handed to the guest.
+    #[error("the request could not be passed to the module: {0}")]
+    BadRequest(String),
+}
+
+impl HandleError {
+    /// The full description for logs (with the wasm backtrace of a trap).
+    pub fn detail(&self) -> String {
+        match self {
+            HandleError::Trap { detail, .. } => detail.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    /// HTTP status the ingress answers with.
+    pub fn status(&self) -> u16 {
+        match self {
+            HandleError::Instantiate(_) => 503,
+            HandleError::Deadline(_) => 504,
+            HandleError::BadRequest(_) => 400,
+            _ => 500,
+        }
+    }
+}

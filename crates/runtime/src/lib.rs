@@ -1,0 +1,32 @@
+//! The berth runtime: compiles, caches, instantiates and limits modules.
+//!
+//! A base owns one [`Runtime`]: one wasmtime [`Engine`](wasmtime::Engine)
+//! with the pooling allocator, one [`Linker`](wasmtime::component::Linker)
+//! with the WASI 0.2 and `wasi:http` host interfaces, and one on-disk
+//! [`ModuleCache`] holding every artifact by sha256 digest beside its
+//! precompiled code. [`Runtime::load`] turns artifact bytes into a
+//! [`LoadedModule`] (an `InstancePre` of the `wasi:http/proxy` world);
+//! [`LoadedModule::handle`] serves one HTTP request in a fresh instance with
+//! its own `Store`, memory limit and CPU deadline.
+//!
+//! The runtime knows nothing about routes, names or versions: that is the
+//! base's business. It answers "is this a valid module, and run it".
+
+mod artifact;
+mod cache;
+mod config;
+mod error;
+mod host;
+mod module;
+mod runtime;
+
+pub use artifact::{Digest, ParseDigestError};
+pub use cache::{CacheOutcome, ModuleCache};
+pub use config::RuntimeConfig;
+pub use error::{HandleError, LoadError};
+pub use host::HostState;
+pub use module::{LoadedModule, ResponseBody, full_body};
+pub use runtime::Runtime;
+
+/// The `wasi:http` export every berth module must have.
+pub const HTTP_HANDLER_EXPORT: &str = "wasi:http/incoming-handler";

@@ -1,0 +1,215 @@
+//! [`Runtime`]: the engine, the linker and the cache, shared by every module.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+use crate::HTTP_HANDLER_EXPORT;
+use crate::artifact::{Digest, check_header};
+use crate::cache::{CacheOutcome, ModuleCache};
+use crate::config::{EPOCH_TICK, RuntimeConfig};
+use crate::error::LoadError;
+use crate::host::HostState;
+use crate::module::LoadedModule;
+
+/// One wasmtime engine with its linker and module cache. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache: ModuleCache,
+    config: RuntimeConfig,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Runtime {
+    /// Builds the engine (pooling allocator, epoch interruption), links the
+    /// WASI 0.2 and `wasi:http` interfaces, and opens the module cache.
+    pub fn new(config: RuntimeConfig) -> Result<Self, LoadError> {
+        let mut wasm = Config::new();
+        wasm.epoch_interruption(true);
+        if config.pooling {
+            let n = config.max_instances;
+            let mut pool = PoolingAllocationConfig::default();
+            // A Rust wasip2 component holds a few core instances (the module,
+            // the WASI adapter, shims); size core pools for that.
+            pool.total_component_instances(n)
+                .total_core_instances(n.saturating_mul(4))
+                .total_memories(n.saturating_mul(2))
+                .total_tables(n.saturating_mul(4))
+                .total_stacks(n)
+                .max_memory_size(config.max_memory_bytes)
+                .linear_memory_keep_resident(config.memory_keep_resident)
+                .table_keep_resident(config.memory_keep_resident);
+            wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        }
+        let engine = Engine::new(&wasm).map_err(|e| LoadError::Invalid {
+            reason: format!("cannot create the wasmtime engine: {e:#}"),
+        })?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))
+            .map_err(|e| LoadError::Invalid {
+                reason: format!("cannot link the WASI interfaces: {e:#}"),
+            })?;
+
+        let cache = ModuleCache::open(&config.cache_dir, &engine)?;
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        spawn_epoch_ticker(engine.clone(), ticker_stop.clone());
+        Ok(Self {
+            inner: Arc::new(Inner {
+                engine,
+                linker,
+                cache,
+                config,
+                ticker_stop,
+            }),
+        })
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// The module cache.
+    pub fn cache(&self) -> &ModuleCache {
+        &self.inner.cache
+    }
+
+    /// The settings this runtime was built with.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.inner.config
+    }
+
+    /// Turns the artifact `digest` into a module ready to serve.
+    ///
+    /// Precompiled code is mapped from the cache when present; otherwise
+    /// `bytes` (or, when `None`, the cached artifact) is checked, compiled and
+    /// the result cached. The caller must have checked that `bytes` hash to
+    /// `digest`. Compilation is CPU-heavy and blocking: call this from
+    /// `spawn_blocking`, never from a request task.
+    pub fn load(
+        &self,
+        digest: Digest,
+        bytes: Option<&[u8]>,
+    ) -> Result<(LoadedModule, CacheOutcome), LoadError> {
+        let cache = &self.inner.cache;
+        let (component, outcome) = match self.load_precompiled(&digest) {
+            Some(component) => (component, CacheOutcome::Hit),
+            None => {
+                let owned;
+                let bytes = match bytes {
+                    Some(bytes) => bytes,
+                    None => {
+                        owned = cache.read_artifact(&digest)?;
+                        &owned
+                    }
+                };
+                check_header(bytes)?;
+                let component =
+                    Component::new(&self.inner.engine, bytes).map_err(|e| LoadError::Invalid {
+                        reason: format!("{e:#}"),
+                    })?;
+                (component, CacheOutcome::Miss)
+            }
+        };
+
+        let pre = self.link(&component)?;
+
+        if let Some(bytes) = bytes {
+            cache.store_artifact(&digest, bytes)?;
+        }
+        if outcome == CacheOutcome::Miss {
+            let code = component.serialize().map_err(|e| LoadError::Invalid {
+                reason: format!("cannot serialize compiled code: {e:#}"),
+            })?;
+            cache.store_compiled(&digest, &code)?;
+        }
+        Ok((LoadedModule::new(self.clone(), digest, pre), outcome))
+    }
+
+    /// Maps cached code for `digest`, or `None` if absent or unusable.
+    fn load_precompiled(&self, digest: &Digest) -> Option<Component> {
+        let path = self.inner.cache.compiled_path(digest);
+        if !path.exists() {
+            return None;
+        }
+        // SAFETY: the file was written by `ModuleCache::store_compiled` from
+        // `Component::serialize` of this same engine configuration (the engine
+        // tag is part of its name), renamed into place only once complete, and
+        // is never modified afterwards; wasmtime additionally checks its
+        // header and compatibility before use.
+        #[allow(unsafe_code)]
+        let loaded = unsafe { Component::deserialize_file(&self.inner.engine, &path) };
+        match loaded {
+            Ok(component) => Some(component),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "discarding unusable precompiled module");
+                self.inner.cache.evict_compiled(digest);
+                None
+            }
+        }
+    }
+
+    /// Checks the exports and resolves the imports of `component`.
+    fn link(&self, component: &Component) -> Result<ProxyPre<HostState>, LoadError> {
+        let engine = &self.inner.engine;
+        let ty = component.component_type();
+        let exports: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
+        let http_export = format!("{HTTP_HANDLER_EXPORT}@0.2");
+        if !exports.iter().any(|name| name.starts_with(&http_export)) {
+            return Err(LoadError::MissingHttpExport {
+                exports: if exports.is_empty() {
+                    "nothing".into()
+                } else {
+                    exports.join(", ")
+                },
+            });
+        }
+        let instance_pre = self.inner.linker.instantiate_pre(component).map_err(|e| {
+            let reason = format!("{e:#}");
+            LoadError::UnsupportedImport {
+                import: first_quoted(&reason).unwrap_or("an interface").to_string(),
+                reason,
+            }
+        })?;
+        ProxyPre::new(instance_pre).map_err(|e| LoadError::MissingHttpExport {
+            exports: format!("{} ({e:#})", exports.join(", ")),
+        })
+    }
+}
+
+/// The first `backquoted` name in a wasmtime message (the missing import).
+fn first_quoted(message: &str) -> Option<&str> {
+    let start = message.find('`')? + 1;
+    let len = message[start..].find('`')?;
+    Some(&message[start..start + len])
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until `stop` is set.
+fn spawn_epoch_ticker(engine: Engine, stop: Arc<AtomicBool>) {
+    std::thread::Builder::new()
+        .name("berth-epoch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                engine.increment_epoch();
+            }
+        })
+        .expect("spawn the epoch ticker thread");
+}

@@ -1,0 +1,31 @@
+//! `panic`: a module that misbehaves on purpose.
+//!
+//! `GET /…/ok` answers normally; any other path panics inside the handler
+//! (a wasm trap, since modules build with `panic = "abort"`). Tests use it to
+//! prove a trapping module costs one request a 500, never the base.
+use std::io::Write as _;
+
+use wasip2::http::types::{
+    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+};
+
+wasip2::http::proxy::export!(Panic);
+
+struct Panic;
+
+impl wasip2::exports::http::incoming_handler::Guest for Panic {
+    fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
+        let path = request.path_with_query().unwrap_or_default();
+        if !path.ends_with("/ok") {
+            panic!("the panic module was asked for {path} and panics on purpose");
+        }
+        let response = OutgoingResponse::new(Fields::new());
+        let body = response.body().expect("body is taken once");
+        ResponseOutparam::set(response_out, Ok(response));
+        let mut out = body.write().expect("stream is taken once");
+        out.write_all(b"not panicking this time\n").expect("write");
+        out.flush().expect("flush");
+        drop(out);
+        OutgoingBody::finish(body, None).expect("finish body");
+    }
+}

@@ -12,6 +12,7 @@ const MODULES: &[(&str, Kind)] = &[
     ("hello", Kind::Lib),
     ("echo", Kind::Lib),
     ("panic", Kind::Lib),
+    ("spin", Kind::Lib),
     ("cli-hello", Kind::Bin),
 ];
 

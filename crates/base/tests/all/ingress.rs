@@ -1,0 +1,108 @@
+//! The ingress: 404 for unknown paths, 500 with a request id for a trapping
+//! module, and a base that keeps serving through both.
+
+use std::time::Instant;
+
+use berth_example_modules::{HELLO, PANIC, SPIN};
+
+use crate::support::TestBase;
+
+#[tokio::test]
+async fn unknown_paths_get_a_404_that_names_nothing_installed() {
+    let base = TestBase::start().await;
+    base.install_path("hello", "1.0.0", HELLO).await;
+    let (status, headers, body) = base.get("/secret-admin").await;
+    assert_eq!(status, 404);
+    assert!(!headers["x-request-id"].is_empty());
+    assert!(
+        !body.contains("hello"),
+        "404 body leaks installed modules: {body}"
+    );
+    assert!(body.len() < 200);
+}
+
+#[tokio::test]
+async fn a_trapping_module_costs_one_500_and_the_base_keeps_serving() {
+    let base = TestBase::start().await;
+    base.install_path("hello", "1.0.0", HELLO).await;
+    base.install_path("panic", "1.0.0", PANIC).await;
+
+    let response = base
+        .client
+        .get(base.url("/panic/boom"))
+        .header("x-request-id", "req-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 500);
+    assert_eq!(response.headers()["x-request-id"], "req-42");
+    let body = response.text().await.unwrap();
+    assert!(
+        body.contains("req-42") && body.contains("panic@1.0.0"),
+        "{body}"
+    );
+    assert!(body.contains("trap"), "{body}");
+
+    // Many traps at once, interleaved with good requests: every good one succeeds.
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let client = base.client.clone();
+        let url = base.url(if i % 2 == 0 { "/panic/boom" } else { "/hello" });
+        tasks.push(tokio::spawn(async move {
+            client.get(url).send().await.unwrap().status().as_u16()
+        }));
+    }
+    for (i, task) in tasks.into_iter().enumerate() {
+        let status = task.await.unwrap();
+        assert_eq!(status, if i % 2 == 0 { 500 } else { 200 });
+    }
+    // The same module answers normally on a path where it does not panic.
+    let (status, _, body) = base.get("/panic/ok").await;
+    assert_eq!((status, body.as_str()), (200, "not panicking this time\n"));
+    base.assert_hello_serves().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_that_runs_past_its_deadline_gets_504_and_neighbours_keep_serving() {
+    let timeout = std::time::Duration::from_millis(500);
+    let base = TestBase::start_with(|c| c.runtime.request_timeout = timeout).await;
+    base.install_path("hello", "1.0.0", HELLO).await;
+    base.install_path("spin", "1.0.0", SPIN).await;
+
+    // Four spinning requests at once: more than the base has worker threads.
+    let started = Instant::now();
+    let spinners: Vec<_> = (0..4)
+        .map(|_| {
+            let request = base.client.get(base.url("/spin")).send();
+            tokio::spawn(async move {
+                let response = request.await.unwrap();
+                (
+                    response.status().as_u16(),
+                    response.text().await.unwrap(),
+                    Instant::now(),
+                )
+            })
+        })
+        .collect();
+    // While they spin, hello answers promptly.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let hello_started = Instant::now();
+    base.assert_hello_serves().await;
+    let hello_latency = hello_started.elapsed();
+    assert!(
+        hello_latency < timeout,
+        "hello waited {hello_latency:?} behind spinning modules"
+    );
+    for spinner in spinners {
+        let (status, body, finished) = spinner.await.unwrap();
+        assert_eq!(status, 504, "{body}");
+        assert!(body.contains("deadline"), "{body}");
+        let elapsed = finished - started;
+        // Interrupted at the deadline, within a generous margin for a loaded machine.
+        assert!(
+            elapsed >= timeout && elapsed < timeout * 4,
+            "spin ended after {elapsed:?}"
+        );
+    }
+    base.assert_hello_serves().await;
+}

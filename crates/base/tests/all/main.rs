@@ -1,0 +1,10 @@
+//! Integration tests of the base: a real base on localhost ports, driven over
+//! real HTTP (reqwest) with the real example modules from `modules/`.
+//!
+//! One test binary with a module per topic (as wasmtime does), to link once.
+
+mod bad_input;
+mod ingress;
+mod ops;
+mod restart;
+mod support;

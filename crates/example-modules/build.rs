@@ -31,6 +31,7 @@ fn main() {
 
     println!("cargo:rerun-if-changed={}", modules_dir.display());
 
+    ensure_wasm_target();
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&modules_dir)
@@ -91,6 +92,47 @@ fn main() {
         ));
     }
     std::fs::write(out_dir.join("modules.rs"), generated).unwrap();
+}
+
+/// Adds the `wasm32-wasip2` target to the active toolchain if it is missing.
+///
+/// `rustup toolchain install` in the repository root installs it (it is
+/// listed in `rust-toolchain.toml`), but a plain `cargo` call on a machine
+/// that already had the toolchain does not; this makes `cargo test` on a
+/// fresh clone work either way.
+fn ensure_wasm_target() {
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let libdir = Command::new(&rustc)
+        .args(["--print", "target-libdir", "--target", "wasm32-wasip2"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    if libdir.as_deref().is_some_and(has_std) {
+        return;
+    }
+    println!(
+        "cargo:warning=the wasm32-wasip2 target is missing; running `rustup target add wasm32-wasip2`"
+    );
+    let added = Command::new("rustup")
+        .args(["target", "add", "wasm32-wasip2"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !added {
+        panic!(
+            "the wasm32-wasip2 target is not installed and `rustup target add wasm32-wasip2` failed; \
+             run `rustup toolchain install` in the repository root"
+        );
+    }
+}
+
+/// Whether `dir` holds a std rlib (its file name carries a hash).
+fn has_std(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("libstd-"))
+    })
 }
 
 /// `OUT_DIR` is `<target>/<profile>/build/<pkg>-<hash>/out`; walk up to `<target>`.

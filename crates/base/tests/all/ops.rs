@@ -3,7 +3,7 @@
 use berth_api::{ArtifactSource, Health, InstallRequest, ModuleState, Route};
 use berth_example_modules::{ECHO, HELLO};
 
-use crate::support::{TestBase, digest_of, expect_error, install_request, serve_files};
+use crate::support::{TestBase, digest_of, install_request, serve_files};
 
 #[tokio::test]
 async fn install_from_path_lists_and_serves() {

@@ -1,0 +1,310 @@
+#!/usr/bin/env python3
+"""berth's HTTP benchmark: berth vs `wasmtime serve` vs a native hyper server.
+
+Runs the same `hello` component (modules/hello) in a berth base and in
+`wasmtime serve` 48, plus `native-hello` (hyper, no wasm), one at a time on
+fresh ports, each driven by wrk with the same connections and duration.
+Configurations are interleaved over several rounds (runs on this kind of
+machine vary by up to ~1.8x), and each server is killed with SIGKILL and
+waited for before the next starts. Then it measures berth's module install
+time (cold compile vs warm from the compile cache) and how long a base with
+10 installed modules takes from process start to serving all of them again.
+
+Usage: bench/http.py [--rounds 3] [--duration 10] [--connections 32]
+Prints markdown tables; the latest figures live in bench/README.md.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RELEASE = os.path.join(ROOT, "target", "release")
+HELLO_WASM = os.path.join(ROOT, "target", "wasm-modules", "wasm32-wasip2", "release", "hello.wasm")
+WASMTIME_VERSION = "48.0.8"
+
+
+def log(msg):
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def ensure_tools():
+    """Installs wrk (Debian) and wasmtime-cli 48 (cargo) when missing."""
+    if shutil.which("wrk") is None:
+        log("installing wrk with apt-get")
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True)
+    version = ""
+    if shutil.which("wasmtime"):
+        version = subprocess.run(["wasmtime", "--version"], capture_output=True, text=True).stdout
+    if not version.startswith(f"wasmtime {WASMTIME_VERSION.split('.')[0]}."):
+        log(f"installing wasmtime-cli {WASMTIME_VERSION} with cargo (takes a while, once)")
+        subprocess.run(["cargo", "install", "wasmtime-cli", "--version", WASMTIME_VERSION, "--locked"], check=True)
+
+
+def build():
+    log("building berth and native-hello (release)")
+    subprocess.run(["cargo", "build", "--release", "-p", "berth-cli", "-p", "berth-bench"], cwd=ROOT, check=True)
+    assert os.path.exists(HELLO_WASM), HELLO_WASM
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port):
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def http(method, url, body=None, headers=None, timeout=10):
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except (urllib.error.URLError, ConnectionError, socket.timeout):
+        return None, b""
+
+
+def wait_until(pred, timeout=60, what="server"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return
+        time.sleep(0.005)
+    raise RuntimeError(f"{what} did not come up within {timeout}s")
+
+
+def start(cmd, **kw):
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, **kw)
+
+
+def stop(proc, ports):
+    """SIGKILL the server's process group and wait until it and its ports are gone."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+    wait_until(lambda: not any(port_open(p) for p in ports), what="port release")
+
+
+def leb(n):
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def variant(wasm, tag):
+    """The component plus a custom section: same behaviour, distinct digest."""
+    name = b"berth-bench"
+    content = leb(len(name)) + name + tag.encode()
+    return wasm + b"\x00" + leb(len(content)) + content
+
+
+class Berth:
+    """A `berth base` process on fresh ports and a fresh (or given) data dir."""
+
+    def __init__(self, data_dir):
+        self.port, self.ops = free_port(), free_port()
+        self.proc = start([os.path.join(RELEASE, "berth"), "base", "--listen", f"127.0.0.1:{self.port}",
+                           "--ops", f"127.0.0.1:{self.ops}", "--data-dir", data_dir])
+        self.started = time.perf_counter()
+        wait_until(lambda: http("GET", f"http://127.0.0.1:{self.ops}/v1/health")[0] == 200, what="berth")
+
+    def install(self, name, wasm, version="1.0.0"):
+        t0 = time.perf_counter()
+        status, body = http("POST", f"http://127.0.0.1:{self.ops}/v1/modules?name={name}&version={version}",
+                            body=wasm, headers={"content-type": "application/wasm"})
+        wall = (time.perf_counter() - t0) * 1e3
+        assert status in (200, 201), (status, body)
+        return json.loads(body)["module"], wall
+
+    def uninstall(self, name):
+        status, body = http("DELETE", f"http://127.0.0.1:{self.ops}/v1/modules/{name}")
+        assert status == 200, (status, body)
+
+    def stop(self):
+        stop(self.proc, [self.port, self.ops])
+
+
+def run_wrk(url, duration, connections, threads):
+    out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", url],
+                         capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+    def pct(p):
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        value, unit = float(m.group(1)), m.group(2)
+        return value * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+    bad = 0
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m:
+        bad += int(m.group(1))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        bad += sum(int(x) for x in m.groups())
+    return {"rps": rps, "p50": pct(50), "p99": pct(99), "errors": bad}
+
+
+def serve_berth(tmp):
+    b = Berth(tempfile.mkdtemp(dir=tmp))
+    b.install("hello", open(HELLO_WASM, "rb").read())
+    return b.proc, [b.port, b.ops], f"http://127.0.0.1:{b.port}/hello"
+
+
+def serve_wasmtime(tmp):
+    port = free_port()
+    proc = start(["wasmtime", "serve", "--addr", f"127.0.0.1:{port}", HELLO_WASM])
+    url = f"http://127.0.0.1:{port}/hello"
+    wait_until(lambda: http("GET", url)[0] == 200, what="wasmtime serve")
+    return proc, [port], url
+
+
+def serve_native(tmp):
+    port = free_port()
+    proc = start([os.path.join(RELEASE, "native-hello"), f"127.0.0.1:{port}"])
+    url = f"http://127.0.0.1:{port}/hello"
+    wait_until(lambda: http("GET", url)[0] == 200, what="native-hello")
+    return proc, [port], url
+
+
+SERVERS = {"berth": serve_berth, "wasmtime serve": serve_wasmtime, "native hyper": serve_native}
+
+
+def throughput(args, tmp):
+    results = {name: [] for name in SERVERS}
+    order = list(SERVERS)
+    for rnd in range(args.rounds):
+        for name in order[rnd % len(order):] + order[:rnd % len(order)]:
+            proc, ports, url = SERVERS[name](tmp)
+            try:
+                run_wrk(url, 2, args.connections, args.threads)  # warm-up
+                r = run_wrk(url, args.duration, args.connections, args.threads)
+            finally:
+                stop(proc, ports)
+            log(f"round {rnd + 1} {name}: {r['rps']:.0f} rps, p50 {r['p50']:.3f} ms, p99 {r['p99']:.3f} ms, errors {r['errors']}")
+            results[name].append(r)
+    return results
+
+
+def install_times(tmp, warm_runs=20):
+    wasm = open(HELLO_WASM, "rb").read()
+    b = Berth(tempfile.mkdtemp(dir=tmp))
+    try:
+        cold = []
+        for i in range(5):
+            info, wall = b.install(f"cold{i}", variant(wasm, f"cold-{i}-{time.time()}"))
+            assert info["compileCache"] == "miss"
+            cold.append((info["installDurationMs"], wall))
+        warm = []
+        bytes_ = variant(wasm, "warm")
+        b.install("warm", bytes_)  # compiles once
+        for _ in range(warm_runs):
+            b.uninstall("warm")
+            info, wall = b.install("warm", bytes_)
+            assert info["compileCache"] == "hit", info
+            warm.append((info["installDurationMs"], wall))
+        return cold, warm
+    finally:
+        b.stop()
+
+
+def restart_time(tmp, modules=10, rounds=5):
+    wasm = open(HELLO_WASM, "rb").read()
+    data_dir = tempfile.mkdtemp(dir=tmp)
+    b = Berth(data_dir)
+    for i in range(modules):
+        b.install(f"m{i}", variant(wasm, f"restart-{i}"))
+    b.stop()
+    times = []
+    for _ in range(rounds):
+        b = Berth.__new__(Berth)
+        b.port, b.ops = free_port(), free_port()
+        t0 = time.perf_counter()
+        b.proc = start([os.path.join(RELEASE, "berth"), "base", "--listen", f"127.0.0.1:{b.port}",
+                        "--ops", f"127.0.0.1:{b.ops}", "--data-dir", data_dir])
+        pending = set(range(modules))
+        deadline = time.time() + 30
+        while pending and time.time() < deadline:
+            for i in list(pending):
+                if http("GET", f"http://127.0.0.1:{b.port}/m{i}", timeout=1)[0] == 200:
+                    pending.discard(i)
+            if pending:
+                time.sleep(0.002)
+        elapsed = (time.perf_counter() - t0) * 1e3
+        b.stop()
+        assert not pending, f"modules {pending} never served after restart"
+        times.append(elapsed)
+    return times
+
+
+def fmt_range(values, f="{:.0f}"):
+    return f"{f.format(statistics.median(values))} ({f.format(min(values))}–{f.format(max(values))})"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2, help="wrk threads")
+    ap.add_argument("--skip-build", action="store_true")
+    args = ap.parse_args()
+
+    ensure_tools()
+    if not args.skip_build:
+        build()
+    tmp = tempfile.mkdtemp(prefix="berth-bench-")
+    try:
+        results = throughput(args, tmp)
+        cold, warm = install_times(tmp)
+        restart = restart_time(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
+    print(f"\n## HTTP throughput: `hello`, wrk -t{args.threads} -c{args.connections} -d{args.duration}s, {args.rounds} interleaved rounds")
+    print(f"machine: {os.cpu_count()} cores, {cpu}\n")
+    print("| server | requests/s median (min–max) | p50 ms | p99 ms | errors |")
+    print("|---|---|---|---|---|")
+    med = {}
+    for name, runs in results.items():
+        rps = [r["rps"] for r in runs]
+        med[name] = statistics.median(rps)
+        print(f"| {name} | {fmt_range(rps)} | {statistics.median(r['p50'] for r in runs):.3f} | "
+              f"{statistics.median(r['p99'] for r in runs):.3f} | {sum(r['errors'] for r in runs)} |")
+    print(f"\nberth / wasmtime serve = **{med['berth'] / med['wasmtime serve']:.2f}x**; "
+          f"berth / native hyper = **{med['berth'] / med['native hyper']:.2f}x** (medians)\n")
+    print("## Module install (`hello`, upload over the ops API)\n")
+    print("| install | server-side ms median (min–max) | client wall ms median (min–max) |")
+    print("|---|---|---|")
+    print(f"| cold (compile, {len(cold)} distinct digests) | {fmt_range([c[0] for c in cold], '{:.1f}')} | {fmt_range([c[1] for c in cold], '{:.1f}')} |")
+    print(f"| warm (compile cache hit, {len(warm)} runs) | {fmt_range([w[0] for w in warm], '{:.2f}')} | {fmt_range([w[1] for w in warm], '{:.2f}')} |")
+    print(f"\n## Restart: process start → all 10 installed modules answering 200 ({len(restart)} runs)\n")
+    print(f"{fmt_range(restart, '{:.0f}')} ms")
+
+
+if __name__ == "__main__":
+    main()

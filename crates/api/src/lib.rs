@@ -123,6 +123,12 @@ pub struct ModuleInfo {
     pub compile_cache: CacheOutcome,
     /// Artifact size in bytes.
     pub size_bytes: u64,
+    /// Requests this version served since the base started.
+    #[serde(default)]
+    pub requests: u64,
+    /// Of those, how many failed in the module (5xx answered by the base).
+    #[serde(default)]
+    pub errors: u64,
     /// Why the version is `failed`, if it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

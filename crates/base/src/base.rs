@@ -131,22 +131,10 @@ impl Base {
         .expect("restore task");
         let mut registry = self.inner.registry.lock().expect("registry lock");
         for (record, result) in loaded {
-            let installed = match result {
-                Ok((module, _)) => Installed {
-                    record,
-                    module: Some(module),
-                    error: None,
-                },
-                Err(error) => {
-                    tracing::error!(module = %record.key(), %error, "cannot reinstall module");
-                    Installed {
-                        record,
-                        module: None,
-                        error: Some(error),
-                    }
-                }
-            };
-            registry.insert(installed);
+            if let Err(error) = &result {
+                tracing::error!(module = %record.key(), %error, "cannot reinstall module");
+            }
+            registry.insert(Installed::new(record, result.map(|(module, _)| module)));
         }
         self.publish(&registry);
         tracing::info!(
@@ -276,11 +264,7 @@ impl Base {
         let mut put: Vec<&InstallRecord> = deactivated.iter().collect();
         put.push(&record);
         self.inner.store.apply(&put, &[])?;
-        let installed = Installed {
-            record,
-            module: Some(module),
-            error: None,
-        };
+        let installed = Installed::new(record, Ok(module));
         let info = installed.info();
         registry.insert(installed);
         self.publish(&registry);

@@ -94,7 +94,9 @@ pub async fn handle(base: &Base, mut request: Request<Incoming>) -> Response<Res
     request
         .headers_mut()
         .insert(REQUEST_ID_HEADER, request_id.clone());
-    match target.module.handle(request, target.label.clone()).await {
+    let result = target.module.handle(request, target.label.clone()).await;
+    target.stats.record(result.is_err());
+    match result {
         Ok(mut response) => {
             let headers = response.headers_mut();
             headers.insert(REQUEST_ID_HEADER, request_id);

@@ -22,6 +22,7 @@ mod error;
 pub mod ingress;
 pub mod ops;
 mod registry;
+pub use registry::VersionStats;
 pub mod router;
 mod server;
 mod source;

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
 use berth_api::{ModuleInfo, ModuleState, Route};
@@ -15,9 +16,27 @@ use berth_runtime::LoadedModule;
 use crate::router::{RouteTable, Target};
 use crate::state::InstallRecord;
 
+/// Request counters of one installed version (since the base started).
+#[derive(Debug, Default)]
+pub struct VersionStats {
+    requests: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl VersionStats {
+    /// Counts one request, and whether the module failed it.
+    pub fn record(&self, failed: bool) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if failed {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// One installed version.
 pub(crate) struct Installed {
     pub record: InstallRecord,
+    pub stats: Arc<VersionStats>,
     /// `None` when the version could not be loaded at start-up.
     pub module: Option<LoadedModule>,
     /// Why it could not be loaded.
@@ -25,6 +44,20 @@ pub(crate) struct Installed {
 }
 
 impl Installed {
+    /// A version that loaded (`Ok`) or could not be loaded (`Err(why)`).
+    pub fn new(record: InstallRecord, module: Result<LoadedModule, String>) -> Self {
+        let (module, error) = match module {
+            Ok(module) => (Some(module), None),
+            Err(error) => (None, Some(error)),
+        };
+        Self {
+            record,
+            stats: Arc::default(),
+            module,
+            error,
+        }
+    }
+
     pub fn info(&self) -> ModuleInfo {
         let r = &self.record;
         let state = match (&self.module, r.active) {
@@ -45,6 +78,8 @@ impl Installed {
             install_duration_ms: r.install_duration_ms,
             compile_cache: r.compile_cache,
             size_bytes: r.size_bytes,
+            requests: self.stats.requests.load(Ordering::Relaxed),
+            errors: self.stats.errors.load(Ordering::Relaxed),
             error: self.error.clone(),
         }
     }
@@ -153,6 +188,7 @@ impl Registry {
                         Target {
                             label: Arc::from(v.record.key()),
                             module,
+                            stats: v.stats.clone(),
                         },
                     ))
                 })

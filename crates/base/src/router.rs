@@ -16,6 +16,8 @@ use std::sync::Arc;
 use berth_api::Route;
 use berth_runtime::LoadedModule;
 
+use crate::registry::VersionStats;
+
 /// The module a request goes to.
 #[derive(Clone)]
 pub struct Target {
@@ -23,6 +25,8 @@ pub struct Target {
     pub label: Arc<str>,
     /// The module to run.
     pub module: LoadedModule,
+    /// Its request counters.
+    pub stats: Arc<VersionStats>,
 }
 
 struct Entry {

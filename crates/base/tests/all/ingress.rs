@@ -60,6 +60,15 @@ async fn a_trapping_module_costs_one_500_and_the_base_keeps_serving() {
     let (status, _, body) = base.get("/panic/ok").await;
     assert_eq!((status, body.as_str()), (200, "not panicking this time\n"));
     base.assert_hello_serves().await;
+
+    // Per-version counters saw every request and every failure.
+    let list = base.list().await;
+    let counts = |name: &str| {
+        let m = list.modules.iter().find(|m| m.name == name).unwrap();
+        (m.requests, m.errors)
+    };
+    assert_eq!(counts("panic"), (22, 21));
+    assert_eq!(counts("hello"), (21, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

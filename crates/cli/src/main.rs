@@ -1,23 +1,33 @@
-//! `berth`: the one command of berth.
+//! `berth`: the one command of berth, in the style of cargo and kubectl.
 //!
-//! Each subcommand is a thin layer over the crates: `berth base` runs a base
-//! ([`berth_base`]), `berth up` runs a local base with the example modules
-//! installed, ready to curl.
+//! Each subcommand is a thin layer over the crates: `berth base` / `berth up`
+//! run a base ([`berth_base`]); `new`, `build`, `deploy`, `dev`, `list`,
+//! `status`, `undeploy` and `invoke` are the module developer's loop against
+//! a base's ops API. Failures print one `error:` line (plus a `hint:` when
+//! there is an obvious fix) and exit with status 1.
 
-use std::net::SocketAddr;
+mod client;
+mod commands;
+mod project;
+
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use berth_api::InstallRequest;
-use berth_base::{Base, BaseConfig};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use commands::Output;
+use commands::base::BaseArgs;
+use commands::deploy::DeployArgs;
+use commands::dev::DevArgs;
+use commands::invoke::InvokeArgs;
+use commands::new::Template;
 
 #[derive(Parser)]
 #[command(
     name = "berth",
     version,
-    about = "berth: hot-deployable WebAssembly modules on a long-running base"
+    about = "berth: hot-deployable WebAssembly modules on a long-running base",
+    after_help = "Your first module:\n  berth up &                 # a local base\n  berth new greeter && cd greeter\n  berth deploy               # build and install\n  berth invoke greeter       # call it\n  berth dev                  # redeploy on every save"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -54,65 +64,174 @@ enum Command {
     ///   curl http://127.0.0.1:8080/hello
     #[command(verbatim_doc_comment)]
     Up(BaseArgs),
+    /// Scaffold a module project that builds as-is.
+    ///
+    /// Examples:
+    ///   berth new greeter
+    ///   berth new orders --template json --dir services/orders
+    #[command(verbatim_doc_comment)]
+    New {
+        /// Module name (lowercase letters, digits, `-`).
+        name: String,
+        /// Starting point.
+        #[arg(long, value_enum, default_value_t = Template::Http)]
+        template: Template,
+        /// Folder to create [default: ./NAME]
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Build a module for wasm32-wasip2 and check it is a valid berth module.
+    ///
+    /// Examples:
+    ///   berth build
+    ///   berth build services/orders -o json
+    #[command(verbatim_doc_comment)]
+    Build {
+        /// The module folder [default: .]
+        path: Option<PathBuf>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Build if needed and install a module into a base.
+    ///
+    /// Examples:
+    ///   berth deploy
+    ///   berth deploy services/orders --base http://10.0.0.5:1238
+    ///   berth deploy target/wasm32-wasip2/release/orders.wasm --version 1.4.0 --route /orders
+    #[command(verbatim_doc_comment)]
+    Deploy(DeployArgs),
+    /// Watch a module's sources; rebuild and hot-redeploy on every save.
+    ///
+    /// A failed build keeps the previous version serving. Prints the
+    /// save-to-serving latency (excluding compile time) after each redeploy.
+    ///
+    /// Examples:
+    ///   berth dev
+    ///   berth dev services/orders --base http://127.0.0.1:1238
+    #[command(verbatim_doc_comment)]
+    Dev(DevArgs),
+    /// List the modules installed on a base.
+    ///
+    /// Examples:
+    ///   berth list
+    ///   berth list -o json
+    #[command(verbatim_doc_comment)]
+    List {
+        /// Ops API of the base.
+        #[arg(long, default_value = "http://127.0.0.1:1238", env = "BERTH_BASE")]
+        base: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Show one module's versions, routes, digests and request counts.
+    ///
+    /// Examples:
+    ///   berth status greeter
+    #[command(verbatim_doc_comment)]
+    Status {
+        /// The module.
+        name: String,
+        /// Ops API of the base.
+        #[arg(long, default_value = "http://127.0.0.1:1238", env = "BERTH_BASE")]
+        base: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Uninstall a module (every version, or one).
+    ///
+    /// Examples:
+    ///   berth undeploy greeter
+    ///   berth undeploy greeter --version 0.1.0
+    #[command(verbatim_doc_comment)]
+    Undeploy {
+        /// The module.
+        name: String,
+        /// Only this version.
+        #[arg(long)]
+        version: Option<String>,
+        /// Ops API of the base.
+        #[arg(long, default_value = "http://127.0.0.1:1238", env = "BERTH_BASE")]
+        base: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Send one request to a module through its base and print the response.
+    ///
+    /// Examples:
+    ///   berth invoke greeter
+    ///   berth invoke orders --path /items -d '{"name":"pen"}' -H 'content-type: application/json'
+    #[command(verbatim_doc_comment)]
+    Invoke(InvokeArgs),
 }
 
-#[derive(Args)]
-struct BaseArgs {
-    /// Address of the ingress (module traffic).
-    #[arg(long, default_value = berth_api::DEFAULT_INGRESS_ADDR, env = "BERTH_LISTEN")]
-    listen: SocketAddr,
-    /// Address of the ops API.
-    #[arg(long, default_value = berth_api::DEFAULT_OPS_ADDR, env = "BERTH_OPS")]
-    ops: SocketAddr,
-    /// Directory for the installed set and the module cache
-    /// [default: `berth base`: $XDG_DATA_HOME/berth/base; `berth up`: ./.berth]
-    #[arg(long, env = "BERTH_DATA_DIR")]
-    data_dir: Option<PathBuf>,
-    /// Concurrent module instances across the base (pooling allocator slots).
-    #[arg(long, default_value_t = 1000)]
-    max_instances: u32,
-    /// Linear memory one instance may use, in MiB.
-    #[arg(long, default_value_t = 128)]
-    max_memory_mib: usize,
-    /// Deadline of one request inside a module (e.g. 30s, 500ms).
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    request_timeout: Duration,
-    /// Largest artifact accepted by install, in bytes.
-    #[arg(long, default_value_t = 256 << 20)]
-    max_artifact_bytes: usize,
-}
-
-impl BaseArgs {
-    fn config(&self, default_data_dir: PathBuf) -> BaseConfig {
-        let mut config = BaseConfig::new(self.data_dir.clone().unwrap_or(default_data_dir));
-        config.ingress_addr = self.listen;
-        config.ops_addr = self.ops;
-        config.runtime.max_instances = self.max_instances;
-        config.runtime.max_memory_bytes = self.max_memory_mib << 20;
-        config.runtime.request_timeout = self.request_timeout;
-        config.max_artifact_bytes = self.max_artifact_bytes;
-        config
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli.command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
-    init_logging(cli.log_format);
+fn run(command: Command) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        match cli.command {
-            Command::Base(args) => run_base(args.config(default_data_dir()), false).await,
-            Command::Up(args) => run_base(args.config(PathBuf::from(".berth")), true).await,
+        match command {
+            Command::Base(args) => commands::base::base(args).await,
+            Command::Up(args) => commands::base::up(args).await,
+            Command::New {
+                name,
+                template,
+                dir,
+            } => {
+                let dir = commands::new::run(&name, dir, template)?;
+                println!("created module `{name}` in {}", dir.display());
+                println!("next: cd {} && berth deploy", dir.display());
+                Ok(())
+            }
+            Command::Build { path, output } => {
+                commands::build::run(&path.unwrap_or_else(|| PathBuf::from(".")), output).map(drop)
+            }
+            Command::Deploy(args) => commands::deploy::run(args).await,
+            Command::Dev(args) => commands::dev::run(args).await,
+            Command::List { base, output } => {
+                commands::list::list(&client::OpsClient::new(&base)?, output).await
+            }
+            Command::Status { name, base, output } => {
+                commands::list::status(&client::OpsClient::new(&base)?, &name, output).await
+            }
+            Command::Undeploy {
+                name,
+                version,
+                base,
+                output,
+            } => {
+                commands::list::undeploy(
+                    &client::OpsClient::new(&base)?,
+                    &name,
+                    version.as_deref(),
+                    output,
+                )
+                .await
+            }
+            Command::Invoke(args) => commands::invoke::run(args).await,
         }
     })
 }
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,notify=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -120,68 +239,4 @@ fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
-}
-
-fn default_data_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("XDG_DATA_HOME") {
-        return PathBuf::from(dir).join("berth/base");
-    }
-    match std::env::var_os("HOME") {
-        Some(home) => PathBuf::from(home).join(".local/share/berth/base"),
-        None => PathBuf::from(".berth"),
-    }
-}
-
-/// The example modules `berth up` installs: (name, route prefix, bytes).
-const EXAMPLES: &[(&str, &str, &[u8])] = &[
-    ("hello", "/hello", berth_example_modules::HELLO_BYTES),
-    ("echo", "/echo", berth_example_modules::ECHO_BYTES),
-];
-
-async fn run_base(config: BaseConfig, with_examples: bool) -> Result<()> {
-    let data_dir = config.data_dir.clone();
-    let running = Base::start(config).await?;
-    if with_examples {
-        for (name, prefix, bytes) in EXAMPLES {
-            if running.base.list(Some(name)).is_ok() {
-                continue; // installed before (possibly another version): leave it as the user set it
-            }
-            let request = InstallRequest {
-                name: (*name).into(),
-                version: env!("CARGO_PKG_VERSION").into(),
-                route: Some(berth_api::Route {
-                    host: None,
-                    path_prefix: Some((*prefix).into()),
-                }),
-                artifact: None,
-                digest: None,
-            };
-            running
-                .base
-                .install(request, Some(bytes::Bytes::from_static(bytes)))
-                .await
-                .with_context(|| format!("cannot install the example module `{name}`"))?;
-        }
-    }
-    let ingress = running.ingress_addr;
-    println!("berth base serving");
-    println!("  ingress  http://{ingress}");
-    println!("  ops API  http://{}/v1/modules", running.ops_addr);
-    println!("  data     {}", data_dir.display());
-    for module in running.base.list(None)?.modules {
-        println!(
-            "  module   {}@{} {:?} at {} ({:.1} ms install)",
-            module.name, module.version, module.state, module.route, module.install_duration_ms
-        );
-    }
-    if with_examples {
-        println!("try:  curl http://{ingress}/hello");
-        println!("      curl -d 'hi there' http://{ingress}/echo/anything");
-    }
-    tokio::signal::ctrl_c()
-        .await
-        .context("cannot wait for Ctrl-C")?;
-    println!("shutting down");
-    running.shutdown().await;
-    Ok(())
 }

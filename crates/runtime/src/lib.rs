@@ -26,7 +26,7 @@ pub use config::RuntimeConfig;
 pub use error::{HandleError, LoadError};
 pub use host::HostState;
 pub use module::{LoadedModule, ResponseBody, full_body};
-pub use runtime::Runtime;
+pub use runtime::{Runtime, validate};
 
 /// The `wasi:http` export every berth module must have.
 pub const HTTP_HANDLER_EXPORT: &str = "wasi:http/incoming-handler";

@@ -60,12 +60,7 @@ impl Runtime {
             reason: format!("cannot create the wasmtime engine: {e:#}"),
         })?;
 
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))
-            .map_err(|e| LoadError::Invalid {
-                reason: format!("cannot link the WASI interfaces: {e:#}"),
-            })?;
+        let linker = host_linker(&engine)?;
 
         let cache = ModuleCache::open(&config.cache_dir, &engine)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
@@ -129,7 +124,7 @@ impl Runtime {
             }
         };
 
-        let pre = self.link(&component)?;
+        let pre = link(&self.inner.linker, &component)?;
 
         if let Some(bytes) = bytes {
             cache.store_artifact(&digest, bytes)?;
@@ -165,33 +160,60 @@ impl Runtime {
             }
         }
     }
+}
 
-    /// Checks the exports and resolves the imports of `component`.
-    fn link(&self, component: &Component) -> Result<ProxyPre<HostState>, LoadError> {
-        let engine = &self.inner.engine;
-        let ty = component.component_type();
-        let exports: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
-        let http_export = format!("{HTTP_HANDLER_EXPORT}@0.2");
-        if !exports.iter().any(|name| name.starts_with(&http_export)) {
-            return Err(LoadError::MissingHttpExport {
-                exports: if exports.is_empty() {
-                    "nothing".into()
-                } else {
-                    exports.join(", ")
-                },
-            });
-        }
-        let instance_pre = self.inner.linker.instantiate_pre(component).map_err(|e| {
-            let reason = format!("{e:#}");
-            LoadError::UnsupportedImport {
-                import: first_quoted(&reason).unwrap_or("an interface").to_string(),
-                reason,
-            }
+/// The linker with every host interface a module may import: WASI 0.2 and `wasi:http`.
+fn host_linker(engine: &Engine) -> Result<Linker<HostState>, LoadError> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+        .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))
+        .map_err(|e| LoadError::Invalid {
+            reason: format!("cannot link the WASI interfaces: {e:#}"),
         })?;
-        ProxyPre::new(instance_pre).map_err(|e| LoadError::MissingHttpExport {
-            exports: format!("{} ({e:#})", exports.join(", ")),
-        })
+    Ok(linker)
+}
+
+/// Checks the exports and resolves the imports of `component`.
+fn link(
+    linker: &Linker<HostState>,
+    component: &Component,
+) -> Result<ProxyPre<HostState>, LoadError> {
+    let engine = linker.engine();
+    let ty = component.component_type();
+    let exports: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
+    let http_export = format!("{HTTP_HANDLER_EXPORT}@0.2");
+    if !exports.iter().any(|name| name.starts_with(&http_export)) {
+        return Err(LoadError::MissingHttpExport {
+            exports: if exports.is_empty() {
+                "nothing".into()
+            } else {
+                exports.join(", ")
+            },
+        });
     }
+    let instance_pre = linker.instantiate_pre(component).map_err(|e| {
+        let reason = format!("{e:#}");
+        LoadError::UnsupportedImport {
+            import: first_quoted(&reason).unwrap_or("an interface").to_string(),
+            reason,
+        }
+    })?;
+    ProxyPre::new(instance_pre).map_err(|e| LoadError::MissingHttpExport {
+        exports: format!("{} ({e:#})", exports.join(", ")),
+    })
+}
+
+/// Checks that `bytes` are a module a base would install — a component
+/// exporting `wasi:http/incoming-handler` whose imports a base provides —
+/// without a base: compiles it in a throwaway engine (what `berth build`
+/// runs before it reports success).
+pub fn validate(bytes: &[u8]) -> Result<(), LoadError> {
+    check_header(bytes)?;
+    let engine = Engine::default();
+    let component = Component::new(&engine, bytes).map_err(|e| LoadError::Invalid {
+        reason: format!("{e:#}"),
+    })?;
+    link(&host_linker(&engine)?, &component).map(drop)
 }
 
 /// The first `backquoted` name in a wasmtime message (the missing import).

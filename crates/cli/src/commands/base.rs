@@ -1,0 +1,131 @@
+//! `berth base` and `berth up`: run a base in the foreground.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use berth_api::InstallRequest;
+use berth_base::{Base, BaseConfig};
+
+/// Flags shared by `berth base` and `berth up`.
+#[derive(clap::Args)]
+pub struct BaseArgs {
+    /// Address of the ingress (module traffic).
+    #[arg(long, default_value = berth_api::DEFAULT_INGRESS_ADDR, env = "BERTH_LISTEN")]
+    listen: SocketAddr,
+    /// Address of the ops API.
+    #[arg(long, default_value = berth_api::DEFAULT_OPS_ADDR, env = "BERTH_OPS")]
+    ops: SocketAddr,
+    /// Directory for the installed set and the module cache
+    /// [default: `berth base`: $XDG_DATA_HOME/berth/base; `berth up`: ./.berth]
+    #[arg(long, env = "BERTH_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Concurrent module instances across the base (pooling allocator slots).
+    #[arg(long, default_value_t = 1000)]
+    max_instances: u32,
+    /// Linear memory one instance may use, in MiB.
+    #[arg(long, default_value_t = 128)]
+    max_memory_mib: usize,
+    /// Deadline of one request inside a module (e.g. 30s, 500ms).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    request_timeout: Duration,
+    /// Largest artifact accepted by install, in bytes.
+    #[arg(long, default_value_t = 256 << 20)]
+    max_artifact_bytes: usize,
+}
+
+impl BaseArgs {
+    fn config(&self, default_data_dir: PathBuf) -> BaseConfig {
+        let mut config = BaseConfig::new(self.data_dir.clone().unwrap_or(default_data_dir));
+        config.ingress_addr = self.listen;
+        config.ops_addr = self.ops;
+        config.runtime.max_instances = self.max_instances;
+        config.runtime.max_memory_bytes = self.max_memory_mib << 20;
+        config.runtime.request_timeout = self.request_timeout;
+        config.max_artifact_bytes = self.max_artifact_bytes;
+        config
+    }
+}
+
+/// `berth base`.
+pub async fn base(args: BaseArgs) -> Result<()> {
+    run(args.config(default_data_dir()), false).await
+}
+
+/// `berth up`.
+pub async fn up(args: BaseArgs) -> Result<()> {
+    run(args.config(PathBuf::from(".berth")), true).await
+}
+
+fn default_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(dir).join("berth/base");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/share/berth/base"),
+        None => PathBuf::from(".berth"),
+    }
+}
+
+/// The example modules `berth up` installs: (name, route prefix, bytes).
+const EXAMPLES: &[(&str, &str, &[u8])] = &[
+    ("hello", "/hello", berth_example_modules::HELLO_BYTES),
+    ("echo", "/echo", berth_example_modules::ECHO_BYTES),
+];
+
+async fn run(config: BaseConfig, with_examples: bool) -> Result<()> {
+    let data_dir = config.data_dir.clone();
+    let running = Base::start(config).await?;
+    if with_examples {
+        for (name, prefix, bytes) in EXAMPLES {
+            if running.base.list(Some(name)).is_ok() {
+                continue; // installed before (maybe another version): leave it as the user set it
+            }
+            let request = InstallRequest {
+                name: (*name).into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                route: Some(berth_api::Route {
+                    host: None,
+                    path_prefix: Some((*prefix).into()),
+                }),
+                artifact: None,
+                digest: None,
+            };
+            running
+                .base
+                .install(request, Some(bytes::Bytes::from_static(bytes)))
+                .await
+                .with_context(|| format!("cannot install the example module `{name}`"))?;
+        }
+    }
+    let ingress = running.ingress_addr;
+    println!("berth base serving");
+    println!("  ingress  http://{ingress}");
+    println!("  ops API  http://{}", running.ops_addr);
+    println!("  data     {}", data_dir.display());
+    for module in running.base.list(None)?.modules {
+        println!(
+            "  module   {}@{} {:?} at {} ({:.1} ms install)",
+            module.name, module.version, module.state, module.route, module.install_duration_ms
+        );
+    }
+    if with_examples {
+        println!("try:  curl http://{ingress}/hello");
+        println!("      curl -d 'hi there' http://{ingress}/echo/anything");
+    }
+    wait_for_stop().await?;
+    println!("shutting down");
+    running.shutdown().await;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn wait_for_stop() -> Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.context("cannot wait for Ctrl-C"),
+        _ = term.recv() => Ok(()),
+    }
+}

@@ -1,0 +1,350 @@
+//! The `berth` binary end to end: a real base process, real module builds,
+//! real HTTP. new → build → deploy → invoke → dev (edit, broken edit) →
+//! undeploy, plus the one-line errors of bad input.
+
+use std::io::{BufRead as _, BufReader};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command as Cmd;
+
+const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+
+/// A `berth base` process on free ports, killed on drop.
+struct BaseProcess {
+    child: Child,
+    ops: String,
+    _data: tempfile::TempDir,
+}
+
+impl BaseProcess {
+    fn start() -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let (ingress, ops) = (free_port(), free_port());
+        let child = Command::new(BERTH)
+            .args([
+                "base",
+                "--listen",
+                &format!("127.0.0.1:{ingress}"),
+                "--ops",
+                &format!("127.0.0.1:{ops}"),
+            ])
+            .arg("--data-dir")
+            .arg(data.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", ops)).is_err() {
+            assert!(Instant::now() < deadline, "berth base did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            child,
+            ops: format!("http://127.0.0.1:{ops}"),
+            _data: data,
+        }
+    }
+
+    /// `berth ARGS --base <this base>`, with module builds sharing one target dir.
+    fn berth(&self, args: &[&str]) -> Cmd {
+        let mut cmd = berth(args);
+        cmd.args(["--base", &self.ops]);
+        cmd
+    }
+}
+
+impl Drop for BaseProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `berth ARGS` with module builds sharing one target dir (so `wasip2`
+/// compiles once for all tests).
+fn berth(args: &[&str]) -> Cmd {
+    let mut cmd = Cmd::new(BERTH);
+    cmd.args(args)
+        .env("CARGO_TARGET_DIR", work_root().join("target"))
+        .timeout(Duration::from_secs(300));
+    cmd
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Module folders live under the workspace's target dir, so the repository's
+/// rust-toolchain.toml (with the wasm32-wasip2 target) applies to their builds.
+fn work_root() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/cli-tests");
+    std::fs::create_dir_all(&root).unwrap();
+    root.canonicalize().unwrap()
+}
+
+fn work_dir() -> tempfile::TempDir {
+    tempfile::tempdir_in(work_root()).unwrap()
+}
+
+fn stdout(mut cmd: Cmd) -> String {
+    let output = cmd.output().unwrap();
+    assert!(
+        output.status.success(),
+        "command failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Runs `cmd`, expecting failure; returns stderr.
+fn failure(mut cmd: Cmd) -> String {
+    let output = cmd.output().unwrap();
+    assert!(
+        !output.status.success(),
+        "expected failure, got: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    String::from_utf8(output.stderr).unwrap()
+}
+
+/// Lines of a child's stdout and stderr, as they come.
+fn lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    let err = child.stderr.take().unwrap();
+    let tx2 = tx.clone();
+    std::thread::spawn(move || {
+        BufReader::new(out)
+            .lines()
+            .map_while(Result::ok)
+            .for_each(|l| drop(tx.send(l)))
+    });
+    std::thread::spawn(move || {
+        BufReader::new(err)
+            .lines()
+            .map_while(Result::ok)
+            .for_each(|l| drop(tx2.send(l)))
+    });
+    rx
+}
+
+/// Waits for a line containing `needle`; returns it.
+fn wait_for(lines: &mpsc::Receiver<String>, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(_) => {}
+            Err(_) => panic!("no line containing `{needle}` within 180 s"),
+        }
+    }
+}
+
+fn edit(file: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(file).unwrap();
+    assert!(text.contains(from), "{from} not in {}", file.display());
+    std::fs::write(file, text.replace(from, to)).unwrap();
+}
+
+#[test]
+fn new_build_deploy_invoke_dev_undeploy() {
+    let base = BaseProcess::start();
+    let work = work_dir();
+    let dir = work.path().join("greeter");
+    let dir_s = dir.to_str().unwrap();
+
+    let out = stdout(berth(&["new", "greeter", "--dir", dir_s]));
+    assert!(out.contains("created module `greeter`"), "{out}");
+    assert!(dir.join("berth.toml").exists() && dir.join("src/lib.rs").exists());
+
+    let out = stdout(berth(&["build", dir_s]));
+    assert!(
+        out.contains("built greeter@0.1.0") && out.contains("sha256:"),
+        "{out}"
+    );
+    let built: serde_json::Value =
+        serde_json::from_str(&stdout(berth(&["build", dir_s, "-o", "json"]))).unwrap();
+    assert!(Path::new(built["artifact"].as_str().unwrap()).exists());
+    assert!(built["sizeBytes"].as_u64().unwrap() > 1000);
+
+    let out = stdout(base.berth(&["deploy", dir_s]));
+    assert!(out.contains("deployed greeter@0.1.0"), "{out}");
+    assert!(
+        out.contains("serving at http://127.0.0.1:") && out.contains("/greeter"),
+        "{out}"
+    );
+
+    let out = stdout(base.berth(&["invoke", "greeter", "--path", "/x?y=1"]));
+    assert_eq!(out, "Hello from greeter! You asked for /greeter/x?y=1\n");
+
+    let listed: serde_json::Value =
+        serde_json::from_str(&stdout(base.berth(&["list", "-o", "json"]))).unwrap();
+    assert_eq!(listed[0]["name"], "greeter");
+    assert_eq!(listed[0]["requests"], 1);
+    let status = stdout(base.berth(&["status", "greeter"]));
+    assert!(status.contains("requests     1 (0 failed)"), "{status}");
+
+    // A second module may not take greeter's route: one clear line, nothing changes.
+    let other = work.path().join("other");
+    stdout(berth(&["new", "other", "--dir", other.to_str().unwrap()]));
+    let err = failure(base.berth(&["deploy", other.to_str().unwrap(), "--route", "/greeter"]));
+    assert!(
+        err.contains("route_conflict") && err.contains("`greeter`"),
+        "{err}"
+    );
+
+    // berth dev: redeploys on save, keeps serving through a broken edit.
+    let mut dev = Command::new(BERTH)
+        .args(["dev", dir_s, "--base", &base.ops])
+        .env("CARGO_TARGET_DIR", work_root().join("target"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let dev_lines = lines(&mut dev);
+    wait_for(&dev_lines, "redeployed greeter@0.1.0-dev.");
+    let lib = dir.join("src/lib.rs");
+    edit(&lib, "Hello from greeter!", "Howdy from greeter!");
+    let line = wait_for(&dev_lines, "redeployed greeter@0.1.0-dev.");
+    assert!(line.contains("ms after the save (excluding"), "{line}");
+    let out = stdout(base.berth(&["invoke", "greeter"]));
+    assert_eq!(out, "Howdy from greeter! You asked for /greeter\n");
+
+    edit(&lib, "Howdy from greeter!", "Howdy from greeter!\" broken");
+    wait_for(&dev_lines, "keeps serving");
+    let out = stdout(base.berth(&["invoke", "greeter"]));
+    assert_eq!(
+        out, "Howdy from greeter! You asked for /greeter\n",
+        "a failed build changed what serves"
+    );
+    edit(&lib, "Howdy from greeter!\" broken", "Fixed greeter!");
+    wait_for(&dev_lines, "redeployed greeter@0.1.0-dev.");
+    let out = stdout(base.berth(&["invoke", "greeter"]));
+    assert_eq!(out, "Fixed greeter! You asked for /greeter\n");
+    let _ = dev.kill();
+    let _ = dev.wait();
+
+    // dev keeps one dev version beside the deployed 0.1.0.
+    let listed: serde_json::Value =
+        serde_json::from_str(&stdout(base.berth(&["list", "-o", "json"]))).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+
+    let out = stdout(base.berth(&["undeploy", "greeter"]));
+    assert!(out.contains("undeployed greeter@0.1.0"), "{out}");
+    let err = failure(base.berth(&["invoke", "greeter"]));
+    assert!(err.contains("no module named `greeter`"), "{err}");
+    let out = stdout(base.berth(&["list"]));
+    assert_eq!(out.trim(), "no modules installed");
+}
+
+#[test]
+fn the_json_template_builds_and_serves() {
+    let base = BaseProcess::start();
+    let work = work_dir();
+    let dir = work.path().join("items");
+    stdout(berth(&[
+        "new",
+        "items",
+        "--template",
+        "json",
+        "--dir",
+        dir.to_str().unwrap(),
+    ]));
+    stdout(base.berth(&["deploy", dir.to_str().unwrap()]));
+    let out = stdout(base.berth(&[
+        "invoke",
+        "items",
+        "--path",
+        "/items",
+        "-d",
+        r#"{"name":"pen"}"#,
+        "-H",
+        "content-type: application/json",
+    ]));
+    let item: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (item["id"].as_u64(), item["name"].as_str()),
+        (Some(2), Some("pen"))
+    );
+}
+
+#[test]
+fn bad_input_gets_one_clear_line_and_a_failing_exit() {
+    let err = failure(berth(&["list", "--base", "http://127.0.0.1:1"]));
+    assert!(
+        err.contains("no base answers at http://127.0.0.1:1")
+            && err.contains("hint: start one with `berth up`"),
+        "{err}"
+    );
+
+    let err = failure(berth(&["list", "--base", "::not a url"]));
+    assert!(err.contains("is not a base URL"), "{err}");
+
+    let empty = work_dir();
+    let err = failure(berth(&["build", empty.path().to_str().unwrap()]));
+    assert!(
+        err.contains("is not a module folder") && err.contains("berth new"),
+        "{err}"
+    );
+
+    let err = failure(berth(&[
+        "new",
+        "Bad_Name",
+        "--dir",
+        empty.path().join("x").to_str().unwrap(),
+    ]));
+    assert!(err.contains("`Bad_Name` is not a module name"), "{err}");
+
+    // A name that is taken on disk.
+    let work = work_dir();
+    let dir = work.path().join("taken");
+    stdout(berth(&["new", "taken", "--dir", dir.to_str().unwrap()]));
+    let err = failure(berth(&["new", "taken", "--dir", dir.to_str().unwrap()]));
+    assert!(err.contains("already exists"), "{err}");
+
+    // A build failure shows the compiler's error.
+    edit(&dir.join("src/lib.rs"), "fn handle(", "fn handle(oops ");
+    let output = berth(&["build", dir.to_str().unwrap()]).output().unwrap();
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains("error") && err.contains("the build of `taken` failed"),
+        "{err}"
+    );
+
+    // A .wasm without a version.
+    let wasm = work.path().join("m.wasm");
+    std::fs::write(&wasm, b"\0asm\x01\0\0\0").unwrap();
+    let err = failure(berth(&[
+        "deploy",
+        wasm.to_str().unwrap(),
+        "--base",
+        "http://127.0.0.1:1",
+    ]));
+    assert!(err.contains("no base answers"), "{err}");
+}
+
+#[test]
+fn deploying_a_bad_artifact_changes_nothing_on_the_base() {
+    let base = BaseProcess::start();
+    let work = work_dir();
+    let wasm = work.path().join("core.wasm");
+    std::fs::write(&wasm, b"\0asm\x01\0\0\0").unwrap();
+    let err = failure(base.berth(&["deploy", wasm.to_str().unwrap(), "--version", "1.0.0"]));
+    assert!(err.contains("not_a_component"), "{err}");
+    let err = failure(base.berth(&["deploy", wasm.to_str().unwrap()]));
+    assert!(err.contains("pass --version"), "{err}");
+    let out = stdout(base.berth(&["list"]));
+    assert_eq!(out.trim(), "no modules installed");
+}

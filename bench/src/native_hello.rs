@@ -1,6 +1,6 @@
 //! `native-hello ADDR`: a native hyper HTTP/1.1 server answering every request
 //! with the same body as the `hello` module. It is the ceiling in
-//! `bench/http.py`: what the same machine does with no wasm at all.
+//! `bench/throughput.py`: what the same machine does with no wasm at all.
 
 use std::convert::Infallible;
 

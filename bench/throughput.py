@@ -10,7 +10,7 @@ waited for before the next starts. Then it measures berth's module install
 time (cold compile vs warm from the compile cache) and how long a base with
 10 installed modules takes from process start to serving all of them again.
 
-Usage: bench/http.py [--rounds 3] [--duration 10] [--connections 32]
+Usage: bench/throughput.py [--rounds 3] [--duration 10] [--connections 32]
 Prints markdown tables; the latest figures live in bench/README.md.
 """
 

@@ -32,9 +32,49 @@ fn main() {
     println!("cargo:rerun-if-changed={}", modules_dir.display());
 
     ensure_wasm_target();
+    guest_build(&modules_dir, &target_dir, &[]);
+    // hello again with its `v2` feature: a second version of the same package.
+    let v2_dir = target_dir.join("hello-v2");
+    guest_build(&modules_dir, &v2_dir, &["-p", "hello", "--features", "v2"]);
+
+    let wasm_dir = target_dir.join("wasm32-wasip2/release");
+    let mut generated = String::new();
+    for (name, kind) in MODULES {
+        let file = match kind {
+            Kind::Lib => format!("{}.wasm", name.replace('-', "_")),
+            Kind::Bin => format!("{name}.wasm"),
+        };
+        let path = wasm_dir.join(file);
+        assert!(
+            path.exists(),
+            "expected guest artifact {} after the build",
+            path.display()
+        );
+        let ident = name.replace('-', "_").to_uppercase();
+        let path = path.display().to_string();
+        generated.push_str(&format!(
+            "/// Path of the built `{name}` module (`modules/{name}`).\n\
+             pub const {ident}: &str = {path:?};\n\
+             /// The bytes of the built `{name}` module, embedded in the binary.\n\
+             pub const {ident}_BYTES: &[u8] = include_bytes!({path:?});\n",
+        ));
+    }
+    let v2 = v2_dir
+        .join("wasm32-wasip2/release/hello.wasm")
+        .display()
+        .to_string();
+    generated.push_str(&format!(
+        "/// Path of `hello` built with its `v2` feature (another greeting).\n\
+         pub const HELLO_V2: &str = {v2:?};\n"
+    ));
+    std::fs::write(out_dir.join("modules.rs"), generated).unwrap();
+}
+
+/// `cargo build --release --target wasm32-wasip2 EXTRA` in `modules_dir`.
+fn guest_build(modules_dir: &std::path::Path, target_dir: &std::path::Path, extra: &[&str]) {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(&modules_dir)
+    cmd.current_dir(modules_dir)
         .args([
             "build",
             "--release",
@@ -42,7 +82,8 @@ fn main() {
             "wasm32-wasip2",
             "--target-dir",
         ])
-        .arg(&target_dir);
+        .arg(target_dir)
+        .args(extra);
     // Flags meant for the host build must not leak into the guest build.
     for var in [
         "RUSTFLAGS",
@@ -68,30 +109,6 @@ fn main() {
             modules_dir.display()
         );
     }
-
-    let wasm_dir = target_dir.join("wasm32-wasip2/release");
-    let mut generated = String::new();
-    for (name, kind) in MODULES {
-        let file = match kind {
-            Kind::Lib => format!("{}.wasm", name.replace('-', "_")),
-            Kind::Bin => format!("{name}.wasm"),
-        };
-        let path = wasm_dir.join(file);
-        assert!(
-            path.exists(),
-            "expected guest artifact {} after the build",
-            path.display()
-        );
-        let ident = name.replace('-', "_").to_uppercase();
-        let path = path.display().to_string();
-        generated.push_str(&format!(
-            "/// Path of the built `{name}` module (`modules/{name}`).\n\
-             pub const {ident}: &str = {path:?};\n\
-             /// The bytes of the built `{name}` module, embedded in the binary.\n\
-             pub const {ident}_BYTES: &[u8] = include_bytes!({path:?});\n",
-        ));
-    }
-    std::fs::write(out_dir.join("modules.rs"), generated).unwrap();
 }
 
 /// Adds the `wasm32-wasip2` target to the active toolchain if it is missing.

@@ -77,15 +77,19 @@ pub struct InstallRequest {
     /// Expected digest, `sha256:<64 hex>`; the install fails if the bytes differ.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    /// Make this version the default at once (the default). With `false` it
+    /// is installed beside the default, for rules or a later switch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activate: Option<bool>,
 }
 
 /// The lifecycle state of one installed module version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum ModuleState {
-    /// Serving the module's route.
+    /// The module's default version.
     Active,
-    /// Installed beside the active version, not serving.
+    /// Installed beside the default; serves only what traffic rules send it.
     Inactive,
     /// Recorded but not loadable (e.g. its artifact vanished); see `error`.
     Failed,
@@ -196,4 +200,128 @@ impl std::fmt::Display for ErrorDetail {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} ({})", self.message, self.code)
     }
+}
+
+/// Request header that pins a request (and the module calls it makes) to the
+/// versions a module's `trafficUnits` map names for that unit.
+pub const TRAFFIC_UNIT_HEADER: &str = "x-berth-traffic-unit";
+
+/// The traffic rules of one module: `GET`/`PUT /v1/modules/{name}/rules`.
+///
+/// A request is routed to a version by, in order: its traffic unit (when
+/// `trafficUnits` names it), the first rule whose matches all hold, and
+/// otherwise the module's default version.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TrafficRules {
+    /// Evaluated in order; the first that matches chooses the version.
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+    /// Traffic unit (the `x-berth-traffic-unit` header's value) → version.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub traffic_units: std::collections::BTreeMap<String, String>,
+}
+
+/// One rule: conditions (all must hold) and the version(s) they lead to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Rule {
+    /// A name for messages and status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Conditions; all must hold. Empty: the rule matches every request.
+    #[serde(default, rename = "match", skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<Match>,
+    /// Send matching requests to this version...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// ...or split them between versions by weight (weights sum to 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<Vec<WeightedVersion>>,
+    /// With `split`: hash this request value so the same key always lands on
+    /// the same version; without it each request is placed at random.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky_by: Option<RequestValue>,
+}
+
+/// A version and its share of a split.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WeightedVersion {
+    /// The version.
+    pub version: String,
+    /// Percent of the traffic, 0 to 100.
+    pub weight: u32,
+}
+
+/// Which part of a request a condition or a sticky key reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum On {
+    /// A header (`name` is the header name).
+    Header,
+    /// A query parameter (`name` is the parameter).
+    Query,
+    /// A cookie (`name` is the cookie name).
+    Cookie,
+    /// The client's IP address (use `cidr`).
+    ClientIp,
+    /// The request path (use `exact`, `prefix` or `regex`).
+    Path,
+}
+
+/// A named value of the request, e.g. header `x-user-id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequestValue {
+    /// Where the value is: header, query or cookie.
+    pub on: On,
+    /// Its name.
+    pub name: String,
+}
+
+/// One condition on a request. For header, query and cookie, `name` says
+/// which; then `exact`, `prefix` or `regex` tests the value (none of them:
+/// the value only has to be present). `clientIp` takes `cidr`; `path` takes
+/// `exact`, `prefix` or `regex`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Match {
+    /// What the condition reads.
+    pub on: On,
+    /// Header, query parameter or cookie name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The value equals this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    /// The value starts with this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// The value matches this regular expression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    /// The client IP is in this range, e.g. `10.0.0.0/8`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidr: Option<String>,
+}
+
+/// `POST /v1/modules/{name}/switch`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SwitchRequest {
+    /// The version to make the default.
+    pub version: String,
+}
+
+/// Response to a switch or a rollback.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SwitchResponse {
+    /// Module name.
+    pub name: String,
+    /// The default version before.
+    pub previous: String,
+    /// The default version now.
+    pub current: String,
 }

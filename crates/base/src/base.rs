@@ -18,15 +18,16 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use berth_api::{
     ArtifactSource, CacheOutcome, Health, InstallRequest, InstallResponse, ModuleInfo, ModuleList,
-    Route, UninstallResponse,
+    Route, SwitchResponse, TrafficRules, UninstallResponse,
 };
 use berth_runtime::{Digest, Runtime};
 use bytes::Bytes;
 
 use crate::config::BaseConfig;
 use crate::error::{BaseError, OpsError};
-use crate::registry::{Installed, Registry};
+use crate::registry::{Installed, Module, Registry};
 use crate::router::{self, RouteTable};
+use crate::rules::CompiledRules;
 use crate::source::Source;
 use crate::state::{InstallRecord, StateStore};
 
@@ -136,6 +137,18 @@ impl Base {
             }
             registry.insert(Installed::new(record, result.map(|(module, _)| module)));
         }
+        match self.inner.store.load_meta() {
+            Ok(metas) => {
+                for (name, meta) in metas {
+                    if let Err(error) = registry.restore_meta(&name, meta) {
+                        tracing::error!(module = %name, %error, "traffic rules no longer apply; serving the default version only");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read traffic rules; serving default versions only")
+            }
+        }
         self.publish(&registry);
         tracing::info!(
             modules = count,
@@ -187,18 +200,23 @@ impl Base {
         };
         let name = request.name;
         let version = request.version;
+        let wants_default = request.activate.unwrap_or(true);
         let route = {
             let registry = self.inner.registry.lock().expect("registry lock");
+            let current = registry.active(&name).map(|a| a.record.route.clone());
             let route = match request.route {
                 Some(route) => router::normalize(route).map_err(OpsError::InvalidRequest)?,
-                None => registry
-                    .active(&name)
-                    .map(|a| a.record.route.clone())
-                    .unwrap_or_else(|| Route {
-                        host: None,
-                        path_prefix: Some(format!("/{name}")),
-                    }),
+                None => current.clone().unwrap_or_else(|| Route {
+                    host: None,
+                    path_prefix: Some(format!("/{name}")),
+                }),
             };
+            if !wants_default && current.as_ref().is_some_and(|c| *c != route) {
+                return Err(OpsError::InvalidRequest(format!(
+                    "route `{route}` differs from `{name}`'s route; a version installed with activate=false \
+                     serves the module's route: drop `route`, or install with activate=true"
+                )));
+            }
             check_route(&registry, &name, &route)?;
             route
         };
@@ -237,12 +255,15 @@ impl Base {
         if let Some(existing) = registry.get(&name, &version) {
             return version_clash(existing, digest);
         }
+        // The first version of a module is its default whatever was asked.
+        let previous = registry.active(&name).map(|a| a.record.clone());
+        let activate = wants_default || previous.is_none();
         let record = InstallRecord {
             name: name.clone(),
             version: version.clone(),
             digest: digest.to_string(),
             route,
-            active: true,
+            active: activate,
             installed_at_ms: unix_ms(),
             install_duration_ms: started.elapsed().as_secs_f64() * 1e3,
             compile_cache: match outcome {
@@ -251,19 +272,26 @@ impl Base {
             },
             size_bytes,
         };
-        let mut deactivated: Vec<InstallRecord> = registry
-            .versions(&name)
-            .into_iter()
-            .flat_map(|versions| versions.values())
-            .filter(|v| v.record.active)
-            .map(|v| v.record.clone())
-            .collect();
-        for r in &mut deactivated {
-            r.active = false;
+        match previous.filter(|_| activate) {
+            Some(previous) => {
+                let module = registry
+                    .module_mut(&name)
+                    .expect("a module with a default exists");
+                let mut meta = module.meta();
+                meta.previous_default = Some(previous.version.clone());
+                let demoted = InstallRecord {
+                    active: false,
+                    ..previous
+                };
+                self.inner.store.apply_with_meta(
+                    &[&demoted, &record],
+                    &[],
+                    Some((&name, Some(&meta))),
+                )?;
+                module.previous_default = meta.previous_default;
+            }
+            None => self.inner.store.apply(&[&record], &[])?,
         }
-        let mut put: Vec<&InstallRecord> = deactivated.iter().collect();
-        put.push(&record);
-        self.inner.store.apply(&put, &[])?;
         let installed = Installed::new(record, Ok(module));
         let info = installed.info();
         registry.insert(installed);
@@ -296,59 +324,76 @@ impl Base {
         }
     }
 
-    /// Uninstalls one version of `name`, or all of them. When the active
-    /// version goes and others stay, the most recently installed one becomes
-    /// active.
+    /// Uninstalls one version of `name`, or all of them. A version the
+    /// module's traffic rules still send traffic to is refused. When the
+    /// default version goes and others stay, the most recently installed one
+    /// becomes the default.
     pub async fn uninstall(
         &self,
         name: &str,
         version: Option<&str>,
     ) -> Result<UninstallResponse, OpsError> {
         let mut registry = self.inner.registry.lock().expect("registry lock");
-        let Some(versions) = registry.versions(name) else {
-            let installed = registry.names();
-            return Err(OpsError::NotFound(format!(
-                "no module named `{name}` is installed{}",
-                if installed.is_empty() {
-                    String::from(" (this base has no modules)")
-                } else {
-                    format!("; installed modules: {}", installed.join(", "))
+        let module = find_module(&registry, name)?;
+        let (removed_keys, promote, meta) = match version {
+            None => (
+                module
+                    .versions
+                    .values()
+                    .map(|v| v.record.key())
+                    .collect::<Vec<_>>(),
+                None,
+                Some((name, None)),
+            ),
+            Some(v) => {
+                let Some(gone) = module.versions.get(v) else {
+                    return Err(no_such_version(name, module, v));
+                };
+                if let Some(user) = rule_using(&module.rules, v) {
+                    return Err(OpsError::VersionInUse(format!(
+                        "`{name}@{v}` still gets traffic from {user}; change the rules first \
+                         (PUT /v1/modules/{name}/rules, or `berth rules set`), then uninstall it"
+                    )));
                 }
-            )));
+                // If the default goes, promote the newest remaining version.
+                let promote = gone
+                    .record
+                    .active
+                    .then(|| {
+                        module
+                            .versions
+                            .values()
+                            .filter(|other| other.record.version != v && other.module.is_some())
+                            .max_by_key(|other| other.record.installed_at_ms)
+                            .map(|other| InstallRecord {
+                                active: true,
+                                route: gone.record.route.clone(),
+                                ..other.record.clone()
+                            })
+                    })
+                    .flatten();
+                (vec![gone.record.key()], promote, None)
+            }
         };
-        if let Some(v) = version
-            && !versions.contains_key(v)
-        {
-            return Err(OpsError::NotFound(format!(
-                "module `{name}` has no version `{v}`; installed versions: {}",
-                versions.keys().cloned().collect::<Vec<_>>().join(", ")
-            )));
+        let mut meta_after = module.meta();
+        if version.is_some() && meta_after.previous_default.as_deref() == version {
+            meta_after.previous_default = None;
         }
-        let removed_keys: Vec<String> = versions
-            .values()
-            .filter(|v| version.is_none_or(|want| want == v.record.version))
-            .map(|v| v.record.key())
-            .collect();
-        // If the active version goes, promote the newest remaining one.
-        let promote: Option<InstallRecord> = match version {
-            Some(v) if versions[v].record.active => versions
-                .values()
-                .filter(|other| other.record.version != v && other.module.is_some())
-                .max_by_key(|other| other.record.installed_at_ms)
-                .map(|other| InstallRecord {
-                    active: true,
-                    ..other.record.clone()
-                }),
-            _ => None,
-        };
-        self.inner
-            .store
-            .apply(&promote.iter().collect::<Vec<_>>(), &removed_keys)?;
+        let meta = meta.or(Some((name, Some(&meta_after))));
+        self.inner.store.apply_with_meta(
+            &promote.iter().collect::<Vec<_>>(),
+            &removed_keys,
+            meta,
+        )?;
         let removed = registry.remove(name, version);
-        if let Some(p) = &promote
-            && let Some(entry) = registry.get_mut(&p.name, &p.version)
-        {
-            entry.record.active = true;
+        if let Some(module) = registry.module_mut(name) {
+            module.previous_default = meta_after.previous_default.clone();
+            if let Some(p) = &promote {
+                module.set_default(&p.version);
+                if let Some(entry) = module.versions.get_mut(&p.version) {
+                    entry.record.route = p.route.clone();
+                }
+            }
         }
         self.publish(&registry);
         drop(registry);
@@ -357,6 +402,120 @@ impl Base {
             tracing::info!(module = %format!("{}@{}", info.name, info.version), "uninstalled module");
         }
         Ok(UninstallResponse { removed })
+    }
+
+    /// Makes `version` the default of `name`, atomically: requests already
+    /// running finish on the version they started on, new ones go to
+    /// `version`. The old default stays installed, ready for a rollback.
+    pub async fn switch(&self, name: &str, version: &str) -> Result<SwitchResponse, OpsError> {
+        let mut registry = self.inner.registry.lock().expect("registry lock");
+        let module = find_module(&registry, name)?;
+        let Some(target) = module.versions.get(version) else {
+            return Err(no_such_version(name, module, version));
+        };
+        if let Some(error) = &target.error {
+            return Err(OpsError::VersionInUse(format!(
+                "`{name}@{version}` could not be loaded ({error}); reinstall it before switching to it"
+            )));
+        }
+        let Some(old) = module.default_version().map(|d| d.record.clone()) else {
+            return Err(OpsError::NotFound(format!(
+                "module `{name}` has no default version"
+            )));
+        };
+        if old.version == version {
+            return Ok(SwitchResponse {
+                name: name.into(),
+                previous: old.version.clone(),
+                current: old.version,
+            });
+        }
+        // The module keeps its route; the new default takes it over.
+        let promoted = InstallRecord {
+            active: true,
+            route: old.route.clone(),
+            ..target.record.clone()
+        };
+        let demoted = InstallRecord {
+            active: false,
+            ..old.clone()
+        };
+        let mut meta = module.meta();
+        meta.previous_default = Some(old.version.clone());
+        self.inner
+            .store
+            .apply_with_meta(&[&demoted, &promoted], &[], Some((name, Some(&meta))))?;
+        let module = registry.module_mut(name).expect("checked above");
+        module.set_default(version);
+        module.previous_default = meta.previous_default;
+        if let Some(entry) = module.versions.get_mut(version) {
+            entry.record.route = promoted.route;
+        }
+        self.publish(&registry);
+        tracing::info!(module = %name, from = %old.version, to = %version, "switched default version");
+        Ok(SwitchResponse {
+            name: name.into(),
+            previous: old.version,
+            current: version.into(),
+        })
+    }
+
+    /// Switches `name` back to the default it had before the last switch.
+    pub async fn rollback(&self, name: &str) -> Result<SwitchResponse, OpsError> {
+        let previous = {
+            let registry = self.inner.registry.lock().expect("registry lock");
+            let module = find_module(&registry, name)?;
+            module
+                .previous_default
+                .clone()
+                .filter(|v| module.versions.contains_key(v))
+                .ok_or_else(|| {
+                    OpsError::NothingToRollBack(format!(
+                        "`{name}` has no previous default version installed to roll back to; \
+                         install one and `switch` to it instead"
+                    ))
+                })?
+        };
+        self.switch(name, &previous).await
+    }
+
+    /// The traffic rules of `name`.
+    pub fn rules(&self, name: &str) -> Result<TrafficRules, OpsError> {
+        let registry = self.inner.registry.lock().expect("registry lock");
+        Ok(find_module(&registry, name)?.rules.clone())
+    }
+
+    /// Replaces the traffic rules of `name`, whole. An invalid set is refused
+    /// naming the offending rule; the rules in force then stay as they were.
+    pub async fn set_rules(
+        &self,
+        name: &str,
+        rules: TrafficRules,
+    ) -> Result<TrafficRules, OpsError> {
+        let mut registry = self.inner.registry.lock().expect("registry lock");
+        let module = find_module(&registry, name)?;
+        let compiled = if rules.rules.is_empty() && rules.traffic_units.is_empty() {
+            None
+        } else {
+            let compiled =
+                CompiledRules::compile(&rules, &module.loaded_versions()).map_err(|e| {
+                    OpsError::InvalidRules(format!(
+                        "rules for `{name}` refused, the old ones stay: {e}"
+                    ))
+                })?;
+            Some(Arc::new(compiled))
+        };
+        let mut meta = module.meta();
+        meta.rules = rules.clone();
+        self.inner
+            .store
+            .apply_with_meta(&[], &[], Some((name, Some(&meta))))?;
+        let module = registry.module_mut(name).expect("checked above");
+        module.rules = rules.clone();
+        module.compiled = compiled;
+        self.publish(&registry);
+        tracing::info!(module = %name, rules = rules.rules.len(), units = rules.traffic_units.len(), "set traffic rules");
+        Ok(rules)
     }
 
     /// Every installed version, or those of `name`.
@@ -388,6 +547,55 @@ impl Base {
                 .unwrap_or_default(),
         }
     }
+}
+
+fn find_module<'r>(registry: &'r Registry, name: &str) -> Result<&'r Module, OpsError> {
+    registry.module(name).ok_or_else(|| {
+        let installed = registry.names();
+        OpsError::NotFound(format!(
+            "no module named `{name}` is installed{}",
+            if installed.is_empty() {
+                String::from(" (this base has no modules)")
+            } else {
+                format!("; installed modules: {}", installed.join(", "))
+            }
+        ))
+    })
+}
+
+fn no_such_version(name: &str, module: &Module, version: &str) -> OpsError {
+    OpsError::NotFound(format!(
+        "module `{name}` has no version `{version}`; installed versions: {}",
+        module
+            .versions
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+}
+
+/// The first rule (or traffic unit) of `rules` that sends traffic to `version`.
+fn rule_using(rules: &TrafficRules, version: &str) -> Option<String> {
+    for (i, rule) in rules.rules.iter().enumerate() {
+        let uses = rule.version.as_deref() == Some(version)
+            || rule
+                .split
+                .iter()
+                .flatten()
+                .any(|w| w.version == version && w.weight > 0);
+        if uses {
+            return Some(match &rule.name {
+                Some(n) => format!("rule #{} \"{n}\"", i + 1),
+                None => format!("rule #{}", i + 1),
+            });
+        }
+    }
+    rules
+        .traffic_units
+        .iter()
+        .find(|(_, v)| *v == version)
+        .map(|(unit, _)| format!("traffic unit `{unit}`"))
 }
 
 fn check_route(registry: &Registry, name: &str, route: &Route) -> Result<(), OpsError> {

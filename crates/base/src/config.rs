@@ -21,6 +21,8 @@ pub struct BaseConfig {
     pub max_artifact_bytes: usize,
     /// How long downloading an artifact from a URL may take.
     pub fetch_timeout: Duration,
+    /// Add `x-berth-module: name@version` to every module response.
+    pub version_header: bool,
 }
 
 impl BaseConfig {
@@ -36,6 +38,7 @@ impl BaseConfig {
             data_dir,
             max_artifact_bytes: 256 << 20,
             fetch_timeout: Duration::from_secs(60),
+            version_header: true,
         }
     }
 

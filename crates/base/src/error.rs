@@ -44,6 +44,15 @@ pub enum OpsError {
     /// The same name and version is installed with other bytes.
     #[error("{0}")]
     VersionConflict(String),
+    /// Traffic rules still send traffic to the version.
+    #[error("{0}")]
+    VersionInUse(String),
+    /// A rule set is invalid.
+    #[error("{0}")]
+    InvalidRules(String),
+    /// A rollback with no previous default.
+    #[error("{0}")]
+    NothingToRollBack(String),
     /// The installed-set database failed.
     #[error("the base's state store failed: {0}")]
     Store(String),
@@ -62,6 +71,9 @@ impl OpsError {
             OpsError::NotFound(_) => "module_not_found",
             OpsError::RouteConflict(_) => "route_conflict",
             OpsError::VersionConflict(_) => "version_conflict",
+            OpsError::VersionInUse(_) => "version_in_use",
+            OpsError::InvalidRules(_) => "invalid_rules",
+            OpsError::NothingToRollBack(_) => "nothing_to_roll_back",
             OpsError::Store(_) => "store_failed",
         }
     }
@@ -71,7 +83,11 @@ impl OpsError {
         match self {
             OpsError::InvalidRequest(_) => 400,
             OpsError::NotFound(_) => 404,
-            OpsError::RouteConflict(_) | OpsError::VersionConflict(_) => 409,
+            OpsError::RouteConflict(_)
+            | OpsError::VersionConflict(_)
+            | OpsError::VersionInUse(_)
+            | OpsError::NothingToRollBack(_) => 409,
+            OpsError::InvalidRules(_) => 422,
             OpsError::PayloadTooLarge(_) => 413,
             OpsError::DigestMismatch { .. } | OpsError::ArtifactNotFound(_) => 422,
             OpsError::Load(LoadError::Cache { .. }) | OpsError::Store(_) => 500,

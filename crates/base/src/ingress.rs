@@ -12,6 +12,7 @@
 //! base's log under the same request id.
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use berth_api::{MODULE_HEADER, REQUEST_ID_HEADER};
@@ -23,6 +24,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::base::Base;
+use crate::rules::RequestView;
 
 /// Accepts connections on `listener` until `shutdown` changes, then lets
 /// in-flight requests finish (up to 10 s).
@@ -32,8 +34,8 @@ pub(crate) async fn serve(listener: TcpListener, base: Base, mut shutdown: watch
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
+                let (stream, remote) = match accepted {
+                    Ok(accepted) => accepted,
                     Err(e) => {
                         // e.g. out of file descriptors: back off instead of spinning.
                         tracing::warn!(error = %e, "ingress accept failed");
@@ -45,7 +47,7 @@ pub(crate) async fn serve(listener: TcpListener, base: Base, mut shutdown: watch
                 let base = base.clone();
                 let service = hyper::service::service_fn(move |request| {
                     let base = base.clone();
-                    async move { Ok::<_, Infallible>(handle(&base, request).await) }
+                    async move { Ok::<_, Infallible>(handle(&base, request, Some(remote.ip())).await) }
                 });
                 let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
                 tokio::spawn(async move {
@@ -66,8 +68,12 @@ pub(crate) async fn serve(listener: TcpListener, base: Base, mut shutdown: watch
     }
 }
 
-/// Routes and serves one request.
-pub async fn handle(base: &Base, mut request: Request<Incoming>) -> Response<ResponseBody> {
+/// Routes and serves one request from `client`.
+pub async fn handle(
+    base: &Base,
+    mut request: Request<Incoming>,
+    client: Option<IpAddr>,
+) -> Response<ResponseBody> {
     let request_id = request
         .headers()
         .get(REQUEST_ID_HEADER)
@@ -80,10 +86,20 @@ pub async fn handle(base: &Base, mut request: Request<Incoming>) -> Response<Res
         .and_then(|h| h.to_str().ok())
         .or_else(|| request.uri().host())
         .map(str::to_owned);
-    let target = base
-        .routes()
+    let routes = base.routes();
+    let target = routes
         .lookup(host.as_deref(), request.uri().path())
-        .cloned();
+        .map(|entry| {
+            entry
+                .select(&RequestView {
+                    headers: request.headers(),
+                    path: request.uri().path(),
+                    query: request.uri().query(),
+                    client_ip: client,
+                })
+                .clone()
+        });
+    drop(routes);
     let Some(target) = target else {
         return plain(
             StatusCode::NOT_FOUND,
@@ -100,7 +116,9 @@ pub async fn handle(base: &Base, mut request: Request<Incoming>) -> Response<Res
         Ok(mut response) => {
             let headers = response.headers_mut();
             headers.insert(REQUEST_ID_HEADER, request_id);
-            if let Ok(label) = HeaderValue::from_str(&target.label) {
+            if base.config().version_header
+                && let Ok(label) = HeaderValue::from_str(&target.label)
+            {
                 headers.insert(MODULE_HEADER, label);
             }
             response

@@ -24,6 +24,7 @@ pub mod ops;
 mod registry;
 pub use registry::VersionStats;
 pub mod router;
+pub mod rules;
 mod server;
 mod source;
 pub mod state;

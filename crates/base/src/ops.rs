@@ -7,7 +7,10 @@
 //! | GET | `/v1/modules/{name}` | the versions of one module |
 //! | POST | `/v1/modules` | install: JSON [`InstallRequest`](berth_api::InstallRequest), or the `.wasm` as the body with `Content-Type: application/wasm` and `name`, `version`, `pathPrefix`, `host`, `digest` as query parameters |
 //! | DELETE | `/v1/modules/{name}` | uninstall every version |
-//! | DELETE | `/v1/modules/{name}/versions/{version}` | uninstall one version |
+//! | DELETE | `/v1/modules/{name}/versions/{version}` | uninstall one version (refused while rules send it traffic) |
+//! | POST | `/v1/modules/{name}/switch` | make `{"version"}` the default, atomically |
+//! | POST | `/v1/modules/{name}/rollback` | switch back to the previous default |
+//! | GET, PUT | `/v1/modules/{name}/rules` | the module's [`TrafficRules`](berth_api::TrafficRules), replaced whole |
 //!
 //! Every error is JSON `{"error": {"code", "message"}}` with a fitting
 //! status: bad requests are rejected before anything is touched, and a
@@ -18,8 +21,8 @@ use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
-use berth_api::{InstallRequest, Route};
+use axum::routing::{delete, get, post};
+use berth_api::{InstallRequest, Route, SwitchRequest, TrafficRules};
 use serde::Deserialize;
 
 use crate::base::Base;
@@ -45,6 +48,9 @@ pub fn router(base: Base) -> Router {
             "/v1/modules/{name}/versions/{version}",
             delete(uninstall_version),
         )
+        .route("/v1/modules/{name}/switch", post(switch))
+        .route("/v1/modules/{name}/rollback", post(rollback))
+        .route("/v1/modules/{name}/rules", get(get_rules).put(put_rules))
         .fallback(not_found)
         // Bodies are size-checked by `install` itself, with a JSON error.
         .layer(DefaultBodyLimit::disable())
@@ -77,10 +83,50 @@ async fn uninstall_version(
     Ok(axum::Json(base.uninstall(&name, Some(&version)).await?).into_response())
 }
 
+async fn switch(
+    State(base): State<Base>,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<Response, OpsError> {
+    let request: SwitchRequest = json_body(body, "the switch request").await?;
+    Ok(axum::Json(base.switch(&name, &request.version).await?).into_response())
+}
+
+async fn rollback(
+    State(base): State<Base>,
+    Path(name): Path<String>,
+) -> Result<Response, OpsError> {
+    Ok(axum::Json(base.rollback(&name).await?).into_response())
+}
+
+async fn get_rules(
+    State(base): State<Base>,
+    Path(name): Path<String>,
+) -> Result<Response, OpsError> {
+    Ok(axum::Json(base.rules(&name)?).into_response())
+}
+
+async fn put_rules(
+    State(base): State<Base>,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<Response, OpsError> {
+    let rules: TrafficRules = json_body(body, "the rules document").await?;
+    Ok(axum::Json(base.set_rules(&name, rules).await?).into_response())
+}
+
+/// Reads a small JSON body into `T`, naming `what` on failure.
+async fn json_body<T: serde::de::DeserializeOwned>(body: Body, what: &str) -> Result<T, OpsError> {
+    let bytes = read_body(body, 1 << 20, what).await?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| OpsError::InvalidRequest(format!("{what} is not valid: {e}")))
+}
+
 async fn not_found() -> OpsError {
     OpsError::NotFound(
         "no such ops endpoint; the API is GET /v1/health, GET|POST /v1/modules, \
-         GET|DELETE /v1/modules/{name}, DELETE /v1/modules/{name}/versions/{version}"
+         GET|DELETE /v1/modules/{name}, DELETE /v1/modules/{name}/versions/{version}, \
+         POST /v1/modules/{name}/switch, POST /v1/modules/{name}/rollback, GET|PUT /v1/modules/{name}/rules"
             .into(),
     )
 }
@@ -97,6 +143,8 @@ struct UploadParams {
     host: Option<String>,
     #[serde(default)]
     digest: Option<String>,
+    #[serde(default)]
+    activate: Option<bool>,
 }
 
 async fn install(
@@ -118,11 +166,7 @@ async fn install(
     let (request, upload) = match content_type.as_str() {
         "application/json" => {
             // Install requests are small; the artifact travels by path or URL.
-            let bytes = read_body(body, 1 << 20, "the JSON install request").await?;
-            let request: InstallRequest = serde_json::from_slice(&bytes).map_err(|e| {
-                OpsError::InvalidRequest(format!("install request is not valid: {e}"))
-            })?;
-            (request, None)
+            (json_body(body, "the install request").await?, None)
         }
         "application/wasm" | "application/octet-stream" => {
             let params: UploadParams = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
@@ -143,6 +187,7 @@ async fn install(
                 route,
                 artifact: None,
                 digest: params.digest,
+                activate: params.activate,
             };
             (request, Some(bytes))
         }

@@ -10,11 +10,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
-use berth_api::{ModuleInfo, ModuleState, Route};
+use berth_api::{ModuleInfo, ModuleState, Route, TrafficRules};
 use berth_runtime::LoadedModule;
 
-use crate::router::{RouteTable, Target};
-use crate::state::InstallRecord;
+use crate::router::{RouteTable, Rules, Target};
+use crate::rules::CompiledRules;
+use crate::state::{InstallRecord, ModuleMeta};
 
 /// Request counters of one installed version (since the base started).
 #[derive(Debug, Default)]
@@ -85,38 +86,86 @@ impl Installed {
     }
 }
 
-/// name → version → installed version.
+/// A module: its installed versions, traffic rules and switch history.
+#[derive(Default)]
+pub(crate) struct Module {
+    pub versions: BTreeMap<String, Installed>,
+    /// The rules as set (empty when none).
+    pub rules: TrafficRules,
+    /// The compiled rules, when there are any.
+    pub compiled: Option<Arc<CompiledRules>>,
+    /// The default before the last switch (what rollback returns to).
+    pub previous_default: Option<String>,
+}
+
+impl Module {
+    /// The default version.
+    pub fn default_version(&self) -> Option<&Installed> {
+        self.versions.values().find(|v| v.record.active)
+    }
+
+    /// Versions that are loaded and can serve.
+    pub fn loaded_versions(&self) -> Vec<&str> {
+        self.versions
+            .values()
+            .filter(|v| v.module.is_some())
+            .map(|v| v.record.version.as_str())
+            .collect()
+    }
+
+    /// What is persisted besides the install records.
+    pub fn meta(&self) -> ModuleMeta {
+        ModuleMeta {
+            rules: self.rules.clone(),
+            previous_default: self.previous_default.clone(),
+        }
+    }
+
+    /// Makes `version` the default (the others inactive); returns the old default.
+    pub fn set_default(&mut self, version: &str) -> Option<String> {
+        let old = self.default_version().map(|v| v.record.version.clone());
+        for v in self.versions.values_mut() {
+            v.record.active = v.record.version == version;
+        }
+        old
+    }
+}
+
+/// name → module.
 #[derive(Default)]
 pub(crate) struct Registry {
-    modules: BTreeMap<String, BTreeMap<String, Installed>>,
+    modules: BTreeMap<String, Module>,
 }
 
 impl Registry {
     /// The installed version `name@version`.
     pub fn get(&self, name: &str, version: &str) -> Option<&Installed> {
-        self.modules.get(name)?.get(version)
+        self.modules.get(name)?.versions.get(version)
     }
 
-    /// The versions of `name`, if installed.
-    pub fn versions(&self, name: &str) -> Option<&BTreeMap<String, Installed>> {
+    /// The module `name`, if installed.
+    pub fn module(&self, name: &str) -> Option<&Module> {
         self.modules.get(name)
     }
 
-    /// The active version of `name`.
-    pub fn active(&self, name: &str) -> Option<&Installed> {
-        self.modules.get(name)?.values().find(|v| v.record.active)
+    /// The module `name`, for changes.
+    pub fn module_mut(&mut self, name: &str) -> Option<&mut Module> {
+        self.modules.get_mut(name)
     }
 
-    /// The module other than `except` whose active route is exactly `route`.
+    /// The default version of `name`.
+    pub fn active(&self, name: &str) -> Option<&Installed> {
+        self.modules.get(name)?.default_version()
+    }
+
+    /// The module other than `except` whose route is exactly `route`.
     pub fn route_owner(&self, route: &Route, except: &str) -> Option<&str> {
         self.modules
             .iter()
             .filter(|(name, _)| name.as_str() != except)
-            .find(|(_, versions)| {
-                versions.values().any(|v| {
-                    v.record.active
-                        && v.record.route.host == route.host
-                        && v.record.route.prefix() == route.prefix()
+            .find(|(_, module)| {
+                module.default_version().is_some_and(|v| {
+                    v.record.route.host == route.host && v.record.route.prefix() == route.prefix()
                 })
             })
             .map(|(name, _)| name.as_str())
@@ -124,33 +173,44 @@ impl Registry {
 
     /// Adds a version; when it is active, the module's other versions become inactive.
     pub fn insert(&mut self, installed: Installed) {
-        let versions = self
+        let module = self
             .modules
             .entry(installed.record.name.clone())
             .or_default();
         if installed.record.active {
-            for other in versions.values_mut() {
+            for other in module.versions.values_mut() {
                 other.record.active = false;
             }
         }
-        versions.insert(installed.record.version.clone(), installed);
+        module
+            .versions
+            .insert(installed.record.version.clone(), installed);
     }
 
-    /// Mutable access to one version (to flip `active`).
-    pub fn get_mut(&mut self, name: &str, version: &str) -> Option<&mut Installed> {
-        self.modules.get_mut(name)?.get_mut(version)
+    /// Restores a module's rules and history (at start-up).
+    pub fn restore_meta(&mut self, name: &str, meta: ModuleMeta) -> Result<(), String> {
+        let Some(module) = self.modules.get_mut(name) else {
+            return Ok(());
+        };
+        module.previous_default = meta.previous_default;
+        if !meta.rules.rules.is_empty() || !meta.rules.traffic_units.is_empty() {
+            let compiled = CompiledRules::compile(&meta.rules, &module.loaded_versions())?;
+            module.compiled = Some(Arc::new(compiled));
+        }
+        module.rules = meta.rules;
+        Ok(())
     }
 
     /// Removes one version, or all versions when `version` is `None`.
     pub fn remove(&mut self, name: &str, version: Option<&str>) -> Vec<Installed> {
-        let Some(versions) = self.modules.get_mut(name) else {
+        let Some(module) = self.modules.get_mut(name) else {
             return Vec::new();
         };
         let removed = match version {
-            Some(v) => versions.remove(v).into_iter().collect(),
-            None => std::mem::take(versions).into_values().collect(),
+            Some(v) => module.versions.remove(v).into_iter().collect(),
+            None => std::mem::take(&mut module.versions).into_values().collect(),
         };
-        if versions.is_empty() {
+        if module.versions.is_empty() {
             self.modules.remove(name);
         }
         removed
@@ -161,13 +221,13 @@ impl Registry {
         self.modules
             .iter()
             .filter(|(n, _)| name.is_none_or(|want| want == n.as_str()))
-            .flat_map(|(_, versions)| versions.values().map(Installed::info))
+            .flat_map(|(_, module)| module.versions.values().map(Installed::info))
             .collect()
     }
 
     /// Number of installed versions.
     pub fn len(&self) -> usize {
-        self.modules.values().map(BTreeMap::len).sum()
+        self.modules.values().map(|m| m.versions.len()).sum()
     }
 
     /// Names of installed modules.
@@ -175,23 +235,30 @@ impl Registry {
         self.modules.keys().map(String::as_str).collect()
     }
 
-    /// The routing snapshot: every active, loaded version.
+    /// The routing snapshot: each module's default version, plus the
+    /// versions its rules can choose.
     pub fn route_table(&self) -> RouteTable {
-        RouteTable::new(self.modules.values().flat_map(|versions| {
-            versions
-                .values()
-                .filter(|v| v.record.active)
-                .filter_map(|v| {
-                    let module = v.module.clone()?;
-                    Some((
-                        v.record.route.clone(),
-                        Target {
-                            label: Arc::from(v.record.key()),
-                            module,
-                            stats: v.stats.clone(),
-                        },
-                    ))
+        RouteTable::new(self.modules.values().filter_map(|module| {
+            let default = module.default_version()?;
+            let target = |v: &Installed| {
+                Some(Target {
+                    label: Arc::from(v.record.key()),
+                    module: v.module.clone()?,
+                    stats: v.stats.clone(),
                 })
+            };
+            let rules = module.compiled.as_ref().and_then(|compiled| {
+                let targets = compiled
+                    .versions()
+                    .iter()
+                    .map(|version| module.versions.get(version).and_then(target))
+                    .collect::<Option<Vec<_>>>()?;
+                Some(Rules {
+                    compiled: compiled.clone(),
+                    targets,
+                })
+            });
+            Some((default.record.route.clone(), target(default)?, rules))
         }))
     }
 }

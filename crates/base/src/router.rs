@@ -17,6 +17,7 @@ use berth_api::Route;
 use berth_runtime::LoadedModule;
 
 use crate::registry::VersionStats;
+use crate::rules::{CompiledRules, RequestView};
 
 /// The module a request goes to.
 #[derive(Clone)]
@@ -29,10 +30,31 @@ pub struct Target {
     pub stats: Arc<VersionStats>,
 }
 
-struct Entry {
+/// A module's compiled rules with the targets their version indices name.
+#[derive(Clone)]
+pub struct Rules {
+    /// The rules.
+    pub compiled: Arc<CompiledRules>,
+    /// `targets[i]` serves `compiled.versions()[i]`.
+    pub targets: Vec<Target>,
+}
+
+/// One module's place in the table.
+pub struct Entry {
     host: Option<String>,
     prefix: String,
-    target: Target,
+    default: Target,
+    rules: Option<Rules>,
+}
+
+impl Entry {
+    /// The version that serves `request`: chosen by the rules, else the default.
+    pub fn select(&self, request: &RequestView<'_>) -> &Target {
+        self.rules
+            .as_ref()
+            .and_then(|rules| rules.compiled.choose(request).map(|i| &rules.targets[i]))
+            .unwrap_or(&self.default)
+    }
 }
 
 /// An immutable snapshot of all routes.
@@ -42,14 +64,15 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// Builds a table from `(route, target)` pairs.
-    pub fn new(routes: impl IntoIterator<Item = (Route, Target)>) -> Self {
+    /// Builds a table from `(route, default target, rules)` per module.
+    pub fn new(routes: impl IntoIterator<Item = (Route, Target, Option<Rules>)>) -> Self {
         let mut entries: Vec<Entry> = routes
             .into_iter()
-            .map(|(route, target)| Entry {
+            .map(|(route, default, rules)| Entry {
                 prefix: route.prefix().to_string(),
                 host: route.host.map(|h| h.to_ascii_lowercase()),
-                target,
+                default,
+                rules,
             })
             .collect();
         // Most specific first: host-bound routes, then longer prefixes.
@@ -62,20 +85,17 @@ impl RouteTable {
         Self { entries }
     }
 
-    /// The target for a request to `host` (may include a port) and `path`.
-    pub fn lookup(&self, host: Option<&str>, path: &str) -> Option<&Target> {
+    /// The module entry for a request to `host` (may include a port) and `path`.
+    pub fn lookup(&self, host: Option<&str>, path: &str) -> Option<&Entry> {
         let host = host.map(strip_port);
-        self.entries
-            .iter()
-            .find(|entry| {
-                let host_ok = match (&entry.host, host) {
-                    (None, _) => true,
-                    (Some(want), Some(got)) => want.eq_ignore_ascii_case(got),
-                    (Some(_), None) => false,
-                };
-                host_ok && path_matches(&entry.prefix, path)
-            })
-            .map(|entry| &entry.target)
+        self.entries.iter().find(|entry| {
+            let host_ok = match (&entry.host, host) {
+                (None, _) => true,
+                (Some(want), Some(got)) => want.eq_ignore_ascii_case(got),
+                (Some(_), None) => false,
+            };
+            host_ok && path_matches(&entry.prefix, path)
+        })
     }
 }
 

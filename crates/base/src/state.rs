@@ -8,13 +8,26 @@
 
 use std::path::Path;
 
-use berth_api::{CacheOutcome, Route};
+use berth_api::{CacheOutcome, Route, TrafficRules};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{BaseError, OpsError};
 
 const MODULES: TableDefinition<&str, &[u8]> = TableDefinition::new("modules");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("module_meta");
+
+/// Per-module state besides the versions: traffic rules and switch history.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModuleMeta {
+    /// The module's traffic rules.
+    #[serde(default)]
+    pub rules: TrafficRules,
+    /// The default before the last switch.
+    #[serde(default)]
+    pub previous_default: Option<String>,
+}
 
 /// One installed module version as persisted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -69,6 +82,7 @@ impl StateStore {
         })?;
         let tx = db.begin_write().map_err(|e| store_err(e.into()))?;
         tx.open_table(MODULES).map_err(|e| store_err(e.into()))?;
+        tx.open_table(META).map_err(|e| store_err(e.into()))?;
         tx.commit().map_err(|e| store_err(e.into()))?;
         Ok(Self { db })
     }
@@ -90,9 +104,51 @@ impl StateStore {
         Ok(records)
     }
 
+    /// Every module's meta, by module name.
+    pub fn load_meta(&self) -> Result<Vec<(String, ModuleMeta)>, OpsError> {
+        let tx = self.db.begin_read().map_err(redb::Error::from)?;
+        let table = tx.open_table(META).map_err(redb::Error::from)?;
+        let mut metas = Vec::new();
+        for item in table.iter().map_err(redb::Error::from)? {
+            let (key, value) = item.map_err(redb::Error::from)?;
+            match serde_json::from_slice::<ModuleMeta>(value.value()) {
+                Ok(meta) => metas.push((key.value().to_string(), meta)),
+                Err(e) => {
+                    tracing::error!(module = key.value(), error = %e, "skipping unreadable module rules")
+                }
+            }
+        }
+        Ok(metas)
+    }
+
     /// Writes `put` and removes `delete` (keys) in one transaction.
     pub fn apply(&self, put: &[&InstallRecord], delete: &[String]) -> Result<(), OpsError> {
+        self.apply_with_meta(put, delete, None)
+    }
+
+    /// Like [`StateStore::apply`], also setting (`Some(meta)`) or deleting
+    /// (`None`) the meta of module `name`.
+    pub fn apply_with_meta(
+        &self,
+        put: &[&InstallRecord],
+        delete: &[String],
+        meta: Option<(&str, Option<&ModuleMeta>)>,
+    ) -> Result<(), OpsError> {
         let tx = self.db.begin_write().map_err(redb::Error::from)?;
+        if let Some((name, meta)) = meta {
+            let mut table = tx.open_table(META).map_err(redb::Error::from)?;
+            match meta {
+                Some(meta) => {
+                    let json = serde_json::to_vec(meta).expect("meta serializes");
+                    table
+                        .insert(name, json.as_slice())
+                        .map_err(redb::Error::from)?;
+                }
+                None => {
+                    table.remove(name).map_err(redb::Error::from)?;
+                }
+            }
+        }
         {
             let mut table = tx.open_table(MODULES).map_err(redb::Error::from)?;
             for record in put {

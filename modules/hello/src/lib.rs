@@ -13,7 +13,11 @@ wasip2::http::proxy::export!(Hello);
 struct Hello;
 
 /// The response body; tests compare against it.
+#[cfg(not(feature = "v2"))]
 const GREETING: &[u8] = b"Hello from berth!\n";
+/// The response body of the `v2` build.
+#[cfg(feature = "v2")]
+const GREETING: &[u8] = b"Hello from berth, version 2!\n";
 
 impl wasip2::exports::http::incoming_handler::Guest for Hello {
     fn handle(_request: IncomingRequest, response_out: ResponseOutparam) {

@@ -126,6 +126,7 @@ async fn unreachable_and_missing_artifacts_are_refused() {
         route: None,
         artifact: Some(ArtifactSource::Url(url)),
         digest: None,
+        activate: None,
     };
     // Nothing listens on port 1.
     let message = expect_error(

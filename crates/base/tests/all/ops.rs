@@ -108,6 +108,7 @@ async fn install_from_url_downloads_the_artifact() {
             "http://{server}/artifacts/hello.wasm"
         ))),
         digest: Some(digest_of(HELLO)),
+        activate: None,
     };
     let (status, body) = base.install(&request).await;
     assert_eq!(status, 201, "{body}");

@@ -135,6 +135,7 @@ pub fn install_request(name: &str, version: &str, path: &str) -> InstallRequest 
         route: None,
         artifact: Some(berth_api::ArtifactSource::Path(path.into())),
         digest: None,
+        activate: None,
     }
 }
 

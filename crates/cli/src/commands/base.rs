@@ -91,6 +91,7 @@ async fn run(config: BaseConfig, with_examples: bool) -> Result<()> {
                 }),
                 artifact: None,
                 digest: None,
+                activate: None,
             };
             running
                 .base

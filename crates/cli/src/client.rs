@@ -3,7 +3,10 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use berth_api::{ErrorBody, Health, InstallResponse, ModuleInfo, ModuleList, UninstallResponse};
+use berth_api::{
+    ErrorBody, Health, InstallResponse, ModuleInfo, ModuleList, SwitchRequest, SwitchResponse,
+    TrafficRules, UninstallResponse,
+};
 use serde::de::DeserializeOwned;
 
 /// Talks to one base's ops API.
@@ -99,9 +102,16 @@ impl OpsClient {
         version: &str,
         route: Option<&berth_api::Route>,
         digest: &str,
+        activate: bool,
         bytes: Vec<u8>,
     ) -> Result<InstallResponse> {
-        let mut query = vec![("name", name), ("version", version), ("digest", digest)];
+        let activate = if activate { "true" } else { "false" };
+        let mut query = vec![
+            ("name", name),
+            ("version", version),
+            ("digest", digest),
+            ("activate", activate),
+        ];
         if let Some(route) = route {
             if let Some(prefix) = &route.path_prefix {
                 query.push(("pathPrefix", prefix));
@@ -126,6 +136,47 @@ impl OpsClient {
             None => format!("/v1/modules/{name}"),
         };
         self.call(self.http.delete(self.url(&path))).await
+    }
+
+    /// `POST /v1/modules/{name}/switch`.
+    pub async fn switch(&self, name: &str, version: &str) -> Result<SwitchResponse> {
+        let body = SwitchRequest {
+            version: version.into(),
+        };
+        self.call(
+            self.http
+                .post(self.url(&format!("/v1/modules/{name}/switch")))
+                .json(&body),
+        )
+        .await
+    }
+
+    /// `POST /v1/modules/{name}/rollback`.
+    pub async fn rollback(&self, name: &str) -> Result<SwitchResponse> {
+        self.call(
+            self.http
+                .post(self.url(&format!("/v1/modules/{name}/rollback"))),
+        )
+        .await
+    }
+
+    /// `GET /v1/modules/{name}/rules`.
+    pub async fn rules(&self, name: &str) -> Result<TrafficRules> {
+        self.call(
+            self.http
+                .get(self.url(&format!("/v1/modules/{name}/rules"))),
+        )
+        .await
+    }
+
+    /// `PUT /v1/modules/{name}/rules`.
+    pub async fn set_rules(&self, name: &str, rules: &TrafficRules) -> Result<TrafficRules> {
+        self.call(
+            self.http
+                .put(self.url(&format!("/v1/modules/{name}/rules")))
+                .json(rules),
+        )
+        .await
     }
 
     /// The ingress URL of the base (from its health report).

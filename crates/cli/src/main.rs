@@ -159,6 +159,57 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// Make another installed version the module's default, atomically.
+    ///
+    /// Requests in flight finish on the old version; the old version stays
+    /// installed for `berth rollback`.
+    ///
+    /// Examples:
+    ///   berth deploy --version 2.0.0 --no-activate   # install beside the default
+    ///   berth switch greeter 2.0.0
+    #[command(verbatim_doc_comment)]
+    Switch {
+        /// The module.
+        name: String,
+        /// The version to make the default.
+        version: String,
+        /// Ops API of the base.
+        #[arg(long, default_value = "http://127.0.0.1:1238", env = "BERTH_BASE")]
+        base: String,
+    },
+    /// Switch a module back to its previous default version.
+    ///
+    /// Examples:
+    ///   berth rollback greeter
+    #[command(verbatim_doc_comment)]
+    Rollback {
+        /// The module.
+        name: String,
+        /// Ops API of the base.
+        #[arg(long, default_value = "http://127.0.0.1:1238", env = "BERTH_BASE")]
+        base: String,
+    },
+    /// Read or replace a module's traffic rules (header/query/cookie/IP/path
+    /// matches, weighted and sticky splits, traffic units).
+    ///
+    /// Examples:
+    ///   berth rules get greeter
+    ///   berth rules set greeter -f gray.yaml
+    ///
+    /// gray.yaml:
+    ///   rules:
+    ///     - name: testers
+    ///       match: [{on: header, name: x-beta, exact: "yes"}]
+    ///       version: 2.0.0
+    ///     - name: gray
+    ///       split: [{version: 1.0.0, weight: 90}, {version: 2.0.0, weight: 10}]
+    ///       stickyBy: {on: cookie, name: uid}
+    ///   trafficUnits: {blue: 2.0.0}
+    #[command(verbatim_doc_comment)]
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
     /// Send one request to a module through its base and print the response.
     ///
     /// Examples:
@@ -166,6 +217,32 @@ enum Command {
     ///   berth invoke orders --path /items -d '{"name":"pen"}' -H 'content-type: application/json'
     #[command(verbatim_doc_comment)]
     Invoke(InvokeArgs),
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Print the rules (YAML, or JSON with -o json).
+    Get {
+        /// The module.
+        name: String,
+        /// Ops API of the base.
+        #[arg(long, default_value = "http://127.0.0.1:1238", env = "BERTH_BASE")]
+        base: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Replace the rules with a YAML or JSON document (`-f -` reads stdin).
+    Set {
+        /// The module.
+        name: String,
+        /// The rules document.
+        #[arg(short, long)]
+        file: PathBuf,
+        /// Ops API of the base.
+        #[arg(long, default_value = "http://127.0.0.1:1238", env = "BERTH_BASE")]
+        base: String,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -225,6 +302,20 @@ fn run(command: Command) -> Result<()> {
                 .await
             }
             Command::Invoke(args) => commands::invoke::run(args).await,
+            Command::Switch {
+                name,
+                version,
+                base,
+            } => commands::traffic::switch(&client::OpsClient::new(&base)?, &name, &version).await,
+            Command::Rollback { name, base } => {
+                commands::traffic::rollback(&client::OpsClient::new(&base)?, &name).await
+            }
+            Command::Rules {
+                command: RulesCommand::Get { name, base, output },
+            } => commands::traffic::get(&client::OpsClient::new(&base)?, &name, output).await,
+            Command::Rules {
+                command: RulesCommand::Set { name, file, base },
+            } => commands::traffic::set(&client::OpsClient::new(&base)?, &name, &file).await,
         }
     })
 }

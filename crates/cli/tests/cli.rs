@@ -348,3 +348,72 @@ fn deploying_a_bad_artifact_changes_nothing_on_the_base() {
     let out = stdout(base.berth(&["list"]));
     assert_eq!(out.trim(), "no modules installed");
 }
+
+#[test]
+fn versions_switch_rollback_and_rules_from_the_cli() {
+    let base = BaseProcess::start();
+    let work = work_dir();
+    let (v1, v2) = (
+        berth_example_modules::HELLO,
+        berth_example_modules::HELLO_V2,
+    );
+    stdout(base.berth(&["deploy", v1, "--name", "hello", "--version", "1"]));
+    stdout(base.berth(&[
+        "deploy",
+        v2,
+        "--name",
+        "hello",
+        "--version",
+        "2",
+        "--no-activate",
+    ]));
+    let invoke = |extra: &[&str]| {
+        let mut args = vec!["invoke", "hello"];
+        args.extend_from_slice(extra);
+        stdout(base.berth(&args))
+    };
+    assert_eq!(invoke(&[]), "Hello from berth!\n");
+
+    let rules = work.path().join("rules.yaml");
+    std::fs::write(
+        &rules,
+        "rules:\n  - name: testers\n    match: [{on: header, name: x-beta, exact: \"yes\"}]\n    version: \"2\"\n",
+    )
+    .unwrap();
+    let out = stdout(base.berth(&["rules", "set", "hello", "-f", rules.to_str().unwrap()]));
+    assert!(out.contains("1 rule(s)"), "{out}");
+    assert_eq!(
+        invoke(&["-H", "x-beta: yes"]),
+        "Hello from berth, version 2!\n"
+    );
+    assert_eq!(invoke(&[]), "Hello from berth!\n");
+    let got: serde_json::Value = serde_json::from_str(&stdout(
+        base.berth(&["rules", "get", "hello", "-o", "json"]),
+    ))
+    .unwrap();
+    assert_eq!(got["rules"][0]["name"], "testers");
+
+    // A bad rule set: one line naming the rule, the old rules stay.
+    std::fs::write(&rules, "rules:\n  - name: gray\n    split: [{version: \"1\", weight: 50}, {version: \"2\", weight: 60}]\n").unwrap();
+    let err = failure(base.berth(&["rules", "set", "hello", "-f", rules.to_str().unwrap()]));
+    assert!(
+        err.contains("rule #1 \"gray\": split weights sum to 110") && err.contains("invalid_rules"),
+        "{err}"
+    );
+    assert_eq!(
+        invoke(&["-H", "x-beta: yes"]),
+        "Hello from berth, version 2!\n"
+    );
+    // A version in use cannot be undeployed.
+    let err = failure(base.berth(&["undeploy", "hello", "--version", "2"]));
+    assert!(err.contains("version_in_use"), "{err}");
+
+    let out = stdout(base.berth(&["switch", "hello", "2"]));
+    assert!(out.contains("default 1 → 2"), "{out}");
+    assert_eq!(invoke(&[]), "Hello from berth, version 2!\n");
+    let out = stdout(base.berth(&["rollback", "hello"]));
+    assert!(out.contains("default 2 → 1"), "{out}");
+    assert_eq!(invoke(&[]), "Hello from berth!\n");
+    let err = failure(base.berth(&["switch", "hello", "9"]));
+    assert!(err.contains("no version `9`"), "{err}");
+}

@@ -8,3 +8,4 @@ mod ingress;
 mod ops;
 mod restart;
 mod support;
+mod traffic;

@@ -33,6 +33,9 @@ pub struct BaseArgs {
     /// Largest artifact accepted by install, in bytes.
     #[arg(long, default_value_t = 256 << 20)]
     max_artifact_bytes: usize,
+    /// Do not add `x-berth-module: name@version` to module responses.
+    #[arg(long)]
+    no_version_header: bool,
 }
 
 impl BaseArgs {
@@ -44,6 +47,7 @@ impl BaseArgs {
         config.runtime.max_memory_bytes = self.max_memory_mib << 20;
         config.runtime.request_timeout = self.request_timeout;
         config.max_artifact_bytes = self.max_artifact_bytes;
+        config.version_header = !self.no_version_header;
         config
     }
 }

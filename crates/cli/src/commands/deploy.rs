@@ -31,6 +31,10 @@ pub struct DeployArgs {
     /// Module name [default: berth.toml's, or the .wasm file's stem]
     #[arg(long)]
     pub name: Option<String>,
+    /// Install beside the current default instead of switching to it
+    /// (for traffic rules, or a later `berth switch`).
+    #[arg(long)]
+    pub no_activate: bool,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
@@ -59,6 +63,8 @@ pub struct Artifact {
     pub route: Option<Route>,
     /// The bytes.
     pub bytes: Vec<u8>,
+    /// Make it the default.
+    pub activate: bool,
 }
 
 impl DeployArgs {
@@ -98,6 +104,7 @@ impl DeployArgs {
                 version,
                 route: self.route(None),
                 bytes,
+                activate: !self.no_activate,
             });
         }
         let project = Project::open(&target)?;
@@ -110,6 +117,7 @@ impl DeployArgs {
                 .unwrap_or(project.manifest.version.clone()),
             route: self.route(project.manifest.route.clone()),
             bytes: built.bytes,
+            activate: !self.no_activate,
         })
     }
 }
@@ -131,6 +139,7 @@ pub async fn install(client: &OpsClient, artifact: Artifact) -> Result<Deployed>
             &artifact.version,
             artifact.route.as_ref(),
             &digest,
+            artifact.activate,
             artifact.bytes,
         )
         .await?;

@@ -141,6 +141,7 @@ impl Session {
             version: version.clone(),
             route: self.project.manifest.route.clone(),
             bytes: built.bytes,
+            activate: true,
         };
         let deployed = match deploy::install(&self.client, artifact).await {
             Ok(deployed) => deployed,

@@ -7,6 +7,7 @@ pub mod dev;
 pub mod invoke;
 pub mod list;
 pub mod new;
+pub mod traffic;
 
 /// How data is printed.
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -67,7 +67,7 @@ def main():
             text = re.sub(r'format!\("[^"]*You asked', f'format!("Edit {i}! You asked', text)
             open(lib, "w").write(text)
             r = next_redeploy()
-            bench.log(f"edit {i + 1}: {r[0]} ms save→serving excl. {r[1]:.2f} s compile (install {r[2]:.1} ms)")
+            bench.log(f"edit {i + 1}: {r[0]} ms save→serving excl. {r[1]:.2f} s compile (install {r[2]:.1f} ms)")
             results.append(r)
             time.sleep(0.3)
     finally:

@@ -176,7 +176,7 @@ def serve_berth(tmp):
 
 def serve_wasmtime(tmp):
     port = free_port()
-    proc = start(["wasmtime", "serve", "--addr", f"127.0.0.1:{port}", HELLO_WASM])
+    proc = start(["wasmtime", "serve", "-Scli", "--addr", f"127.0.0.1:{port}", HELLO_WASM])
     url = f"http://127.0.0.1:{port}/hello"
     wait_until(lambda: http("GET", url)[0] == 200, what="wasmtime serve")
     return proc, [port], url

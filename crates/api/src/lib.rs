@@ -81,6 +81,56 @@ pub struct InstallRequest {
     /// is installed beside the default, for rules or a later switch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activate: Option<bool>,
+    /// Resource limits; unset fields take the base's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+    /// Hosts the module may reach with outgoing HTTP (`api.example.com`,
+    /// `*.example.com`, `host:port`, or `*`). Default: none. Calls to other
+    /// modules (`http://NAME.berth/`) need no grant.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_hosts: Vec<String>,
+    /// Values the module reads with `berth:base/config`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub config: std::collections::BTreeMap<String, String>,
+}
+
+impl InstallRequest {
+    /// A request to install `name@version` with every option at its default.
+    pub fn new(name: impl Into<String>, version: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            version: version.into(),
+            route: None,
+            artifact: None,
+            digest: None,
+            activate: None,
+            limits: None,
+            allowed_hosts: Vec::new(),
+            config: Default::default(),
+        }
+    }
+}
+
+/// Resource limits of a module version. In an install request every field
+/// is optional (unset: the base's default); in [`ModuleInfo`] all are set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Limits {
+    /// Linear memory one instance may use, MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u64>,
+    /// Deadline of one request inside the module, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Requests served at once; more get 503 with `Retry-After`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
+    /// Largest request body, bytes (413 beyond).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_bytes: Option<u64>,
+    /// Largest response body, bytes (cut off beyond).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_response_bytes: Option<u64>,
 }
 
 /// The lifecycle state of one installed module version.
@@ -133,6 +183,18 @@ pub struct ModuleInfo {
     /// Of those, how many failed in the module (5xx answered by the base).
     #[serde(default)]
     pub errors: u64,
+    /// Requests running in this version now.
+    #[serde(default)]
+    pub in_flight: u32,
+    /// The limits this version runs under (all fields set).
+    #[serde(default)]
+    pub limits: Limits,
+    /// Hosts its outgoing HTTP may reach.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_hosts: Vec<String>,
+    /// The names of its config values (values are not shown).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub config_keys: Vec<String>,
     /// Why the version is `failed`, if it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

@@ -123,7 +123,11 @@ impl Base {
                         .digest
                         .parse::<Digest>()
                         .map_err(|e| e.to_string())
-                        .and_then(|d| runtime.load(d, None).map_err(|e| e.to_string()));
+                        .and_then(|d| runtime.load(d, None).map_err(|e| e.to_string()))
+                        .map(|(module, outcome)| {
+                            let settings = record.settings(runtime.config().limits);
+                            (module.with_settings(settings), outcome)
+                        });
                     (record, result)
                 })
                 .collect::<Vec<_>>()
@@ -201,6 +205,12 @@ impl Base {
         let name = request.name;
         let version = request.version;
         let wants_default = request.activate.unwrap_or(true);
+        let (limits, allowed_hosts, config) = (
+            request.limits.unwrap_or_default(),
+            request.allowed_hosts,
+            request.config,
+        );
+        validate_limits(&limits)?;
         let route = {
             let registry = self.inner.registry.lock().expect("registry lock");
             let current = registry.active(&name).map(|a| a.record.route.clone());
@@ -271,7 +281,11 @@ impl Base {
                 berth_runtime::CacheOutcome::Miss => CacheOutcome::Miss,
             },
             size_bytes,
+            limits,
+            allowed_hosts,
+            config,
         };
+        let module = module.with_settings(record.settings(self.inner.runtime.config().limits));
         match previous.filter(|_| activate) {
             Some(previous) => {
                 let module = registry
@@ -623,6 +637,20 @@ fn version_clash(existing: &Installed, digest: Digest) -> Result<InstallResponse
             existing.record.digest,
             existing.record.key(),
         )))
+    }
+}
+
+fn validate_limits(limits: &berth_api::Limits) -> Result<(), OpsError> {
+    let zero = [
+        ("memoryMib", limits.memory_mib == Some(0)),
+        ("timeoutMs", limits.timeout_ms == Some(0)),
+        ("maxConcurrency", limits.max_concurrency == Some(0)),
+    ];
+    match zero.iter().find(|(_, is_zero)| *is_zero) {
+        Some((field, _)) => Err(OpsError::InvalidRequest(format!(
+            "limits.{field} must be at least 1; leave it out to take the base's default"
+        ))),
+        None => Ok(()),
     }
 }
 

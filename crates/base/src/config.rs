@@ -15,7 +15,8 @@ pub struct BaseConfig {
     pub ops_addr: SocketAddr,
     /// Directory holding the installed set (`base.redb`) and the module cache (`cache/`).
     pub data_dir: PathBuf,
-    /// Runtime settings; its `cache_dir` is set to `<data_dir>/cache` by [`BaseConfig::new`].
+    /// Runtime settings; [`BaseConfig::new`] puts its cache and key-value
+    /// store in the data directory.
     pub runtime: RuntimeConfig,
     /// Largest artifact the base accepts (upload or download), in bytes.
     pub max_artifact_bytes: usize,
@@ -34,7 +35,7 @@ impl BaseConfig {
                 .parse()
                 .expect("valid default"),
             ops_addr: berth_api::DEFAULT_OPS_ADDR.parse().expect("valid default"),
-            runtime: RuntimeConfig::new(data_dir.join("cache")),
+            runtime: RuntimeConfig::new(&data_dir),
             data_dir,
             max_artifact_bytes: 256 << 20,
             fetch_timeout: Duration::from_secs(60),

@@ -15,8 +15,10 @@ use std::convert::Infallible;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use berth_api::{MODULE_HEADER, REQUEST_ID_HEADER};
-use berth_runtime::{ResponseBody, full_body};
+use std::sync::Arc;
+
+use berth_api::{MODULE_HEADER, REQUEST_ID_HEADER, TRAFFIC_UNIT_HEADER};
+use berth_runtime::{BoxResponse, CallContext, ModuleCaller, ResponseBody, WasiBody, full_body};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -24,6 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::base::Base;
+use crate::router::Target;
 use crate::rules::RequestView;
 
 /// Accepts connections on `listener` until `shutdown` changes, then lets
@@ -89,16 +92,7 @@ pub async fn handle(
     let routes = base.routes();
     let target = routes
         .lookup(host.as_deref(), request.uri().path())
-        .map(|entry| {
-            entry
-                .select(&RequestView {
-                    headers: request.headers(),
-                    path: request.uri().path(),
-                    query: request.uri().query(),
-                    client_ip: client,
-                })
-                .clone()
-        });
+        .map(|entry| entry.select(&view(&request, client)).clone());
     drop(routes);
     let Some(target) = target else {
         return plain(
@@ -110,7 +104,75 @@ pub async fn handle(
     request
         .headers_mut()
         .insert(REQUEST_ID_HEADER, request_id.clone());
-    let result = target.module.handle(request, target.label.clone()).await;
+    let context = CallContext {
+        label: target.label.clone(),
+        request_id: Some(request_id),
+        traffic_unit: request.headers().get(TRAFFIC_UNIT_HEADER).cloned(),
+        hops: 0,
+        caller: Some(Arc::new(base.clone())),
+    };
+    run_in(base, target, request, context).await
+}
+
+/// What the traffic rules read of `request`.
+fn view<B>(request: &Request<B>, client: Option<IpAddr>) -> RequestView<'_> {
+    RequestView {
+        headers: request.headers(),
+        path: request.uri().path(),
+        query: request.uri().query(),
+        client_ip: client,
+    }
+}
+
+/// Calls from one module to another (`http://NAME.berth/…`): routed by
+/// name, through the same traffic rules and failure handling as ingress
+/// requests, without a socket.
+impl ModuleCaller for Base {
+    fn call(
+        &self,
+        name: &str,
+        request: Request<WasiBody>,
+        mut context: CallContext,
+    ) -> BoxResponse {
+        let base = self.clone();
+        let name = name.to_string();
+        Box::pin(async move {
+            let routes = base.routes();
+            let target = routes
+                .by_name(&name)
+                .map(|entry| entry.select(&view(&request, None)).clone());
+            drop(routes);
+            let request_id = context.request_id.clone().unwrap_or_else(new_request_id);
+            let Some(target) = target else {
+                return plain(
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "502 Bad Gateway: no module named `{name}` is installed on this base \
+                         (a call to http://{name}.berth/ needs an installed module `{name}`)\n"
+                    ),
+                    request_id,
+                );
+            };
+            context.label = target.label.clone();
+            run_in(&base, target, request, context).await
+        })
+    }
+}
+
+/// Runs `request` in `target`; a module failure becomes a response from the
+/// base with a fitting status, the request id, and a log line.
+async fn run_in<B>(
+    base: &Base,
+    target: Target,
+    request: Request<B>,
+    context: CallContext,
+) -> Response<ResponseBody>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    let request_id = context.request_id.clone().unwrap_or_else(new_request_id);
+    let result = target.module.handle(request, context).await;
     target.stats.record(result.is_err());
     match result {
         Ok(mut response) => {

@@ -188,6 +188,9 @@ async fn install(
                 artifact: None,
                 digest: params.digest,
                 activate: params.activate,
+                limits: None,
+                allowed_hosts: Vec::new(),
+                config: Default::default(),
             };
             (request, Some(bytes))
         }

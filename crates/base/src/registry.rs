@@ -81,6 +81,19 @@ impl Installed {
             size_bytes: r.size_bytes,
             requests: self.stats.requests.load(Ordering::Relaxed),
             errors: self.stats.errors.load(Ordering::Relaxed),
+            in_flight: self.module.as_ref().map_or(0, LoadedModule::in_flight),
+            limits: self.module.as_ref().map_or(r.limits, |m| {
+                let l = m.settings().limits;
+                berth_api::Limits {
+                    memory_mib: Some((l.max_memory_bytes >> 20) as u64),
+                    timeout_ms: Some(l.timeout.as_millis() as u64),
+                    max_concurrency: Some(l.max_concurrency),
+                    max_request_bytes: Some(l.max_request_bytes),
+                    max_response_bytes: Some(l.max_response_bytes),
+                }
+            }),
+            allowed_hosts: r.allowed_hosts.clone(),
+            config_keys: r.config.keys().cloned().collect(),
             error: self.error.clone(),
         }
     }
@@ -238,7 +251,7 @@ impl Registry {
     /// The routing snapshot: each module's default version, plus the
     /// versions its rules can choose.
     pub fn route_table(&self) -> RouteTable {
-        RouteTable::new(self.modules.values().filter_map(|module| {
+        RouteTable::new(self.modules.iter().filter_map(|(name, module)| {
             let default = module.default_version()?;
             let target = |v: &Installed| {
                 Some(Target {
@@ -258,7 +271,12 @@ impl Registry {
                     targets,
                 })
             });
-            Some((default.record.route.clone(), target(default)?, rules))
+            Some((
+                name.clone(),
+                default.record.route.clone(),
+                target(default)?,
+                rules,
+            ))
         }))
     }
 }

@@ -41,6 +41,7 @@ pub struct Rules {
 
 /// One module's place in the table.
 pub struct Entry {
+    name: String,
     host: Option<String>,
     prefix: String,
     default: Target,
@@ -61,14 +62,17 @@ impl Entry {
 #[derive(Default)]
 pub struct RouteTable {
     entries: Vec<Entry>,
+    /// Module name → index in `entries` (for module-to-module calls).
+    by_name: std::collections::HashMap<String, usize>,
 }
 
 impl RouteTable {
-    /// Builds a table from `(route, default target, rules)` per module.
-    pub fn new(routes: impl IntoIterator<Item = (Route, Target, Option<Rules>)>) -> Self {
+    /// Builds a table from `(module name, route, default target, rules)` per module.
+    pub fn new(routes: impl IntoIterator<Item = (String, Route, Target, Option<Rules>)>) -> Self {
         let mut entries: Vec<Entry> = routes
             .into_iter()
-            .map(|(route, default, rules)| Entry {
+            .map(|(name, route, default, rules)| Entry {
+                name,
                 prefix: route.prefix().to_string(),
                 host: route.host.map(|h| h.to_ascii_lowercase()),
                 default,
@@ -82,7 +86,17 @@ impl RouteTable {
                 .cmp(&a.host.is_some())
                 .then(b.prefix.len().cmp(&a.prefix.len()))
         });
-        Self { entries }
+        let by_name = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.name.clone(), i))
+            .collect();
+        Self { entries, by_name }
+    }
+
+    /// The entry of module `name` (for a call to `http://NAME.berth/`).
+    pub fn by_name(&self, name: &str) -> Option<&Entry> {
+        self.by_name.get(name).map(|&i| &self.entries[i])
     }
 
     /// The module entry for a request to `host` (may include a port) and `path`.

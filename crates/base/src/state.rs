@@ -8,7 +8,9 @@
 
 use std::path::Path;
 
-use berth_api::{CacheOutcome, Route, TrafficRules};
+use std::collections::BTreeMap;
+
+use berth_api::{CacheOutcome, Limits, Route, TrafficRules};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
@@ -51,9 +53,40 @@ pub struct InstallRecord {
     pub compile_cache: CacheOutcome,
     /// Artifact size in bytes.
     pub size_bytes: u64,
+    /// Limits asked for at install (unset fields: the base's defaults at load).
+    #[serde(default)]
+    pub limits: Limits,
+    /// Outgoing HTTP grants.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Config values.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
 }
 
 impl InstallRecord {
+    /// The settings this version runs under: its own limits over `defaults`.
+    pub fn settings(&self, defaults: berth_runtime::Limits) -> berth_runtime::ModuleSettings {
+        let l = &self.limits;
+        berth_runtime::ModuleSettings {
+            name: self.name.clone(),
+            version: self.version.clone(),
+            limits: berth_runtime::Limits {
+                max_memory_bytes: l
+                    .memory_mib
+                    .map_or(defaults.max_memory_bytes, |m| (m as usize) << 20),
+                timeout: l
+                    .timeout_ms
+                    .map_or(defaults.timeout, std::time::Duration::from_millis),
+                max_concurrency: l.max_concurrency.unwrap_or(defaults.max_concurrency),
+                max_request_bytes: l.max_request_bytes.unwrap_or(defaults.max_request_bytes),
+                max_response_bytes: l.max_response_bytes.unwrap_or(defaults.max_response_bytes),
+            },
+            allowed_hosts: self.allowed_hosts.clone(),
+            config: self.config.clone(),
+        }
+    }
+
     /// The database key, `name@version`.
     pub fn key(&self) -> String {
         format!("{}@{}", self.name, self.version)

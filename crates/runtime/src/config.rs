@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::settings::Limits;
+
 /// Settings of a [`Runtime`](crate::Runtime).
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
@@ -14,24 +16,27 @@ pub struct RuntimeConfig {
     /// Concurrent instances across all modules (pool slots). Requests beyond
     /// it get 503 until a slot frees.
     pub max_instances: u32,
-    /// Linear memory one instance may grow to, in bytes.
-    pub max_memory_bytes: usize,
-    /// Wall-clock deadline of one request's guest execution.
-    pub request_timeout: Duration,
+    /// Limits of modules installed without their own (and the ceiling of
+    /// the pool's per-instance memory).
+    pub limits: Limits,
+    /// The key-value database behind `berth:base/kv`.
+    pub kv_path: PathBuf,
     /// How much of a freed linear memory the pool keeps resident (zeroed with
     /// `memset` instead of `madvise`) to speed up the next instantiation.
     pub memory_keep_resident: usize,
 }
 
 impl RuntimeConfig {
-    /// Defaults with the cache under `cache_dir`.
-    pub fn new(cache_dir: impl Into<PathBuf>) -> Self {
+    /// Defaults with the cache in `<data_dir>/cache` and the key-value
+    /// store in `<data_dir>/kv.redb`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        let data_dir = data_dir.into();
         Self {
-            cache_dir: cache_dir.into(),
+            cache_dir: data_dir.join("cache"),
+            kv_path: data_dir.join("kv.redb"),
             pooling: true,
             max_instances: 1000,
-            max_memory_bytes: 128 << 20,
-            request_timeout: Duration::from_secs(30),
+            limits: Limits::default(),
             memory_keep_resident: 1 << 20,
         }
     }

@@ -46,6 +46,9 @@ pub enum LoadError {
         /// wasmtime's explanation.
         reason: String,
     },
+    /// The base's key-value store could not be opened.
+    #[error("{0}")]
+    Kv(String),
     /// The component failed validation or compilation.
     #[error("the artifact is not a valid component: {reason}")]
     Invalid {
@@ -82,7 +85,7 @@ impl LoadError {
             LoadError::MissingHttpExport { .. } => "missing_http_export",
             LoadError::UnsupportedImport { .. } => "unsupported_import",
             LoadError::Invalid { .. } => "invalid_wasm",
-            LoadError::Cache { .. } => "cache_io",
+            LoadError::Cache { .. } | LoadError::Kv(_) => "cache_io",
             LoadError::ArtifactMissing { .. } => "artifact_missing",
         }
     }
@@ -105,6 +108,15 @@ pub enum HandleError {
     /// The guest ran past its CPU deadline.
     #[error("the module exceeded its {0:?} deadline")]
     Deadline(std::time::Duration),
+    /// The guest tried to grow its memory past its limit, and trapped.
+    #[error("the module exceeded its memory limit of {} MiB", .0 >> 20)]
+    MemoryLimit(usize),
+    /// The module already serves as many requests as it may at once.
+    #[error("the module is at its limit of {0} concurrent requests; retry shortly")]
+    Overloaded(u32),
+    /// The request body is larger than the module accepts.
+    #[error("the request body is larger than the module's limit of {0} bytes")]
+    RequestTooLarge(u64),
     /// The guest returned without setting a response.
     #[error("the module returned without sending a response")]
     NoResponse,
@@ -128,8 +140,9 @@ impl HandleError {
     /// HTTP status the ingress answers with.
     pub fn status(&self) -> u16 {
         match self {
-            HandleError::Instantiate(_) => 503,
+            HandleError::Instantiate(_) | HandleError::Overloaded(_) => 503,
             HandleError::Deadline(_) => 504,
+            HandleError::RequestTooLarge(_) => 413,
             HandleError::BadRequest(_) => 400,
             _ => 500,
         }

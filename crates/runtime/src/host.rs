@@ -2,38 +2,89 @@
 //!
 //! Each request gets a fresh [`HostState`] in its own `Store`: its own
 //! resource table, a WASI context with no filesystem, no environment and no
-//! arguments (stdout/stderr go to the base's), and the memory limits the
-//! `Store`'s resource limiter enforces.
+//! arguments (stdout/stderr go to the base's), the memory limiter, the
+//! outgoing-HTTP policy ([`crate::outgoing`]) and the module's settings,
+//! which scope the `berth:base` interfaces ([`crate::interfaces`]).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::kv::KvStore;
+use crate::outgoing::{CallContext, OutgoingPolicy};
+use crate::settings::ModuleSettings;
 
 /// Store data of one module instance.
 pub struct HostState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     table: ResourceTable,
-    pub(crate) limits: StoreLimits,
+    outgoing: OutgoingPolicy,
+    pub(crate) limiter: MemoryLimiter,
     pub(crate) started: Instant,
     pub(crate) timeout: Duration,
+    pub(crate) settings: Arc<ModuleSettings>,
+    pub(crate) kv: Option<KvStore>,
+    pub(crate) context: CallContext,
 }
 
 impl HostState {
-    pub(crate) fn new(max_memory_bytes: usize, timeout: Duration) -> Self {
+    pub(crate) fn new(
+        settings: Arc<ModuleSettings>,
+        kv: Option<KvStore>,
+        context: CallContext,
+    ) -> Self {
         Self {
             wasi: WasiCtx::builder().inherit_stdout().inherit_stderr().build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(max_memory_bytes)
-                .build(),
+            outgoing: OutgoingPolicy::new(settings.clone(), context.clone()),
+            limiter: MemoryLimiter {
+                max: settings.limits.max_memory_bytes,
+                hit: false,
+            },
             started: Instant::now(),
-            timeout,
+            timeout: settings.limits.timeout,
+            settings,
+            kv,
+            context,
         }
+    }
+}
+
+/// Caps linear memory and remembers whether the cap was hit, so a trap
+/// that follows (a Rust guest aborts when `memory.grow` fails) is reported
+/// as what it is: the module ran out of its memory limit.
+pub(crate) struct MemoryLimiter {
+    max: usize,
+    pub hit: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max {
+            self.hit = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1 << 20)
     }
 }
 
@@ -51,7 +102,7 @@ impl WasiHttpView for HostState {
         WasiHttpCtxView {
             ctx: &mut self.http,
             table: &mut self.table,
-            hooks: Default::default(),
+            hooks: &mut self.outgoing,
         }
     }
 }

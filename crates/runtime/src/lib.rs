@@ -17,16 +17,24 @@ mod cache;
 mod config;
 mod error;
 mod host;
+mod interfaces;
+mod kv;
 mod module;
+mod outgoing;
 mod runtime;
+mod settings;
 
 pub use artifact::{Digest, ParseDigestError};
 pub use cache::{CacheOutcome, ModuleCache};
 pub use config::RuntimeConfig;
 pub use error::{HandleError, LoadError};
 pub use host::HostState;
+pub use kv::KvStore;
 pub use module::{LoadedModule, ResponseBody, full_body};
+pub use outgoing::{BoxResponse, CallContext, ModuleCaller};
 pub use runtime::{Runtime, validate};
+pub use settings::{Limits, MAX_HOPS, ModuleSettings};
+pub use wasmtime_wasi_http::WasiBody;
 
 /// The `wasi:http` export every berth module must have.
 pub const HTTP_HANDLER_EXPORT: &str = "wasi:http/incoming-handler";

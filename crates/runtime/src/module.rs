@@ -18,22 +18,29 @@ use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
+use tokio::sync::Semaphore;
+
 use crate::artifact::Digest;
 use crate::error::HandleError;
 use crate::host::HostState;
+use crate::outgoing::CallContext;
 use crate::runtime::Runtime;
+use crate::settings::ModuleSettings;
 
 /// The body of a response produced by a module (or by the base for one).
 pub type ResponseBody = wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-/// A compiled, linked module. Cheap to clone; dropping the last clone (and
-/// the last in-flight request) frees its code and pre-instance.
+/// A compiled, linked module with the settings it runs under. Cheap to
+/// clone; dropping the last clone (and the last in-flight request) frees its
+/// code and pre-instance.
 #[derive(Clone)]
 pub struct LoadedModule {
-    inner: Arc<Inner>,
+    code: Arc<Code>,
+    settings: Arc<ModuleSettings>,
+    permits: Arc<Semaphore>,
 }
 
-struct Inner {
+struct Code {
     runtime: Runtime,
     digest: Digest,
     pre: ProxyPre<HostState>,
@@ -41,41 +48,90 @@ struct Inner {
 
 impl LoadedModule {
     pub(crate) fn new(runtime: Runtime, digest: Digest, pre: ProxyPre<HostState>) -> Self {
+        let settings = ModuleSettings {
+            name: String::new(),
+            version: String::new(),
+            limits: runtime.config().limits,
+            allowed_hosts: Vec::new(),
+            config: Default::default(),
+        };
+        let code = Arc::new(Code {
+            runtime,
+            digest,
+            pre,
+        });
+        Self::assemble(code, settings)
+    }
+
+    fn assemble(code: Arc<Code>, settings: ModuleSettings) -> Self {
         Self {
-            inner: Arc::new(Inner {
-                runtime,
-                digest,
-                pre,
-            }),
+            permits: Arc::new(Semaphore::new(settings.limits.max_concurrency as usize)),
+            settings: Arc::new(settings),
+            code,
         }
+    }
+
+    /// The same code under other settings (limits, grants, config). The
+    /// memory limit is capped by the pool's per-instance maximum.
+    pub fn with_settings(&self, mut settings: ModuleSettings) -> Self {
+        let ceiling = self.code.runtime.config().limits.max_memory_bytes;
+        settings.limits.max_memory_bytes = settings.limits.max_memory_bytes.min(ceiling);
+        Self::assemble(self.code.clone(), settings)
+    }
+
+    /// The settings requests run under.
+    pub fn settings(&self) -> &ModuleSettings {
+        &self.settings
     }
 
     /// The digest of the artifact this module was loaded from.
     pub fn digest(&self) -> Digest {
-        self.inner.digest
+        self.code.digest
+    }
+
+    /// Requests running in this module version right now.
+    pub fn in_flight(&self) -> u32 {
+        self.settings.limits.max_concurrency - self.permits.available_permits() as u32
     }
 
     /// Serves one request in a fresh instance.
     ///
-    /// `label` names the module in log lines (e.g. `hello@1.0.0`). Returns
-    /// the guest's response, whose body streams while the guest keeps
-    /// writing; or why the guest produced none.
+    /// `context` says who serves it (for logs) and how module calls made
+    /// while serving it are handled. Returns the guest's response, whose body
+    /// streams while the guest keeps writing; or why the guest produced none.
     pub async fn handle<B>(
         &self,
         request: http::Request<B>,
-        label: Arc<str>,
+        context: CallContext,
     ) -> Result<http::Response<ResponseBody>, HandleError>
     where
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
-        let config = self.inner.runtime.config();
-        let timeout = config.request_timeout;
+        let limits = self.settings.limits;
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            return Err(HandleError::Overloaded(limits.max_concurrency));
+        };
+        let declared = request
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > limits.max_request_bytes) {
+            return Err(HandleError::RequestTooLarge(limits.max_request_bytes));
+        }
+        let request = request.map(|body| limit_body(body, limits.max_request_bytes, true));
+
+        let label = context.label.clone();
         let mut store = Store::new(
-            self.inner.runtime.engine(),
-            HostState::new(config.max_memory_bytes, timeout),
+            self.code.runtime.engine(),
+            HostState::new(
+                self.settings.clone(),
+                Some(self.code.runtime.kv().clone()),
+                context,
+            ),
         );
-        store.limiter(|state| &mut state.limits);
+        store.limiter(|state| &mut state.limiter);
         store.set_epoch_deadline(1);
         // Each epoch tick, a running guest yields its worker thread to other
         // requests; past the deadline it is interrupted (a trap).
@@ -108,12 +164,18 @@ impl LoadedModule {
             (req, out)
         };
 
-        let pre = self.inner.pre.clone();
+        let pre = self.code.pre.clone();
         // The guest runs in its own task so it can keep streaming the body
-        // after the response head has gone out.
+        // after the response head has gone out; it holds the concurrency
+        // permit until it is done.
         let task = tokio::spawn(async move {
+            let _permit = permit;
             let proxy = match pre.instantiate_async(&mut store).await {
                 Ok(proxy) => proxy,
+                Err(e) if store.data().limiter.hit => {
+                    tracing::debug!(error = %e, "instantiation over the memory limit");
+                    return Err(HandleError::MemoryLimit(limits.max_memory_bytes));
+                }
                 Err(e) => return Err(HandleError::Instantiate(format!("{e:#}"))),
             };
             let result = proxy
@@ -123,18 +185,25 @@ impl LoadedModule {
             match result {
                 Ok(()) => Ok(()),
                 Err(e) => {
+                    let error = if store.data().limiter.hit {
+                        HandleError::MemoryLimit(limits.max_memory_bytes)
+                    } else {
+                        classify_trap(&e, limits.timeout)
+                    };
                     if responded.load(Ordering::Acquire) {
-                        // Too late for a 500 (the caller logs those): the
-                        // body stream ends in an error, so log it here.
-                        tracing::warn!(module = %label, error = ?e, "module trapped after sending its response head");
+                        // Too late for an error status (the caller logs those):
+                        // the body stream ends in an error, so log it here.
+                        tracing::warn!(module = %label, error = ?e, "module failed after sending its response head: {error}");
                     }
-                    Err(classify_trap(&e, timeout))
+                    Err(error)
                 }
             }
         });
 
         match receiver.await {
-            Ok(Ok(response)) => Ok(response),
+            Ok(Ok(response)) => {
+                Ok(response.map(|body| limit_body(body, limits.max_response_bytes, false)))
+            }
             Ok(Err(code)) => Err(HandleError::GuestError(format!("{code:?}"))),
             // The sender was dropped with the store: the task ended without responding.
             Err(_) => match task.await {
@@ -147,6 +216,25 @@ impl LoadedModule {
             },
         }
     }
+}
+
+/// `body` as a boxed `wasi:http` body that fails once more than `max`
+/// bytes have passed (a request body the guest reads, or a response body
+/// the guest writes).
+fn limit_body<B>(body: B, max: u64, request: bool) -> ResponseBody
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    use wasmtime_wasi_http::Error;
+    let body = body.map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e.into()) });
+    http_body_util::Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX))
+        .map_err(move |e| match e.downcast::<Error>() {
+            Ok(inner) => *inner,
+            Err(_) if request => Error::HttpRequestBodySize(Some(max)),
+            Err(_) => Error::HttpResponseBodySize(Some(max)),
+        })
+        .boxed_unsync()
 }
 
 /// Turns a guest failure into a [`HandleError`] with a short, safe message.

@@ -13,6 +13,7 @@ use crate::cache::{CacheOutcome, ModuleCache};
 use crate::config::{EPOCH_TICK, RuntimeConfig};
 use crate::error::LoadError;
 use crate::host::HostState;
+use crate::kv::KvStore;
 use crate::module::LoadedModule;
 
 /// One wasmtime engine with its linker and module cache. Cheap to clone.
@@ -27,6 +28,7 @@ struct Inner {
     cache: ModuleCache,
     config: RuntimeConfig,
     ticker_stop: Arc<AtomicBool>,
+    kv: KvStore,
 }
 
 impl Drop for Inner {
@@ -51,7 +53,7 @@ impl Runtime {
                 .total_memories(n.saturating_mul(2))
                 .total_tables(n.saturating_mul(4))
                 .total_stacks(n)
-                .max_memory_size(config.max_memory_bytes)
+                .max_memory_size(config.limits.max_memory_bytes)
                 .linear_memory_keep_resident(config.memory_keep_resident)
                 .table_keep_resident(config.memory_keep_resident);
             wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
@@ -63,6 +65,7 @@ impl Runtime {
         let linker = host_linker(&engine)?;
 
         let cache = ModuleCache::open(&config.cache_dir, &engine)?;
+        let kv = KvStore::open(&config.kv_path).map_err(LoadError::Kv)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         spawn_epoch_ticker(engine.clone(), ticker_stop.clone());
         Ok(Self {
@@ -72,6 +75,7 @@ impl Runtime {
                 cache,
                 config,
                 ticker_stop,
+                kv,
             }),
         })
     }
@@ -89,6 +93,11 @@ impl Runtime {
     /// The settings this runtime was built with.
     pub fn config(&self) -> &RuntimeConfig {
         &self.inner.config
+    }
+
+    /// The key-value store behind `berth:base/kv`.
+    pub fn kv(&self) -> &KvStore {
+        &self.inner.kv
     }
 
     /// Turns the artifact `digest` into a module ready to serve.
@@ -167,6 +176,7 @@ fn host_linker(engine: &Engine) -> Result<Linker<HostState>, LoadError> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)
         .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))
+        .and_then(|()| crate::interfaces::add_to_linker(&mut linker))
         .map_err(|e| LoadError::Invalid {
             reason: format!("cannot link the WASI interfaces: {e:#}"),
         })?;

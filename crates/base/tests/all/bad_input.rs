@@ -127,6 +127,9 @@ async fn unreachable_and_missing_artifacts_are_refused() {
         artifact: Some(ArtifactSource::Url(url)),
         digest: None,
         activate: None,
+        limits: None,
+        allowed_hosts: Vec::new(),
+        config: Default::default(),
     };
     // Nothing listens on port 1.
     let message = expect_error(

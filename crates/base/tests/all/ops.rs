@@ -109,6 +109,9 @@ async fn install_from_url_downloads_the_artifact() {
         ))),
         digest: Some(digest_of(HELLO)),
         activate: None,
+        limits: None,
+        allowed_hosts: Vec::new(),
+        config: Default::default(),
     };
     let (status, body) = base.install(&request).await;
     assert_eq!(status, 201, "{body}");

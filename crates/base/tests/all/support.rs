@@ -136,6 +136,9 @@ pub fn install_request(name: &str, version: &str, path: &str) -> InstallRequest 
         artifact: Some(berth_api::ArtifactSource::Path(path.into())),
         digest: None,
         activate: None,
+        limits: None,
+        allowed_hosts: Vec::new(),
+        config: Default::default(),
     }
 }
 

@@ -24,12 +24,19 @@ pub struct BaseArgs {
     /// Concurrent module instances across the base (pooling allocator slots).
     #[arg(long, default_value_t = 1000)]
     max_instances: u32,
-    /// Linear memory one instance may use, in MiB.
+    /// Default linear memory one instance may use, in MiB (also the most
+    /// any module may be given).
     #[arg(long, default_value_t = 128)]
     max_memory_mib: usize,
-    /// Deadline of one request inside a module (e.g. 30s, 500ms).
+    /// Default deadline of one request inside a module (e.g. 30s, 500ms).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     request_timeout: Duration,
+    /// Default number of requests one module version serves at once.
+    #[arg(long, default_value_t = 256)]
+    max_concurrency: u32,
+    /// Default largest request body a module is handed, in bytes.
+    #[arg(long, default_value_t = 16 << 20)]
+    max_request_bytes: u64,
     /// Largest artifact accepted by install, in bytes.
     #[arg(long, default_value_t = 256 << 20)]
     max_artifact_bytes: usize,
@@ -44,8 +51,10 @@ impl BaseArgs {
         config.ingress_addr = self.listen;
         config.ops_addr = self.ops;
         config.runtime.max_instances = self.max_instances;
-        config.runtime.max_memory_bytes = self.max_memory_mib << 20;
-        config.runtime.request_timeout = self.request_timeout;
+        config.runtime.limits.max_memory_bytes = self.max_memory_mib << 20;
+        config.runtime.limits.timeout = self.request_timeout;
+        config.runtime.limits.max_concurrency = self.max_concurrency;
+        config.runtime.limits.max_request_bytes = self.max_request_bytes;
         config.max_artifact_bytes = self.max_artifact_bytes;
         config.version_header = !self.no_version_header;
         config
@@ -96,6 +105,9 @@ async fn run(config: BaseConfig, with_examples: bool) -> Result<()> {
                 artifact: None,
                 digest: None,
                 activate: None,
+                limits: None,
+                allowed_hosts: Vec::new(),
+                config: Default::default(),
             };
             running
                 .base

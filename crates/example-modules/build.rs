@@ -13,6 +13,9 @@ const MODULES: &[(&str, Kind)] = &[
     ("echo", Kind::Lib),
     ("panic", Kind::Lib),
     ("spin", Kind::Lib),
+    ("hog", Kind::Lib),
+    ("counter", Kind::Lib),
+    ("gateway", Kind::Lib),
     ("cli-hello", Kind::Bin),
 ];
 
@@ -30,6 +33,13 @@ fn main() {
     let target_dir = workspace_target_dir(&out_dir).join("wasm-modules");
 
     println!("cargo:rerun-if-changed={}", modules_dir.display());
+    // The guest helper crate and the WIT it binds are built into the modules too.
+    for shared in ["../guest", "../../wit"] {
+        println!(
+            "cargo:rerun-if-changed={}",
+            manifest_dir.join(shared).display()
+        );
+    }
 
     ensure_wasm_target();
     guest_build(&modules_dir, &target_dir, &[]);

@@ -169,29 +169,11 @@ async fn install(
             (json_body(body, "the install request").await?, None)
         }
         "application/wasm" | "application/octet-stream" => {
-            let params: UploadParams = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
-                .map_err(|e| {
-                OpsError::InvalidRequest(format!(
-                    "upload query parameters are not valid: {e}; expected name, version and \
-                         optionally pathPrefix, host, digest"
-                ))
-            })?;
-            let bytes = read_body(body, max, "the uploaded body").await?;
-            let route = (params.path_prefix.is_some() || params.host.is_some()).then_some(Route {
-                host: params.host,
-                path_prefix: params.path_prefix,
-            });
-            let request = InstallRequest {
-                name: params.name,
-                version: params.version,
-                route,
-                artifact: None,
-                digest: params.digest,
-                activate: params.activate,
-                limits: None,
-                allowed_hosts: Vec::new(),
-                config: Default::default(),
+            let request = match headers.get(INSTALL_HEADER) {
+                Some(json) => upload_options_from_header(json)?,
+                None => upload_options_from_query(query.as_deref().unwrap_or(""))?,
             };
+            let bytes = read_body(body, max, "the uploaded body").await?;
             (request, Some(bytes))
         }
         other => {
@@ -208,6 +190,44 @@ async fn install(
         StatusCode::CREATED
     };
     Ok((status, axum::Json(response)).into_response())
+}
+
+/// Header carrying a JSON [`InstallRequest`] (without `artifact`) when the
+/// artifact is the body: the way to pass limits, grants and config with an
+/// upload.
+pub const INSTALL_HEADER: &str = "x-berth-install";
+
+fn upload_options_from_header(json: &axum::http::HeaderValue) -> Result<InstallRequest, OpsError> {
+    let request: InstallRequest = serde_json::from_slice(json.as_bytes()).map_err(|e| {
+        OpsError::InvalidRequest(format!(
+            "the {INSTALL_HEADER} header is not a valid install request: {e}"
+        ))
+    })?;
+    if request.artifact.is_some() {
+        return Err(OpsError::InvalidRequest(format!(
+            "the {INSTALL_HEADER} header names an artifact, but the artifact is the uploaded body; drop `artifact`"
+        )));
+    }
+    Ok(request)
+}
+
+fn upload_options_from_query(query: &str) -> Result<InstallRequest, OpsError> {
+    let params: UploadParams = serde_urlencoded::from_str(query).map_err(|e| {
+        OpsError::InvalidRequest(format!(
+            "upload query parameters are not valid: {e}; expected name, version and optionally \
+             pathPrefix, host, digest, activate (or a JSON install request in the {INSTALL_HEADER} header)"
+        ))
+    })?;
+    let route = (params.path_prefix.is_some() || params.host.is_some()).then_some(Route {
+        host: params.host,
+        path_prefix: params.path_prefix,
+    });
+    Ok(InstallRequest {
+        route,
+        digest: params.digest,
+        activate: params.activate,
+        ..InstallRequest::new(params.name, params.version)
+    })
 }
 
 /// Reads at most `max` bytes of `body`.

@@ -5,7 +5,9 @@
 
 mod bad_input;
 mod ingress;
+mod isolation;
 mod ops;
 mod restart;
+mod sharing;
 mod support;
 mod traffic;

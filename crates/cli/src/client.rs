@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use berth_api::{
-    ErrorBody, Health, InstallResponse, ModuleInfo, ModuleList, SwitchRequest, SwitchResponse,
-    TrafficRules, UninstallResponse,
+    ErrorBody, Health, InstallRequest, InstallResponse, ModuleInfo, ModuleList, SwitchRequest,
+    SwitchResponse, TrafficRules, UninstallResponse,
 };
 use serde::de::DeserializeOwned;
 
@@ -95,36 +95,19 @@ impl OpsClient {
         Ok(list.modules)
     }
 
-    /// Uploads `bytes` as `name@version`.
+    /// Uploads `bytes`, installed as `request` says (name, version, route,
+    /// digest, limits, grants, config travel in the `x-berth-install` header).
     pub async fn upload(
         &self,
-        name: &str,
-        version: &str,
-        route: Option<&berth_api::Route>,
-        digest: &str,
-        activate: bool,
+        request: &InstallRequest,
         bytes: Vec<u8>,
     ) -> Result<InstallResponse> {
-        let activate = if activate { "true" } else { "false" };
-        let mut query = vec![
-            ("name", name),
-            ("version", version),
-            ("digest", digest),
-            ("activate", activate),
-        ];
-        if let Some(route) = route {
-            if let Some(prefix) = &route.path_prefix {
-                query.push(("pathPrefix", prefix));
-            }
-            if let Some(host) = &route.host {
-                query.push(("host", host));
-            }
-        }
+        let options = serde_json::to_string(request).expect("install requests serialize");
         let request = self
             .http
             .post(self.url("/v1/modules"))
-            .query(&query)
             .header("content-type", "application/wasm")
+            .header("x-berth-install", options)
             .body(bytes);
         self.call(request).await
     }

@@ -27,6 +27,28 @@ pub struct Manifest {
     /// Where the module's traffic comes from.
     #[serde(default)]
     pub route: Option<Route>,
+    /// Resource limits (unset: the base's defaults).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<berth_api::Limits>,
+    /// Hosts outgoing HTTP may reach.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_hosts: Vec<String>,
+    /// Config values the module reads with `berth_guest::config`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub config: std::collections::BTreeMap<String, String>,
+}
+
+impl Manifest {
+    /// The install request this manifest describes.
+    pub fn install_request(&self) -> berth_api::InstallRequest {
+        berth_api::InstallRequest {
+            route: self.route.clone(),
+            limits: self.limits,
+            allowed_hosts: self.allowed_hosts.clone(),
+            config: self.config.clone(),
+            ..berth_api::InstallRequest::new(&self.name, &self.version)
+        }
+    }
 }
 
 /// A module project folder.

@@ -40,6 +40,10 @@ pub struct BaseArgs {
     /// Largest artifact accepted by install, in bytes.
     #[arg(long, default_value_t = 256 << 20)]
     max_artifact_bytes: usize,
+    /// Bytes of a freed instance's memory the pool keeps resident for the
+    /// next instance (faster instantiation, memory not given back).
+    #[arg(long, default_value_t = 0)]
+    memory_keep_resident: usize,
     /// Do not add `x-berth-module: name@version` to module responses.
     #[arg(long)]
     no_version_header: bool,
@@ -57,6 +61,7 @@ impl BaseArgs {
         config.runtime.limits.max_request_bytes = self.max_request_bytes;
         config.max_artifact_bytes = self.max_artifact_bytes;
         config.version_header = !self.no_version_header;
+        config.runtime.memory_keep_resident = self.memory_keep_resident;
         config
     }
 }

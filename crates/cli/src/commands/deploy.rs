@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context as _, Result, bail};
-use berth_api::{InstallResponse, Route};
+use anyhow::{Context as _, Result, anyhow, bail};
+use berth_api::{InstallRequest, InstallResponse, Limits, Route};
 use serde::Serialize;
 
 use crate::client::OpsClient;
@@ -35,6 +35,22 @@ pub struct DeployArgs {
     /// (for traffic rules, or a later `berth switch`).
     #[arg(long)]
     pub no_activate: bool,
+    /// Memory limit per instance, MiB [default: berth.toml's, else the base's]
+    #[arg(long)]
+    pub memory_mib: Option<u64>,
+    /// Deadline per request, e.g. 500ms or 2s [default: berth.toml's, else the base's]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+    /// Requests served at once [default: berth.toml's, else the base's]
+    #[arg(long)]
+    pub max_concurrency: Option<u32>,
+    /// Grant outgoing HTTP to a host (`api.example.com`, `*.example.com`,
+    /// `host:port`, `*`); repeatable, added to berth.toml's.
+    #[arg(long = "allow-host")]
+    pub allow_hosts: Vec<String>,
+    /// A config value `KEY=VALUE`; repeatable, over berth.toml's.
+    #[arg(long = "config")]
+    pub config: Vec<String>,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
@@ -53,29 +69,52 @@ pub struct Deployed {
     pub client_ms: f64,
 }
 
-/// An artifact ready to upload.
+/// An artifact ready to upload, and how to install it.
 pub struct Artifact {
-    /// Module name.
-    pub name: String,
-    /// Version.
-    pub version: String,
-    /// Route, if any was given.
-    pub route: Option<Route>,
+    /// Name, version, route, limits, grants, config.
+    pub request: InstallRequest,
     /// The bytes.
     pub bytes: Vec<u8>,
-    /// Make it the default.
-    pub activate: bool,
 }
 
 impl DeployArgs {
-    fn route(&self, fallback: Option<Route>) -> Option<Route> {
-        if self.route.is_none() && self.host.is_none() {
-            return fallback;
+    /// Lays the command-line options over `request` (from berth.toml or defaults).
+    fn apply(&self, mut request: InstallRequest) -> Result<InstallRequest> {
+        if let Some(name) = &self.name {
+            request.name = name.clone();
         }
-        Some(Route {
-            host: self.host.clone(),
-            path_prefix: self.route.clone(),
-        })
+        if let Some(version) = &self.version {
+            request.version = version.clone();
+        }
+        if self.route.is_some() || self.host.is_some() {
+            request.route = Some(Route {
+                host: self.host.clone(),
+                path_prefix: self.route.clone(),
+            });
+        }
+        if self.no_activate {
+            request.activate = Some(false);
+        }
+        if self.memory_mib.is_some() || self.timeout.is_some() || self.max_concurrency.is_some() {
+            let mut limits = request.limits.unwrap_or_default();
+            limits.memory_mib = self.memory_mib.or(limits.memory_mib);
+            limits.timeout_ms = self
+                .timeout
+                .map(|t| t.as_millis() as u64)
+                .or(limits.timeout_ms);
+            limits.max_concurrency = self.max_concurrency.or(limits.max_concurrency);
+            request.limits = Some(Limits { ..limits });
+        }
+        request
+            .allowed_hosts
+            .extend(self.allow_hosts.iter().cloned());
+        for pair in &self.config {
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| anyhow!("--config `{pair}` is not KEY=VALUE"))?;
+            request.config.insert(key.to_string(), value.to_string());
+        }
+        Ok(request)
     }
 
     /// Builds (for a folder) or reads (for a `.wasm` file) what to deploy.
@@ -90,34 +129,19 @@ impl DeployArgs {
             }
             let bytes = std::fs::read(&target)
                 .with_context(|| format!("cannot read {}", target.display()))?;
-            let name = match &self.name {
-                Some(name) => name.clone(),
-                None => stem(&target)?,
-            };
-            let Some(version) = self.version.clone() else {
+            if self.version.is_none() {
                 bail!(
                     "a bare .wasm file carries no version\nhint: pass --version, e.g. --version 1.0.0"
                 );
-            };
-            return Ok(Artifact {
-                name,
-                version,
-                route: self.route(None),
-                bytes,
-                activate: !self.no_activate,
-            });
+            }
+            let request = self.apply(InstallRequest::new(stem(&target)?, ""))?;
+            return Ok(Artifact { request, bytes });
         }
         let project = Project::open(&target)?;
         let built = project.build(false)?;
         Ok(Artifact {
-            name: self.name.clone().unwrap_or(project.manifest.name.clone()),
-            version: self
-                .version
-                .clone()
-                .unwrap_or(project.manifest.version.clone()),
-            route: self.route(project.manifest.route.clone()),
+            request: self.apply(project.manifest.install_request())?,
             bytes: built.bytes,
-            activate: !self.no_activate,
         })
     }
 }
@@ -130,26 +154,16 @@ fn stem(path: &Path) -> Result<String> {
 }
 
 /// Uploads `artifact` to the base and reports where it serves.
-pub async fn install(client: &OpsClient, artifact: Artifact) -> Result<Deployed> {
-    let digest = berth_runtime::Digest::of(&artifact.bytes).to_string();
+pub async fn install(client: &OpsClient, mut artifact: Artifact) -> Result<Deployed> {
+    artifact.request.digest = Some(berth_runtime::Digest::of(&artifact.bytes).to_string());
     let started = Instant::now();
-    let install = client
-        .upload(
-            &artifact.name,
-            &artifact.version,
-            artifact.route.as_ref(),
-            &digest,
-            artifact.activate,
-            artifact.bytes,
-        )
-        .await?;
+    let install = client.upload(&artifact.request, artifact.bytes).await?;
     let client_ms = started.elapsed().as_secs_f64() * 1e3;
     let ingress = client.ingress().await?;
-    let route = &install.module.route;
     let url = format!(
         "{}{}",
         ingress.as_str().trim_end_matches('/'),
-        route.prefix()
+        install.module.route.prefix()
     );
     Ok(Deployed {
         install,
@@ -182,8 +196,13 @@ pub fn print(deployed: &Deployed) {
         );
     } else {
         println!(
-            "deployed {}@{} in {:.1} ms (compile cache {:?}, {} bytes, {})",
-            m.name, m.version, m.install_duration_ms, m.compile_cache, m.size_bytes, m.digest
+            "deployed {}@{} in {:.1} ms (compile cache {}, {} bytes, {})",
+            m.name,
+            m.version,
+            m.install_duration_ms,
+            format!("{:?}", m.compile_cache).to_lowercase(),
+            m.size_bytes,
+            m.digest
         );
     }
     match &m.route.host {

@@ -136,12 +136,11 @@ impl Session {
         };
         let version = format!("{}-dev.{}", self.project.manifest.version, self.next);
         self.next += 1;
+        let mut request = self.project.manifest.install_request();
+        request.version = version.clone();
         let artifact = Artifact {
-            name: name.clone(),
-            version: version.clone(),
-            route: self.project.manifest.route.clone(),
+            request,
             bytes: built.bytes,
-            activate: true,
         };
         let deployed = match deploy::install(&self.client, artifact).await {
             Ok(deployed) => deployed,

@@ -78,6 +78,23 @@ pub async fn status(client: &OpsClient, name: &str, output: Output) -> Result<()
             m.installed_at, m.install_duration_ms, m.compile_cache
         );
         println!("    size         {} bytes", m.size_bytes);
+        let l = &m.limits;
+        let show = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+        println!(
+            "    limits       memory {} MiB, timeout {} ms, {} concurrent, request body {} B, response body {} B",
+            show(l.memory_mib),
+            show(l.timeout_ms),
+            show(l.max_concurrency.map(u64::from)),
+            show(l.max_request_bytes),
+            show(l.max_response_bytes)
+        );
+        println!("    in flight    {}", m.in_flight);
+        if !m.allowed_hosts.is_empty() {
+            println!("    may reach    {}", m.allowed_hosts.join(", "));
+        }
+        if !m.config_keys.is_empty() {
+            println!("    config       {}", m.config_keys.join(", "));
+        }
         if let Some(error) = &m.error {
             println!("    error        {error}");
         }

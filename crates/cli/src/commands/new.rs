@@ -56,6 +56,9 @@ pub fn run(name: &str, dir: Option<PathBuf>, template: Template) -> Result<PathB
             host: None,
             path_prefix: Some(prefix.clone()),
         }),
+        limits: None,
+        allowed_hosts: Vec::new(),
+        config: Default::default(),
     };
     write(
         &dir.join("Cargo.toml"),

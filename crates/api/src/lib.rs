@@ -195,9 +195,51 @@ pub struct ModuleInfo {
     /// The names of its config values (values are not shown).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub config_keys: Vec<String>,
+    /// Linear memory its live instances hold now, bytes.
+    #[serde(default)]
+    pub memory_in_use_bytes: u64,
+    /// Traffic over the last minute.
+    #[serde(default)]
+    pub recent: RecentStats,
+    /// The latest failures with their wasm backtraces (newest last, at most 10).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_traps: Vec<TrapReport>,
     /// Why the version is `failed`, if it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// A module version's traffic over a recent window.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecentStats {
+    /// The window, seconds (60, or less right after install).
+    pub window_seconds: f64,
+    /// Requests per second over the window.
+    pub requests_per_second: f64,
+    /// Share of those the module failed, 0 to 1.
+    pub error_rate: f64,
+    /// Median time to the response head, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p50_ms: Option<f64>,
+    /// 99th percentile, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99_ms: Option<f64>,
+}
+
+/// One request a module failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrapReport {
+    /// When, RFC 3339.
+    pub at: String,
+    /// The request's id.
+    pub request_id: String,
+    /// What happened, short.
+    pub message: String,
+    /// The full error, with the wasm backtrace (function names from the
+    /// component's name section).
+    pub detail: String,
 }
 
 /// `GET /v1/modules`.

@@ -25,6 +25,7 @@ use bytes::Bytes;
 
 use crate::config::BaseConfig;
 use crate::error::{BaseError, OpsError};
+use crate::metrics::Metrics;
 use crate::registry::{Installed, Module, Registry};
 use crate::router::{self, RouteTable};
 use crate::rules::CompiledRules;
@@ -46,6 +47,7 @@ struct Inner {
     http: reqwest::Client,
     started: Instant,
     ingress_addr: OnceLock<std::net::SocketAddr>,
+    metrics: Metrics,
 }
 
 impl Base {
@@ -77,6 +79,7 @@ impl Base {
                 routes: RwLock::default(),
                 http,
                 started: Instant::now(),
+                metrics: Metrics::new(),
                 ingress_addr: OnceLock::new(),
             }),
         };
@@ -139,7 +142,11 @@ impl Base {
             if let Err(error) = &result {
                 tracing::error!(module = %record.key(), %error, "cannot reinstall module");
             }
-            registry.insert(Installed::new(record, result.map(|(module, _)| module)));
+            registry.insert(Installed::new(
+                record,
+                result.map(|(module, _)| module),
+                &self.inner.metrics,
+            ));
         }
         match self.inner.store.load_meta() {
             Ok(metas) => {
@@ -167,8 +174,21 @@ impl Base {
     }
 
     /// Installs one version of a module; `upload` is the artifact when it came
-    /// as the request body. The new version becomes the module's active one.
+    /// as the request body. Unless `activate` is false, the new version
+    /// becomes the module's default.
     pub async fn install(
+        &self,
+        request: InstallRequest,
+        upload: Option<Bytes>,
+    ) -> Result<InstallResponse, OpsError> {
+        let result = self.install_inner(request, upload).await;
+        if result.is_err() {
+            self.inner.metrics.install(Err(()));
+        }
+        result
+    }
+
+    async fn install_inner(
         &self,
         request: InstallRequest,
         upload: Option<Bytes>,
@@ -306,7 +326,11 @@ impl Base {
             }
             None => self.inner.store.apply(&[&record], &[])?,
         }
-        let installed = Installed::new(record, Ok(module));
+        let installed = Installed::new(record, Ok(module), &self.inner.metrics);
+        self.inner.metrics.install(Ok((
+            started.elapsed(),
+            outcome == berth_runtime::CacheOutcome::Hit,
+        )));
         let info = installed.info();
         registry.insert(installed);
         self.publish(&registry);
@@ -411,6 +435,9 @@ impl Base {
         }
         self.publish(&registry);
         drop(registry);
+        for gone in &removed {
+            self.inner.metrics.remove_version(&gone.stats.metrics);
+        }
         let removed: Vec<ModuleInfo> = removed.iter().map(Installed::info).collect();
         for info in &removed {
             tracing::info!(module = %format!("{}@{}", info.name, info.version), "uninstalled module");
@@ -544,6 +571,24 @@ impl Base {
             )));
         }
         Ok(ModuleList { modules })
+    }
+
+    /// The Prometheus text exposition of this base's metrics.
+    pub fn metrics_text(&self) -> String {
+        let memory: Vec<(String, String, u64)> = {
+            let registry = self.inner.registry.lock().expect("registry lock");
+            registry
+                .loaded()
+                .map(|(name, version, module)| {
+                    (
+                        name.to_string(),
+                        version.to_string(),
+                        module.memory_in_use(),
+                    )
+                })
+                .collect()
+        };
+        self.inner.metrics.encode(memory)
     }
 
     /// Liveness and a summary.

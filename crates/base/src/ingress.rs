@@ -14,11 +14,15 @@
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::time::Duration;
+use std::time::Instant;
 
 use std::sync::Arc;
 
 use berth_api::{MODULE_HEADER, REQUEST_ID_HEADER, TRAFFIC_UNIT_HEADER};
-use berth_runtime::{BoxResponse, CallContext, ModuleCaller, ResponseBody, WasiBody, full_body};
+use berth_runtime::{
+    BoxResponse, CallContext, HandleError, ModuleCaller, ResponseBody, TRACEPARENT, TraceParent,
+    WasiBody, full_body,
+};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -77,12 +81,21 @@ pub async fn handle(
     mut request: Request<Incoming>,
     client: Option<IpAddr>,
 ) -> Response<ResponseBody> {
+    // Honour the caller's trace; this hop is a new span in it.
+    let trace = request
+        .headers()
+        .get(TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse)
+        .map_or_else(TraceParent::new_root, |parent| parent.child());
     let request_id = request
         .headers()
         .get(REQUEST_ID_HEADER)
         .filter(|v| v.len() <= 128 && v.to_str().is_ok_and(|s| !s.is_empty()))
         .cloned()
-        .unwrap_or_else(new_request_id);
+        .unwrap_or_else(|| {
+            HeaderValue::from_str(&trace.trace_id_hex()).expect("hex is a valid header")
+        });
     let host = request
         .headers()
         .get(header::HOST)
@@ -101,14 +114,17 @@ pub async fn handle(
             request_id,
         );
     };
-    request
-        .headers_mut()
-        .insert(REQUEST_ID_HEADER, request_id.clone());
+    let headers = request.headers_mut();
+    headers.insert(REQUEST_ID_HEADER, request_id.clone());
+    if let Ok(value) = HeaderValue::from_str(&trace.to_string()) {
+        headers.insert(TRACEPARENT, value);
+    }
     let context = CallContext {
         label: target.label.clone(),
         request_id: Some(request_id),
         traffic_unit: request.headers().get(TRAFFIC_UNIT_HEADER).cloned(),
         hops: 0,
+        trace: Some(trace),
         caller: Some(Arc::new(base.clone())),
     };
     run_in(base, target, request, context).await
@@ -172,31 +188,41 @@ where
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
     let request_id = context.request_id.clone().unwrap_or_else(new_request_id);
+    let trace = context.trace;
+    let stats = &target.stats;
+    let started = Instant::now();
+    stats.metrics.in_flight.inc();
     let result = target.module.handle(request, context).await;
-    target.stats.record(result.is_err());
-    match result {
+    stats.metrics.in_flight.dec();
+    let took = started.elapsed();
+    let mut response = match result {
         Ok(mut response) => {
-            let headers = response.headers_mut();
-            headers.insert(REQUEST_ID_HEADER, request_id);
+            stats.record(response.status().as_u16(), false, took);
             if base.config().version_header
                 && let Ok(label) = HeaderValue::from_str(&target.label)
             {
-                headers.insert(MODULE_HEADER, label);
+                response.headers_mut().insert(MODULE_HEADER, label);
             }
             response
         }
         Err(error) => {
             let id = request_id.to_str().unwrap_or_default().to_owned();
             tracing::error!(module = %target.label, request_id = %id, error = %error.detail(), "request failed in module");
+            let kind = failure_kind(&error);
+            stats.metrics.failure(kind);
+            if matches!(kind, "trap" | "memory" | "deadline" | "no_response") {
+                stats.record_trap(&id, error.to_string(), error.detail());
+            }
             let status =
                 StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            stats.record(status.as_u16(), true, took);
             let mut response = plain(
                 status,
                 format!(
                     "{status}: module `{}` failed to handle this request: {error}.\nrequest id: {id}\n",
                     target.label
                 ),
-                request_id,
+                request_id.clone(),
             );
             if status == StatusCode::SERVICE_UNAVAILABLE {
                 response
@@ -204,6 +230,29 @@ where
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             response
+        }
+    };
+    let headers = response.headers_mut();
+    headers.insert(REQUEST_ID_HEADER, request_id);
+    if let Some(trace) = trace
+        && let Ok(value) = HeaderValue::from_str(&trace.to_string())
+    {
+        headers.insert(TRACEPARENT, value);
+    }
+    response
+}
+
+/// The `kind` label of a failure (see [`crate::metrics::FAILURE_KINDS`]).
+fn failure_kind(error: &HandleError) -> &'static str {
+    match error {
+        HandleError::Trap { .. } => "trap",
+        HandleError::MemoryLimit(_) => "memory",
+        HandleError::Deadline(_) => "deadline",
+        HandleError::Overloaded(_) => "concurrency",
+        HandleError::RequestTooLarge(_) => "request_body",
+        HandleError::Instantiate(_) => "instantiate",
+        HandleError::NoResponse | HandleError::GuestError(_) | HandleError::BadRequest(_) => {
+            "no_response"
         }
     }
 }

@@ -20,6 +20,7 @@ mod base;
 mod config;
 mod error;
 pub mod ingress;
+pub mod metrics;
 pub mod ops;
 mod registry;
 pub use registry::VersionStats;

@@ -3,6 +3,7 @@
 //! | method | path | does |
 //! |---|---|---|
 //! | GET | `/v1/health` | liveness and a summary ([`Health`](berth_api::Health)) |
+//! | GET | `/metrics` | Prometheus metrics ([`crate::metrics`]) |
 //! | GET | `/v1/modules` | every installed version ([`ModuleList`](berth_api::ModuleList)) |
 //! | GET | `/v1/modules/{name}` | the versions of one module |
 //! | POST | `/v1/modules` | install: JSON [`InstallRequest`](berth_api::InstallRequest), or the `.wasm` as the body with `Content-Type: application/wasm` and `name`, `version`, `pathPrefix`, `host`, `digest` as query parameters |
@@ -42,6 +43,7 @@ pub fn router(base: Base) -> Router {
     Router::new()
         .route("/v1/health", get(health))
         .route("/healthz", get(health))
+        .route("/metrics", get(metrics))
         .route("/v1/modules", get(list).post(install))
         .route("/v1/modules/{name}", get(show).delete(uninstall_all))
         .route(
@@ -59,6 +61,17 @@ pub fn router(base: Base) -> Router {
 
 async fn health(State(base): State<Base>) -> Response {
     axum::Json(base.health()).into_response()
+}
+
+async fn metrics(State(base): State<Base>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        base.metrics_text(),
+    )
+        .into_response()
 }
 
 async fn list(State(base): State<Base>) -> Result<Response, OpsError> {

@@ -6,30 +6,118 @@
 //! back). The route belongs to the active version's record.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use std::time::{Duration, UNIX_EPOCH};
 
-use berth_api::{ModuleInfo, ModuleState, Route, TrafficRules};
+use berth_api::{ModuleInfo, ModuleState, RecentStats, Route, TrafficRules, TrapReport};
 use berth_runtime::LoadedModule;
 
+use crate::metrics::{Metrics, VersionMetrics};
 use crate::router::{RouteTable, Rules, Target};
 use crate::rules::CompiledRules;
 use crate::state::{InstallRecord, ModuleMeta};
 
-/// Request counters of one installed version (since the base started).
-#[derive(Debug, Default)]
+/// How long the recent-traffic window is.
+const WINDOW: Duration = Duration::from_secs(60);
+/// Most samples the window keeps (enough for ~800 requests/s per version).
+const WINDOW_SAMPLES: usize = 50_000;
+/// Failures kept with their backtraces.
+const TRAPS_KEPT: usize = 10;
+
+/// Counters, metrics and recent history of one installed version.
 pub struct VersionStats {
     requests: AtomicU64,
     errors: AtomicU64,
+    started: Instant,
+    /// Its Prometheus series.
+    pub metrics: VersionMetrics,
+    window: Mutex<VecDeque<(Instant, f32, bool)>>,
+    traps: Mutex<VecDeque<TrapReport>>,
 }
 
 impl VersionStats {
-    /// Counts one request, and whether the module failed it.
-    pub fn record(&self, failed: bool) {
+    /// Stats reporting into `metrics`.
+    pub fn new(metrics: VersionMetrics) -> Self {
+        Self {
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            started: Instant::now(),
+            metrics,
+            window: Mutex::default(),
+            traps: Mutex::default(),
+        }
+    }
+
+    /// Counts one request: its status, whether the module failed it, and
+    /// the time to the response head.
+    pub fn record(&self, status: u16, failed: bool, took: Duration) {
         self.requests.fetch_add(1, Ordering::Relaxed);
         if failed {
             self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.metrics.response(status);
+        self.metrics.duration.observe(took.as_secs_f64());
+        let now = Instant::now();
+        let mut window = self.window.lock().expect("window lock");
+        while window
+            .front()
+            .is_some_and(|(at, _, _)| now.duration_since(*at) > WINDOW)
+            || window.len() >= WINDOW_SAMPLES
+        {
+            window.pop_front();
+        }
+        window.push_back((now, took.as_secs_f32() * 1e3, failed));
+    }
+
+    /// Keeps a failure with its backtrace for `berth status`.
+    pub fn record_trap(&self, request_id: &str, message: String, detail: String) {
+        let mut traps = self.traps.lock().expect("traps lock");
+        if traps.len() >= TRAPS_KEPT {
+            traps.pop_front();
+        }
+        traps.push_back(TrapReport {
+            at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            request_id: request_id.to_string(),
+            message,
+            detail,
+        });
+    }
+
+    /// Rate, error rate and latency percentiles over the last minute.
+    pub fn recent(&self) -> RecentStats {
+        let now = Instant::now();
+        let window = self.window.lock().expect("window lock");
+        let mut latencies: Vec<f32> = Vec::with_capacity(window.len());
+        let mut failed = 0usize;
+        for (at, ms, f) in window.iter() {
+            if now.duration_since(*at) <= WINDOW {
+                latencies.push(*ms);
+                failed += usize::from(*f);
+            }
+        }
+        drop(window);
+        let seconds = self.started.elapsed().min(WINDOW).as_secs_f64().max(1.0);
+        latencies.sort_by(f32::total_cmp);
+        let pct = |p: f64| {
+            (!latencies.is_empty()).then(|| {
+                let i =
+                    ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
+                f64::from(latencies[i])
+            })
+        };
+        RecentStats {
+            window_seconds: seconds,
+            requests_per_second: latencies.len() as f64 / seconds,
+            error_rate: if latencies.is_empty() {
+                0.0
+            } else {
+                failed as f64 / latencies.len() as f64
+            },
+            p50_ms: pct(0.5),
+            p99_ms: pct(0.99),
         }
     }
 }
@@ -45,15 +133,28 @@ pub(crate) struct Installed {
 }
 
 impl Installed {
-    /// A version that loaded (`Ok`) or could not be loaded (`Err(why)`).
-    pub fn new(record: InstallRecord, module: Result<LoadedModule, String>) -> Self {
+    /// A version that loaded (`Ok`) or could not be loaded (`Err(why)`),
+    /// reporting into `metrics`.
+    pub fn new(
+        record: InstallRecord,
+        module: Result<LoadedModule, String>,
+        metrics: &Metrics,
+    ) -> Self {
+        let stats = Arc::new(VersionStats::new(
+            metrics.version(&record.name, &record.version),
+        ));
         let (module, error) = match module {
-            Ok(module) => (Some(module), None),
+            Ok(module) => {
+                let histogram = stats.metrics.instantiation.clone();
+                let observe: Arc<dyn Fn(Duration) + Send + Sync> =
+                    Arc::new(move |took: Duration| histogram.observe(took.as_secs_f64()));
+                (Some(module.with_instantiation_observer(observe)), None)
+            }
             Err(error) => (None, Some(error)),
         };
         Self {
             record,
-            stats: Arc::default(),
+            stats,
             module,
             error,
         }
@@ -94,6 +195,16 @@ impl Installed {
             }),
             allowed_hosts: r.allowed_hosts.clone(),
             config_keys: r.config.keys().cloned().collect(),
+            memory_in_use_bytes: self.module.as_ref().map_or(0, LoadedModule::memory_in_use),
+            recent: self.stats.recent(),
+            recent_traps: self
+                .stats
+                .traps
+                .lock()
+                .expect("traps lock")
+                .iter()
+                .cloned()
+                .collect(),
             error: self.error.clone(),
         }
     }
@@ -236,6 +347,15 @@ impl Registry {
             .filter(|(n, _)| name.is_none_or(|want| want == n.as_str()))
             .flat_map(|(_, module)| module.versions.values().map(Installed::info))
             .collect()
+    }
+
+    /// Every loaded version: (name, version, module).
+    pub fn loaded(&self) -> impl Iterator<Item = (&str, &str, &LoadedModule)> {
+        self.modules.iter().flat_map(|(name, module)| {
+            module.versions.iter().filter_map(move |(version, v)| {
+                Some((name.as_str(), version.as_str(), v.module.as_ref()?))
+            })
+        })
     }
 
     /// Number of installed versions.

@@ -7,6 +7,7 @@
 //! which scope the `berth:base` interfaces ([`crate::interfaces`]).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use wasmtime::ResourceLimiter;
@@ -37,6 +38,7 @@ impl HostState {
         settings: Arc<ModuleSettings>,
         kv: Option<KvStore>,
         context: CallContext,
+        memory_in_use: Arc<AtomicU64>,
     ) -> Self {
         Self {
             wasi: WasiCtx::builder().inherit_stdout().inherit_stderr().build(),
@@ -46,6 +48,8 @@ impl HostState {
             limiter: MemoryLimiter {
                 max: settings.limits.max_memory_bytes,
                 hit: false,
+                held: 0,
+                in_use: memory_in_use,
             },
             started: Instant::now(),
             timeout: settings.limits.timeout,
@@ -58,16 +62,21 @@ impl HostState {
 
 /// Caps linear memory and remembers whether the cap was hit, so a trap
 /// that follows (a Rust guest aborts when `memory.grow` fails) is reported
-/// as what it is: the module ran out of its memory limit.
+/// as what it is: the module ran out of its memory limit. It also keeps the
+/// module's count of linear memory in use (all its live instances) current.
 pub(crate) struct MemoryLimiter {
     max: usize,
     pub hit: bool,
+    /// Bytes this instance's memories hold.
+    held: u64,
+    /// Bytes all live instances of the module hold.
+    in_use: Arc<AtomicU64>,
 }
 
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
@@ -75,6 +84,9 @@ impl ResourceLimiter for MemoryLimiter {
             self.hit = true;
             return Ok(false);
         }
+        let grown = desired.saturating_sub(current) as u64;
+        self.held += grown;
+        self.in_use.fetch_add(grown, Ordering::Relaxed);
         Ok(true)
     }
 
@@ -85,6 +97,12 @@ impl ResourceLimiter for MemoryLimiter {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         Ok(desired <= 1 << 20)
+    }
+}
+
+impl Drop for MemoryLimiter {
+    fn drop(&mut self) {
+        self.in_use.fetch_sub(self.held, Ordering::Relaxed);
     }
 }
 

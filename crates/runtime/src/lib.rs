@@ -23,6 +23,7 @@ mod module;
 mod outgoing;
 mod runtime;
 mod settings;
+mod trace;
 
 pub use artifact::{Digest, ParseDigestError};
 pub use cache::{CacheOutcome, ModuleCache};
@@ -34,6 +35,7 @@ pub use module::{LoadedModule, ResponseBody, full_body};
 pub use outgoing::{BoxResponse, CallContext, ModuleCaller};
 pub use runtime::{Runtime, validate};
 pub use settings::{Limits, MAX_HOPS, ModuleSettings};
+pub use trace::{TRACEPARENT, TraceParent};
 pub use wasmtime_wasi_http::WasiBody;
 
 /// The `wasi:http` export every berth module must have.

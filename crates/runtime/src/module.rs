@@ -10,7 +10,8 @@
 //! behind [`LoadedModule::handle`] without the base noticing.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use http_body_util::BodyExt;
 use wasmtime::{Store, Trap, UpdateDeadline};
@@ -38,6 +39,8 @@ pub struct LoadedModule {
     code: Arc<Code>,
     settings: Arc<ModuleSettings>,
     permits: Arc<Semaphore>,
+    memory_in_use: Arc<AtomicU64>,
+    observer: Option<Arc<dyn Fn(Duration) + Send + Sync>>,
 }
 
 struct Code {
@@ -68,7 +71,24 @@ impl LoadedModule {
             permits: Arc::new(Semaphore::new(settings.limits.max_concurrency as usize)),
             settings: Arc::new(settings),
             code,
+            memory_in_use: Arc::default(),
+            observer: None,
         }
+    }
+
+    /// The same module, calling `observe` with each instantiation's duration
+    /// (for metrics).
+    pub fn with_instantiation_observer(
+        mut self,
+        observe: Arc<dyn Fn(Duration) + Send + Sync>,
+    ) -> Self {
+        self.observer = Some(observe);
+        self
+    }
+
+    /// Linear memory held by this version's live instances, in bytes.
+    pub fn memory_in_use(&self) -> u64 {
+        self.memory_in_use.load(Ordering::Relaxed)
     }
 
     /// The same code under other settings (limits, grants, config). The
@@ -129,6 +149,7 @@ impl LoadedModule {
                 self.settings.clone(),
                 Some(self.code.runtime.kv().clone()),
                 context,
+                self.memory_in_use.clone(),
             ),
         );
         store.limiter(|state| &mut state.limiter);
@@ -165,12 +186,18 @@ impl LoadedModule {
         };
 
         let pre = self.code.pre.clone();
+        let observer = self.observer.clone();
         // The guest runs in its own task so it can keep streaming the body
         // after the response head has gone out; it holds the concurrency
         // permit until it is done.
         let task = tokio::spawn(async move {
             let _permit = permit;
-            let proxy = match pre.instantiate_async(&mut store).await {
+            let instantiating = std::time::Instant::now();
+            let instantiated = pre.instantiate_async(&mut store).await;
+            if let Some(observe) = &observer {
+                observe(instantiating.elapsed());
+            }
+            let proxy = match instantiated {
                 Ok(proxy) => proxy,
                 Err(e) if store.data().limiter.hit => {
                     tracing::debug!(error = %e, "instantiation over the memory limit");

@@ -22,6 +22,7 @@ use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 use crate::module::{ResponseBody, full_body};
 use crate::settings::{MAX_HOPS, ModuleSettings};
+use crate::trace::{TRACEPARENT, TraceParent};
 
 /// Header carrying the request id, propagated into module calls.
 const REQUEST_ID: &str = "x-request-id";
@@ -39,6 +40,8 @@ pub struct CallContext {
     pub traffic_unit: Option<HeaderValue>,
     /// Module-to-module calls so far in this chain (0 for ingress requests).
     pub hops: u32,
+    /// The span of this hop; module calls continue its trace.
+    pub trace: Option<TraceParent>,
     /// Serves calls to `http://NAME.berth/`; `None` refuses them.
     pub caller: Option<Arc<dyn ModuleCaller>>,
 }
@@ -135,7 +138,14 @@ impl WasiHttpHooks for OutgoingPolicy {
                     ))
                 });
             };
+            let trace = self.context.trace.map(|t| t.child());
             let headers = request.headers_mut();
+            if let Some(trace) = trace
+                && !headers.contains_key(TRACEPARENT)
+                && let Ok(value) = HeaderValue::from_str(&trace.to_string())
+            {
+                headers.insert(TRACEPARENT, value);
+            }
             for (header, value) in [
                 (REQUEST_ID, &self.context.request_id),
                 (TRAFFIC_UNIT, &self.context.traffic_unit),
@@ -151,6 +161,7 @@ impl WasiHttpHooks for OutgoingPolicy {
                 request_id: self.context.request_id.clone(),
                 traffic_unit: request.headers().get(TRAFFIC_UNIT).cloned(),
                 hops: self.context.hops + 1,
+                trace,
                 caller: Some(caller.clone()),
             };
             return Box::new(async move { answered(caller.call(&name, request, context).await) });

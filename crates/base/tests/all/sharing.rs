@@ -77,17 +77,27 @@ impl Write for Captured {
     }
 }
 
-#[tokio::test] // current-thread runtime: the guest logs on this thread
-async fn log_lines_carry_the_module_version_and_request_id() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+/// The log lines of every test in this binary (one global subscriber:
+/// tracing's per-callsite interest cache makes thread-scoped subscribers
+/// miss events while other tests run).
+fn captured_logs() -> &'static Captured {
+    static LOGS: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("no other global subscriber");
+        captured
+    })
+}
 
+#[tokio::test]
+async fn log_lines_carry_the_module_version_and_request_id() {
+    let captured = captured_logs();
     let base = TestBase::start().await;
     base.install_path("counter", "7", COUNTER).await;
     let response = base
@@ -101,7 +111,7 @@ async fn log_lines_carry_the_module_version_and_request_id() {
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     let line = logs
         .lines()
-        .find(|l| l.contains("counted hit 1"))
+        .find(|l| l.contains("counted hit 1 ") && l.contains("trace-me-1"))
         .unwrap_or_else(|| panic!("no module log line in:\n{logs}"));
     assert!(
         line.contains("berth::module")

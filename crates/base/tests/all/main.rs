@@ -6,6 +6,7 @@
 mod bad_input;
 mod ingress;
 mod isolation;
+mod observability;
 mod ops;
 mod restart;
 mod sharing;

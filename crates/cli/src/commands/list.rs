@@ -88,7 +88,35 @@ pub async fn status(client: &OpsClient, name: &str, output: Output) -> Result<()
             show(l.max_request_bytes),
             show(l.max_response_bytes)
         );
-        println!("    in flight    {}", m.in_flight);
+        println!(
+            "    in flight    {} ({} KiB of instance memory)",
+            m.in_flight,
+            m.memory_in_use_bytes / 1024
+        );
+        let r = &m.recent;
+        let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2} ms"));
+        println!(
+            "    last {:.0}s     {:.1} req/s, {:.1}% errors, p50 {}, p99 {}",
+            r.window_seconds,
+            r.requests_per_second,
+            r.error_rate * 100.0,
+            ms(r.p50_ms),
+            ms(r.p99_ms)
+        );
+        for trap in &m.recent_traps {
+            println!(
+                "    failure      {} request {}: {}",
+                trap.at, trap.request_id, trap.message
+            );
+            for line in trap
+                .detail
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .take(12)
+            {
+                println!("                   {line}");
+            }
+        }
         if !m.allowed_hosts.is_empty() {
             println!("    may reach    {}", m.allowed_hosts.join(", "));
         }

@@ -242,6 +242,34 @@ pub struct TrapReport {
     pub detail: String,
 }
 
+/// One line a module wrote: stdout, stderr, or `berth:base/log`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogEntry {
+    /// When, RFC 3339 with milliseconds.
+    pub at: String,
+    /// Module name.
+    pub module: String,
+    /// Module version.
+    pub version: String,
+    /// The request it was written during.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// `stdout`, `stderr` or `log`.
+    pub stream: String,
+    /// `info` for stdout, `error` for stderr, the level for `log`.
+    pub level: String,
+    /// The text.
+    pub message: String,
+}
+
+/// `GET /v1/modules/{name}/logs` (without `follow`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogList {
+    /// Oldest first.
+    pub lines: Vec<LogEntry>,
+}
+
 /// `GET /v1/modules`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -25,6 +25,7 @@ use bytes::Bytes;
 
 use crate::config::BaseConfig;
 use crate::error::{BaseError, OpsError};
+use crate::logs::LogHub;
 use crate::metrics::Metrics;
 use crate::registry::{Installed, Module, Registry};
 use crate::router::{self, RouteTable};
@@ -48,6 +49,7 @@ struct Inner {
     started: Instant,
     ingress_addr: OnceLock<std::net::SocketAddr>,
     metrics: Metrics,
+    logs: LogHub,
 }
 
 impl Base {
@@ -80,6 +82,7 @@ impl Base {
                 http,
                 started: Instant::now(),
                 metrics: Metrics::new(),
+                logs: LogHub::default(),
                 ingress_addr: OnceLock::new(),
             }),
         };
@@ -146,6 +149,7 @@ impl Base {
                 record,
                 result.map(|(module, _)| module),
                 &self.inner.metrics,
+                &self.inner.logs,
             ));
         }
         match self.inner.store.load_meta() {
@@ -326,7 +330,7 @@ impl Base {
             }
             None => self.inner.store.apply(&[&record], &[])?,
         }
-        let installed = Installed::new(record, Ok(module), &self.inner.metrics);
+        let installed = Installed::new(record, Ok(module), &self.inner.metrics, &self.inner.logs);
         self.inner.metrics.install(Ok((
             started.elapsed(),
             outcome == berth_runtime::CacheOutcome::Hit,
@@ -571,6 +575,38 @@ impl Base {
             )));
         }
         Ok(ModuleList { modules })
+    }
+
+    /// The lines module `name` (one `version`, or all) wrote since `since`,
+    /// oldest first, from its bounded ring.
+    pub fn logs(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        since: Option<std::time::SystemTime>,
+    ) -> Result<Vec<berth_api::LogEntry>, OpsError> {
+        let rings = {
+            let registry = self.inner.registry.lock().expect("registry lock");
+            let module = find_module(&registry, name)?;
+            if let Some(v) = version
+                && !module.versions.contains_key(v)
+            {
+                return Err(no_such_version(name, module, v));
+            }
+            registry.logs(name, version)
+        };
+        let mut lines: Vec<_> = rings.iter().flat_map(|ring| ring.lines(since)).collect();
+        lines.sort_by_key(|(at, _)| *at);
+        Ok(lines.into_iter().map(|(_, entry)| entry).collect())
+    }
+
+    /// Every line any module writes from now on.
+    pub fn follow_logs(
+        &self,
+    ) -> tokio::sync::broadcast::Receiver<
+        std::sync::Arc<(std::time::SystemTime, berth_api::LogEntry)>,
+    > {
+        self.inner.logs.subscribe()
     }
 
     /// The Prometheus text exposition of this base's metrics.

@@ -20,6 +20,7 @@ mod base;
 mod config;
 mod error;
 pub mod ingress;
+pub mod logs;
 pub mod metrics;
 pub mod ops;
 mod registry;

@@ -11,6 +11,7 @@
 //! | DELETE | `/v1/modules/{name}/versions/{version}` | uninstall one version (refused while rules send it traffic) |
 //! | POST | `/v1/modules/{name}/switch` | make `{"version"}` the default, atomically |
 //! | POST | `/v1/modules/{name}/rollback` | switch back to the previous default |
+//! | GET | `/v1/modules/{name}/logs?since=5m&version=V&follow=true` | lines the module wrote (stdout, stderr, `berth:base/log`); `follow` streams NDJSON |
 //! | GET, PUT | `/v1/modules/{name}/rules` | the module's [`TrafficRules`](berth_api::TrafficRules), replaced whole |
 //!
 //! Every error is JSON `{"error": {"code", "message"}}` with a fitting
@@ -53,6 +54,7 @@ pub fn router(base: Base) -> Router {
         .route("/v1/modules/{name}/switch", post(switch))
         .route("/v1/modules/{name}/rollback", post(rollback))
         .route("/v1/modules/{name}/rules", get(get_rules).put(put_rules))
+        .route("/v1/modules/{name}/logs", get(logs))
         .fallback(not_found)
         // Bodies are size-checked by `install` itself, with a JSON error.
         .layer(DefaultBodyLimit::disable())
@@ -110,6 +112,74 @@ async fn rollback(
     Path(name): Path<String>,
 ) -> Result<Response, OpsError> {
     Ok(axum::Json(base.rollback(&name).await?).into_response())
+}
+
+/// Query of `GET /v1/modules/{name}/logs`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogQuery {
+    #[serde(default)]
+    since: Option<String>,
+    #[serde(default)]
+    version: Option<String>,
+    #[serde(default)]
+    follow: bool,
+}
+
+/// The module's recent lines as JSON; with `follow=true`, newline-delimited
+/// JSON that keeps streaming new lines until the client disconnects.
+async fn logs(
+    State(base): State<Base>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, OpsError> {
+    let query: LogQuery =
+        serde_urlencoded::from_str(query.as_deref().unwrap_or("")).map_err(|e| {
+            OpsError::InvalidRequest(format!(
+                "logs query is not valid: {e}; expected since, version, follow"
+            ))
+        })?;
+    let since = query
+        .since
+        .as_deref()
+        .map(crate::logs::since)
+        .transpose()
+        .map_err(OpsError::InvalidRequest)?;
+    // Subscribe before reading the ring, so no line falls between the two.
+    let live = query.follow.then(|| base.follow_logs());
+    let lines = base.logs(&name, query.version.as_deref(), since)?;
+    let Some(live) = live else {
+        return Ok(axum::Json(berth_api::LogList { lines }).into_response());
+    };
+    let version = query.version;
+    let backlog = futures::stream::iter(lines.into_iter().map(ndjson));
+    let follow = futures::stream::unfold(live, move |mut live| {
+        let (name, version) = (name.clone(), version.clone());
+        async move {
+            loop {
+                match live.recv().await {
+                    Ok(line) => {
+                        let entry = &line.1;
+                        if entry.module == name
+                            && version.as_ref().is_none_or(|v| *v == entry.version)
+                        {
+                            return Some((ndjson(entry.clone()), live));
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        }
+    });
+    let body = Body::from_stream(futures::StreamExt::chain(backlog, follow));
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+}
+
+fn ndjson(entry: berth_api::LogEntry) -> Result<bytes::Bytes, std::convert::Infallible> {
+    let mut line = serde_json::to_vec(&entry).expect("log entries serialize");
+    line.push(b'\n');
+    Ok(line.into())
 }
 
 async fn get_rules(

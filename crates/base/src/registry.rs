@@ -15,6 +15,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use berth_api::{ModuleInfo, ModuleState, RecentStats, Route, TrafficRules, TrapReport};
 use berth_runtime::LoadedModule;
 
+use crate::logs::{LogHub, ModuleLogs};
 use crate::metrics::{Metrics, VersionMetrics};
 use crate::router::{RouteTable, Rules, Target};
 use crate::rules::CompiledRules;
@@ -34,14 +35,17 @@ pub struct VersionStats {
     started: Instant,
     /// Its Prometheus series.
     pub metrics: VersionMetrics,
+    /// The lines it wrote.
+    pub logs: Arc<ModuleLogs>,
     window: Mutex<VecDeque<(Instant, f32, bool)>>,
     traps: Mutex<VecDeque<TrapReport>>,
 }
 
 impl VersionStats {
-    /// Stats reporting into `metrics`.
-    pub fn new(metrics: VersionMetrics) -> Self {
+    /// Stats reporting into `metrics`, lines kept in `logs`.
+    pub fn new(metrics: VersionMetrics, logs: Arc<ModuleLogs>) -> Self {
         Self {
+            logs,
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             started: Instant::now(),
@@ -134,21 +138,26 @@ pub(crate) struct Installed {
 
 impl Installed {
     /// A version that loaded (`Ok`) or could not be loaded (`Err(why)`),
-    /// reporting into `metrics`.
+    /// reporting into `metrics`, its lines kept for `hub`'s followers.
     pub fn new(
         record: InstallRecord,
         module: Result<LoadedModule, String>,
         metrics: &Metrics,
+        hub: &LogHub,
     ) -> Self {
         let stats = Arc::new(VersionStats::new(
             metrics.version(&record.name, &record.version),
+            Arc::new(ModuleLogs::new(&record.name, &record.version, hub)),
         ));
         let (module, error) = match module {
             Ok(module) => {
                 let histogram = stats.metrics.instantiation.clone();
                 let observe: Arc<dyn Fn(Duration) + Send + Sync> =
                     Arc::new(move |took: Duration| histogram.observe(took.as_secs_f64()));
-                (Some(module.with_instantiation_observer(observe)), None)
+                let module = module
+                    .with_instantiation_observer(observe)
+                    .with_log_sink(stats.logs.clone());
+                (Some(module), None)
             }
             Err(error) => (None, Some(error)),
         };
@@ -347,6 +356,18 @@ impl Registry {
             .filter(|(n, _)| name.is_none_or(|want| want == n.as_str()))
             .flat_map(|(_, module)| module.versions.values().map(Installed::info))
             .collect()
+    }
+
+    /// The log rings of `name`'s versions (only `version`, when given).
+    pub fn logs(&self, name: &str, version: Option<&str>) -> Vec<Arc<ModuleLogs>> {
+        self.modules.get(name).map_or_else(Vec::new, |module| {
+            module
+                .versions
+                .values()
+                .filter(|v| version.is_none_or(|want| want == v.record.version))
+                .map(|v| v.stats.logs.clone())
+                .collect()
+        })
     }
 
     /// Every loaded version: (name, version, module).

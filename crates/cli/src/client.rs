@@ -36,7 +36,8 @@ impl OpsClient {
         Ok(Self { base, http })
     }
 
-    fn url(&self, path: &str) -> reqwest::Url {
+    /// The URL of `path` on the base's ops API.
+    pub fn url(&self, path: &str) -> reqwest::Url {
         self.base.join(path).expect("static API paths join")
     }
 

@@ -210,6 +210,15 @@ enum Command {
         #[command(subcommand)]
         command: RulesCommand,
     },
+    /// Show what a module wrote: stdout, stderr and berth:base/log lines,
+    /// with time, version and request id.
+    ///
+    /// Examples:
+    ///   berth logs counter
+    ///   berth logs counter --follow --since 5m
+    ///   berth logs counter --version 1.2.0 -o json
+    #[command(verbatim_doc_comment)]
+    Logs(commands::logs::LogsArgs),
     /// Send one request to a module through its base and print the response.
     ///
     /// Examples:
@@ -302,6 +311,7 @@ fn run(command: Command) -> Result<()> {
                 .await
             }
             Command::Invoke(args) => commands::invoke::run(args).await,
+            Command::Logs(args) => commands::logs::run(args).await,
             Command::Switch {
                 name,
                 version,

@@ -417,3 +417,72 @@ fn versions_switch_rollback_and_rules_from_the_cli() {
     let err = failure(base.berth(&["switch", "hello", "9"]));
     assert!(err.contains("no version `9`"), "{err}");
 }
+
+#[test]
+fn logs_follow_shows_a_module_line_within_a_second() {
+    let base = BaseProcess::start();
+    stdout(base.berth(&[
+        "deploy",
+        berth_example_modules::COUNTER,
+        "--name",
+        "counter",
+        "--version",
+        "1",
+    ]));
+    stdout(base.berth(&[
+        "deploy",
+        berth_example_modules::PANIC,
+        "--name",
+        "panic",
+        "--version",
+        "1",
+    ]));
+
+    let mut follow = Command::new(BERTH)
+        .args(["logs", "counter", "--follow", "--base", &base.ops])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let followed = lines(&mut follow);
+    std::thread::sleep(Duration::from_millis(300)); // let it connect
+    let invoked = Instant::now();
+    stdout(base.berth(&["invoke", "counter"]));
+    let line = wait_for(&followed, "counted hit 1");
+    let latency = invoked.elapsed();
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(
+        latency < Duration::from_secs(1),
+        "the line took {latency:?} to show"
+    );
+    assert!(
+        line.contains("counter@1") && line.contains("info"),
+        "{line}"
+    );
+
+    // Without --follow: the ring, with the request id; stderr of a trapping module too.
+    let out = stdout(base.berth(&["logs", "counter", "--since", "5m"]));
+    assert!(out.contains("counted hit 1"), "{out}");
+    let _ = base
+        .berth(&["invoke", "panic", "--path", "/boom"])
+        .output()
+        .unwrap();
+    let out = stdout(base.berth(&["logs", "panic", "-o", "json"]));
+    let entry: serde_json::Value = serde_json::from_str(
+        out.lines()
+            .find(|l| l.contains("panics on purpose"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (entry["stream"].as_str(), entry["level"].as_str()),
+        (Some("stderr"), Some("error"))
+    );
+    assert!(
+        entry["requestId"].as_str().is_some_and(|id| id.len() == 32),
+        "{entry}"
+    );
+    let err = failure(base.berth(&["logs", "ghost"]));
+    assert!(err.contains("no module named `ghost`"), "{err}");
+}

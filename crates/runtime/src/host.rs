@@ -16,12 +16,15 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::kv::KvStore;
+use crate::logs::{GuestOutput, LogSink, LogSource};
 use crate::outgoing::{CallContext, OutgoingPolicy};
 use crate::settings::ModuleSettings;
 
 /// Store data of one module instance.
 pub struct HostState {
     wasi: WasiCtx,
+    outputs: [GuestOutput; 2],
+    pub(crate) log_sink: Option<Arc<dyn LogSink>>,
     http: WasiHttpCtx,
     table: ResourceTable,
     outgoing: OutgoingPolicy,
@@ -39,9 +42,22 @@ impl HostState {
         kv: Option<KvStore>,
         context: CallContext,
         memory_in_use: Arc<AtomicU64>,
+        log_sink: Option<Arc<dyn LogSink>>,
     ) -> Self {
+        let request_id = context
+            .request_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let stdout = GuestOutput::new(LogSource::Stdout, log_sink.clone(), request_id.clone());
+        let stderr = GuestOutput::new(LogSource::Stderr, log_sink.clone(), request_id);
         Self {
-            wasi: WasiCtx::builder().inherit_stdout().inherit_stderr().build(),
+            wasi: WasiCtx::builder()
+                .stdout(stdout.clone())
+                .stderr(stderr.clone())
+                .build(),
+            outputs: [stdout, stderr],
+            log_sink,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             outgoing: OutgoingPolicy::new(settings.clone(), context.clone()),
@@ -97,6 +113,14 @@ impl ResourceLimiter for MemoryLimiter {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         Ok(desired <= 1 << 20)
+    }
+}
+
+impl Drop for HostState {
+    fn drop(&mut self) {
+        for output in &self.outputs {
+            output.finish();
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 use wasmtime::component::{HasSelf, Linker};
 
 use crate::host::HostState;
+use crate::logs::{LogLine, LogSource};
 
 wasmtime::component::bindgen!({
     path: "../../wit",
@@ -71,6 +72,25 @@ impl berth::base::kv::Host for HostState {
 
 impl berth::base::log::Host for HostState {
     fn log(&mut self, level: Level, message: String) {
+        if let Some(sink) = &self.log_sink {
+            let name = match level {
+                Level::Trace => "trace",
+                Level::Debug => "debug",
+                Level::Info => "info",
+                Level::Warn => "warn",
+                Level::Error => "error",
+            };
+            sink.line(LogLine {
+                source: LogSource::Log(name),
+                message: message.clone(),
+                request_id: self
+                    .context
+                    .request_id
+                    .as_ref()
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
+            });
+        }
         let module = &*self.settings.name;
         let version = &*self.settings.version;
         let request_id = self

@@ -24,6 +24,7 @@ use tokio::sync::Semaphore;
 use crate::artifact::Digest;
 use crate::error::HandleError;
 use crate::host::HostState;
+use crate::logs::LogSink;
 use crate::outgoing::CallContext;
 use crate::runtime::Runtime;
 use crate::settings::ModuleSettings;
@@ -41,6 +42,7 @@ pub struct LoadedModule {
     permits: Arc<Semaphore>,
     memory_in_use: Arc<AtomicU64>,
     observer: Option<Arc<dyn Fn(Duration) + Send + Sync>>,
+    log_sink: Option<Arc<dyn LogSink>>,
 }
 
 struct Code {
@@ -73,7 +75,15 @@ impl LoadedModule {
             code,
             memory_in_use: Arc::default(),
             observer: None,
+            log_sink: None,
         }
+    }
+
+    /// The same module, handing guest stdout/stderr and `berth:base/log`
+    /// lines to `sink` (instead of the base's own stdout/stderr).
+    pub fn with_log_sink(mut self, sink: Arc<dyn LogSink>) -> Self {
+        self.log_sink = Some(sink);
+        self
     }
 
     /// The same module, calling `observe` with each instantiation's duration
@@ -150,6 +160,7 @@ impl LoadedModule {
                 Some(self.code.runtime.kv().clone()),
                 context,
                 self.memory_in_use.clone(),
+                self.log_sink.clone(),
             ),
         );
         store.limiter(|state| &mut state.limiter);

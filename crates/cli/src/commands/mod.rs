@@ -6,6 +6,7 @@ pub mod deploy;
 pub mod dev;
 pub mod invoke;
 pub mod list;
+pub mod logs;
 pub mod new;
 pub mod traffic;
 

@@ -244,15 +244,7 @@ async fn status_shows_recent_rates_latency_and_traps_with_backtraces() {
         .await
         .unwrap();
     assert_eq!(response.status(), 500);
-    let list: berth_api::ModuleList = base
-        .client
-        .get(base.ops("/v1/modules/panic"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: berth_api::ModuleList = base.ops_get("/v1/modules/panic").await;
     let m: &ModuleInfo = &list.modules[0];
     assert!(m.recent.requests_per_second > 0.0);
     assert!((m.recent.error_rate - 0.25).abs() < 1e-9, "{:?}", m.recent);

@@ -28,15 +28,7 @@ async fn install_from_path_lists_and_serves() {
         m.installed_at
     );
 
-    let health: Health = base
-        .client
-        .get(base.ops("/v1/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Health = base.ops_get("/v1/health").await;
     assert_eq!(health.status, "ok");
     assert_eq!(health.modules, 1);
 
@@ -170,15 +162,7 @@ async fn a_new_version_takes_over_and_uninstalling_it_brings_back_the_old() {
     assert_eq!(body, "Hello from berth!\n");
 
     // Uninstalling the module removes every version and its route.
-    let removed: serde_json::Value = base
-        .client
-        .delete(base.ops("/v1/modules/greeter"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let removed: serde_json::Value = base.ops_delete("/v1/modules/greeter").await.1;
     assert_eq!(removed["removed"].as_array().unwrap().len(), 1);
     assert_eq!(base.get("/greeter").await.0, 404);
     assert!(base.list().await.modules.is_empty());

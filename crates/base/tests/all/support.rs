@@ -93,6 +93,18 @@ impl TestBase {
         (response.status().as_u16(), response.json().await.unwrap())
     }
 
+    /// GET `path` on the ops API, decoded.
+    pub async fn ops_get<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        let response = self.client.get(self.ops(path)).send().await.unwrap();
+        response.json().await.unwrap()
+    }
+
+    /// DELETE `path` on the ops API: (status, body).
+    pub async fn ops_delete(&self, path: &str) -> (u16, Value) {
+        let response = self.client.delete(self.ops(path)).send().await.unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
     pub async fn list(&self) -> ModuleList {
         self.client
             .get(self.ops("/v1/modules"))

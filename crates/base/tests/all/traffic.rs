@@ -168,15 +168,7 @@ async fn an_invalid_rule_set_is_refused_whole_and_the_old_rules_stay() {
         "invalid_request",
     );
 
-    let current: Value = base
-        .client
-        .get(base.ops("/v1/modules/hello/rules"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let current: Value = base.ops_get("/v1/modules/hello/rules").await;
     assert_eq!(current, good);
     assert_eq!(base.version_for(|r| r.header("x-beta", "1")).await, "2");
     assert_eq!(base.version_for(|r| r).await, "1");

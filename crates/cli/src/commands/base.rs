@@ -101,18 +101,11 @@ async fn run(config: BaseConfig, with_examples: bool) -> Result<()> {
                 continue; // installed before (maybe another version): leave it as the user set it
             }
             let request = InstallRequest {
-                name: (*name).into(),
-                version: env!("CARGO_PKG_VERSION").into(),
                 route: Some(berth_api::Route {
                     host: None,
                     path_prefix: Some((*prefix).into()),
                 }),
-                artifact: None,
-                digest: None,
-                activate: None,
-                limits: None,
-                allowed_hosts: Vec::new(),
-                config: Default::default(),
+                ..InstallRequest::new(*name, env!("CARGO_PKG_VERSION"))
             };
             running
                 .base

@@ -2,18 +2,7 @@
 //! uninstalls 500 modules with distinct digests, and its resident memory
 //! ends where it started (within 10% or 20 MB).
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-const BERTH: &str = env!("CARGO_BIN_EXE_berth");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::support::BaseProcess;
 
 /// Resident set size of process `pid`, in bytes.
 fn rss(pid: u32) -> u64 {
@@ -39,43 +28,18 @@ fn variant(wasm: &[u8], tag: usize) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uninstall_gives_the_memory_back() {
-    let data = tempfile::tempdir().unwrap();
-    let (ingress, ops) = (free_port(), free_port());
-    let mut child = Command::new(BERTH)
-        .args([
-            "base",
-            "--listen",
-            &format!("127.0.0.1:{ingress}"),
-            "--ops",
-            &format!("127.0.0.1:{ops}"),
-        ])
-        .arg("--data-dir")
-        .arg(data.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
+    let base = BaseProcess::start();
+    let pid = base.child.id();
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while client
-        .get(format!("http://127.0.0.1:{ops}/v1/health"))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "base did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (ops, ingress) = (base.ops.clone(), base.ingress.clone());
     let hello = std::fs::read(berth_example_modules::HELLO).unwrap();
     let cycle = |i: usize| {
         let (client, bytes) = (client.clone(), variant(&hello, i));
+        let (ops, ingress) = (ops.clone(), ingress.clone());
         async move {
             let name = format!("m{i}");
             let response = client
-                .post(format!(
-                    "http://127.0.0.1:{ops}/v1/modules?name={name}&version=1"
-                ))
+                .post(format!("{ops}/v1/modules?name={name}&version=1"))
                 .header("content-type", "application/wasm")
                 .body(bytes)
                 .send()
@@ -83,13 +47,13 @@ async fn uninstall_gives_the_memory_back() {
                 .unwrap();
             assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
             let response = client
-                .get(format!("http://127.0.0.1:{ingress}/{name}"))
+                .get(format!("{ingress}/{name}"))
                 .send()
                 .await
                 .unwrap();
             assert_eq!(response.text().await.unwrap(), "Hello from berth!\n");
             let response = client
-                .delete(format!("http://127.0.0.1:{ops}/v1/modules/{name}"))
+                .delete(format!("{ops}/v1/modules/{name}"))
                 .send()
                 .await
                 .unwrap();
@@ -105,8 +69,7 @@ async fn uninstall_gives_the_memory_back() {
         cycle(i).await;
     }
     let after = rss(pid);
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(base);
     let allowed = (before + before / 10).max(before + (20 << 20));
     assert!(
         after <= allowed,

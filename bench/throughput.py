@@ -196,8 +196,14 @@ def serve_native(tmp):
     return proc, [port], url
 
 
+def serve_berth_unobserved(tmp):
+    # Metrics, recent stats and log capture off: their cost is the difference.
+    return serve_berth(tmp, ["--no-observability"])
+
+
 SERVERS = {
     "berth": serve_berth,
+    "berth, observability off": serve_berth_unobserved,
     "berth, 1 MiB kept resident": serve_berth_resident,
     "wasmtime serve": serve_wasmtime,
     "native hyper": serve_native,

@@ -150,6 +150,7 @@ impl Base {
                 result.map(|(module, _)| module),
                 &self.inner.metrics,
                 &self.inner.logs,
+                self.inner.config.observability,
             ));
         }
         match self.inner.store.load_meta() {
@@ -330,7 +331,13 @@ impl Base {
             }
             None => self.inner.store.apply(&[&record], &[])?,
         }
-        let installed = Installed::new(record, Ok(module), &self.inner.metrics, &self.inner.logs);
+        let installed = Installed::new(
+            record,
+            Ok(module),
+            &self.inner.metrics,
+            &self.inner.logs,
+            self.inner.config.observability,
+        );
         self.inner.metrics.install(Ok((
             started.elapsed(),
             outcome == berth_runtime::CacheOutcome::Hit,

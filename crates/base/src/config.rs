@@ -24,6 +24,10 @@ pub struct BaseConfig {
     pub fetch_timeout: Duration,
     /// Add `x-berth-module: name@version` to every module response.
     pub version_header: bool,
+    /// Per-module metrics, recent-traffic stats and log capture. Off, only
+    /// request counters run and guest output goes to the base's stdout
+    /// (for measuring their cost: `bench/throughput.py`).
+    pub observability: bool,
 }
 
 impl BaseConfig {
@@ -40,6 +44,7 @@ impl BaseConfig {
             max_artifact_bytes: 256 << 20,
             fetch_timeout: Duration::from_secs(60),
             version_header: true,
+            observability: true,
         }
     }
 

@@ -191,9 +191,13 @@ where
     let trace = context.trace;
     let stats = &target.stats;
     let started = Instant::now();
-    stats.metrics.in_flight.inc();
+    if stats.observed {
+        stats.metrics.in_flight.inc();
+    }
     let result = target.module.handle(request, context).await;
-    stats.metrics.in_flight.dec();
+    if stats.observed {
+        stats.metrics.in_flight.dec();
+    }
     let took = started.elapsed();
     let mut response = match result {
         Ok(mut response) => {

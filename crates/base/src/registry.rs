@@ -37,15 +37,19 @@ pub struct VersionStats {
     pub metrics: VersionMetrics,
     /// The lines it wrote.
     pub logs: Arc<ModuleLogs>,
+    /// Whether metrics, the recent window and log capture are on.
+    pub observed: bool,
     window: Mutex<VecDeque<(Instant, f32, bool)>>,
     traps: Mutex<VecDeque<TrapReport>>,
 }
 
 impl VersionStats {
-    /// Stats reporting into `metrics`, lines kept in `logs`.
-    pub fn new(metrics: VersionMetrics, logs: Arc<ModuleLogs>) -> Self {
+    /// Stats reporting into `metrics`, lines kept in `logs`; with
+    /// `observed` false only the plain counters run.
+    pub fn new(metrics: VersionMetrics, logs: Arc<ModuleLogs>, observed: bool) -> Self {
         Self {
             logs,
+            observed,
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             started: Instant::now(),
@@ -61,6 +65,9 @@ impl VersionStats {
         self.requests.fetch_add(1, Ordering::Relaxed);
         if failed {
             self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        if !self.observed {
+            return;
         }
         self.metrics.response(status);
         self.metrics.duration.observe(took.as_secs_f64());
@@ -144,12 +151,15 @@ impl Installed {
         module: Result<LoadedModule, String>,
         metrics: &Metrics,
         hub: &LogHub,
+        observed: bool,
     ) -> Self {
         let stats = Arc::new(VersionStats::new(
             metrics.version(&record.name, &record.version),
             Arc::new(ModuleLogs::new(&record.name, &record.version, hub)),
+            observed,
         ));
         let (module, error) = match module {
+            Ok(module) if !observed => (Some(module), None),
             Ok(module) => {
                 let histogram = stats.metrics.instantiation.clone();
                 let observe: Arc<dyn Fn(Duration) + Send + Sync> =

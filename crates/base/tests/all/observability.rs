@@ -264,3 +264,31 @@ async fn status_shows_recent_rates_latency_and_traps_with_backtraces() {
     assert_eq!(counts["requests"], 4);
     assert_eq!(counts["errors"], 1);
 }
+
+#[tokio::test]
+async fn observability_can_be_turned_off_and_counters_still_count() {
+    let base = TestBase::start_with(|c| c.observability = false).await;
+    base.install_path("hello", "1", HELLO).await;
+    for _ in 0..3 {
+        assert_eq!(base.get("/hello").await.0, 200);
+    }
+    let m = scrape(&base).await;
+    assert_eq!(
+        value(
+            &m,
+            "berth_requests_total",
+            &[("module", "hello"), ("status", "2xx")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(
+            &m,
+            "berth_instantiation_seconds_count",
+            &[("module", "hello")]
+        ),
+        Some(0.0)
+    );
+    let list = base.list().await;
+    assert_eq!(list.modules[0].requests, 3);
+}

@@ -44,6 +44,10 @@ pub struct BaseArgs {
     /// next instance (faster instantiation, memory not given back).
     #[arg(long, default_value_t = 0)]
     memory_keep_resident: usize,
+    /// Turn off per-module metrics, recent stats and log capture (guest
+    /// output then goes to this process's stdout/stderr).
+    #[arg(long)]
+    no_observability: bool,
     /// Do not add `x-berth-module: name@version` to module responses.
     #[arg(long)]
     no_version_header: bool,
@@ -61,6 +65,7 @@ impl BaseArgs {
         config.runtime.limits.max_request_bytes = self.max_request_bytes;
         config.max_artifact_bytes = self.max_artifact_bytes;
         config.version_header = !self.no_version_header;
+        config.observability = !self.no_observability;
         config.runtime.memory_keep_resident = self.memory_keep_resident;
         config
     }

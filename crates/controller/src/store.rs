@@ -1,0 +1,479 @@
+//! The controller's store: a small key-value model shaped after etcd's, so
+//! the embedded backend and a future etcd backend are interchangeable.
+//!
+//! - Keys are strings (`/deployments/orders`), values bytes (JSON).
+//! - Every change bumps one store-wide **revision**; each entry records the
+//!   revision that created it and the one that last modified it (etcd's
+//!   `create_revision` and `mod_revision`).
+//! - [`Store::compare_and_swap`] writes only if the key's current
+//!   `mod_revision` is the one the caller read (0: the key must not exist) —
+//!   how reconcilers update state without losing a concurrent change.
+//! - [`Store::watch`] streams every change under a prefix, in revision order,
+//!   starting after a given revision: a watcher that reads a snapshot at
+//!   revision R and then watches from R misses nothing.
+//! - Leases (etcd's TTL keys) are not in this trait yet: base heartbeats will
+//!   add them when the etcd backend lands.
+//!
+//! [`RedbStore`] keeps it all in one redb file: entries in one table, the
+//! revision counter and a bounded change log (for watches that start in the
+//! past) in two others, each write in one transaction.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::broadcast;
+
+/// One stored entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The key.
+    pub key: String,
+    /// The value.
+    pub value: Vec<u8>,
+    /// The revision that created the key.
+    pub create_revision: u64,
+    /// The revision that last changed it.
+    pub mod_revision: u64,
+}
+
+/// One change, as a watcher sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The key was created or changed.
+    Put(Entry),
+    /// The key was deleted at `revision`.
+    Delete {
+        /// The key.
+        key: String,
+        /// The revision of the delete.
+        revision: u64,
+    },
+}
+
+impl Event {
+    /// The revision this event happened at.
+    pub fn revision(&self) -> u64 {
+        match self {
+            Event::Put(entry) => entry.mod_revision,
+            Event::Delete { revision, .. } => *revision,
+        }
+    }
+
+    /// The key it concerns.
+    pub fn key(&self) -> &str {
+        match self {
+            Event::Put(entry) => &entry.key,
+            Event::Delete { key, .. } => key,
+        }
+    }
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend failed (I/O, corruption).
+    #[error("the controller store failed: {0}")]
+    Backend(String),
+    /// A compare-and-swap lost: the key changed since it was read.
+    #[error(
+        "`{key}` changed since it was read (expected revision {expected}, found {found}); read it again and retry"
+    )]
+    Conflict {
+        /// The key.
+        key: String,
+        /// The revision the caller expected.
+        expected: u64,
+        /// The key's revision now (0: absent).
+        found: u64,
+    },
+    /// A watch asked for history the store no longer keeps.
+    #[error("revision {0} is compacted; list again and watch from the list's revision")]
+    Compacted(u64),
+}
+
+/// A watch: first the history after the start revision, then live changes.
+pub struct Watch {
+    backlog: std::collections::VecDeque<Event>,
+    live: broadcast::Receiver<Event>,
+    prefix: String,
+    after: u64,
+}
+
+impl Watch {
+    /// The next change under the prefix. `None` when the store is gone;
+    /// [`StoreError::Compacted`] when this watcher fell too far behind.
+    pub async fn next(&mut self) -> Option<Result<Event, StoreError>> {
+        if let Some(event) = self.backlog.pop_front() {
+            self.after = event.revision();
+            return Some(Ok(event));
+        }
+        loop {
+            match self.live.recv().await {
+                Ok(event)
+                    if event.revision() > self.after && event.key().starts_with(&self.prefix) =>
+                {
+                    self.after = event.revision();
+                    return Some(Ok(event));
+                }
+                Ok(_) => continue,
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    return Some(Err(StoreError::Compacted(self.after)));
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
+/// The controller's state store.
+pub trait Store: Send + Sync {
+    /// The entry at `key`.
+    fn get(&self, key: &str) -> Result<Option<Entry>, StoreError>;
+    /// Every entry whose key starts with `prefix`, by key, and the store
+    /// revision they were read at.
+    fn list(&self, prefix: &str) -> Result<(Vec<Entry>, u64), StoreError>;
+    /// Sets `key` unconditionally; returns the new revision.
+    fn put(&self, key: &str, value: &[u8]) -> Result<u64, StoreError>;
+    /// Sets `key` if its `mod_revision` is `expected` (0: absent); returns
+    /// the new revision, or [`StoreError::Conflict`].
+    fn compare_and_swap(&self, key: &str, expected: u64, value: &[u8]) -> Result<u64, StoreError>;
+    /// Deletes `key`; returns the new revision, or `None` if it was absent.
+    fn delete(&self, key: &str) -> Result<Option<u64>, StoreError>;
+    /// Changes under `prefix` after revision `after`.
+    fn watch(&self, prefix: &str, after: u64) -> Result<Watch, StoreError>;
+}
+
+const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
+/// Changes kept for watches that start in the past.
+const HISTORY: u64 = 10_000;
+
+/// The embedded [`Store`]: one redb file in the controller's data directory.
+pub struct RedbStore {
+    db: Database,
+    events: broadcast::Sender<Event>,
+    /// Serialises writers so revisions are handed out in commit order.
+    write: Mutex<()>,
+}
+
+fn backend(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Backend(e.into().to_string())
+}
+
+/// Entry encoding: create (8) + mod (8) revisions, then the value.
+fn encode(create: u64, modified: u64, value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + value.len());
+    out.extend_from_slice(&create.to_le_bytes());
+    out.extend_from_slice(&modified.to_le_bytes());
+    out.extend_from_slice(value);
+    out
+}
+
+fn decode(key: &str, bytes: &[u8]) -> Entry {
+    let create = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+    let modified = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+    Entry {
+        key: key.into(),
+        value: bytes[16..].to_vec(),
+        create_revision: create,
+        mod_revision: modified,
+    }
+}
+
+/// Change-log encoding: kind (1: put, 0: delete), key length, key, entry.
+fn encode_event(event: &Event) -> Vec<u8> {
+    let mut out = Vec::new();
+    match event {
+        Event::Put(e) => {
+            out.push(1);
+            out.extend_from_slice(&(e.key.len() as u32).to_le_bytes());
+            out.extend_from_slice(e.key.as_bytes());
+            out.extend_from_slice(&encode(e.create_revision, e.mod_revision, &e.value));
+        }
+        Event::Delete { key, .. } => {
+            out.push(0);
+            out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+            out.extend_from_slice(key.as_bytes());
+        }
+    }
+    out
+}
+
+fn decode_event(revision: u64, bytes: &[u8]) -> Event {
+    let len = u32::from_le_bytes(bytes[1..5].try_into().expect("4 bytes")) as usize;
+    let key = String::from_utf8_lossy(&bytes[5..5 + len]).into_owned();
+    match bytes[0] {
+        1 => Event::Put(decode(&key, &bytes[5 + len..])),
+        _ => Event::Delete { key, revision },
+    }
+}
+
+impl RedbStore {
+    /// Opens (creating if needed) the store at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Backend(format!(
+                "{} is open in another process: another controller uses this data directory",
+                path.display()
+            )),
+            other => backend(other),
+        })?;
+        let tx = db.begin_write().map_err(backend)?;
+        tx.open_table(ENTRIES).map_err(backend)?;
+        tx.open_table(META).map_err(backend)?;
+        tx.open_table(CHANGES).map_err(backend)?;
+        tx.commit().map_err(backend)?;
+        Ok(Self {
+            db,
+            events: broadcast::channel(4096).0,
+            write: Mutex::new(()),
+        })
+    }
+
+    /// Applies `change` (the key's current entry → the new value, or `None`
+    /// to delete) in one transaction at the next revision.
+    fn write(
+        &self,
+        key: &str,
+        change: impl FnOnce(Option<&Entry>) -> Result<Option<Option<Vec<u8>>>, StoreError>,
+    ) -> Result<Option<u64>, StoreError> {
+        let _serial = self.write.lock().expect("store write lock");
+        let tx = self.db.begin_write().map_err(backend)?;
+        let event = {
+            let mut entries = tx.open_table(ENTRIES).map_err(backend)?;
+            let current = entries
+                .get(key)
+                .map_err(backend)?
+                .map(|v| decode(key, v.value()));
+            // Some(Some(v)): put v; Some(None): delete; None: nothing to do.
+            let Some(new) = change(current.as_ref())? else {
+                return Ok(None);
+            };
+            let mut meta = tx.open_table(META).map_err(backend)?;
+            let revision = meta
+                .get("revision")
+                .map_err(backend)?
+                .map_or(0, |v| v.value())
+                + 1;
+            meta.insert("revision", revision).map_err(backend)?;
+            let event = match new {
+                Some(value) => {
+                    let create = current.as_ref().map_or(revision, |c| c.create_revision);
+                    entries
+                        .insert(key, encode(create, revision, &value).as_slice())
+                        .map_err(backend)?;
+                    Event::Put(Entry {
+                        key: key.into(),
+                        value,
+                        create_revision: create,
+                        mod_revision: revision,
+                    })
+                }
+                None => {
+                    entries.remove(key).map_err(backend)?;
+                    Event::Delete {
+                        key: key.into(),
+                        revision,
+                    }
+                }
+            };
+            let mut changes = tx.open_table(CHANGES).map_err(backend)?;
+            changes
+                .insert(revision, encode_event(&event).as_slice())
+                .map_err(backend)?;
+            if revision > HISTORY {
+                changes.remove(revision - HISTORY).map_err(backend)?;
+            }
+            event
+        };
+        tx.commit().map_err(backend)?;
+        let revision = event.revision();
+        let _ = self.events.send(event);
+        Ok(Some(revision))
+    }
+}
+
+impl Store for RedbStore {
+    fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let entries = tx.open_table(ENTRIES).map_err(backend)?;
+        Ok(entries
+            .get(key)
+            .map_err(backend)?
+            .map(|v| decode(key, v.value())))
+    }
+
+    fn list(&self, prefix: &str) -> Result<(Vec<Entry>, u64), StoreError> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let entries = tx.open_table(ENTRIES).map_err(backend)?;
+        let revision = tx
+            .open_table(META)
+            .map_err(backend)?
+            .get("revision")
+            .map_err(backend)?
+            .map_or(0, |v| v.value());
+        let mut out = Vec::new();
+        for item in entries.range(prefix..).map_err(backend)? {
+            let (key, value) = item.map_err(backend)?;
+            if !key.value().starts_with(prefix) {
+                break;
+            }
+            out.push(decode(key.value(), value.value()));
+        }
+        Ok((out, revision))
+    }
+
+    fn put(&self, key: &str, value: &[u8]) -> Result<u64, StoreError> {
+        Ok(self
+            .write(key, |_| Ok(Some(Some(value.to_vec()))))?
+            .expect("a put always writes"))
+    }
+
+    fn compare_and_swap(&self, key: &str, expected: u64, value: &[u8]) -> Result<u64, StoreError> {
+        let written = self.write(key, |current| {
+            let found = current.map_or(0, |c| c.mod_revision);
+            if found != expected {
+                return Err(StoreError::Conflict {
+                    key: key.into(),
+                    expected,
+                    found,
+                });
+            }
+            Ok(Some(Some(value.to_vec())))
+        })?;
+        Ok(written.expect("a successful swap writes"))
+    }
+
+    fn delete(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        self.write(key, |current| Ok(current.map(|_| None)))
+    }
+
+    fn watch(&self, prefix: &str, after: u64) -> Result<Watch, StoreError> {
+        // Subscribe first, then read the history: nothing falls in between
+        // (an event in both is skipped by its revision).
+        let live = self.events.subscribe();
+        let tx = self.db.begin_read().map_err(backend)?;
+        let changes = tx.open_table(CHANGES).map_err(backend)?;
+        let oldest = changes.first().map_err(backend)?.map(|(k, _)| k.value());
+        if let Some(oldest) = oldest
+            && after + 1 < oldest
+        {
+            return Err(StoreError::Compacted(after));
+        }
+        let mut backlog = std::collections::VecDeque::new();
+        for item in changes.range(after + 1..).map_err(backend)? {
+            let (revision, bytes) = item.map_err(backend)?;
+            let event = decode_event(revision.value(), bytes.value());
+            if event.key().starts_with(prefix) {
+                backlog.push_back(event);
+            }
+        }
+        Ok(Watch {
+            backlog,
+            live,
+            prefix: prefix.into(),
+            after,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, RedbStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("controller.redb")).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn revisions_count_every_change_and_cas_refuses_stale_writes() {
+        let (_dir, s) = store();
+        assert_eq!(s.put("/d/a", b"1").unwrap(), 1);
+        assert_eq!(s.put("/d/b", b"2").unwrap(), 2);
+        let a = s.get("/d/a").unwrap().unwrap();
+        assert_eq!((a.create_revision, a.mod_revision), (1, 1));
+        assert_eq!(s.compare_and_swap("/d/a", 1, b"1b").unwrap(), 3);
+        let err = s.compare_and_swap("/d/a", 1, b"lost").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Conflict {
+                    expected: 1,
+                    found: 3,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("read it again and retry"));
+        assert_eq!(s.get("/d/a").unwrap().unwrap().value, b"1b");
+        // 0 means "must not exist".
+        assert!(s.compare_and_swap("/d/a", 0, b"x").is_err());
+        assert_eq!(s.compare_and_swap("/d/c", 0, b"3").unwrap(), 4);
+        let (entries, revision) = s.list("/d/").unwrap();
+        assert_eq!(
+            entries.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(),
+            ["/d/a", "/d/b", "/d/c"]
+        );
+        assert_eq!(revision, 4);
+        assert_eq!(s.delete("/d/b").unwrap(), Some(5));
+        assert_eq!(s.delete("/d/b").unwrap(), None);
+        assert_eq!(s.list("/x").unwrap().0.len(), 0);
+    }
+
+    #[test]
+    fn state_and_revision_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("controller.redb");
+        {
+            let s = RedbStore::open(&path).unwrap();
+            s.put("/k", b"v").unwrap();
+            s.put("/k", b"w").unwrap();
+        }
+        let s = RedbStore::open(&path).unwrap();
+        let e = s.get("/k").unwrap().unwrap();
+        assert_eq!(
+            (e.value.as_slice(), e.create_revision, e.mod_revision),
+            (&b"w"[..], 1, 2)
+        );
+        assert_eq!(s.put("/j", b"x").unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_watch_replays_history_then_follows_live_changes_under_its_prefix() {
+        let (_dir, s) = store();
+        s.put("/deployments/a", b"1").unwrap();
+        s.put("/bases/x", b"up").unwrap();
+        let (_, at) = s.list("/deployments/").unwrap();
+        s.put("/deployments/b", b"2").unwrap(); // after the snapshot
+        let mut watch = s.watch("/deployments/", at).unwrap();
+        s.delete("/deployments/a").unwrap();
+        s.put("/bases/y", b"up").unwrap();
+        s.put("/deployments/b", b"3").unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let event = tokio::time::timeout(std::time::Duration::from_secs(1), watch.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            seen.push((
+                event.key().to_string(),
+                event.revision(),
+                matches!(event, Event::Put(_)),
+            ));
+        }
+        assert_eq!(
+            seen,
+            [
+                ("/deployments/b".into(), 3, true),
+                ("/deployments/a".into(), 4, false),
+                ("/deployments/b".into(), 6, true)
+            ]
+        );
+    }
+}

@@ -27,7 +27,7 @@ pub struct RuntimeConfig {
     /// anything above 0 turns into resident memory that uninstalling a
     /// module does not give back (measured: 69 → 139 MB over 500 install /
     /// uninstall cycles with 1 MiB, 39 → 40 MB with 0; see
-    /// `crates/cli/tests/reclaim.rs`), for a throughput gain measured in
+    /// `crates/cli/tests/all/reclaim.rs`), for a throughput gain measured in
     /// `bench/README.md`.
     pub memory_keep_resident: usize,
 }

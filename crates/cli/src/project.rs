@@ -170,7 +170,9 @@ fn cargo() -> &'static str {
 /// Fails with the exact `rustup` command when `wasm32-wasip2` is missing
 /// from the toolchain that builds `dir`.
 fn check_wasm_target(dir: &Path) -> Result<()> {
-    let output = Command::new("rustc")
+    // `RUSTC` names the compiler, as it does for cargo.
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let output = Command::new(rustc)
         .current_dir(dir)
         .args(["--print", "target-libdir", "--target", "wasm32-wasip2"])
         .output()

@@ -176,6 +176,25 @@ fn bad_input_gets_one_clear_line_and_a_failing_exit() {
         "{err}"
     );
 
+    // A toolchain without the wasm32-wasip2 target: the exact rustup command.
+    let fake_rustc = work.path().join("rustc-without-wasm");
+    std::fs::write(
+        &fake_rustc,
+        "#!/bin/sh\necho /nonexistent/lib/rustlib/wasm32-wasip2/lib\n",
+    )
+    .unwrap();
+    let mut perms = std::fs::metadata(&fake_rustc).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&fake_rustc, perms).unwrap();
+    let mut cmd = berth(&["build", dir.to_str().unwrap()]);
+    cmd.env("RUSTC", &fake_rustc);
+    let err = failure(cmd);
+    assert!(
+        err.contains("the wasm32-wasip2 target is not installed")
+            && err.contains("hint: run `rustup target add wasm32-wasip2`"),
+        "{err}"
+    );
+
     // A .wasm without a version.
     let wasm = work.path().join("m.wasm");
     std::fs::write(&wasm, b"\0asm\x01\0\0\0").unwrap();

@@ -20,7 +20,6 @@ Usage: bench/density.py [--modules 1000] [--duration 10]
 import argparse
 import os
 import statistics
-import subprocess
 import tempfile
 import time
 from importlib import util as _util
@@ -71,15 +70,8 @@ def main():
         script = os.path.join(tmp, "spread.lua")
         with open(script, "w") as f:
             f.write(f'request = function() return wrk.format("GET", "/m" .. math.random(0, {n - 1})) end\n')
-        out = subprocess.run(["wrk", "-t2", f"-c{args.connections}", f"-d{args.duration}s", "--latency", "-s", script,
-                              f"http://127.0.0.1:{b.port}"], capture_output=True, text=True, check=True).stdout
-        rps = float(bench.re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-
-        def pct(p):
-            m = bench.re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, bench.re.M)
-            return float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
-
-        p50, p99 = pct(50), pct(99)
+        spread = bench.run_wrk(f"http://127.0.0.1:{b.port}", args.duration, args.connections, 2, script)
+        rps, p50, p99 = spread["rps"], spread["p50"], spread["p99"]
         after_load = rss_mb(b.proc.pid)
 
         warm, warm_wall = [], time.perf_counter()

@@ -148,9 +148,8 @@ class Berth:
         stop(self.proc, [self.port, self.ops])
 
 
-def run_wrk(url, duration, connections, threads):
-    out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", url],
-                         capture_output=True, text=True, check=True).stdout
+def parse_wrk(out):
+    """Requests/s, p50 and p99 (ms), total requests and failed ones from wrk --latency output."""
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 
     def pct(p):
@@ -165,7 +164,19 @@ def run_wrk(url, duration, connections, threads):
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     if m:
         bad += sum(int(x) for x in m.groups())
-    return {"rps": rps, "p50": pct(50), "p99": pct(99), "errors": bad}
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    return {"rps": rps, "p50": pct(50), "p99": pct(99), "errors": bad, "requests": total}
+
+
+def wrk_command(url, duration, connections, threads, script=None):
+    return ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency",
+            *(["-s", script] if script else []), url]
+
+
+def run_wrk(url, duration, connections, threads, script=None):
+    out = subprocess.run(wrk_command(url, duration, connections, threads, script),
+                         capture_output=True, text=True, check=True).stdout
+    return parse_wrk(out)
 
 
 def serve_berth(tmp, extra=()):

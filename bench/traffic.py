@@ -82,8 +82,7 @@ def main():
 
         # 20 back-to-back switches under load.
         put_rules(b, {})
-        wrk = subprocess.Popen(["wrk", "-t2", f"-c{args.connections}", "-d6s", "--latency", url],
-                               stdout=subprocess.PIPE, text=True)
+        wrk = subprocess.Popen(bench.wrk_command(url, 6, args.connections, 2), stdout=subprocess.PIPE, text=True)
         time.sleep(1)
         started = time.perf_counter()
         for i in range(20):
@@ -91,14 +90,8 @@ def main():
             time.sleep(0.05)
         switching = time.perf_counter() - started
         out, _ = wrk.communicate()
-        total = int(bench.re.search(r"(\d+) requests in", out).group(1))
-        bad = 0
-        m = bench.re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-        if m:
-            bad += int(m.group(1))
-        m = bench.re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-        if m:
-            bad += sum(int(x) for x in m.groups())
+        under_switches = bench.parse_wrk(out)
+        total, bad = under_switches["requests"], under_switches["errors"]
     finally:
         b.stop()
 

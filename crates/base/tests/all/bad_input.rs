@@ -279,3 +279,52 @@ async fn uninstalling_what_is_not_there_is_a_clear_404() {
     assert!(message.contains("1.0.0"), "{message}");
     assert_untouched(&base, &before).await;
 }
+
+#[tokio::test]
+async fn bad_limits_headers_and_log_queries_are_refused() {
+    let (base, before) = base_with_hello().await;
+    let zero = InstallRequest {
+        limits: Some(berth_api::Limits {
+            max_concurrency: Some(0),
+            ..Default::default()
+        }),
+        ..install_request("echo", "1.0.0", ECHO)
+    };
+    let message = expect_error(base.install(&zero).await, 400, "invalid_request");
+    assert!(
+        message.contains("limits.maxConcurrency must be at least 1"),
+        "{message}"
+    );
+
+    // Install options in the header may not name another artifact.
+    let with_artifact = serde_json::to_string(&install_request("echo", "1.0.0", ECHO)).unwrap();
+    let response = base
+        .client
+        .post(base.ops("/v1/modules"))
+        .header("content-type", "application/wasm")
+        .header("x-berth-install", with_artifact)
+        .body(std::fs::read(ECHO).unwrap())
+        .send()
+        .await
+        .unwrap();
+    let message = expect_error(
+        (response.status().as_u16(), response.json().await.unwrap()),
+        400,
+        "invalid_request",
+    );
+    assert!(message.contains("drop `artifact`"), "{message}");
+
+    let response = base
+        .client
+        .get(base.ops("/v1/modules/hello/logs?since=yesterday"))
+        .send()
+        .await
+        .unwrap();
+    let message = expect_error(
+        (response.status().as_u16(), response.json().await.unwrap()),
+        400,
+        "invalid_request",
+    );
+    assert!(message.contains("since `yesterday`"), "{message}");
+    assert_untouched(&base, &before).await;
+}

@@ -6,6 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod manifest;
+
 /// The default address of a base's ops API: the port Koupleless' Arklet uses.
 pub const DEFAULT_OPS_ADDR: &str = "127.0.0.1:1238";
 

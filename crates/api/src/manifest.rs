@@ -1,0 +1,407 @@
+//! Kubernetes-style manifests the controller takes (`berth apply -f`).
+//!
+//! ```yaml
+//! apiVersion: berth.dev/v1
+//! kind: ModuleDeployment
+//! metadata: { name: orders }
+//! spec:
+//!   module: { name: orders, version: 1.4.0, artifact: "https://…/orders.wasm", digest: "sha256:…" }
+//!   replicas: 6
+//!   baseSelector: { group: online }
+//!   strategy: { batches: 3, pauseBetween: 5s, needConfirm: false, maxUnavailable: 0 }
+//!   route: { pathPrefix: /orders }
+//! ```
+//!
+//! [`parse`] reads YAML or JSON and reports the first problem with the path
+//! of the field (`spec.replicas: invalid type: string "six", expected u32`),
+//! as `kubectl` does: unknown fields, wrong types and invalid values alike.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Route, TrafficRules};
+
+/// The `apiVersion` this build understands.
+pub const API_VERSION: &str = "berth.dev/v1";
+
+/// Any manifest `berth apply` takes, told apart by `kind`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Manifest {
+    /// A module version × replicas over a base group.
+    ModuleDeployment(ModuleDeployment),
+}
+
+/// `kind: ModuleDeployment`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ModuleDeployment {
+    /// `berth.dev/v1`.
+    pub api_version: String,
+    /// `ModuleDeployment`.
+    pub kind: String,
+    /// Name and labels.
+    pub metadata: Metadata,
+    /// What should run where.
+    pub spec: DeploymentSpec,
+}
+
+/// `metadata`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Metadata {
+    /// The resource name.
+    pub name: String,
+    /// Free-form labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `spec` of a ModuleDeployment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeploymentSpec {
+    /// The module version to run.
+    pub module: ModuleRef,
+    /// How many bases should run it (at most one replica per base).
+    pub replicas: u32,
+    /// Labels a base must carry, e.g. `{group: online}`.
+    #[serde(default)]
+    pub base_selector: BTreeMap<String, String>,
+    /// How a version change rolls out.
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// Where the module's traffic comes from on each base.
+    #[serde(default)]
+    pub route: Option<Route>,
+    /// Traffic rules to set on each base.
+    #[serde(default)]
+    pub rules: Option<TrafficRules>,
+}
+
+/// `spec.module`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ModuleRef {
+    /// Module name.
+    pub name: String,
+    /// Module version.
+    pub version: String,
+    /// Where bases download the artifact (`http(s)://…` or `file:/…`).
+    pub artifact: String,
+    /// `sha256:<64 hex>` of the artifact.
+    pub digest: String,
+}
+
+/// `spec.strategy`: batched rollout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Strategy {
+    /// Batches the replicas are upgraded in.
+    #[serde(default = "one")]
+    pub batches: u32,
+    /// Wait between batches, e.g. `5s`, `1m`.
+    #[serde(default)]
+    pub pause_between: Option<String>,
+    /// Wait for `berth rollout confirm` before each batch after the first.
+    #[serde(default)]
+    pub need_confirm: bool,
+    /// Replicas that may be unavailable during the rollout.
+    #[serde(default)]
+    pub max_unavailable: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Default for Strategy {
+    fn default() -> Self {
+        Self {
+            batches: 1,
+            pause_between: None,
+            need_confirm: false,
+            max_unavailable: 0,
+        }
+    }
+}
+
+/// A manifest problem, with the path of the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestError {
+    /// `spec.replicas`, or empty for the document itself.
+    pub path: String,
+    /// What is wrong and, where it helps, what is expected.
+    pub message: String,
+}
+
+impl std::fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.path.is_empty() || self.path == "." {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ManifestError {}
+
+fn at(path: &str, message: impl Into<String>) -> ManifestError {
+    ManifestError {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+/// Parses one manifest (YAML or JSON) and checks its values.
+pub fn parse(text: &str) -> Result<Manifest, ManifestError> {
+    // `kind` first, then the whole document as that kind: deserializing
+    // through a tagged enum would lose the field paths.
+    #[derive(Deserialize)]
+    struct Kind {
+        kind: Option<String>,
+    }
+    let kind: Kind = serde_yaml_ng::from_str(text).map_err(|e| at("", e.to_string()))?;
+    match kind.kind.as_deref() {
+        Some("ModuleDeployment") => {
+            let deployment: ModuleDeployment = with_paths(text)?;
+            validate_deployment(&deployment)?;
+            Ok(Manifest::ModuleDeployment(deployment))
+        }
+        Some(other) => Err(at(
+            "kind",
+            format!("unknown kind `{other}`; this controller takes ModuleDeployment"),
+        )),
+        None => Err(at(
+            "kind",
+            "missing; this controller takes kind: ModuleDeployment",
+        )),
+    }
+}
+
+/// Deserializes `text` as `T`, naming the path of the first bad field.
+fn with_paths<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ManifestError> {
+    let deserializer = serde_yaml_ng::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        // serde_yaml_ng may name the path itself, and ends with the line
+        // and column (which helps): keep the path once.
+        let message = e.into_inner().to_string();
+        let message = message
+            .strip_prefix(&format!("{path}: "))
+            .unwrap_or(&message)
+            .to_string();
+        at(&path, message)
+    })
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn validate_deployment(d: &ModuleDeployment) -> Result<(), ManifestError> {
+    if d.api_version != API_VERSION {
+        return Err(at(
+            "apiVersion",
+            format!("`{}` is not supported; use `{API_VERSION}`", d.api_version),
+        ));
+    }
+    if !is_name(&d.metadata.name) {
+        return Err(at(
+            "metadata.name",
+            format!(
+                "`{}` is not a name: use 1-63 lowercase letters, digits and `-`",
+                d.metadata.name
+            ),
+        ));
+    }
+    let m = &d.spec.module;
+    if !is_name(&m.name) {
+        return Err(at(
+            "spec.module.name",
+            format!(
+                "`{}` is not a module name: use 1-63 lowercase letters, digits and `-`",
+                m.name
+            ),
+        ));
+    }
+    if m.version.is_empty()
+        || !m
+            .version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+' | '_'))
+    {
+        return Err(at(
+            "spec.module.version",
+            format!("`{}` is not a version (e.g. 1.4.0)", m.version),
+        ));
+    }
+    if !(m.artifact.starts_with("http://")
+        || m.artifact.starts_with("https://")
+        || m.artifact.starts_with("file:"))
+    {
+        return Err(at(
+            "spec.module.artifact",
+            format!("`{}` must be an http(s):// URL or a file: path", m.artifact),
+        ));
+    }
+    let hex = m.digest.strip_prefix("sha256:").unwrap_or("");
+    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(at(
+            "spec.module.digest",
+            "expected `sha256:` followed by 64 hex characters",
+        ));
+    }
+    let s = &d.spec.strategy;
+    if s.batches == 0 {
+        return Err(at("spec.strategy.batches", "must be at least 1"));
+    }
+    if d.spec.replicas > 0 && s.batches > d.spec.replicas {
+        return Err(at(
+            "spec.strategy.batches",
+            format!(
+                "{} batches for {} replicas: batches cannot outnumber replicas",
+                s.batches, d.spec.replicas
+            ),
+        ));
+    }
+    if let Some(pause) = &s.pause_between
+        && humantime::parse_duration(pause).is_err()
+    {
+        return Err(at(
+            "spec.strategy.pauseBetween",
+            format!("`{pause}` is not a duration like 5s or 1m"),
+        ));
+    }
+    if let Some(route) = &d.spec.route
+        && let Some(prefix) = &route.path_prefix
+        && !prefix.starts_with('/')
+    {
+        return Err(at(
+            "spec.route.pathPrefix",
+            format!("`{prefix}` must start with `/`"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "apiVersion: berth.dev/v1
+kind: ModuleDeployment
+metadata: { name: orders }
+spec:
+  module: { name: orders, version: 1.4.0, artifact: \"https://example.invalid/orders.wasm\", digest: \"sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824\" }
+  replicas: 6
+  baseSelector: { group: online }
+  strategy: { batches: 3, pauseBetween: 5s, needConfirm: false, maxUnavailable: 0 }
+  route: { pathPrefix: /orders }
+";
+
+    #[test]
+    fn a_good_manifest_parses_from_yaml_and_json() {
+        let Manifest::ModuleDeployment(d) = parse(GOOD).unwrap();
+        assert_eq!((d.spec.replicas, d.spec.strategy.batches), (6, 3));
+        assert_eq!(d.spec.base_selector["group"], "online");
+        let json = serde_json::to_string(&Manifest::ModuleDeployment(d.clone())).unwrap();
+        assert_eq!(parse(&json).unwrap(), Manifest::ModuleDeployment(d));
+    }
+
+    fn error(from: &str, to: &str) -> String {
+        assert!(GOOD.contains(from), "{from}");
+        parse(&GOOD.replace(from, to)).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn bad_fields_are_named_by_path() {
+        let cases = [
+            (
+                "replicas: 6",
+                "replicas: six",
+                "spec.replicas: invalid type: string \"six\", expected u32",
+            ),
+            (
+                "replicas: 6",
+                "replicas: -1",
+                "spec.replicas: invalid type: integer `-1`, expected u32",
+            ),
+            (
+                "replicas: 6",
+                "replicas: 6\n  colour: red",
+                "spec: unknown field `colour`",
+            ),
+            (
+                "batches: 3,",
+                "batches: 3, bogus: 1,",
+                "spec.strategy: unknown field `bogus`",
+            ),
+            (
+                "needConfirm: false",
+                "needConfirm: maybe",
+                "spec.strategy.needConfirm: invalid type",
+            ),
+            (
+                "kind: ModuleDeployment",
+                "kind: Deployment",
+                "kind: unknown kind `Deployment`",
+            ),
+            (
+                "apiVersion: berth.dev/v1",
+                "apiVersion: v0",
+                "apiVersion: `v0` is not supported",
+            ),
+            (
+                "name: orders }\nspec",
+                "name: Orders }\nspec",
+                "metadata.name: `Orders` is not a name",
+            ),
+            (
+                "digest: \"sha256:2cf",
+                "digest: \"md5:2cf",
+                "spec.module.digest: expected `sha256:`",
+            ),
+            (
+                "pauseBetween: 5s",
+                "pauseBetween: soon",
+                "spec.strategy.pauseBetween: `soon` is not a duration",
+            ),
+            (
+                "batches: 3,",
+                "batches: 9,",
+                "spec.strategy.batches: 9 batches for 6 replicas",
+            ),
+            (
+                "pathPrefix: /orders",
+                "pathPrefix: orders",
+                "spec.route.pathPrefix: `orders` must start with `/`",
+            ),
+            (
+                "artifact: \"https://",
+                "artifact: \"ftp://",
+                "spec.module.artifact:",
+            ),
+        ];
+        for (from, to, expected) in cases {
+            let message = error(from, to);
+            assert!(
+                message.contains(expected),
+                "{message}\nexpected: {expected}"
+            );
+        }
+        assert!(
+            parse("replicas: [")
+                .unwrap_err()
+                .to_string()
+                .contains("line")
+        );
+    }
+}

@@ -126,16 +126,15 @@ pub enum BaseError {
     },
     /// A listener could not bind.
     #[error(
-        "cannot listen on {addr} for the {what}: {source}. Is another base running? Pick another address"
+        "cannot listen on {addr} for the {what}: {reason}. Is another base running? Pick another address"
     )]
     Bind {
         /// ingress or ops API.
         what: &'static str,
         /// The address.
         addr: std::net::SocketAddr,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
+        /// The OS error (in the message, not as a source, so it is said once).
+        reason: std::io::Error,
     },
     /// The runtime could not start.
     #[error("cannot start the runtime: {0}")]

@@ -32,7 +32,7 @@ impl Base {
         let bind = |what: &'static str, addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await
-                .map_err(|source| BaseError::Bind { what, addr, source })
+                .map_err(|reason| BaseError::Bind { what, addr, reason })
         };
         // Bind first: a port clash should fail before any state is touched.
         let ingress = bind("ingress", ingress_addr).await?;

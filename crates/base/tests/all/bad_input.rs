@@ -328,3 +328,37 @@ async fn bad_limits_headers_and_log_queries_are_refused() {
     assert!(message.contains("since `yesterday`"), "{message}");
     assert_untouched(&base, &before).await;
 }
+
+#[tokio::test]
+async fn a_second_base_on_a_taken_port_or_data_dir_is_refused_and_the_first_serves() {
+    let (base, before) = base_with_hello().await;
+    let taken = base.running.as_ref().unwrap().ingress_addr;
+    let other = tempfile::tempdir().unwrap();
+    let mut config = crate::support::config(other.path());
+    config.ingress_addr = taken;
+    let message = berth_base::Base::start(config)
+        .await
+        .err()
+        .expect("port is taken")
+        .to_string();
+    assert!(
+        message.contains(&format!("cannot listen on {taken} for the ingress")),
+        "{message}"
+    );
+    assert_eq!(
+        message.matches("Address already in use").count(),
+        1,
+        "{message}"
+    );
+
+    let message = berth_base::Base::start(crate::support::config(base.data_dir.path()))
+        .await
+        .err()
+        .expect("data dir is in use")
+        .to_string();
+    assert!(
+        message.contains("another base uses this data directory"),
+        "{message}"
+    );
+    assert_untouched(&base, &before).await;
+}

@@ -72,7 +72,20 @@ async fn a_per_module_deadline_and_concurrency_cap_hold() {
             tokio::spawn(async move { base.get("/spin").await.0 })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Wait until both spinners hold their slots (the base reports in-flight requests).
+    let deadline = Instant::now() + Duration::from_millis(500);
+    loop {
+        let list = base.list().await;
+        if list
+            .modules
+            .iter()
+            .any(|m| m.name == "spin" && m.in_flight == 2)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the spinners never both started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     // Both slots are taken: the third request is turned away at once.
     let response = base.client.get(base.url("/spin")).send().await.unwrap();
     assert_eq!(response.status(), 503);

@@ -1,0 +1,221 @@
+//! Typed resources over the [`Store`]: ModuleDeployments as the controller
+//! keeps them.
+//!
+//! Each deployment lives at `/deployments/<name>` as JSON with a
+//! **generation** (bumped on every change of its spec, as Kubernetes does)
+//! and the module versions it ran before (what `rollout undo` returns to).
+//! Every change is a read-compare-and-swap loop on the entry's revision, so
+//! two concurrent applies never lose one another's change.
+
+use berth_api::manifest::{ModuleDeployment, ModuleRef};
+use serde::{Deserialize, Serialize};
+
+use crate::store::{Store, StoreError};
+
+/// Key prefix of deployments.
+pub const DEPLOYMENTS: &str = "/deployments/";
+
+/// A deployment as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredDeployment {
+    /// The manifest as last applied.
+    pub manifest: ModuleDeployment,
+    /// Bumped on every change of the spec; 1 when created.
+    pub generation: u64,
+    /// Module versions it ran before, oldest first (for `rollout undo`).
+    #[serde(default)]
+    pub history: Vec<ModuleRef>,
+}
+
+/// What an apply did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The deployment is new (generation 1).
+    Created,
+    /// The spec changed; the new generation.
+    Updated(u64),
+    /// The same spec was applied again.
+    Unchanged(u64),
+}
+
+/// Why a resource operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ResourceError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored value is not what this controller writes.
+    #[error(
+        "the stored value of {key} is unreadable ({reason}); delete it and apply the manifest again"
+    )]
+    Corrupt {
+        /// The key.
+        key: String,
+        /// The decoding error.
+        reason: String,
+    },
+}
+
+/// ModuleDeployments over a [`Store`].
+pub struct Resources<S> {
+    store: S,
+}
+
+impl<S: Store> Resources<S> {
+    /// Resources kept in `store`.
+    pub fn new(store: S) -> Self {
+        Self { store }
+    }
+
+    /// The underlying store (for watches).
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Creates or updates a deployment from its manifest.
+    pub fn apply(&self, manifest: ModuleDeployment) -> Result<Applied, ResourceError> {
+        let key = format!("{DEPLOYMENTS}{}", manifest.metadata.name);
+        loop {
+            let current = self.store.get(&key)?;
+            let (next, applied, expected) = match &current {
+                None => (
+                    StoredDeployment {
+                        manifest: manifest.clone(),
+                        generation: 1,
+                        history: Vec::new(),
+                    },
+                    Applied::Created,
+                    0,
+                ),
+                Some(entry) => {
+                    let stored = decode(&key, &entry.value)?;
+                    if stored.manifest == manifest {
+                        return Ok(Applied::Unchanged(stored.generation));
+                    }
+                    let mut history = stored.history;
+                    if stored.manifest.spec.module != manifest.spec.module {
+                        history.push(stored.manifest.spec.module.clone());
+                    }
+                    let generation = stored.generation + 1;
+                    (
+                        StoredDeployment {
+                            manifest: manifest.clone(),
+                            generation,
+                            history,
+                        },
+                        Applied::Updated(generation),
+                        entry.mod_revision,
+                    )
+                }
+            };
+            let value = serde_json::to_vec(&next).expect("deployments serialize");
+            match self.store.compare_and_swap(&key, expected, &value) {
+                Ok(_) => return Ok(applied),
+                // Someone else changed it between our read and write: read again.
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The deployment `name`.
+    pub fn deployment(&self, name: &str) -> Result<Option<StoredDeployment>, ResourceError> {
+        let key = format!("{DEPLOYMENTS}{name}");
+        self.store
+            .get(&key)?
+            .map(|e| decode(&key, &e.value))
+            .transpose()
+    }
+
+    /// Every deployment, by name.
+    pub fn deployments(&self) -> Result<Vec<StoredDeployment>, ResourceError> {
+        let (entries, _) = self.store.list(DEPLOYMENTS)?;
+        entries.iter().map(|e| decode(&e.key, &e.value)).collect()
+    }
+
+    /// Deletes the deployment `name`; false if there was none.
+    pub fn delete_deployment(&self, name: &str) -> Result<bool, ResourceError> {
+        Ok(self
+            .store
+            .delete(&format!("{DEPLOYMENTS}{name}"))?
+            .is_some())
+    }
+}
+
+fn decode(key: &str, bytes: &[u8]) -> Result<StoredDeployment, ResourceError> {
+    serde_json::from_slice(bytes).map_err(|e| ResourceError::Corrupt {
+        key: key.into(),
+        reason: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use berth_api::manifest::{Manifest, parse};
+
+    use super::*;
+    use crate::store::RedbStore;
+
+    fn manifest(replicas: u32, version: &str) -> ModuleDeployment {
+        let text = format!(
+            "apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: {{ name: orders }}\nspec:\n  module: {{ name: orders, version: \"{version}\", artifact: \"https://example.invalid/o.wasm\", digest: \"sha256:{}\" }}\n  replicas: {replicas}\n",
+            "ab".repeat(32)
+        );
+        let Manifest::ModuleDeployment(d) = parse(&text).unwrap();
+        d
+    }
+
+    #[test]
+    fn generations_count_spec_changes_and_history_keeps_old_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Resources::new(RedbStore::open(&dir.path().join("c.redb")).unwrap());
+        assert_eq!(r.apply(manifest(3, "1.0.0")).unwrap(), Applied::Created);
+        assert_eq!(
+            r.apply(manifest(3, "1.0.0")).unwrap(),
+            Applied::Unchanged(1)
+        );
+        assert_eq!(r.apply(manifest(5, "1.0.0")).unwrap(), Applied::Updated(2));
+        assert_eq!(r.apply(manifest(5, "2.0.0")).unwrap(), Applied::Updated(3));
+        let stored = r.deployment("orders").unwrap().unwrap();
+        assert_eq!(stored.generation, 3);
+        assert_eq!(
+            stored
+                .history
+                .iter()
+                .map(|m| m.version.as_str())
+                .collect::<Vec<_>>(),
+            ["1.0.0"]
+        );
+        assert_eq!(r.deployments().unwrap().len(), 1);
+        assert!(r.delete_deployment("orders").unwrap());
+        assert!(!r.delete_deployment("orders").unwrap());
+        assert_eq!(r.deployment("orders").unwrap(), None);
+    }
+
+    #[test]
+    fn concurrent_applies_lose_no_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Arc::new(Resources::new(
+            RedbStore::open(&dir.path().join("c.redb")).unwrap(),
+        ));
+        r.apply(manifest(1, "1.0.0")).unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let r = r.clone();
+                std::thread::spawn(move || {
+                    for i in 0..10 {
+                        // Every apply is a distinct spec, so each must bump the generation.
+                        r.apply(manifest(100 + t * 10 + i, "1.0.0")).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(r.deployment("orders").unwrap().unwrap().generation, 41);
+    }
+}

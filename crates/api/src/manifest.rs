@@ -186,14 +186,14 @@ fn with_paths<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ManifestE
     let deserializer = serde_yaml_ng::Deserializer::from_str(text);
     serde_path_to_error::deserialize(deserializer).map_err(|e| {
         let path = e.path().to_string();
-        // serde_yaml_ng may name the path itself, and ends with the line
-        // and column (which helps): keep the path once.
         let message = e.into_inner().to_string();
-        let message = message
-            .strip_prefix(&format!("{path}: "))
-            .unwrap_or(&message)
-            .to_string();
-        at(&path, message)
+        // serde_yaml_ng often names the path itself (`spec.strategy: unknown
+        // field …`, the map holding an unknown field); then its path is the
+        // precise one. It ends with the line and column, which helps.
+        match message.split_once(": ") {
+            Some((own, rest)) if !own.contains(' ') && path.starts_with(own) => at(own, rest),
+            _ => at(&path, message),
+        }
     })
 }
 

@@ -210,6 +210,68 @@ enum Command {
         #[command(subcommand)]
         command: RulesCommand,
     },
+    /// Run the controller: desired state (ModuleDeployments) in a durable store.
+    ///
+    /// It keeps and serves desired state; placing replicas onto bases and
+    /// batched rollouts are not built yet.
+    ///
+    /// Examples:
+    ///   berth controller
+    ///   berth controller --listen 127.0.0.1:1239 --data-dir /var/lib/berth/controller
+    #[command(verbatim_doc_comment)]
+    Controller {
+        /// Address of the controller API.
+        #[arg(long, default_value = commands::controller::DEFAULT_CONTROLLER)]
+        listen: std::net::SocketAddr,
+        /// Directory of the controller's store [default: $XDG_DATA_HOME/berth/controller]
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Create or update resources from a manifest (YAML or JSON; `-f -` reads stdin).
+    ///
+    /// A bad field is reported with its path, e.g.
+    /// `spec.replicas: invalid type: string "six", expected u32`.
+    ///
+    /// Examples:
+    ///   berth apply -f orders.yaml
+    #[command(verbatim_doc_comment)]
+    Apply {
+        /// The manifest.
+        #[arg(short, long)]
+        file: PathBuf,
+        /// The controller API.
+        #[arg(long, default_value = commands::controller::DEFAULT_CONTROLLER, env = "BERTH_CONTROLLER")]
+        controller: String,
+    },
+    /// List resources: `berth get deployments`.
+    ///
+    /// Examples:
+    ///   berth get deployments
+    ///   berth get deployments -o yaml
+    #[command(verbatim_doc_comment)]
+    Get {
+        /// The kind: deployments.
+        #[arg(value_parser = ["deployments", "deployment", "moduledeployments"])]
+        kind: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = commands::controller::GetOutput::Table)]
+        output: commands::controller::GetOutput,
+        /// The controller API.
+        #[arg(long, default_value = commands::controller::DEFAULT_CONTROLLER, env = "BERTH_CONTROLLER")]
+        controller: String,
+    },
+    /// Show one resource: `berth describe deployment NAME`.
+    ///
+    /// Examples:
+    ///   berth describe deployment orders
+    #[command(verbatim_doc_comment)]
+    Describe(NamedResource),
+    /// Delete one resource: `berth delete deployment NAME`.
+    ///
+    /// Examples:
+    ///   berth delete deployment orders
+    #[command(verbatim_doc_comment)]
+    Delete(NamedResource),
     /// Show what a module wrote: stdout, stderr and berth:base/log lines,
     /// with time, version and request id.
     ///
@@ -226,6 +288,19 @@ enum Command {
     ///   berth invoke orders --path /items -d '{"name":"pen"}' -H 'content-type: application/json'
     #[command(verbatim_doc_comment)]
     Invoke(InvokeArgs),
+}
+
+/// One controller resource by kind and name.
+#[derive(clap::Args)]
+struct NamedResource {
+    /// The kind: deployment.
+    #[arg(value_parser = ["deployment", "deployments", "moduledeployment"])]
+    kind: String,
+    /// Its name.
+    name: String,
+    /// The controller API.
+    #[arg(long, default_value = commands::controller::DEFAULT_CONTROLLER, env = "BERTH_CONTROLLER")]
+    controller: String,
 }
 
 #[derive(Subcommand)]
@@ -312,6 +387,17 @@ fn run(command: Command) -> Result<()> {
             }
             Command::Invoke(args) => commands::invoke::run(args).await,
             Command::Logs(args) => commands::logs::run(args).await,
+            Command::Controller { listen, data_dir } => {
+                commands::controller::serve(listen, data_dir).await
+            }
+            Command::Apply { file, controller } => {
+                commands::controller::apply(&file, &controller).await
+            }
+            Command::Get {
+                output, controller, ..
+            } => commands::controller::get(&controller, output).await,
+            Command::Describe(r) => commands::controller::describe(&r.controller, &r.name).await,
+            Command::Delete(r) => commands::controller::delete(&r.controller, &r.name).await,
             Command::Switch {
                 name,
                 version,

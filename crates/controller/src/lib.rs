@@ -7,5 +7,6 @@
 //! [`resources::Resources`] over it. The API server, reconcilers, scheduler
 //! and rollout build on them.
 
+pub mod api;
 pub mod resources;
 pub mod store;

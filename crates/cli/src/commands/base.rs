@@ -82,11 +82,16 @@ pub async fn up(args: BaseArgs) -> Result<()> {
 }
 
 fn default_data_dir() -> PathBuf {
+    data_home().join("base")
+}
+
+/// `$XDG_DATA_HOME/berth`, else `~/.local/share/berth`, else `./.berth`.
+pub fn data_home() -> PathBuf {
     if let Some(dir) = std::env::var_os("XDG_DATA_HOME") {
-        return PathBuf::from(dir).join("berth/base");
+        return PathBuf::from(dir).join("berth");
     }
     match std::env::var_os("HOME") {
-        Some(home) => PathBuf::from(home).join(".local/share/berth/base"),
+        Some(home) => PathBuf::from(home).join(".local/share/berth"),
         None => PathBuf::from(".berth"),
     }
 }

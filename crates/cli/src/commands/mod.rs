@@ -2,6 +2,7 @@
 
 pub mod base;
 pub mod build;
+pub mod controller;
 pub mod deploy;
 pub mod dev;
 pub mod invoke;

@@ -39,11 +39,7 @@ impl BaseProcess {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", ops)).is_err() {
-            assert!(Instant::now() < deadline, "berth base did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_port(ops, "berth base");
         Self {
             child,
             ops: format!("http://127.0.0.1:{ops}"),
@@ -75,6 +71,15 @@ pub fn berth(args: &[&str]) -> Cmd {
         .env("CARGO_TARGET_DIR", work_root().join("target"))
         .timeout(Duration::from_secs(300));
     cmd
+}
+
+/// Waits until something listens on `port` (30 s at most).
+pub fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 pub fn free_port() -> u16 {

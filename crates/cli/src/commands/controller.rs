@@ -1,0 +1,205 @@
+//! `berth controller`, `berth apply`, `berth get`, `berth describe`,
+//! `berth delete`: the controller and its resources.
+//!
+//! The controller keeps desired state (ModuleDeployments) durably; placing
+//! replicas onto bases and rolling them out is not built yet, and the
+//! commands say so rather than pretend.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use berth_api::ErrorBody;
+use berth_controller::resources::{Resources, StoredDeployment};
+use berth_controller::store::RedbStore;
+
+/// Default address of the controller API.
+pub const DEFAULT_CONTROLLER: &str = "127.0.0.1:1239";
+
+/// `berth controller`.
+pub async fn serve(listen: SocketAddr, data_dir: Option<PathBuf>) -> Result<()> {
+    let data_dir = data_dir.unwrap_or_else(|| super::base::data_home().join("controller"));
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let store = RedbStore::open(&data_dir.join("controller.redb"))?;
+    let resources = Arc::new(Resources::new(store));
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}; is another controller running?"))?;
+    println!(
+        "berth controller serving on http://{}",
+        listener.local_addr()?
+    );
+    println!("  data  {}", data_dir.display());
+    println!(
+        "  note  it keeps desired state only: placing replicas onto bases and rollouts are not built yet"
+    );
+    axum::serve(listener, berth_controller::api::router(resources))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}
+
+fn url(controller: &str, path: &str) -> String {
+    let base = if controller.contains("://") {
+        controller.to_string()
+    } else {
+        format!("http://{controller}")
+    };
+    format!("{}{path}", base.trim_end_matches('/'))
+}
+
+async fn call(request: reqwest::RequestBuilder, controller: &str) -> Result<serde_json::Value> {
+    let response = request.send().await.map_err(|e| {
+        if e.is_connect() {
+            anyhow!("no controller answers at {controller}\nhint: start one with `berth controller`, or pass --controller")
+        } else {
+            anyhow!("cannot talk to the controller at {controller}: {e}")
+        }
+    })?;
+    let status = response.status();
+    let body = response.bytes().await?;
+    if !status.is_success() {
+        match serde_json::from_slice::<ErrorBody>(&body) {
+            Ok(err) => bail!("{} ({})", err.error.message, err.error.code),
+            Err(_) => bail!("the controller answered {status}"),
+        }
+    }
+    Ok(serde_json::from_slice(&body)?)
+}
+
+/// `berth apply -f FILE`.
+pub async fn apply(file: &Path, controller: &str) -> Result<()> {
+    let text = if file == Path::new("-") {
+        std::io::read_to_string(std::io::stdin())?
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?
+    };
+    // Checked here too, so a bad file fails before any network call, with the same path-precise message.
+    berth_api::manifest::parse(&text).map_err(|e| anyhow!("{}: {e}", file.display()))?;
+    let body = call(
+        reqwest::Client::new()
+            .post(url(controller, "/v1/apply"))
+            .body(text),
+        controller,
+    )
+    .await?;
+    println!(
+        "{}/{} {} (generation {})",
+        body["kind"].as_str().unwrap_or("?"),
+        body["name"].as_str().unwrap_or("?"),
+        body["result"].as_str().unwrap_or("?"),
+        body["generation"]
+    );
+    Ok(())
+}
+
+/// Output of `berth get`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GetOutput {
+    /// A table.
+    Table,
+    /// A wider table.
+    Wide,
+    /// JSON.
+    Json,
+    /// YAML.
+    Yaml,
+}
+
+/// `berth get deployments`.
+pub async fn get(controller: &str, output: GetOutput) -> Result<()> {
+    let body = call(
+        reqwest::Client::new().get(url(controller, "/v1/deployments")),
+        controller,
+    )
+    .await?;
+    let deployments: Vec<StoredDeployment> = serde_json::from_value(body)?;
+    match output {
+        GetOutput::Json => println!("{}", serde_json::to_string_pretty(&deployments)?),
+        GetOutput::Yaml => print!("{}", serde_yaml_ng::to_string(&deployments)?),
+        GetOutput::Table | GetOutput::Wide => {
+            if deployments.is_empty() {
+                println!("no deployments");
+                return Ok(());
+            }
+            println!(
+                "NAME                MODULE              VERSION     REPLICAS  GENERATION{}",
+                if output == GetOutput::Wide {
+                    "  SELECTOR"
+                } else {
+                    ""
+                }
+            );
+            for d in &deployments {
+                let spec = &d.manifest.spec;
+                let selector: Vec<String> = spec
+                    .base_selector
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                println!(
+                    "{:<20}{:<20}{:<12}{:<10}{:<10}{}",
+                    d.manifest.metadata.name,
+                    spec.module.name,
+                    spec.module.version,
+                    spec.replicas,
+                    d.generation,
+                    if output == GetOutput::Wide {
+                        format!("  {}", selector.join(","))
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `berth describe deployment NAME`.
+pub async fn describe(controller: &str, name: &str) -> Result<()> {
+    let body = call(
+        reqwest::Client::new().get(url(controller, &format!("/v1/deployments/{name}"))),
+        controller,
+    )
+    .await?;
+    let d: StoredDeployment = serde_json::from_value(body)?;
+    println!("Name:        {}", d.manifest.metadata.name);
+    println!("Generation:  {}", d.generation);
+    println!(
+        "Module:      {}@{} ({})",
+        d.manifest.spec.module.name, d.manifest.spec.module.version, d.manifest.spec.module.digest
+    );
+    println!(
+        "Replicas:    {} desired (placement onto bases is not built yet)",
+        d.manifest.spec.replicas
+    );
+    let s = &d.manifest.spec.strategy;
+    println!(
+        "Strategy:    {} batch(es), pause {}, needConfirm {}, maxUnavailable {}",
+        s.batches,
+        s.pause_between.as_deref().unwrap_or("none"),
+        s.need_confirm,
+        s.max_unavailable
+    );
+    if !d.history.is_empty() {
+        let versions: Vec<&str> = d.history.iter().map(|m| m.version.as_str()).collect();
+        println!("History:     {}", versions.join(" → "));
+    }
+    Ok(())
+}
+
+/// `berth delete deployment NAME`.
+pub async fn delete(controller: &str, name: &str) -> Result<()> {
+    call(
+        reqwest::Client::new().delete(url(controller, &format!("/v1/deployments/{name}"))),
+        controller,
+    )
+    .await?;
+    println!("ModuleDeployment/{name} deleted");
+    Ok(())
+}

@@ -1,0 +1,75 @@
+//! `berth controller`, `apply`, `get`, `describe`, `delete` against a real
+//! controller process.
+
+use std::process::{Command, Stdio};
+
+use crate::support::{BERTH, berth, failure, free_port, stdout, wait_for_port, work_dir};
+
+fn manifest(replicas: &str, version: &str) -> String {
+    format!(
+        "apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: {{ name: orders }}\nspec:\n  module: {{ name: orders, version: {version}, artifact: \"https://example.invalid/orders.wasm\", digest: \"sha256:{}\" }}\n  replicas: {replicas}\n  baseSelector: {{ group: online }}\n",
+        "ab".repeat(32)
+    )
+}
+
+#[test]
+fn apply_get_describe_delete_through_a_controller_process() {
+    let work = work_dir();
+    let port = free_port();
+    let controller = format!("127.0.0.1:{port}");
+    let mut child = Command::new(BERTH)
+        .args(["controller", "--listen", &controller, "--data-dir"])
+        .arg(work.path().join("controller"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, "berth controller");
+    let at = |args: &[&str]| {
+        let mut cmd = berth(args);
+        cmd.args(["--controller", &controller]);
+        cmd
+    };
+    let file = work.path().join("orders.yaml");
+    let file_s = file.to_str().unwrap();
+
+    std::fs::write(&file, manifest("3", "1.0.0")).unwrap();
+    assert_eq!(
+        stdout(at(&["apply", "-f", file_s])).trim(),
+        "ModuleDeployment/orders created (generation 1)"
+    );
+    std::fs::write(&file, manifest("three", "1.0.0")).unwrap();
+    let err = failure(at(&["apply", "-f", file_s]));
+    assert!(
+        err.contains("spec.replicas: invalid type: string \"three\", expected u32"),
+        "{err}"
+    );
+    std::fs::write(&file, manifest("3", "2.0.0")).unwrap();
+    assert_eq!(
+        stdout(at(&["apply", "-f", file_s])).trim(),
+        "ModuleDeployment/orders updated (generation 2)"
+    );
+
+    let table = stdout(at(&["get", "deployments", "-o", "wide"]));
+    assert!(
+        table.contains("orders") && table.contains("2.0.0") && table.contains("group=online"),
+        "{table}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout(at(&["get", "deployments", "-o", "json"]))).unwrap();
+    assert_eq!(json[0]["generation"], 2);
+    let described = stdout(at(&["describe", "deployment", "orders"]));
+    assert!(described.contains("History:     1.0.0"), "{described}");
+    assert!(stdout(at(&["delete", "deployment", "orders"])).contains("deleted"));
+    assert_eq!(stdout(at(&["get", "deployments"])).trim(), "no deployments");
+    let err = failure(at(&["describe", "deployment", "orders"]));
+    assert!(err.contains("no ModuleDeployment named `orders`"), "{err}");
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let err = failure(at(&["get", "deployments"]));
+    assert!(
+        err.contains("no controller answers") && err.contains("berth controller"),
+        "{err}"
+    );
+}

@@ -1,0 +1,147 @@
+//! The controller's HTTP API: manifests in, resources out (JSON).
+//!
+//! | method | path | does |
+//! |---|---|---|
+//! | GET | `/v1/health` | liveness |
+//! | POST | `/v1/apply` | create or update from a YAML or JSON manifest |
+//! | GET | `/v1/deployments` | every ModuleDeployment |
+//! | GET | `/v1/deployments/{name}` | one, as stored (manifest, generation, history) |
+//! | DELETE | `/v1/deployments/{name}` | delete one |
+//!
+//! A manifest problem is a 422 `invalid_manifest` whose message starts with
+//! the path of the bad field, and changes nothing.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use berth_api::manifest::{self, Manifest};
+use berth_api::{ErrorBody, ErrorDetail};
+use serde::Serialize;
+
+use crate::resources::{Applied, ResourceError, Resources};
+use crate::store::RedbStore;
+
+/// Shared state of the API.
+pub type Shared = Arc<Resources<RedbStore>>;
+
+/// An API failure.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.into(),
+                message: self.message,
+            },
+        };
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+impl From<ResourceError> for ApiError {
+    fn from(e: ResourceError) -> Self {
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "store_failed",
+            message: e.to_string(),
+        }
+    }
+}
+
+/// The response to an apply.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplyResponse {
+    /// The resource kind.
+    pub kind: &'static str,
+    /// Its name.
+    pub name: String,
+    /// `created`, `updated` or `unchanged`.
+    pub result: &'static str,
+    /// Its generation now.
+    pub generation: u64,
+}
+
+/// The API router over `resources`.
+pub fn router(resources: Shared) -> Router {
+    Router::new()
+        .route(
+            "/v1/health",
+            get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
+        )
+        .route("/v1/apply", post(apply))
+        .route("/v1/deployments", get(list))
+        .route("/v1/deployments/{name}", get(show).delete(delete))
+        .with_state(resources)
+}
+
+async fn apply(State(resources): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
+    let text = std::str::from_utf8(&body).map_err(|_| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        code: "invalid_manifest",
+        message: "the manifest is not UTF-8 text".into(),
+    })?;
+    let Manifest::ModuleDeployment(deployment) = manifest::parse(text).map_err(|e| ApiError {
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        code: "invalid_manifest",
+        message: e.to_string(),
+    })?;
+    let name = deployment.metadata.name.clone();
+    let applied = resources.apply(deployment)?;
+    let (status, result, generation) = match applied {
+        Applied::Created => (StatusCode::CREATED, "created", 1),
+        Applied::Updated(g) => (StatusCode::OK, "updated", g),
+        Applied::Unchanged(g) => (StatusCode::OK, "unchanged", g),
+    };
+    let response = ApplyResponse {
+        kind: "ModuleDeployment",
+        name,
+        result,
+        generation,
+    };
+    Ok((status, axum::Json(response)).into_response())
+}
+
+async fn list(State(resources): State<Shared>) -> Result<Response, ApiError> {
+    Ok(axum::Json(resources.deployments()?).into_response())
+}
+
+fn not_found(name: &str) -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        code: "not_found",
+        message: format!("no ModuleDeployment named `{name}`; list them with GET /v1/deployments"),
+    }
+}
+
+async fn show(
+    State(resources): State<Shared>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    match resources.deployment(&name)? {
+        Some(d) => Ok(axum::Json(d).into_response()),
+        None => Err(not_found(&name)),
+    }
+}
+
+async fn delete(
+    State(resources): State<Shared>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    if resources.delete_deployment(&name)? {
+        Ok(axum::Json(serde_json::json!({ "deleted": name })).into_response())
+    } else {
+        Err(not_found(&name))
+    }
+}

@@ -1,0 +1,132 @@
+//! The controller API over real HTTP: apply (create, unchanged, update),
+//! path-precise manifest errors that change nothing, list, show, delete,
+//! and state that survives a restart.
+
+use std::sync::Arc;
+
+use berth_controller::api;
+use berth_controller::resources::Resources;
+use berth_controller::store::RedbStore;
+use serde_json::Value;
+
+async fn serve(path: &std::path::Path) -> (String, tokio::task::JoinHandle<()>) {
+    let resources = Arc::new(Resources::new(RedbStore::open(path).unwrap()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let task =
+        tokio::spawn(async move { axum::serve(listener, api::router(resources)).await.unwrap() });
+    (url, task)
+}
+
+fn manifest(replicas: &str) -> String {
+    format!(
+        "apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: {{ name: orders }}\nspec:\n  module: {{ name: orders, version: 1.4.0, artifact: \"https://example.invalid/orders.wasm\", digest: \"sha256:{}\" }}\n  replicas: {replicas}\n  strategy: {{ batches: 2, needConfirm: true }}\n",
+        "ab".repeat(32)
+    )
+}
+
+async fn post(client: &reqwest::Client, url: &str, body: String) -> (u16, Value) {
+    let response = client
+        .post(format!("{url}/v1/apply"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn apply_list_show_delete_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("controller.redb");
+    let client = reqwest::Client::new();
+    let (url, server) = serve(&path).await;
+
+    let (status, body) = post(&client, &url, manifest("6")).await;
+    assert_eq!(
+        (status, body["result"].as_str(), body["generation"].as_u64()),
+        (201, Some("created"), Some(1))
+    );
+    let (status, body) = post(&client, &url, manifest("6")).await;
+    assert_eq!((status, body["result"].as_str()), (200, Some("unchanged")));
+
+    // A bad manifest: the path of the field, and nothing changes.
+    let (status, body) = post(&client, &url, manifest("six")).await;
+    assert_eq!(status, 422);
+    assert_eq!(body["error"]["code"], "invalid_manifest");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("spec.replicas: invalid type: string \"six\", expected u32"),
+        "{message}"
+    );
+    let (status, body) = post(
+        &client,
+        &url,
+        manifest("6").replace("needConfirm", "needsConfirm"),
+    )
+    .await;
+    assert_eq!(status, 422);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("spec.strategy: unknown field `needsConfirm`"),
+        "{body}"
+    );
+
+    let (status, body) = post(&client, &url, manifest("8")).await;
+    assert_eq!(
+        (status, body["result"].as_str(), body["generation"].as_u64()),
+        (200, Some("updated"), Some(2))
+    );
+    let list: Value = client
+        .get(format!("{url}/v1/deployments"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["manifest"]["spec"]["replicas"], 8);
+
+    // Restart: same state.
+    server.abort();
+    let _ = server.await;
+    let (url, _server) = serve(&path).await;
+    let shown: Value = client
+        .get(format!("{url}/v1/deployments/orders"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            shown["generation"].as_u64(),
+            shown["manifest"]["spec"]["replicas"].as_u64()
+        ),
+        (Some(2), Some(8))
+    );
+
+    let response = client
+        .delete(format!("{url}/v1/deployments/orders"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let response = client
+        .delete(format!("{url}/v1/deployments/orders"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no ModuleDeployment named `orders`")
+    );
+}

@@ -1,16 +1,20 @@
 //! The berth base: one long-running process hosting many modules.
 //!
-//! A base is a [`Runtime`](berth_runtime::Runtime) plus three things around it:
+//! A base is a [`Runtime`](berth_runtime::Runtime) plus what is around it:
 //!
 //! - the **ingress** ([`ingress`]): a hyper HTTP server that routes each
-//!   request by host and path prefix ([`router`]) to the active version of an
-//!   installed module and streams the module's response back;
+//!   request by host and path prefix ([`router`]) to a module, picks the
+//!   version by the module's traffic [`rules`], and streams the module's
+//!   response back; it also serves module-to-module calls in-process;
 //! - the **ops agent** ([`ops`]): a JSON HTTP API (default
-//!   `127.0.0.1:1238`, Arklet's port) to install, uninstall and list modules
-//!   and check health;
-//! - the **installed set** ([`state`]): what is installed, kept in a redb
-//!   database in the data directory so a restarted base serves the same
-//!   modules again, loading their code from the compile cache.
+//!   `127.0.0.1:1238`, Arklet's port) to install, uninstall, switch and list
+//!   modules, set rules, read logs and metrics, and check health;
+//! - the **installed set** ([`state`]): what is installed, with rules and
+//!   switch history, kept in a redb database in the data directory so a
+//!   restarted base serves the same modules again, loading their code from
+//!   the compile cache;
+//! - **observability**: Prometheus [`metrics`], per-module [`logs`], and
+//!   per-version recent stats ([`VersionStats`]).
 //!
 //! [`Base`] is the library entry point: a base team can build its own base
 //! binary around it. [`Base::start`] binds both listeners and returns a

@@ -6,13 +6,13 @@
 //! | GET | `/metrics` | Prometheus metrics ([`crate::metrics`]) |
 //! | GET | `/v1/modules` | every installed version ([`ModuleList`](berth_api::ModuleList)) |
 //! | GET | `/v1/modules/{name}` | the versions of one module |
-//! | POST | `/v1/modules` | install: JSON [`InstallRequest`](berth_api::InstallRequest), or the `.wasm` as the body with `Content-Type: application/wasm` and `name`, `version`, `pathPrefix`, `host`, `digest` as query parameters |
+//! | POST | `/v1/modules` | install: JSON [`InstallRequest`], or the `.wasm` as the body with `Content-Type: application/wasm` and `name`, `version`, `pathPrefix`, `host`, `digest` as query parameters |
 //! | DELETE | `/v1/modules/{name}` | uninstall every version |
 //! | DELETE | `/v1/modules/{name}/versions/{version}` | uninstall one version (refused while rules send it traffic) |
 //! | POST | `/v1/modules/{name}/switch` | make `{"version"}` the default, atomically |
 //! | POST | `/v1/modules/{name}/rollback` | switch back to the previous default |
 //! | GET | `/v1/modules/{name}/logs?since=5m&version=V&follow=true` | lines the module wrote (stdout, stderr, `berth:base/log`); `follow` streams NDJSON |
-//! | GET, PUT | `/v1/modules/{name}/rules` | the module's [`TrafficRules`](berth_api::TrafficRules), replaced whole |
+//! | GET, PUT | `/v1/modules/{name}/rules` | the module's [`TrafficRules`], replaced whole |
 //!
 //! Every error is JSON `{"error": {"code", "message"}}` with a fitting
 //! status: bad requests are rejected before anything is touched, and a

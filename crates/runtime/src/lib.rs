@@ -7,7 +7,11 @@
 //! precompiled code. [`Runtime::load`] turns artifact bytes into a
 //! [`LoadedModule`] (an `InstancePre` of the `wasi:http/proxy` world);
 //! [`LoadedModule::handle`] serves one HTTP request in a fresh instance with
-//! its own `Store`, memory limit and CPU deadline.
+//! its own `Store` and the limits and grants of its [`ModuleSettings`]. The
+//! instance sees WASI 0.2, `wasi:http` (outgoing calls go through the
+//! allow-list or, for `http://NAME.berth/`, a [`ModuleCaller`]) and the
+//! `berth:base` interfaces (config, kv, log; `wit/base.wit`); its stdout and
+//! stderr go to a [`LogSink`].
 //!
 //! The runtime knows nothing about routes, names or versions: that is the
 //! base's business. It answers "is this a valid module, and run it".

@@ -459,3 +459,39 @@ pub struct SwitchResponse {
     /// The default version now.
     pub current: String,
 }
+
+/// What a base tells the controller on every heartbeat
+/// (`PUT /v1/bases/{name}` on the controller).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BaseHeartbeat {
+    /// The base's name (unique in the fleet).
+    pub name: String,
+    /// Labels the controller selects bases by, e.g. `group=online`.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Most module versions the base takes.
+    pub capacity_modules: u32,
+    /// Where the base's ingress and ops API listen.
+    pub ingress: String,
+    /// Where its ops API listens.
+    pub ops: String,
+    /// What it runs now: `name@version` of each installed version.
+    #[serde(default)]
+    pub modules: Vec<String>,
+    /// Requests in flight across its modules.
+    #[serde(default)]
+    pub in_flight: u32,
+}
+
+/// A base as the controller reports it (`GET /v1/bases`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BaseStatus {
+    /// The last heartbeat.
+    pub heartbeat: BaseHeartbeat,
+    /// When it arrived, RFC 3339.
+    pub last_heartbeat: String,
+    /// `Ready`, or `NotReady` when no heartbeat came within the controller's timeout.
+    pub state: String,
+}

@@ -28,6 +28,8 @@ pub struct BaseConfig {
     /// request counters run and guest output goes to the base's stdout
     /// (for measuring their cost: `bench/throughput.py`).
     pub observability: bool,
+    /// The controller to register with and heartbeat to, if any.
+    pub controller: Option<crate::agent::ControllerLink>,
 }
 
 impl BaseConfig {
@@ -45,6 +47,7 @@ impl BaseConfig {
             fetch_timeout: Duration::from_secs(60),
             version_header: true,
             observability: true,
+            controller: None,
         }
     }
 

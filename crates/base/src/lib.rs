@@ -20,6 +20,7 @@
 //! binary around it. [`Base::start`] binds both listeners and returns a
 //! [`RunningBase`] handle.
 
+mod agent;
 mod base;
 mod config;
 mod error;
@@ -35,6 +36,7 @@ mod server;
 mod source;
 pub mod state;
 
+pub use agent::ControllerLink;
 pub use base::Base;
 pub use config::BaseConfig;
 pub use error::{BaseError, OpsError};

@@ -37,6 +37,7 @@ impl Base {
         // Bind first: a port clash should fail before any state is touched.
         let ingress = bind("ingress", ingress_addr).await?;
         let ops_listener = bind("ops API", ops_addr).await?;
+        let controller = config.controller.clone();
         let base = Base::open(config).await?;
         let ingress_addr = ingress.local_addr().expect("bound");
         let ops_addr = ops_listener.local_addr().expect("bound");
@@ -61,6 +62,16 @@ impl Base {
                 tracing::error!(error = %e, "ops API server failed");
             }
         }));
+        if let Some(link) = controller {
+            tracing::info!(controller = %link.url, name = %link.name, "heartbeating to the controller");
+            tasks.push(tokio::spawn(crate::agent::run(
+                base.clone(),
+                link,
+                ops_addr,
+                ingress_addr,
+                shutdown.subscribe(),
+            )));
+        }
         tracing::info!(%ingress_addr, %ops_addr, "base serving");
         Ok(RunningBase {
             base,

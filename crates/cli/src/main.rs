@@ -226,6 +226,9 @@ enum Command {
         /// Directory of the controller's store [default: $XDG_DATA_HOME/berth/controller]
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// A base silent for longer than this is NotReady.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        heartbeat_timeout: std::time::Duration,
     },
     /// Create or update resources from a manifest (YAML or JSON; `-f -` reads stdin).
     ///
@@ -243,15 +246,15 @@ enum Command {
         #[arg(long, default_value = commands::controller::DEFAULT_CONTROLLER, env = "BERTH_CONTROLLER")]
         controller: String,
     },
-    /// List resources: `berth get deployments`.
+    /// List resources: `berth get deployments`, `berth get bases`.
     ///
     /// Examples:
     ///   berth get deployments
     ///   berth get deployments -o yaml
     #[command(verbatim_doc_comment)]
     Get {
-        /// The kind: deployments.
-        #[arg(value_parser = ["deployments", "deployment", "moduledeployments"])]
+        /// The kind: deployments or bases.
+        #[arg(value_parser = ["deployments", "deployment", "moduledeployments", "bases", "base"])]
         kind: String,
         /// Output format.
         #[arg(short, long, value_enum, default_value_t = commands::controller::GetOutput::Table)]
@@ -387,11 +390,20 @@ fn run(command: Command) -> Result<()> {
             }
             Command::Invoke(args) => commands::invoke::run(args).await,
             Command::Logs(args) => commands::logs::run(args).await,
-            Command::Controller { listen, data_dir } => {
-                commands::controller::serve(listen, data_dir).await
-            }
+            Command::Controller {
+                listen,
+                data_dir,
+                heartbeat_timeout,
+            } => commands::controller::serve(listen, data_dir, heartbeat_timeout).await,
             Command::Apply { file, controller } => {
                 commands::controller::apply(&file, &controller).await
+            }
+            Command::Get {
+                kind,
+                output,
+                controller,
+            } if kind.starts_with("base") => {
+                commands::controller::get_bases(&controller, output).await
             }
             Command::Get {
                 output, controller, ..

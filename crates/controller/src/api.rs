@@ -7,6 +7,8 @@
 //! | GET | `/v1/deployments` | every ModuleDeployment |
 //! | GET | `/v1/deployments/{name}` | one, as stored (manifest, generation, history) |
 //! | DELETE | `/v1/deployments/{name}` | delete one |
+//! | PUT | `/v1/bases/{name}` | a base's heartbeat ([`BaseHeartbeat`]) |
+//! | GET | `/v1/bases` | every base with Ready / NotReady |
 //!
 //! A manifest problem is a 422 `invalid_manifest` whose message starts with
 //! the path of the bad field, and changes nothing.
@@ -20,14 +22,20 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use berth_api::manifest::{self, Manifest};
-use berth_api::{ErrorBody, ErrorDetail};
+use berth_api::{BaseHeartbeat, ErrorBody, ErrorDetail};
 use serde::Serialize;
 
 use crate::resources::{Applied, ResourceError, Resources};
 use crate::store::RedbStore;
 
 /// Shared state of the API.
-pub type Shared = Arc<Resources<RedbStore>>;
+#[derive(Clone)]
+pub struct Shared {
+    /// Deployments (and the store under them).
+    pub resources: Arc<Resources<RedbStore>>,
+    /// A base silent for longer than this is NotReady.
+    pub heartbeat_timeout: std::time::Duration,
+}
 
 /// An API failure.
 #[derive(Debug)]
@@ -73,9 +81,11 @@ pub struct ApplyResponse {
     pub generation: u64,
 }
 
-/// The API router over `resources`.
-pub fn router(resources: Shared) -> Router {
+/// The API router over `shared`.
+pub fn router(shared: Shared) -> Router {
     Router::new()
+        .route("/v1/bases", get(list_bases))
+        .route("/v1/bases/{name}", axum::routing::put(heartbeat))
         .route(
             "/v1/health",
             get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
@@ -83,10 +93,42 @@ pub fn router(resources: Shared) -> Router {
         .route("/v1/apply", post(apply))
         .route("/v1/deployments", get(list))
         .route("/v1/deployments/{name}", get(show).delete(delete))
-        .with_state(resources)
+        .with_state(shared)
 }
 
-async fn apply(State(resources): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
+async fn heartbeat(
+    State(shared): State<Shared>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let beat: BaseHeartbeat = serde_json::from_slice(&body).map_err(|e| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        code: "invalid_heartbeat",
+        message: format!("the heartbeat is not valid: {e}"),
+    })?;
+    if beat.name != name {
+        return Err(ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_heartbeat",
+            message: format!(
+                "the heartbeat names base `{}` but was sent to /v1/bases/{name}",
+                beat.name
+            ),
+        });
+    }
+    crate::bases::heartbeat(shared.resources.store(), beat)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn list_bases(State(shared): State<Shared>) -> Result<Response, ApiError> {
+    Ok(axum::Json(crate::bases::list(
+        shared.resources.store(),
+        shared.heartbeat_timeout,
+    )?)
+    .into_response())
+}
+
+async fn apply(State(shared): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
     let text = std::str::from_utf8(&body).map_err(|_| ApiError {
         status: StatusCode::BAD_REQUEST,
         code: "invalid_manifest",
@@ -98,7 +140,7 @@ async fn apply(State(resources): State<Shared>, body: Bytes) -> Result<Response,
         message: e.to_string(),
     })?;
     let name = deployment.metadata.name.clone();
-    let applied = resources.apply(deployment)?;
+    let applied = shared.resources.apply(deployment)?;
     let (status, result, generation) = match applied {
         Applied::Created => (StatusCode::CREATED, "created", 1),
         Applied::Updated(g) => (StatusCode::OK, "updated", g),
@@ -113,8 +155,8 @@ async fn apply(State(resources): State<Shared>, body: Bytes) -> Result<Response,
     Ok((status, axum::Json(response)).into_response())
 }
 
-async fn list(State(resources): State<Shared>) -> Result<Response, ApiError> {
-    Ok(axum::Json(resources.deployments()?).into_response())
+async fn list(State(shared): State<Shared>) -> Result<Response, ApiError> {
+    Ok(axum::Json(shared.resources.deployments()?).into_response())
 }
 
 fn not_found(name: &str) -> ApiError {
@@ -126,20 +168,20 @@ fn not_found(name: &str) -> ApiError {
 }
 
 async fn show(
-    State(resources): State<Shared>,
+    State(shared): State<Shared>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    match resources.deployment(&name)? {
+    match shared.resources.deployment(&name)? {
         Some(d) => Ok(axum::Json(d).into_response()),
         None => Err(not_found(&name)),
     }
 }
 
 async fn delete(
-    State(resources): State<Shared>,
+    State(shared): State<Shared>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    if resources.delete_deployment(&name)? {
+    if shared.resources.delete_deployment(&name)? {
         Ok(axum::Json(serde_json::json!({ "deleted": name })).into_response())
     } else {
         Err(not_found(&name))

@@ -8,5 +8,6 @@
 //! and rollout build on them.
 
 pub mod api;
+pub mod bases;
 pub mod resources;
 pub mod store;

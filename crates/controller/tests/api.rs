@@ -13,8 +13,12 @@ async fn serve(path: &std::path::Path) -> (String, tokio::task::JoinHandle<()>) 
     let resources = Arc::new(Resources::new(RedbStore::open(path).unwrap()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
+    let shared = api::Shared {
+        resources,
+        heartbeat_timeout: std::time::Duration::from_secs(10),
+    };
     let task =
-        tokio::spawn(async move { axum::serve(listener, api::router(resources)).await.unwrap() });
+        tokio::spawn(async move { axum::serve(listener, api::router(shared)).await.unwrap() });
     (url, task)
 }
 
@@ -33,6 +37,50 @@ async fn post(client: &reqwest::Client, url: &str, body: String) -> (u16, Value)
         .await
         .unwrap();
     (response.status().as_u16(), response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_heartbeat_must_name_the_base_it_is_sent_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _server) = serve(&dir.path().join("controller.redb")).await;
+    let client = reqwest::Client::new();
+    let beat = serde_json::json!({"name": "a", "capacityModules": 10, "ingress": "127.0.0.1:1", "ops": "127.0.0.1:2"});
+    let response = client
+        .put(format!("{url}/v1/bases/b"))
+        .json(&beat)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let response = client
+        .put(format!("{url}/v1/bases/a"))
+        .json(&beat)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    let bases: Value = client
+        .get(format!("{url}/v1/bases"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            bases[0]["heartbeat"]["name"].as_str(),
+            bases[0]["state"].as_str()
+        ),
+        (Some("a"), Some("Ready"))
+    );
+    let response = client
+        .put(format!("{url}/v1/bases/a"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
 }
 
 #[tokio::test]

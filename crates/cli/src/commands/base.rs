@@ -48,12 +48,54 @@ pub struct BaseArgs {
     /// output then goes to this process's stdout/stderr).
     #[arg(long)]
     no_observability: bool,
+    /// Register with this controller and heartbeat to it (e.g. http://127.0.0.1:1239).
+    #[arg(long, env = "BERTH_CONTROLLER_URL")]
+    controller: Option<String>,
+    /// This base's name in the fleet [default: base-<ingress port>]
+    #[arg(long)]
+    name: Option<String>,
+    /// Labels for the controller's base selectors, e.g. group=online,zone=a
+    #[arg(long, value_delimiter = ',')]
+    labels: Vec<String>,
+    /// Most module versions this base takes (reported to the controller).
+    #[arg(long, default_value_t = 500)]
+    capacity_modules: u32,
+    /// Time between heartbeats to the controller.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    heartbeat_interval: Duration,
     /// Do not add `x-berth-module: name@version` to module responses.
     #[arg(long)]
     no_version_header: bool,
 }
 
 impl BaseArgs {
+    fn controller_link(&self) -> Result<Option<berth_base::ControllerLink>> {
+        let Some(url) = &self.controller else {
+            return Ok(None);
+        };
+        let mut labels = std::collections::BTreeMap::new();
+        for pair in &self.labels {
+            let (k, v) = pair.split_once('=').ok_or_else(|| {
+                anyhow::anyhow!("--labels `{pair}` is not KEY=VALUE (e.g. group=online)")
+            })?;
+            labels.insert(k.trim().to_string(), v.trim().to_string());
+        }
+        Ok(Some(berth_base::ControllerLink {
+            url: if url.contains("://") {
+                url.clone()
+            } else {
+                format!("http://{url}")
+            },
+            name: self
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("base-{}", self.listen.port())),
+            labels,
+            capacity_modules: self.capacity_modules,
+            interval: self.heartbeat_interval,
+        }))
+    }
+
     fn config(&self, default_data_dir: PathBuf) -> BaseConfig {
         let mut config = BaseConfig::new(self.data_dir.clone().unwrap_or(default_data_dir));
         config.ingress_addr = self.listen;
@@ -73,7 +115,9 @@ impl BaseArgs {
 
 /// `berth base`.
 pub async fn base(args: BaseArgs) -> Result<()> {
-    run(args.config(default_data_dir()), false).await
+    let mut config = args.config(default_data_dir());
+    config.controller = args.controller_link()?;
+    run(config, false).await
 }
 
 /// `berth up`.

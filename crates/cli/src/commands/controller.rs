@@ -18,7 +18,11 @@ use berth_controller::store::RedbStore;
 pub const DEFAULT_CONTROLLER: &str = "127.0.0.1:1239";
 
 /// `berth controller`.
-pub async fn serve(listen: SocketAddr, data_dir: Option<PathBuf>) -> Result<()> {
+pub async fn serve(
+    listen: SocketAddr,
+    data_dir: Option<PathBuf>,
+    heartbeat_timeout: std::time::Duration,
+) -> Result<()> {
     let data_dir = data_dir.unwrap_or_else(|| super::base::data_home().join("controller"));
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
@@ -35,7 +39,11 @@ pub async fn serve(listen: SocketAddr, data_dir: Option<PathBuf>) -> Result<()> 
     println!(
         "  note  it keeps desired state only: placing replicas onto bases and rollouts are not built yet"
     );
-    axum::serve(listener, berth_controller::api::router(resources))
+    let shared = berth_controller::api::Shared {
+        resources,
+        heartbeat_timeout,
+    };
+    axum::serve(listener, berth_controller::api::router(shared))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })
@@ -108,6 +116,53 @@ pub enum GetOutput {
     Json,
     /// YAML.
     Yaml,
+}
+
+/// `berth get bases`.
+pub async fn get_bases(controller: &str, output: GetOutput) -> Result<()> {
+    let body = call(
+        reqwest::Client::new().get(url(controller, "/v1/bases")),
+        controller,
+    )
+    .await?;
+    let bases: Vec<berth_api::BaseStatus> = serde_json::from_value(body)?;
+    match output {
+        GetOutput::Json => println!("{}", serde_json::to_string_pretty(&bases)?),
+        GetOutput::Yaml => print!("{}", serde_yaml_ng::to_string(&bases)?),
+        GetOutput::Table | GetOutput::Wide => {
+            if bases.is_empty() {
+                println!("no bases");
+                return Ok(());
+            }
+            println!(
+                "NAME                STATE     MODULES  CAPACITY  LABELS{}",
+                if output == GetOutput::Wide {
+                    "  INGRESS  LAST HEARTBEAT"
+                } else {
+                    ""
+                }
+            );
+            for b in &bases {
+                let h = &b.heartbeat;
+                let labels: Vec<String> =
+                    h.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                println!(
+                    "{:<20}{:<10}{:<9}{:<10}{}{}",
+                    h.name,
+                    b.state,
+                    h.modules.len(),
+                    h.capacity_modules,
+                    labels.join(","),
+                    if output == GetOutput::Wide {
+                        format!("  {}  {}", h.ingress, b.last_heartbeat)
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `berth get deployments`.

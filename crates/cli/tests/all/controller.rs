@@ -2,8 +2,11 @@
 //! controller process.
 
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
-use crate::support::{BERTH, berth, failure, free_port, stdout, wait_for_port, work_dir};
+use crate::support::{
+    BERTH, BaseProcess, berth, failure, free_port, stdout, wait_for_port, work_dir,
+};
 
 fn manifest(replicas: &str, version: &str) -> String {
     format!(
@@ -72,4 +75,81 @@ fn apply_get_describe_delete_through_a_controller_process() {
         err.contains("no controller answers") && err.contains("berth controller"),
         "{err}"
     );
+}
+
+#[test]
+fn bases_register_heartbeat_and_go_not_ready_when_they_stop() {
+    let work = work_dir();
+    let port = free_port();
+    let controller = format!("127.0.0.1:{port}");
+    let mut child = Command::new(BERTH)
+        .args([
+            "controller",
+            "--listen",
+            &controller,
+            "--heartbeat-timeout",
+            "1s",
+            "--data-dir",
+        ])
+        .arg(work.path().join("controller"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, "berth controller");
+    let url = format!("http://{controller}");
+    let base = BaseProcess::start_with(&[
+        "--controller",
+        &url,
+        "--name",
+        "base-a",
+        "--labels",
+        "group=online,zone=a",
+        "--heartbeat-interval",
+        "200ms",
+    ]);
+    stdout(base.berth(&[
+        "deploy",
+        berth_example_modules::HELLO,
+        "--name",
+        "hello",
+        "--version",
+        "1",
+    ]));
+
+    let bases = |controller: &str| -> serde_json::Value {
+        let mut cmd = berth(&["get", "bases", "-o", "json"]);
+        cmd.args(["--controller", controller]);
+        serde_json::from_str(&stdout(cmd)).unwrap()
+    };
+    // Registered, Ready, labelled, and reporting what it runs.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let b = bases(&controller);
+        if b[0]["heartbeat"]["modules"] == serde_json::json!(["hello@1"]) {
+            assert_eq!(b[0]["state"], "Ready");
+            assert_eq!(b[0]["heartbeat"]["name"], "base-a");
+            assert_eq!(b[0]["heartbeat"]["labels"]["zone"], "a");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the base never reported hello@1: {b}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut cmd = berth(&["get", "bases"]);
+    cmd.args(["--controller", &controller]);
+    let table = stdout(cmd);
+    assert!(
+        table.contains("base-a") && table.contains("Ready") && table.contains("group=online"),
+        "{table}"
+    );
+
+    // The base stops; within the timeout (+ margin) it is NotReady.
+    drop(base);
+    std::thread::sleep(Duration::from_millis(1600));
+    assert_eq!(bases(&controller)[0]["state"], "NotReady");
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -23,6 +23,11 @@ pub struct BaseProcess {
 
 impl BaseProcess {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A base with extra `berth base` arguments.
+    pub fn start_with(extra: &[&str]) -> Self {
         let data = tempfile::tempdir().unwrap();
         let (ingress, ops) = (free_port(), free_port());
         let child = Command::new(BERTH)
@@ -35,6 +40,7 @@ impl BaseProcess {
             ])
             .arg("--data-dir")
             .arg(data.path())
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

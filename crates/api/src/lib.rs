@@ -495,3 +495,29 @@ pub struct BaseStatus {
     /// `Ready`, or `NotReady` when no heartbeat came within the controller's timeout.
     pub state: String,
 }
+
+/// One module a base should run, as the controller assigns it (the body of
+/// the controller's answer to a heartbeat).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Assignment {
+    /// Module name.
+    pub name: String,
+    /// Module version.
+    pub version: String,
+    /// `http(s)://…` or `file:/…` of the artifact.
+    pub artifact: String,
+    /// `sha256:…` of the artifact.
+    pub digest: String,
+    /// Route on the base.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<Route>,
+}
+
+/// The controller's answer to a heartbeat: what the base should run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Assignments {
+    /// Every module the controller wants on this base.
+    pub modules: Vec<Assignment>,
+}

@@ -7,7 +7,7 @@
 //! | GET | `/v1/deployments` | every ModuleDeployment |
 //! | GET | `/v1/deployments/{name}` | one, as stored (manifest, generation, history) |
 //! | DELETE | `/v1/deployments/{name}` | delete one |
-//! | PUT | `/v1/bases/{name}` | a base's heartbeat ([`BaseHeartbeat`]) |
+//! | PUT | `/v1/bases/{name}` | a base's heartbeat ([`BaseHeartbeat`]); answers its [`Assignments`](berth_api::Assignments) |
 //! | GET | `/v1/bases` | every base with Ready / NotReady |
 //!
 //! A manifest problem is a 422 `invalid_manifest` whose message starts with
@@ -116,8 +116,13 @@ async fn heartbeat(
             ),
         });
     }
+    let name = beat.name.clone();
     crate::bases::heartbeat(shared.resources.store(), beat)?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    // Answer with what this base should run now.
+    let bases = crate::bases::list(shared.resources.store(), shared.heartbeat_timeout)?;
+    let placement = crate::scheduler::place(&shared.resources.deployments()?, &bases);
+    let modules = placement.by_base.get(&name).cloned().unwrap_or_default();
+    Ok(axum::Json(berth_api::Assignments { modules }).into_response())
 }
 
 async fn list_bases(State(shared): State<Shared>) -> Result<Response, ApiError> {

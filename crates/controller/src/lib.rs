@@ -10,4 +10,5 @@
 pub mod api;
 pub mod bases;
 pub mod resources;
+pub mod scheduler;
 pub mod store;

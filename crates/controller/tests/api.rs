@@ -58,7 +58,13 @@ async fn a_heartbeat_must_name_the_base_it_is_sent_for() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 204);
+    assert_eq!(response.status(), 200);
+    let assigned: Value = response.json().await.unwrap();
+    assert_eq!(
+        assigned["modules"],
+        serde_json::json!([]),
+        "nothing is deployed yet"
+    );
     let bases: Value = client
         .get(format!("{url}/v1/bases"))
         .send()

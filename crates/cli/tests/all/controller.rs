@@ -153,3 +153,122 @@ fn bases_register_heartbeat_and_go_not_ready_when_they_stop() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Whether the base at `ingress` (`http://host:port`) answers 200 at `path`.
+fn serves(ingress: &str, path: &str) -> bool {
+    use std::io::{Read as _, Write as _};
+    let addr = ingress.trim_start_matches("http://");
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.starts_with("HTTP/1.1 200")
+}
+
+/// Waits until `count(&bases)` equals `want`.
+fn eventually(what: &str, want: usize, count: impl Fn() -> usize) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let got = count();
+        if got == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {got}, expected {want}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn deployments_are_placed_scaled_and_rescheduled_onto_bases() {
+    let work = work_dir();
+    let port = free_port();
+    let controller = format!("127.0.0.1:{port}");
+    let mut child = Command::new(BERTH)
+        .args([
+            "controller",
+            "--listen",
+            &controller,
+            "--heartbeat-timeout",
+            "1s",
+            "--data-dir",
+        ])
+        .arg(work.path().join("controller"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, "berth controller");
+    let url = format!("http://{controller}");
+    let base = |name: &str, group: &str| {
+        let labels = format!("group={group}");
+        BaseProcess::start_with(&[
+            "--controller",
+            &url,
+            "--name",
+            name,
+            "--labels",
+            &labels,
+            "--heartbeat-interval",
+            "200ms",
+        ])
+    };
+    let mut online: Vec<Option<BaseProcess>> = ["a", "b", "c"]
+        .iter()
+        .map(|n| Some(base(n, "online")))
+        .collect();
+    let batch = base("d", "batch");
+    let serving = |bases: &[Option<BaseProcess>]| {
+        bases
+            .iter()
+            .flatten()
+            .filter(|b| serves(&b.ingress, "/hello"))
+            .count()
+    };
+
+    let digest = berth_runtime::Digest::of(&std::fs::read(berth_example_modules::HELLO).unwrap())
+        .to_string();
+    let file = work.path().join("hello.yaml");
+    let apply = |replicas: u32| {
+        std::fs::write(
+            &file,
+            format!(
+                "apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: {{ name: hello }}\nspec:\n  module: {{ name: hello, version: 1.0.0, artifact: \"file:{}\", digest: \"{digest}\" }}\n  replicas: {replicas}\n  baseSelector: {{ group: online }}\n",
+                berth_example_modules::HELLO
+            ),
+        )
+        .unwrap();
+        let mut cmd = berth(&["apply", "-f", file.to_str().unwrap()]);
+        cmd.args(["--controller", &controller]);
+        stdout(cmd);
+    };
+
+    apply(2);
+    eventually("online bases serving hello", 2, || serving(&online));
+    assert!(
+        !serves(&batch.ingress, "/hello"),
+        "a base outside the selector got a replica"
+    );
+    apply(3);
+    eventually("online bases serving hello", 3, || serving(&online));
+    apply(1);
+    eventually("online bases serving hello", 1, || serving(&online));
+
+    // The base running the replica dies: another takes it over.
+    let running = online
+        .iter()
+        .position(|b| b.as_ref().is_some_and(|b| serves(&b.ingress, "/hello")))
+        .unwrap();
+    online[running] = None;
+    eventually("online bases serving hello after a base died", 1, || {
+        serving(&online)
+    });
+    assert!(!serves(&batch.ingress, "/hello"));
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -275,6 +275,25 @@ enum Command {
     ///   berth delete deployment orders
     #[command(verbatim_doc_comment)]
     Delete(NamedResource),
+    /// Follow and steer a deployment's batched rollout.
+    ///
+    /// Examples:
+    ///   berth rollout status orders
+    ///   berth rollout confirm orders     # let the next batch go (needConfirm)
+    ///   berth rollout pause orders
+    ///   berth rollout resume orders
+    ///   berth rollout undo orders        # back to the version before, in batches
+    #[command(verbatim_doc_comment)]
+    Rollout {
+        /// status, confirm, pause, resume or undo.
+        #[arg(value_parser = ["status", "confirm", "pause", "resume", "undo"])]
+        action: String,
+        /// The deployment.
+        name: String,
+        /// The controller API.
+        #[arg(long, default_value = commands::controller::DEFAULT_CONTROLLER, env = "BERTH_CONTROLLER")]
+        controller: String,
+    },
     /// Show what a module wrote: stdout, stderr and berth:base/log lines,
     /// with time, version and request id.
     ///
@@ -408,6 +427,11 @@ fn run(command: Command) -> Result<()> {
             Command::Get {
                 output, controller, ..
             } => commands::controller::get(&controller, output).await,
+            Command::Rollout {
+                action,
+                name,
+                controller,
+            } => commands::controller::rollout(&controller, &action, &name).await,
             Command::Describe(r) => commands::controller::describe(&r.controller, &r.name).await,
             Command::Delete(r) => commands::controller::delete(&r.controller, &r.name).await,
             Command::Switch {

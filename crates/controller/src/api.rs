@@ -7,6 +7,7 @@
 //! | GET | `/v1/deployments` | every ModuleDeployment |
 //! | GET | `/v1/deployments/{name}` | one, as stored (manifest, generation, history) |
 //! | DELETE | `/v1/deployments/{name}` | delete one |
+//! | POST | `/v1/deployments/{name}/rollout/{confirm,pause,resume,undo}` | steer its rollout |
 //! | PUT | `/v1/bases/{name}` | a base's heartbeat ([`BaseHeartbeat`]); answers its [`Assignments`](berth_api::Assignments) |
 //! | GET | `/v1/bases` | every base with Ready / NotReady |
 //!
@@ -93,6 +94,10 @@ pub fn router(shared: Shared) -> Router {
         .route("/v1/apply", post(apply))
         .route("/v1/deployments", get(list))
         .route("/v1/deployments/{name}", get(show).delete(delete))
+        .route(
+            "/v1/deployments/{name}/rollout/{action}",
+            post(rollout_action),
+        )
         .with_state(shared)
 }
 
@@ -120,7 +125,22 @@ async fn heartbeat(
     crate::bases::heartbeat(shared.resources.store(), beat)?;
     // Answer with what this base should run now.
     let bases = crate::bases::list(shared.resources.store(), shared.heartbeat_timeout)?;
-    let placement = crate::scheduler::place(&shared.resources.deployments()?, &bases);
+    let deployments = shared.resources.deployments()?;
+    let placement = crate::scheduler::place(&deployments, &bases);
+    // Move rollouts along with what the bases now report.
+    let now = crate::rollout::now_ms();
+    for d in deployments.iter().filter(|d| d.rollout.is_some()) {
+        let rolled = placement
+            .rolled
+            .get(&d.manifest.metadata.name)
+            .cloned()
+            .unwrap_or_default();
+        shared
+            .resources
+            .update(&d.manifest.metadata.name, |stored| {
+                crate::rollout::advance(stored, &rolled, &bases, now);
+            })?;
+    }
     let modules = placement.by_base.get(&name).cloned().unwrap_or_default();
     Ok(axum::Json(berth_api::Assignments { modules }).into_response())
 }
@@ -158,6 +178,56 @@ async fn apply(State(shared): State<Shared>, body: Bytes) -> Result<Response, Ap
         generation,
     };
     Ok((status, axum::Json(response)).into_response())
+}
+
+/// `confirm`, `pause`, `resume` or `undo` the rollout of a deployment.
+async fn rollout_action(
+    State(shared): State<Shared>,
+    Path((name, action)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let invalid = |message: String| ApiError {
+        status: StatusCode::CONFLICT,
+        code: "no_rollout",
+        message,
+    };
+    if !matches!(action.as_str(), "confirm" | "pause" | "resume" | "undo") {
+        return Err(ApiError {
+            status: StatusCode::NOT_FOUND,
+            code: "not_found",
+            message: format!("no rollout action `{action}`; use confirm, pause, resume or undo"),
+        });
+    }
+    let Some(current) = shared.resources.deployment(&name)? else {
+        return Err(not_found(&name));
+    };
+    if action == "undo" {
+        let Some(previous) = current.history.last().cloned() else {
+            return Err(invalid(format!(
+                "`{name}` has no earlier version to return to"
+            )));
+        };
+        let mut manifest = current.manifest.clone();
+        manifest.spec.module = previous;
+        shared.resources.apply(manifest)?;
+    } else {
+        if current.rollout.is_none() {
+            return Err(invalid(format!("`{name}` has no rollout in progress")));
+        }
+        shared.resources.update(&name, |stored| {
+            if let Some(r) = stored.rollout.as_mut() {
+                match action.as_str() {
+                    "confirm" => r.confirmed = r.confirmed.max(r.batch),
+                    "pause" => r.paused = true,
+                    _ => r.paused = false,
+                }
+            }
+        })?;
+    }
+    let stored = shared
+        .resources
+        .deployment(&name)?
+        .ok_or_else(|| not_found(&name))?;
+    Ok(axum::Json(stored).into_response())
 }
 
 async fn list(State(shared): State<Shared>) -> Result<Response, ApiError> {

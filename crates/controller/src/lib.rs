@@ -10,5 +10,6 @@
 pub mod api;
 pub mod bases;
 pub mod resources;
+pub mod rollout;
 pub mod scheduler;
 pub mod store;

@@ -26,6 +26,26 @@ pub struct StoredDeployment {
     /// Module versions it ran before, oldest first (for `rollout undo`).
     #[serde(default)]
     pub history: Vec<ModuleRef>,
+    /// The version change in progress, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
+}
+
+/// A version change moving through its batches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rollout {
+    /// The version being replaced.
+    pub from: ModuleRef,
+    /// The batch now allowed to run `to` (1-based).
+    pub batch: u32,
+    /// Batches confirmed so far (with `needConfirm`).
+    pub confirmed: u32,
+    /// Held by `berth rollout pause`.
+    pub paused: bool,
+    /// When the current batch was seen complete (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_done_ms: Option<u64>,
 }
 
 /// What an apply did.
@@ -84,6 +104,7 @@ impl<S: Store> Resources<S> {
                         manifest: manifest.clone(),
                         generation: 1,
                         history: Vec::new(),
+                        rollout: None,
                     },
                     Applied::Created,
                     0,
@@ -94,8 +115,17 @@ impl<S: Store> Resources<S> {
                         return Ok(Applied::Unchanged(stored.generation));
                     }
                     let mut history = stored.history;
+                    let mut rollout = stored.rollout;
                     if stored.manifest.spec.module != manifest.spec.module {
                         history.push(stored.manifest.spec.module.clone());
+                        // A new version rolls out in batches from the one running now.
+                        rollout = Some(Rollout {
+                            from: stored.manifest.spec.module.clone(),
+                            batch: 1,
+                            confirmed: 0,
+                            paused: false,
+                            batch_done_ms: None,
+                        });
                     }
                     let generation = stored.generation + 1;
                     (
@@ -103,6 +133,7 @@ impl<S: Store> Resources<S> {
                             manifest: manifest.clone(),
                             generation,
                             history,
+                            rollout,
                         },
                         Applied::Updated(generation),
                         entry.mod_revision,
@@ -132,6 +163,36 @@ impl<S: Store> Resources<S> {
     pub fn deployments(&self) -> Result<Vec<StoredDeployment>, ResourceError> {
         let (entries, _) = self.store.list(DEPLOYMENTS)?;
         entries.iter().map(|e| decode(&e.key, &e.value)).collect()
+    }
+
+    /// Changes the stored deployment `name` with `change` (a CAS loop);
+    /// `None` if there is no such deployment.
+    pub fn update(
+        &self,
+        name: &str,
+        change: impl Fn(&mut StoredDeployment),
+    ) -> Result<Option<StoredDeployment>, ResourceError> {
+        let key = format!("{DEPLOYMENTS}{name}");
+        loop {
+            let Some(entry) = self.store.get(&key)? else {
+                return Ok(None);
+            };
+            let mut stored = decode(&key, &entry.value)?;
+            let before = stored.clone();
+            change(&mut stored);
+            if stored == before {
+                return Ok(Some(stored));
+            }
+            let value = serde_json::to_vec(&stored).expect("deployments serialize");
+            match self
+                .store
+                .compare_and_swap(&key, entry.mod_revision, &value)
+            {
+                Ok(_) => return Ok(Some(stored)),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Deletes the deployment `name`; false if there was none.

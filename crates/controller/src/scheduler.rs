@@ -25,6 +25,8 @@ pub struct Placement {
     pub by_base: BTreeMap<String, Vec<Assignment>>,
     /// Deployment name → replicas that found no base.
     pub unschedulable: BTreeMap<String, u32>,
+    /// Deployment name → bases assigned its new version during a rollout.
+    pub rolled: BTreeMap<String, Vec<String>>,
 }
 
 /// Places every deployment onto the Ready bases.
@@ -62,21 +64,43 @@ pub fn place(deployments: &[StoredDeployment], bases: &[BaseStatus]) -> Placemen
                 b.heartbeat.name.clone(),
             )
         });
-        let chosen = candidates.iter().take(spec.replicas as usize);
+        let mut chosen: Vec<&BaseStatus> = candidates
+            .iter()
+            .take(spec.replicas as usize)
+            .copied()
+            .collect();
+        // During a rollout the first bases by name run the new version.
+        chosen.sort_by(|a, b| a.heartbeat.name.cmp(&b.heartbeat.name));
+        let updated = match &d.rollout {
+            Some(r) => crate::rollout::updated_count(spec.replicas, spec.strategy.batches, r.batch)
+                as usize,
+            None => chosen.len(),
+        };
         let mut placed = 0;
-        for base in chosen {
+        for (i, base) in chosen.iter().enumerate() {
             *load
                 .get_mut(base.heartbeat.name.as_str())
                 .expect("a ready base") += 1;
+            let module = match &d.rollout {
+                Some(r) if i >= updated => &r.from,
+                _ => &spec.module,
+            };
+            if d.rollout.is_some() && i < updated {
+                placement
+                    .rolled
+                    .entry(d.manifest.metadata.name.clone())
+                    .or_default()
+                    .push(base.heartbeat.name.clone());
+            }
             placement
                 .by_base
                 .entry(base.heartbeat.name.clone())
                 .or_default()
                 .push(Assignment {
-                    name: spec.module.name.clone(),
-                    version: spec.module.version.clone(),
-                    artifact: spec.module.artifact.clone(),
-                    digest: spec.module.digest.clone(),
+                    name: module.name.clone(),
+                    version: module.version.clone(),
+                    artifact: module.artifact.clone(),
+                    digest: module.digest.clone(),
                     route: spec.route.clone(),
                 });
             placed += 1;

@@ -248,6 +248,59 @@ pub async fn describe(controller: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// `berth rollout ACTION NAME`: status, confirm, pause, resume, undo.
+pub async fn rollout(controller: &str, action: &str, name: &str) -> Result<()> {
+    let body = if action == "status" {
+        call(
+            reqwest::Client::new().get(url(controller, &format!("/v1/deployments/{name}"))),
+            controller,
+        )
+        .await?
+    } else {
+        let path = format!("/v1/deployments/{name}/rollout/{action}");
+        call(
+            reqwest::Client::new().post(url(controller, &path)),
+            controller,
+        )
+        .await?
+    };
+    let d: StoredDeployment = serde_json::from_value(body)?;
+    let spec = &d.manifest.spec;
+    match &d.rollout {
+        None => println!(
+            "{name}: {}@{} on {} replicas, no rollout in progress",
+            spec.module.name, spec.module.version, spec.replicas
+        ),
+        Some(r) => {
+            let updated = berth_controller::rollout::updated_count(
+                spec.replicas,
+                spec.strategy.batches,
+                r.batch,
+            );
+            let waiting = if r.paused {
+                "paused (berth rollout resume)".to_string()
+            } else if r.batch_done_ms.is_some()
+                && spec.strategy.need_confirm
+                && r.confirmed < r.batch
+            {
+                format!(
+                    "batch {} done, waiting for `berth rollout confirm {name}`",
+                    r.batch
+                )
+            } else if r.batch_done_ms.is_some() {
+                format!("batch {} done, pausing before the next", r.batch)
+            } else {
+                format!("batch {} in progress", r.batch)
+            };
+            println!(
+                "{name}: {} → {}, batch {}/{} ({updated} of {} replicas on the new version), {waiting}",
+                r.from.version, spec.module.version, r.batch, spec.strategy.batches, spec.replicas
+            );
+        }
+    }
+    Ok(())
+}
+
 /// `berth delete deployment NAME`.
 pub async fn delete(controller: &str, name: &str) -> Result<()> {
     call(

@@ -156,19 +156,20 @@ fn bases_register_heartbeat_and_go_not_ready_when_they_stop() {
 
 /// Whether the base at `ingress` (`http://host:port`) answers 200 at `path`.
 fn serves(ingress: &str, path: &str) -> bool {
+    body(ingress, path).is_some()
+}
+
+/// The body of a 200 answer at `path`, if any.
+fn body(ingress: &str, path: &str) -> Option<String> {
     use std::io::{Read as _, Write as _};
     let addr = ingress.trim_start_matches("http://");
-    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
-        return false;
-    };
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    if stream.write_all(request.as_bytes()).is_err() {
-        return false;
-    }
+    stream.write_all(request.as_bytes()).ok()?;
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
-    response.starts_with("HTTP/1.1 200")
+    response.starts_with("HTTP/1.1 200").then(|| response)
 }
 
 /// Waits until `count(&bases)` equals `want`.
@@ -269,6 +270,117 @@ fn deployments_are_placed_scaled_and_rescheduled_onto_bases() {
         serving(&online)
     });
     assert!(!serves(&batch.ingress, "/hello"));
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn a_version_change_rolls_out_in_batches_waiting_for_confirmation() {
+    let work = work_dir();
+    let port = free_port();
+    let controller = format!("127.0.0.1:{port}");
+    let mut child = Command::new(BERTH)
+        .args([
+            "controller",
+            "--listen",
+            &controller,
+            "--heartbeat-timeout",
+            "2s",
+            "--data-dir",
+        ])
+        .arg(work.path().join("controller"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, "berth controller");
+    let url = format!("http://{controller}");
+    let bases: Vec<BaseProcess> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|n| {
+            BaseProcess::start_with(&[
+                "--controller",
+                &url,
+                "--name",
+                n,
+                "--labels",
+                "group=online",
+                "--heartbeat-interval",
+                "150ms",
+            ])
+        })
+        .collect();
+    let on_v2 = || {
+        bases
+            .iter()
+            .filter(|b| body(&b.ingress, "/hello").is_some_and(|t| t.contains("version 2")))
+            .count()
+    };
+    let on_v1 = || {
+        bases
+            .iter()
+            .filter(|b| body(&b.ingress, "/hello").is_some_and(|t| t.contains("Hello from berth!")))
+            .count()
+    };
+    let file = work.path().join("hello.yaml");
+    let apply = |artifact: &str, version: &str| {
+        let digest = berth_runtime::Digest::of(&std::fs::read(artifact).unwrap()).to_string();
+        std::fs::write(
+            &file,
+            format!(
+                "apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: {{ name: hello }}\nspec:\n  module: {{ name: hello, version: {version}, artifact: \"file:{artifact}\", digest: \"{digest}\" }}\n  replicas: 4\n  baseSelector: {{ group: online }}\n  strategy: {{ batches: 2, needConfirm: true }}\n"
+            ),
+        )
+        .unwrap();
+        let mut cmd = berth(&["apply", "-f", file.to_str().unwrap()]);
+        cmd.args(["--controller", &controller]);
+        stdout(cmd);
+    };
+    let rollout = |action: &str| {
+        let mut cmd = berth(&["rollout", action, "hello"]);
+        cmd.args(["--controller", &controller]);
+        stdout(cmd)
+    };
+
+    apply(berth_example_modules::HELLO, "1.0.0");
+    eventually("bases on v1", 4, on_v1);
+    apply(berth_example_modules::HELLO_V2, "2.0.0");
+    // The first batch (2 of 4) moves, then the rollout waits for confirmation.
+    eventually("bases on v2 in batch 1", 2, on_v2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !rollout("status").contains("waiting for `berth rollout confirm hello`") {
+        assert!(
+            Instant::now() < deadline,
+            "the rollout never waited for confirmation: {}",
+            rollout("status")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        (on_v2(), on_v1()),
+        (2, 2),
+        "batch 2 started without confirmation"
+    );
+    rollout("confirm");
+    eventually("bases on v2 after confirming", 4, on_v2);
+    eventually("rollout finished", 1, || {
+        usize::from(rollout("status").contains("no rollout in progress"))
+    });
+
+    // Undo goes back to 1.0.0, in batches too.
+    rollout("undo");
+    eventually("bases back on v1 in batch 1", 2, on_v1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !rollout("status").contains("waiting for") {
+        assert!(
+            Instant::now() < deadline,
+            "undo never reached its confirmation"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    rollout("confirm");
+    eventually("bases on v1 after undo", 4, on_v1);
     let _ = child.kill();
     let _ = child.wait();
 }

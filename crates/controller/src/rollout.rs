@@ -1,0 +1,94 @@
+//! Batched rollout: a version change moves through the replicas batch by
+//! batch.
+//!
+//! Batch `b` of `n` lets the first `ceil(replicas / n) · b` placed bases (by
+//! name) run the new version while the rest keep the old one. A batch is
+//! done when every base it covers reports the new version in its heartbeat;
+//! the next batch starts after `pauseBetween`, and, with `needConfirm`, only
+//! after `berth rollout confirm`. `pause` holds it, `resume` releases it,
+//! `undo` rolls back to the version before, itself in batches. The rollout
+//! ends when the last batch is done.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use berth_api::BaseStatus;
+
+use crate::resources::StoredDeployment;
+
+/// Replicas running the new version in batch `batch` of `batches`.
+pub fn updated_count(replicas: u32, batches: u32, batch: u32) -> u32 {
+    let per_batch = replicas.div_ceil(batches.max(1));
+    (per_batch * batch).min(replicas)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Moves `d`'s rollout forward given the bases placed for it (`placed`, the
+/// ones running the new version first) and their reports. Returns whether
+/// anything changed.
+pub fn advance(
+    d: &mut StoredDeployment,
+    placed_new: &[String],
+    bases: &[BaseStatus],
+    now: u64,
+) -> bool {
+    let spec = &d.manifest.spec;
+    let Some(rollout) = d.rollout.as_mut() else {
+        return false;
+    };
+    let wanted = format!("{}@{}", spec.module.name, spec.module.version);
+    let done = placed_new.iter().all(|name| {
+        bases
+            .iter()
+            .any(|b| b.heartbeat.name == *name && b.heartbeat.modules.contains(&wanted))
+    });
+    if !done {
+        return false;
+    }
+    if rollout.batch >= spec.strategy.batches {
+        d.rollout = None;
+        return true;
+    }
+    let Some(done_at) = rollout.batch_done_ms else {
+        rollout.batch_done_ms = Some(now);
+        return true;
+    };
+    if rollout.paused || (spec.strategy.need_confirm && rollout.confirmed < rollout.batch) {
+        return false;
+    }
+    let pause = spec
+        .strategy
+        .pause_between
+        .as_deref()
+        .and_then(|p| humantime::parse_duration(p).ok())
+        .map_or(0, |p| p.as_millis() as u64);
+    if now.saturating_sub(done_at) < pause {
+        return false;
+    }
+    rollout.batch += 1;
+    rollout.batch_done_ms = None;
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_cover_the_replicas() {
+        assert_eq!(
+            (1..=2).map(|b| updated_count(4, 2, b)).collect::<Vec<_>>(),
+            [2, 4]
+        );
+        assert_eq!(
+            (1..=3).map(|b| updated_count(5, 3, b)).collect::<Vec<_>>(),
+            [2, 4, 5]
+        );
+        assert_eq!(updated_count(3, 1, 1), 3);
+    }
+}

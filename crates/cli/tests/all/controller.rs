@@ -169,7 +169,7 @@ fn body(ingress: &str, path: &str) -> Option<String> {
     stream.write_all(request.as_bytes()).ok()?;
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
-    response.starts_with("HTTP/1.1 200").then(|| response)
+    response.starts_with("HTTP/1.1 200").then_some(response)
 }
 
 /// Waits until `count(&bases)` equals `want`.

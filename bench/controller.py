@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""berth's controller benchmark: from `berth apply` to every replica serving.
+
+Starts a release `berth controller` and N release bases on this machine
+(heartbeat interval 100 ms), applies a ModuleDeployment of `hello` with one
+replica per base, and measures the time from the apply command's start until
+every base answers 200 on the module's route. Two shapes: 1 module x 20 bases,
+and M modules x 5 bases (each module its own deployment, applied one after
+another, measured until all M x 5 replicas serve). Target: 20 replicas
+serving in <= 1 s after apply (Koupleless: ~10 s per module start).
+
+Usage: bench/controller.py [--bases 20] [--modules 200] [--skip-build]
+"""
+
+import argparse
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from importlib import util as _util
+
+_spec = _util.spec_from_file_location("berth_throughput", os.path.join(os.path.dirname(os.path.abspath(__file__)), "throughput.py"))
+bench = _util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+BERTH = os.path.join(bench.RELEASE, "berth")
+
+
+def start_controller(tmp):
+    port = bench.free_port()
+    proc = bench.start([BERTH, "controller", "--listen", f"127.0.0.1:{port}", "--data-dir", tempfile.mkdtemp(dir=tmp)])
+    bench.wait_until(lambda: bench.port_open(port), what="controller")
+    return proc, port
+
+
+def start_bases(tmp, n, controller_port, prefix):
+    bases = []
+    for i in range(n):
+        bases.append(bench.Berth(tempfile.mkdtemp(dir=tmp), ["--controller", f"http://127.0.0.1:{controller_port}",
+                                                            "--name", f"{prefix}{i}", "--labels", "group=bench",
+                                                            "--heartbeat-interval", "100ms"]))
+    return bases
+
+
+def manifest(name, wasm_path, digest, replicas):
+    return (f"apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: {{ name: {name} }}\nspec:\n"
+            f"  module: {{ name: {name}, version: 1.0.0, artifact: \"file:{wasm_path}\", digest: \"{digest}\" }}\n"
+            f"  replicas: {replicas}\n  baseSelector: {{ group: bench }}\n")
+
+
+def apply(tmp, controller_port, text):
+    path = os.path.join(tmp, "m.yaml")
+    with open(path, "w") as f:
+        f.write(text)
+    subprocess.run([BERTH, "apply", "-f", path, "--controller", f"127.0.0.1:{controller_port}"], check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+def all_serving(bases, routes):
+    return all(bench.http("GET", f"http://127.0.0.1:{b.port}{r}", timeout=1)[0] == 200 for b in bases for r in routes)
+
+
+def digest_of(path):
+    import hashlib
+    return "sha256:" + hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def run_shape(tmp, n_bases, n_modules):
+    ctrl, cport = start_controller(tmp)
+    bases = start_bases(tmp, n_bases, cport, f"b{n_modules}-")
+    try:
+        time.sleep(0.5)  # all registered
+        wasm = open(bench.HELLO_WASM, "rb").read()
+        artifacts = []
+        for i in range(n_modules):
+            path = os.path.join(tmp, f"mod{i}.wasm")
+            with open(path, "wb") as f:
+                f.write(bench.variant(wasm, f"controller-bench-{i}"))
+            artifacts.append(path)
+        started = time.perf_counter()
+        for i, path in enumerate(artifacts):
+            apply(tmp, cport, manifest(f"m{i}", path, digest_of(path), n_bases))
+        applied = time.perf_counter() - started
+        routes = [f"/m{i}" for i in range(n_modules)]
+        bench.wait_until(lambda: all_serving(bases, routes), timeout=600, what="all replicas")
+        return time.perf_counter() - started, applied
+    finally:
+        for b in bases:
+            b.stop()
+        bench.stop(ctrl, [cport])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bases", type=int, default=20)
+    ap.add_argument("--modules", type=int, default=200)
+    ap.add_argument("--skip-build", action="store_true")
+    args = ap.parse_args()
+    bench.ensure_tools()
+    if not args.skip_build:
+        bench.build()
+    tmp = tempfile.mkdtemp(prefix="berth-controller-bench-")
+    one, one_apply = run_shape(tmp, args.bases, 1)
+    many, many_apply = run_shape(tmp, 5, args.modules)
+    print(f"\n## Controller: `berth apply` → every replica serving ({os.cpu_count()} cores, all processes on this machine, heartbeat 100 ms)\n")
+    print("| shape | replicas | apply commands took | until all serve |")
+    print("|---|---|---|---|")
+    print(f"| 1 module x {args.bases} bases | {args.bases} | {one_apply * 1e3:.0f} ms | **{one * 1e3:.0f} ms** |")
+    print(f"| {args.modules} modules x 5 bases | {args.modules * 5} | {many_apply:.1f} s | **{many:.1f} s** |")
+
+
+if __name__ == "__main__":
+    main()

@@ -482,6 +482,9 @@ pub struct BaseHeartbeat {
     /// Requests in flight across its modules.
     #[serde(default)]
     pub in_flight: u32,
+    /// Assigned versions it could not run: `name@version` → the error.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub failures: std::collections::BTreeMap<String, String>,
 }
 
 /// A base as the controller reports it (`GET /v1/bases`).

@@ -52,6 +52,7 @@ pub(crate) async fn run(
     let url = format!("{}/v1/bases/{}", link.url.trim_end_matches('/'), link.name);
     let mut reachable = true;
     let mut managed = BTreeSet::new();
+    let mut failures = BTreeMap::new();
     loop {
         let modules = base.list(None).map(|l| l.modules).unwrap_or_default();
         let beat = BaseHeartbeat {
@@ -65,6 +66,7 @@ pub(crate) async fn run(
                 .iter()
                 .map(|m| format!("{}@{}", m.name, m.version))
                 .collect(),
+            failures: failures.clone(),
         };
         let answer = match http.put(&url).json(&beat).send().await {
             Ok(response) if response.status().is_success() => response
@@ -80,7 +82,7 @@ pub(crate) async fn run(
                     tracing::info!(controller = %link.url, "controller reachable again; heartbeats resumed");
                 }
                 reachable = true;
-                reconcile(&base, assigned.modules, &mut managed).await;
+                failures = reconcile(&base, assigned.modules, &mut managed).await;
             }
             Err(why) => {
                 if reachable {
@@ -99,7 +101,13 @@ pub(crate) async fn run(
 /// Brings the base to `assigned`: installs or switches to each assigned
 /// version, drops older versions of those modules, and uninstalls modules
 /// in `managed` (installed for the controller) that are no longer assigned.
-async fn reconcile(base: &Base, assigned: Vec<Assignment>, managed: &mut BTreeSet<String>) {
+/// Returns the assigned versions that could not run, with why.
+async fn reconcile(
+    base: &Base,
+    assigned: Vec<Assignment>,
+    managed: &mut BTreeSet<String>,
+) -> BTreeMap<String, String> {
+    let mut failures = BTreeMap::new();
     for a in &assigned {
         let installed = base
             .list(Some(&a.name))
@@ -137,7 +145,9 @@ async fn reconcile(base: &Base, assigned: Vec<Assignment>, managed: &mut BTreeSe
                 }
             }
             Err(e) => {
-                tracing::warn!(module = %format!("{}@{}", a.name, a.version), error = %e, "cannot run an assigned module")
+                let label = format!("{}@{}", a.name, a.version);
+                tracing::warn!(module = %label, error = %e, "cannot run an assigned module");
+                failures.insert(label, format!("{e} ({})", e.code()));
             }
         }
     }
@@ -155,4 +165,5 @@ async fn reconcile(base: &Base, assigned: Vec<Assignment>, managed: &mut BTreeSe
             managed.remove(&name);
         }
     }
+    failures
 }

@@ -46,6 +46,11 @@ pub struct Rollout {
     /// When the current batch was seen complete (ms since the epoch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_done_ms: Option<u64>,
+    /// Why the rollout stopped: a base could not run the new version. The
+    /// bases not yet moved keep the old version; `undo` or a fixed apply
+    /// goes on from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
 }
 
 /// What an apply did.
@@ -125,6 +130,7 @@ impl<S: Store> Resources<S> {
                             confirmed: 0,
                             paused: false,
                             batch_done_ms: None,
+                            failed: None,
                         });
                     }
                     let generation = stored.generation + 1;

@@ -42,6 +42,20 @@ pub fn advance(
         return false;
     };
     let wanted = format!("{}@{}", spec.module.name, spec.module.version);
+    if rollout.failed.is_some() {
+        return false;
+    }
+    // A base in this batch that cannot run the new version stops the rollout.
+    if let Some((base, error)) = placed_new.iter().find_map(|name| {
+        let base = bases.iter().find(|b| b.heartbeat.name == *name)?;
+        base.heartbeat
+            .failures
+            .get(&wanted)
+            .map(|e| (name.clone(), e.clone()))
+    }) {
+        rollout.failed = Some(format!("base {base} cannot run {wanted}: {error}"));
+        return true;
+    }
     let done = placed_new.iter().all(|name| {
         bases
             .iter()

@@ -72,6 +72,12 @@ pub fn place(deployments: &[StoredDeployment], bases: &[BaseStatus]) -> Placemen
         // During a rollout the first bases by name run the new version.
         chosen.sort_by(|a, b| a.heartbeat.name.cmp(&b.heartbeat.name));
         let updated = match &d.rollout {
+            // A failed rollout moves no further, and its failed batch goes
+            // back to the old version.
+            Some(r) if r.failed.is_some() => {
+                crate::rollout::updated_count(spec.replicas, spec.strategy.batches, r.batch - 1)
+                    as usize
+            }
             Some(r) => crate::rollout::updated_count(spec.replicas, spec.strategy.batches, r.batch)
                 as usize,
             None => chosen.len(),

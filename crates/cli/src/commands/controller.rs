@@ -277,7 +277,12 @@ pub async fn rollout(controller: &str, action: &str, name: &str) -> Result<()> {
                 spec.strategy.batches,
                 r.batch,
             );
-            let waiting = if r.paused {
+            let waiting = if let Some(why) = &r.failed {
+                format!(
+                    "FAILED: {why}; the other bases keep {} (berth rollout undo {name}, or apply a fixed version)",
+                    r.from.version
+                )
+            } else if r.paused {
                 "paused (berth rollout resume)".to_string()
             } else if r.batch_done_ms.is_some()
                 && spec.strategy.need_confirm

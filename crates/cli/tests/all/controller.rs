@@ -384,3 +384,87 @@ fn a_version_change_rolls_out_in_batches_waiting_for_confirmation() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn a_rollout_whose_artifact_fails_stops_and_the_old_version_keeps_serving() {
+    let work = work_dir();
+    let port = free_port();
+    let controller = format!("127.0.0.1:{port}");
+    let mut child = Command::new(BERTH)
+        .args(["controller", "--listen", &controller, "--data-dir"])
+        .arg(work.path().join("controller"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, "berth controller");
+    let url = format!("http://{controller}");
+    let bases: Vec<BaseProcess> = ["a", "b"]
+        .iter()
+        .map(|n| {
+            BaseProcess::start_with(&[
+                "--controller",
+                &url,
+                "--name",
+                n,
+                "--heartbeat-interval",
+                "150ms",
+            ])
+        })
+        .collect();
+    let on_v1 = || {
+        bases
+            .iter()
+            .filter(|b| body(&b.ingress, "/hello").is_some_and(|t| t.contains("Hello from berth!")))
+            .count()
+    };
+    let file = work.path().join("hello.yaml");
+    let apply = |artifact: &str, version: &str, digest_of: &str| {
+        let digest = berth_runtime::Digest::of(&std::fs::read(digest_of).unwrap()).to_string();
+        std::fs::write(
+            &file,
+            format!(
+                "apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: {{ name: hello }}\nspec:\n  module: {{ name: hello, version: {version}, artifact: \"file:{artifact}\", digest: \"{digest}\" }}\n  replicas: 2\n  strategy: {{ batches: 2 }}\n"
+            ),
+        )
+        .unwrap();
+        let mut cmd = berth(&["apply", "-f", file.to_str().unwrap()]);
+        cmd.args(["--controller", &controller]);
+        stdout(cmd);
+    };
+    apply(
+        berth_example_modules::HELLO,
+        "1.0.0",
+        berth_example_modules::HELLO,
+    );
+    eventually("bases on v1", 2, on_v1);
+    // v2 whose digest does not match its artifact: every install fails.
+    apply(
+        berth_example_modules::HELLO_V2,
+        "2.0.0",
+        berth_example_modules::HELLO,
+    );
+    let status = || {
+        let mut cmd = berth(&["rollout", "status", "hello"]);
+        cmd.args(["--controller", &controller]);
+        stdout(cmd)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !status().contains("FAILED") {
+        assert!(
+            Instant::now() < deadline,
+            "the rollout never failed: {}",
+            status()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let line = status();
+    assert!(
+        line.contains("cannot run hello@2.0.0") && line.contains("digest_mismatch"),
+        "{line}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(on_v1(), 2, "the old version stopped serving");
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -210,10 +210,8 @@ enum Command {
         #[command(subcommand)]
         command: RulesCommand,
     },
-    /// Run the controller: desired state (ModuleDeployments) in a durable store.
-    ///
-    /// It keeps and serves desired state; placing replicas onto bases and
-    /// batched rollouts are not built yet.
+    /// Run the controller: ModuleDeployments in a durable store, placed onto
+    /// the bases that heartbeat to it, version changes rolled out in batches.
     ///
     /// Examples:
     ///   berth controller

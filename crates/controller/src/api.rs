@@ -242,14 +242,81 @@ fn not_found(name: &str) -> ApiError {
     }
 }
 
+/// A deployment with its live status.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentView {
+    /// As stored.
+    #[serde(flatten)]
+    pub stored: crate::resources::StoredDeployment,
+    /// Where it stands now.
+    pub status: DeploymentStatus,
+}
+
+/// Replica counts and per-base state of a deployment.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentStatus {
+    /// Replicas asked for.
+    pub desired: u32,
+    /// Placed replicas whose base reports the version assigned to it.
+    pub ready: u32,
+    /// Ready bases reporting the spec's (newest) version.
+    pub updated: u32,
+    /// Replicas no base could take (selector, capacity, Ready bases).
+    pub unschedulable: u32,
+    /// Per placed base: its name, the version assigned, and whether it runs it.
+    pub bases: Vec<BaseReplica>,
+}
+
+/// One replica.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BaseReplica {
+    /// The base.
+    pub base: String,
+    /// The version assigned to it.
+    pub version: String,
+    /// Whether it reports running that version.
+    pub running: bool,
+}
+
 async fn show(
     State(shared): State<Shared>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    match shared.resources.deployment(&name)? {
-        Some(d) => Ok(axum::Json(d).into_response()),
-        None => Err(not_found(&name)),
+    let Some(stored) = shared.resources.deployment(&name)? else {
+        return Err(not_found(&name));
+    };
+    let bases = crate::bases::list(shared.resources.store(), shared.heartbeat_timeout)?;
+    let placement = crate::scheduler::place(&shared.resources.deployments()?, &bases);
+    let module = &stored.manifest.spec.module;
+    let mut replicas = Vec::new();
+    for (base, assignments) in &placement.by_base {
+        for a in assignments.iter().filter(|a| a.name == module.name) {
+            let label = format!("{}@{}", a.name, a.version);
+            let running = bases
+                .iter()
+                .any(|b| b.heartbeat.name == *base && b.heartbeat.modules.contains(&label));
+            replicas.push(BaseReplica {
+                base: base.clone(),
+                version: a.version.clone(),
+                running,
+            });
+        }
     }
+    let newest = format!("{}@{}", module.name, module.version);
+    let status = DeploymentStatus {
+        desired: stored.manifest.spec.replicas,
+        ready: replicas.iter().filter(|r| r.running).count() as u32,
+        updated: bases
+            .iter()
+            .filter(|b| b.state == "Ready" && b.heartbeat.modules.contains(&newest))
+            .count() as u32,
+        unschedulable: placement.unschedulable.get(&name).copied().unwrap_or(0),
+        bases: replicas,
+    };
+    Ok(axum::Json(DeploymentView { stored, status }).into_response())
 }
 
 async fn delete(

@@ -1,9 +1,9 @@
 //! `berth controller`, `berth apply`, `berth get`, `berth describe`,
 //! `berth delete`: the controller and its resources.
 //!
-//! The controller keeps desired state (ModuleDeployments) durably; placing
-//! replicas onto bases and rolling them out is not built yet, and the
-//! commands say so rather than pretend.
+//! The controller keeps desired state (ModuleDeployments) durably, places
+//! replicas onto the bases that heartbeat to it, and rolls version changes
+//! out in batches; these commands read and steer it over its HTTP API.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -37,7 +37,8 @@ pub async fn serve(
     );
     println!("  data  {}", data_dir.display());
     println!(
-        "  note  it keeps desired state only: placing replicas onto bases and rollouts are not built yet"
+        "  bases join with: berth base --controller http://{}",
+        listen
     );
     let shared = berth_controller::api::Shared {
         resources,
@@ -222,6 +223,7 @@ pub async fn describe(controller: &str, name: &str) -> Result<()> {
         controller,
     )
     .await?;
+    let status = body["status"].clone();
     let d: StoredDeployment = serde_json::from_value(body)?;
     println!("Name:        {}", d.manifest.metadata.name);
     println!("Generation:  {}", d.generation);
@@ -230,9 +232,33 @@ pub async fn describe(controller: &str, name: &str) -> Result<()> {
         d.manifest.spec.module.name, d.manifest.spec.module.version, d.manifest.spec.module.digest
     );
     println!(
-        "Replicas:    {} desired (placement onto bases is not built yet)",
-        d.manifest.spec.replicas
+        "Replicas:    {} desired, {} ready, {} updated, {} unschedulable",
+        d.manifest.spec.replicas, status["ready"], status["updated"], status["unschedulable"]
     );
+    for replica in status["bases"].as_array().into_iter().flatten() {
+        println!(
+            "  base {:<16} {} {}",
+            replica["base"].as_str().unwrap_or("?"),
+            replica["version"].as_str().unwrap_or("?"),
+            if replica["running"] == true {
+                "running"
+            } else {
+                "installing"
+            }
+        );
+    }
+    if let Some(r) = &d.rollout {
+        println!(
+            "Rollout:     {} → {}, batch {}/{}{}",
+            r.from.version,
+            d.manifest.spec.module.version,
+            r.batch,
+            d.manifest.spec.strategy.batches,
+            r.failed
+                .as_ref()
+                .map_or(String::new(), |f| format!(", FAILED: {f}"))
+        );
+    }
     let s = &d.manifest.spec.strategy;
     println!(
         "Strategy:    {} batch(es), pause {}, needConfirm {}, maxUnavailable {}",

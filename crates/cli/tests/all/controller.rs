@@ -257,6 +257,20 @@ fn deployments_are_placed_scaled_and_rescheduled_onto_bases() {
     );
     apply(3);
     eventually("online bases serving hello", 3, || serving(&online));
+    let describe = || {
+        let mut cmd = berth(&["describe", "deployment", "hello"]);
+        cmd.args(["--controller", &controller]);
+        stdout(cmd)
+    };
+    eventually("status of 3 replicas", 1, || {
+        usize::from(describe().contains("3 desired, 3 ready, 3 updated, 0 unschedulable"))
+    });
+    // More replicas than matching bases: the rest is unschedulable, and said so.
+    apply(4);
+    eventually("status with one unschedulable replica", 1, || {
+        usize::from(describe().contains("4 desired, 3 ready, 3 updated, 1 unschedulable"))
+    });
+    assert_eq!(serving(&online), 3);
     apply(1);
     eventually("online bases serving hello", 1, || serving(&online));
 

@@ -72,12 +72,27 @@ pub struct DeploymentSpec {
     /// How a version change rolls out.
     #[serde(default)]
     pub strategy: Strategy,
+    /// How replicas are spread over the matching bases.
+    #[serde(default)]
+    pub placement: PlacementPolicy,
     /// Where the module's traffic comes from on each base.
     #[serde(default)]
     pub route: Option<Route>,
     /// Traffic rules to set on each base.
     #[serde(default)]
     pub rules: Option<TrafficRules>,
+}
+
+/// `spec.placement`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PlacementPolicy {
+    /// Bases with the fewest modules first (the default): replicas spread out.
+    #[default]
+    Spread,
+    /// Bases with the most modules (and room left) first: fills bases up,
+    /// leaving others empty.
+    BinPack,
 }
 
 /// `spec.module`.
@@ -107,7 +122,11 @@ pub struct Strategy {
     /// Wait for `berth rollout confirm` before each batch after the first.
     #[serde(default)]
     pub need_confirm: bool,
-    /// Replicas that may be unavailable during the rollout.
+    /// Replicas that may be unavailable during the rollout. A berth base
+    /// upgrades a replica by installing the new version beside the old one
+    /// and switching atomically, so no replica is ever unavailable: the
+    /// field is accepted (manifests written for Koupleless keep working) and
+    /// changes nothing.
     #[serde(default)]
     pub max_unavailable: u32,
 }

@@ -5,12 +5,12 @@
 //! heartbeats, so a base that goes NotReady simply stops being a candidate
 //! and its replicas land elsewhere on the next heartbeats of the others.
 //!
-//! Policy (**spread**): for each deployment, candidates are Ready bases whose
-//! labels include the selector and that have room (capacity), at most one
-//! replica per base; bases already running the module come first (so a
-//! steady fleet does not reshuffle), then the bases with the fewest modules
-//! placed so far, then by name. Replicas that find no candidate are
-//! unschedulable.
+//! For each deployment, candidates are Ready bases whose labels include the
+//! selector and that have room (capacity), at most one replica per base;
+//! bases already running the module come first (so a steady fleet does not
+//! reshuffle), then — **spread** (default) — the bases with the fewest
+//! modules placed so far, or — **binPack** — the most, then by name.
+//! Replicas that find no candidate are unschedulable.
 
 use std::collections::BTreeMap;
 
@@ -57,12 +57,12 @@ pub fn place(deployments: &[StoredDeployment], bases: &[BaseStatus]) -> Placemen
             })
             .filter(|b| load[b.heartbeat.name.as_str()] < b.heartbeat.capacity_modules)
             .collect();
+        let binpack = spec.placement == berth_api::manifest::PlacementPolicy::BinPack;
         candidates.sort_by_key(|b| {
-            (
-                !running(b),
-                load[b.heartbeat.name.as_str()],
-                b.heartbeat.name.clone(),
-            )
+            let load = load[b.heartbeat.name.as_str()];
+            // Spread: fewest placed first; bin-pack: most placed first.
+            let order = if binpack { u32::MAX - load } else { load };
+            (!running(b), order, b.heartbeat.name.clone())
         });
         let mut chosen: Vec<&BaseStatus> = candidates
             .iter()
@@ -118,4 +118,67 @@ pub fn place(deployments: &[StoredDeployment], bases: &[BaseStatus]) -> Placemen
         }
     }
     placement
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use berth_api::manifest::{Manifest, PlacementPolicy, parse};
+    use berth_api::{BaseHeartbeat, BaseStatus};
+
+    use super::*;
+
+    fn deployment(name: &str, replicas: u32, placement: &str) -> StoredDeployment {
+        let text = format!(
+            "apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: {{ name: {name} }}\nspec:\n  module: {{ name: {name}, version: \"1\", artifact: \"file:/m.wasm\", digest: \"sha256:{}\" }}\n  replicas: {replicas}\n  placement: {placement}\n",
+            "ab".repeat(32)
+        );
+        let Manifest::ModuleDeployment(manifest) = parse(&text).unwrap();
+        StoredDeployment {
+            manifest,
+            generation: 1,
+            history: Vec::new(),
+            rollout: None,
+        }
+    }
+
+    fn base(name: &str, capacity: u32) -> BaseStatus {
+        BaseStatus {
+            heartbeat: BaseHeartbeat {
+                name: name.into(),
+                labels: BTreeMap::new(),
+                capacity_modules: capacity,
+                ingress: String::new(),
+                ops: String::new(),
+                modules: Vec::new(),
+                in_flight: 0,
+                failures: BTreeMap::new(),
+            },
+            last_heartbeat: String::new(),
+            state: "Ready".into(),
+        }
+    }
+
+    fn per_base(p: &Placement) -> Vec<usize> {
+        p.by_base.values().map(Vec::len).collect()
+    }
+
+    #[test]
+    fn spread_evens_out_and_binpack_fills_up_within_capacity() {
+        let bases = [base("a", 3), base("b", 3), base("c", 3)];
+        let spread: Vec<_> = (0..3)
+            .map(|i| deployment(&format!("m{i}"), 1, "spread"))
+            .collect();
+        assert_eq!(per_base(&place(&spread, &bases)), [1, 1, 1]);
+        let packed: Vec<_> = (0..3)
+            .map(|i| deployment(&format!("m{i}"), 1, "binPack"))
+            .collect();
+        assert_eq!(per_base(&place(&packed, &bases)), [3]);
+        assert_eq!(packed[0].manifest.spec.placement, PlacementPolicy::BinPack);
+        // Capacity and one-per-base bound a deployment; the rest is unschedulable.
+        let big = [deployment("big", 5, "binPack")];
+        let p = place(&big, &[base("a", 1), base("b", 1)]);
+        assert_eq!((per_base(&p), p.unschedulable["big"]), (vec![1, 1], 3));
+    }
 }

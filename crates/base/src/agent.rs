@@ -51,7 +51,13 @@ pub(crate) async fn run(
         .expect("an HTTP client");
     let url = format!("{}/v1/bases/{}", link.url.trim_end_matches('/'), link.name);
     let mut reachable = true;
-    let mut managed = BTreeSet::new();
+    // Which modules this base runs for the controller, kept across restarts
+    // so that one unassigned while the base was down is still removed.
+    let managed_file = base.config().data_dir.join("controller-managed.json");
+    let mut managed: BTreeSet<String> = std::fs::read(&managed_file)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default();
     let mut failures = BTreeMap::new();
     loop {
         let modules = base.list(None).map(|l| l.modules).unwrap_or_default();
@@ -82,7 +88,14 @@ pub(crate) async fn run(
                     tracing::info!(controller = %link.url, "controller reachable again; heartbeats resumed");
                 }
                 reachable = true;
+                let before = managed.clone();
                 failures = reconcile(&base, assigned.modules, &mut managed).await;
+                if managed != before {
+                    let json = serde_json::to_vec(&managed).expect("names serialize");
+                    if let Err(e) = std::fs::write(&managed_file, json) {
+                        tracing::warn!(file = %managed_file.display(), error = %e, "cannot record the modules run for the controller");
+                    }
+                }
             }
             Err(why) => {
                 if reachable {

@@ -482,3 +482,59 @@ fn a_rollout_whose_artifact_fails_stops_and_the_old_version_keeps_serving() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn a_base_that_comes_back_drops_what_was_unassigned_while_it_was_down() {
+    let work = work_dir();
+    let port = free_port();
+    let controller = format!("127.0.0.1:{port}");
+    let mut child = Command::new(BERTH)
+        .args(["controller", "--listen", &controller, "--data-dir"])
+        .arg(work.path().join("controller"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, "berth controller");
+    let url = format!("http://{controller}");
+    let data = work.path().join("base-data");
+    let args = [
+        "--controller",
+        url.as_str(),
+        "--name",
+        "a",
+        "--heartbeat-interval",
+        "150ms",
+    ];
+    let base = BaseProcess::start_at(&data, &args);
+    let digest = berth_runtime::Digest::of(&std::fs::read(berth_example_modules::HELLO).unwrap())
+        .to_string();
+    let file = work.path().join("hello.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: {{ name: hello }}\nspec:\n  module: {{ name: hello, version: 1.0.0, artifact: \"file:{}\", digest: \"{digest}\" }}\n  replicas: 1\n",
+            berth_example_modules::HELLO
+        ),
+    )
+    .unwrap();
+    let at = |args: &[&str]| {
+        let mut cmd = berth(args);
+        cmd.args(["--controller", &controller]);
+        cmd
+    };
+    stdout(at(&["apply", "-f", file.to_str().unwrap()]));
+    eventually("base serving hello", 1, || {
+        usize::from(serves(&base.ingress, "/hello"))
+    });
+
+    // Down, the deployment goes away; back up (same data dir), hello goes too.
+    drop(base);
+    stdout(at(&["delete", "deployment", "hello"]));
+    let base = BaseProcess::start_at(&data, &args);
+    eventually("base serving hello after coming back", 0, || {
+        usize::from(serves(&base.ingress, "/hello"))
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+}

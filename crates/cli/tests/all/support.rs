@@ -18,7 +18,7 @@ pub struct BaseProcess {
     pub child: Child,
     pub ops: String,
     pub ingress: String,
-    _data: tempfile::TempDir,
+    _data: Option<tempfile::TempDir>,
 }
 
 impl BaseProcess {
@@ -29,6 +29,13 @@ impl BaseProcess {
     /// A base with extra `berth base` arguments.
     pub fn start_with(extra: &[&str]) -> Self {
         let data = tempfile::tempdir().unwrap();
+        let mut base = Self::start_at(data.path(), extra);
+        base._data = Some(data);
+        base
+    }
+
+    /// A base on the data directory `dir` (which outlives it).
+    pub fn start_at(dir: &Path, extra: &[&str]) -> Self {
         let (ingress, ops) = (free_port(), free_port());
         let child = Command::new(BERTH)
             .args([
@@ -39,7 +46,7 @@ impl BaseProcess {
                 &format!("127.0.0.1:{ops}"),
             ])
             .arg("--data-dir")
-            .arg(data.path())
+            .arg(dir)
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -50,7 +57,7 @@ impl BaseProcess {
             child,
             ops: format!("http://127.0.0.1:{ops}"),
             ingress: format!("http://127.0.0.1:{ingress}"),
-            _data: data,
+            _data: None,
         }
     }
 

@@ -35,30 +35,50 @@ impl BaseProcess {
     }
 
     /// A base on the data directory `dir` (which outlives it).
+    ///
+    /// Ports come from [`free_port`], which another test may take between
+    /// our probe and the base's bind; a base that exits at start is
+    /// therefore retried on fresh ports, and its stderr shown if it keeps
+    /// failing.
     pub fn start_at(dir: &Path, extra: &[&str]) -> Self {
-        let (ingress, ops) = (free_port(), free_port());
-        let child = Command::new(BERTH)
-            .args([
-                "base",
-                "--listen",
-                &format!("127.0.0.1:{ingress}"),
-                "--ops",
-                &format!("127.0.0.1:{ops}"),
-            ])
-            .arg("--data-dir")
-            .arg(dir)
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_for_port(ops, "berth base");
-        Self {
-            child,
-            ops: format!("http://127.0.0.1:{ops}"),
-            ingress: format!("http://127.0.0.1:{ingress}"),
-            _data: None,
+        let mut last_error = String::new();
+        for _ in 0..3 {
+            let (ingress, ops) = (free_port(), free_port());
+            let log = tempfile::NamedTempFile::new().unwrap();
+            let mut child = Command::new(BERTH)
+                .args([
+                    "base",
+                    "--listen",
+                    &format!("127.0.0.1:{ingress}"),
+                    "--ops",
+                    &format!("127.0.0.1:{ops}"),
+                ])
+                .arg("--data-dir")
+                .arg(dir)
+                .args(extra)
+                .stdout(Stdio::null())
+                .stderr(log.reopen().unwrap())
+                .spawn()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if TcpStream::connect(("127.0.0.1", ops)).is_ok() {
+                    return Self {
+                        child,
+                        ops: format!("http://127.0.0.1:{ops}"),
+                        ingress: format!("http://127.0.0.1:{ingress}"),
+                        _data: None,
+                    };
+                }
+                if let Ok(Some(_)) = child.try_wait() {
+                    last_error = std::fs::read_to_string(log.path()).unwrap_or_default();
+                    break;
+                }
+                assert!(Instant::now() < deadline, "berth base did not start");
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
+        panic!("berth base failed to start three times; last stderr:\n{last_error}");
     }
 
     /// `berth ARGS --base <this base>`, with module builds sharing one target dir.

@@ -18,59 +18,48 @@ fn manifest(replicas: &str, version: &str) -> String {
 #[test]
 fn apply_get_describe_delete_through_a_controller_process() {
     let work = work_dir();
-    let port = free_port();
-    let controller = format!("127.0.0.1:{port}");
-    let mut child = Command::new(BERTH)
-        .args(["controller", "--listen", &controller, "--data-dir"])
-        .arg(work.path().join("controller"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_port(port, "berth controller");
-    let at = |args: &[&str]| {
-        let mut cmd = berth(args);
-        cmd.args(["--controller", &controller]);
-        cmd
-    };
+    let ctl = ControllerProcess::start(work.path(), &[]);
     let file = work.path().join("orders.yaml");
     let file_s = file.to_str().unwrap();
 
     std::fs::write(&file, manifest("3", "1.0.0")).unwrap();
     assert_eq!(
-        stdout(at(&["apply", "-f", file_s])).trim(),
+        stdout(ctl.berth(&["apply", "-f", file_s])).trim(),
         "ModuleDeployment/orders created (generation 1)"
     );
     std::fs::write(&file, manifest("three", "1.0.0")).unwrap();
-    let err = failure(at(&["apply", "-f", file_s]));
+    let err = failure(ctl.berth(&["apply", "-f", file_s]));
     assert!(
         err.contains("spec.replicas: invalid type: string \"three\", expected u32"),
         "{err}"
     );
     std::fs::write(&file, manifest("3", "2.0.0")).unwrap();
     assert_eq!(
-        stdout(at(&["apply", "-f", file_s])).trim(),
+        stdout(ctl.berth(&["apply", "-f", file_s])).trim(),
         "ModuleDeployment/orders updated (generation 2)"
     );
 
-    let table = stdout(at(&["get", "deployments", "-o", "wide"]));
+    let table = stdout(ctl.berth(&["get", "deployments", "-o", "wide"]));
     assert!(
         table.contains("orders") && table.contains("2.0.0") && table.contains("group=online"),
         "{table}"
     );
     let json: serde_json::Value =
-        serde_json::from_str(&stdout(at(&["get", "deployments", "-o", "json"]))).unwrap();
+        serde_json::from_str(&stdout(ctl.berth(&["get", "deployments", "-o", "json"]))).unwrap();
     assert_eq!(json[0]["generation"], 2);
-    let described = stdout(at(&["describe", "deployment", "orders"]));
+    let described = stdout(ctl.berth(&["describe", "deployment", "orders"]));
     assert!(described.contains("History:     1.0.0"), "{described}");
-    assert!(stdout(at(&["delete", "deployment", "orders"])).contains("deleted"));
-    assert_eq!(stdout(at(&["get", "deployments"])).trim(), "no deployments");
-    let err = failure(at(&["describe", "deployment", "orders"]));
+    assert!(stdout(ctl.berth(&["delete", "deployment", "orders"])).contains("deleted"));
+    assert_eq!(
+        stdout(ctl.berth(&["get", "deployments"])).trim(),
+        "no deployments"
+    );
+    let err = failure(ctl.berth(&["describe", "deployment", "orders"]));
     assert!(err.contains("no ModuleDeployment named `orders`"), "{err}");
-    let _ = child.kill();
-    let _ = child.wait();
-
-    let err = failure(at(&["get", "deployments"]));
+    // With the controller gone: one clear line.
+    let after = ctl.berth(&["get", "deployments"]);
+    drop(ctl);
+    let err = failure(after);
     assert!(
         err.contains("no controller answers") && err.contains("berth controller"),
         "{err}"
@@ -80,23 +69,8 @@ fn apply_get_describe_delete_through_a_controller_process() {
 #[test]
 fn bases_register_heartbeat_and_go_not_ready_when_they_stop() {
     let work = work_dir();
-    let port = free_port();
-    let controller = format!("127.0.0.1:{port}");
-    let mut child = Command::new(BERTH)
-        .args([
-            "controller",
-            "--listen",
-            &controller,
-            "--heartbeat-timeout",
-            "1s",
-            "--data-dir",
-        ])
-        .arg(work.path().join("controller"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_port(port, "berth controller");
+    let ctl = ControllerProcess::start(work.path(), &["--heartbeat-timeout", "1s"]);
+    let controller = ctl.addr.clone();
     let url = format!("http://{controller}");
     let base = BaseProcess::start_with(&[
         "--controller",
@@ -117,15 +91,14 @@ fn bases_register_heartbeat_and_go_not_ready_when_they_stop() {
         "1",
     ]));
 
-    let bases = |controller: &str| -> serde_json::Value {
-        let mut cmd = berth(&["get", "bases", "-o", "json"]);
-        cmd.args(["--controller", controller]);
+    let bases = || -> serde_json::Value {
+        let cmd = ctl.berth(&["get", "bases", "-o", "json"]);
         serde_json::from_str(&stdout(cmd)).unwrap()
     };
     // Registered, Ready, labelled, and reporting what it runs.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let b = bases(&controller);
+        let b = bases();
         if b[0]["heartbeat"]["modules"] == serde_json::json!(["hello@1"]) {
             assert_eq!(b[0]["state"], "Ready");
             assert_eq!(b[0]["heartbeat"]["name"], "base-a");
@@ -138,8 +111,7 @@ fn bases_register_heartbeat_and_go_not_ready_when_they_stop() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let mut cmd = berth(&["get", "bases"]);
-    cmd.args(["--controller", &controller]);
+    let cmd = ctl.berth(&["get", "bases"]);
     let table = stdout(cmd);
     assert!(
         table.contains("base-a") && table.contains("Ready") && table.contains("group=online"),
@@ -149,9 +121,49 @@ fn bases_register_heartbeat_and_go_not_ready_when_they_stop() {
     // The base stops; within the timeout (+ margin) it is NotReady.
     drop(base);
     std::thread::sleep(Duration::from_millis(1600));
-    assert_eq!(bases(&controller)[0]["state"], "NotReady");
-    let _ = child.kill();
-    let _ = child.wait();
+    assert_eq!(bases()[0]["state"], "NotReady");
+    drop(ctl);
+}
+
+/// A `berth controller` process on a free port with its own store, killed on drop.
+struct ControllerProcess {
+    child: std::process::Child,
+    /// `127.0.0.1:PORT`.
+    addr: String,
+}
+
+impl ControllerProcess {
+    fn start(work: &std::path::Path, extra: &[&str]) -> Self {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let child = Command::new(BERTH)
+            .args(["controller", "--listen", &addr])
+            .args(extra)
+            .arg("--data-dir")
+            .arg(work.join("controller"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_port(port, "berth controller");
+        Self { child, addr }
+    }
+}
+
+impl ControllerProcess {
+    /// `berth ARGS --controller <this controller>`.
+    fn berth(&self, args: &[&str]) -> assert_cmd::Command {
+        let mut cmd = berth(args);
+        cmd.args(["--controller", &self.addr]);
+        cmd
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Whether the base at `ingress` (`http://host:port`) answers 200 at `path`.
@@ -188,23 +200,8 @@ fn eventually(what: &str, want: usize, count: impl Fn() -> usize) {
 #[test]
 fn deployments_are_placed_scaled_and_rescheduled_onto_bases() {
     let work = work_dir();
-    let port = free_port();
-    let controller = format!("127.0.0.1:{port}");
-    let mut child = Command::new(BERTH)
-        .args([
-            "controller",
-            "--listen",
-            &controller,
-            "--heartbeat-timeout",
-            "1s",
-            "--data-dir",
-        ])
-        .arg(work.path().join("controller"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_port(port, "berth controller");
+    let ctl = ControllerProcess::start(work.path(), &["--heartbeat-timeout", "1s"]);
+    let controller = ctl.addr.clone();
     let url = format!("http://{controller}");
     let base = |name: &str, group: &str| {
         let labels = format!("group={group}");
@@ -244,8 +241,7 @@ fn deployments_are_placed_scaled_and_rescheduled_onto_bases() {
             ),
         )
         .unwrap();
-        let mut cmd = berth(&["apply", "-f", file.to_str().unwrap()]);
-        cmd.args(["--controller", &controller]);
+        let cmd = ctl.berth(&["apply", "-f", file.to_str().unwrap()]);
         stdout(cmd);
     };
 
@@ -258,8 +254,7 @@ fn deployments_are_placed_scaled_and_rescheduled_onto_bases() {
     apply(3);
     eventually("online bases serving hello", 3, || serving(&online));
     let describe = || {
-        let mut cmd = berth(&["describe", "deployment", "hello"]);
-        cmd.args(["--controller", &controller]);
+        let cmd = ctl.berth(&["describe", "deployment", "hello"]);
         stdout(cmd)
     };
     eventually("status of 3 replicas", 1, || {
@@ -284,30 +279,14 @@ fn deployments_are_placed_scaled_and_rescheduled_onto_bases() {
         serving(&online)
     });
     assert!(!serves(&batch.ingress, "/hello"));
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(ctl);
 }
 
 #[test]
 fn a_version_change_rolls_out_in_batches_waiting_for_confirmation() {
     let work = work_dir();
-    let port = free_port();
-    let controller = format!("127.0.0.1:{port}");
-    let mut child = Command::new(BERTH)
-        .args([
-            "controller",
-            "--listen",
-            &controller,
-            "--heartbeat-timeout",
-            "2s",
-            "--data-dir",
-        ])
-        .arg(work.path().join("controller"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_port(port, "berth controller");
+    let ctl = ControllerProcess::start(work.path(), &["--heartbeat-timeout", "2s"]);
+    let controller = ctl.addr.clone();
     let url = format!("http://{controller}");
     let bases: Vec<BaseProcess> = ["a", "b", "c", "d"]
         .iter()
@@ -346,13 +325,11 @@ fn a_version_change_rolls_out_in_batches_waiting_for_confirmation() {
             ),
         )
         .unwrap();
-        let mut cmd = berth(&["apply", "-f", file.to_str().unwrap()]);
-        cmd.args(["--controller", &controller]);
+        let cmd = ctl.berth(&["apply", "-f", file.to_str().unwrap()]);
         stdout(cmd);
     };
     let rollout = |action: &str| {
-        let mut cmd = berth(&["rollout", action, "hello"]);
-        cmd.args(["--controller", &controller]);
+        let cmd = ctl.berth(&["rollout", action, "hello"]);
         stdout(cmd)
     };
 
@@ -395,23 +372,14 @@ fn a_version_change_rolls_out_in_batches_waiting_for_confirmation() {
     }
     rollout("confirm");
     eventually("bases on v1 after undo", 4, on_v1);
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(ctl);
 }
 
 #[test]
 fn a_rollout_whose_artifact_fails_stops_and_the_old_version_keeps_serving() {
     let work = work_dir();
-    let port = free_port();
-    let controller = format!("127.0.0.1:{port}");
-    let mut child = Command::new(BERTH)
-        .args(["controller", "--listen", &controller, "--data-dir"])
-        .arg(work.path().join("controller"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_port(port, "berth controller");
+    let ctl = ControllerProcess::start(work.path(), &[]);
+    let controller = ctl.addr.clone();
     let url = format!("http://{controller}");
     let bases: Vec<BaseProcess> = ["a", "b"]
         .iter()
@@ -442,8 +410,7 @@ fn a_rollout_whose_artifact_fails_stops_and_the_old_version_keeps_serving() {
             ),
         )
         .unwrap();
-        let mut cmd = berth(&["apply", "-f", file.to_str().unwrap()]);
-        cmd.args(["--controller", &controller]);
+        let cmd = ctl.berth(&["apply", "-f", file.to_str().unwrap()]);
         stdout(cmd);
     };
     apply(
@@ -459,8 +426,7 @@ fn a_rollout_whose_artifact_fails_stops_and_the_old_version_keeps_serving() {
         berth_example_modules::HELLO,
     );
     let status = || {
-        let mut cmd = berth(&["rollout", "status", "hello"]);
-        cmd.args(["--controller", &controller]);
+        let cmd = ctl.berth(&["rollout", "status", "hello"]);
         stdout(cmd)
     };
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -479,23 +445,14 @@ fn a_rollout_whose_artifact_fails_stops_and_the_old_version_keeps_serving() {
     );
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(on_v1(), 2, "the old version stopped serving");
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(ctl);
 }
 
 #[test]
 fn a_base_that_comes_back_drops_what_was_unassigned_while_it_was_down() {
     let work = work_dir();
-    let port = free_port();
-    let controller = format!("127.0.0.1:{port}");
-    let mut child = Command::new(BERTH)
-        .args(["controller", "--listen", &controller, "--data-dir"])
-        .arg(work.path().join("controller"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_port(port, "berth controller");
+    let ctl = ControllerProcess::start(work.path(), &[]);
+    let controller = ctl.addr.clone();
     let url = format!("http://{controller}");
     let data = work.path().join("base-data");
     let args = [
@@ -518,23 +475,17 @@ fn a_base_that_comes_back_drops_what_was_unassigned_while_it_was_down() {
         ),
     )
     .unwrap();
-    let at = |args: &[&str]| {
-        let mut cmd = berth(args);
-        cmd.args(["--controller", &controller]);
-        cmd
-    };
-    stdout(at(&["apply", "-f", file.to_str().unwrap()]));
+    stdout(ctl.berth(&["apply", "-f", file.to_str().unwrap()]));
     eventually("base serving hello", 1, || {
         usize::from(serves(&base.ingress, "/hello"))
     });
 
     // Down, the deployment goes away; back up (same data dir), hello goes too.
     drop(base);
-    stdout(at(&["delete", "deployment", "hello"]));
+    stdout(ctl.berth(&["delete", "deployment", "hello"]));
     let base = BaseProcess::start_at(&data, &args);
     eventually("base serving hello after coming back", 0, || {
         usize::from(serves(&base.ingress, "/hello"))
     });
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(ctl);
 }

@@ -27,6 +27,7 @@ use crate::config::BaseConfig;
 use crate::error::{BaseError, OpsError};
 use crate::logs::LogHub;
 use crate::metrics::Metrics;
+use crate::otlp::Exporter;
 use crate::registry::{Installed, Module, Registry};
 use crate::router::{self, RouteTable};
 use crate::rules::CompiledRules;
@@ -50,6 +51,7 @@ struct Inner {
     ingress_addr: OnceLock<std::net::SocketAddr>,
     metrics: Metrics,
     logs: LogHub,
+    otlp: Option<Exporter>,
 }
 
 impl Base {
@@ -72,6 +74,18 @@ impl Base {
                 path: config.data_dir.display().to_string(),
                 reason: format!("cannot build the HTTP client: {e}"),
             })?;
+        let metrics = Metrics::new();
+        let otlp = match &config.otlp_endpoint {
+            Some(endpoint) => Some(
+                Exporter::start(
+                    endpoint,
+                    config.controller.as_ref().map(|link| link.name.as_str()),
+                    metrics.otlp_counters(),
+                )
+                .map_err(BaseError::Otlp)?,
+            ),
+            None => None,
+        };
         let base = Self {
             inner: Arc::new(Inner {
                 config,
@@ -81,8 +95,9 @@ impl Base {
                 routes: RwLock::default(),
                 http,
                 started: Instant::now(),
-                metrics: Metrics::new(),
+                metrics,
                 logs: LogHub::default(),
+                otlp,
                 ingress_addr: OnceLock::new(),
             }),
         };
@@ -103,6 +118,11 @@ impl Base {
     /// The current routing snapshot (what the ingress uses per request).
     pub fn routes(&self) -> Arc<RouteTable> {
         self.inner.routes.read().expect("routes lock").clone()
+    }
+
+    /// The span exporter, when an OTLP endpoint is configured.
+    pub(crate) fn otlp(&self) -> Option<&Exporter> {
+        self.inner.otlp.as_ref()
     }
 
     pub(crate) fn set_ingress_addr(&self, addr: std::net::SocketAddr) {

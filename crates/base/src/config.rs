@@ -30,6 +30,10 @@ pub struct BaseConfig {
     pub observability: bool,
     /// The controller to register with and heartbeat to, if any.
     pub controller: Option<crate::agent::ControllerLink>,
+    /// Export a span per request hop to this OTLP/HTTP collector (e.g.
+    /// `http://127.0.0.1:4318`; spans go to `/v1/traces`). `None` exports
+    /// nothing and starts nothing.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl BaseConfig {
@@ -48,6 +52,7 @@ impl BaseConfig {
             version_header: true,
             observability: true,
             controller: None,
+            otlp_endpoint: None,
         }
     }
 

@@ -136,6 +136,9 @@ pub enum BaseError {
         /// The OS error (in the message, not as a source, so it is said once).
         reason: std::io::Error,
     },
+    /// The OTLP endpoint is unusable.
+    #[error("cannot export spans: {0}")]
+    Otlp(String),
     /// The runtime could not start.
     #[error("cannot start the runtime: {0}")]
     Runtime(#[from] LoadError),

@@ -14,7 +14,7 @@
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::time::Duration;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use std::sync::Arc;
 
@@ -30,6 +30,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::base::Base;
+use crate::otlp::Hop;
 use crate::router::Target;
 use crate::rules::RequestView;
 
@@ -82,12 +83,12 @@ pub async fn handle(
     client: Option<IpAddr>,
 ) -> Response<ResponseBody> {
     // Honour the caller's trace; this hop is a new span in it.
-    let trace = request
+    let incoming = request
         .headers()
         .get(TRACEPARENT)
         .and_then(|v| v.to_str().ok())
-        .and_then(TraceParent::parse)
-        .map_or_else(TraceParent::new_root, |parent| parent.child());
+        .and_then(TraceParent::parse);
+    let trace = incoming.map_or_else(TraceParent::new_root, |parent| parent.child());
     let request_id = request
         .headers()
         .get(REQUEST_ID_HEADER)
@@ -103,11 +104,15 @@ pub async fn handle(
         .or_else(|| request.uri().host())
         .map(str::to_owned);
     let routes = base.routes();
+    let exporting = base.otlp().is_some();
     let target = routes
         .lookup(host.as_deref(), request.uri().path())
-        .map(|entry| entry.select(&view(&request, client)).clone());
+        .map(|entry| {
+            let target = entry.select(&view(&request, client)).clone();
+            (target, exporting.then(|| entry.prefix().to_owned()))
+        });
     drop(routes);
-    let Some(target) = target else {
+    let Some((target, route)) = target else {
         return plain(
             StatusCode::NOT_FOUND,
             "404 Not Found: no module is installed at this path.\n".to_string(),
@@ -125,9 +130,10 @@ pub async fn handle(
         traffic_unit: request.headers().get(TRAFFIC_UNIT_HEADER).cloned(),
         hops: 0,
         trace: Some(trace),
+        parent_span_id: incoming.map(|parent| parent.span_id),
         caller: Some(Arc::new(base.clone())),
     };
-    run_in(base, target, request, context).await
+    run_in(base, target, request, context, route).await
 }
 
 /// What the traffic rules read of `request`.
@@ -170,18 +176,20 @@ impl ModuleCaller for Base {
                 );
             };
             context.label = target.label.clone();
-            run_in(&base, target, request, context).await
+            run_in(&base, target, request, context, None).await
         })
     }
 }
 
 /// Runs `request` in `target`; a module failure becomes a response from the
-/// base with a fitting status, the request id, and a log line.
+/// base with a fitting status, the request id, and a log line. With OTLP
+/// export on, the hop becomes a span (`route` names ingress hops).
 async fn run_in<B>(
     base: &Base,
     target: Target,
     request: Request<B>,
     context: CallContext,
+    route: Option<String>,
 ) -> Response<ResponseBody>
 where
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
@@ -189,6 +197,14 @@ where
 {
     let request_id = context.request_id.clone().unwrap_or_else(new_request_id);
     let trace = context.trace;
+    let span = base.otlp().map(|_| SpanStart {
+        start: SystemTime::now(),
+        method: request.method().clone(),
+        path: request.uri().path().to_owned(),
+        parent_span_id: context.parent_span_id,
+        ingress: context.hops == 0,
+    });
+    let mut failure = None;
     let stats = &target.stats;
     let started = Instant::now();
     if stats.observed {
@@ -217,6 +233,9 @@ where
             if matches!(kind, "trap" | "memory" | "deadline" | "no_response") {
                 stats.record_trap(&id, error.to_string(), error.detail());
             }
+            if span.is_some() {
+                failure = Some(error.to_string());
+            }
             let status =
                 StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             stats.record(status.as_u16(), true, took);
@@ -236,6 +255,22 @@ where
             response
         }
     };
+    if let (Some(exporter), Some(span), Some(trace)) = (base.otlp(), span, trace) {
+        exporter.record(Hop {
+            trace,
+            parent_span_id: span.parent_span_id,
+            remote_parent: span.ingress,
+            label: target.label.clone(),
+            route,
+            method: span.method,
+            path: span.path,
+            status: response.status().as_u16(),
+            failure,
+            request_id: request_id.clone(),
+            start: span.start,
+            duration: took,
+        });
+    }
     let headers = response.headers_mut();
     headers.insert(REQUEST_ID_HEADER, request_id);
     if let Some(trace) = trace
@@ -244,6 +279,16 @@ where
         headers.insert(TRACEPARENT, value);
     }
     response
+}
+
+/// What a hop's span needs from the request, taken before the module consumes it.
+struct SpanStart {
+    start: SystemTime,
+    method: http::Method,
+    path: String,
+    parent_span_id: Option<[u8; 8]>,
+    /// Came through the ingress (its parent, if any, is the client's span).
+    ingress: bool,
 }
 
 /// The `kind` label of a failure (see [`crate::metrics::FAILURE_KINDS`]).

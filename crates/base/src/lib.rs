@@ -13,8 +13,9 @@
 //!   switch history, kept in a redb database in the data directory so a
 //!   restarted base serves the same modules again, loading their code from
 //!   the compile cache;
-//! - **observability**: Prometheus [`metrics`], per-module [`logs`], and
-//!   per-version recent stats ([`VersionStats`]).
+//! - **observability**: Prometheus [`metrics`], per-module [`logs`],
+//!   per-version recent stats ([`VersionStats`]), and optionally a span per
+//!   request hop exported with OTLP ([`otlp`]).
 //!
 //! [`Base`] is the library entry point: a base team can build its own base
 //! binary around it. [`Base::start`] binds both listeners and returns a
@@ -28,6 +29,7 @@ pub mod ingress;
 pub mod logs;
 pub mod metrics;
 pub mod ops;
+pub mod otlp;
 mod registry;
 pub use registry::VersionStats;
 pub mod router;

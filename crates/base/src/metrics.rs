@@ -48,6 +48,13 @@ pub struct KindLabels {
     pub kind: String,
 }
 
+/// `reason` a span was dropped (`queue_full`, `export_failed`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// Why.
+    pub reason: String,
+}
+
 /// `result` (`ok`, `error`) or `outcome` (`hit`, `miss`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
@@ -90,6 +97,8 @@ pub struct Metrics {
     uninstalls: Counter,
     compile_cache: Family<OutcomeLabels, Counter>,
     rss: Gauge,
+    otlp_exported: Counter,
+    otlp_dropped: Family<ReasonLabels, Counter>,
 }
 
 /// The handles of one version's series.
@@ -189,6 +198,18 @@ impl Metrics {
             "Resident memory of the base process",
             rss.clone(),
         );
+        let otlp_exported = Counter::default();
+        registry.register(
+            "otlp_spans_exported",
+            "Spans an OTLP collector accepted",
+            otlp_exported.clone(),
+        );
+        let otlp_dropped = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "otlp_spans_dropped",
+            "Spans not exported, by reason (queue_full, export_failed)",
+            otlp_dropped.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             requests,
@@ -202,6 +223,23 @@ impl Metrics {
             uninstalls,
             compile_cache,
             rss,
+            otlp_exported,
+            otlp_dropped,
+        }
+    }
+
+    /// The handles the OTLP exporter counts into (creating the series, so
+    /// they show as 0 from the start when export is on).
+    pub(crate) fn otlp_counters(&self) -> crate::otlp::ExportCounters {
+        let reason = |r: &str| {
+            self.otlp_dropped
+                .get_or_create(&ReasonLabels { reason: r.into() })
+                .clone()
+        };
+        crate::otlp::ExportCounters {
+            exported: self.otlp_exported.clone(),
+            dropped_queue_full: reason("queue_full"),
+            dropped_export_failed: reason("export_failed"),
         }
     }
 

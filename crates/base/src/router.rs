@@ -49,6 +49,11 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// The module's path prefix (`/` when it has none).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// The version that serves `request`: chosen by the rules, else the default.
     pub fn select(&self, request: &RequestView<'_>) -> &Target {
         self.rules

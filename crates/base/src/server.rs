@@ -84,12 +84,16 @@ impl Base {
 }
 
 impl RunningBase {
-    /// Stops accepting, lets in-flight requests finish, and releases the data
-    /// directory (so another base may open it).
+    /// Stops accepting, lets in-flight requests finish, exports the spans
+    /// still queued (waiting at most a second for that), and releases the
+    /// data directory (so another base may open it).
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         for task in self.tasks {
             let _ = task.await;
+        }
+        if let Some(exporter) = self.base.otlp() {
+            exporter.shutdown().await;
         }
     }
 

@@ -42,6 +42,9 @@ pub struct CallContext {
     pub hops: u32,
     /// The span of this hop; module calls continue its trace.
     pub trace: Option<TraceParent>,
+    /// The span that sent this hop (the client's `traceparent`, or the
+    /// calling module's hop), if any: the parent of this hop's span.
+    pub parent_span_id: Option<[u8; 8]>,
     /// Serves calls to `http://NAME.berth/`; `None` refuses them.
     pub caller: Option<Arc<dyn ModuleCaller>>,
 }
@@ -161,6 +164,7 @@ impl WasiHttpHooks for OutgoingPolicy {
                 request_id: self.context.request_id.clone(),
                 traffic_unit: request.headers().get(TRAFFIC_UNIT).cloned(),
                 hops: self.context.hops + 1,
+                parent_span_id: self.context.trace.map(|t| t.span_id),
                 trace,
                 caller: Some(caller.clone()),
             };

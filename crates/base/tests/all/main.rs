@@ -8,6 +8,7 @@ mod ingress;
 mod isolation;
 mod observability;
 mod ops;
+mod otlp;
 mod restart;
 mod sharing;
 mod support;

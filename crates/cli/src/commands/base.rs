@@ -66,6 +66,10 @@ pub struct BaseArgs {
     /// Do not add `x-berth-module: name@version` to module responses.
     #[arg(long)]
     no_version_header: bool,
+    /// Export a span per request hop with OpenTelemetry to this OTLP/HTTP
+    /// collector, e.g. http://127.0.0.1:4318 (spans go to /v1/traces).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 impl BaseArgs {
@@ -109,6 +113,10 @@ impl BaseArgs {
         config.version_header = !self.no_version_header;
         config.observability = !self.no_observability;
         config.runtime.memory_keep_resident = self.memory_keep_resident;
+        config.otlp_endpoint = self
+            .otlp_endpoint
+            .clone()
+            .filter(|endpoint| !endpoint.trim().is_empty());
         config
     }
 }

@@ -517,10 +517,15 @@ pub struct Assignment {
     pub route: Option<Route>,
 }
 
-/// The controller's answer to a heartbeat: what the base should run.
+/// What a base should run: the controller's answer to a heartbeat and to a
+/// watch (`GET /v1/bases/{name}/assignments?known=REVISION`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Assignments {
     /// Every module the controller wants on this base.
     pub modules: Vec<Assignment>,
+    /// Names this set of assignments: a watch that passes it back as
+    /// `known` is answered only once the assignments differ.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub revision: String,
 }

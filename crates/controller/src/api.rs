@@ -9,10 +9,14 @@
 //! | DELETE | `/v1/deployments/{name}` | delete one |
 //! | POST | `/v1/deployments/{name}/rollout/{confirm,pause,resume,undo}` | steer its rollout |
 //! | PUT | `/v1/bases/{name}` | a base's heartbeat ([`BaseHeartbeat`]); answers its [`Assignments`](berth_api::Assignments) |
+//! | GET | `/v1/bases/{name}/assignments?known=REV&waitMs=N` | a base's assignments, held (long poll, up to `waitMs`, default 30 s) while they are still `REV` |
 //! | GET | `/v1/bases` | every base with Ready / NotReady |
+//! | GET | `/metrics` | Prometheus metrics of the controller |
 //!
 //! A manifest problem is a 422 `invalid_manifest` whose message starts with
-//! the path of the bad field, and changes nothing.
+//! the path of the bad field, and changes nothing. Every change (apply,
+//! delete, rollout action, a heartbeat with news) runs a reconcile pass
+//! before it is answered, so what the answer shows is already assigned.
 
 use std::sync::Arc;
 
@@ -26,16 +30,53 @@ use berth_api::manifest::{self, Manifest};
 use berth_api::{BaseHeartbeat, ErrorBody, ErrorDetail};
 use serde::Serialize;
 
-use crate::resources::{Applied, ResourceError, Resources};
+use std::time::Duration;
+
+use crate::events::{DeploymentEvent, NewEvent};
+use crate::reconciler::Reconciler;
+use crate::resources::{Applied, ResourceError, Resources, StoredDeployment};
+use crate::status::DeploymentStatus;
 use crate::store::RedbStore;
 
 /// Shared state of the API.
 #[derive(Clone)]
 pub struct Shared {
-    /// Deployments (and the store under them).
-    pub resources: Arc<Resources<RedbStore>>,
-    /// A base silent for longer than this is NotReady.
-    pub heartbeat_timeout: std::time::Duration,
+    /// The reconciler (and the deployments and store under it).
+    pub reconciler: Arc<Reconciler>,
+}
+
+impl Shared {
+    fn resources(&self) -> &Resources<RedbStore> {
+        self.reconciler.resources()
+    }
+}
+
+/// Serves the API on `listener` and runs the reconciler's tick until
+/// `shutdown` resolves; long polls are answered at once when it does.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    reconciler: Arc<Reconciler>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if let Err(e) = reconciler.reconcile() {
+        tracing::warn!(error = %e, "first reconcile failed; retrying on the tick");
+    }
+    let ticking = tokio::spawn(reconciler.clone().run());
+    let stopper = reconciler.clone();
+    let result = axum::serve(
+        listener,
+        router(Shared {
+            reconciler: reconciler.clone(),
+        }),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        stopper.stop();
+    })
+    .await;
+    reconciler.stop();
+    let _ = ticking.await;
+    result
 }
 
 /// An API failure.
@@ -87,6 +128,8 @@ pub fn router(shared: Shared) -> Router {
     Router::new()
         .route("/v1/bases", get(list_bases))
         .route("/v1/bases/{name}", axum::routing::put(heartbeat))
+        .route("/v1/bases/{name}/assignments", get(watch_assignments))
+        .route("/metrics", get(metrics))
         .route(
             "/v1/health",
             get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
@@ -122,35 +165,98 @@ async fn heartbeat(
         });
     }
     let name = beat.name.clone();
-    crate::bases::heartbeat(shared.resources.store(), beat)?;
-    // Answer with what this base should run now.
-    let bases = crate::bases::list(shared.resources.store(), shared.heartbeat_timeout)?;
-    let deployments = shared.resources.deployments()?;
-    let placement = crate::scheduler::place(&deployments, &bases);
-    // Move rollouts along with what the bases now report.
-    let now = crate::rollout::now_ms();
-    for d in deployments.iter().filter(|d| d.rollout.is_some()) {
-        let rolled = placement
-            .rolled
-            .get(&d.manifest.metadata.name)
-            .cloned()
-            .unwrap_or_default();
-        shared
-            .resources
-            .update(&d.manifest.metadata.name, |stored| {
-                crate::rollout::advance(stored, &rolled, &bases, now);
-            })?;
+    shared.reconciler.metrics.heartbeats.inc();
+    let news = crate::bases::heartbeat(
+        shared.resources().store(),
+        beat,
+        shared.reconciler.heartbeat_timeout(),
+    )?;
+    if news {
+        reconcile(&shared).await?;
     }
-    let modules = placement.by_base.get(&name).cloned().unwrap_or_default();
-    Ok(axum::Json(berth_api::Assignments { modules }).into_response())
+    let snapshot = shared.reconciler.subscribe().borrow().clone();
+    let (revision, modules) = snapshot.assignments(&name).unwrap_or_default();
+    Ok(axum::Json(berth_api::Assignments { modules, revision }).into_response())
+}
+
+/// Runs a reconcile pass off the async threads.
+async fn reconcile(shared: &Shared) -> Result<(), ApiError> {
+    let reconciler = shared.reconciler.clone();
+    tokio::task::spawn_blocking(move || reconciler.reconcile())
+        .await
+        .map_err(|e| ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "reconcile_failed",
+            message: format!("the reconcile pass panicked: {e}"),
+        })??;
+    Ok(())
+}
+
+/// Query of an assignments watch.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WatchQuery {
+    /// The revision the base already runs.
+    known: Option<String>,
+    /// How long to hold the request while nothing changes (ms).
+    wait_ms: Option<u64>,
+}
+
+/// Longest a watch is held.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+async fn watch_assignments(
+    State(shared): State<Shared>,
+    Path(name): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<WatchQuery>,
+) -> Result<Response, ApiError> {
+    let wait = query
+        .wait_ms
+        .map_or(Duration::from_secs(30), Duration::from_millis)
+        .min(MAX_WAIT);
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut updates = shared.reconciler.subscribe();
+    loop {
+        let snapshot = updates.borrow_and_update().clone();
+        let Some((revision, modules)) = snapshot.assignments(&name) else {
+            return Err(ApiError {
+                status: StatusCode::CONFLICT,
+                code: "base_not_ready",
+                message: format!(
+                    "base `{name}` is not Ready (unknown, or no heartbeat within {}); send a heartbeat (PUT /v1/bases/{name}) first",
+                    humantime::format_duration(shared.reconciler.heartbeat_timeout())
+                ),
+            });
+        };
+        if query.known.as_deref() != Some(revision.as_str()) {
+            return Ok(axum::Json(berth_api::Assignments { modules, revision }).into_response());
+        }
+        tokio::select! {
+            changed = tokio::time::timeout_at(deadline, updates.changed()) => {
+                if !matches!(changed, Ok(Ok(()))) {
+                    return Ok(axum::Json(berth_api::Assignments { modules, revision }).into_response());
+                }
+            }
+            _ = shared.reconciler.stopped() => {
+                return Ok(axum::Json(berth_api::Assignments { modules, revision }).into_response());
+            }
+        }
+    }
+}
+
+async fn metrics(State(shared): State<Shared>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        shared.reconciler.metrics.encode(),
+    )
+        .into_response()
 }
 
 async fn list_bases(State(shared): State<Shared>) -> Result<Response, ApiError> {
-    Ok(axum::Json(crate::bases::list(
-        shared.resources.store(),
-        shared.heartbeat_timeout,
-    )?)
-    .into_response())
+    Ok(axum::Json(shared.reconciler.bases()?).into_response())
 }
 
 async fn apply(State(shared): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
@@ -165,7 +271,13 @@ async fn apply(State(shared): State<Shared>, body: Bytes) -> Result<Response, Ap
         message: e.to_string(),
     })?;
     let name = deployment.metadata.name.clone();
-    let applied = shared.resources.apply(deployment)?;
+    let before = shared.resources().deployment(&name)?;
+    let applied = shared.resources().apply(deployment.clone())?;
+    let after = shared.resources().deployment(&name)?;
+    shared
+        .reconciler
+        .record(&name, &apply_events(before.as_ref(), after.as_ref()))?;
+    reconcile(&shared).await?;
     let (status, result, generation) = match applied {
         Applied::Created => (StatusCode::CREATED, "created", 1),
         Applied::Updated(g) => (StatusCode::OK, "updated", g),
@@ -178,6 +290,60 @@ async fn apply(State(shared): State<Shared>, body: Bytes) -> Result<Response, Ap
         generation,
     };
     Ok((status, axum::Json(response)).into_response())
+}
+
+/// What an apply changed, as events.
+fn apply_events(
+    before: Option<&StoredDeployment>,
+    after: Option<&StoredDeployment>,
+) -> Vec<NewEvent> {
+    let Some(after) = after else {
+        return Vec::new();
+    };
+    let spec = &after.manifest.spec;
+    let Some(before) = before else {
+        return vec![NewEvent::normal(
+            "Created",
+            format!(
+                "{}@{} with {} replica(s)",
+                spec.module.name, spec.module.version, spec.replicas
+            ),
+        )];
+    };
+    let old = &before.manifest.spec;
+    if before.generation == after.generation {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    if old.replicas != spec.replicas {
+        out.push(NewEvent::normal(
+            "Scaled",
+            format!("replicas {} → {}", old.replicas, spec.replicas),
+        ));
+    }
+    if old.module != spec.module {
+        out.push(NewEvent::normal(
+            "RolloutStarted",
+            format!(
+                "{} → {} in {} batch(es){}",
+                old.module.version,
+                spec.module.version,
+                spec.strategy.batches,
+                if spec.strategy.need_confirm {
+                    ", each confirmed"
+                } else {
+                    ""
+                }
+            ),
+        ));
+    }
+    if out.is_empty() {
+        out.push(NewEvent::normal(
+            "Updated",
+            format!("spec changed (generation {})", after.generation),
+        ));
+    }
+    out
 }
 
 /// `confirm`, `pause`, `resume` or `undo` the rollout of a deployment.
@@ -197,7 +363,7 @@ async fn rollout_action(
             message: format!("no rollout action `{action}`; use confirm, pause, resume or undo"),
         });
     }
-    let Some(current) = shared.resources.deployment(&name)? else {
+    let Some(current) = shared.resources().deployment(&name)? else {
         return Err(not_found(&name));
     };
     if action == "undo" {
@@ -207,13 +373,23 @@ async fn rollout_action(
             )));
         };
         let mut manifest = current.manifest.clone();
+        shared.reconciler.record(
+            &name,
+            &[NewEvent::normal(
+                "UndoRequested",
+                format!(
+                    "back from {} to {}",
+                    manifest.spec.module.version, previous.version
+                ),
+            )],
+        )?;
         manifest.spec.module = previous;
-        shared.resources.apply(manifest)?;
+        shared.resources().apply(manifest)?;
     } else {
         if current.rollout.is_none() {
             return Err(invalid(format!("`{name}` has no rollout in progress")));
         }
-        shared.resources.update(&name, |stored| {
+        shared.resources().update(&name, |stored| {
             if let Some(r) = stored.rollout.as_mut() {
                 match action.as_str() {
                     "confirm" => r.confirmed = r.confirmed.max(r.batch),
@@ -222,16 +398,24 @@ async fn rollout_action(
                 }
             }
         })?;
+        let batch = current.rollout.as_ref().map_or(0, |r| r.batch);
+        let event = match action.as_str() {
+            "confirm" => NewEvent::normal("Confirmed", format!("batch {batch} confirmed")),
+            "pause" => NewEvent::normal("Paused", format!("held at batch {batch}")),
+            _ => NewEvent::normal("Resumed", format!("going on from batch {batch}")),
+        };
+        shared.reconciler.record(&name, &[event])?;
     }
+    reconcile(&shared).await?;
     let stored = shared
-        .resources
+        .resources()
         .deployment(&name)?
         .ok_or_else(|| not_found(&name))?;
     Ok(axum::Json(stored).into_response())
 }
 
 async fn list(State(shared): State<Shared>) -> Result<Response, ApiError> {
-    Ok(axum::Json(shared.resources.deployments()?).into_response())
+    Ok(axum::Json(shared.resources().deployments()?).into_response())
 }
 
 fn not_found(name: &str) -> ApiError {
@@ -242,88 +426,43 @@ fn not_found(name: &str) -> ApiError {
     }
 }
 
-/// A deployment with its live status.
+/// A deployment with its live status and events.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeploymentView {
     /// As stored.
     #[serde(flatten)]
-    pub stored: crate::resources::StoredDeployment,
+    pub stored: StoredDeployment,
     /// Where it stands now.
     pub status: DeploymentStatus,
-}
-
-/// Replica counts and per-base state of a deployment.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DeploymentStatus {
-    /// Replicas asked for.
-    pub desired: u32,
-    /// Placed replicas whose base reports the version assigned to it.
-    pub ready: u32,
-    /// Ready bases reporting the spec's (newest) version.
-    pub updated: u32,
-    /// Replicas no base could take (selector, capacity, Ready bases).
-    pub unschedulable: u32,
-    /// Per placed base: its name, the version assigned, and whether it runs it.
-    pub bases: Vec<BaseReplica>,
-}
-
-/// One replica.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct BaseReplica {
-    /// The base.
-    pub base: String,
-    /// The version assigned to it.
-    pub version: String,
-    /// Whether it reports running that version.
-    pub running: bool,
+    /// What happened to it, oldest first.
+    pub events: Vec<DeploymentEvent>,
 }
 
 async fn show(
     State(shared): State<Shared>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let Some(stored) = shared.resources.deployment(&name)? else {
+    let Some(stored) = shared.resources().deployment(&name)? else {
         return Err(not_found(&name));
     };
-    let bases = crate::bases::list(shared.resources.store(), shared.heartbeat_timeout)?;
-    let placement = crate::scheduler::place(&shared.resources.deployments()?, &bases);
-    let module = &stored.manifest.spec.module;
-    let mut replicas = Vec::new();
-    for (base, assignments) in &placement.by_base {
-        for a in assignments.iter().filter(|a| a.name == module.name) {
-            let label = format!("{}@{}", a.name, a.version);
-            let running = bases
-                .iter()
-                .any(|b| b.heartbeat.name == *base && b.heartbeat.modules.contains(&label));
-            replicas.push(BaseReplica {
-                base: base.clone(),
-                version: a.version.clone(),
-                running,
-            });
-        }
-    }
-    let newest = format!("{}@{}", module.name, module.version);
-    let status = DeploymentStatus {
-        desired: stored.manifest.spec.replicas,
-        ready: replicas.iter().filter(|r| r.running).count() as u32,
-        updated: bases
-            .iter()
-            .filter(|b| b.state == "Ready" && b.heartbeat.modules.contains(&newest))
-            .count() as u32,
-        unschedulable: placement.unschedulable.get(&name).copied().unwrap_or(0),
-        bases: replicas,
-    };
-    Ok(axum::Json(DeploymentView { stored, status }).into_response())
+    let status = shared.reconciler.status(&stored);
+    let events = crate::events::list(shared.resources().store(), &name)?;
+    Ok(axum::Json(DeploymentView {
+        stored,
+        status,
+        events,
+    })
+    .into_response())
 }
 
 async fn delete(
     State(shared): State<Shared>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    if shared.resources.delete_deployment(&name)? {
+    if shared.resources().delete_deployment(&name)? {
+        crate::events::forget(shared.resources().store(), &name)?;
+        reconcile(&shared).await?;
         Ok(axum::Json(serde_json::json!({ "deleted": name })).into_response())
     } else {
         Err(not_found(&name))

@@ -2,14 +2,23 @@
 //! state of a fleet — ModuleDeployments and the bases that registered — in a
 //! [`store::Store`], and reconciles bases toward it.
 //!
-//! This crate so far holds the store — the [`store::Store`] trait and its
-//! embedded [`store::RedbStore`] backend — and the typed
-//! [`resources::Resources`] over it. The API server, reconcilers, scheduler
-//! and rollout build on them.
+//! - [`store`]: the [`store::Store`] trait (etcd-shaped: revisions,
+//!   compare-and-swap, watch) and its embedded [`store::RedbStore`] backend;
+//! - [`resources`]: typed ModuleDeployments over it; [`bases`]: heartbeats
+//!   and readiness; [`events`]: what happened to each deployment;
+//! - [`scheduler`] (placement), [`rollout`] (batches) and [`status`]
+//!   (replica counts, conditions) — pure functions of the state;
+//! - [`reconciler`]: the loop that runs them, publishes each base's
+//!   assignments and records events; [`metrics`]: its Prometheus view;
+//! - [`api`]: the HTTP API bases and the CLI talk to.
 
 pub mod api;
 pub mod bases;
+pub mod events;
+pub mod metrics;
+pub mod reconciler;
 pub mod resources;
 pub mod rollout;
 pub mod scheduler;
+pub mod status;
 pub mod store;

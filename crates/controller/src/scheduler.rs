@@ -120,6 +120,39 @@ pub fn place(deployments: &[StoredDeployment], bases: &[BaseStatus]) -> Placemen
     placement
 }
 
+/// Why replicas of `d` found no base, in words, for its events.
+pub fn why_unschedulable(d: &StoredDeployment, bases: &[BaseStatus]) -> String {
+    let spec = &d.manifest.spec;
+    let matching = bases
+        .iter()
+        .filter(|b| {
+            b.state == "Ready"
+                && spec
+                    .base_selector
+                    .iter()
+                    .all(|(k, v)| b.heartbeat.labels.get(k) == Some(v))
+        })
+        .count();
+    let selector = if spec.base_selector.is_empty() {
+        "any labels".to_string()
+    } else {
+        spec.base_selector
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    if matching == 0 {
+        format!(
+            "no Ready base matches {selector}; start one with `berth base --controller … --labels {selector}`"
+        )
+    } else {
+        format!(
+            "{matching} Ready base(s) match {selector}, each takes at most one replica and only while under its --capacity-modules; add bases or lower spec.replicas"
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;

@@ -5,21 +5,35 @@
 use std::sync::Arc;
 
 use berth_controller::api;
+use berth_controller::reconciler::Reconciler;
 use berth_controller::resources::Resources;
 use berth_controller::store::RedbStore;
 use serde_json::Value;
 
-async fn serve(path: &std::path::Path) -> (String, tokio::task::JoinHandle<()>) {
+/// A controller on a free port; dropping or sending on the returned
+/// sender shuts it down (await the handle to know its store is closed).
+async fn serve(
+    path: &std::path::Path,
+) -> (
+    String,
+    (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ),
+) {
     let resources = Arc::new(Resources::new(RedbStore::open(path).unwrap()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let shared = api::Shared {
-        resources,
-        heartbeat_timeout: std::time::Duration::from_secs(10),
-    };
-    let task =
-        tokio::spawn(async move { axum::serve(listener, api::router(shared)).await.unwrap() });
-    (url, task)
+    let reconciler = Reconciler::new(resources, std::time::Duration::from_secs(10));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        api::serve(listener, reconciler, async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap()
+    });
+    (url, (stop, task))
 }
 
 fn manifest(replicas: &str) -> String {
@@ -145,8 +159,9 @@ async fn apply_list_show_delete_and_survive_a_restart() {
     assert_eq!(list[0]["manifest"]["spec"]["replicas"], 8);
 
     // Restart: same state.
-    server.abort();
-    let _ = server.await;
+    let (stop, task) = server;
+    drop(stop);
+    task.await.unwrap();
     let (url, _server) = serve(&path).await;
     let shown: Value = client
         .get(format!("{url}/v1/deployments/orders"))
@@ -183,4 +198,53 @@ async fn apply_list_show_delete_and_survive_a_restart() {
             .unwrap()
             .contains("no ModuleDeployment named `orders`")
     );
+}
+
+#[tokio::test]
+async fn an_assignment_watch_is_held_until_the_assignments_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _server) = serve(&dir.path().join("controller.redb")).await;
+    let client = reqwest::Client::new();
+    let watch = |known: &str, wait_ms: u64| {
+        client
+            .get(format!("{url}/v1/bases/a/assignments"))
+            .query(&[("known", known), ("waitMs", &wait_ms.to_string())])
+            .send()
+    };
+
+    // A base the controller has not heard from gets no (empty) answer.
+    let response = watch("", 100).await.unwrap();
+    assert_eq!(response.status(), 409);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "base_not_ready");
+
+    let beat = serde_json::json!({"name": "a", "capacityModules": 10, "ingress": "127.0.0.1:1", "ops": "127.0.0.1:2"});
+    let response = client
+        .put(format!("{url}/v1/bases/a"))
+        .json(&beat)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let first: Value = watch("", 100).await.unwrap().json().await.unwrap();
+    assert_eq!(first["modules"], serde_json::json!([]));
+    let known = first["revision"].as_str().unwrap().to_string();
+
+    // Held while nothing changes…
+    let held = tokio::time::Instant::now();
+    let same: Value = watch(&known, 300).await.unwrap().json().await.unwrap();
+    assert!(held.elapsed() >= std::time::Duration::from_millis(300));
+    assert_eq!(same["revision"], first["revision"]);
+
+    // …and answered as soon as an apply changes them.
+    let pending = tokio::spawn(watch(&known, 10_000));
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!pending.is_finished(), "the watch answered with no change");
+    let applied = tokio::time::Instant::now();
+    let (status, body) = post(&client, &url, manifest("2")).await;
+    assert_eq!(status, 201, "{body}");
+    let changed: Value = pending.await.unwrap().unwrap().json().await.unwrap();
+    assert!(applied.elapsed() < std::time::Duration::from_secs(2));
+    assert_eq!(changed["modules"][0]["name"], "orders");
+    assert_ne!(changed["revision"], first["revision"]);
 }

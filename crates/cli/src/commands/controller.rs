@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use berth_api::ErrorBody;
+use berth_controller::events::DeploymentEvent;
 use berth_controller::resources::{Resources, StoredDeployment};
 use berth_controller::store::RedbStore;
 
@@ -40,15 +41,11 @@ pub async fn serve(
         "  bases join with: berth base --controller http://{}",
         listen
     );
-    let shared = berth_controller::api::Shared {
-        resources,
-        heartbeat_timeout,
-    };
-    axum::serve(listener, berth_controller::api::router(shared))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    let reconciler = berth_controller::reconciler::Reconciler::new(resources, heartbeat_timeout);
+    berth_controller::api::serve(listener, reconciler, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
     Ok(())
 }
 
@@ -224,6 +221,7 @@ pub async fn describe(controller: &str, name: &str) -> Result<()> {
     )
     .await?;
     let status = body["status"].clone();
+    let events = body["events"].clone();
     let d: StoredDeployment = serde_json::from_value(body)?;
     println!("Name:        {}", d.manifest.metadata.name);
     println!("Generation:  {}", d.generation);
@@ -241,9 +239,11 @@ pub async fn describe(controller: &str, name: &str) -> Result<()> {
             replica["base"].as_str().unwrap_or("?"),
             replica["version"].as_str().unwrap_or("?"),
             if replica["running"] == true {
-                "running"
+                "running".to_string()
+            } else if let Some(error) = replica["error"].as_str() {
+                format!("failed: {error}")
             } else {
-                "installing"
+                "installing".to_string()
             }
         );
     }
@@ -270,6 +270,47 @@ pub async fn describe(controller: &str, name: &str) -> Result<()> {
     if !d.history.is_empty() {
         let versions: Vec<&str> = d.history.iter().map(|m| m.version.as_str()).collect();
         println!("History:     {}", versions.join(" → "));
+    }
+    println!("Conditions:");
+    for c in status["conditions"].as_array().into_iter().flatten() {
+        println!(
+            "  {:<15} {:<6} {:<18} {}",
+            c["type"].as_str().unwrap_or("?"),
+            c["status"].as_str().unwrap_or("?"),
+            c["reason"].as_str().unwrap_or("?"),
+            c["message"].as_str().unwrap_or("")
+        );
+    }
+    let events: Vec<DeploymentEvent> = serde_json::from_value(events).unwrap_or_default();
+    if events.is_empty() {
+        println!("Events:      none");
+    } else {
+        println!("Events:");
+        let now = std::time::SystemTime::now();
+        for e in events {
+            let ago = |ms: u64| {
+                let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+                let secs = now.duration_since(at).map_or(0, |d| d.as_secs());
+                humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
+            };
+            let times = if e.count > 1 {
+                format!(
+                    "{} ago (x{} over {})",
+                    ago(e.last_ms),
+                    e.count,
+                    ago(e.first_ms)
+                )
+            } else {
+                format!("{} ago", ago(e.last_ms))
+            };
+            println!(
+                "  {:<8} {:<17} {:<24} {}",
+                e.kind.as_str(),
+                e.reason,
+                times,
+                e.message
+            );
+        }
     }
     Ok(())
 }

@@ -1,0 +1,489 @@
+//! The reconciler: the one loop that turns desired state into assignments.
+//!
+//! A pass reads the deployments and the bases' last heartbeats, places
+//! replicas ([`crate::scheduler`]), moves rollouts along
+//! ([`crate::rollout`]) — placing again when a batch advanced, so the next
+//! batch is assigned in the same pass — and then:
+//!
+//! - **publishes** the placement; bases watching their assignments
+//!   (`GET /v1/bases/{name}/assignments`, a long poll) are answered the
+//!   moment theirs change, instead of on their next heartbeat;
+//! - **records events** from what changed since the previous pass (a
+//!   replica scheduled, running, moved off a silent base, unschedulable; an
+//!   install that failed; a batch done; a rollout complete or failed);
+//! - **sets the metrics** gauges.
+//!
+//! Passes run when something changes — an apply, a delete, a rollout
+//! action, a heartbeat with news — right in that request, so the change is
+//! acted on before the API answers; and on a tick (a quarter of the
+//! heartbeat timeout), which is what notices silent bases and elapsed
+//! pauses. Passes are serialised; each is a pure function of the store, so
+//! running one too many is harmless.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use berth_api::{Assignment, BaseStatus};
+use tokio::sync::watch;
+
+use crate::events::{self, NewEvent};
+use crate::metrics::{Metrics, ReplicaLabels, StateLabels};
+use crate::resources::{ResourceError, Resources, StoredDeployment};
+use crate::rollout::{self, now_ms};
+use crate::scheduler::{self, Placement};
+use crate::status::{self, DeploymentStatus};
+use crate::store::RedbStore;
+
+/// The outcome of the latest pass.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Where every replica goes.
+    pub placement: Placement,
+    /// The bases as that pass saw them.
+    pub bases: Vec<BaseStatus>,
+}
+
+impl Snapshot {
+    /// What `base` should run, and the revision naming that set; `None` if
+    /// the base is not Ready (its assignments would be empty for that
+    /// reason alone, which must not make it uninstall everything).
+    pub fn assignments(&self, base: &str) -> Option<(String, Vec<Assignment>)> {
+        let ready = self
+            .bases
+            .iter()
+            .any(|b| b.heartbeat.name == base && b.state == "Ready");
+        if !ready {
+            return None;
+        }
+        let modules = self
+            .placement
+            .by_base
+            .get(base)
+            .cloned()
+            .unwrap_or_default();
+        Some((revision(&modules), modules))
+    }
+}
+
+/// A short stable name of a set of assignments.
+fn revision(modules: &[Assignment]) -> String {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(modules)
+        .expect("assignments serialize")
+        .hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
+/// Per deployment, what the previous pass saw (for events).
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Seen {
+    /// Base → version assigned.
+    placed: BTreeMap<String, String>,
+    /// Bases running their assigned version.
+    running: BTreeSet<String>,
+    /// Base → the error it reported for its assigned version.
+    failures: BTreeMap<String, String>,
+    unschedulable: u32,
+}
+
+/// The controller's reconciler; see the module docs.
+pub struct Reconciler {
+    resources: Arc<Resources<RedbStore>>,
+    heartbeat_timeout: Duration,
+    started_ms: u64,
+    /// What the previous pass saw; `None` before the first.
+    seen: Mutex<Option<BTreeMap<String, Seen>>>,
+    published: watch::Sender<Arc<Snapshot>>,
+    stopping: watch::Sender<bool>,
+    /// The controller's metrics.
+    pub metrics: Metrics,
+}
+
+impl Reconciler {
+    /// A reconciler over `resources`; bases silent for `heartbeat_timeout`
+    /// are NotReady.
+    pub fn new(resources: Arc<Resources<RedbStore>>, heartbeat_timeout: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            resources,
+            heartbeat_timeout,
+            started_ms: now_ms(),
+            seen: Mutex::new(None),
+            published: watch::channel(Arc::new(Snapshot::default())).0,
+            stopping: watch::channel(false).0,
+            metrics: Metrics::default(),
+        })
+    }
+
+    /// The deployments and the store under them.
+    pub fn resources(&self) -> &Resources<RedbStore> {
+        &self.resources
+    }
+
+    /// The heartbeat timeout.
+    pub fn heartbeat_timeout(&self) -> Duration {
+        self.heartbeat_timeout
+    }
+
+    /// Every base, with readiness as this controller judges it.
+    pub fn bases(&self) -> Result<Vec<BaseStatus>, ResourceError> {
+        crate::bases::list(
+            self.resources.store(),
+            self.heartbeat_timeout,
+            self.started_ms,
+        )
+    }
+
+    /// The latest pass's outcome, and a receiver told of each new one that
+    /// changes some base's assignments.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.published.subscribe()
+    }
+
+    /// Tells watchers to answer now: the controller is shutting down.
+    pub fn stop(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Resolves once [`Reconciler::stop`] was called.
+    pub async fn stopped(&self) {
+        let mut rx = self.stopping.subscribe();
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+
+    /// The status of deployment `d` as of the latest pass.
+    pub fn status(&self, d: &StoredDeployment) -> DeploymentStatus {
+        let snapshot = self.published.borrow().clone();
+        status::of(d, &snapshot.placement, &snapshot.bases)
+    }
+
+    /// Records `new` events on deployment `name`.
+    pub fn record(&self, name: &str, new: &[NewEvent]) -> Result<(), ResourceError> {
+        for e in new {
+            self.metrics
+                .events
+                .get_or_create(&StateLabels {
+                    state: e.kind.as_str(),
+                })
+                .inc();
+        }
+        events::record(self.resources.store(), name, new, now_ms())
+    }
+
+    /// Runs passes on the tick until [`Reconciler::stop`].
+    pub async fn run(self: Arc<Self>) {
+        let tick =
+            (self.heartbeat_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let mut interval = tokio::time::interval(tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = self.stopped() => return,
+            }
+            let this = self.clone();
+            match tokio::task::spawn_blocking(move || this.reconcile()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "reconcile failed; retrying on the next tick")
+                }
+                Err(e) => tracing::error!(error = %e, "reconcile panicked"),
+            }
+        }
+    }
+
+    /// One pass; see the module docs.
+    pub fn reconcile(&self) -> Result<(), ResourceError> {
+        let mut seen_guard = self.seen.lock().expect("reconciler state");
+        let started = Instant::now();
+        let bases = self.bases()?;
+        let mut deployments = self.resources.deployments()?;
+        let now = now_ms();
+        let mut news: BTreeMap<String, Vec<NewEvent>> = BTreeMap::new();
+        let mut placement = scheduler::place(&deployments, &bases);
+        // A batch that completes lets the next one start in the same pass.
+        for _ in 0..4 {
+            let mut advanced = false;
+            for d in deployments.iter_mut().filter(|d| d.rollout.is_some()) {
+                let name = d.manifest.metadata.name.clone();
+                let rolled = placement.rolled.get(&name).cloned().unwrap_or_default();
+                if !rollout::advance(&mut d.clone(), &rolled, &bases, now) {
+                    continue;
+                }
+                let before = d.clone();
+                if let Some(after) = self.resources.update(&name, |stored| {
+                    rollout::advance(stored, &rolled, &bases, now);
+                })? {
+                    news.entry(name)
+                        .or_default()
+                        .extend(rollout_events(&before, &after));
+                    *d = after;
+                    advanced = true;
+                }
+            }
+            if !advanced {
+                break;
+            }
+            placement = scheduler::place(&deployments, &bases);
+        }
+
+        let seen_now = observe(&deployments, &placement, &bases);
+        if let Some(seen_before) = seen_guard.as_ref() {
+            for d in &deployments {
+                let name = &d.manifest.metadata.name;
+                let empty = Seen::default();
+                let before = seen_before.get(name).unwrap_or(&empty);
+                let now = &seen_now[name];
+                let found = self.placement_events(d, before, now, &bases);
+                news.entry(name.clone()).or_default().extend(found);
+            }
+        }
+        for (name, new) in &news {
+            self.record(name, new)?;
+        }
+        *seen_guard = Some(seen_now);
+
+        self.set_gauges(&deployments, &placement, &bases);
+        let snapshot = Arc::new(Snapshot { placement, bases });
+        self.published.send_if_modified(|current| {
+            let changed = current.placement.by_base != snapshot.placement.by_base
+                || ready_set(&current.bases) != ready_set(&snapshot.bases);
+            *current = snapshot;
+            changed
+        });
+        self.metrics
+            .reconcile_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Events from what changed in `d`'s placement between two passes.
+    fn placement_events(
+        &self,
+        d: &StoredDeployment,
+        before: &Seen,
+        now: &Seen,
+        bases: &[BaseStatus],
+    ) -> Vec<NewEvent> {
+        let module = &d.manifest.spec.module.name;
+        let mut out = Vec::new();
+        for (base, version) in &now.placed {
+            match before.placed.get(base) {
+                None => {
+                    self.metrics.decided("scheduled");
+                    out.push(NewEvent::normal(
+                        "Scheduled",
+                        format!("replica placed on base {base} ({module}@{version})"),
+                    ));
+                }
+                Some(old) if old != version => out.push(NewEvent::normal(
+                    "VersionAssigned",
+                    format!("base {base}: {module}@{old} → {version}"),
+                )),
+                Some(_) => {}
+            }
+        }
+        for base in before
+            .placed
+            .keys()
+            .filter(|b| !now.placed.contains_key(*b))
+        {
+            self.metrics.decided("descheduled");
+            let ready = bases
+                .iter()
+                .any(|b| b.heartbeat.name == *base && b.state == "Ready");
+            out.push(if ready {
+                NewEvent::normal("Descheduled", format!("replica removed from base {base}"))
+            } else {
+                NewEvent::warning(
+                    "BaseNotReady",
+                    format!(
+                        "base {base} sent no heartbeat for {}; its replica is placed elsewhere",
+                        humantime::format_duration(self.heartbeat_timeout)
+                    ),
+                )
+            });
+        }
+        for base in now.running.difference(&before.running) {
+            out.push(NewEvent::normal(
+                "Running",
+                format!("base {base} runs {module}@{}", now.placed[base]),
+            ));
+        }
+        for (base, error) in &now.failures {
+            if before.failures.get(base) != Some(error) {
+                out.push(NewEvent::warning(
+                    "InstallFailed",
+                    format!(
+                        "base {base} cannot run {module}@{}: {error}",
+                        now.placed[base]
+                    ),
+                ));
+            }
+        }
+        if now.unschedulable > 0 && now.unschedulable != before.unschedulable {
+            self.metrics.decided("unschedulable");
+            out.push(NewEvent::warning(
+                "Unschedulable",
+                format!(
+                    "{} of {} replica(s) found no base: {}",
+                    now.unschedulable,
+                    d.manifest.spec.replicas,
+                    scheduler::why_unschedulable(d, bases)
+                ),
+            ));
+        } else if now.unschedulable == 0 && before.unschedulable > 0 {
+            out.push(NewEvent::normal("Scheduled", "every replica has a base"));
+        }
+        out
+    }
+
+    fn set_gauges(
+        &self,
+        deployments: &[StoredDeployment],
+        placement: &Placement,
+        bases: &[BaseStatus],
+    ) {
+        let m = &self.metrics;
+        m.deployments.set(deployments.len() as i64);
+        m.replicas.clear();
+        m.rollouts.clear();
+        m.bases.clear();
+        for state in ["Ready", "NotReady"] {
+            let n = bases.iter().filter(|b| b.state == state).count();
+            m.bases.get_or_create(&StateLabels { state }).set(n as i64);
+        }
+        for d in deployments {
+            let s = status::of(d, placement, bases);
+            let name = &d.manifest.metadata.name;
+            for (state, n) in [
+                ("desired", s.desired),
+                ("ready", s.ready),
+                ("updated", s.updated),
+                ("unschedulable", s.unschedulable),
+            ] {
+                m.replicas
+                    .get_or_create(&ReplicaLabels {
+                        deployment: name.clone(),
+                        state,
+                    })
+                    .set(i64::from(n));
+            }
+            if let Some(r) = &d.rollout {
+                let spec = &d.manifest.spec;
+                let state = if r.failed.is_some() {
+                    "failed"
+                } else if r.paused {
+                    "paused"
+                } else if r.batch_done_ms.is_some()
+                    && spec.strategy.need_confirm
+                    && r.confirmed < r.batch
+                {
+                    "waiting_confirm"
+                } else {
+                    "progressing"
+                };
+                m.rollouts.get_or_create(&StateLabels { state }).inc();
+            }
+        }
+    }
+}
+
+fn ready_set(bases: &[BaseStatus]) -> BTreeSet<&str> {
+    bases
+        .iter()
+        .filter(|b| b.state == "Ready")
+        .map(|b| b.heartbeat.name.as_str())
+        .collect()
+}
+
+/// What each deployment's placement looks like now.
+fn observe(
+    deployments: &[StoredDeployment],
+    placement: &Placement,
+    bases: &[BaseStatus],
+) -> BTreeMap<String, Seen> {
+    deployments
+        .iter()
+        .map(|d| {
+            let module = &d.manifest.spec.module.name;
+            let mut seen = Seen {
+                unschedulable: placement
+                    .unschedulable
+                    .get(&d.manifest.metadata.name)
+                    .copied()
+                    .unwrap_or(0),
+                ..Seen::default()
+            };
+            for (base, assignments) in &placement.by_base {
+                for a in assignments.iter().filter(|a| a.name == *module) {
+                    let label = format!("{}@{}", a.name, a.version);
+                    seen.placed.insert(base.clone(), a.version.clone());
+                    if let Some(b) = bases.iter().find(|b| b.heartbeat.name == *base) {
+                        if b.heartbeat.modules.contains(&label) {
+                            seen.running.insert(base.clone());
+                        }
+                        if let Some(error) = b.heartbeat.failures.get(&label) {
+                            seen.failures.insert(base.clone(), error.clone());
+                        }
+                    }
+                }
+            }
+            (d.manifest.metadata.name.clone(), seen)
+        })
+        .collect()
+}
+
+/// Events from one rollout step.
+fn rollout_events(before: &StoredDeployment, after: &StoredDeployment) -> Vec<NewEvent> {
+    let spec = &after.manifest.spec;
+    let name = &after.manifest.metadata.name;
+    let version = &spec.module.version;
+    let batches = spec.strategy.batches;
+    let (Some(b), a) = (&before.rollout, &after.rollout) else {
+        return Vec::new();
+    };
+    let Some(a) = a else {
+        return vec![NewEvent::normal(
+            "RolloutComplete",
+            format!("all {} replicas run {version}", spec.replicas),
+        )];
+    };
+    let mut out = Vec::new();
+    if let (None, Some(why)) = (&b.failed, &a.failed) {
+        out.push(NewEvent::warning(
+            "RolloutFailed",
+            format!(
+                "{why}; the other bases keep {} (berth rollout undo {name}, or apply a fixed version)",
+                a.from.version
+            ),
+        ));
+    }
+    if b.batch_done_ms.is_none() && a.batch_done_ms.is_some() {
+        let next = if spec.strategy.need_confirm {
+            format!("; waiting for `berth rollout confirm {name}`")
+        } else {
+            spec.strategy
+                .pause_between
+                .as_ref()
+                .map_or(String::new(), |p| format!("; next batch in {p}"))
+        };
+        out.push(NewEvent::normal(
+            "BatchComplete",
+            format!("batch {} of {batches} runs {version}{next}", a.batch),
+        ));
+    }
+    if a.batch > b.batch {
+        out.push(NewEvent::normal(
+            "BatchStarted",
+            format!(
+                "batch {} of {batches}: {} of {} replicas move to {version}",
+                a.batch,
+                rollout::updated_count(spec.replicas, batches, a.batch),
+                spec.replicas
+            ),
+        ));
+    }
+    out
+}

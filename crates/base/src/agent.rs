@@ -1,24 +1,37 @@
 //! The base's side of the controller link: heartbeat, and run what is assigned.
 //!
-//! When a base is started with a controller, it reports itself (name,
-//! labels, capacity, addresses, the module versions it runs, requests in
-//! flight) every interval, and the controller answers with the modules this
-//! base should run. The agent then installs what is missing (or switches to
-//! an installed version), removes older versions of those modules, and
-//! uninstalls modules it installed for the controller that are no longer
-//! assigned; modules installed by hand through the ops API are left alone.
-//! A controller that is down or refuses is logged once per outage and
-//! retried; the base keeps serving its modules either way (the controller is
-//! never on the request path).
+//! When a base is started with a controller, two tasks talk to it:
+//!
+//! - **heartbeat**: every interval (and at once after the base changed what
+//!   it runs) it reports itself — name, labels, capacity, addresses, the
+//!   module versions it runs, the assigned ones it could not run, requests
+//!   in flight;
+//! - **watch**: a long poll on `GET /v1/bases/{name}/assignments?known=REV`
+//!   that the controller answers the moment this base's assignments change
+//!   (or after 30 s with the same ones). Each answer is applied: what is
+//!   missing is installed (or switched to, if installed), older versions of
+//!   those modules are removed, and modules this base installed for the
+//!   controller that are no longer assigned are uninstalled; modules
+//!   installed by hand through the ops API are left alone.
+//!
+//! Why a watch and not the heartbeat's answer: a change reaches the base in
+//! one round trip instead of up to one heartbeat interval later, while the
+//! heartbeat stays a cheap report. A controller that is down or refuses is
+//! logged once per outage and retried; the base keeps serving its modules
+//! either way (the controller is never on the request path), and a
+//! controller that says this base is not Ready yet is answered with a
+//! heartbeat before the watch asks again — an empty answer never arrives for
+//! that reason, so a controller restart never empties a base.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth_api::{
     ArtifactSource, Assignment, Assignments, BaseHeartbeat, InstallRequest, ModuleState,
 };
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::base::Base;
 
@@ -37,76 +50,199 @@ pub struct ControllerLink {
     pub interval: Duration,
 }
 
-/// Heartbeats (and runs what the controller assigns) until `shutdown` changes.
+/// How long the controller may hold a watch.
+const WATCH_WAIT: Duration = Duration::from_secs(30);
+
+/// What the two tasks share.
+struct Agent {
+    base: Base,
+    link: ControllerLink,
+    ops: SocketAddr,
+    ingress: SocketAddr,
+    http: reqwest::Client,
+    /// Assigned versions that could not run, with why (reported in heartbeats).
+    failures: Mutex<BTreeMap<String, String>>,
+    /// Wakes the heartbeat task to report now.
+    report_now: Notify,
+}
+
+/// Heartbeats, and runs what the controller assigns, until `shutdown` changes.
 pub(crate) async fn run(
     base: Base,
     link: ControllerLink,
     ops: SocketAddr,
     ingress: SocketAddr,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .expect("an HTTP client");
-    let url = format!("{}/v1/bases/{}", link.url.trim_end_matches('/'), link.name);
-    let mut reachable = true;
-    // Which modules this base runs for the controller, kept across restarts
-    // so that one unassigned while the base was down is still removed.
-    let managed_file = base.config().data_dir.join("controller-managed.json");
-    let mut managed: BTreeSet<String> = std::fs::read(&managed_file)
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .unwrap_or_default();
-    let mut failures = BTreeMap::new();
-    loop {
-        let modules = base.list(None).map(|l| l.modules).unwrap_or_default();
-        let beat = BaseHeartbeat {
-            name: link.name.clone(),
-            labels: link.labels.clone(),
-            capacity_modules: link.capacity_modules,
-            ingress: ingress.to_string(),
-            ops: ops.to_string(),
+    let agent = Arc::new(Agent {
+        base,
+        link,
+        ops,
+        ingress,
+        http: reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .expect("an HTTP client"),
+        failures: Mutex::new(BTreeMap::new()),
+        report_now: Notify::new(),
+    });
+    let heartbeats = tokio::spawn(agent.clone().heartbeats(shutdown.clone()));
+    agent.watch(shutdown).await;
+    let _ = heartbeats.await;
+}
+
+/// Logs a lost or regained controller once per change.
+struct Reachability {
+    what: &'static str,
+    reachable: bool,
+}
+
+impl Reachability {
+    fn ok(&mut self, url: &str) {
+        if !self.reachable {
+            tracing::info!(controller = %url, "controller reachable again; {} resumed", self.what);
+        }
+        self.reachable = true;
+    }
+
+    fn failed(&mut self, url: &str, why: &str, retry: Duration) {
+        if self.reachable {
+            tracing::warn!(controller = %url, %why, "cannot reach the controller for {}; modules keep serving, retrying every {retry:?}", self.what);
+        }
+        self.reachable = false;
+    }
+}
+
+impl Agent {
+    fn url(&self, path: &str) -> String {
+        format!(
+            "{}/v1/bases/{}{path}",
+            self.link.url.trim_end_matches('/'),
+            self.link.name
+        )
+    }
+
+    fn heartbeat(&self) -> BaseHeartbeat {
+        let modules = self.base.list(None).map(|l| l.modules).unwrap_or_default();
+        BaseHeartbeat {
+            name: self.link.name.clone(),
+            labels: self.link.labels.clone(),
+            capacity_modules: self.link.capacity_modules,
+            ingress: self.ingress.to_string(),
+            ops: self.ops.to_string(),
             in_flight: modules.iter().map(|m| m.in_flight).sum(),
             modules: modules
                 .iter()
                 .map(|m| format!("{}@{}", m.name, m.version))
                 .collect(),
-            failures: failures.clone(),
+            failures: self.failures.lock().expect("agent state").clone(),
+        }
+    }
+
+    async fn heartbeats(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let url = self.url("");
+        let mut link = Reachability {
+            what: "heartbeats",
+            reachable: true,
         };
-        let answer = match http.put(&url).json(&beat).send().await {
-            Ok(response) if response.status().is_success() => response
-                .json::<Assignments>()
-                .await
-                .map_err(|e| format!("unreadable assignments: {e}")),
-            Ok(response) => Err(format!("it answered {}", response.status())),
-            Err(e) => Err(e.to_string()),
-        };
-        match answer {
-            Ok(assigned) => {
-                if !reachable {
-                    tracing::info!(controller = %link.url, "controller reachable again; heartbeats resumed");
-                }
-                reachable = true;
-                let before = managed.clone();
-                failures = reconcile(&base, assigned.modules, &mut managed).await;
-                if managed != before {
-                    let json = serde_json::to_vec(&managed).expect("names serialize");
-                    if let Err(e) = std::fs::write(&managed_file, json) {
-                        tracing::warn!(file = %managed_file.display(), error = %e, "cannot record the modules run for the controller");
-                    }
-                }
+        loop {
+            let sent = self
+                .http
+                .put(&url)
+                .timeout(Duration::from_secs(5))
+                .json(&self.heartbeat())
+                .send()
+                .await;
+            match sent {
+                Ok(r) if r.status().is_success() => link.ok(&self.link.url),
+                Ok(r) => link.failed(
+                    &self.link.url,
+                    &format!("it answered {}", r.status()),
+                    self.link.interval,
+                ),
+                Err(e) => link.failed(&self.link.url, &e.to_string(), self.link.interval),
             }
-            Err(why) => {
-                if reachable {
-                    tracing::warn!(controller = %link.url, %why, "cannot reach the controller; modules keep serving, retrying every {:?}", link.interval);
-                }
-                reachable = false;
+            tokio::select! {
+                _ = tokio::time::sleep(self.link.interval) => {}
+                _ = self.report_now.notified() => {}
+                _ = shutdown.changed() => return,
             }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(link.interval) => {}
-            _ = shutdown.changed() => break,
+    }
+
+    async fn watch(&self, mut shutdown: watch::Receiver<bool>) {
+        // Which modules this base runs for the controller, kept across
+        // restarts so that one unassigned while the base was down is still
+        // removed.
+        let managed_file = self.base.config().data_dir.join("controller-managed.json");
+        let mut managed: BTreeSet<String> = std::fs::read(&managed_file)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default();
+        let mut known = String::new();
+        // A restarted controller is noticed within a second even when
+        // heartbeats are rare.
+        let retry = self.link.interval.min(Duration::from_secs(1));
+        let mut link = Reachability {
+            what: "assignment watch",
+            reachable: true,
+        };
+        loop {
+            let asked = self
+                .http
+                .get(self.url("/assignments"))
+                .query(&[
+                    ("known", known.as_str()),
+                    ("waitMs", &WATCH_WAIT.as_millis().to_string()),
+                ])
+                .timeout(WATCH_WAIT + Duration::from_secs(10))
+                .send();
+            let answer = tokio::select! {
+                answer = asked => answer,
+                _ = shutdown.changed() => return,
+            };
+            let answer = match answer {
+                Ok(r) if r.status().is_success() => r
+                    .json::<Assignments>()
+                    .await
+                    .map_err(|e| format!("unreadable assignments: {e}")),
+                Ok(r) if r.status() == reqwest::StatusCode::CONFLICT => {
+                    // Not Ready there yet: report, then ask again shortly.
+                    self.report_now.notify_one();
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.link.interval.min(Duration::from_millis(200))) => continue,
+                        _ = shutdown.changed() => return,
+                    }
+                }
+                Ok(r) => Err(format!("it answered {}", r.status())),
+                Err(e) => Err(e.to_string()),
+            };
+            match answer {
+                Ok(assigned) => {
+                    link.ok(&self.link.url);
+                    known = assigned.revision;
+                    let before = managed.clone();
+                    let failures = reconcile(&self.base, assigned.modules, &mut managed).await;
+                    *self.failures.lock().expect("agent state") = failures;
+                    if managed != before {
+                        let json = serde_json::to_vec(&managed).expect("names serialize");
+                        if let Err(e) = std::fs::write(&managed_file, json) {
+                            tracing::warn!(file = %managed_file.display(), error = %e, "cannot record the modules run for the controller");
+                        }
+                    }
+                    // Tell the controller what runs now, without waiting
+                    // for the interval.
+                    self.report_now.notify_one();
+                    continue;
+                }
+                Err(why) => {
+                    link.failed(&self.link.url, &why, retry);
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(retry) => {}
+                _ = shutdown.changed() => return,
+            }
         }
     }
 }

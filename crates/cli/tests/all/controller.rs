@@ -134,7 +134,11 @@ struct ControllerProcess {
 
 impl ControllerProcess {
     fn start(work: &std::path::Path, extra: &[&str]) -> Self {
-        let port = free_port();
+        Self::start_on(free_port(), work, extra)
+    }
+
+    /// Like [`ControllerProcess::start`] on a given port (to restart one).
+    fn start_on(port: u16, work: &std::path::Path, extra: &[&str]) -> Self {
         let addr = format!("127.0.0.1:{port}");
         let child = Command::new(BERTH)
             .args(["controller", "--listen", &addr])
@@ -157,6 +161,45 @@ impl ControllerProcess {
         cmd.args(["--controller", &self.addr]);
         cmd
     }
+
+    /// `berth describe deployment NAME`.
+    fn describe(&self, name: &str) -> String {
+        stdout(self.berth(&["describe", "deployment", name]))
+    }
+
+    /// The value of one series of the controller's `/metrics`.
+    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let response = body(&self.addr, "/metrics").expect("the controller serves /metrics");
+        let text = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let scrape =
+            prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map_or(f64::NAN, |s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+    }
+}
+
+/// Asserts `text` has a line with every one of `parts`, in order.
+#[track_caller]
+fn has_line(text: &str, parts: &[&str]) {
+    let found = text.lines().any(|line| {
+        let mut rest = line;
+        parts.iter().all(|p| match rest.find(p) {
+            Some(i) => {
+                rest = &rest[i + p.len()..];
+                true
+            }
+            None => false,
+        })
+    });
+    assert!(found, "no line with {parts:?} in:\n{text}");
 }
 
 impl Drop for ControllerProcess {
@@ -260,12 +303,49 @@ fn deployments_are_placed_scaled_and_rescheduled_onto_bases() {
     eventually("status of 3 replicas", 1, || {
         usize::from(describe().contains("3 desired, 3 ready, 3 updated, 0 unschedulable"))
     });
+    // The controller's metrics agree.
+    let ready = [("deployment", "hello"), ("state", "ready")];
+    assert_eq!(ctl.metric("berth_controller_replicas", &ready), 3.0);
+    assert_eq!(
+        ctl.metric("berth_controller_bases", &[("state", "Ready")]),
+        4.0
+    );
+    assert_eq!(ctl.metric("berth_controller_deployments", &[]), 1.0);
+    assert!(ctl.metric("berth_controller_heartbeats_total", &[]) >= 4.0);
+    assert_eq!(
+        ctl.metric(
+            "berth_controller_scheduler_decisions_total",
+            &[("state", "scheduled")]
+        ),
+        3.0
+    );
     // More replicas than matching bases: the rest is unschedulable, and said so.
     apply(4);
     eventually("status with one unschedulable replica", 1, || {
         usize::from(describe().contains("4 desired, 3 ready, 3 updated, 1 unschedulable"))
     });
     assert_eq!(serving(&online), 3);
+    let described = describe();
+    has_line(
+        &described,
+        &["ReplicaFailure", "True", "Unschedulable", "1 replica(s)"],
+    );
+    has_line(&described, &["Available", "False", "3 of 4 replicas ready"]);
+    has_line(
+        &described,
+        &[
+            "Warning",
+            "Unschedulable",
+            "1 of 4 replica(s) found no base: 3 Ready base(s) match group=online",
+        ],
+    );
+    assert_eq!(
+        ctl.metric(
+            "berth_controller_replicas",
+            &[("deployment", "hello"), ("state", "unschedulable")]
+        ),
+        1.0
+    );
     apply(1);
     eventually("online bases serving hello", 1, || serving(&online));
 
@@ -279,6 +359,19 @@ fn deployments_are_placed_scaled_and_rescheduled_onto_bases() {
         serving(&online)
     });
     assert!(!serves(&batch.ingress, "/hello"));
+    // The story so far, in the deployment's events.
+    let described = describe();
+    for (kind, reason, message) in [
+        ("Normal", "Created", "hello@1.0.0 with 2 replica(s)"),
+        ("Normal", "Scheduled", "replica placed on base"),
+        ("Normal", "Running", "runs hello@1.0.0"),
+        ("Normal", "Scaled", "replicas 2 → 3"),
+        ("Normal", "Scaled", "replicas 4 → 1"),
+        ("Normal", "Descheduled", "replica removed from base"),
+        ("Warning", "BaseNotReady", "its replica is placed elsewhere"),
+    ] {
+        has_line(&described, &[kind, reason, message]);
+    }
     drop(ctl);
 }
 
@@ -372,6 +465,28 @@ fn a_version_change_rolls_out_in_batches_waiting_for_confirmation() {
     }
     rollout("confirm");
     eventually("bases on v1 after undo", 4, on_v1);
+    let described = ctl.describe("hello");
+    for parts in [
+        &[
+            "RolloutStarted",
+            "1.0.0 → 2.0.0 in 2 batch(es), each confirmed",
+        ][..],
+        &[
+            "BatchComplete",
+            "batch 1 of 2 runs 2.0.0; waiting for `berth rollout confirm hello`",
+        ],
+        &["Confirmed", "batch 1 confirmed"],
+        &[
+            "BatchStarted",
+            "batch 2 of 2: 4 of 4 replicas move to 2.0.0",
+        ],
+        &["RolloutComplete", "all 4 replicas run 2.0.0"],
+        &["UndoRequested", "back from 2.0.0 to 1.0.0"],
+        &["RolloutComplete", "all 4 replicas run 1.0.0"],
+    ] {
+        has_line(&described, parts);
+    }
+    has_line(&described, &["Progressing", "False", "Complete"]);
     drop(ctl);
 }
 
@@ -445,6 +560,57 @@ fn a_rollout_whose_artifact_fails_stops_and_the_old_version_keeps_serving() {
     );
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(on_v1(), 2, "the old version stopped serving");
+    let described = ctl.describe("hello");
+    has_line(
+        &described,
+        &[
+            "Warning",
+            "RolloutFailed",
+            "base a cannot run hello@2.0.0",
+            "(digest_mismatch); the other bases keep 1.0.0",
+        ],
+    );
+    // Its batch went back to the old version.
+    has_line(
+        &described,
+        &["VersionAssigned", "base a: hello@2.0.0 → 1.0.0"],
+    );
+    has_line(&described, &["Progressing", "False", "RolloutFailed"]);
+
+    // A first version that cannot run: a Warning event and a condition.
+    let echo = work.path().join("echo.yaml");
+    std::fs::write(
+        &echo,
+        format!(
+            "apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: {{ name: echo }}\nspec:\n  module: {{ name: echo, version: \"1\", artifact: \"file:{}\", digest: \"sha256:{}\" }}\n  replicas: 1\n",
+            berth_example_modules::ECHO,
+            "ab".repeat(32)
+        ),
+    )
+    .unwrap();
+    stdout(ctl.berth(&["apply", "-f", echo.to_str().unwrap()]));
+    eventually("a reported install failure", 1, || {
+        usize::from(ctl.describe("echo").contains("InstallFailed"))
+    });
+    let described = ctl.describe("echo");
+    has_line(
+        &described,
+        &[
+            "Warning",
+            "InstallFailed",
+            "cannot run echo@1",
+            "digest_mismatch",
+        ],
+    );
+    has_line(
+        &described,
+        &["ReplicaFailure", "True", "InstallFailed", "digest mismatch"],
+    );
+    has_line(&described, &["failed: digest mismatch"]);
+    assert_eq!(
+        ctl.metric("berth_controller_rollouts", &[("state", "failed")]),
+        1.0
+    );
     drop(ctl);
 }
 
@@ -487,5 +653,114 @@ fn a_base_that_comes_back_drops_what_was_unassigned_while_it_was_down() {
     eventually("base serving hello after coming back", 0, || {
         usize::from(serves(&base.ingress, "/hello"))
     });
+    drop(ctl);
+}
+
+#[test]
+fn a_controller_restart_loses_nothing_and_bases_serve_throughout() {
+    let work = work_dir();
+    let port = free_port();
+    // Heartbeats are rare here (5 s): what reaches the bases within a
+    // second reached them through their assignment watch.
+    let ctl_args = ["--heartbeat-timeout", "20s"];
+    let ctl = ControllerProcess::start_on(port, work.path(), &ctl_args);
+    let url = format!("http://{}", ctl.addr);
+    let bases: Vec<BaseProcess> = ["a", "b"]
+        .iter()
+        .map(|n| {
+            BaseProcess::start_with(&[
+                "--controller",
+                &url,
+                "--name",
+                n,
+                "--heartbeat-interval",
+                "5s",
+            ])
+        })
+        .collect();
+    let serving = || {
+        bases
+            .iter()
+            .filter(|b| serves(&b.ingress, "/hello"))
+            .count()
+    };
+    let digest = berth_runtime::Digest::of(&std::fs::read(berth_example_modules::HELLO).unwrap())
+        .to_string();
+    let file = work.path().join("hello.yaml");
+    let apply = |ctl: &ControllerProcess, replicas: u32| {
+        std::fs::write(
+            &file,
+            format!(
+                "apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: {{ name: hello }}\nspec:\n  module: {{ name: hello, version: 1.0.0, artifact: \"file:{}\", digest: \"{digest}\" }}\n  replicas: {replicas}\n",
+                berth_example_modules::HELLO
+            ),
+        )
+        .unwrap();
+        stdout(ctl.berth(&["apply", "-f", file.to_str().unwrap()]))
+    };
+    // Both bases have registered (their first heartbeat is at start).
+    eventually("registered bases", 2, || {
+        let cmd = ctl.berth(&["get", "bases", "-o", "json"]);
+        serde_json::from_str::<serde_json::Value>(&stdout(cmd))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len()
+    });
+    let applied = Instant::now();
+    apply(&ctl, 2);
+    eventually("bases serving hello", 2, serving);
+    assert!(
+        applied.elapsed() < Duration::from_secs(4),
+        "assignments waited for a heartbeat ({:?})",
+        applied.elapsed()
+    );
+    eventually("ready replicas reported", 1, || {
+        usize::from(ctl.describe("hello").contains("2 desired, 2 ready"))
+    });
+
+    // The controller dies; the bases serve on, past its heartbeat timeout's
+    // worth of their own retries.
+    drop(ctl);
+    let down = Instant::now();
+    while down.elapsed() < Duration::from_secs(2) {
+        assert_eq!(
+            serving(),
+            2,
+            "a base stopped serving while the controller was down"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Back on the same port and store: nothing lost, nothing reinstalled.
+    let ctl = ControllerProcess::start_on(port, work.path(), &ctl_args);
+    let shown: serde_json::Value =
+        serde_json::from_str(&stdout(ctl.berth(&["get", "deployments", "-o", "json"]))).unwrap();
+    assert_eq!(
+        (
+            shown[0]["generation"].as_u64(),
+            shown[0]["manifest"]["spec"]["replicas"].as_u64()
+        ),
+        (Some(1), Some(2))
+    );
+    let described = ctl.describe("hello");
+    assert!(described.contains("2 desired, 2 ready"), "{described}");
+    has_line(&described, &["Created", "hello@1.0.0 with 2 replica(s)"]);
+    for _ in 0..10 {
+        assert_eq!(
+            serving(),
+            2,
+            "a base stopped serving after the controller came back"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // And it steers the fleet again, through the bases' watches.
+    let applied = Instant::now();
+    apply(&ctl, 1);
+    eventually("bases serving hello after scaling down", 1, serving);
+    assert!(
+        applied.elapsed() < Duration::from_secs(4),
+        "the scale-down waited for a heartbeat ({:?})",
+        applied.elapsed()
+    );
     drop(ctl);
 }

@@ -48,6 +48,9 @@ pub struct ControllerLink {
     pub capacity_modules: u32,
     /// Time between heartbeats.
     pub interval: Duration,
+    /// Load the code the controller compiled for this engine, when it has
+    /// some, instead of compiling each module here.
+    pub controller_code: bool,
 }
 
 /// How long the controller may hold a watch.
@@ -222,7 +225,12 @@ impl Agent {
                     link.ok(&self.link.url);
                     known = assigned.revision;
                     let before = managed.clone();
-                    let failures = reconcile(&self.base, assigned.modules, &mut managed).await;
+                    let code = self
+                        .link
+                        .controller_code
+                        .then_some((&self.http, self.link.url.as_str()));
+                    let failures =
+                        reconcile(&self.base, assigned.modules, &mut managed, code).await;
                     *self.failures.lock().expect("agent state") = failures;
                     if managed != before {
                         let json = serde_json::to_vec(&managed).expect("names serialize");
@@ -255,6 +263,7 @@ async fn reconcile(
     base: &Base,
     assigned: Vec<Assignment>,
     managed: &mut BTreeSet<String>,
+    code: Option<(&reqwest::Client, &str)>,
 ) -> BTreeMap<String, String> {
     let mut failures = BTreeMap::new();
     for a in &assigned {
@@ -273,6 +282,9 @@ async fn reconcile(
                     }
                     None => ArtifactSource::Url(a.artifact.clone()),
                 };
+                if let Some((http, url)) = code {
+                    fetch_code(base, http, url, &a.digest).await;
+                }
                 let request = InstallRequest {
                     route: a.route.clone(),
                     artifact: Some(artifact),
@@ -315,4 +327,48 @@ async fn reconcile(
         }
     }
     failures
+}
+
+/// Puts the controller's compiled code for `digest` into this base's cache,
+/// unless it is there already; on any failure the base compiles the module
+/// itself, so this only ever saves time.
+async fn fetch_code(base: &Base, http: &reqwest::Client, controller: &str, digest: &str) {
+    let Ok(parsed) = digest.parse::<berth_runtime::Digest>() else {
+        return;
+    };
+    let cache = base.runtime().cache();
+    if cache.has_compiled(&parsed) {
+        return;
+    }
+    let url = format!(
+        "{}/v1/code/{}",
+        controller.trim_end_matches('/'),
+        parsed.hex()
+    );
+    let fetched = http
+        .get(&url)
+        .query(&[("engine", cache.engine_tag())])
+        .timeout(Duration::from_secs(120))
+        .send()
+        .await;
+    let code = match fetched {
+        Ok(r) if r.status().is_success() => r.bytes().await.map_err(|e| e.to_string()),
+        Ok(r) => Err(format!(
+            "{}: {}",
+            r.status(),
+            r.text().await.unwrap_or_default()
+        )),
+        Err(e) => Err(e.to_string()),
+    };
+    match code {
+        Ok(code) => match cache.store_compiled(&parsed, &code) {
+            Ok(()) => {
+                tracing::debug!(%digest, bytes = code.len(), "loaded code compiled by the controller")
+            }
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, "cannot store the controller's code; compiling here")
+            }
+        },
+        Err(why) => tracing::debug!(%digest, %why, "no code from the controller; compiling here"),
+    }
 }

@@ -227,6 +227,10 @@ enum Command {
         /// A base silent for longer than this is NotReady.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         heartbeat_timeout: std::time::Duration,
+        /// Do not compile deployed modules for the bases (each base then
+        /// compiles every module itself).
+        #[arg(long)]
+        no_code: bool,
     },
     /// Create or update resources from a manifest (YAML or JSON; `-f -` reads stdin).
     ///
@@ -411,7 +415,8 @@ fn run(command: Command) -> Result<()> {
                 listen,
                 data_dir,
                 heartbeat_timeout,
-            } => commands::controller::serve(listen, data_dir, heartbeat_timeout).await,
+                no_code,
+            } => commands::controller::serve(listen, data_dir, heartbeat_timeout, !no_code).await,
             Command::Apply { file, controller } => {
                 commands::controller::apply(&file, &controller).await
             }

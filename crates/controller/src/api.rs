@@ -11,6 +11,7 @@
 //! | PUT | `/v1/bases/{name}` | a base's heartbeat ([`BaseHeartbeat`]); answers its [`Assignments`](berth_api::Assignments) |
 //! | GET | `/v1/bases/{name}/assignments?known=REV&waitMs=N` | a base's assignments, held (long poll, up to `waitMs`, default 30 s) while they are still `REV` |
 //! | GET | `/v1/bases` | every base with Ready / NotReady |
+//! | GET | `/v1/code/{digest}?engine=TAG` | the deployed artifact `digest` compiled for engine `TAG` ([`crate::code`]) |
 //! | GET | `/metrics` | Prometheus metrics of the controller |
 //!
 //! A manifest problem is a 422 `invalid_manifest` whose message starts with
@@ -32,6 +33,7 @@ use serde::Serialize;
 
 use std::time::Duration;
 
+use crate::code::{CodeError, CodeShop};
 use crate::events::{DeploymentEvent, NewEvent};
 use crate::reconciler::Reconciler;
 use crate::resources::{Applied, ResourceError, Resources, StoredDeployment};
@@ -43,6 +45,8 @@ use crate::store::RedbStore;
 pub struct Shared {
     /// The reconciler (and the deployments and store under it).
     pub reconciler: Arc<Reconciler>,
+    /// Compiled code for the bases; `None`: bases compile for themselves.
+    pub code: Option<Arc<CodeShop>>,
 }
 
 impl Shared {
@@ -55,25 +59,21 @@ impl Shared {
 /// `shutdown` resolves; long polls are answered at once when it does.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    reconciler: Arc<Reconciler>,
+    shared: Shared,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let reconciler = shared.reconciler.clone();
     if let Err(e) = reconciler.reconcile() {
         tracing::warn!(error = %e, "first reconcile failed; retrying on the tick");
     }
     let ticking = tokio::spawn(reconciler.clone().run());
     let stopper = reconciler.clone();
-    let result = axum::serve(
-        listener,
-        router(Shared {
-            reconciler: reconciler.clone(),
-        }),
-    )
-    .with_graceful_shutdown(async move {
-        shutdown.await;
-        stopper.stop();
-    })
-    .await;
+    let result = axum::serve(listener, router(shared))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            stopper.stop();
+        })
+        .await;
     reconciler.stop();
     let _ = ticking.await;
     result
@@ -130,6 +130,7 @@ pub fn router(shared: Shared) -> Router {
         .route("/v1/bases/{name}", axum::routing::put(heartbeat))
         .route("/v1/bases/{name}/assignments", get(watch_assignments))
         .route("/metrics", get(metrics))
+        .route("/v1/code/{digest}", get(code))
         .route(
             "/v1/health",
             get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
@@ -244,6 +245,67 @@ async fn watch_assignments(
     }
 }
 
+/// Query of a code request.
+#[derive(Debug, serde::Deserialize)]
+struct CodeQuery {
+    /// The asking base's engine tag.
+    engine: String,
+}
+
+/// The compiled code of a deployed artifact (`digest`: `sha256:…` or its hex).
+async fn code(
+    State(shared): State<Shared>,
+    Path(digest): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<CodeQuery>,
+) -> Result<Response, ApiError> {
+    let digest = if digest.starts_with("sha256:") {
+        digest
+    } else {
+        format!("sha256:{digest}")
+    };
+    let no_code = |e: CodeError| ApiError {
+        status: StatusCode::NOT_FOUND,
+        code: "no_code",
+        message: e.to_string(),
+    };
+    let Some(shop) = &shared.code else {
+        return Err(ApiError {
+            status: StatusCode::NOT_FOUND,
+            code: "no_code",
+            message: "this controller does not compile for its bases (started with --no-code); the base compiles the module itself".into(),
+        });
+    };
+    let artifact = shared
+        .resources()
+        .deployments()?
+        .iter()
+        .flat_map(|d| {
+            let s = &d.manifest.spec;
+            std::iter::once(&s.module)
+                .chain(d.rollout.as_ref().map(|r| &r.from))
+                .chain(d.history.iter())
+        })
+        .find(|m| m.digest == digest)
+        .map(|m| m.artifact.clone())
+        .ok_or_else(|| no_code(CodeError::Unknown(digest.clone())))?;
+    let bytes = shop
+        .code(&digest, &artifact, &query.engine)
+        .await
+        .map_err(|e| match e {
+            CodeError::Failed { .. } => ApiError {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                code: "compile_failed",
+                message: e.to_string(),
+            },
+            other => no_code(other),
+        })?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        bytes.as_ref().clone(),
+    )
+        .into_response())
+}
+
 async fn metrics(State(shared): State<Shared>) -> Response {
     (
         [(
@@ -274,6 +336,12 @@ async fn apply(State(shared): State<Shared>, body: Bytes) -> Result<Response, Ap
     let before = shared.resources().deployment(&name)?;
     let applied = shared.resources().apply(deployment.clone())?;
     let after = shared.resources().deployment(&name)?;
+    if let (Some(shop), Some(d)) = (&shared.code, &after) {
+        shop.prepare(
+            &d.manifest.spec.module.digest,
+            &d.manifest.spec.module.artifact,
+        );
+    }
     shared
         .reconciler
         .record(&name, &apply_events(before.as_ref(), after.as_ref()))?;

@@ -10,10 +10,12 @@
 //!   (replica counts, conditions) — pure functions of the state;
 //! - [`reconciler`]: the loop that runs them, publishes each base's
 //!   assignments and records events; [`metrics`]: its Prometheus view;
+//! - [`code`]: each deployed module compiled once, for every base;
 //! - [`api`]: the HTTP API bases and the CLI talk to.
 
 pub mod api;
 pub mod bases;
+pub mod code;
 pub mod events;
 pub mod metrics;
 pub mod reconciler;

@@ -27,7 +27,11 @@ async fn serve(
     let reconciler = Reconciler::new(resources, std::time::Duration::from_secs(10));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        api::serve(listener, reconciler, async {
+        let shared = api::Shared {
+            reconciler,
+            code: None,
+        };
+        api::serve(listener, shared, async {
             let _ = stopped.await;
         })
         .await

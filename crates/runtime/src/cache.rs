@@ -50,11 +50,9 @@ impl ModuleCache {
             let path = root.join(dir);
             std::fs::create_dir_all(&path).map_err(|source| io_err(&path, source))?;
         }
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        engine.precompile_compatibility_hash().hash(&mut hasher);
         Ok(Self {
             root,
-            engine_tag: format!("{:016x}", hasher.finish()),
+            engine_tag: engine_tag(engine),
         })
     }
 
@@ -92,8 +90,22 @@ impl ModuleCache {
         write_atomically(&self.artifact_path(digest), bytes)
     }
 
-    /// Stores precompiled code for `digest`.
-    pub(crate) fn store_compiled(&self, digest: &Digest, code: &[u8]) -> Result<(), LoadError> {
+    /// Names the engine settings this cache's code is for: code is shared
+    /// only between engines with the same tag.
+    pub fn engine_tag(&self) -> &str {
+        &self.engine_tag
+    }
+
+    /// Whether precompiled code for `digest` is stored.
+    pub fn has_compiled(&self, digest: &Digest) -> bool {
+        self.compiled_path(digest).exists()
+    }
+
+    /// Stores precompiled code for `digest` — compiled here, or by another
+    /// engine with the same [`ModuleCache::engine_tag`] (a controller).
+    /// Code that this engine then refuses to load is evicted and the module
+    /// compiled from its artifact instead.
+    pub fn store_compiled(&self, digest: &Digest, code: &[u8]) -> Result<(), LoadError> {
         write_atomically(&self.compiled_path(digest), code)
     }
 
@@ -101,6 +113,14 @@ impl ModuleCache {
     pub(crate) fn evict_compiled(&self, digest: &Digest) {
         let _ = std::fs::remove_file(self.compiled_path(digest));
     }
+}
+
+/// The tag of `engine`'s code-generation settings (a hash of
+/// [`Engine::precompile_compatibility_hash`]).
+pub fn engine_tag(engine: &Engine) -> String {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> LoadError {

@@ -31,7 +31,7 @@ mod settings;
 mod trace;
 
 pub use artifact::{Digest, ParseDigestError};
-pub use cache::{CacheOutcome, ModuleCache};
+pub use cache::{CacheOutcome, ModuleCache, engine_tag};
 pub use config::RuntimeConfig;
 pub use error::{HandleError, LoadError};
 pub use host::HostState;
@@ -39,9 +39,10 @@ pub use kv::KvStore;
 pub use logs::{LogLine, LogSink, LogSource};
 pub use module::{LoadedModule, ResponseBody, full_body};
 pub use outgoing::{BoxResponse, CallContext, ModuleCaller};
-pub use runtime::{Runtime, validate};
+pub use runtime::{Runtime, engine, validate};
 pub use settings::{Limits, MAX_HOPS, ModuleSettings};
 pub use trace::{TRACEPARENT, TraceParent};
+pub use wasmtime::Engine;
 pub use wasmtime_wasi_http::WasiBody;
 
 /// The `wasi:http` export every berth module must have.

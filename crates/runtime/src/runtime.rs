@@ -41,26 +41,7 @@ impl Runtime {
     /// Builds the engine (pooling allocator, epoch interruption), links the
     /// WASI 0.2 and `wasi:http` interfaces, and opens the module cache.
     pub fn new(config: RuntimeConfig) -> Result<Self, LoadError> {
-        let mut wasm = Config::new();
-        wasm.epoch_interruption(true);
-        if config.pooling {
-            let n = config.max_instances;
-            let mut pool = PoolingAllocationConfig::default();
-            // A Rust wasip2 component holds a few core instances (the module,
-            // the WASI adapter, shims); size core pools for that.
-            pool.total_component_instances(n)
-                .total_core_instances(n.saturating_mul(4))
-                .total_memories(n.saturating_mul(2))
-                .total_tables(n.saturating_mul(4))
-                .total_stacks(n)
-                .max_memory_size(config.limits.max_memory_bytes)
-                .linear_memory_keep_resident(config.memory_keep_resident)
-                .table_keep_resident(config.memory_keep_resident);
-            wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        }
-        let engine = Engine::new(&wasm).map_err(|e| LoadError::Invalid {
-            reason: format!("cannot create the wasmtime engine: {e:#}"),
-        })?;
+        let engine = engine(&config)?;
 
         let linker = host_linker(&engine)?;
 
@@ -169,6 +150,34 @@ impl Runtime {
             }
         }
     }
+}
+
+/// The wasmtime engine of a runtime with `config`: epoch interruption and
+/// (by default) the pooling allocator. Code compiled by one engine built
+/// from the same settings loads in another — which is what lets a
+/// controller compile a module once for all its bases
+/// ([`Engine::precompile_component`], [`ModuleCache::store_compiled`]).
+pub fn engine(config: &RuntimeConfig) -> Result<Engine, LoadError> {
+    let mut wasm = Config::new();
+    wasm.epoch_interruption(true);
+    if config.pooling {
+        let n = config.max_instances;
+        let mut pool = PoolingAllocationConfig::default();
+        // A Rust wasip2 component holds a few core instances (the module,
+        // the WASI adapter, shims); size core pools for that.
+        pool.total_component_instances(n)
+            .total_core_instances(n.saturating_mul(4))
+            .total_memories(n.saturating_mul(2))
+            .total_tables(n.saturating_mul(4))
+            .total_stacks(n)
+            .max_memory_size(config.limits.max_memory_bytes)
+            .linear_memory_keep_resident(config.memory_keep_resident)
+            .table_keep_resident(config.memory_keep_resident);
+        wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    Engine::new(&wasm).map_err(|e| LoadError::Invalid {
+        reason: format!("cannot create the wasmtime engine: {e:#}"),
+    })
 }
 
 /// The linker with every host interface a module may import: WASI 0.2 and `wasi:http`.

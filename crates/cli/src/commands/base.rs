@@ -63,6 +63,11 @@ pub struct BaseArgs {
     /// Time between heartbeats to the controller.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     heartbeat_interval: Duration,
+    /// Compile every module here instead of loading the code the controller
+    /// compiled once for the fleet (that code is native: using it trusts the
+    /// controller like this binary).
+    #[arg(long)]
+    compile_locally: bool,
     /// Do not add `x-berth-module: name@version` to module responses.
     #[arg(long)]
     no_version_header: bool,
@@ -97,6 +102,7 @@ impl BaseArgs {
             labels,
             capacity_modules: self.capacity_modules,
             interval: self.heartbeat_interval,
+            controller_code: !self.compile_locally,
         }))
     }
 

@@ -23,6 +23,7 @@ pub async fn serve(
     listen: SocketAddr,
     data_dir: Option<PathBuf>,
     heartbeat_timeout: std::time::Duration,
+    compile_for_bases: bool,
 ) -> Result<()> {
     let data_dir = data_dir.unwrap_or_else(|| super::base::data_home().join("controller"));
     std::fs::create_dir_all(&data_dir)
@@ -42,7 +43,15 @@ pub async fn serve(
         listen
     );
     let reconciler = berth_controller::reconciler::Reconciler::new(resources, heartbeat_timeout);
-    berth_controller::api::serve(listener, reconciler, async {
+    let code = if compile_for_bases {
+        let shop = berth_controller::code::CodeShop::open(data_dir.join("compiled"))?;
+        println!("  code  compiled once for bases with engine {}", shop.tag());
+        Some(Arc::new(shop))
+    } else {
+        None
+    };
+    let shared = berth_controller::api::Shared { reconciler, code };
+    berth_controller::api::serve(listener, shared, async {
         let _ = tokio::signal::ctrl_c().await;
     })
     .await?;

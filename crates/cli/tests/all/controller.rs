@@ -169,7 +169,14 @@ impl ControllerProcess {
 
     /// The value of one series of the controller's `/metrics`.
     fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let response = body(&self.addr, "/metrics").expect("the controller serves /metrics");
+        metric(&self.addr, name, labels)
+    }
+}
+
+/// The value of one series of the `/metrics` at `addr` (NaN if absent).
+fn metric(addr: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    {
+        let response = body(addr, "/metrics").expect("/metrics answers");
         let text = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
         let scrape =
             prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
@@ -216,6 +223,11 @@ fn serves(ingress: &str, path: &str) -> bool {
 
 /// The body of a 200 answer at `path`, if any.
 fn body(ingress: &str, path: &str) -> Option<String> {
+    get(ingress, path).filter(|r| r.starts_with("HTTP/1.1 200"))
+}
+
+/// The whole answer (status line, headers, body) to `GET path`, if any.
+fn get(ingress: &str, path: &str) -> Option<String> {
     use std::io::{Read as _, Write as _};
     let addr = ingress.trim_start_matches("http://");
     let mut stream = std::net::TcpStream::connect(addr).ok()?;
@@ -224,7 +236,7 @@ fn body(ingress: &str, path: &str) -> Option<String> {
     stream.write_all(request.as_bytes()).ok()?;
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
-    response.starts_with("HTTP/1.1 200").then_some(response)
+    Some(response)
 }
 
 /// Waits until `count(&bases)` equals `want`.
@@ -761,6 +773,86 @@ fn a_controller_restart_loses_nothing_and_bases_serve_throughout() {
         applied.elapsed() < Duration::from_secs(4),
         "the scale-down waited for a heartbeat ({:?})",
         applied.elapsed()
+    );
+    drop(ctl);
+}
+
+#[test]
+fn bases_load_the_code_the_controller_compiled_once() {
+    let work = work_dir();
+    let ctl = ControllerProcess::start(work.path(), &[]);
+    let url = format!("http://{}", ctl.addr);
+    let base = |name: &str, extra: &[&str]| {
+        let mut args = vec![
+            "--controller",
+            &url,
+            "--name",
+            name,
+            "--heartbeat-interval",
+            "200ms",
+        ];
+        args.extend_from_slice(extra);
+        BaseProcess::start_with(&args)
+    };
+    let trusting = base("a", &[]);
+    let local = base("b", &["--compile-locally"]);
+    let digest = berth_runtime::Digest::of(&std::fs::read(berth_example_modules::HELLO).unwrap());
+    let file = work.path().join("hello.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: {{ name: hello }}\nspec:\n  module: {{ name: hello, version: 1.0.0, artifact: \"file:{}\", digest: \"{digest}\" }}\n  replicas: 2\n",
+            berth_example_modules::HELLO
+        ),
+    )
+    .unwrap();
+    stdout(ctl.berth(&["apply", "-f", file.to_str().unwrap()]));
+    eventually("bases serving hello", 2, || {
+        [&trusting, &local]
+            .iter()
+            .filter(|b| serves(&b.ingress, "/hello"))
+            .count()
+    });
+    // An absent series (NaN) is a count of 0.
+    let lookups = |b: &BaseProcess, outcome: &str| {
+        f64::max(
+            0.0,
+            metric(
+                &b.ops,
+                "berth_compile_cache_lookups_total",
+                &[("outcome", outcome)],
+            ),
+        )
+    };
+    // The trusting base mapped the controller's code; the other compiled.
+    assert_eq!(
+        (lookups(&trusting, "hit"), lookups(&trusting, "miss")),
+        (1.0, 0.0)
+    );
+    assert_eq!(
+        (lookups(&local, "hit"), lookups(&local, "miss")),
+        (0.0, 1.0)
+    );
+    let compiled: Vec<_> = std::fs::read_dir(work.path().join("controller/compiled"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        compiled.len() == 1 && compiled[0].starts_with(&digest.hex()),
+        "{compiled:?}"
+    );
+
+    // Code is only handed out for deployed artifacts and the controller's engine.
+    let asked = |path: &str| get(&ctl.addr, path).unwrap_or_default();
+    let unknown = asked(&format!("/v1/code/{}?engine=x", "ab".repeat(32)));
+    assert!(
+        unknown.starts_with("HTTP/1.1 404") && unknown.contains("no deployment names artifact"),
+        "{unknown}"
+    );
+    let other = asked(&format!("/v1/code/{}?engine=0000", digest.hex()));
+    assert!(
+        other.starts_with("HTTP/1.1 404") && other.contains("no code for engine 0000"),
+        "{other}"
     );
     drop(ctl);
 }

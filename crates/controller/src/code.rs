@@ -1,0 +1,200 @@
+//! Compiled code for the fleet: the controller compiles each deployed
+//! module once and bases fetch the result instead of compiling it again.
+//!
+//! Why: a base turns an artifact into native code with Cranelift (~55 ms
+//! for a small module, seconds for a large one). Twenty bases getting the
+//! same version would do that twenty times; on shared cores that is what
+//! dominated the time from `berth apply` to every replica serving. Compiled
+//! code depends only on the wasmtime version and the engine's settings, which
+//! [`berth_runtime::engine_tag`] names, so one compile serves every base
+//! whose tag matches the controller's. A base with other settings asks with
+//! its own tag, is told there is no code for it (404), and compiles itself.
+//!
+//! The controller compiles only artifacts its deployments name, fetched from
+//! the deployment's own `artifact` and checked against its `digest`; each
+//! digest is compiled at most once at a time (concurrent asks wait for the
+//! same compile) and the result is kept on disk under `<data-dir>/compiled`.
+//! A compile starts as soon as a deployment is applied, so by the time its
+//! bases ask, the code is usually ready.
+//!
+//! Trust: compiled code is native code, so a base that uses it trusts the
+//! controller as much as its own binary. Bases do by default (the controller
+//! already decides what they run); `berth base --compile-locally` opts out.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use berth_runtime::{Digest, RuntimeConfig};
+use tokio::sync::OnceCell;
+
+/// Largest artifact the controller fetches to compile.
+const MAX_ARTIFACT: usize = 256 << 20;
+
+/// Why there is no code to ship.
+#[derive(Debug, thiserror::Error)]
+pub enum CodeError {
+    /// The asking engine differs from the controller's.
+    #[error(
+        "no code for engine {asked}: this controller compiles for engine {ours}; the base compiles the module itself"
+    )]
+    OtherEngine {
+        /// The tag asked for.
+        asked: String,
+        /// The controller's tag.
+        ours: String,
+    },
+    /// No deployment names the digest.
+    #[error("no deployment names artifact {0}; the controller compiles only what it deploys")]
+    Unknown(String),
+    /// Fetching, checking or compiling failed.
+    #[error("cannot compile {digest} from {artifact}: {reason}")]
+    Failed {
+        /// The digest.
+        digest: String,
+        /// Where the artifact was fetched from.
+        artifact: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+type Compiled = Result<Arc<Vec<u8>>, String>;
+
+/// The controller's compiler and its cache of compiled code.
+pub struct CodeShop {
+    engine: berth_runtime::Engine,
+    tag: String,
+    dir: PathBuf,
+    http: reqwest::Client,
+    cells: Mutex<HashMap<String, Arc<OnceCell<Compiled>>>>,
+}
+
+impl CodeShop {
+    /// A shop keeping code under `dir`, compiling with the engine a base
+    /// with default settings has.
+    pub fn open(dir: PathBuf) -> Result<Self, CodeError> {
+        let failed = |reason: String| CodeError::Failed {
+            digest: "-".into(),
+            artifact: dir.display().to_string(),
+            reason,
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| failed(e.to_string()))?;
+        let engine =
+            berth_runtime::engine(&RuntimeConfig::new(&dir)).map_err(|e| failed(e.to_string()))?;
+        Ok(Self {
+            tag: berth_runtime::engine_tag(&engine),
+            engine,
+            dir,
+            http: reqwest::Client::new(),
+            cells: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The engine tag of the code this shop makes.
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// Compiled code of `digest` (`sha256:…`) fetched from `artifact`, for
+    /// an engine tagged `engine`.
+    pub async fn code(
+        &self,
+        digest: &str,
+        artifact: &str,
+        engine: &str,
+    ) -> Result<Arc<Vec<u8>>, CodeError> {
+        if engine != self.tag {
+            return Err(CodeError::OtherEngine {
+                asked: engine.into(),
+                ours: self.tag.clone(),
+            });
+        }
+        let cell = self
+            .cells
+            .lock()
+            .expect("code cells")
+            .entry(digest.to_string())
+            .or_default()
+            .clone();
+        let result = cell
+            .get_or_init(|| self.compile(digest.to_string(), artifact.to_string()))
+            .await
+            .clone();
+        result.map_err(|reason| {
+            // Let a later ask try again (the artifact may be fixed).
+            self.cells.lock().expect("code cells").remove(digest);
+            CodeError::Failed {
+                digest: digest.into(),
+                artifact: artifact.into(),
+                reason,
+            }
+        })
+    }
+
+    /// Starts compiling `digest` in the background, so that it is ready when
+    /// bases ask.
+    pub fn prepare(self: &Arc<Self>, digest: &str, artifact: &str) {
+        let (shop, digest, artifact) = (self.clone(), digest.to_string(), artifact.to_string());
+        let tag = self.tag.clone();
+        tokio::spawn(async move {
+            if let Err(e) = shop.code(&digest, &artifact, &tag).await {
+                tracing::warn!(error = %e, "cannot precompile for the bases; they will compile it themselves");
+            }
+        });
+    }
+
+    async fn compile(&self, digest: String, artifact: String) -> Compiled {
+        let wanted: Digest = digest.parse().map_err(|e| format!("{e}"))?;
+        let path = self
+            .dir
+            .join(format!("{}-{}.cwasm", wanted.hex(), self.tag));
+        if let Ok(code) = tokio::fs::read(&path).await {
+            return Ok(Arc::new(code));
+        }
+        let bytes = self.fetch(&artifact).await?;
+        let got = Digest::of(&bytes);
+        if got != wanted {
+            return Err(format!("the artifact's digest is {got}, not {wanted}"));
+        }
+        let engine = self.engine.clone();
+        let started = std::time::Instant::now();
+        let code = tokio::task::spawn_blocking(move || engine.precompile_component(&bytes))
+            .await
+            .map_err(|e| format!("the compile panicked: {e}"))?
+            .map_err(|e| format!("{e:#}"))?;
+        tracing::info!(%digest, ms = started.elapsed().as_millis() as u64, bytes = code.len(), "compiled for the bases");
+        let tmp = path.with_extension("tmp");
+        if tokio::fs::write(&tmp, &code).await.is_ok() {
+            let _ = tokio::fs::rename(&tmp, &path).await;
+        }
+        Ok(Arc::new(code))
+    }
+
+    async fn fetch(&self, artifact: &str) -> Result<Vec<u8>, String> {
+        if let Some(path) = artifact.strip_prefix("file:") {
+            let path = format!("/{}", path.trim_start_matches('/'));
+            return tokio::fs::read(&path)
+                .await
+                .map_err(|e| format!("cannot read {path}: {e}"));
+        }
+        let response = self
+            .http
+            .get(artifact)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| format!("cannot download it: {e}"))?;
+        if response.content_length().unwrap_or(0) > MAX_ARTIFACT as u64 {
+            return Err(format!("it is larger than {MAX_ARTIFACT} bytes"));
+        }
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| format!("cannot download it: {e}"))?;
+        if bytes.len() > MAX_ARTIFACT {
+            return Err(format!("it is larger than {MAX_ARTIFACT} bytes"));
+        }
+        Ok(bytes.to_vec())
+    }
+}

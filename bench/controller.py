@@ -9,7 +9,12 @@ and M modules x 5 bases (each module its own deployment, applied one after
 another, measured until all M x 5 replicas serve). Target: 20 replicas
 serving in <= 1 s after apply (Koupleless: ~10 s per module start).
 
-Usage: bench/controller.py [--bases 20] [--modules 200] [--skip-build]
+Each shape runs twice, interleaved: with the controller compiling each module
+once for its bases (the default) and with `berth controller --no-code`, where
+every base compiles every module itself — the peer the ratio is taken
+against. The 1 x 20 shape repeats (--repeat) and reports the range.
+
+Usage: bench/controller.py [--bases 20] [--modules 200] [--repeat 3] [--skip-build]
 """
 
 import argparse
@@ -27,9 +32,11 @@ _spec.loader.exec_module(bench)
 BERTH = os.path.join(bench.RELEASE, "berth")
 
 
-def start_controller(tmp):
+def start_controller(tmp, ship_code):
     port = bench.free_port()
-    proc = bench.start([BERTH, "controller", "--listen", f"127.0.0.1:{port}", "--data-dir", tempfile.mkdtemp(dir=tmp)])
+    extra = [] if ship_code else ["--no-code"]
+    proc = bench.start([BERTH, "controller", "--listen", f"127.0.0.1:{port}", "--data-dir", tempfile.mkdtemp(dir=tmp)]
+                       + extra)
     bench.wait_until(lambda: bench.port_open(port), what="controller")
     return proc, port
 
@@ -66,8 +73,8 @@ def digest_of(path):
     return "sha256:" + hashlib.sha256(open(path, "rb").read()).hexdigest()
 
 
-def run_shape(tmp, n_bases, n_modules):
-    ctrl, cport = start_controller(tmp)
+def run_shape(tmp, n_bases, n_modules, ship_code):
+    ctrl, cport = start_controller(tmp, ship_code)
     bases = start_bases(tmp, n_bases, cport, f"b{n_modules}-")
     try:
         time.sleep(0.5)  # all registered
@@ -95,19 +102,34 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bases", type=int, default=20)
     ap.add_argument("--modules", type=int, default=200)
+    ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--skip-build", action="store_true")
     args = ap.parse_args()
     bench.ensure_tools()
     if not args.skip_build:
         bench.build()
     tmp = tempfile.mkdtemp(prefix="berth-controller-bench-")
-    one, one_apply = run_shape(tmp, args.bases, 1)
-    many, many_apply = run_shape(tmp, 5, args.modules)
+    one = {True: [], False: []}
+    for _ in range(args.repeat):
+        for ship in (True, False):
+            one[ship].append(run_shape(tmp, args.bases, 1, ship))
+    many = {ship: run_shape(tmp, 5, args.modules, ship) for ship in (True, False)}
+
+    def span(runs):
+        ms = sorted(r[0] * 1e3 for r in runs)
+        return f"**{ms[len(ms) // 2]:.0f} ms** ({ms[0]:.0f}–{ms[-1]:.0f})"
+
+    def median(runs):
+        return sorted(r[0] for r in runs)[len(runs) // 2]
+
     print(f"\n## Controller: `berth apply` → every replica serving ({os.cpu_count()} cores, all processes on this machine, heartbeat 100 ms)\n")
-    print("| shape | replicas | apply commands took | until all serve |")
-    print("|---|---|---|---|")
-    print(f"| 1 module x {args.bases} bases | {args.bases} | {one_apply * 1e3:.0f} ms | **{one * 1e3:.0f} ms** |")
-    print(f"| {args.modules} modules x 5 bases | {args.modules * 5} | {many_apply:.1f} s | **{many:.1f} s** |")
+    print("| shape | replicas | compiled once by the controller | every base compiles (`--no-code`) | ratio |")
+    print("|---|---|---|---|---|")
+    print(f"| 1 module x {args.bases} bases ({args.repeat} runs) | {args.bases} | {span(one[True])} | {span(one[False])} "
+          f"| {median(one[False]) / median(one[True]):.1f}x |")
+    print(f"| {args.modules} modules x 5 bases | {args.modules * 5} | **{many[True][0]:.1f} s** "
+          f"(applies {many[True][1]:.1f} s) | **{many[False][0]:.1f} s** (applies {many[False][1]:.1f} s) "
+          f"| {many[False][0] / many[True][0]:.1f}x |")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use berth_example_modules::HELLO;
+
 use crate::support::{
     BERTH, BaseProcess, berth, failure, free_port, stdout, wait_for_port, work_dir,
 };
@@ -162,6 +164,31 @@ impl ControllerProcess {
         cmd
     }
 
+    /// Writes a ModuleDeployment named after its module `name` — `version`
+    /// from the file `artifact`, pinned to `digest` (default: the file's
+    /// own), with `spec` as further lines under `spec:` — to WORK/NAME.yaml
+    /// and applies it; returns what `berth apply` printed.
+    fn apply(
+        &self,
+        work: &std::path::Path,
+        name: &str,
+        version: &str,
+        artifact: &str,
+        digest: Option<&str>,
+        spec: &str,
+    ) -> String {
+        let digest = digest.map_or_else(|| file_digest(artifact), str::to_string);
+        let file = work.join(format!("{name}.yaml"));
+        std::fs::write(
+            &file,
+            format!(
+                "apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: {{ name: {name} }}\nspec:\n  module: {{ name: {name}, version: \"{version}\", artifact: \"file:{artifact}\", digest: \"{digest}\" }}\n  {spec}\n"
+            ),
+        )
+        .unwrap();
+        stdout(self.berth(&["apply", "-f", file.to_str().unwrap()]))
+    }
+
     /// `berth describe deployment NAME`.
     fn describe(&self, name: &str) -> String {
         stdout(self.berth(&["describe", "deployment", name]))
@@ -191,6 +218,11 @@ fn metric(addr: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
                 _ => f64::NAN,
             })
     }
+}
+
+/// `sha256:…` of the file at `path`.
+fn file_digest(path: &str) -> String {
+    berth_runtime::Digest::of(&std::fs::read(path).unwrap()).to_string()
 }
 
 /// Asserts `text` has a line with every one of `parts`, in order.
@@ -284,20 +316,9 @@ fn deployments_are_placed_scaled_and_rescheduled_onto_bases() {
             .count()
     };
 
-    let digest = berth_runtime::Digest::of(&std::fs::read(berth_example_modules::HELLO).unwrap())
-        .to_string();
-    let file = work.path().join("hello.yaml");
     let apply = |replicas: u32| {
-        std::fs::write(
-            &file,
-            format!(
-                "apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: {{ name: hello }}\nspec:\n  module: {{ name: hello, version: 1.0.0, artifact: \"file:{}\", digest: \"{digest}\" }}\n  replicas: {replicas}\n  baseSelector: {{ group: online }}\n",
-                berth_example_modules::HELLO
-            ),
-        )
-        .unwrap();
-        let cmd = ctl.berth(&["apply", "-f", file.to_str().unwrap()]);
-        stdout(cmd);
+        let spec = format!("replicas: {replicas}\n  baseSelector: {{ group: online }}");
+        ctl.apply(work.path(), "hello", "1.0.0", HELLO, None, &spec);
     };
 
     apply(2);
@@ -420,18 +441,9 @@ fn a_version_change_rolls_out_in_batches_waiting_for_confirmation() {
             .filter(|b| body(&b.ingress, "/hello").is_some_and(|t| t.contains("Hello from berth!")))
             .count()
     };
-    let file = work.path().join("hello.yaml");
     let apply = |artifact: &str, version: &str| {
-        let digest = berth_runtime::Digest::of(&std::fs::read(artifact).unwrap()).to_string();
-        std::fs::write(
-            &file,
-            format!(
-                "apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: {{ name: hello }}\nspec:\n  module: {{ name: hello, version: {version}, artifact: \"file:{artifact}\", digest: \"{digest}\" }}\n  replicas: 4\n  baseSelector: {{ group: online }}\n  strategy: {{ batches: 2, needConfirm: true }}\n"
-            ),
-        )
-        .unwrap();
-        let cmd = ctl.berth(&["apply", "-f", file.to_str().unwrap()]);
-        stdout(cmd);
+        let spec = "replicas: 4\n  baseSelector: { group: online }\n  strategy: { batches: 2, needConfirm: true }";
+        ctl.apply(work.path(), "hello", version, artifact, None, spec);
     };
     let rollout = |action: &str| {
         let cmd = ctl.berth(&["rollout", action, "hello"]);
@@ -527,18 +539,10 @@ fn a_rollout_whose_artifact_fails_stops_and_the_old_version_keeps_serving() {
             .filter(|b| body(&b.ingress, "/hello").is_some_and(|t| t.contains("Hello from berth!")))
             .count()
     };
-    let file = work.path().join("hello.yaml");
     let apply = |artifact: &str, version: &str, digest_of: &str| {
-        let digest = berth_runtime::Digest::of(&std::fs::read(digest_of).unwrap()).to_string();
-        std::fs::write(
-            &file,
-            format!(
-                "apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: {{ name: hello }}\nspec:\n  module: {{ name: hello, version: {version}, artifact: \"file:{artifact}\", digest: \"{digest}\" }}\n  replicas: 2\n  strategy: {{ batches: 2 }}\n"
-            ),
-        )
-        .unwrap();
-        let cmd = ctl.berth(&["apply", "-f", file.to_str().unwrap()]);
-        stdout(cmd);
+        let digest = file_digest(digest_of);
+        let spec = "replicas: 2\n  strategy: { batches: 2 }";
+        ctl.apply(work.path(), "hello", version, artifact, Some(&digest), spec);
     };
     apply(
         berth_example_modules::HELLO,
@@ -590,17 +594,9 @@ fn a_rollout_whose_artifact_fails_stops_and_the_old_version_keeps_serving() {
     has_line(&described, &["Progressing", "False", "RolloutFailed"]);
 
     // A first version that cannot run: a Warning event and a condition.
-    let echo = work.path().join("echo.yaml");
-    std::fs::write(
-        &echo,
-        format!(
-            "apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: {{ name: echo }}\nspec:\n  module: {{ name: echo, version: \"1\", artifact: \"file:{}\", digest: \"sha256:{}\" }}\n  replicas: 1\n",
-            berth_example_modules::ECHO,
-            "ab".repeat(32)
-        ),
-    )
-    .unwrap();
-    stdout(ctl.berth(&["apply", "-f", echo.to_str().unwrap()]));
+    let wrong = format!("sha256:{}", "ab".repeat(32));
+    let echo = berth_example_modules::ECHO;
+    ctl.apply(work.path(), "echo", "1", echo, Some(&wrong), "replicas: 1");
     eventually("a reported install failure", 1, || {
         usize::from(ctl.describe("echo").contains("InstallFailed"))
     });
@@ -642,18 +638,7 @@ fn a_base_that_comes_back_drops_what_was_unassigned_while_it_was_down() {
         "150ms",
     ];
     let base = BaseProcess::start_at(&data, &args);
-    let digest = berth_runtime::Digest::of(&std::fs::read(berth_example_modules::HELLO).unwrap())
-        .to_string();
-    let file = work.path().join("hello.yaml");
-    std::fs::write(
-        &file,
-        format!(
-            "apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: {{ name: hello }}\nspec:\n  module: {{ name: hello, version: 1.0.0, artifact: \"file:{}\", digest: \"{digest}\" }}\n  replicas: 1\n",
-            berth_example_modules::HELLO
-        ),
-    )
-    .unwrap();
-    stdout(ctl.berth(&["apply", "-f", file.to_str().unwrap()]));
+    ctl.apply(work.path(), "hello", "1.0.0", HELLO, None, "replicas: 1");
     eventually("base serving hello", 1, || {
         usize::from(serves(&base.ingress, "/hello"))
     });
@@ -696,19 +681,9 @@ fn a_controller_restart_loses_nothing_and_bases_serve_throughout() {
             .filter(|b| serves(&b.ingress, "/hello"))
             .count()
     };
-    let digest = berth_runtime::Digest::of(&std::fs::read(berth_example_modules::HELLO).unwrap())
-        .to_string();
-    let file = work.path().join("hello.yaml");
     let apply = |ctl: &ControllerProcess, replicas: u32| {
-        std::fs::write(
-            &file,
-            format!(
-                "apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: {{ name: hello }}\nspec:\n  module: {{ name: hello, version: 1.0.0, artifact: \"file:{}\", digest: \"{digest}\" }}\n  replicas: {replicas}\n",
-                berth_example_modules::HELLO
-            ),
-        )
-        .unwrap();
-        stdout(ctl.berth(&["apply", "-f", file.to_str().unwrap()]))
+        let spec = format!("replicas: {replicas}");
+        ctl.apply(work.path(), "hello", "1.0.0", HELLO, None, &spec)
     };
     // Both bases have registered (their first heartbeat is at start).
     eventually("registered bases", 2, || {
@@ -797,16 +772,7 @@ fn bases_load_the_code_the_controller_compiled_once() {
     let trusting = base("a", &[]);
     let local = base("b", &["--compile-locally"]);
     let digest = berth_runtime::Digest::of(&std::fs::read(berth_example_modules::HELLO).unwrap());
-    let file = work.path().join("hello.yaml");
-    std::fs::write(
-        &file,
-        format!(
-            "apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: {{ name: hello }}\nspec:\n  module: {{ name: hello, version: 1.0.0, artifact: \"file:{}\", digest: \"{digest}\" }}\n  replicas: 2\n",
-            berth_example_modules::HELLO
-        ),
-    )
-    .unwrap();
-    stdout(ctl.berth(&["apply", "-f", file.to_str().unwrap()]));
+    ctl.apply(work.path(), "hello", "1.0.0", HELLO, None, "replicas: 2");
     eventually("bases serving hello", 2, || {
         [&trusting, &local]
             .iter()

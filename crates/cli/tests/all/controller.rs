@@ -382,15 +382,22 @@ fn deployments_are_placed_scaled_and_rescheduled_onto_bases() {
     apply(1);
     eventually("online bases serving hello", 1, || serving(&online));
 
-    // The base running the replica dies: another takes it over.
+    // The base running the replica dies: another takes it over within the
+    // heartbeat timeout (1 s) + 2 s.
     let running = online
         .iter()
         .position(|b| b.as_ref().is_some_and(|b| serves(&b.ingress, "/hello")))
         .unwrap();
     online[running] = None;
+    let died = Instant::now();
     eventually("online bases serving hello after a base died", 1, || {
         serving(&online)
     });
+    assert!(
+        died.elapsed() < Duration::from_secs(3),
+        "rescheduled only after {:?}",
+        died.elapsed()
+    );
     assert!(!serves(&batch.ingress, "/hello"));
     // The story so far, in the deployment's events.
     let described = describe();

@@ -4,8 +4,8 @@
 //! |---|---|---|
 //! | GET | `/v1/health` | liveness |
 //! | POST | `/v1/apply` | create or update from a YAML or JSON manifest |
-//! | GET | `/v1/deployments` | every ModuleDeployment |
-//! | GET | `/v1/deployments/{name}` | one, as stored (manifest, generation, history) |
+//! | GET | `/v1/deployments` | every ModuleDeployment with its status |
+//! | GET | `/v1/deployments/{name}` | one, as stored (manifest, generation, history), with status and events |
 //! | DELETE | `/v1/deployments/{name}` | delete one |
 //! | POST | `/v1/deployments/{name}/rollout/{confirm,pause,resume,undo}` | steer its rollout |
 //! | PUT | `/v1/bases/{name}` | a base's heartbeat ([`BaseHeartbeat`]); answers its [`Assignments`](berth_api::Assignments) |
@@ -483,7 +483,17 @@ async fn rollout_action(
 }
 
 async fn list(State(shared): State<Shared>) -> Result<Response, ApiError> {
-    Ok(axum::Json(shared.resources().deployments()?).into_response())
+    let views: Vec<DeploymentView> = shared
+        .resources()
+        .deployments()?
+        .into_iter()
+        .map(|stored| DeploymentView {
+            status: shared.reconciler.status(&stored),
+            stored,
+            events: Vec::new(),
+        })
+        .collect();
+    Ok(axum::Json(views).into_response())
 }
 
 fn not_found(name: &str) -> ApiError {
@@ -503,7 +513,8 @@ pub struct DeploymentView {
     pub stored: StoredDeployment,
     /// Where it stands now.
     pub status: DeploymentStatus,
-    /// What happened to it, oldest first.
+    /// What happened to it, oldest first (only when one deployment is shown).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<DeploymentEvent>,
 }
 

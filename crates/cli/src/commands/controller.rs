@@ -179,24 +179,28 @@ pub async fn get(controller: &str, output: GetOutput) -> Result<()> {
         controller,
     )
     .await?;
-    let deployments: Vec<StoredDeployment> = serde_json::from_value(body)?;
+    let statuses: Vec<serde_json::Value> = body
+        .as_array()
+        .map(|all| all.iter().map(|d| d["status"].clone()).collect())
+        .unwrap_or_default();
     match output {
-        GetOutput::Json => println!("{}", serde_json::to_string_pretty(&deployments)?),
-        GetOutput::Yaml => print!("{}", serde_yaml_ng::to_string(&deployments)?),
+        GetOutput::Json => println!("{}", serde_json::to_string_pretty(&body)?),
+        GetOutput::Yaml => print!("{}", serde_yaml_ng::to_string(&body)?),
         GetOutput::Table | GetOutput::Wide => {
+            let deployments: Vec<StoredDeployment> = serde_json::from_value(body)?;
             if deployments.is_empty() {
                 println!("no deployments");
                 return Ok(());
             }
             println!(
-                "NAME                MODULE              VERSION     REPLICAS  GENERATION{}",
+                "NAME                MODULE              VERSION     READY     UP-TO-DATE  GENERATION{}",
                 if output == GetOutput::Wide {
                     "  SELECTOR"
                 } else {
                     ""
                 }
             );
-            for d in &deployments {
+            for (d, status) in deployments.iter().zip(&statuses) {
                 let spec = &d.manifest.spec;
                 let selector: Vec<String> = spec
                     .base_selector
@@ -204,11 +208,12 @@ pub async fn get(controller: &str, output: GetOutput) -> Result<()> {
                     .map(|(k, v)| format!("{k}={v}"))
                     .collect();
                 println!(
-                    "{:<20}{:<20}{:<12}{:<10}{:<10}{}",
+                    "{:<20}{:<20}{:<12}{:<10}{:<12}{:<10}{}",
                     d.manifest.metadata.name,
                     spec.module.name,
                     spec.module.version,
-                    spec.replicas,
+                    format!("{}/{}", status["ready"], spec.replicas),
+                    status["updated"],
                     d.generation,
                     if output == GetOutput::Wide {
                         format!("  {}", selector.join(","))

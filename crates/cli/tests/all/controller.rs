@@ -336,6 +336,10 @@ fn deployments_are_placed_scaled_and_rescheduled_onto_bases() {
     eventually("status of 3 replicas", 1, || {
         usize::from(describe().contains("3 desired, 3 ready, 3 updated, 0 unschedulable"))
     });
+    has_line(
+        &stdout(ctl.berth(&["get", "deployments"])),
+        &["hello", "hello", "1.0.0", "3/3", "3"],
+    );
     // The controller's metrics agree.
     let ready = [("deployment", "hello"), ("state", "ready")];
     assert_eq!(ctl.metric("berth_controller_replicas", &ready), 3.0);

@@ -6,9 +6,7 @@ use std::time::{Duration, Instant};
 
 use berth_example_modules::HELLO;
 
-use crate::support::{
-    BERTH, BaseProcess, berth, failure, free_port, stdout, wait_for_port, work_dir,
-};
+use crate::support::{BERTH, BaseProcess, berth, failure, free_port, stdout, work_dir};
 
 fn manifest(replicas: &str, version: &str) -> String {
     format!(
@@ -136,23 +134,46 @@ struct ControllerProcess {
 
 impl ControllerProcess {
     fn start(work: &std::path::Path, extra: &[&str]) -> Self {
-        Self::start_on(free_port(), work, extra)
+        // A probed free port can be taken by another test before the
+        // controller binds it: then try another.
+        let mut last_error = String::new();
+        for _ in 0..3 {
+            match Self::try_start_on(free_port(), work, extra) {
+                Ok(ctl) => return ctl,
+                Err(stderr) => last_error = stderr,
+            }
+        }
+        panic!("berth controller failed to start three times; last stderr:\n{last_error}");
     }
 
     /// Like [`ControllerProcess::start`] on a given port (to restart one).
     fn start_on(port: u16, work: &std::path::Path, extra: &[&str]) -> Self {
+        Self::try_start_on(port, work, extra)
+            .unwrap_or_else(|stderr| panic!("berth controller did not start:\n{stderr}"))
+    }
+
+    /// Starts a controller on `port`; its stderr if it exits first.
+    fn try_start_on(port: u16, work: &std::path::Path, extra: &[&str]) -> Result<Self, String> {
         let addr = format!("127.0.0.1:{port}");
-        let child = Command::new(BERTH)
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let mut child = Command::new(BERTH)
             .args(["controller", "--listen", &addr])
             .args(extra)
             .arg("--data-dir")
             .arg(work.join("controller"))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log.reopen().unwrap())
             .spawn()
             .unwrap();
-        wait_for_port(port, "berth controller");
-        Self { child, addr }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            if let Ok(Some(_)) = child.try_wait() {
+                return Err(std::fs::read_to_string(log.path()).unwrap_or_default());
+            }
+            assert!(Instant::now() < deadline, "berth controller did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Self { child, addr })
     }
 }
 

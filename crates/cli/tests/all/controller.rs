@@ -70,18 +70,7 @@ fn apply_get_describe_delete_through_a_controller_process() {
 fn bases_register_heartbeat_and_go_not_ready_when_they_stop() {
     let work = work_dir();
     let ctl = ControllerProcess::start(work.path(), &["--heartbeat-timeout", "1s"]);
-    let controller = ctl.addr.clone();
-    let url = format!("http://{controller}");
-    let base = BaseProcess::start_with(&[
-        "--controller",
-        &url,
-        "--name",
-        "base-a",
-        "--labels",
-        "group=online,zone=a",
-        "--heartbeat-interval",
-        "200ms",
-    ]);
+    let base = ctl.base("base-a", "200ms", &["--labels", "group=online,zone=a"]);
     stdout(base.berth(&[
         "deploy",
         berth_example_modules::HELLO,
@@ -210,6 +199,22 @@ impl ControllerProcess {
         stdout(self.berth(&["apply", "-f", file.to_str().unwrap()]))
     }
 
+    /// A `berth base` that joins this controller as `name`, heartbeating
+    /// every `interval`, with `extra` flags.
+    fn base(&self, name: &str, interval: &str, extra: &[&str]) -> BaseProcess {
+        let url = format!("http://{}", self.addr);
+        let mut args = vec![
+            "--controller",
+            &url,
+            "--name",
+            name,
+            "--heartbeat-interval",
+            interval,
+        ];
+        args.extend_from_slice(extra);
+        BaseProcess::start_with(&args)
+    }
+
     /// `berth describe deployment NAME`.
     fn describe(&self, name: &str) -> String {
         stdout(self.berth(&["describe", "deployment", name]))
@@ -309,21 +314,8 @@ fn eventually(what: &str, want: usize, count: impl Fn() -> usize) {
 fn deployments_are_placed_scaled_and_rescheduled_onto_bases() {
     let work = work_dir();
     let ctl = ControllerProcess::start(work.path(), &["--heartbeat-timeout", "1s"]);
-    let controller = ctl.addr.clone();
-    let url = format!("http://{controller}");
-    let base = |name: &str, group: &str| {
-        let labels = format!("group={group}");
-        BaseProcess::start_with(&[
-            "--controller",
-            &url,
-            "--name",
-            name,
-            "--labels",
-            &labels,
-            "--heartbeat-interval",
-            "200ms",
-        ])
-    };
+    let base =
+        |name: &str, group: &str| ctl.base(name, "200ms", &["--labels", &format!("group={group}")]);
     let mut online: Vec<Option<BaseProcess>> = ["a", "b", "c"]
         .iter()
         .map(|n| Some(base(n, "online")))
@@ -444,22 +436,9 @@ fn deployments_are_placed_scaled_and_rescheduled_onto_bases() {
 fn a_version_change_rolls_out_in_batches_waiting_for_confirmation() {
     let work = work_dir();
     let ctl = ControllerProcess::start(work.path(), &["--heartbeat-timeout", "2s"]);
-    let controller = ctl.addr.clone();
-    let url = format!("http://{controller}");
     let bases: Vec<BaseProcess> = ["a", "b", "c", "d"]
         .iter()
-        .map(|n| {
-            BaseProcess::start_with(&[
-                "--controller",
-                &url,
-                "--name",
-                n,
-                "--labels",
-                "group=online",
-                "--heartbeat-interval",
-                "150ms",
-            ])
-        })
+        .map(|n| ctl.base(n, "150ms", &["--labels", "group=online"]))
         .collect();
     let on_v2 = || {
         bases
@@ -550,20 +529,9 @@ fn a_version_change_rolls_out_in_batches_waiting_for_confirmation() {
 fn a_rollout_whose_artifact_fails_stops_and_the_old_version_keeps_serving() {
     let work = work_dir();
     let ctl = ControllerProcess::start(work.path(), &[]);
-    let controller = ctl.addr.clone();
-    let url = format!("http://{controller}");
     let bases: Vec<BaseProcess> = ["a", "b"]
         .iter()
-        .map(|n| {
-            BaseProcess::start_with(&[
-                "--controller",
-                &url,
-                "--name",
-                n,
-                "--heartbeat-interval",
-                "150ms",
-            ])
-        })
+        .map(|n| ctl.base(n, "150ms", &[]))
         .collect();
     let on_v1 = || {
         bases
@@ -658,9 +626,8 @@ fn a_rollout_whose_artifact_fails_stops_and_the_old_version_keeps_serving() {
 fn a_base_that_comes_back_drops_what_was_unassigned_while_it_was_down() {
     let work = work_dir();
     let ctl = ControllerProcess::start(work.path(), &[]);
-    let controller = ctl.addr.clone();
-    let url = format!("http://{controller}");
     let data = work.path().join("base-data");
+    let url = format!("http://{}", ctl.addr);
     let args = [
         "--controller",
         url.as_str(),
@@ -693,20 +660,7 @@ fn a_controller_restart_loses_nothing_and_bases_serve_throughout() {
     // second reached them through their assignment watch.
     let ctl_args = ["--heartbeat-timeout", "20s"];
     let ctl = ControllerProcess::start_on(port, work.path(), &ctl_args);
-    let url = format!("http://{}", ctl.addr);
-    let bases: Vec<BaseProcess> = ["a", "b"]
-        .iter()
-        .map(|n| {
-            BaseProcess::start_with(&[
-                "--controller",
-                &url,
-                "--name",
-                n,
-                "--heartbeat-interval",
-                "5s",
-            ])
-        })
-        .collect();
+    let bases: Vec<BaseProcess> = ["a", "b"].iter().map(|n| ctl.base(n, "5s", &[])).collect();
     let serving = || {
         bases
             .iter()
@@ -788,21 +742,8 @@ fn a_controller_restart_loses_nothing_and_bases_serve_throughout() {
 fn bases_load_the_code_the_controller_compiled_once() {
     let work = work_dir();
     let ctl = ControllerProcess::start(work.path(), &[]);
-    let url = format!("http://{}", ctl.addr);
-    let base = |name: &str, extra: &[&str]| {
-        let mut args = vec![
-            "--controller",
-            &url,
-            "--name",
-            name,
-            "--heartbeat-interval",
-            "200ms",
-        ];
-        args.extend_from_slice(extra);
-        BaseProcess::start_with(&args)
-    };
-    let trusting = base("a", &[]);
-    let local = base("b", &["--compile-locally"]);
+    let trusting = ctl.base("a", "200ms", &[]);
+    let local = ctl.base("b", "200ms", &["--compile-locally"]);
     let digest = berth_runtime::Digest::of(&std::fs::read(berth_example_modules::HELLO).unwrap());
     ctl.apply(work.path(), "hello", "1.0.0", HELLO, None, "replicas: 2");
     eventually("bases serving hello", 2, || {

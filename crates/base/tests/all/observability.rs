@@ -11,15 +11,7 @@ use prometheus_parse::{Scrape, Value};
 use crate::support::{TestBase, install_request};
 
 async fn scrape(base: &TestBase) -> Scrape {
-    let text = base
-        .client
-        .get(base.ops("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = base.metrics_text().await;
     Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
         .unwrap_or_else(|e| panic!("invalid exposition ({e}):\n{text}"))
 }

@@ -133,15 +133,7 @@ async fn base_exporting_to(endpoint: &str) -> TestBase {
 
 /// `berth_otlp_spans_*` series from `/metrics`: (exported, dropped for `reason`).
 async fn otlp_counters(base: &TestBase, reason: &str) -> (f64, f64) {
-    let text = base
-        .client
-        .get(base.ops("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = base.metrics_text().await;
     let value = |prefix: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(prefix))

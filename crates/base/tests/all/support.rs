@@ -54,6 +54,18 @@ impl TestBase {
         format!("http://{}{path}", self.running().ops_addr)
     }
 
+    /// The text of the base's `/metrics`.
+    pub async fn metrics_text(&self) -> String {
+        self.client
+            .get(self.ops("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.running().ingress_addr)
     }

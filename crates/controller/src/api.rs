@@ -20,6 +20,7 @@
 //! before it is answered, so what the answer shows is already assigned.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -30,8 +31,6 @@ use axum::routing::{get, post};
 use berth_api::manifest::{self, Manifest};
 use berth_api::{BaseHeartbeat, ErrorBody, ErrorDetail};
 use serde::Serialize;
-
-use std::time::Duration;
 
 use crate::code::{CodeError, CodeShop};
 use crate::events::{DeploymentEvent, NewEvent};

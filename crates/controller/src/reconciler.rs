@@ -208,6 +208,8 @@ impl Reconciler {
             for d in deployments.iter_mut().filter(|d| d.rollout.is_some()) {
                 let name = d.manifest.metadata.name.clone();
                 let rolled = placement.rolled.get(&name).cloned().unwrap_or_default();
+                // A dry run first: most passes move no rollout, and then
+                // the store is not read again.
                 if !rollout::advance(&mut d.clone(), &rolled, &bases, now) {
                     continue;
                 }
@@ -234,8 +236,7 @@ impl Reconciler {
                 let name = &d.manifest.metadata.name;
                 let empty = Seen::default();
                 let before = seen_before.get(name).unwrap_or(&empty);
-                let now = &seen_now[name];
-                let found = self.placement_events(d, before, now, &bases);
+                let found = self.placement_events(d, before, &seen_now[name], &bases);
                 news.entry(name.clone()).or_default().extend(found);
             }
         }

@@ -150,9 +150,12 @@ impl Base {
                         .parse::<Digest>()
                         .map_err(|e| e.to_string())
                         .and_then(|d| runtime.load(d, None).map_err(|e| e.to_string()))
-                        .map(|(module, outcome)| {
+                        .and_then(|(module, outcome)| {
                             let settings = record.settings(runtime.config().limits);
-                            (module.with_settings(settings), outcome)
+                            module
+                                .with_settings(settings)
+                                .map(|module| (module, outcome))
+                                .map_err(|e| e.to_string())
                         });
                     (record, result)
                 })
@@ -330,7 +333,7 @@ impl Base {
             allowed_hosts,
             config,
         };
-        let module = module.with_settings(record.settings(self.inner.runtime.config().limits));
+        let module = module.with_settings(record.settings(self.inner.runtime.config().limits))?;
         match previous.filter(|_| activate) {
             Some(previous) => {
                 let module = registry

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::capability::Capabilities;
 use crate::settings::Limits;
 
 /// Settings of a [`Runtime`](crate::Runtime).
@@ -30,6 +31,10 @@ pub struct RuntimeConfig {
     /// `crates/cli/tests/all/reclaim.rs`), for a throughput gain measured in
     /// `bench/README.md`.
     pub memory_keep_resident: usize,
+    /// Capabilities a base team adds to the built-in `berth:base` config,
+    /// kv and log ([`crate::capability`]); one named like a built-in
+    /// replaces it.
+    pub capabilities: Capabilities,
 }
 
 impl RuntimeConfig {
@@ -44,6 +49,7 @@ impl RuntimeConfig {
             max_instances: 1000,
             limits: Limits::default(),
             memory_keep_resident: 0,
+            capabilities: Capabilities::new(),
         }
     }
 }

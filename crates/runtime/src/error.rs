@@ -46,6 +46,9 @@ pub enum LoadError {
         /// wasmtime's explanation.
         reason: String,
     },
+    /// A capability refused the module's settings at install.
+    #[error("{0}")]
+    Refused(String),
     /// The base's key-value store could not be opened.
     #[error("{0}")]
     Kv(String),
@@ -84,6 +87,7 @@ impl LoadError {
             LoadError::CoreModule => "not_a_component",
             LoadError::MissingHttpExport { .. } => "missing_http_export",
             LoadError::UnsupportedImport { .. } => "unsupported_import",
+            LoadError::Refused(_) => "refused_by_capability",
             LoadError::Invalid { .. } => "invalid_wasm",
             LoadError::Cache { .. } | LoadError::Kv(_) => "cache_io",
             LoadError::ArtifactMissing { .. } => "artifact_missing",

@@ -3,8 +3,8 @@
 //! Each request gets a fresh [`HostState`] in its own `Store`: its own
 //! resource table, a WASI context with no filesystem, no environment and no
 //! arguments (stdout/stderr go to the base's), the memory limiter, the
-//! outgoing-HTTP policy ([`crate::outgoing`]) and the module's settings,
-//! which scope the `berth:base` interfaces ([`crate::interfaces`]).
+//! outgoing-HTTP policy ([`crate::outgoing`]), the module's settings, and
+//! each capability's per-instance data ([`crate::capability`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,7 +15,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::kv::KvStore;
+use crate::capability::{Configured, Extensions, InstanceContext};
 use crate::logs::{GuestOutput, LogSink, LogSource};
 use crate::outgoing::{CallContext, OutgoingPolicy};
 use crate::settings::ModuleSettings;
@@ -24,22 +24,19 @@ use crate::settings::ModuleSettings;
 pub struct HostState {
     wasi: WasiCtx,
     outputs: [GuestOutput; 2],
-    pub(crate) log_sink: Option<Arc<dyn LogSink>>,
     http: WasiHttpCtx,
     table: ResourceTable,
     outgoing: OutgoingPolicy,
     pub(crate) limiter: MemoryLimiter,
     pub(crate) started: Instant,
     pub(crate) timeout: Duration,
-    pub(crate) settings: Arc<ModuleSettings>,
-    pub(crate) kv: Option<KvStore>,
-    pub(crate) context: CallContext,
+    extensions: Extensions,
 }
 
 impl HostState {
     pub(crate) fn new(
         settings: Arc<ModuleSettings>,
-        kv: Option<KvStore>,
+        capabilities: &Configured,
         context: CallContext,
         memory_in_use: Arc<AtomicU64>,
         log_sink: Option<Arc<dyn LogSink>>,
@@ -50,17 +47,21 @@ impl HostState {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let stdout = GuestOutput::new(LogSource::Stdout, log_sink.clone(), request_id.clone());
-        let stderr = GuestOutput::new(LogSource::Stderr, log_sink.clone(), request_id);
+        let stderr = GuestOutput::new(LogSource::Stderr, log_sink.clone(), request_id.clone());
+        let extensions = capabilities.prepare(&InstanceContext {
+            settings: &settings,
+            request_id: request_id.as_deref(),
+            log_sink: log_sink.as_ref(),
+        });
         Self {
             wasi: WasiCtx::builder()
                 .stdout(stdout.clone())
                 .stderr(stderr.clone())
                 .build(),
             outputs: [stdout, stderr],
-            log_sink,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            outgoing: OutgoingPolicy::new(settings.clone(), context.clone()),
+            outgoing: OutgoingPolicy::new(settings.clone(), context),
             limiter: MemoryLimiter {
                 max: settings.limits.max_memory_bytes,
                 hit: false,
@@ -69,10 +70,25 @@ impl HostState {
             },
             started: Instant::now(),
             timeout: settings.limits.timeout,
-            settings,
-            kv,
-            context,
+            extensions,
         }
+    }
+
+    /// This instance's data of the capability whose
+    /// [`Capability::Instance`](crate::Capability::Instance) is `T`, for its
+    /// host functions (the getter passed to its `add_to_linker`).
+    ///
+    /// # Panics
+    ///
+    /// If no capability of this runtime prepares a `T`: a host function
+    /// linked by a capability that is not in the runtime's list.
+    pub fn capability<T: 'static>(&mut self) -> &mut T {
+        self.extensions.get_mut::<T>().unwrap_or_else(|| {
+            panic!(
+                "no capability prepared a {}; add its capability to RuntimeConfig::capabilities",
+                std::any::type_name::<T>()
+            )
+        })
     }
 }
 

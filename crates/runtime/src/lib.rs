@@ -10,14 +10,17 @@
 //! its own `Store` and the limits and grants of its [`ModuleSettings`]. The
 //! instance sees WASI 0.2, `wasi:http` (outgoing calls go through the
 //! allow-list or, for `http://NAME.berth/`, a [`ModuleCaller`]) and the
-//! `berth:base` interfaces (config, kv, log; `wit/base.wit`); its stdout and
-//! stderr go to a [`LogSink`].
+//! `berth:base` interfaces (config, kv, log; `wit/base.wit`) — each a
+//! [`Capability`] plug-in, like those a base team adds through
+//! [`RuntimeConfig::capabilities`]; its stdout and stderr go to a
+//! [`LogSink`].
 //!
 //! The runtime knows nothing about routes, names or versions: that is the
 //! base's business. It answers "is this a valid module, and run it".
 
 mod artifact;
 mod cache;
+pub mod capability;
 mod config;
 mod error;
 mod host;
@@ -32,9 +35,11 @@ mod trace;
 
 pub use artifact::{Digest, ParseDigestError};
 pub use cache::{CacheOutcome, ModuleCache, engine_tag};
+pub use capability::{AnyCapability, Capabilities, Capability, InstanceContext};
 pub use config::RuntimeConfig;
 pub use error::{HandleError, LoadError};
 pub use host::HostState;
+pub use interfaces::{ConfigCapability, ConfigData, KvCapability, KvData, LogCapability, LogData};
 pub use kv::KvStore;
 pub use logs::{LogLine, LogSink, LogSource};
 pub use module::{LoadedModule, ResponseBody, full_body};
@@ -42,7 +47,7 @@ pub use outgoing::{BoxResponse, CallContext, ModuleCaller};
 pub use runtime::{Runtime, engine, validate};
 pub use settings::{Limits, MAX_HOPS, ModuleSettings};
 pub use trace::{TRACEPARENT, TraceParent};
-pub use wasmtime::Engine;
+pub use wasmtime::{self, Engine};
 pub use wasmtime_wasi_http::WasiBody;
 
 /// The `wasi:http` export every berth module must have.

@@ -22,7 +22,8 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use tokio::sync::Semaphore;
 
 use crate::artifact::Digest;
-use crate::error::HandleError;
+use crate::capability::Configured;
+use crate::error::{HandleError, LoadError};
 use crate::host::HostState;
 use crate::logs::LogSink;
 use crate::outgoing::CallContext;
@@ -39,6 +40,7 @@ pub type ResponseBody = wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 pub struct LoadedModule {
     code: Arc<Code>,
     settings: Arc<ModuleSettings>,
+    capabilities: Configured,
     permits: Arc<Semaphore>,
     memory_in_use: Arc<AtomicU64>,
     observer: Option<Arc<dyn Fn(Duration) + Send + Sync>>,
@@ -52,7 +54,11 @@ struct Code {
 }
 
 impl LoadedModule {
-    pub(crate) fn new(runtime: Runtime, digest: Digest, pre: ProxyPre<HostState>) -> Self {
+    pub(crate) fn new(
+        runtime: Runtime,
+        digest: Digest,
+        pre: ProxyPre<HostState>,
+    ) -> Result<Self, LoadError> {
         let settings = ModuleSettings {
             name: String::new(),
             version: String::new(),
@@ -68,15 +74,23 @@ impl LoadedModule {
         Self::assemble(code, settings)
     }
 
-    fn assemble(code: Arc<Code>, settings: ModuleSettings) -> Self {
-        Self {
+    /// The module under `settings`, configured by every capability of its
+    /// runtime (the first refusal is the error).
+    fn assemble(code: Arc<Code>, settings: ModuleSettings) -> Result<Self, LoadError> {
+        let capabilities = code
+            .runtime
+            .capabilities()
+            .configure(&settings)
+            .map_err(LoadError::Refused)?;
+        Ok(Self {
             permits: Arc::new(Semaphore::new(settings.limits.max_concurrency as usize)),
             settings: Arc::new(settings),
+            capabilities,
             code,
             memory_in_use: Arc::default(),
             observer: None,
             log_sink: None,
-        }
+        })
     }
 
     /// The same module, handing guest stdout/stderr and `berth:base/log`
@@ -101,9 +115,11 @@ impl LoadedModule {
         self.memory_in_use.load(Ordering::Relaxed)
     }
 
-    /// The same code under other settings (limits, grants, config). The
-    /// memory limit is capped by the pool's per-instance maximum.
-    pub fn with_settings(&self, mut settings: ModuleSettings) -> Self {
+    /// The same code under other settings (limits, grants, config),
+    /// configured anew by every capability; a capability's refusal is
+    /// [`LoadError::Refused`]. The memory limit is capped by the pool's
+    /// per-instance maximum.
+    pub fn with_settings(&self, mut settings: ModuleSettings) -> Result<Self, LoadError> {
         let ceiling = self.code.runtime.config().limits.max_memory_bytes;
         settings.limits.max_memory_bytes = settings.limits.max_memory_bytes.min(ceiling);
         Self::assemble(self.code.clone(), settings)
@@ -157,7 +173,7 @@ impl LoadedModule {
             self.code.runtime.engine(),
             HostState::new(
                 self.settings.clone(),
-                Some(self.code.runtime.kv().clone()),
+                &self.capabilities,
                 context,
                 self.memory_in_use.clone(),
                 self.log_sink.clone(),

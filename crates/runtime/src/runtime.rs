@@ -10,9 +10,11 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use crate::HTTP_HANDLER_EXPORT;
 use crate::artifact::{Digest, check_header};
 use crate::cache::{CacheOutcome, ModuleCache};
+use crate::capability::Capabilities;
 use crate::config::{EPOCH_TICK, RuntimeConfig};
 use crate::error::LoadError;
 use crate::host::HostState;
+use crate::interfaces::{ConfigCapability, KvCapability, LogCapability};
 use crate::kv::KvStore;
 use crate::module::LoadedModule;
 
@@ -29,6 +31,7 @@ struct Inner {
     config: RuntimeConfig,
     ticker_stop: Arc<AtomicBool>,
     kv: KvStore,
+    capabilities: Capabilities,
 }
 
 impl Drop for Inner {
@@ -42,11 +45,12 @@ impl Runtime {
     /// WASI 0.2 and `wasi:http` interfaces, and opens the module cache.
     pub fn new(config: RuntimeConfig) -> Result<Self, LoadError> {
         let engine = engine(&config)?;
-
-        let linker = host_linker(&engine)?;
+        let kv = KvStore::open(&config.kv_path).map_err(LoadError::Kv)?;
+        // The built-ins first; the base's own replace them by name.
+        let capabilities = builtin_capabilities(Some(kv.clone())).extended_by(&config.capabilities);
+        let linker = host_linker(&engine, &capabilities)?;
 
         let cache = ModuleCache::open(&config.cache_dir, &engine)?;
-        let kv = KvStore::open(&config.kv_path).map_err(LoadError::Kv)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         spawn_epoch_ticker(engine.clone(), ticker_stop.clone());
         Ok(Self {
@@ -57,6 +61,7 @@ impl Runtime {
                 config,
                 ticker_stop,
                 kv,
+                capabilities,
             }),
         })
     }
@@ -76,7 +81,12 @@ impl Runtime {
         &self.inner.config
     }
 
-    /// The key-value store behind `berth:base/kv`.
+    /// Every capability modules of this runtime may import.
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.inner.capabilities
+    }
+
+    /// The key-value store behind the built-in `berth:base/kv`.
     pub fn kv(&self) -> &KvStore {
         &self.inner.kv
     }
@@ -125,7 +135,7 @@ impl Runtime {
             })?;
             cache.store_compiled(&digest, &code)?;
         }
-        Ok((LoadedModule::new(self.clone(), digest, pre), outcome))
+        Ok((LoadedModule::new(self.clone(), digest, pre)?, outcome))
     }
 
     /// Maps cached code for `digest`, or `None` if absent or unusable.
@@ -180,15 +190,23 @@ pub fn engine(config: &RuntimeConfig) -> Result<Engine, LoadError> {
     })
 }
 
-/// The linker with every host interface a module may import: WASI 0.2 and `wasi:http`.
-fn host_linker(engine: &Engine) -> Result<Linker<HostState>, LoadError> {
+/// The linker with every host interface a module may import: WASI 0.2,
+/// `wasi:http`, and each capability's (its *init*).
+fn host_linker(
+    engine: &Engine,
+    capabilities: &Capabilities,
+) -> Result<Linker<HostState>, LoadError> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)
         .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))
-        .and_then(|()| crate::interfaces::add_to_linker(&mut linker))
         .map_err(|e| LoadError::Invalid {
             reason: format!("cannot link the WASI interfaces: {e:#}"),
         })?;
+    for c in capabilities.iter() {
+        c.init(&mut linker).map_err(|e| LoadError::Invalid {
+            reason: format!("capability {} cannot add its interfaces: {e:#}", c.name()),
+        })?;
+    }
     Ok(linker)
 }
 
@@ -232,7 +250,19 @@ pub fn validate(bytes: &[u8]) -> Result<(), LoadError> {
     let component = Component::new(&engine, bytes).map_err(|e| LoadError::Invalid {
         reason: format!("{e:#}"),
     })?;
-    link(&host_linker(&engine)?, &component).map(drop)
+    link(
+        &host_linker(&engine, &builtin_capabilities(None))?,
+        &component,
+    )
+    .map(drop)
+}
+
+/// `berth:base` config, kv (over `kv`) and log.
+fn builtin_capabilities(kv: Option<KvStore>) -> Capabilities {
+    Capabilities::new()
+        .with(ConfigCapability)
+        .with(KvCapability(kv))
+        .with(LogCapability)
 }
 
 /// The first `backquoted` name in a wasmtime message (the missing import).

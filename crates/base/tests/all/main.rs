@@ -4,6 +4,7 @@
 //! One test binary with a module per topic (as wasmtime does), to link once.
 
 mod bad_input;
+mod capability;
 mod ingress;
 mod isolation;
 mod observability;

@@ -300,7 +300,7 @@ async fn code(
         })?;
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
-        bytes.as_ref().clone(),
+        bytes,
     )
         .into_response())
 }

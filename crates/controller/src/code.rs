@@ -13,7 +13,10 @@
 //! The controller compiles only artifacts its deployments name, fetched from
 //! the deployment's own `artifact` and checked against its `digest`; each
 //! digest is compiled at most once at a time (concurrent asks wait for the
-//! same compile) and the result is kept on disk under `<data-dir>/compiled`.
+//! same compile) and the result is kept on disk under `<data-dir>/compiled`
+//! — only there: each answer reads the file (the page cache serves a
+//! fleet's worth of asks), so the controller's memory does not grow with
+//! the number of modules deployed.
 //! A compile starts as soon as a deployment is applied, so by the time its
 //! bases ask, the code is usually ready.
 //!
@@ -59,7 +62,8 @@ pub enum CodeError {
     },
 }
 
-type Compiled = Result<Arc<Vec<u8>>, String>;
+/// Where a digest's code is, or why there is none.
+type Compiled = Result<PathBuf, String>;
 
 /// The controller's compiler and its cache of compiled code.
 pub struct CodeShop {
@@ -103,7 +107,7 @@ impl CodeShop {
         digest: &str,
         artifact: &str,
         engine: &str,
-    ) -> Result<Arc<Vec<u8>>, CodeError> {
+    ) -> Result<Vec<u8>, CodeError> {
         if engine != self.tag {
             return Err(CodeError::OtherEngine {
                 asked: engine.into(),
@@ -117,11 +121,17 @@ impl CodeShop {
             .entry(digest.to_string())
             .or_default()
             .clone();
-        let result = cell
+        let compiled = cell
             .get_or_init(|| self.compile(digest.to_string(), artifact.to_string()))
             .await
             .clone();
-        result.map_err(|reason| {
+        let read = match compiled {
+            Ok(path) => tokio::fs::read(&path)
+                .await
+                .map_err(|e| format!("cannot read {}: {e}", path.display())),
+            Err(reason) => Err(reason),
+        };
+        read.map_err(|reason| {
             // Let a later ask try again (the artifact may be fixed).
             self.cells.lock().expect("code cells").remove(digest);
             CodeError::Failed {
@@ -149,8 +159,8 @@ impl CodeShop {
         let path = self
             .dir
             .join(format!("{}-{}.cwasm", wanted.hex(), self.tag));
-        if let Ok(code) = tokio::fs::read(&path).await {
-            return Ok(Arc::new(code));
+        if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+            return Ok(path);
         }
         let bytes = self.fetch(&artifact).await?;
         let got = Digest::of(&bytes);
@@ -164,11 +174,16 @@ impl CodeShop {
             .map_err(|e| format!("the compile panicked: {e}"))?
             .map_err(|e| format!("{e:#}"))?;
         tracing::info!(%digest, ms = started.elapsed().as_millis() as u64, bytes = code.len(), "compiled for the bases");
+        // Written whole, then renamed into place: a reader never sees half.
         let tmp = path.with_extension("tmp");
-        if tokio::fs::write(&tmp, &code).await.is_ok() {
-            let _ = tokio::fs::rename(&tmp, &path).await;
-        }
-        Ok(Arc::new(code))
+        let stored = async {
+            tokio::fs::write(&tmp, &code).await?;
+            tokio::fs::rename(&tmp, &path).await
+        };
+        stored
+            .await
+            .map_err(|e| format!("cannot store the code at {}: {e}", path.display()))?;
+        Ok(path)
     }
 
     async fn fetch(&self, artifact: &str) -> Result<Vec<u8>, String> {

@@ -793,5 +793,16 @@ fn bases_load_the_code_the_controller_compiled_once() {
         other.starts_with("HTTP/1.1 404") && other.contains("no code for engine 0000"),
         "{other}"
     );
+
+    // Code a base cannot load (here: the controller's copy got corrupted)
+    // is thrown away and the module compiled locally; the base serves.
+    let stored = work.path().join("controller/compiled").join(&compiled[0]);
+    std::fs::write(&stored, b"not code").unwrap();
+    let late = ctl.base("c", "200ms", &[]);
+    ctl.apply(work.path(), "hello", "1.0.0", HELLO, None, "replicas: 3");
+    eventually("the third base serving hello", 1, || {
+        usize::from(serves(&late.ingress, "/hello"))
+    });
+    assert_eq!((lookups(&late, "hit"), lookups(&late, "miss")), (0.0, 1.0));
     drop(ctl);
 }

@@ -47,6 +47,17 @@ fn manifest(replicas: &str) -> String {
     )
 }
 
+/// Sends base `a`'s heartbeat to `/v1/bases/{to}`.
+async fn heartbeat(client: &reqwest::Client, url: &str, to: &str) -> reqwest::Response {
+    let beat = serde_json::json!({"name": "a", "capacityModules": 10, "ingress": "127.0.0.1:1", "ops": "127.0.0.1:2"});
+    client
+        .put(format!("{url}/v1/bases/{to}"))
+        .json(&beat)
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn post(client: &reqwest::Client, url: &str, body: String) -> (u16, Value) {
     let response = client
         .post(format!("{url}/v1/apply"))
@@ -62,20 +73,8 @@ async fn a_heartbeat_must_name_the_base_it_is_sent_for() {
     let dir = tempfile::tempdir().unwrap();
     let (url, _server) = serve(&dir.path().join("controller.redb")).await;
     let client = reqwest::Client::new();
-    let beat = serde_json::json!({"name": "a", "capacityModules": 10, "ingress": "127.0.0.1:1", "ops": "127.0.0.1:2"});
-    let response = client
-        .put(format!("{url}/v1/bases/b"))
-        .json(&beat)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 400);
-    let response = client
-        .put(format!("{url}/v1/bases/a"))
-        .json(&beat)
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(heartbeat(&client, &url, "b").await.status(), 400);
+    let response = heartbeat(&client, &url, "a").await;
     assert_eq!(response.status(), 200);
     let assigned: Value = response.json().await.unwrap();
     assert_eq!(
@@ -222,14 +221,7 @@ async fn an_assignment_watch_is_held_until_the_assignments_change() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "base_not_ready");
 
-    let beat = serde_json::json!({"name": "a", "capacityModules": 10, "ingress": "127.0.0.1:1", "ops": "127.0.0.1:2"});
-    let response = client
-        .put(format!("{url}/v1/bases/a"))
-        .json(&beat)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    assert_eq!(heartbeat(&client, &url, "a").await.status(), 200);
     let first: Value = watch("", 100).await.unwrap().json().await.unwrap();
     assert_eq!(first["modules"], serde_json::json!([]));
     let known = first["revision"].as_str().unwrap().to_string();

@@ -58,6 +58,11 @@ async fn heartbeat(client: &reqwest::Client, url: &str, to: &str) -> reqwest::Re
         .unwrap()
 }
 
+/// The JSON body of `GET url`.
+async fn get_json(client: &reqwest::Client, url: &str) -> Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 async fn post(client: &reqwest::Client, url: &str, body: String) -> (u16, Value) {
     let response = client
         .post(format!("{url}/v1/apply"))
@@ -82,14 +87,7 @@ async fn a_heartbeat_must_name_the_base_it_is_sent_for() {
         serde_json::json!([]),
         "nothing is deployed yet"
     );
-    let bases: Value = client
-        .get(format!("{url}/v1/bases"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let bases: Value = get_json(&client, &format!("{url}/v1/bases")).await;
     assert_eq!(
         (
             bases[0]["heartbeat"]["name"].as_str(),
@@ -150,14 +148,7 @@ async fn apply_list_show_delete_and_survive_a_restart() {
         (status, body["result"].as_str(), body["generation"].as_u64()),
         (200, Some("updated"), Some(2))
     );
-    let list: Value = client
-        .get(format!("{url}/v1/deployments"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = get_json(&client, &format!("{url}/v1/deployments")).await;
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(list[0]["manifest"]["spec"]["replicas"], 8);
 
@@ -166,14 +157,7 @@ async fn apply_list_show_delete_and_survive_a_restart() {
     drop(stop);
     task.await.unwrap();
     let (url, _server) = serve(&path).await;
-    let shown: Value = client
-        .get(format!("{url}/v1/deployments/orders"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let shown: Value = get_json(&client, &format!("{url}/v1/deployments/orders")).await;
     assert_eq!(
         (
             shown["generation"].as_u64(),

@@ -500,6 +500,11 @@ fn a_version_change_rolls_out_in_batches_waiting_for_confirmation() {
     }
     rollout("confirm");
     eventually("bases on v1 after undo", 4, on_v1);
+    // A base serves the new version a moment before its heartbeat tells the
+    // controller so; the story is complete once the rollout has finished.
+    eventually("undo finished", 1, || {
+        usize::from(rollout("status").contains("no rollout in progress"))
+    });
     let described = ctl.describe("hello");
     for parts in [
         &[

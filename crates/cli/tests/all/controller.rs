@@ -224,6 +224,25 @@ impl ControllerProcess {
     fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         metric(&self.addr, name, labels)
     }
+
+    /// Asserts one series of the controller's `/metrics` reaches `want`
+    /// within 5 s. Status is derived when read, the gauges by the reconcile
+    /// pass that follows a heartbeat, so they can trail it by a moment.
+    #[track_caller]
+    fn assert_metric(&self, name: &str, labels: &[(&str, &str)], want: f64) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let got = self.metric(name, labels);
+            if got == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}{labels:?} is {got}, expected {want}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 /// The value of one series of the `/metrics` at `addr` (NaN if absent).
@@ -355,19 +374,14 @@ fn deployments_are_placed_scaled_and_rescheduled_onto_bases() {
     );
     // The controller's metrics agree.
     let ready = [("deployment", "hello"), ("state", "ready")];
-    assert_eq!(ctl.metric("berth_controller_replicas", &ready), 3.0);
-    assert_eq!(
-        ctl.metric("berth_controller_bases", &[("state", "Ready")]),
-        4.0
-    );
-    assert_eq!(ctl.metric("berth_controller_deployments", &[]), 1.0);
+    ctl.assert_metric("berth_controller_replicas", &ready, 3.0);
+    ctl.assert_metric("berth_controller_bases", &[("state", "Ready")], 4.0);
+    ctl.assert_metric("berth_controller_deployments", &[], 1.0);
     assert!(ctl.metric("berth_controller_heartbeats_total", &[]) >= 4.0);
-    assert_eq!(
-        ctl.metric(
-            "berth_controller_scheduler_decisions_total",
-            &[("state", "scheduled")]
-        ),
-        3.0
+    ctl.assert_metric(
+        "berth_controller_scheduler_decisions_total",
+        &[("state", "scheduled")],
+        3.0,
     );
     // More replicas than matching bases: the rest is unschedulable, and said so.
     apply(4);
@@ -389,12 +403,10 @@ fn deployments_are_placed_scaled_and_rescheduled_onto_bases() {
             "1 of 4 replica(s) found no base: 3 Ready base(s) match group=online",
         ],
     );
-    assert_eq!(
-        ctl.metric(
-            "berth_controller_replicas",
-            &[("deployment", "hello"), ("state", "unschedulable")]
-        ),
-        1.0
+    ctl.assert_metric(
+        "berth_controller_replicas",
+        &[("deployment", "hello"), ("state", "unschedulable")],
+        1.0,
     );
     apply(1);
     eventually("online bases serving hello", 1, || serving(&online));
@@ -620,10 +632,7 @@ fn a_rollout_whose_artifact_fails_stops_and_the_old_version_keeps_serving() {
         &["ReplicaFailure", "True", "InstallFailed", "digest mismatch"],
     );
     has_line(&described, &["failed: digest mismatch"]);
-    assert_eq!(
-        ctl.metric("berth_controller_rollouts", &[("state", "failed")]),
-        1.0
-    );
+    ctl.assert_metric("berth_controller_rollouts", &[("state", "failed")], 1.0);
     drop(ctl);
 }
 

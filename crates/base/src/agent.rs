@@ -34,6 +34,7 @@ use berth_api::{
 use tokio::sync::{Notify, watch};
 
 use crate::base::Base;
+use crate::error::OpsError;
 
 /// How a base reaches its controller.
 #[derive(Debug, Clone)]
@@ -224,7 +225,14 @@ impl Agent {
                 Ok(assigned) => {
                     link.ok(&self.link.url);
                     known = assigned.revision;
-                    let before = managed.clone();
+                    // Record the names before installing them: a base killed
+                    // between an install and the record would otherwise
+                    // keep a module the controller later unassigns.
+                    let mut intent = managed.clone();
+                    intent.extend(assigned.modules.iter().map(|a| a.name.clone()));
+                    if intent != managed {
+                        record_managed(&managed_file, &intent);
+                    }
                     let code = self
                         .link
                         .controller_code
@@ -232,11 +240,8 @@ impl Agent {
                     let failures =
                         reconcile(&self.base, assigned.modules, &mut managed, code).await;
                     *self.failures.lock().expect("agent state") = failures;
-                    if managed != before {
-                        let json = serde_json::to_vec(&managed).expect("names serialize");
-                        if let Err(e) = std::fs::write(&managed_file, json) {
-                            tracing::warn!(file = %managed_file.display(), error = %e, "cannot record the modules run for the controller");
-                        }
+                    if managed != intent {
+                        record_managed(&managed_file, &managed);
                     }
                     // Tell the controller what runs now, without waiting
                     // for the interval.
@@ -252,6 +257,14 @@ impl Agent {
                 _ = shutdown.changed() => return,
             }
         }
+    }
+}
+
+/// Writes which modules this base runs for the controller to `file`.
+fn record_managed(file: &std::path::Path, managed: &BTreeSet<String>) {
+    let json = serde_json::to_vec(managed).expect("names serialize");
+    if let Err(e) = std::fs::write(file, json) {
+        tracing::warn!(file = %file.display(), error = %e, "cannot record the modules run for the controller");
     }
 }
 
@@ -319,6 +332,8 @@ async fn reconcile(
                 Ok(_) => {
                     tracing::info!(module = %name, "uninstalled: no longer assigned by the controller")
                 }
+                // Recorded, but the base stopped before installing it.
+                Err(OpsError::NotFound(_)) => {}
                 Err(e) => {
                     tracing::warn!(module = %name, error = %e, "cannot uninstall an unassigned module")
                 }

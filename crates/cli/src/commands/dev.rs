@@ -67,17 +67,26 @@ pub async fn run(args: DevArgs) -> Result<()> {
     };
     println!("watching {} (Ctrl-C to stop)", dir.display());
     session.redeploy(Instant::now()).await;
+    // A save that arrived while a build ran, so after the files were read.
+    let mut pending: Option<Instant> = None;
     loop {
-        tokio::select! {
-            Some(first) = changes.recv() => {
-                // Editors write a file in several steps: let them settle.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                while changes.try_recv().is_ok() {}
-                session.redeploy(first).await;
-                // Events caused by our own build are not edits.
-                while changes.try_recv().is_ok() {}
+        let first = match pending.take() {
+            Some(saved) => saved,
+            None => tokio::select! {
+                Some(saved) = changes.recv() => saved,
+                _ = tokio::signal::ctrl_c() => break,
+            },
+        };
+        // Editors write a file in several steps: let them settle.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let started = Instant::now();
+        while changes.try_recv().is_ok() {}
+        session.redeploy(first).await;
+        // Saves during the build may not be in it: build again for them.
+        while let Ok(saved) = changes.try_recv() {
+            if saved >= started {
+                pending.get_or_insert(saved);
             }
-            _ = tokio::signal::ctrl_c() => break,
         }
     }
     if let Some(version) = session.current {

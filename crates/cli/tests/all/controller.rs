@@ -670,11 +670,11 @@ fn a_base_that_comes_back_drops_what_was_unassigned_while_it_was_down() {
 fn a_controller_restart_loses_nothing_and_bases_serve_throughout() {
     let work = work_dir();
     let port = free_port();
-    // Heartbeats are rare here (5 s): what reaches the bases within a
-    // second reached them through their assignment watch.
-    let ctl_args = ["--heartbeat-timeout", "20s"];
+    // Heartbeats are rare here (60 s): what reaches the bases within
+    // seconds reached them through their assignment watch.
+    let ctl_args = ["--heartbeat-timeout", "5m"];
     let ctl = ControllerProcess::start_on(port, work.path(), &ctl_args);
-    let bases: Vec<BaseProcess> = ["a", "b"].iter().map(|n| ctl.base(n, "5s", &[])).collect();
+    let bases: Vec<BaseProcess> = ["a", "b"].iter().map(|n| ctl.base(n, "60s", &[])).collect();
     let serving = || {
         bases
             .iter()
@@ -698,7 +698,7 @@ fn a_controller_restart_loses_nothing_and_bases_serve_throughout() {
     apply(&ctl, 2);
     eventually("bases serving hello", 2, serving);
     assert!(
-        applied.elapsed() < Duration::from_secs(4),
+        applied.elapsed() < Duration::from_secs(10),
         "assignments waited for a heartbeat ({:?})",
         applied.elapsed()
     );
@@ -745,7 +745,7 @@ fn a_controller_restart_loses_nothing_and_bases_serve_throughout() {
     apply(&ctl, 1);
     eventually("bases serving hello after scaling down", 1, serving);
     assert!(
-        applied.elapsed() < Duration::from_secs(4),
+        applied.elapsed() < Duration::from_secs(10),
         "the scale-down waited for a heartbeat ({:?})",
         applied.elapsed()
     );

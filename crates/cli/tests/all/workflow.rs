@@ -317,10 +317,12 @@ fn logs_follow_shows_a_module_line_within_a_second() {
         .spawn()
         .unwrap();
     let followed = lines(&mut follow);
-    std::thread::sleep(Duration::from_millis(300)); // let it connect
+    // The first hit arrives live or from the ring: either way, the stream is up.
+    stdout(base.berth(&["invoke", "counter"]));
+    wait_for(&followed, "counted hit 1");
     let invoked = Instant::now();
     stdout(base.berth(&["invoke", "counter"]));
-    let line = wait_for(&followed, "counted hit 1");
+    let line = wait_for(&followed, "counted hit 2");
     let latency = invoked.elapsed();
     let _ = follow.kill();
     let _ = follow.wait();

@@ -81,6 +81,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let started = Instant::now();
         while changes.try_recv().is_ok() {}
+        println!("saved: building {}", session.project.manifest.name);
         session.redeploy(first).await;
         // Saves during the build may not be in it: build again for them.
         while let Ok(saved) = changes.try_recv() {

@@ -85,6 +85,15 @@ fn new_build_deploy_invoke_dev_undeploy() {
     wait_for(&dev_lines, "redeployed greeter@0.1.0-dev.");
     let out = stdout(base.berth(&["invoke", "greeter"]));
     assert_eq!(out, "Fixed greeter! You asked for /greeter\n");
+    // A save while a build runs is not lost: another build follows.
+    edit(&lib, "Fixed greeter!", "Saved once!");
+    wait_for(&dev_lines, "saved: building greeter");
+    edit(&lib, "Saved once!", "Saved twice!");
+    wait_for(&dev_lines, "redeployed greeter@0.1.0-dev.");
+    wait_for(&dev_lines, "saved: building greeter");
+    wait_for(&dev_lines, "redeployed greeter@0.1.0-dev.");
+    let out = stdout(base.berth(&["invoke", "greeter"]));
+    assert_eq!(out, "Saved twice! You asked for /greeter\n");
     let _ = dev.kill();
     let _ = dev.wait();
 

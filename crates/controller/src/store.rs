@@ -11,15 +11,26 @@
 //! - [`Store::watch`] streams every change under a prefix, in revision order,
 //!   starting after a given revision: a watcher that reads a snapshot at
 //!   revision R and then watches from R misses nothing.
-//! - Leases (etcd's TTL keys) are not in this trait yet: base heartbeats will
-//!   add them when the etcd backend lands.
+//! - **Leases** are etcd's: [`Store::grant_lease`] gives a lease with a TTL,
+//!   [`Store::put_with_lease`] attaches a key to it, [`Store::keep_alive`]
+//!   restarts the TTL, and a lease not kept alive for its TTL expires:
+//!   its keys are deleted, each delete a change at a new revision that
+//!   watchers see. Bases keep their `/alive/<name>` key this way.
 //!
 //! [`RedbStore`] keeps it all in one redb file: entries in one table, the
 //! revision counter and a bounded change log (for watches that start in the
-//! past) in two others, each write in one transaction.
+//! past) in two others, leases and the keys attached to them in two more,
+//! each write in one transaction. A lease's deadline is kept in memory
+//! only, so a keep-alive costs no disk write; when the store is opened
+//! again every lease gets its whole TTL anew. etcd does the same when a new
+//! leader takes over, and for the same reason: a store that was down must
+//! not expire keys for a silence that was its own. A thread of the store
+//! expires leases within [`EXPIRY_TICK`] of their deadline.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::broadcast;
@@ -90,7 +101,13 @@ pub enum StoreError {
     /// A watch asked for history the store no longer keeps.
     #[error("revision {0} is compacted; list again and watch from the list's revision")]
     Compacted(u64),
+    /// The lease expired or was revoked (or never existed).
+    #[error("lease {0} has expired or was revoked; grant a new lease")]
+    LeaseNotFound(LeaseId),
 }
+
+/// A lease's id (etcd's `LeaseID`).
+pub type LeaseId = u64;
 
 /// A watch: first the history after the start revision, then live changes.
 pub struct Watch {
@@ -142,20 +159,46 @@ pub trait Store: Send + Sync {
     fn delete(&self, key: &str) -> Result<Option<u64>, StoreError>;
     /// Changes under `prefix` after revision `after`.
     fn watch(&self, prefix: &str, after: u64) -> Result<Watch, StoreError>;
+    /// Grants a lease that expires once `ttl` passes without a keep-alive.
+    fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError>;
+    /// Restarts the lease's TTL; [`StoreError::LeaseNotFound`] once it has
+    /// expired or was revoked.
+    fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError>;
+    /// Ends the lease now, deleting the keys attached to it.
+    fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError>;
+    /// Sets `key` and attaches it to `lease` (a plain [`Store::put`]
+    /// detaches it again); returns the new revision.
+    fn put_with_lease(&self, key: &str, value: &[u8], lease: LeaseId) -> Result<u64, StoreError>;
 }
 
 const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
+/// Lease id → TTL in milliseconds.
+const LEASES: TableDefinition<u64, u64> = TableDefinition::new("leases");
+/// Key → the lease it is attached to.
+const ATTACHED: TableDefinition<&str, u64> = TableDefinition::new("attached");
+/// How often the store looks for expired leases.
+pub const EXPIRY_TICK: Duration = Duration::from_millis(50);
 /// Changes kept for watches that start in the past.
 const HISTORY: u64 = 10_000;
 
 /// The embedded [`Store`]: one redb file in the controller's data directory.
 pub struct RedbStore {
+    inner: Arc<Inner>,
+    /// Set to stop the expiry thread, which `drop` then joins, so the file
+    /// is closed when the store is dropped.
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    expirer: Option<std::thread::JoinHandle<()>>,
+}
+
+struct Inner {
     db: Database,
     events: broadcast::Sender<Event>,
     /// Serialises writers so revisions are handed out in commit order.
     write: Mutex<()>,
+    /// Live leases: TTL and deadline.
+    leases: Mutex<HashMap<LeaseId, (Duration, Instant)>>,
 }
 
 fn backend(e: impl Into<redb::Error>) -> StoreError {
@@ -224,22 +267,127 @@ impl RedbStore {
         tx.open_table(ENTRIES).map_err(backend)?;
         tx.open_table(META).map_err(backend)?;
         tx.open_table(CHANGES).map_err(backend)?;
+        tx.open_table(ATTACHED).map_err(backend)?;
+        // Every lease starts its whole TTL again (see the module docs).
+        let now = Instant::now();
+        let mut leases = HashMap::new();
+        for item in tx
+            .open_table(LEASES)
+            .map_err(backend)?
+            .iter()
+            .map_err(backend)?
+        {
+            let (id, ttl_ms) = item.map_err(backend)?;
+            let ttl = Duration::from_millis(ttl_ms.value());
+            leases.insert(id.value(), (ttl, now + ttl));
+        }
         tx.commit().map_err(backend)?;
-        Ok(Self {
+        let inner = Arc::new(Inner {
             db,
             events: broadcast::channel(4096).0,
             write: Mutex::new(()),
+            leases: Mutex::new(leases),
+        });
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let expirer = {
+            let (inner, stop) = (inner.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("store-leases".into())
+                .spawn(move || inner.expire_until_stopped(&stop))
+                .map_err(|e| StoreError::Backend(format!("cannot start the lease thread: {e}")))?
+        };
+        Ok(Self {
+            inner,
+            stop,
+            expirer: Some(expirer),
         })
+    }
+}
+
+impl Drop for RedbStore {
+    fn drop(&mut self) {
+        *self.stop.0.lock().expect("stop flag") = true;
+        self.stop.1.notify_all();
+        if let Some(expirer) = self.expirer.take() {
+            let _ = expirer.join();
+        }
+    }
+}
+
+impl Inner {
+    /// Revokes expired leases every [`EXPIRY_TICK`] until `stop` is set.
+    fn expire_until_stopped(&self, stop: &(Mutex<bool>, Condvar)) {
+        let mut stopped = stop.0.lock().expect("stop flag");
+        while !*stopped {
+            stopped = stop
+                .1
+                .wait_timeout(stopped, EXPIRY_TICK)
+                .expect("stop flag")
+                .0;
+            let now = Instant::now();
+            let expired: Vec<LeaseId> = self
+                .leases
+                .lock()
+                .expect("leases")
+                .iter()
+                .filter(|(_, (_, deadline))| *deadline <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            for lease in expired {
+                if let Err(e) = self.revoke(lease) {
+                    tracing::warn!(lease, error = %e, "cannot expire a lease; retrying");
+                }
+            }
+        }
+    }
+
+    /// Forgets `lease`, then deletes its keys and its record.
+    fn revoke(&self, lease: LeaseId) -> Result<(), StoreError> {
+        // Under the write lock, so no put attaches a key to it meanwhile.
+        let keys = {
+            let _serial = self.write.lock().expect("store write lock");
+            if self.leases.lock().expect("leases").remove(&lease).is_none() {
+                return Err(StoreError::LeaseNotFound(lease));
+            }
+            let tx = self.db.begin_read().map_err(backend)?;
+            let attached = tx.open_table(ATTACHED).map_err(backend)?;
+            let mut keys = Vec::new();
+            for item in attached.iter().map_err(backend)? {
+                let (key, id) = item.map_err(backend)?;
+                if id.value() == lease {
+                    keys.push(key.value().to_string());
+                }
+            }
+            keys
+        };
+        for key in keys {
+            self.write(&key, None, |current| Ok(current.map(|_| None)))?;
+        }
+        let _serial = self.write.lock().expect("store write lock");
+        let tx = self.db.begin_write().map_err(backend)?;
+        tx.open_table(LEASES)
+            .map_err(backend)?
+            .remove(lease)
+            .map_err(backend)?;
+        tx.commit().map_err(backend)?;
+        Ok(())
     }
 
     /// Applies `change` (the key's current entry → the new value, or `None`
-    /// to delete) in one transaction at the next revision.
+    /// to delete) in one transaction at the next revision; a value put is
+    /// attached to `lease`, if any, and detached otherwise.
     fn write(
         &self,
         key: &str,
+        lease: Option<LeaseId>,
         change: impl FnOnce(Option<&Entry>) -> Result<Option<Option<Vec<u8>>>, StoreError>,
     ) -> Result<Option<u64>, StoreError> {
         let _serial = self.write.lock().expect("store write lock");
+        if let Some(lease) = lease
+            && !self.leases.lock().expect("leases").contains_key(&lease)
+        {
+            return Err(StoreError::LeaseNotFound(lease));
+        }
         let tx = self.db.begin_write().map_err(backend)?;
         let event = {
             let mut entries = tx.open_table(ENTRIES).map_err(backend)?;
@@ -258,6 +406,12 @@ impl RedbStore {
                 .map_or(0, |v| v.value())
                 + 1;
             meta.insert("revision", revision).map_err(backend)?;
+            let mut attached = tx.open_table(ATTACHED).map_err(backend)?;
+            match (&new, lease) {
+                (Some(_), Some(lease)) => attached.insert(key, lease).map(drop),
+                _ => attached.remove(key).map(drop),
+            }
+            .map_err(backend)?;
             let event = match new {
                 Some(value) => {
                     let create = current.as_ref().map_or(revision, |c| c.create_revision);
@@ -297,6 +451,39 @@ impl RedbStore {
 
 impl Store for RedbStore {
     fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        self.inner.get(key)
+    }
+    fn list(&self, prefix: &str) -> Result<(Vec<Entry>, u64), StoreError> {
+        self.inner.list(prefix)
+    }
+    fn put(&self, key: &str, value: &[u8]) -> Result<u64, StoreError> {
+        self.inner.put(key, value)
+    }
+    fn compare_and_swap(&self, key: &str, expected: u64, value: &[u8]) -> Result<u64, StoreError> {
+        self.inner.compare_and_swap(key, expected, value)
+    }
+    fn delete(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        self.inner.delete(key)
+    }
+    fn watch(&self, prefix: &str, after: u64) -> Result<Watch, StoreError> {
+        self.inner.watch(prefix, after)
+    }
+    fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+        self.inner.grant_lease(ttl)
+    }
+    fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
+        self.inner.keep_alive(lease)
+    }
+    fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
+        self.inner.revoke(lease)
+    }
+    fn put_with_lease(&self, key: &str, value: &[u8], lease: LeaseId) -> Result<u64, StoreError> {
+        self.inner.put_with_lease(key, value, lease)
+    }
+}
+
+impl Store for Inner {
+    fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
         let tx = self.db.begin_read().map_err(backend)?;
         let entries = tx.open_table(ENTRIES).map_err(backend)?;
         Ok(entries
@@ -327,12 +514,12 @@ impl Store for RedbStore {
 
     fn put(&self, key: &str, value: &[u8]) -> Result<u64, StoreError> {
         Ok(self
-            .write(key, |_| Ok(Some(Some(value.to_vec()))))?
+            .write(key, None, |_| Ok(Some(Some(value.to_vec()))))?
             .expect("a put always writes"))
     }
 
     fn compare_and_swap(&self, key: &str, expected: u64, value: &[u8]) -> Result<u64, StoreError> {
-        let written = self.write(key, |current| {
+        let written = self.write(key, None, |current| {
             let found = current.map_or(0, |c| c.mod_revision);
             if found != expected {
                 return Err(StoreError::Conflict {
@@ -347,7 +534,7 @@ impl Store for RedbStore {
     }
 
     fn delete(&self, key: &str) -> Result<Option<u64>, StoreError> {
-        self.write(key, |current| Ok(current.map(|_| None)))
+        self.write(key, None, |current| Ok(current.map(|_| None)))
     }
 
     fn watch(&self, prefix: &str, after: u64) -> Result<Watch, StoreError> {
@@ -376,6 +563,48 @@ impl Store for RedbStore {
             prefix: prefix.into(),
             after,
         })
+    }
+
+    fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+        let _serial = self.write.lock().expect("store write lock");
+        let tx = self.db.begin_write().map_err(backend)?;
+        let id = {
+            let mut meta = tx.open_table(META).map_err(backend)?;
+            let id = meta.get("lease").map_err(backend)?.map_or(0, |v| v.value()) + 1;
+            meta.insert("lease", id).map_err(backend)?;
+            let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+            tx.open_table(LEASES)
+                .map_err(backend)?
+                .insert(id, ttl_ms)
+                .map_err(backend)?;
+            id
+        };
+        tx.commit().map_err(backend)?;
+        self.leases
+            .lock()
+            .expect("leases")
+            .insert(id, (ttl, Instant::now() + ttl));
+        Ok(id)
+    }
+
+    fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
+        match self.leases.lock().expect("leases").get_mut(&lease) {
+            Some((ttl, deadline)) => {
+                *deadline = Instant::now() + *ttl;
+                Ok(())
+            }
+            None => Err(StoreError::LeaseNotFound(lease)),
+        }
+    }
+
+    fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
+        self.revoke(lease)
+    }
+
+    fn put_with_lease(&self, key: &str, value: &[u8], lease: LeaseId) -> Result<u64, StoreError> {
+        Ok(self
+            .write(key, Some(lease), |_| Ok(Some(Some(value.to_vec()))))?
+            .expect("a put always writes"))
     }
 }
 
@@ -441,6 +670,98 @@ mod tests {
             (&b"w"[..], 1, 2)
         );
         assert_eq!(s.put("/j", b"x").unwrap(), 3);
+    }
+
+    /// Waits up to `within` for `key` to be gone.
+    fn gone_within(s: &RedbStore, key: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if s.get(key).unwrap().is_none() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    #[test]
+    fn a_lease_kept_alive_keeps_its_keys_and_an_expired_one_deletes_them() {
+        let (_dir, s) = store();
+        let ttl = Duration::from_secs(1);
+        let lease = s.grant_lease(ttl).unwrap();
+        let at = s.put_with_lease("/alive/a", b"", lease).unwrap();
+        s.put_with_lease("/alive/b", b"", lease).unwrap();
+        // b is put again without the lease: detached, it outlives the lease.
+        s.put("/alive/b", b"kept").unwrap();
+        let mut watch = s.watch("/alive/a", at).unwrap();
+        for _ in 0..6 {
+            std::thread::sleep(ttl / 4);
+            s.keep_alive(lease).unwrap();
+        }
+        assert!(
+            s.get("/alive/a").unwrap().is_some(),
+            "kept alive past its TTL"
+        );
+        // Silence: gone within the TTL plus a few expiry ticks, as a change.
+        assert!(gone_within(&s, "/alive/a", ttl + EXPIRY_TICK * 10));
+        let deleted = block_on(watch.next());
+        assert!(
+            matches!(deleted, Some(Ok(Event::Delete { ref key, .. })) if key == "/alive/a"),
+            "{deleted:?}"
+        );
+        assert_eq!(s.get("/alive/b").unwrap().unwrap().value, b"kept");
+        // The lease is over: it cannot be renewed or given keys.
+        let err = s.keep_alive(lease).unwrap_err();
+        assert!(err.to_string().contains("grant a new lease"), "{err}");
+        assert!(
+            matches!(s.put_with_lease("/alive/c", b"", lease), Err(StoreError::LeaseNotFound(l)) if l == lease)
+        );
+        assert!(s.get("/alive/c").unwrap().is_none());
+    }
+
+    #[test]
+    fn revoking_a_lease_deletes_its_keys_at_once() {
+        let (_dir, s) = store();
+        let lease = s.grant_lease(Duration::from_secs(60)).unwrap();
+        s.put_with_lease("/alive/a", b"", lease).unwrap();
+        s.revoke_lease(lease).unwrap();
+        assert!(s.get("/alive/a").unwrap().is_none());
+        assert!(s.revoke_lease(lease).is_err());
+        // Ids are not reused.
+        assert!(s.grant_lease(Duration::from_secs(1)).unwrap() > lease);
+    }
+
+    #[test]
+    fn a_reopened_store_gives_every_lease_its_whole_ttl_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("controller.redb");
+        let ttl = Duration::from_millis(400);
+        let lease = {
+            let s = RedbStore::open(&path).unwrap();
+            let lease = s.grant_lease(ttl).unwrap();
+            s.put_with_lease("/alive/a", b"", lease).unwrap();
+            lease
+        };
+        // Down for longer than the TTL: that silence was the store's own.
+        std::thread::sleep(ttl * 2);
+        let s = RedbStore::open(&path).unwrap();
+        assert!(s.get("/alive/a").unwrap().is_some());
+        s.keep_alive(lease).unwrap();
+        // Then it expires as usual.
+        assert!(gone_within(&s, "/alive/a", ttl + EXPIRY_TICK * 10));
+    }
+
+    /// Runs a future that is already ready (a watch with its event queued).
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+            .block_on(async {
+                tokio::time::timeout(Duration::from_secs(1), f)
+                    .await
+                    .unwrap()
+            })
     }
 
     #[tokio::test]

@@ -15,10 +15,11 @@
 //!
 //! Passes run when something changes — an apply, a delete, a rollout
 //! action, a heartbeat with news — right in that request, so the change is
-//! acted on before the API answers; and on a tick (a quarter of the
-//! heartbeat timeout), which is what notices silent bases and elapsed
-//! pauses. Passes are serialised; each is a pure function of the store, so
-//! running one too many is harmless.
+//! acted on before the API answers; when a base's lease expires (a watch
+//! on `/alive/` sees its key deleted), so a silent base's replicas move at
+//! once; and on a tick (a quarter of the heartbeat timeout), which is what
+//! notices elapsed pauses. Passes are serialised; each is a pure function
+//! of the store, so running one too many is harmless.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
@@ -28,13 +29,14 @@ use std::time::{Duration, Instant};
 use berth_api::{Assignment, BaseStatus};
 use tokio::sync::watch;
 
+use crate::bases::ALIVE;
 use crate::events::{self, NewEvent};
 use crate::metrics::{Metrics, ReplicaLabels, StateLabels};
 use crate::resources::{ResourceError, Resources, StoredDeployment};
 use crate::rollout::{self, now_ms};
 use crate::scheduler::{self, Placement};
 use crate::status::{self, DeploymentStatus};
-use crate::store::RedbStore;
+use crate::store::{Event, RedbStore, Store as _, Watch};
 
 /// The outcome of the latest pass.
 #[derive(Debug, Default)]
@@ -92,7 +94,6 @@ struct Seen {
 pub struct Reconciler {
     resources: Arc<Resources<RedbStore>>,
     heartbeat_timeout: Duration,
-    started_ms: u64,
     /// What the previous pass saw; `None` before the first.
     seen: Mutex<Option<BTreeMap<String, Seen>>>,
     published: watch::Sender<Arc<Snapshot>>,
@@ -108,7 +109,6 @@ impl Reconciler {
         Arc::new(Self {
             resources,
             heartbeat_timeout,
-            started_ms: now_ms(),
             seen: Mutex::new(None),
             published: watch::channel(Arc::new(Snapshot::default())).0,
             stopping: watch::channel(false).0,
@@ -126,13 +126,9 @@ impl Reconciler {
         self.heartbeat_timeout
     }
 
-    /// Every base, with readiness as this controller judges it.
+    /// Every base, Ready while its lease lives.
     pub fn bases(&self) -> Result<Vec<BaseStatus>, ResourceError> {
-        crate::bases::list(
-            self.resources.store(),
-            self.heartbeat_timeout,
-            self.started_ms,
-        )
+        crate::bases::list(self.resources.store())
     }
 
     /// The latest pass's outcome, and a receiver told of each new one that
@@ -177,10 +173,24 @@ impl Reconciler {
             (self.heartbeat_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
         let mut interval = tokio::time::interval(tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut lost = None;
         loop {
+            if lost.is_none() {
+                lost = self.watch_lost_bases();
+            }
             tokio::select! {
                 _ = interval.tick() => {}
                 _ = self.stopped() => return,
+                event = async { lost.as_mut().expect("watching").next().await }, if lost.is_some() => {
+                    match event {
+                        Some(Ok(Event::Delete { .. })) => {}
+                        Some(Ok(Event::Put(_))) => continue, // a heartbeat, acted on in its request
+                        Some(Err(_)) | None => {
+                            lost = None; // fell behind: watch again from now
+                            continue;
+                        }
+                    }
+                }
             }
             let this = self.clone();
             match tokio::task::spawn_blocking(move || this.reconcile()).await {
@@ -191,6 +201,18 @@ impl Reconciler {
                 Err(e) => tracing::error!(error = %e, "reconcile panicked"),
             }
         }
+    }
+
+    /// A watch for bases' `/alive/` keys; `None` (the tick still runs) if
+    /// the store cannot start one.
+    fn watch_lost_bases(&self) -> Option<Watch> {
+        let store = self.resources.store();
+        let watched = store.list(ALIVE).and_then(|(_, at)| store.watch(ALIVE, at));
+        watched
+            .inspect_err(
+                |e| tracing::warn!(error = %e, "cannot watch base leases; relying on the tick"),
+            )
+            .ok()
     }
 
     /// One pass; see the module docs.

@@ -344,11 +344,11 @@ impl Inner {
     /// Forgets `lease`, then deletes its keys and its record.
     fn revoke(&self, lease: LeaseId) -> Result<(), StoreError> {
         // Under the write lock, so no put attaches a key to it meanwhile.
-        let keys = {
+        let (keys, ttl) = {
             let _serial = self.write.lock().expect("store write lock");
-            if self.leases.lock().expect("leases").remove(&lease).is_none() {
+            let Some((ttl, _)) = self.leases.lock().expect("leases").remove(&lease) else {
                 return Err(StoreError::LeaseNotFound(lease));
-            }
+            };
             let tx = self.db.begin_read().map_err(backend)?;
             let attached = tx.open_table(ATTACHED).map_err(backend)?;
             let mut keys = Vec::new();
@@ -358,19 +358,29 @@ impl Inner {
                     keys.push(key.value().to_string());
                 }
             }
-            keys
+            (keys, ttl)
         };
-        for key in keys {
-            self.write(&key, None, |current| Ok(current.map(|_| None)))?;
+        let removed = keys
+            .iter()
+            .try_for_each(|key| {
+                self.write(key, None, |current| Ok(current.map(|_| None)))
+                    .map(drop)
+            })
+            .and_then(|()| {
+                let _serial = self.write.lock().expect("store write lock");
+                let tx = self.db.begin_write().map_err(backend)?;
+                tx.open_table(LEASES)
+                    .map_err(backend)?
+                    .remove(lease)
+                    .map_err(backend)?;
+                tx.commit().map_err(backend)
+            });
+        if removed.is_err() {
+            // Due now: the expiry thread tries again on its next tick.
+            let mut leases = self.leases.lock().expect("leases");
+            leases.insert(lease, (ttl, Instant::now()));
         }
-        let _serial = self.write.lock().expect("store write lock");
-        let tx = self.db.begin_write().map_err(backend)?;
-        tx.open_table(LEASES)
-            .map_err(backend)?
-            .remove(lease)
-            .map_err(backend)?;
-        tx.commit().map_err(backend)?;
-        Ok(())
+        removed
     }
 
     /// Applies `change` (the key's current entry → the new value, or `None`

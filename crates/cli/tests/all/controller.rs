@@ -1,12 +1,12 @@
 //! `berth controller`, `apply`, `get`, `describe`, `delete` against a real
 //! controller process.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use berth_example_modules::HELLO;
 
-use crate::support::{BERTH, BaseProcess, berth, failure, free_port, stdout, work_dir};
+use crate::support::{BERTH, BaseProcess, berth, failure, spawn_announced, stdout, work_dir};
 
 fn manifest(replicas: &str, version: &str) -> String {
     format!(
@@ -122,47 +122,27 @@ struct ControllerProcess {
 }
 
 impl ControllerProcess {
+    /// A controller on a port the system picks.
     fn start(work: &std::path::Path, extra: &[&str]) -> Self {
-        // A probed free port can be taken by another test before the
-        // controller binds it: then try another.
-        let mut last_error = String::new();
-        for _ in 0..3 {
-            match Self::try_start_on(free_port(), work, extra) {
-                Ok(ctl) => return ctl,
-                Err(stderr) => last_error = stderr,
-            }
-        }
-        panic!("berth controller failed to start three times; last stderr:\n{last_error}");
+        Self::start_on(0, work, extra)
     }
 
-    /// Like [`ControllerProcess::start`] on a given port (to restart one).
+    /// A controller on `port` (to restart one where it was).
     fn start_on(port: u16, work: &std::path::Path, extra: &[&str]) -> Self {
-        Self::try_start_on(port, work, extra)
-            .unwrap_or_else(|stderr| panic!("berth controller did not start:\n{stderr}"))
-    }
-
-    /// Starts a controller on `port`; its stderr if it exits first.
-    fn try_start_on(port: u16, work: &std::path::Path, extra: &[&str]) -> Result<Self, String> {
-        let addr = format!("127.0.0.1:{port}");
-        let log = tempfile::NamedTempFile::new().unwrap();
-        let mut child = Command::new(BERTH)
-            .args(["controller", "--listen", &addr])
+        let mut cmd = Command::new(BERTH);
+        cmd.args(["controller", "--listen", &format!("127.0.0.1:{port}")])
             .args(extra)
             .arg("--data-dir")
-            .arg(work.join("controller"))
-            .stdout(Stdio::null())
-            .stderr(log.reopen().unwrap())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(&addr).is_err() {
-            if let Ok(Some(_)) = child.try_wait() {
-                return Err(std::fs::read_to_string(log.path()).unwrap_or_default());
-            }
-            assert!(Instant::now() < deadline, "berth controller did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(Self { child, addr })
+            .arg(work.join("controller"));
+        let (child, urls) = spawn_announced(&mut cmd, &["berth controller serving on"])
+            .unwrap_or_else(|stderr| panic!("berth controller did not start:\n{stderr}"));
+        let addr = urls[0].trim_start_matches("http://").to_string();
+        Self { child, addr }
+    }
+
+    /// The port it listens on.
+    fn port(&self) -> u16 {
+        self.addr.rsplit_once(':').unwrap().1.parse().unwrap()
     }
 }
 
@@ -669,11 +649,11 @@ fn a_base_that_comes_back_drops_what_was_unassigned_while_it_was_down() {
 #[test]
 fn a_controller_restart_loses_nothing_and_bases_serve_throughout() {
     let work = work_dir();
-    let port = free_port();
     // Heartbeats are rare here (60 s): what reaches the bases within
     // seconds reached them through their assignment watch.
     let ctl_args = ["--heartbeat-timeout", "5m"];
-    let ctl = ControllerProcess::start_on(port, work.path(), &ctl_args);
+    let ctl = ControllerProcess::start(work.path(), &ctl_args);
+    let port = ctl.port();
     let bases: Vec<BaseProcess> = ["a", "b"].iter().map(|n| ctl.base(n, "60s", &[])).collect();
     let serving = || {
         bases

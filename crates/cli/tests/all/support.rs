@@ -3,7 +3,6 @@
 //! read its output.
 
 use std::io::{BufRead as _, BufReader};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -34,51 +33,23 @@ impl BaseProcess {
         base
     }
 
-    /// A base on the data directory `dir` (which outlives it).
-    ///
-    /// Ports come from [`free_port`], which another test may take between
-    /// our probe and the base's bind; a base that exits at start is
-    /// therefore retried on fresh ports, and its stderr shown if it keeps
-    /// failing.
+    /// A base on the data directory `dir` (which outlives it), on ports
+    /// the system picks (see [`spawn_announced`]).
     pub fn start_at(dir: &Path, extra: &[&str]) -> Self {
-        let mut last_error = String::new();
-        for _ in 0..3 {
-            let (ingress, ops) = (free_port(), free_port());
-            let log = tempfile::NamedTempFile::new().unwrap();
-            let mut child = Command::new(BERTH)
-                .args([
-                    "base",
-                    "--listen",
-                    &format!("127.0.0.1:{ingress}"),
-                    "--ops",
-                    &format!("127.0.0.1:{ops}"),
-                ])
-                .arg("--data-dir")
-                .arg(dir)
-                .args(extra)
-                .stdout(Stdio::null())
-                .stderr(log.reopen().unwrap())
-                .spawn()
-                .unwrap();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                if TcpStream::connect(("127.0.0.1", ops)).is_ok() {
-                    return Self {
-                        child,
-                        ops: format!("http://127.0.0.1:{ops}"),
-                        ingress: format!("http://127.0.0.1:{ingress}"),
-                        _data: None,
-                    };
-                }
-                if let Ok(Some(_)) = child.try_wait() {
-                    last_error = std::fs::read_to_string(log.path()).unwrap_or_default();
-                    break;
-                }
-                assert!(Instant::now() < deadline, "berth base did not start");
-                std::thread::sleep(Duration::from_millis(20));
-            }
+        let mut cmd = Command::new(BERTH);
+        cmd.args(["base", "--listen", "127.0.0.1:0", "--ops", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(dir)
+            .args(extra);
+        let (child, urls) = spawn_announced(&mut cmd, &["ingress", "ops API"])
+            .unwrap_or_else(|stderr| panic!("berth base did not start; stderr:\n{stderr}"));
+        let [ingress, ops] = <[String; 2]>::try_from(urls).expect("two addresses");
+        Self {
+            child,
+            ops,
+            ingress,
+            _data: None,
         }
-        panic!("berth base failed to start three times; last stderr:\n{last_error}");
     }
 
     /// `berth ARGS --base <this base>`, with module builds sharing one target dir.
@@ -106,12 +77,56 @@ pub fn berth(args: &[&str]) -> Cmd {
     cmd
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Spawns a server `cmd` and waits (up to 30 s) until its stdout has shown
+/// a line starting with each of `labels`; returns the child and what
+/// followed each label (the address it listens on). Its stderr if it exits
+/// first.
+///
+/// Servers are started on port 0 and say which port they got, so no test
+/// probes a port free and then loses it to another test before binding it.
+pub fn spawn_announced(cmd: &mut Command, labels: &[&str]) -> Result<(Child, Vec<String>), String> {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    // Reads to the end, so the server never writes into a full pipe.
+    std::thread::spawn(move || {
+        BufReader::new(out)
+            .lines()
+            .map_while(Result::ok)
+            .for_each(|l| drop(tx.send(l)))
+    });
+    let mut found: Vec<Option<String>> = vec![None; labels.len()];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while found.iter().any(Option::is_none) {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => {
+                let line = line.trim_start();
+                for (label, slot) in labels.iter().zip(&mut found) {
+                    if let Some(rest) = line.strip_prefix(label) {
+                        *slot = Some(rest.trim().to_string());
+                    }
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let _ = child.wait();
+                return Err(std::fs::read_to_string(log.path()).unwrap_or_default());
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                let stderr = std::fs::read_to_string(log.path()).unwrap_or_default();
+                panic!(
+                    "{:?} did not start within 30 s; stderr:\n{stderr}",
+                    cmd.get_program()
+                );
+            }
+        }
+    }
+    Ok((child, found.into_iter().map(Option::unwrap).collect()))
 }
 
 /// Module folders live under the workspace's target dir, so the repository's

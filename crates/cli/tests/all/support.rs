@@ -92,14 +92,8 @@ pub fn spawn_announced(cmd: &mut Command, labels: &[&str]) -> Result<(Child, Vec
         .spawn()
         .unwrap();
     let (tx, rx) = mpsc::channel();
-    let out = child.stdout.take().unwrap();
-    // Reads to the end, so the server never writes into a full pipe.
-    std::thread::spawn(move || {
-        BufReader::new(out)
-            .lines()
-            .map_while(Result::ok)
-            .for_each(|l| drop(tx.send(l)))
-    });
+    // Read to the end, so the server never writes into a full pipe.
+    forward_lines(child.stdout.take().unwrap(), tx);
     let mut found: Vec<Option<String>> = vec![None; labels.len()];
     let deadline = Instant::now() + Duration::from_secs(30);
     while found.iter().any(Option::is_none) {
@@ -166,22 +160,19 @@ pub fn failure(mut cmd: Cmd) -> String {
 /// Lines of a child's stdout and stderr, as they come.
 pub fn lines(child: &mut Child) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
-    let out = child.stdout.take().unwrap();
-    let err = child.stderr.take().unwrap();
-    let tx2 = tx.clone();
-    std::thread::spawn(move || {
-        BufReader::new(out)
-            .lines()
-            .map_while(Result::ok)
-            .for_each(|l| drop(tx.send(l)))
-    });
-    std::thread::spawn(move || {
-        BufReader::new(err)
-            .lines()
-            .map_while(Result::ok)
-            .for_each(|l| drop(tx2.send(l)))
-    });
+    forward_lines(child.stdout.take().unwrap(), tx.clone());
+    forward_lines(child.stderr.take().unwrap(), tx);
     rx
+}
+
+/// Sends each line of `from` to `to` from a thread, until `from` ends.
+fn forward_lines(from: impl std::io::Read + Send + 'static, to: mpsc::Sender<String>) {
+    std::thread::spawn(move || {
+        BufReader::new(from)
+            .lines()
+            .map_while(Result::ok)
+            .for_each(|l| drop(to.send(l)))
+    });
 }
 
 /// Waits for a line containing `needle`; returns it.

@@ -297,13 +297,21 @@ fn classify_trap(error: &wasmtime::Error, timeout: std::time::Duration) -> Handl
         Some(Trap::Interrupt) => HandleError::Deadline(timeout),
         Some(trap) => HandleError::Trap {
             message: trap.to_string(),
-            detail: format!("{error:?}"),
+            detail: chain_without_host_backtrace(error),
         },
         None => HandleError::Trap {
             message: error.root_cause().to_string(),
-            detail: format!("{error:?}"),
+            detail: chain_without_host_backtrace(error),
         },
     }
+}
+
+/// The error and its causes (the wasm backtrace is one of them), like
+/// `{:?}` but without the host backtrace that `RUST_BACKTRACE=1` makes
+/// anyhow capture: symbolizing it costs hundreds of ms and MB per trap.
+fn chain_without_host_backtrace(error: &wasmtime::Error) -> String {
+    let causes: Vec<String> = error.chain().map(ToString::to_string).collect();
+    causes.join("\n\nCaused by:\n    ")
 }
 
 /// A complete body made of `bytes`, typed like a module's response body.

@@ -9,6 +9,8 @@ use berth_api::{
 };
 use serde::de::DeserializeOwned;
 
+use crate::error::ApiError;
+
 /// Talks to one base's ops API.
 pub struct OpsClient {
     base: reqwest::Url,
@@ -58,7 +60,7 @@ impl OpsClient {
             });
         }
         match serde_json::from_slice::<ErrorBody>(&body) {
-            Ok(err) => bail!("{} ({})", err.error.message, err.error.code),
+            Ok(err) => Err(ApiError::from(err.error).into()),
             Err(_) => bail!(
                 "{} answered {status}, which is not a berth base\nhint: --base takes the ops API address (default http://127.0.0.1:1238), not the ingress",
                 self.base
@@ -161,6 +163,14 @@ impl OpsClient {
                 .json(rules),
         )
         .await
+    }
+
+    /// `GET /v1/modules/{name}/logs?version=…`: the lines one version wrote.
+    pub async fn logs(&self, name: &str, version: &str) -> Result<Vec<berth_api::LogEntry>> {
+        let mut url = self.url(&format!("/v1/modules/{name}/logs"));
+        url.query_pairs_mut().append_pair("version", version);
+        let list: berth_api::LogList = self.call(self.http.get(url)).await?;
+        Ok(list.lines)
     }
 
     /// The ingress URL of the base (from its health report).

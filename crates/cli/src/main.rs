@@ -8,6 +8,7 @@
 
 mod client;
 mod commands;
+mod error;
 mod project;
 
 use std::path::PathBuf;
@@ -32,14 +33,15 @@ use commands::new::Template;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Log format of the base's own logs.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
+/// Format of the logs of the long-running commands (`base`, `up`, `controller`).
+#[derive(Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Lines for people (coloured only on a terminal).
+    #[default]
     Text,
+    /// One JSON object per line, banner included.
     Json,
 }
 
@@ -90,7 +92,7 @@ enum Command {
         /// The module folder [default: .]
         path: Option<PathBuf>,
         /// Output format.
-        #[arg(short, long, value_enum, default_value_t = Output::Text)]
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
     /// Build if needed and install a module into a base.
@@ -122,7 +124,7 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:1238", env = "BERTH_BASE")]
         base: String,
         /// Output format.
-        #[arg(short, long, value_enum, default_value_t = Output::Text)]
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
     /// Show one module's versions, routes, digests and request counts.
@@ -137,7 +139,7 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:1238", env = "BERTH_BASE")]
         base: String,
         /// Output format.
-        #[arg(short, long, value_enum, default_value_t = Output::Text)]
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
     /// Uninstall a module (every version, or one).
@@ -156,7 +158,7 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:1238", env = "BERTH_BASE")]
         base: String,
         /// Output format.
-        #[arg(short, long, value_enum, default_value_t = Output::Text)]
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
     /// Make another installed version the module's default, atomically.
@@ -176,6 +178,9 @@ enum Command {
         /// Ops API of the base.
         #[arg(long, default_value = "http://127.0.0.1:1238", env = "BERTH_BASE")]
         base: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
     },
     /// Switch a module back to its previous default version.
     ///
@@ -188,6 +193,9 @@ enum Command {
         /// Ops API of the base.
         #[arg(long, default_value = "http://127.0.0.1:1238", env = "BERTH_BASE")]
         base: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
     },
     /// Read or replace a module's traffic rules (header/query/cookie/IP/path
     /// matches, weighted and sticky splits, traffic units).
@@ -231,6 +239,9 @@ enum Command {
         /// compiles every module itself).
         #[arg(long)]
         no_code: bool,
+        /// Format of the controller's logs and banner.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
     },
     /// Create or update resources from a manifest (YAML or JSON; `-f -` reads stdin).
     ///
@@ -247,6 +258,9 @@ enum Command {
         /// The controller API.
         #[arg(long, default_value = commands::controller::DEFAULT_CONTROLLER, env = "BERTH_CONTROLLER")]
         controller: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
     },
     /// List resources: `berth get deployments`, `berth get bases`.
     ///
@@ -259,8 +273,8 @@ enum Command {
         #[arg(value_parser = ["deployments", "deployment", "moduledeployments", "bases", "base"])]
         kind: String,
         /// Output format.
-        #[arg(short, long, value_enum, default_value_t = commands::controller::GetOutput::Table)]
-        output: commands::controller::GetOutput,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
         /// The controller API.
         #[arg(long, default_value = commands::controller::DEFAULT_CONTROLLER, env = "BERTH_CONTROLLER")]
         controller: String,
@@ -295,6 +309,9 @@ enum Command {
         /// The controller API.
         #[arg(long, default_value = commands::controller::DEFAULT_CONTROLLER, env = "BERTH_CONTROLLER")]
         controller: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
     },
     /// Show what a module wrote: stdout, stderr and berth:base/log lines,
     /// with time, version and request id.
@@ -325,6 +342,9 @@ struct NamedResource {
     /// The controller API.
     #[arg(long, default_value = commands::controller::DEFAULT_CONTROLLER, env = "BERTH_CONTROLLER")]
     controller: String,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    output: Output,
 }
 
 #[derive(Subcommand)]
@@ -337,7 +357,7 @@ enum RulesCommand {
         #[arg(long, default_value = "http://127.0.0.1:1238", env = "BERTH_BASE")]
         base: String,
         /// Output format.
-        #[arg(short, long, value_enum, default_value_t = Output::Text)]
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
     /// Replace the rules with a YAML or JSON document (`-f -` reads stdin).
@@ -350,17 +370,65 @@ enum RulesCommand {
         /// Ops API of the base.
         #[arg(long, default_value = "http://127.0.0.1:1238", env = "BERTH_BASE")]
         base: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
     },
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let (log_format, output) = (cli.command.log_format(), cli.command.output());
+    init_logging(log_format);
     match run(cli.command) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            if output == Output::Json {
+                // A script asked for JSON: it reads one JSON document on
+                // stdout whether the command worked or not.
+                commands::print_json(&error::to_json(&e));
+            } else {
+                eprintln!("error: {e:#}");
+            }
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+impl Command {
+    /// The output format the command was asked for (Table when it has none).
+    fn output(&self) -> Output {
+        match self {
+            Command::Build { output, .. }
+            | Command::List { output, .. }
+            | Command::Status { output, .. }
+            | Command::Undeploy { output, .. }
+            | Command::Switch { output, .. }
+            | Command::Rollback { output, .. }
+            | Command::Apply { output, .. }
+            | Command::Get { output, .. }
+            | Command::Rollout { output, .. }
+            | Command::Rules {
+                command: RulesCommand::Get { output, .. } | RulesCommand::Set { output, .. },
+            } => *output,
+            Command::Describe(r) | Command::Delete(r) => r.output,
+            Command::Deploy(args) => args.output,
+            Command::Invoke(args) => args.output,
+            Command::Logs(args) => args.output,
+            Command::Base(_)
+            | Command::Up(_)
+            | Command::New { .. }
+            | Command::Dev(_)
+            | Command::Controller { .. } => Output::Table,
+        }
+    }
+
+    /// The log format of the commands that log (`base`, `up`, `controller`).
+    fn log_format(&self) -> LogFormat {
+        match self {
+            Command::Base(args) | Command::Up(args) => args.log_format,
+            Command::Controller { log_format, .. } => *log_format,
+            _ => LogFormat::Text,
         }
     }
 }
@@ -416,10 +484,22 @@ fn run(command: Command) -> Result<()> {
                 data_dir,
                 heartbeat_timeout,
                 no_code,
-            } => commands::controller::serve(listen, data_dir, heartbeat_timeout, !no_code).await,
-            Command::Apply { file, controller } => {
-                commands::controller::apply(&file, &controller).await
+                log_format,
+            } => {
+                commands::controller::serve(
+                    listen,
+                    data_dir,
+                    heartbeat_timeout,
+                    !no_code,
+                    log_format == LogFormat::Json,
+                )
+                .await
             }
+            Command::Apply {
+                file,
+                controller,
+                output,
+            } => commands::controller::apply(&file, &controller, output).await,
             Command::Get {
                 kind,
                 output,
@@ -434,35 +514,55 @@ fn run(command: Command) -> Result<()> {
                 action,
                 name,
                 controller,
-            } => commands::controller::rollout(&controller, &action, &name).await,
-            Command::Describe(r) => commands::controller::describe(&r.controller, &r.name).await,
-            Command::Delete(r) => commands::controller::delete(&r.controller, &r.name).await,
+                output,
+            } => commands::controller::rollout(&controller, &action, &name, output).await,
+            Command::Describe(r) => {
+                commands::controller::describe(&r.controller, &r.name, r.output).await
+            }
+            Command::Delete(r) => {
+                commands::controller::delete(&r.controller, &r.name, r.output).await
+            }
             Command::Switch {
                 name,
                 version,
                 base,
-            } => commands::traffic::switch(&client::OpsClient::new(&base)?, &name, &version).await,
-            Command::Rollback { name, base } => {
-                commands::traffic::rollback(&client::OpsClient::new(&base)?, &name).await
+                output,
+            } => {
+                let client = client::OpsClient::new(&base)?;
+                commands::traffic::switch(&client, &name, &version, output).await
+            }
+            Command::Rollback { name, base, output } => {
+                commands::traffic::rollback(&client::OpsClient::new(&base)?, &name, output).await
             }
             Command::Rules {
                 command: RulesCommand::Get { name, base, output },
             } => commands::traffic::get(&client::OpsClient::new(&base)?, &name, output).await,
             Command::Rules {
-                command: RulesCommand::Set { name, file, base },
-            } => commands::traffic::set(&client::OpsClient::new(&base)?, &name, &file).await,
+                command:
+                    RulesCommand::Set {
+                        name,
+                        file,
+                        base,
+                        output,
+                    },
+            } => {
+                let client = client::OpsClient::new(&base)?;
+                commands::traffic::set(&client, &name, &file, output).await
+            }
         }
     })
 }
 
 fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,notify=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => builder.init(),
+        // Colours only for a person at a terminal, never into a file or pipe.
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => builder.json().init(),
     }
 }

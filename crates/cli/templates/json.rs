@@ -1,5 +1,6 @@
 //! `{{name}}`: a berth module serving a small JSON API.
 //!
+//! `GET  {{prefix}}`            → what this API offers (the URL `berth deploy` prints)
 //! `GET  {{prefix}}/items`      → the items
 //! `POST {{prefix}}/items`      → echo a JSON item back with an id
 //!
@@ -26,7 +27,16 @@ impl wasip2::exports::http::incoming_handler::Guest for Module {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
         let path = request.path_with_query().unwrap_or_default();
         let path = path.split('?').next().unwrap_or_default().to_string();
+        // The route prefix itself (berth.toml's `pathPrefix`) is the index.
+        let index = path.trim_end_matches('/') == "{{prefix}}";
         let (status, value) = match (request.method(), path.ends_with("/items")) {
+            (Method::Get, false) if index => (
+                200,
+                serde_json::json!({
+                    "module": "{{name}}",
+                    "endpoints": ["GET {{prefix}}/items", "POST {{prefix}}/items"],
+                }),
+            ),
             (Method::Get, true) => (200, serde_json::json!([{ "id": 1, "name": "first" }])),
             (Method::Post, true) => match serde_json::from_slice::<Item>(&read_body(&request)) {
                 Ok(mut item) => {

@@ -75,6 +75,9 @@ pub struct BaseArgs {
     /// collector, e.g. http://127.0.0.1:4318 (spans go to /v1/traces).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
+    /// Format of the base's logs (`json`: the banner is a JSON log line too).
+    #[arg(long, value_enum, default_value_t = crate::LogFormat::Text)]
+    pub log_format: crate::LogFormat,
 }
 
 impl BaseArgs {
@@ -131,12 +134,13 @@ impl BaseArgs {
 pub async fn base(args: BaseArgs) -> Result<()> {
     let mut config = args.config(default_data_dir());
     config.controller = args.controller_link()?;
-    run(config, false).await
+    run(config, false, args.log_format == crate::LogFormat::Json).await
 }
 
 /// `berth up`.
 pub async fn up(args: BaseArgs) -> Result<()> {
-    run(args.config(PathBuf::from(".berth")), true).await
+    let json_logs = args.log_format == crate::LogFormat::Json;
+    run(args.config(PathBuf::from(".berth")), true, json_logs).await
 }
 
 fn default_data_dir() -> PathBuf {
@@ -160,7 +164,21 @@ const EXAMPLES: &[(&str, &str, &[u8])] = &[
     ("echo", "/echo", berth_example_modules::ECHO_BYTES),
 ];
 
-async fn run(config: BaseConfig, with_examples: bool) -> Result<()> {
+/// How the banner describes a module's install: its time when this start
+/// installed it, else when it was first installed (a restart reloads it; the
+/// original install time would be stale).
+fn install_note(module: &berth_api::ModuleInfo, started: std::time::SystemTime) -> String {
+    let installed = humantime::parse_rfc3339_weak(&module.installed_at).ok();
+    if installed.is_some_and(|at| at >= started) {
+        format!("{:.1} ms install", module.install_duration_ms)
+    } else {
+        format!("reloaded; installed {}", module.installed_at)
+    }
+}
+
+async fn run(config: BaseConfig, with_examples: bool, json_logs: bool) -> Result<()> {
+    // 1 ms of slack: install times are recorded to the millisecond.
+    let started = std::time::SystemTime::now() - Duration::from_millis(1);
     let data_dir = config.data_dir.clone();
     let running = Base::start(config).await?;
     if with_examples {
@@ -183,19 +201,42 @@ async fn run(config: BaseConfig, with_examples: bool) -> Result<()> {
         }
     }
     let ingress = running.ingress_addr;
-    println!("berth base serving");
-    println!("  ingress  http://{ingress}");
-    println!("  ops API  http://{}", running.ops_addr);
-    println!("  data     {}", data_dir.display());
-    for module in running.base.list(None)?.modules {
-        println!(
-            "  module   {}@{} {:?} at {} ({:.1} ms install)",
-            module.name, module.version, module.state, module.route, module.install_duration_ms
+    let modules = running.base.list(None)?.modules;
+    if json_logs {
+        // Under `--log-format json` the banner is JSON log lines too.
+        tracing::info!(
+            ingress = %format!("http://{ingress}"),
+            ops = %format!("http://{}", running.ops_addr),
+            data = %data_dir.display(),
+            "berth base serving"
         );
-    }
-    if with_examples {
-        println!("try:  curl http://{ingress}/hello");
-        println!("      curl -d 'hi there' http://{ingress}/echo/anything");
+        for module in &modules {
+            tracing::info!(
+                module = %format!("{}@{}", module.name, module.version),
+                state = %format!("{:?}", module.state).to_lowercase(),
+                route = %module.route,
+                "module"
+            );
+        }
+    } else {
+        println!("berth base serving");
+        println!("  ingress  http://{ingress}");
+        println!("  ops API  http://{}", running.ops_addr);
+        println!("  data     {}", data_dir.display());
+        for module in &modules {
+            println!(
+                "  module   {}@{} {} at {} ({})",
+                module.name,
+                module.version,
+                format!("{:?}", module.state).to_lowercase(),
+                module.route,
+                install_note(module, started)
+            );
+        }
+        if with_examples {
+            println!("try:  curl http://{ingress}/hello");
+            println!("      curl -d 'hi there' http://{ingress}/echo/anything");
+        }
     }
     wait_for_stop().await?;
     println!("shutting down");

@@ -15,6 +15,9 @@ use berth_controller::events::DeploymentEvent;
 use berth_controller::resources::{Resources, StoredDeployment};
 use berth_controller::store::RedbStore;
 
+use crate::commands::Output;
+use crate::commands::table::Table;
+
 /// Default address of the controller API.
 pub const DEFAULT_CONTROLLER: &str = "127.0.0.1:1239";
 
@@ -24,6 +27,7 @@ pub async fn serve(
     data_dir: Option<PathBuf>,
     heartbeat_timeout: std::time::Duration,
     compile_for_bases: bool,
+    json_logs: bool,
 ) -> Result<()> {
     let data_dir = data_dir.unwrap_or_else(|| super::base::data_home().join("controller"));
     std::fs::create_dir_all(&data_dir)
@@ -33,23 +37,32 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}; is another controller running?"))?;
-    println!(
-        "berth controller serving on http://{}",
-        listener.local_addr()?
-    );
-    println!("  data  {}", data_dir.display());
-    println!(
-        "  bases join with: berth base --controller http://{}",
-        listen
-    );
+    let local = listener.local_addr()?;
     let reconciler = berth_controller::reconciler::Reconciler::new(resources, heartbeat_timeout);
     let code = if compile_for_bases {
-        let shop = berth_controller::code::CodeShop::open(data_dir.join("compiled"))?;
-        println!("  code  compiled once for bases with engine {}", shop.tag());
-        Some(Arc::new(shop))
+        Some(Arc::new(berth_controller::code::CodeShop::open(
+            data_dir.join("compiled"),
+        )?))
     } else {
         None
     };
+    let engine = code.as_ref().map(|shop| shop.tag().to_string());
+    if json_logs {
+        // Under `--log-format json` the banner is one more JSON log line.
+        tracing::info!(
+            api = %format!("http://{local}"),
+            data = %data_dir.display(),
+            engine = engine.as_deref().unwrap_or("none (bases compile)"),
+            "berth controller serving"
+        );
+    } else {
+        println!("berth controller serving on http://{local}");
+        println!("  data  {}", data_dir.display());
+        println!("  bases join with: berth base --controller http://{listen}");
+        if let Some(engine) = &engine {
+            println!("  code  compiled once for bases with engine {engine}");
+        }
+    }
     let shared = berth_controller::api::Shared { reconciler, code };
     berth_controller::api::serve(listener, shared, async {
         let _ = tokio::signal::ctrl_c().await;
@@ -79,7 +92,7 @@ async fn call(request: reqwest::RequestBuilder, controller: &str) -> Result<serd
     let body = response.bytes().await?;
     if !status.is_success() {
         match serde_json::from_slice::<ErrorBody>(&body) {
-            Ok(err) => bail!("{} ({})", err.error.message, err.error.code),
+            Ok(err) => return Err(crate::error::ApiError::from(err.error).into()),
             Err(_) => bail!("the controller answered {status}"),
         }
     }
@@ -87,14 +100,19 @@ async fn call(request: reqwest::RequestBuilder, controller: &str) -> Result<serd
 }
 
 /// `berth apply -f FILE`.
-pub async fn apply(file: &Path, controller: &str) -> Result<()> {
+pub async fn apply(file: &Path, controller: &str, output: Output) -> Result<()> {
     let text = if file == Path::new("-") {
         std::io::read_to_string(std::io::stdin())?
     } else {
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?
     };
     // Checked here too, so a bad file fails before any network call, with the same path-precise message.
-    berth_api::manifest::parse(&text).map_err(|e| anyhow!("{}: {e}", file.display()))?;
+    berth_api::manifest::parse(&text).map_err(|e| {
+        anyhow!(
+            "{} is not a valid manifest: {e}",
+            super::traffic::source_name(file)
+        )
+    })?;
     let body = call(
         reqwest::Client::new()
             .post(url(controller, "/v1/apply"))
@@ -102,6 +120,9 @@ pub async fn apply(file: &Path, controller: &str) -> Result<()> {
         controller,
     )
     .await?;
+    if output.data(&body) {
+        return Ok(());
+    }
     println!(
         "{}/{} {} (generation {})",
         body["kind"].as_str().unwrap_or("?"),
@@ -112,128 +133,112 @@ pub async fn apply(file: &Path, controller: &str) -> Result<()> {
     Ok(())
 }
 
-/// Output of `berth get`.
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum GetOutput {
-    /// A table.
-    Table,
-    /// A wider table.
-    Wide,
-    /// JSON.
-    Json,
-    /// YAML.
-    Yaml,
-}
-
 /// `berth get bases`.
-pub async fn get_bases(controller: &str, output: GetOutput) -> Result<()> {
+pub async fn get_bases(controller: &str, output: Output) -> Result<()> {
     let body = call(
         reqwest::Client::new().get(url(controller, "/v1/bases")),
         controller,
     )
     .await?;
     let bases: Vec<berth_api::BaseStatus> = serde_json::from_value(body)?;
-    match output {
-        GetOutput::Json => println!("{}", serde_json::to_string_pretty(&bases)?),
-        GetOutput::Yaml => print!("{}", serde_yaml_ng::to_string(&bases)?),
-        GetOutput::Table | GetOutput::Wide => {
-            if bases.is_empty() {
-                println!("no bases");
-                return Ok(());
-            }
-            println!(
-                "NAME                STATE     MODULES  CAPACITY  LABELS{}",
-                if output == GetOutput::Wide {
-                    "  INGRESS  LAST HEARTBEAT"
-                } else {
-                    ""
-                }
-            );
-            for b in &bases {
-                let h = &b.heartbeat;
-                let labels: Vec<String> =
-                    h.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                println!(
-                    "{:<20}{:<10}{:<9}{:<10}{}{}",
-                    h.name,
-                    b.state,
-                    h.modules.len(),
-                    h.capacity_modules,
-                    labels.join(","),
-                    if output == GetOutput::Wide {
-                        format!("  {}  {}", h.ingress, b.last_heartbeat)
-                    } else {
-                        String::new()
-                    }
-                );
-            }
-        }
+    if output.data(&bases) {
+        return Ok(());
     }
+    if bases.is_empty() {
+        println!("no bases");
+        return Ok(());
+    }
+    let wide = output == Output::Wide;
+    let mut header = vec!["NAME", "STATE", "MODULES", "CAPACITY", "LABELS"];
+    if wide {
+        header.extend(["INGRESS", "LAST HEARTBEAT"]);
+    }
+    let mut table = Table::new(header);
+    for b in &bases {
+        let h = &b.heartbeat;
+        let labels: Vec<String> = h.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut row = vec![
+            h.name.clone(),
+            b.state.to_string(),
+            h.modules.len().to_string(),
+            h.capacity_modules.to_string(),
+            labels.join(","),
+        ];
+        if wide {
+            row.extend([h.ingress.to_string(), b.last_heartbeat.to_string()]);
+        }
+        table.row(row);
+    }
+    table.print();
     Ok(())
 }
 
 /// `berth get deployments`.
-pub async fn get(controller: &str, output: GetOutput) -> Result<()> {
+pub async fn get(controller: &str, output: Output) -> Result<()> {
     let body = call(
         reqwest::Client::new().get(url(controller, "/v1/deployments")),
         controller,
     )
     .await?;
+    if output.data(&body) {
+        return Ok(());
+    }
     let statuses: Vec<serde_json::Value> = body
         .as_array()
         .map(|all| all.iter().map(|d| d["status"].clone()).collect())
         .unwrap_or_default();
-    match output {
-        GetOutput::Json => println!("{}", serde_json::to_string_pretty(&body)?),
-        GetOutput::Yaml => print!("{}", serde_yaml_ng::to_string(&body)?),
-        GetOutput::Table | GetOutput::Wide => {
-            let deployments: Vec<StoredDeployment> = serde_json::from_value(body)?;
-            if deployments.is_empty() {
-                println!("no deployments");
-                return Ok(());
-            }
-            println!(
-                "NAME                MODULE              VERSION     READY     UP-TO-DATE  GENERATION{}",
-                if output == GetOutput::Wide {
-                    "  SELECTOR"
-                } else {
-                    ""
-                }
-            );
-            for (d, status) in deployments.iter().zip(&statuses) {
-                let spec = &d.manifest.spec;
-                let selector: Vec<String> = spec
-                    .base_selector
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect();
-                println!(
-                    "{:<20}{:<20}{:<12}{:<10}{:<12}{:<10}{}",
-                    d.manifest.metadata.name,
-                    spec.module.name,
-                    spec.module.version,
-                    format!("{}/{}", status["ready"], spec.replicas),
-                    status["updated"],
-                    d.generation,
-                    if output == GetOutput::Wide {
-                        format!("  {}", selector.join(","))
-                    } else {
-                        String::new()
-                    }
-                );
-            }
-        }
+    let deployments: Vec<StoredDeployment> = serde_json::from_value(body)?;
+    if deployments.is_empty() {
+        println!("no deployments");
+        return Ok(());
     }
+    let wide = output == Output::Wide;
+    let mut header = vec![
+        "NAME",
+        "MODULE",
+        "VERSION",
+        "READY",
+        "UP-TO-DATE",
+        "GENERATION",
+    ];
+    if wide {
+        header.push("SELECTOR");
+    }
+    let mut table = Table::new(header);
+    for (d, status) in deployments.iter().zip(&statuses) {
+        let spec = &d.manifest.spec;
+        let mut row = vec![
+            d.manifest.metadata.name.clone(),
+            spec.module.name.clone(),
+            spec.module.version.clone(),
+            format!("{}/{}", status["ready"], spec.replicas),
+            status["updated"].to_string(),
+            d.generation.to_string(),
+        ];
+        if wide {
+            let selector: Vec<String> = spec
+                .base_selector
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            row.push(selector.join(","));
+        }
+        table.row(row);
+    }
+    table.print();
     Ok(())
 }
 
 /// `berth describe deployment NAME`.
-pub async fn describe(controller: &str, name: &str) -> Result<()> {
+pub async fn describe(controller: &str, name: &str, output: Output) -> Result<()> {
     let body = call(
         reqwest::Client::new().get(url(controller, &format!("/v1/deployments/{name}"))),
         controller,
     )
     .await?;
+    if output.data(&body) {
+        return Ok(());
+    }
     let status = body["status"].clone();
     let events = body["events"].clone();
     let d: StoredDeployment = serde_json::from_value(body)?;
@@ -330,7 +335,7 @@ pub async fn describe(controller: &str, name: &str) -> Result<()> {
 }
 
 /// `berth rollout ACTION NAME`: status, confirm, pause, resume, undo.
-pub async fn rollout(controller: &str, action: &str, name: &str) -> Result<()> {
+pub async fn rollout(controller: &str, action: &str, name: &str, output: Output) -> Result<()> {
     let body = if action == "status" {
         call(
             reqwest::Client::new().get(url(controller, &format!("/v1/deployments/{name}"))),
@@ -345,6 +350,9 @@ pub async fn rollout(controller: &str, action: &str, name: &str) -> Result<()> {
         )
         .await?
     };
+    if output.data(&body) {
+        return Ok(());
+    }
     let d: StoredDeployment = serde_json::from_value(body)?;
     let spec = &d.manifest.spec;
     match &d.rollout {
@@ -388,12 +396,17 @@ pub async fn rollout(controller: &str, action: &str, name: &str) -> Result<()> {
 }
 
 /// `berth delete deployment NAME`.
-pub async fn delete(controller: &str, name: &str) -> Result<()> {
+pub async fn delete(controller: &str, name: &str, output: Output) -> Result<()> {
     call(
         reqwest::Client::new().delete(url(controller, &format!("/v1/deployments/{name}"))),
         controller,
     )
     .await?;
+    let deleted =
+        serde_json::json!({"kind": "ModuleDeployment", "name": name, "result": "deleted"});
+    if output.data(&deleted) {
+        return Ok(());
+    }
     println!("ModuleDeployment/{name} deleted");
     Ok(())
 }

@@ -4,11 +4,12 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use berth_api::{InstallRequest, InstallResponse, Limits, Route};
+use berth_api::{InstallRequest, InstallResponse, Limits, ModuleState, Route};
 use serde::Serialize;
 
 use crate::client::OpsClient;
-use crate::commands::{Output, print_json};
+use crate::commands::Output;
+use crate::error::api_error;
 use crate::project::Project;
 
 /// What to deploy and where.
@@ -52,7 +53,7 @@ pub struct DeployArgs {
     #[arg(long = "config")]
     pub config: Vec<String>,
     /// Output format.
-    #[arg(short, long, value_enum, default_value_t = Output::Text)]
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
 }
 
@@ -120,6 +121,12 @@ impl DeployArgs {
     /// Builds (for a folder) or reads (for a `.wasm` file) what to deploy.
     pub fn artifact(&self) -> Result<Artifact> {
         let target = self.target.clone().unwrap_or_else(|| PathBuf::from("."));
+        if !target.exists() {
+            bail!(
+                "{}: no such file or folder\nhint: pass a module folder (with berth.toml) or a built .wasm file",
+                target.display()
+            );
+        }
         if target.is_file() {
             if target.extension().is_none_or(|e| e != "wasm") {
                 bail!(
@@ -178,12 +185,73 @@ pub async fn run(args: DeployArgs) -> Result<()> {
     // Fail on an unreachable base before spending time on a build.
     client.health().await?;
     let artifact = args.artifact()?;
-    let deployed = install(&client, artifact).await?;
-    match args.output {
-        Output::Json => print_json(&deployed),
-        Output::Text => print(&deployed),
+    let (name, version) = (
+        artifact.request.name.clone(),
+        artifact.request.version.clone(),
+    );
+    let deployed = match install(&client, artifact).await {
+        Ok(deployed) => deployed,
+        Err(e) => match api_error(&e) {
+            Some(api) if api.code == "version_conflict" => {
+                let dev = dev_versions(&client, &name).await;
+                return Err(api
+                    .clone()
+                    .with_hint(conflict_hint(&name, &version, &dev))
+                    .into());
+            }
+            _ => return Err(e),
+        },
+    };
+    if !args.output.data(&deployed) {
+        print(&deployed);
     }
     Ok(())
+}
+
+/// The versions `berth dev` left installed for `name`.
+async fn dev_versions(client: &OpsClient, name: &str) -> Vec<String> {
+    client
+        .module(name)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| m.version)
+        .filter(|v| v.contains("-dev."))
+        .collect()
+}
+
+/// How to get past a `version_conflict` for `name@version`: a new version,
+/// or removing the old one (and what `berth dev` left behind).
+fn conflict_hint(name: &str, version: &str, dev: &[String]) -> String {
+    let mut hint = match next_version(version) {
+        Some(next) => format!(
+            "deploy this build as a new version: `berth deploy --version {next}` (or raise `version` in berth.toml)"
+        ),
+        None => "deploy this build as a new version: `berth deploy --version <new version>`".into(),
+    };
+    hint.push_str(&format!(
+        ", or replace {name}@{version}: `berth undeploy {name} --version {version}`, then deploy again"
+    ));
+    for v in dev {
+        hint.push_str(&format!(
+            "\nhint: `berth dev` left {name}@{v} installed; remove it with `berth undeploy {name} --version {v}`"
+        ));
+    }
+    hint
+}
+
+/// The next patch version of `version` (`0.1.0` → `0.1.1`, `1.2.3-dev.4` → `1.2.4`).
+fn next_version(version: &str) -> Option<String> {
+    let core = version.split(['-', '+']).next()?;
+    let parts: Vec<u64> = core
+        .split('.')
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let [major, minor, patch] = parts[..] else {
+        return None;
+    };
+    Some(format!("{major}.{minor}.{}", patch + 1))
 }
 
 /// Prints a deploy for people.
@@ -196,17 +264,49 @@ pub fn print(deployed: &Deployed) {
         );
     } else {
         println!(
-            "deployed {}@{} in {:.1} ms (compile cache {}, {} bytes, {})",
+            "deployed {}@{} in {:.1} ms (compile cache {}, {}, {})",
             m.name,
             m.version,
             m.install_duration_ms,
             format!("{:?}", m.compile_cache).to_lowercase(),
-            m.size_bytes,
+            crate::commands::human_bytes(m.size_bytes),
             m.digest
         );
     }
-    match &m.route.host {
-        Some(host) => println!("serving at {} (Host: {host})", deployed.url),
-        None => println!("serving at {}", deployed.url),
+    let host = m
+        .route
+        .host
+        .as_ref()
+        .map_or(String::new(), |h| format!(" (Host: {h})"));
+    if m.state == ModuleState::Active {
+        println!("serving at {}{host}", deployed.url);
+    } else {
+        // Installed beside the default: the route's URL still reaches the default.
+        println!(
+            "not serving yet: {}{host} still reaches the default version",
+            deployed.url
+        );
+        println!(
+            "hint: send it traffic with a rule (`berth rules set {0} -f rules.yaml`), or make it the default with `berth switch {0} {1}`",
+            m.name, m.version
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_next_version_is_the_next_patch() {
+        assert_eq!(next_version("0.1.0").as_deref(), Some("0.1.1"));
+        assert_eq!(next_version("1.2.3-dev.4").as_deref(), Some("1.2.4"));
+        assert_eq!(next_version("latest"), None);
+        let hint = conflict_hint("greeter", "0.1.0", &["0.1.0-dev.7".into()]);
+        assert!(hint.contains("`berth deploy --version 0.1.1`"), "{hint}");
+        assert!(
+            hint.contains("`berth undeploy greeter --version 0.1.0-dev.7`"),
+            "{hint}"
+        );
     }
 }

@@ -66,7 +66,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         current: None,
     };
     println!("watching {} (Ctrl-C to stop)", dir.display());
-    session.redeploy(Instant::now()).await;
+    session.redeploy(None).await;
     // A save that arrived while a build ran, so after the files were read.
     let mut pending: Option<Instant> = None;
     loop {
@@ -82,7 +82,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         let started = Instant::now();
         while changes.try_recv().is_ok() {}
         println!("saved: building {}", session.project.manifest.name);
-        session.redeploy(first).await;
+        session.redeploy(Some(first)).await;
         // Saves during the build may not be in it: build again for them.
         while let Ok(saved) = changes.try_recv() {
             if saved >= started {
@@ -126,8 +126,9 @@ struct Session {
 }
 
 impl Session {
-    /// Builds and deploys; on any failure, says so and keeps what serves.
-    async fn redeploy(&mut self, saved: Instant) {
+    /// Builds and deploys (after the save at `saved`, or the first time
+    /// when `None`); on any failure, says so and keeps what serves.
+    async fn redeploy(&mut self, saved: Option<Instant>) {
         let name = self.project.manifest.name.clone();
         let keeps = match &self.current {
             Some(v) => format!("{name}@{v} keeps serving"),
@@ -163,21 +164,28 @@ impl Session {
             &label,
         )
         .await;
-        let latency = saved.elapsed().saturating_sub(built.compile_time);
+        let latency = saved.map(|s| s.elapsed().saturating_sub(built.compile_time));
         if let Some(old) = self.current.replace(version.clone())
             && let Err(e) = self.client.uninstall(&name, Some(&old)).await
         {
             eprintln!("warning: could not remove the previous dev version {name}@{old}: {e:#}");
         }
-        match serving {
-            true => println!(
+        match (serving, latency) {
+            (true, Some(latency)) => println!(
                 "redeployed {label}: serving {:.0} ms after the save (excluding {:.1} s compiling), install {:.1} ms, at {}",
                 latency.as_secs_f64() * 1e3,
                 built.compile_time.as_secs_f64(),
                 deployed.install.module.install_duration_ms,
                 deployed.url
             ),
-            false => eprintln!(
+            // The first build answers no save: no save-to-serving time to show.
+            (true, None) => println!(
+                "deployed {label}: serving at {} ({:.1} s compiling, install {:.1} ms); save a file to redeploy",
+                deployed.url,
+                built.compile_time.as_secs_f64(),
+                deployed.install.module.install_duration_ms,
+            ),
+            (false, _) => eprintln!(
                 "warning: installed {label}, but {} did not answer from it within 5 s",
                 deployed.url
             ),

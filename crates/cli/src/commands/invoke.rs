@@ -6,6 +6,7 @@ use anyhow::{Context as _, Result, bail};
 use berth_api::{MODULE_HEADER, ModuleState, REQUEST_ID_HEADER};
 
 use crate::client::OpsClient;
+use crate::commands::Output;
 
 /// What to send.
 #[derive(clap::Args)]
@@ -30,6 +31,25 @@ pub struct InvokeArgs {
     /// Ops API of the base.
     #[arg(long, default_value = "http://127.0.0.1:1238", env = "BERTH_BASE")]
     pub base: String,
+    /// Output format (`json`/`yaml`: status, headers, body and timing as
+    /// one document on stdout).
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// One response, for `-o json|yaml`.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Invoked {
+    method: String,
+    url: String,
+    status: u16,
+    headers: std::collections::BTreeMap<String, String>,
+    /// The body as text (invalid UTF-8 replaced).
+    body: String,
+    served_by: Option<String>,
+    request_id: Option<String>,
+    ms: f64,
 }
 
 /// Sends the request; the body goes to stdout, a summary to stderr. Fails
@@ -83,6 +103,32 @@ pub async fn run(args: InvokeArgs) -> Result<()> {
         .bytes()
         .await
         .context("reading the response body")?;
+    if args.output.is_data() {
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        args.output.data(&Invoked {
+            method: method.to_string(),
+            url: url.clone(),
+            status: status.as_u16(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("<binary>").to_string()))
+                .collect(),
+            body: String::from_utf8_lossy(&body).into_owned(),
+            served_by: header(MODULE_HEADER),
+            request_id: header(REQUEST_ID_HEADER),
+            ms: elapsed.as_secs_f64() * 1e3,
+        });
+        if status.as_u16() >= 400 {
+            // The document above says what happened; the exit status says it failed.
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
     if args.include {
         println!("HTTP {status}");
         for (name, value) in &headers {

@@ -23,15 +23,19 @@ pub struct LogsArgs {
     /// Ops API of the base.
     #[arg(long, default_value = "http://127.0.0.1:1238", env = "BERTH_BASE")]
     pub base: String,
-    /// Output format (`json`: one JSON object per line).
-    #[arg(short, long, value_enum, default_value_t = Output::Text)]
+    /// Output format (`json`: one JSON object per line; `yaml`: a list item per line).
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
 }
 
 fn print(entry: &LogEntry, output: Output) {
     match output {
         Output::Json => println!("{}", serde_json::to_string(entry).expect("serializable")),
-        Output::Text => println!(
+        Output::Yaml => print!(
+            "{}",
+            serde_yaml_ng::to_string(&[entry]).expect("serializable")
+        ),
+        Output::Table | Output::Wide => println!(
             "{} {}@{} {:<5} [{}] {}",
             entry.at,
             entry.module,
@@ -70,12 +74,16 @@ pub async fn run(args: LogsArgs) -> Result<()> {
         let status = response.status();
         let body = response.bytes().await.unwrap_or_default();
         match serde_json::from_slice::<ErrorBody>(&body) {
-            Ok(err) => bail!("{} ({})", err.error.message, err.error.code),
+            Ok(err) => return Err(crate::error::ApiError::from(err.error).into()),
             Err(_) => bail!("the base answered {status}"),
         }
     }
     if !args.follow {
         let list: LogList = response.json().await.context("reading the logs")?;
+        if list.lines.is_empty() && !args.output.is_data() {
+            // On stderr: stdout stays the module's lines only.
+            eprintln!("no lines yet");
+        }
         for entry in &list.lines {
             print(entry, args.output);
         }

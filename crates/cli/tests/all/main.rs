@@ -2,6 +2,7 @@
 //! builds, real HTTP. One test binary with a module per topic, to link once.
 
 mod controller;
+mod papercuts;
 mod reclaim;
 mod support;
 mod workflow;

@@ -66,7 +66,14 @@ fn new_build_deploy_invoke_dev_undeploy() {
         .spawn()
         .unwrap();
     let dev_lines = lines(&mut dev);
-    wait_for(&dev_lines, "redeployed greeter@0.1.0-dev.");
+    // The first build answers no save: no save-to-serving time.
+    let line = wait_for(&dev_lines, "deployed greeter@0.1.0-dev.");
+    assert!(
+        line.starts_with("deployed ")
+            && line.contains("serving at http://")
+            && !line.contains("after the save"),
+        "{line}"
+    );
     let lib = dir.join("src/lib.rs");
     edit(&lib, "Hello from greeter!", "Howdy from greeter!");
     let line = wait_for(&dev_lines, "redeployed greeter@0.1.0-dev.");
@@ -114,19 +121,25 @@ fn new_build_deploy_invoke_dev_undeploy() {
 fn the_json_template_builds_and_serves() {
     let base = BaseProcess::start();
     let work = work_dir();
-    let dir = work.path().join("items");
+    let dir = work.path().join("jsonapi");
     stdout(berth(&[
         "new",
-        "items",
+        "jsonapi",
         "--template",
         "json",
         "--dir",
         dir.to_str().unwrap(),
     ]));
-    stdout(base.berth(&["deploy", dir.to_str().unwrap()]));
+    let out = stdout(base.berth(&["deploy", dir.to_str().unwrap()]));
+    assert!(out.contains("/jsonapi\n"), "{out}");
+    // The URL deploy printed answers: the API's index.
+    let index: serde_json::Value =
+        serde_json::from_str(&stdout(base.berth(&["invoke", "jsonapi"]))).unwrap();
+    assert_eq!(index["module"], "jsonapi", "{index}");
+    assert_eq!(index["endpoints"][0], "GET /jsonapi/items", "{index}");
     let out = stdout(base.berth(&[
         "invoke",
-        "items",
+        "jsonapi",
         "--path",
         "/items",
         "-d",

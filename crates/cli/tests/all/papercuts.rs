@@ -555,3 +555,56 @@ fn log_flags_live_on_the_commands_that_log() {
         "{log_text}"
     );
 }
+
+/// Runs `berth COMMAND` on `data` until its banner lists a module; returns
+/// the banner's module lines.
+fn banner_modules(command: &str, data: &std::path::Path) -> Vec<String> {
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let mut child = Command::new(BERTH)
+        .args([command, "--listen", "127.0.0.1:0", "--ops", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data)
+        .stdout(out.reopen().unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let modules = loop {
+        let text = std::fs::read_to_string(out.path()).unwrap();
+        // The module lines are written together, before `try:` (up) or at once (base).
+        let modules: Vec<String> = text
+            .lines()
+            .filter(|l| l.trim_start().starts_with("module "))
+            .map(str::to_string)
+            .collect();
+        if modules.len() >= 2 {
+            break modules;
+        }
+        assert!(Instant::now() < deadline, "no module lines in\n{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    modules
+}
+
+#[test]
+fn a_restarted_base_does_not_repeat_an_old_install_time() {
+    let data = tempfile::tempdir().unwrap();
+    // `berth up` installs hello and echo now: their install time is news.
+    let first = banner_modules("up", data.path());
+    assert!(
+        first
+            .iter()
+            .all(|l| l.contains(" ms install)") && l.contains(" active ")),
+        "{first:?}"
+    );
+    // Restarted, they are reloaded: no stale install time.
+    let again = banner_modules("base", data.path());
+    assert!(
+        again
+            .iter()
+            .all(|l| l.contains("(reloaded; installed 20") && !l.contains("ms install")),
+        "{again:?}"
+    );
+}

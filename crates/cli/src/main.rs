@@ -4,7 +4,8 @@
 //! run a base ([`berth_base`]); `new`, `build`, `deploy`, `dev`, `list`,
 //! `status`, `undeploy` and `invoke` are the module developer's loop against
 //! a base's ops API. Failures print one `error:` line (plus a `hint:` when
-//! there is an obvious fix) and exit with status 1.
+//! there is an obvious fix) and exit with status 1; under `-o json` the
+//! failure is `{"error": {"code", "message", "hint"}}` on stdout instead.
 
 mod client;
 mod commands;

@@ -291,20 +291,23 @@ pub async fn describe(controller: &str, name: &str, output: Output) -> Result<()
         println!("History:     {}", versions.join(" → "));
     }
     println!("Conditions:");
+    let mut conditions = Table::new(["TYPE", "STATUS", "REASON", "MESSAGE"]);
     for c in status["conditions"].as_array().into_iter().flatten() {
-        println!(
-            "  {:<15} {:<6} {:<18} {}",
-            c["type"].as_str().unwrap_or("?"),
-            c["status"].as_str().unwrap_or("?"),
-            c["reason"].as_str().unwrap_or("?"),
-            c["message"].as_str().unwrap_or("")
-        );
+        let text = |key: &str| c[key].as_str().unwrap_or("?").to_string();
+        conditions.row([
+            text("type"),
+            text("status"),
+            text("reason"),
+            text("message"),
+        ]);
     }
+    conditions.print_indented("  ");
     let events: Vec<DeploymentEvent> = serde_json::from_value(events).unwrap_or_default();
     if events.is_empty() {
         println!("Events:      none");
     } else {
         println!("Events:");
+        let mut table = Table::new(["TYPE", "REASON", "AGE", "MESSAGE"]);
         let now = std::time::SystemTime::now();
         for e in events {
             let ago = |ms: u64| {
@@ -322,14 +325,9 @@ pub async fn describe(controller: &str, name: &str, output: Output) -> Result<()
             } else {
                 format!("{} ago", ago(e.last_ms))
             };
-            println!(
-                "  {:<8} {:<17} {:<24} {}",
-                e.kind.as_str(),
-                e.reason,
-                times,
-                e.message
-            );
+            table.row([e.kind.as_str().to_string(), e.reason, times, e.message]);
         }
+        table.print_indented("  ");
     }
     Ok(())
 }

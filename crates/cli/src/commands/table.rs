@@ -57,6 +57,14 @@ impl Table {
     pub fn print(&self) {
         print!("{}", self.render());
     }
+
+    /// Prints the table on stdout, each line after `indent` (a table inside
+    /// a `describe`).
+    pub fn print_indented(&self, indent: &str) {
+        for line in self.render().lines() {
+            println!("{indent}{line}");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -474,6 +474,18 @@ fn fleet_commands_share_the_formats_and_the_table_writer() {
     ])))
     .unwrap();
     assert_eq!(described["manifest"]["metadata"]["name"], "orders");
+    // describe's conditions and events are tables from the same writer.
+    let described = stdout(ctl(&["describe", "deployment", "orders"]));
+    let header = described
+        .lines()
+        .find(|l| l.trim_start().starts_with("TYPE"))
+        .unwrap_or_else(|| panic!("{described}"));
+    let titles: Vec<&str> = header.split_whitespace().collect();
+    assert_eq!(
+        titles,
+        ["TYPE", "STATUS", "REASON", "MESSAGE"],
+        "{described}"
+    );
     let status = stdout(ctl(&["rollout", "status", "orders", "-o", "yaml"]));
     assert!(status.contains("name: orders"), "{status}");
 

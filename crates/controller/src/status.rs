@@ -32,7 +32,7 @@ pub struct DeploymentStatus {
 }
 
 /// One replica.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BaseReplica {
     /// The base.
@@ -42,7 +42,7 @@ pub struct BaseReplica {
     /// Whether it reports running that version.
     pub running: bool,
     /// Why it cannot, when the base reported a failure.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 

@@ -442,12 +442,15 @@ fn apply_events(
             format!("replicas {} → {}", old.replicas, spec.replicas),
         ));
     }
-    if old.module != spec.module {
+    if let (false, Some(rollout)) = (
+        crate::resources::same_code(&old.module, &spec.module),
+        &after.rollout,
+    ) {
         out.push(NewEvent::normal(
             "RolloutStarted",
             format!(
                 "{} → {} in {} batch(es){}",
-                old.module.version,
+                rollout.from.version,
                 spec.module.version,
                 spec.strategy.batches,
                 if spec.strategy.need_confirm {
@@ -455,6 +458,15 @@ fn apply_events(
                 } else {
                     ""
                 }
+            ),
+        ));
+    }
+    if !crate::resources::same_code(&old.module, &spec.module) && after.rollout.is_none() {
+        out.push(NewEvent::normal(
+            "VersionReplaced",
+            format!(
+                "{} → {} on every replica at once: {} is not a version that ran everywhere, so there is nothing to roll from",
+                old.module.version, spec.module.version, old.module.version
             ),
         ));
     }

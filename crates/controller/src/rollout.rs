@@ -6,7 +6,11 @@
 //! done when every base it covers reports the new version in its heartbeat;
 //! the next batch starts after `pauseBetween`, and, with `needConfirm`, only
 //! after `berth rollout confirm`. `pause` holds it, `resume` releases it,
-//! `undo` rolls back to the version before, itself in batches. The rollout
+//! `undo` goes back to the last version that ran: during a rollout (going
+//! or failed), at once to the version it started from, which the unmoved
+//! bases still run; after one, to the version before, itself in batches.
+//! A version applied over an unfinished rollout rolls from that rollout's
+//! starting version ([`crate::resources::Resources::apply`]). The rollout
 //! ends when the last batch is done.
 
 use std::time::{SystemTime, UNIX_EPOCH};

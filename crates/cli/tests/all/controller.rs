@@ -649,6 +649,16 @@ fn a_failed_rollout_stops_and_a_fixed_apply_repairs_the_deployment() {
         )
     });
     ctl.assert_metric("berth_controller_rollouts", &[("state", "failed")], 1.0);
+    // Undo from a failed rollout: back to 1.0.0, which every base runs.
+    let undone = stdout(ctl.berth(&["rollout", "undo", "hello"]));
+    assert!(
+        undone.contains("hello: hello@1.0.0, 2 of 2 replicas run it, no rollout in progress"),
+        "{undone}"
+    );
+    has_line(
+        &ctl.describe("hello"),
+        &["UndoRequested", "back from 2.0.0 to 1.0.0"],
+    );
 
     // A fixed manifest at a new version: it rolls from 1.0.0 (what runs),
     // not from the failed 2.0.0, so base b never tries 2.0.0, and every

@@ -461,6 +461,16 @@ fn apply_events(
             ),
         ));
     }
+    let failed = |d: &StoredDeployment| d.rollout.as_ref().is_some_and(|r| r.failed.is_some());
+    if old.module.artifact != spec.module.artifact && failed(before) && !failed(after) {
+        out.push(NewEvent::normal(
+            "RolloutRestarted",
+            format!(
+                "{} from {}: the failed rollout starts over at batch 1",
+                spec.module.version, spec.module.artifact
+            ),
+        ));
+    }
     if !crate::resources::same_code(&old.module, &spec.module) && after.rollout.is_none() {
         out.push(NewEvent::normal(
             "VersionReplaced",

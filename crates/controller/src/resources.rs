@@ -129,7 +129,7 @@ impl<S: Store> Resources<S> {
     /// that never ran anywhere is simply replaced (there is nothing to roll
     /// from). Only versions that ran enter the history `rollout undo` uses.
     /// A moved artifact with the same name, version and digest is the same
-    /// code: it changes no rollout.
+    /// code: it starts no rollout, and restarts one that failed.
     pub fn apply(
         &self,
         manifest: ModuleDeployment,
@@ -158,7 +158,13 @@ impl<S: Store> Resources<S> {
                     let new = &manifest.spec.module;
                     let mut history = stored.history.clone();
                     let mut rollout = stored.rollout.clone();
-                    if !same_code(old, new) {
+                    if same_code(old, new) {
+                        // The same code from a fixed location: a rollout that
+                        // failed (say, on the old path) starts over.
+                        if let Some(r) = rollout.as_mut().filter(|r| r.failed.is_some()) {
+                            *r = Rollout::starting(r.from.clone());
+                        }
+                    } else {
                         rollout = match &stored.rollout {
                             // Back to the version the rollout left: nothing to roll.
                             Some(r) if same_code(&r.from, new) => {
@@ -340,6 +346,20 @@ mod tests {
             (Some("1.0.0".into()), vec!["1.0.0".into()])
         );
         assert_eq!(stored().rollout.unwrap().failed, None);
+        // 3.0.0 fails too, on a bad path: the same code from a fixed path starts over.
+        r.update("orders", |d| {
+            let rollout = d.rollout.as_mut().unwrap();
+            (rollout.batch, rollout.failed) = (2, Some("boom".into()));
+        })
+        .unwrap();
+        let mut fixed = manifest(2, "3.0.0");
+        fixed.spec.module.artifact = "https://example.invalid/fixed.wasm".into();
+        assert_eq!(r.apply(fixed, |_| true).unwrap(), Applied::Updated(4));
+        let rollout = stored().rollout.unwrap();
+        assert_eq!(
+            (rollout.batch, rollout.failed, rollout.from.version.as_str()),
+            (1, None, "1.0.0")
+        );
         // Back to the version the rollout left: no rollout, and it is current again.
         r.apply(manifest(2, "1.0.0"), |_| true).unwrap();
         assert_eq!(versions(&stored()), (None, vec![]));

@@ -660,33 +660,65 @@ fn a_failed_rollout_stops_and_a_fixed_apply_repairs_the_deployment() {
         &["UndoRequested", "back from 2.0.0 to 1.0.0"],
     );
 
-    // A fixed manifest at a new version: it rolls from 1.0.0 (what runs),
-    // not from the failed 2.0.0, so base b never tries 2.0.0, and every
-    // replica ends on the new version.
-    ctl.apply(work.path(), "hello", "3.0.0", v2, None, spec);
+    // 2.0.0 fails again; the same code from a path the bases can read
+    // restarts the failed rollout, which completes.
+    apply_vanishing(&ctl, work.path(), &bases, "hello", "2.0.0", v2, spec);
+    eventually("the rollout failed again", 1, || {
+        usize::from(status().1.contains("FAILED"))
+    });
+    ctl.apply(work.path(), "hello", "2.0.0", v2, None, spec);
     let watched = stdout(ctl.berth(&["rollout", "status", "hello", "--watch"]));
     assert!(
-        watched.contains("1.0.0 → 3.0.0")
+        watched
+            .trim_end()
+            .ends_with("hello: hello@2.0.0, 2 of 2 replicas run it, no rollout in progress"),
+        "{watched}"
+    );
+    assert_eq!(on_v2(), 2);
+    has_line(
+        &ctl.describe("hello"),
+        &[
+            "RolloutRestarted",
+            "2.0.0 from file:",
+            "starts over at batch 1",
+        ],
+    );
+
+    // 3.0.0 fails; a fixed manifest at a new version rolls from 2.0.0 (what
+    // runs), not from the failed 3.0.0, so base b never tries 3.0.0, and
+    // every replica ends on the new version.
+    apply_vanishing(&ctl, work.path(), &bases, "hello", "3.0.0", v2, spec);
+    eventually("the 3.0.0 rollout failed", 1, || {
+        usize::from(status().1.contains("FAILED"))
+    });
+    ctl.apply(work.path(), "hello", "4.0.0", v2, None, spec);
+    let watched = stdout(ctl.berth(&["rollout", "status", "hello", "--watch"]));
+    assert!(
+        watched.contains("2.0.0 → 4.0.0")
             && watched
                 .trim_end()
-                .ends_with("hello: hello@3.0.0, 2 of 2 replicas run it, no rollout in progress"),
+                .ends_with("hello: hello@4.0.0, 2 of 2 replicas run it, no rollout in progress"),
         "{watched}"
     );
     assert_eq!(on_v2(), 2);
     let described = ctl.describe("hello");
     assert!(!described.contains("base b cannot run"), "{described}");
-    has_line(&described, &["RolloutStarted", "1.0.0 → 3.0.0"]);
-    has_line(&described, &["History:     1.0.0"]);
+    has_line(&described, &["RolloutStarted", "2.0.0 → 4.0.0"]);
     assert!(
-        !described.contains("History:     1.0.0 → 2.0.0"),
+        described.contains("History:     1.0.0 → 2.0.0\n"),
         "{described}"
     );
 
-    // Undo goes back to the last version that ran: 1.0.0, never 2.0.0.
+    // Undo goes back to the last version that ran: 2.0.0, never 3.0.0.
     let undone = stdout(ctl.berth(&["rollout", "undo", "hello"]));
-    assert!(undone.contains("3.0.0 → 1.0.0"), "{undone}");
+    assert!(undone.contains("4.0.0 → 2.0.0"), "{undone}");
     stdout(ctl.berth(&["rollout", "status", "hello", "-w"]));
-    assert_eq!(on_v1(), 2);
+    assert!(
+        ctl.describe("hello")
+            .contains("Versions:    2.0.0 runs on a, b"),
+        "{}",
+        ctl.describe("hello")
+    );
 
     // A first version that cannot run: a Warning event, a condition, a
     // failing `rollout status`; a fixed version replaces it at once.

@@ -485,6 +485,12 @@ pub struct BaseHeartbeat {
     /// Assigned versions it could not run: `name@version` → the error.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub failures: std::collections::BTreeMap<String, String>,
+    /// The revision of the assignments `failures` are about (empty before
+    /// the first), so that the controller never takes a failure of an
+    /// earlier assignment — say, of the same version from a path since
+    /// fixed — for one of the current.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub revision: String,
 }
 
 /// A base as the controller reports it (`GET /v1/bases`).

@@ -64,8 +64,9 @@ struct Agent {
     ops: SocketAddr,
     ingress: SocketAddr,
     http: reqwest::Client,
-    /// Assigned versions that could not run, with why (reported in heartbeats).
-    failures: Mutex<BTreeMap<String, String>>,
+    /// The revision of the assignments last applied, and the assigned
+    /// versions that could not run, with why (reported in heartbeats).
+    failures: Mutex<(String, BTreeMap<String, String>)>,
     /// Wakes the heartbeat task to report now.
     report_now: Notify,
 }
@@ -87,7 +88,7 @@ pub(crate) async fn run(
             .connect_timeout(Duration::from_secs(5))
             .build()
             .expect("an HTTP client"),
-        failures: Mutex::new(BTreeMap::new()),
+        failures: Mutex::new((String::new(), BTreeMap::new())),
         report_now: Notify::new(),
     });
     let heartbeats = tokio::spawn(agent.clone().heartbeats(shutdown.clone()));
@@ -128,6 +129,7 @@ impl Agent {
 
     fn heartbeat(&self) -> BaseHeartbeat {
         let modules = self.base.list(None).map(|l| l.modules).unwrap_or_default();
+        let (revision, failures) = self.failures.lock().expect("agent state").clone();
         BaseHeartbeat {
             name: self.link.name.clone(),
             labels: self.link.labels.clone(),
@@ -139,7 +141,8 @@ impl Agent {
                 .iter()
                 .map(|m| format!("{}@{}", m.name, m.version))
                 .collect(),
-            failures: self.failures.lock().expect("agent state").clone(),
+            failures,
+            revision,
         }
     }
 
@@ -239,7 +242,7 @@ impl Agent {
                         .then_some((&self.http, self.link.url.as_str()));
                     let failures =
                         reconcile(&self.base, assigned.modules, &mut managed, code).await;
-                    *self.failures.lock().expect("agent state") = failures;
+                    *self.failures.lock().expect("agent state") = (known.clone(), failures);
                     if managed != intent {
                         record_managed(&managed_file, &managed);
                     }

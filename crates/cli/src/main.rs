@@ -249,8 +249,28 @@ enum Command {
     /// A bad field is reported with its path, e.g.
     /// `spec.replicas: invalid type: string "six", expected u32`.
     ///
+    /// A relative `file:` artifact is resolved against the manifest's
+    /// directory. The controller checks the artifact (readable, its digest, a
+    /// component) and refuses the manifest otherwise, changing nothing.
+    ///
     /// Examples:
     ///   berth apply -f orders.yaml
+    ///   BERTH_CONTROLLER=10.0.0.5:1239 berth apply -f orders.yaml
+    ///
+    /// orders.yaml:
+    ///   apiVersion: berth.dev/v1
+    ///   kind: ModuleDeployment
+    ///   metadata: { name: orders }
+    ///   spec:
+    ///     module:
+    ///       name: orders
+    ///       version: 1.4.0
+    ///       artifact: file:./orders.wasm    # or file:/abs/path, https://…
+    ///       digest: sha256:…                # what `berth build` prints
+    ///     replicas: 3
+    ///     baseSelector: { group: online }   # bases started with --labels group=online
+    ///     strategy: { batches: 3, pauseBetween: 5s, needConfirm: false }
+    ///     route: { pathPrefix: /orders }
     #[command(verbatim_doc_comment)]
     Apply {
         /// The manifest.
@@ -295,11 +315,12 @@ enum Command {
     /// Follow and steer a deployment's batched rollout.
     ///
     /// Examples:
-    ///   berth rollout status orders
+    ///   berth rollout status orders      # exits 1 if the rollout failed
+    ///   berth rollout status orders --watch   # follow it until done or failed
     ///   berth rollout confirm orders     # let the next batch go (needConfirm)
     ///   berth rollout pause orders
     ///   berth rollout resume orders
-    ///   berth rollout undo orders        # back to the version before, in batches
+    ///   berth rollout undo orders        # back to the last version that ran
     #[command(verbatim_doc_comment)]
     Rollout {
         /// status, confirm, pause, resume or undo.
@@ -307,6 +328,10 @@ enum Command {
         action: String,
         /// The deployment.
         name: String,
+        /// Keep following (status): print each change until the rollout is
+        /// done (exit 0) or failed (exit 1).
+        #[arg(short, long)]
+        watch: bool,
         /// The controller API.
         #[arg(long, default_value = commands::controller::DEFAULT_CONTROLLER, env = "BERTH_CONTROLLER")]
         controller: String,
@@ -514,9 +539,10 @@ fn run(command: Command) -> Result<()> {
             Command::Rollout {
                 action,
                 name,
+                watch,
                 controller,
                 output,
-            } => commands::controller::rollout(&controller, &action, &name, output).await,
+            } => commands::controller::rollout(&controller, &action, &name, watch, output).await,
             Command::Describe(r) => {
                 commands::controller::describe(&r.controller, &r.name, r.output).await
             }

@@ -15,7 +15,9 @@
 //! | GET | `/metrics` | Prometheus metrics of the controller |
 //!
 //! A manifest problem is a 422 `invalid_manifest` whose message starts with
-//! the path of the bad field, and changes nothing. Every change (apply,
+//! the path of the bad field, and changes nothing; that includes a module
+//! artifact the controller can fetch that is unreadable, not a component or
+//! not of its digest ([`crate::artifact`]). Every change (apply,
 //! delete, rollout action, a heartbeat with news) runs a reconcile pass
 //! before it is answered, so what the answer shows is already assigned.
 
@@ -223,7 +225,7 @@ async fn watch_assignments(
                 status: StatusCode::CONFLICT,
                 code: "base_not_ready",
                 message: format!(
-                    "base `{name}` is not Ready (unknown, or no heartbeat within {}); send a heartbeat (PUT /v1/bases/{name}) first",
+                    "base `{name}` is not Ready (unknown, or no heartbeat within {}); a base is Ready from its first heartbeat (`berth base --controller … --name {name}` sends them)",
                     humantime::format_duration(shared.reconciler.heartbeat_timeout())
                 ),
             });
@@ -333,7 +335,10 @@ async fn apply(State(shared): State<Shared>, body: Bytes) -> Result<Response, Ap
     })?;
     let name = deployment.metadata.name.clone();
     let before = shared.resources().deployment(&name)?;
-    let applied = shared.resources().apply(deployment.clone())?;
+    check_module(before.as_ref(), &deployment.spec.module).await?;
+    let applied = shared
+        .resources()
+        .apply(deployment.clone(), |d| runs_current(&shared, d))?;
     let after = shared.resources().deployment(&name)?;
     if let (Some(shop), Some(d)) = (&shared.code, &after) {
         shop.prepare(
@@ -357,6 +362,55 @@ async fn apply(State(shared): State<Shared>, body: Bytes) -> Result<Response, Ap
         generation,
     };
     Ok((status, axum::Json(response)).into_response())
+}
+
+/// Refuses a module the bases could not run, before anything changes: an
+/// artifact the controller can fetch that is unreadable, not a component or
+/// not of its digest, and other bytes under a version already deployed
+/// (a base keeps a version it runs, so they would never reach it).
+async fn check_module(
+    before: Option<&StoredDeployment>,
+    module: &berth_api::manifest::ModuleRef,
+) -> Result<(), ApiError> {
+    let refused = |e: crate::artifact::ArtifactError| ApiError {
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        code: "invalid_manifest",
+        message: e.to_string(),
+    };
+    if let Some(before) = before {
+        let spec = &before.manifest.spec;
+        if spec.module == *module {
+            return Ok(());
+        }
+        let deployed =
+            std::iter::once(&spec.module).chain(before.rollout.as_ref().map(|r| &r.from));
+        for known in deployed {
+            if known.name == module.name
+                && known.version == module.version
+                && known.digest != module.digest
+            {
+                return Err(refused(crate::artifact::ArtifactError {
+                    field: "spec.module.digest",
+                    message: format!(
+                        "{}@{} is deployed with digest {}; an artifact with other bytes needs a new spec.module.version",
+                        module.name, module.version, known.digest
+                    ),
+                }));
+            }
+        }
+    }
+    crate::artifact::check(module).await.map_err(refused)
+}
+
+/// Whether some base runs `d`'s current version.
+fn runs_current(shared: &Shared, d: &StoredDeployment) -> bool {
+    let version = &d.manifest.spec.module.version;
+    shared
+        .reconciler
+        .status(d)
+        .bases
+        .iter()
+        .any(|r| r.running && r.version == *version)
 }
 
 /// What an apply changed, as events.
@@ -388,12 +442,15 @@ fn apply_events(
             format!("replicas {} → {}", old.replicas, spec.replicas),
         ));
     }
-    if old.module != spec.module {
+    if let (false, Some(rollout)) = (
+        crate::resources::same_code(&old.module, &spec.module),
+        &after.rollout,
+    ) {
         out.push(NewEvent::normal(
             "RolloutStarted",
             format!(
                 "{} → {} in {} batch(es){}",
-                old.module.version,
+                rollout.from.version,
                 spec.module.version,
                 spec.strategy.batches,
                 if spec.strategy.need_confirm {
@@ -401,6 +458,25 @@ fn apply_events(
                 } else {
                     ""
                 }
+            ),
+        ));
+    }
+    let failed = |d: &StoredDeployment| d.rollout.as_ref().is_some_and(|r| r.failed.is_some());
+    if old.module.artifact != spec.module.artifact && failed(before) && !failed(after) {
+        out.push(NewEvent::normal(
+            "RolloutRestarted",
+            format!(
+                "{} from {}: the failed rollout starts over at batch 1",
+                spec.module.version, spec.module.artifact
+            ),
+        ));
+    }
+    if !crate::resources::same_code(&old.module, &spec.module) && after.rollout.is_none() {
+        out.push(NewEvent::normal(
+            "VersionReplaced",
+            format!(
+                "{} → {} on every replica at once: {} is not a version that ran everywhere, so there is nothing to roll from",
+                old.module.version, spec.module.version, old.module.version
             ),
         ));
     }
@@ -434,7 +510,13 @@ async fn rollout_action(
         return Err(not_found(&name));
     };
     if action == "undo" {
-        let Some(previous) = current.history.last().cloned() else {
+        // Back to the last version that ran: the one a rollout (going on
+        // or failed) started from, else the one before the current.
+        let previous = match &current.rollout {
+            Some(r) => Some(r.from.clone()),
+            None => current.history.last().cloned(),
+        };
+        let Some(previous) = previous else {
             return Err(invalid(format!(
                 "`{name}` has no earlier version to return to"
             )));
@@ -451,7 +533,9 @@ async fn rollout_action(
             )],
         )?;
         manifest.spec.module = previous;
-        shared.resources().apply(manifest)?;
+        shared
+            .resources()
+            .apply(manifest, |d| runs_current(&shared, d))?;
     } else {
         if current.rollout.is_none() {
             return Err(invalid(format!("`{name}` has no rollout in progress")));
@@ -499,7 +583,9 @@ fn not_found(name: &str) -> ApiError {
     ApiError {
         status: StatusCode::NOT_FOUND,
         code: "not_found",
-        message: format!("no ModuleDeployment named `{name}`; list them with GET /v1/deployments"),
+        message: format!(
+            "no ModuleDeployment named `{name}`; list them with `berth get deployments`"
+        ),
     }
 }
 

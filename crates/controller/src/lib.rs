@@ -11,9 +11,11 @@
 //! - [`reconciler`]: the loop that runs them, publishes each base's
 //!   assignments and records events; [`metrics`]: its Prometheus view;
 //! - [`code`]: each deployed module compiled once, for every base;
+//! - [`artifact`]: the check of a module's artifact at apply;
 //! - [`api`]: the HTTP API bases and the CLI talk to.
 
 pub mod api;
+pub mod artifact;
 pub mod bases;
 pub mod code;
 pub mod events;

@@ -22,7 +22,6 @@
 //! of the store, so running one too many is harmless.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -65,17 +64,8 @@ impl Snapshot {
             .get(base)
             .cloned()
             .unwrap_or_default();
-        Some((revision(&modules), modules))
+        Some((scheduler::revision(&modules), modules))
     }
-}
-
-/// A short stable name of a set of assignments.
-fn revision(modules: &[Assignment]) -> String {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    serde_json::to_string(modules)
-        .expect("assignments serialize")
-        .hash(&mut hasher);
-    format!("{:016x}", hasher.finish())
 }
 
 /// Per deployment, what the previous pass saw (for events).
@@ -232,12 +222,13 @@ impl Reconciler {
                 let rolled = placement.rolled.get(&name).cloned().unwrap_or_default();
                 // A dry run first: most passes move no rollout, and then
                 // the store is not read again.
-                if !rollout::advance(&mut d.clone(), &rolled, &bases, now) {
+                let assigned = &placement.by_base;
+                if !rollout::advance(&mut d.clone(), &rolled, &bases, assigned, now) {
                     continue;
                 }
                 let before = d.clone();
                 if let Some(after) = self.resources.update(&name, |stored| {
-                    rollout::advance(stored, &rolled, &bases, now);
+                    rollout::advance(stored, &rolled, &bases, assigned, now);
                 })? {
                     news.entry(name)
                         .or_default()

@@ -53,6 +53,26 @@ pub struct Rollout {
     pub failed: Option<String>,
 }
 
+impl Rollout {
+    /// A rollout from `from`, at its first batch.
+    pub fn starting(from: ModuleRef) -> Self {
+        Self {
+            from,
+            batch: 1,
+            confirmed: 0,
+            paused: false,
+            batch_done_ms: None,
+            failed: None,
+        }
+    }
+}
+
+/// Whether two module references are the same code (name, version and
+/// digest; the artifact's location may differ).
+pub fn same_code(a: &ModuleRef, b: &ModuleRef) -> bool {
+    a.name == b.name && a.version == b.version && a.digest == b.digest
+}
+
 /// What an apply did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
@@ -98,8 +118,23 @@ impl<S: Store> Resources<S> {
         &self.store
     }
 
-    /// Creates or updates a deployment from its manifest.
-    pub fn apply(&self, manifest: ModuleDeployment) -> Result<Applied, ResourceError> {
+    /// Creates or updates a deployment from its manifest. `ran` tells
+    /// whether a stored deployment's current version runs on some base (the
+    /// controller knows it from the heartbeats).
+    ///
+    /// A new version rolls out in batches from the last version that ran:
+    /// the current one, or — when a rollout is still going or has failed —
+    /// the version that rollout started from, so a failed generation never
+    /// blocks a newer one and no base is sent back to it. A current version
+    /// that never ran anywhere is simply replaced (there is nothing to roll
+    /// from). Only versions that ran enter the history `rollout undo` uses.
+    /// A moved artifact with the same name, version and digest is the same
+    /// code: it starts no rollout, and restarts one that failed.
+    pub fn apply(
+        &self,
+        manifest: ModuleDeployment,
+        ran: impl Fn(&StoredDeployment) -> bool,
+    ) -> Result<Applied, ResourceError> {
         let key = format!("{DEPLOYMENTS}{}", manifest.metadata.name);
         loop {
             let current = self.store.get(&key)?;
@@ -119,19 +154,32 @@ impl<S: Store> Resources<S> {
                     if stored.manifest == manifest {
                         return Ok(Applied::Unchanged(stored.generation));
                     }
-                    let mut history = stored.history;
-                    let mut rollout = stored.rollout;
-                    if stored.manifest.spec.module != manifest.spec.module {
-                        history.push(stored.manifest.spec.module.clone());
-                        // A new version rolls out in batches from the one running now.
-                        rollout = Some(Rollout {
-                            from: stored.manifest.spec.module.clone(),
-                            batch: 1,
-                            confirmed: 0,
-                            paused: false,
-                            batch_done_ms: None,
-                            failed: None,
-                        });
+                    let old = &stored.manifest.spec.module;
+                    let new = &manifest.spec.module;
+                    let mut history = stored.history.clone();
+                    let mut rollout = stored.rollout.clone();
+                    if same_code(old, new) {
+                        // The same code from a fixed location: a rollout that
+                        // failed (say, on the old path) starts over.
+                        if let Some(r) = rollout.as_mut().filter(|r| r.failed.is_some()) {
+                            *r = Rollout::starting(r.from.clone());
+                        }
+                    } else {
+                        rollout = match &stored.rollout {
+                            // Back to the version the rollout left: nothing to roll.
+                            Some(r) if same_code(&r.from, new) => {
+                                if history.last().is_some_and(|h| same_code(h, &r.from)) {
+                                    history.pop();
+                                }
+                                None
+                            }
+                            Some(r) => Some(Rollout::starting(r.from.clone())),
+                            None if ran(&stored) => {
+                                history.push(old.clone());
+                                Some(Rollout::starting(old.clone()))
+                            }
+                            None => None,
+                        };
                     }
                     let generation = stored.generation + 1;
                     (
@@ -239,13 +287,22 @@ mod tests {
     fn generations_count_spec_changes_and_history_keeps_old_versions() {
         let dir = tempfile::tempdir().unwrap();
         let r = Resources::new(RedbStore::open(&dir.path().join("c.redb")).unwrap());
-        assert_eq!(r.apply(manifest(3, "1.0.0")).unwrap(), Applied::Created);
         assert_eq!(
-            r.apply(manifest(3, "1.0.0")).unwrap(),
+            r.apply(manifest(3, "1.0.0"), |_| true).unwrap(),
+            Applied::Created
+        );
+        assert_eq!(
+            r.apply(manifest(3, "1.0.0"), |_| true).unwrap(),
             Applied::Unchanged(1)
         );
-        assert_eq!(r.apply(manifest(5, "1.0.0")).unwrap(), Applied::Updated(2));
-        assert_eq!(r.apply(manifest(5, "2.0.0")).unwrap(), Applied::Updated(3));
+        assert_eq!(
+            r.apply(manifest(5, "1.0.0"), |_| true).unwrap(),
+            Applied::Updated(2)
+        );
+        assert_eq!(
+            r.apply(manifest(5, "2.0.0"), |_| true).unwrap(),
+            Applied::Updated(3)
+        );
         let stored = r.deployment("orders").unwrap().unwrap();
         assert_eq!(stored.generation, 3);
         assert_eq!(
@@ -263,19 +320,70 @@ mod tests {
     }
 
     #[test]
+    fn a_new_version_rolls_from_the_last_version_that_ran() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Resources::new(RedbStore::open(&dir.path().join("c.redb")).unwrap());
+        let versions = |d: &StoredDeployment| {
+            let from = d.rollout.as_ref().map(|r| r.from.version.clone());
+            let history: Vec<String> = d.history.iter().map(|m| m.version.clone()).collect();
+            (from, history)
+        };
+        let stored = || r.deployment("orders").unwrap().unwrap();
+        r.apply(manifest(2, "1.0.0"), |_| true).unwrap();
+        r.apply(manifest(2, "2.0.0"), |_| true).unwrap();
+        assert_eq!(
+            versions(&stored()),
+            (Some("1.0.0".into()), vec!["1.0.0".into()])
+        );
+        // 2.0.0 fails: 3.0.0 rolls from 1.0.0, and 2.0.0 never enters the history.
+        r.update("orders", |d| {
+            d.rollout.as_mut().unwrap().failed = Some("boom".into())
+        })
+        .unwrap();
+        r.apply(manifest(2, "3.0.0"), |_| true).unwrap();
+        assert_eq!(
+            versions(&stored()),
+            (Some("1.0.0".into()), vec!["1.0.0".into()])
+        );
+        assert_eq!(stored().rollout.unwrap().failed, None);
+        // 3.0.0 fails too, on a bad path: the same code from a fixed path starts over.
+        r.update("orders", |d| {
+            let rollout = d.rollout.as_mut().unwrap();
+            (rollout.batch, rollout.failed) = (2, Some("boom".into()));
+        })
+        .unwrap();
+        let mut fixed = manifest(2, "3.0.0");
+        fixed.spec.module.artifact = "https://example.invalid/fixed.wasm".into();
+        assert_eq!(r.apply(fixed, |_| true).unwrap(), Applied::Updated(4));
+        let rollout = stored().rollout.unwrap();
+        assert_eq!(
+            (rollout.batch, rollout.failed, rollout.from.version.as_str()),
+            (1, None, "1.0.0")
+        );
+        // Back to the version the rollout left: no rollout, and it is current again.
+        r.apply(manifest(2, "1.0.0"), |_| true).unwrap();
+        assert_eq!(versions(&stored()), (None, vec![]));
+        // A version that never ran is replaced at once, and not remembered.
+        r.apply(manifest(2, "4.0.0"), |_| false).unwrap();
+        assert_eq!(versions(&stored()), (None, vec![]));
+        assert_eq!(stored().manifest.spec.module.version, "4.0.0");
+    }
+
+    #[test]
     fn concurrent_applies_lose_no_change() {
         let dir = tempfile::tempdir().unwrap();
         let r = Arc::new(Resources::new(
             RedbStore::open(&dir.path().join("c.redb")).unwrap(),
         ));
-        r.apply(manifest(1, "1.0.0")).unwrap();
+        r.apply(manifest(1, "1.0.0"), |_| true).unwrap();
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 let r = r.clone();
                 std::thread::spawn(move || {
                     for i in 0..10 {
                         // Every apply is a distinct spec, so each must bump the generation.
-                        r.apply(manifest(100 + t * 10 + i, "1.0.0")).unwrap();
+                        r.apply(manifest(100 + t * 10 + i, "1.0.0"), |_| true)
+                            .unwrap();
                     }
                 })
             })

@@ -6,12 +6,18 @@
 //! done when every base it covers reports the new version in its heartbeat;
 //! the next batch starts after `pauseBetween`, and, with `needConfirm`, only
 //! after `berth rollout confirm`. `pause` holds it, `resume` releases it,
-//! `undo` rolls back to the version before, itself in batches. The rollout
+//! `undo` goes back to the last version that ran: during a rollout (going
+//! or failed), at once to the version it started from, which the unmoved
+//! bases still run; after one, to the version before, itself in batches.
+//! A version applied over an unfinished rollout rolls from that rollout's
+//! starting version ([`crate::resources::Resources::apply`]). The rollout
 //! ends when the last batch is done.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use berth_api::BaseStatus;
+use std::collections::BTreeMap;
+
+use berth_api::{Assignment, BaseStatus};
 
 use crate::resources::StoredDeployment;
 
@@ -29,12 +35,15 @@ pub fn now_ms() -> u64 {
 }
 
 /// Moves `d`'s rollout forward given the bases placed for it (`placed`, the
-/// ones running the new version first) and their reports. Returns whether
-/// anything changed.
+/// ones running the new version first), their reports, and what each base
+/// is assigned (`assigned`: a failure counts only when reported for the
+/// assignments in force, never for earlier ones). Returns whether anything
+/// changed.
 pub fn advance(
     d: &mut StoredDeployment,
     placed_new: &[String],
     bases: &[BaseStatus],
+    assigned: &BTreeMap<String, Vec<Assignment>>,
     now: u64,
 ) -> bool {
     let spec = &d.manifest.spec;
@@ -48,6 +57,15 @@ pub fn advance(
     // A base in this batch that cannot run the new version stops the rollout.
     if let Some((base, error)) = placed_new.iter().find_map(|name| {
         let base = bases.iter().find(|b| b.heartbeat.name == *name)?;
+        let beat = &base.heartbeat;
+        // A base that reports no revision (older) is taken at its word.
+        let current = beat.revision.is_empty()
+            || assigned
+                .get(name)
+                .is_some_and(|a| crate::scheduler::revision(a) == beat.revision);
+        if !current {
+            return None;
+        }
         base.heartbeat
             .failures
             .get(&wanted)
@@ -91,7 +109,72 @@ pub fn advance(
 
 #[cfg(test)]
 mod tests {
+    use berth_api::BaseHeartbeat;
+    use berth_api::manifest::{Manifest, parse};
+
     use super::*;
+    use crate::resources::Rollout;
+
+    #[test]
+    fn only_a_failure_of_the_assignments_in_force_stops_a_rollout() {
+        let text = format!(
+            "apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: {{ name: m }}\nspec:\n  module: {{ name: m, version: \"2\", artifact: \"file:/m.wasm\", digest: \"sha256:{}\" }}\n  replicas: 1\n",
+            "ab".repeat(32)
+        );
+        let Manifest::ModuleDeployment(manifest) = parse(&text).unwrap();
+        let mut from = manifest.spec.module.clone();
+        from.version = "1".into();
+        let mut d = StoredDeployment {
+            manifest,
+            generation: 2,
+            history: Vec::new(),
+            rollout: Some(Rollout::starting(from)),
+        };
+        let assigned: BTreeMap<String, Vec<Assignment>> = [(
+            "a".to_string(),
+            vec![Assignment {
+                name: "m".into(),
+                version: "2".into(),
+                artifact: "file:/m.wasm".into(),
+                digest: d.manifest.spec.module.digest.clone(),
+                route: None,
+            }],
+        )]
+        .into();
+        let base = |revision: String| BaseStatus {
+            heartbeat: BaseHeartbeat {
+                name: "a".into(),
+                labels: BTreeMap::new(),
+                capacity_modules: 10,
+                ingress: String::new(),
+                ops: String::new(),
+                modules: vec!["m@1".into()],
+                in_flight: 0,
+                failures: [("m@2".to_string(), "cannot read /old/path".to_string())].into(),
+                revision,
+            },
+            last_heartbeat: String::new(),
+            state: "Ready".into(),
+        };
+        let placed = ["a".to_string()];
+        // Reported for an earlier assignment (say, the old path): ignored.
+        assert!(!advance(
+            &mut d,
+            &placed,
+            &[base("0123".into())],
+            &assigned,
+            0
+        ));
+        assert_eq!(d.rollout.as_ref().unwrap().failed, None);
+        // Reported for the assignments in force: the rollout fails.
+        let now = crate::scheduler::revision(&assigned["a"]);
+        assert!(advance(&mut d, &placed, &[base(now)], &assigned, 0));
+        let failed = d.rollout.as_ref().unwrap().failed.as_deref().unwrap();
+        assert!(
+            failed.contains("base a cannot run m@2: cannot read /old/path"),
+            "{failed}"
+        );
+    }
 
     #[test]
     fn batches_cover_the_replicas() {

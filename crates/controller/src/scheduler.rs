@@ -29,6 +29,17 @@ pub struct Placement {
     pub rolled: BTreeMap<String, Vec<String>>,
 }
 
+/// A short stable name of a set of assignments (what a base is told it
+/// runs, and reports back with its failures).
+pub fn revision(modules: &[Assignment]) -> String {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(modules)
+        .expect("assignments serialize")
+        .hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
 /// Places every deployment onto the Ready bases.
 pub fn place(deployments: &[StoredDeployment], bases: &[BaseStatus]) -> Placement {
     let ready: Vec<&BaseStatus> = bases.iter().filter(|b| b.state == "Ready").collect();
@@ -187,6 +198,7 @@ mod tests {
                 modules: Vec::new(),
                 in_flight: 0,
                 failures: BTreeMap::new(),
+                revision: String::new(),
             },
             last_heartbeat: String::new(),
             state: "Ready".into(),

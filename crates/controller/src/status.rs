@@ -32,7 +32,7 @@ pub struct DeploymentStatus {
 }
 
 /// One replica.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BaseReplica {
     /// The base.
@@ -42,7 +42,7 @@ pub struct BaseReplica {
     /// Whether it reports running that version.
     pub running: bool,
     /// Why it cannot, when the base reported a failure.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
@@ -70,11 +70,19 @@ pub fn of(d: &StoredDeployment, placement: &Placement, bases: &[BaseStatus]) -> 
         for a in assignments.iter().filter(|a| a.name == spec.module.name) {
             let label = format!("{}@{}", a.name, a.version);
             let report = bases.iter().find(|b| b.heartbeat.name == *base);
+            // A failure reported for earlier assignments (say, the same
+            // version from a path since fixed) is not this replica's.
+            let current = report.is_some_and(|b| {
+                b.heartbeat.revision.is_empty()
+                    || crate::scheduler::revision(assignments) == b.heartbeat.revision
+            });
             replicas.push(BaseReplica {
                 base: base.clone(),
                 version: a.version.clone(),
                 running: report.is_some_and(|b| b.heartbeat.modules.contains(&label)),
-                error: report.and_then(|b| b.heartbeat.failures.get(&label).cloned()),
+                error: report
+                    .filter(|_| current)
+                    .and_then(|b| b.heartbeat.failures.get(&label).cloned()),
             });
         }
     }

@@ -40,10 +40,32 @@ async fn serve(
     (url, (stop, task))
 }
 
-fn manifest(replicas: &str) -> String {
+/// A module artifact: the 8-byte preamble of a WebAssembly component is
+/// all the controller checks besides the digest; written to DIR/NAME.
+fn component(dir: &std::path::Path, name: &str, extra: &[u8]) -> Module {
+    let mut bytes = b"\0asm\x0d\0\x01\0".to_vec();
+    bytes.extend_from_slice(extra);
+    let path = dir.join(name);
+    std::fs::write(&path, &bytes).unwrap();
+    Module {
+        version: "1.4.0".into(),
+        artifact: format!("file:{}", path.display()),
+        digest: berth_runtime::Digest::of(&bytes).to_string(),
+    }
+}
+
+/// What a manifest says about its module.
+#[derive(Clone)]
+struct Module {
+    version: String,
+    artifact: String,
+    digest: String,
+}
+
+fn manifest(replicas: &str, m: &Module) -> String {
     format!(
-        "apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: {{ name: orders }}\nspec:\n  module: {{ name: orders, version: 1.4.0, artifact: \"https://example.invalid/orders.wasm\", digest: \"sha256:{}\" }}\n  replicas: {replicas}\n  strategy: {{ batches: 2, needConfirm: true }}\n",
-        "ab".repeat(32)
+        "apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: {{ name: orders }}\nspec:\n  module: {{ name: orders, version: {}, artifact: \"{}\", digest: \"{}\" }}\n  replicas: {replicas}\n  strategy: {{ batches: 2, needConfirm: true }}\n",
+        m.version, m.artifact, m.digest
     )
 }
 
@@ -110,17 +132,18 @@ async fn apply_list_show_delete_and_survive_a_restart() {
     let path = dir.path().join("controller.redb");
     let client = reqwest::Client::new();
     let (url, server) = serve(&path).await;
+    let m = component(dir.path(), "orders.wasm", b"");
 
-    let (status, body) = post(&client, &url, manifest("6")).await;
+    let (status, body) = post(&client, &url, manifest("6", &m)).await;
     assert_eq!(
         (status, body["result"].as_str(), body["generation"].as_u64()),
         (201, Some("created"), Some(1))
     );
-    let (status, body) = post(&client, &url, manifest("6")).await;
+    let (status, body) = post(&client, &url, manifest("6", &m)).await;
     assert_eq!((status, body["result"].as_str()), (200, Some("unchanged")));
 
     // A bad manifest: the path of the field, and nothing changes.
-    let (status, body) = post(&client, &url, manifest("six")).await;
+    let (status, body) = post(&client, &url, manifest("six", &m)).await;
     assert_eq!(status, 422);
     assert_eq!(body["error"]["code"], "invalid_manifest");
     let message = body["error"]["message"].as_str().unwrap();
@@ -131,7 +154,7 @@ async fn apply_list_show_delete_and_survive_a_restart() {
     let (status, body) = post(
         &client,
         &url,
-        manifest("6").replace("needConfirm", "needsConfirm"),
+        manifest("6", &m).replace("needConfirm", "needsConfirm"),
     )
     .await;
     assert_eq!(status, 422);
@@ -143,7 +166,7 @@ async fn apply_list_show_delete_and_survive_a_restart() {
         "{body}"
     );
 
-    let (status, body) = post(&client, &url, manifest("8")).await;
+    let (status, body) = post(&client, &url, manifest("8", &m)).await;
     assert_eq!(
         (status, body["result"].as_str(), body["generation"].as_u64()),
         (200, Some("updated"), Some(2))
@@ -191,6 +214,7 @@ async fn apply_list_show_delete_and_survive_a_restart() {
 async fn an_assignment_watch_is_held_until_the_assignments_change() {
     let dir = tempfile::tempdir().unwrap();
     let (url, _server) = serve(&dir.path().join("controller.redb")).await;
+    let m = component(dir.path(), "orders.wasm", b"");
     let client = reqwest::Client::new();
     let watch = |known: &str, wait_ms: u64| {
         client
@@ -221,10 +245,117 @@ async fn an_assignment_watch_is_held_until_the_assignments_change() {
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     assert!(!pending.is_finished(), "the watch answered with no change");
     let applied = tokio::time::Instant::now();
-    let (status, body) = post(&client, &url, manifest("2")).await;
+    let (status, body) = post(&client, &url, manifest("2", &m)).await;
     assert_eq!(status, 201, "{body}");
     let changed: Value = pending.await.unwrap().unwrap().json().await.unwrap();
     assert!(applied.elapsed() < std::time::Duration::from_secs(2));
     assert_eq!(changed["modules"][0]["name"], "orders");
     assert_ne!(changed["revision"], first["revision"]);
+}
+
+#[tokio::test]
+async fn an_artifact_the_bases_could_not_run_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _server) = serve(&dir.path().join("controller.redb")).await;
+    let client = reqwest::Client::new();
+    let good = component(dir.path(), "orders.wasm", b"");
+    let (status, body) = post(&client, &url, manifest("2", &good)).await;
+    assert_eq!(status, 201, "{body}");
+    let shown = || async {
+        let mut d = get_json(&client, &format!("{url}/v1/deployments/orders")).await;
+        d.as_object_mut().unwrap().remove("events");
+        d
+    };
+    let before = shown().await;
+
+    let v2 = Module {
+        version: "2.0.0".into(),
+        ..good.clone()
+    };
+    let core = dir.path().join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+    let other = component(dir.path(), "other.wasm", b"other bytes");
+    let cases = [
+        (
+            Module {
+                artifact: "file:/nonexistent/orders.wasm".into(),
+                ..v2.clone()
+            },
+            "spec.module.artifact: cannot read /nonexistent/orders.wasm",
+        ),
+        (
+            Module {
+                artifact: "file:./orders.wasm".into(),
+                ..v2.clone()
+            },
+            "spec.module.artifact: `file:./orders.wasm` is a relative path",
+        ),
+        (
+            Module {
+                artifact: "http://127.0.0.1:1/orders.wasm".into(),
+                ..v2.clone()
+            },
+            "spec.module.artifact: cannot download http://127.0.0.1:1/orders.wasm",
+        ),
+        (
+            Module {
+                digest: other.digest.clone(),
+                ..v2.clone()
+            },
+            "spec.module.digest: `file:",
+        ),
+        (
+            Module {
+                artifact: format!("file:{}", core.display()),
+                digest: berth_runtime::Digest::of(&std::fs::read(&core).unwrap()).to_string(),
+                ..v2.clone()
+            },
+            "is a core WebAssembly module, not a component",
+        ),
+        // Other bytes under the version in force.
+        (
+            other.clone(),
+            "spec.module.digest: orders@1.4.0 is deployed with digest",
+        ),
+    ];
+    for (module, want) in cases {
+        let (status, body) = post(&client, &url, manifest("2", &module)).await;
+        assert_eq!(status, 422, "{body}");
+        assert_eq!(body["error"]["code"], "invalid_manifest");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(want), "{message} lacks {want}");
+        assert_eq!(
+            shown().await,
+            before,
+            "a refused apply changed the deployment"
+        );
+    }
+    // The same bytes moved elsewhere are the same code: accepted, no rollout.
+    let moved = dir.path().join("moved.wasm");
+    std::fs::copy(dir.path().join("orders.wasm"), &moved).unwrap();
+    let moved = Module {
+        artifact: format!("file://{}", moved.display()),
+        ..good.clone()
+    };
+    let (status, body) = post(&client, &url, manifest("2", &moved)).await;
+    assert_eq!((status, body["result"].as_str()), (200, Some("updated")));
+    assert!(shown().await.get("rollout").is_none());
+    // A good new version is accepted.
+    let (status, body) = post(
+        &client,
+        &url,
+        manifest(
+            "2",
+            &Module {
+                version: "2.0.0".into(),
+                ..other
+            },
+        ),
+    )
+    .await;
+    assert_eq!(
+        (status, body["result"].as_str()),
+        (200, Some("updated")),
+        "{body}"
+    );
 }

@@ -49,7 +49,7 @@ pub struct BaseArgs {
     #[arg(long)]
     no_observability: bool,
     /// Register with this controller and heartbeat to it (e.g. http://127.0.0.1:1239).
-    #[arg(long, env = "BERTH_CONTROLLER_URL")]
+    #[arg(long, env = "BERTH_CONTROLLER")]
     controller: Option<String>,
     /// This base's name in the fleet [default: base-<ingress port>]
     #[arg(long)]

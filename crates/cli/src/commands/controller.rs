@@ -13,6 +13,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use berth_api::ErrorBody;
 use berth_controller::events::DeploymentEvent;
 use berth_controller::resources::{Resources, StoredDeployment};
+use berth_controller::status::BaseReplica;
 use berth_controller::store::RedbStore;
 
 use crate::commands::Output;
@@ -107,12 +108,30 @@ pub async fn apply(file: &Path, controller: &str, output: Output) -> Result<()> 
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?
     };
     // Checked here too, so a bad file fails before any network call, with the same path-precise message.
-    berth_api::manifest::parse(&text).map_err(|e| {
-        anyhow!(
-            "{} is not a valid manifest: {e}",
-            super::traffic::source_name(file)
-        )
-    })?;
+    let berth_api::manifest::Manifest::ModuleDeployment(mut deployment) =
+        berth_api::manifest::parse(&text).map_err(|e| {
+            anyhow!(
+                "{} is not a valid manifest: {e}",
+                super::traffic::source_name(file)
+            )
+        })?;
+    // A relative `file:` artifact means: next to the manifest. The
+    // controller cannot know where that is, so it is sent absolute.
+    let dir = match file.parent() {
+        Some(parent) if file != Path::new("-") && !parent.as_os_str().is_empty() => {
+            parent.to_path_buf()
+        }
+        _ => PathBuf::from("."),
+    };
+    let text = match resolve_artifact(&deployment.spec.module.artifact, &dir)
+        .map_err(|e| anyhow!("{}: {e}", super::traffic::source_name(file)))?
+    {
+        Some(absolute) => {
+            deployment.spec.module.artifact = absolute;
+            serde_json::to_string(&deployment)?
+        }
+        None => text,
+    };
     let body = call(
         reqwest::Client::new()
             .post(url(controller, "/v1/apply"))
@@ -131,6 +150,25 @@ pub async fn apply(file: &Path, controller: &str, output: Output) -> Result<()> 
         body["generation"]
     );
     Ok(())
+}
+
+/// The absolute form of a relative `file:` artifact, resolved against `dir`
+/// (the manifest's directory); `None` when it is absolute or a URL.
+fn resolve_artifact(artifact: &str, dir: &Path) -> Result<Option<String>> {
+    let Some(path) = artifact.strip_prefix("file:") else {
+        return Ok(None);
+    };
+    if path.starts_with('/') {
+        return Ok(None);
+    }
+    let joined = dir.join(path);
+    let absolute = joined.canonicalize().map_err(|e| {
+        anyhow!(
+            "spec.module.artifact: cannot read {} (`{artifact}`, relative to the manifest's directory): {e}",
+            joined.display()
+        )
+    })?;
+    Ok(Some(format!("file:{}", absolute.display())))
 }
 
 /// `berth get bases`.
@@ -252,19 +290,46 @@ pub async fn describe(controller: &str, name: &str, output: Output) -> Result<()
         "Replicas:    {} desired, {} ready, {} updated, {} unschedulable",
         d.manifest.spec.replicas, status["ready"], status["updated"], status["unschedulable"]
     );
-    for replica in status["bases"].as_array().into_iter().flatten() {
+    let replicas: Vec<BaseReplica> =
+        serde_json::from_value(status["bases"].clone()).unwrap_or_default();
+    for r in &replicas {
         println!(
             "  base {:<16} {} {}",
-            replica["base"].as_str().unwrap_or("?"),
-            replica["version"].as_str().unwrap_or("?"),
-            if replica["running"] == true {
+            r.base,
+            r.version,
+            if r.running {
                 "running".to_string()
-            } else if let Some(error) = replica["error"].as_str() {
+            } else if let Some(error) = &r.error {
                 format!("failed: {error}")
             } else {
                 "installing".to_string()
             }
         );
+    }
+    // Which replicas run which version, so that ready replicas beside a
+    // failed rollout never leave it open which version serves.
+    let mut versions: std::collections::BTreeMap<&str, (Vec<&str>, Vec<&str>)> = Default::default();
+    for r in &replicas {
+        let (running, failed) = versions.entry(r.version.as_str()).or_default();
+        if r.running {
+            running.push(&r.base);
+        } else if r.error.is_some() {
+            failed.push(&r.base);
+        }
+    }
+    let versions: Vec<String> = versions
+        .iter()
+        .flat_map(|(version, (running, failed))| {
+            let on = |bases: &[&str]| bases.join(", ");
+            [
+                (!running.is_empty()).then(|| format!("{version} runs on {}", on(running))),
+                (!failed.is_empty()).then(|| format!("{version} failed on {}", on(failed))),
+            ]
+        })
+        .flatten()
+        .collect();
+    if !versions.is_empty() {
+        println!("Versions:    {}", versions.join("; "));
     }
     if let Some(r) = &d.rollout {
         println!(
@@ -333,64 +398,129 @@ pub async fn describe(controller: &str, name: &str, output: Output) -> Result<()
 }
 
 /// `berth rollout ACTION NAME`: status, confirm, pause, resume, undo.
-pub async fn rollout(controller: &str, action: &str, name: &str, output: Output) -> Result<()> {
-    let body = if action == "status" {
-        call(
-            reqwest::Client::new().get(url(controller, &format!("/v1/deployments/{name}"))),
-            controller,
-        )
-        .await?
-    } else {
+///
+/// `status` fails (exit 1) when the rollout failed, and with `watch`
+/// follows it, printing each change, until it is done or failed.
+pub async fn rollout(
+    controller: &str,
+    action: &str,
+    name: &str,
+    watch: bool,
+    output: Output,
+) -> Result<()> {
+    let show = url(controller, &format!("/v1/deployments/{name}"));
+    if action != "status" {
         let path = format!("/v1/deployments/{name}/rollout/{action}");
         call(
             reqwest::Client::new().post(url(controller, &path)),
             controller,
         )
-        .await?
-    };
-    if output.data(&body) {
-        return Ok(());
+        .await?;
     }
-    let d: StoredDeployment = serde_json::from_value(body)?;
-    let spec = &d.manifest.spec;
-    match &d.rollout {
-        None => println!(
-            "{name}: {}@{} on {} replicas, no rollout in progress",
-            spec.module.name, spec.module.version, spec.replicas
-        ),
-        Some(r) => {
-            let updated = berth_controller::rollout::updated_count(
-                spec.replicas,
-                spec.strategy.batches,
-                r.batch,
-            );
-            let waiting = if let Some(why) = &r.failed {
-                format!(
-                    "FAILED: {why}; the other bases keep {} (berth rollout undo {name}, or apply a fixed version)",
-                    r.from.version
-                )
-            } else if r.paused {
-                "paused (berth rollout resume)".to_string()
-            } else if r.batch_done_ms.is_some()
-                && spec.strategy.need_confirm
-                && r.confirmed < r.batch
-            {
-                format!(
-                    "batch {} done, waiting for `berth rollout confirm {name}`",
-                    r.batch
-                )
-            } else if r.batch_done_ms.is_some() {
-                format!("batch {} done, pausing before the next", r.batch)
-            } else {
-                format!("batch {} in progress", r.batch)
-            };
-            println!(
-                "{name}: {} → {}, batch {}/{} ({updated} of {} replicas on the new version), {waiting}",
-                r.from.version, spec.module.version, r.batch, spec.strategy.batches, spec.replicas
-            );
+    let mut last = String::new();
+    loop {
+        let body = call(reqwest::Client::new().get(&show), controller).await?;
+        let replicas: Vec<BaseReplica> = serde_json::from_value(body["status"]["bases"].clone())?;
+        let d: StoredDeployment = serde_json::from_value(body.clone())?;
+        let (line, outcome) = rollout_line(&d, &replicas);
+        if line != last {
+            if !output.data(&body) {
+                println!("{line}");
+            }
+            last = line;
+        }
+        match outcome {
+            Outcome::Failed(why) if action == "status" => {
+                bail!("the rollout of `{name}` failed: {why}")
+            }
+            Outcome::Going if watch => {
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await
+            }
+            _ => return Ok(()),
         }
     }
-    Ok(())
+}
+
+/// Where a rollout stands.
+enum Outcome {
+    /// Every replica runs the spec's version.
+    Done,
+    /// Still moving (or waiting for a confirm, or paused).
+    Going,
+    /// Stopped: why.
+    Failed(String),
+}
+
+/// The one-line state of `d`'s rollout, counting only replicas that run
+/// the new version (a failed one never counts).
+fn rollout_line(d: &StoredDeployment, replicas: &[BaseReplica]) -> (String, Outcome) {
+    let name = &d.manifest.metadata.name;
+    let spec = &d.manifest.spec;
+    let on_new = replicas
+        .iter()
+        .filter(|r| r.running && r.version == spec.module.version)
+        .count();
+    let failing: Vec<String> = replicas
+        .iter()
+        .filter_map(|r| {
+            let error = r.error.as_ref()?;
+            Some(format!(
+                "base {} cannot run {}@{}: {error}",
+                r.base, spec.module.name, r.version
+            ))
+        })
+        .collect();
+    let Some(r) = &d.rollout else {
+        let line = format!(
+            "{name}: {}@{}, {on_new} of {} replicas run it, no rollout in progress",
+            spec.module.name, spec.module.version, spec.replicas
+        );
+        if !failing.is_empty() {
+            let why = failing.join("; ");
+            return (format!("{line}; {why}"), Outcome::Failed(why));
+        }
+        let done = on_new as u32 >= spec.replicas;
+        return (line, if done { Outcome::Done } else { Outcome::Going });
+    };
+    let (waiting, outcome) = if let Some(why) = &r.failed {
+        (
+            format!(
+                "FAILED: {why}; the other bases keep {} (berth rollout undo {name}, or apply a fixed version)",
+                r.from.version
+            ),
+            Outcome::Failed(why.clone()),
+        )
+    } else if r.paused {
+        (
+            format!("paused (berth rollout resume {name})"),
+            Outcome::Going,
+        )
+    } else if r.batch_done_ms.is_some() && spec.strategy.need_confirm && r.confirmed < r.batch {
+        (
+            format!(
+                "batch {} done, waiting for `berth rollout confirm {name}`",
+                r.batch
+            ),
+            Outcome::Going,
+        )
+    } else if r.batch_done_ms.is_some() {
+        (
+            format!("batch {} done, pausing before the next", r.batch),
+            Outcome::Going,
+        )
+    } else {
+        (format!("batch {} in progress", r.batch), Outcome::Going)
+    };
+    let line = format!(
+        "{name}: {} → {}, batch {}/{} ({on_new} of {} replicas run {}), {waiting}",
+        r.from.version,
+        spec.module.version,
+        r.batch,
+        spec.strategy.batches,
+        spec.replicas,
+        spec.module.version
+    );
+    (line, outcome)
 }
 
 /// `berth delete deployment NAME`.

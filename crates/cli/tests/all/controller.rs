@@ -10,8 +10,8 @@ use crate::support::{BERTH, BaseProcess, berth, failure, spawn_announced, stdout
 
 fn manifest(replicas: &str, version: &str) -> String {
     format!(
-        "apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: {{ name: orders }}\nspec:\n  module: {{ name: orders, version: {version}, artifact: \"https://example.invalid/orders.wasm\", digest: \"sha256:{}\" }}\n  replicas: {replicas}\n  baseSelector: {{ group: online }}\n",
-        "ab".repeat(32)
+        "apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: {{ name: orders }}\nspec:\n  module: {{ name: orders, version: {version}, artifact: \"file:{HELLO}\", digest: \"{}\" }}\n  replicas: {replicas}\n  baseSelector: {{ group: online }}\n",
+        file_digest(HELLO)
     )
 }
 
@@ -48,7 +48,13 @@ fn apply_get_describe_delete_through_a_controller_process() {
         serde_json::from_str(&stdout(ctl.berth(&["get", "deployments", "-o", "json"]))).unwrap();
     assert_eq!(json[0]["generation"], 2);
     let described = stdout(ctl.berth(&["describe", "deployment", "orders"]));
-    assert!(described.contains("History:     1.0.0"), "{described}");
+    // 1.0.0 never ran (no base matches), so there is nothing to go back to.
+    assert!(
+        described.contains("Module:      orders@2.0.0") && !described.contains("History:"),
+        "{described}"
+    );
+    let err = failure(ctl.berth(&["rollout", "undo", "orders"]));
+    assert!(err.contains("no earlier version to return to"), "{err}");
     assert!(stdout(ctl.berth(&["delete", "deployment", "orders"])).contains("deleted"));
     assert_eq!(
         stdout(ctl.berth(&["get", "deployments"])).trim(),
@@ -473,6 +479,17 @@ fn a_version_change_rolls_out_in_batches_waiting_for_confirmation() {
         (2, 2),
         "batch 2 started without confirmation"
     );
+    assert!(
+        rollout("status").contains("(2 of 4 replicas run 2.0.0)"),
+        "{}",
+        rollout("status")
+    );
+    let paused = rollout("pause");
+    assert!(
+        paused.contains("paused (berth rollout resume hello)"),
+        "{paused}"
+    );
+    rollout("resume");
     rollout("confirm");
     eventually("bases on v2 after confirming", 4, on_v2);
     eventually("rollout finished", 1, || {
@@ -522,55 +539,91 @@ fn a_version_change_rolls_out_in_batches_waiting_for_confirmation() {
     drop(ctl);
 }
 
+/// Stops (SIGSTOP) or continues (SIGCONT) the processes of `bases`.
+fn signal(bases: &[BaseProcess], signal: &str) {
+    for b in bases {
+        let status = Command::new("kill")
+            .args([signal, &b.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {signal} failed");
+    }
+}
+
+/// Applies `name`@`version` from a copy of `artifact` that the controller
+/// checks and then vanishes before the (frozen) bases fetch it, so every
+/// base assigned it fails with artifact_not_found.
+fn apply_vanishing(
+    ctl: &ControllerProcess,
+    work: &std::path::Path,
+    bases: &[BaseProcess],
+    name: &str,
+    version: &str,
+    artifact: &str,
+    spec: &str,
+) {
+    let copy = work.join(format!("{name}-{version}.wasm"));
+    std::fs::copy(artifact, &copy).unwrap();
+    signal(bases, "-STOP");
+    ctl.apply(work, name, version, copy.to_str().unwrap(), None, spec);
+    std::fs::remove_file(&copy).unwrap();
+    signal(bases, "-CONT");
+}
+
 #[test]
-fn a_rollout_whose_artifact_fails_stops_and_the_old_version_keeps_serving() {
+fn a_failed_rollout_stops_and_a_fixed_apply_repairs_the_deployment() {
     let work = work_dir();
-    let ctl = ControllerProcess::start(work.path(), &[]);
+    // Frozen bases must stay Ready: a long heartbeat timeout.
+    let ctl = ControllerProcess::start(work.path(), &["--heartbeat-timeout", "60s"]);
     let bases: Vec<BaseProcess> = ["a", "b"]
         .iter()
         .map(|n| ctl.base(n, "150ms", &[]))
         .collect();
-    let on_v1 = || {
+    let count = |text: &str| {
         bases
             .iter()
-            .filter(|b| body(&b.ingress, "/hello").is_some_and(|t| t.contains("Hello from berth!")))
+            .filter(|b| body(&b.ingress, "/hello").is_some_and(|t| t.contains(text)))
             .count()
     };
-    let apply = |artifact: &str, version: &str, digest_of: &str| {
-        let digest = file_digest(digest_of);
-        let spec = "replicas: 2\n  strategy: { batches: 2 }";
-        ctl.apply(work.path(), "hello", version, artifact, Some(&digest), spec);
-    };
-    apply(
-        berth_example_modules::HELLO,
-        "1.0.0",
-        berth_example_modules::HELLO,
-    );
+    let on_v1 = || count("Hello from berth!");
+    let on_v2 = || count("version 2");
+    let spec = "replicas: 2\n  strategy: { batches: 2 }";
+    ctl.apply(work.path(), "hello", "1.0.0", HELLO, None, spec);
     eventually("bases on v1", 2, on_v1);
-    // v2 whose digest does not match its artifact: every install fails.
-    apply(
-        berth_example_modules::HELLO_V2,
-        "2.0.0",
-        berth_example_modules::HELLO,
-    );
+
+    // 2.0.0 cannot be fetched by the bases: batch 1 (base a) fails.
+    let v2 = berth_example_modules::HELLO_V2;
+    apply_vanishing(&ctl, work.path(), &bases, "hello", "2.0.0", v2, spec);
     let status = || {
-        let cmd = ctl.berth(&["rollout", "status", "hello"]);
-        stdout(cmd)
+        let output = ctl.berth(&["rollout", "status", "hello"]).output().unwrap();
+        let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+        (
+            output.status.success(),
+            text(output.stdout),
+            text(output.stderr),
+        )
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !status().contains("FAILED") {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (ok, out, err) = loop {
+        let (ok, out, err) = status();
+        if out.contains("FAILED") {
+            break (ok, out, err);
+        }
         assert!(
             Instant::now() < deadline,
-            "the rollout never failed: {}",
-            status()
+            "the rollout never failed: {out}{err}"
         );
         std::thread::sleep(Duration::from_millis(100));
-    }
-    let line = status();
+    };
+    // A failed rollout is a failed command, and a failed replica is not on 2.0.0.
+    assert!(!ok, "rollout status exited 0 on a failed rollout: {out}");
     assert!(
-        line.contains("cannot run hello@2.0.0") && line.contains("digest_mismatch"),
-        "{line}"
+        out.contains("(0 of 2 replicas run 2.0.0)")
+            && out.contains("base a cannot run hello@2.0.0")
+            && out.contains("artifact_not_found"),
+        "{out}"
     );
+    assert!(err.contains("the rollout of `hello` failed"), "{err}");
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(on_v1(), 2, "the old version stopped serving");
     let described = ctl.describe("hello");
@@ -580,20 +633,97 @@ fn a_rollout_whose_artifact_fails_stops_and_the_old_version_keeps_serving() {
             "Warning",
             "RolloutFailed",
             "base a cannot run hello@2.0.0",
-            "(digest_mismatch); the other bases keep 1.0.0",
+            "(artifact_not_found); the other bases keep 1.0.0",
         ],
     );
-    // Its batch went back to the old version.
     has_line(
         &described,
         &["VersionAssigned", "base a: hello@2.0.0 → 1.0.0"],
     );
     has_line(&described, &["Progressing", "False", "RolloutFailed"]);
+    // Beside FAILED, which replica runs which version.
+    eventually("both replicas back on 1.0.0 in describe", 1, || {
+        usize::from(
+            ctl.describe("hello")
+                .contains("Versions:    1.0.0 runs on a, b"),
+        )
+    });
+    ctl.assert_metric("berth_controller_rollouts", &[("state", "failed")], 1.0);
+    // Undo from a failed rollout: back to 1.0.0, which every base runs.
+    let undone = stdout(ctl.berth(&["rollout", "undo", "hello"]));
+    assert!(
+        undone.contains("hello: hello@1.0.0, 2 of 2 replicas run it, no rollout in progress"),
+        "{undone}"
+    );
+    has_line(
+        &ctl.describe("hello"),
+        &["UndoRequested", "back from 2.0.0 to 1.0.0"],
+    );
 
-    // A first version that cannot run: a Warning event and a condition.
-    let wrong = format!("sha256:{}", "ab".repeat(32));
+    // 2.0.0 fails again; the same code from a path the bases can read
+    // restarts the failed rollout, which completes.
+    apply_vanishing(&ctl, work.path(), &bases, "hello", "2.0.0", v2, spec);
+    eventually("the rollout failed again", 1, || {
+        usize::from(status().1.contains("FAILED"))
+    });
+    ctl.apply(work.path(), "hello", "2.0.0", v2, None, spec);
+    let watched = stdout(ctl.berth(&["rollout", "status", "hello", "--watch"]));
+    assert!(
+        watched
+            .trim_end()
+            .ends_with("hello: hello@2.0.0, 2 of 2 replicas run it, no rollout in progress"),
+        "{watched}"
+    );
+    assert_eq!(on_v2(), 2);
+    has_line(
+        &ctl.describe("hello"),
+        &[
+            "RolloutRestarted",
+            "2.0.0 from file:",
+            "starts over at batch 1",
+        ],
+    );
+
+    // 3.0.0 fails; a fixed manifest at a new version rolls from 2.0.0 (what
+    // runs), not from the failed 3.0.0, so base b never tries 3.0.0, and
+    // every replica ends on the new version.
+    apply_vanishing(&ctl, work.path(), &bases, "hello", "3.0.0", v2, spec);
+    eventually("the 3.0.0 rollout failed", 1, || {
+        usize::from(status().1.contains("FAILED"))
+    });
+    ctl.apply(work.path(), "hello", "4.0.0", v2, None, spec);
+    let watched = stdout(ctl.berth(&["rollout", "status", "hello", "--watch"]));
+    assert!(
+        watched.contains("2.0.0 → 4.0.0")
+            && watched
+                .trim_end()
+                .ends_with("hello: hello@4.0.0, 2 of 2 replicas run it, no rollout in progress"),
+        "{watched}"
+    );
+    assert_eq!(on_v2(), 2);
+    let described = ctl.describe("hello");
+    assert!(!described.contains("base b cannot run"), "{described}");
+    has_line(&described, &["RolloutStarted", "2.0.0 → 4.0.0"]);
+    assert!(
+        described.contains("History:     1.0.0 → 2.0.0\n"),
+        "{described}"
+    );
+
+    // Undo goes back to the last version that ran: 2.0.0, never 3.0.0.
+    let undone = stdout(ctl.berth(&["rollout", "undo", "hello"]));
+    assert!(undone.contains("4.0.0 → 2.0.0"), "{undone}");
+    stdout(ctl.berth(&["rollout", "status", "hello", "-w"]));
+    assert!(
+        ctl.describe("hello")
+            .contains("Versions:    2.0.0 runs on a, b"),
+        "{}",
+        ctl.describe("hello")
+    );
+
+    // A first version that cannot run: a Warning event, a condition, a
+    // failing `rollout status`; a fixed version replaces it at once.
     let echo = berth_example_modules::ECHO;
-    ctl.apply(work.path(), "echo", "1", echo, Some(&wrong), "replicas: 1");
+    apply_vanishing(&ctl, work.path(), &bases, "echo", "1", echo, "replicas: 1");
     eventually("a reported install failure", 1, || {
         usize::from(ctl.describe("echo").contains("InstallFailed"))
     });
@@ -604,15 +734,106 @@ fn a_rollout_whose_artifact_fails_stops_and_the_old_version_keeps_serving() {
             "Warning",
             "InstallFailed",
             "cannot run echo@1",
-            "digest_mismatch",
+            "artifact_not_found",
         ],
     );
-    has_line(
-        &described,
-        &["ReplicaFailure", "True", "InstallFailed", "digest mismatch"],
+    has_line(&described, &["ReplicaFailure", "True", "InstallFailed"]);
+    has_line(&described, &["failed: cannot read artifact file"]);
+    has_line(&described, &["Versions:", "1 failed on"]);
+    let err = failure(ctl.berth(&["rollout", "status", "echo"]));
+    assert!(
+        err.contains("the rollout of `echo` failed") && err.contains("cannot run echo@1"),
+        "{err}"
     );
-    has_line(&described, &["failed: digest mismatch"]);
-    ctl.assert_metric("berth_controller_rollouts", &[("state", "failed")], 1.0);
+    ctl.apply(work.path(), "echo", "2", echo, None, "replicas: 1");
+    let watched = stdout(ctl.berth(&["rollout", "status", "echo", "--watch"]));
+    assert!(
+        watched
+            .trim_end()
+            .ends_with("1 of 1 replicas run it, no rollout in progress"),
+        "{watched}"
+    );
+    drop(ctl);
+}
+
+#[test]
+fn apply_checks_the_artifact_and_resolves_a_relative_path_against_the_manifest() {
+    let work = work_dir();
+    let ctl = ControllerProcess::start(work.path(), &[]);
+    let dir = work.path().join("manifests");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::copy(HELLO, dir.join("hello.wasm")).unwrap();
+    let write = |artifact: &str, version: &str| {
+        let text = format!(
+            "apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: {{ name: hello }}\nspec:\n  module: {{ name: hello, version: \"{version}\", artifact: \"{artifact}\", digest: \"{}\" }}\n  replicas: 1\n",
+            file_digest(HELLO)
+        );
+        std::fs::write(dir.join("hello.yaml"), text).unwrap();
+    };
+    // Applied from another directory: the path is the manifest's neighbour.
+    let apply = || {
+        let mut cmd = ctl.berth(&["apply", "-f", "manifests/hello.yaml"]);
+        cmd.current_dir(work.path());
+        cmd
+    };
+    write("file:./hello.wasm", "1.0.0");
+    assert!(stdout(apply()).contains("created"));
+    let shown: serde_json::Value =
+        serde_json::from_str(&stdout(ctl.berth(&["get", "deployments", "-o", "json"]))).unwrap();
+    let absolute = dir.join("hello.wasm").canonicalize().unwrap();
+    assert_eq!(
+        shown[0]["manifest"]["spec"]["module"]["artifact"],
+        format!("file:{}", absolute.display())
+    );
+    let before = ctl.describe("hello");
+
+    // A relative path to nothing fails before it is sent.
+    write("file:missing.wasm", "2.0.0");
+    let err = failure(apply());
+    assert!(
+        err.contains("spec.module.artifact: cannot read") && err.contains("missing.wasm"),
+        "{err}"
+    );
+    // What the controller can check, it does: a 422 naming the field, and
+    // the deployment in force is unchanged.
+    write("file:/nonexistent/hello.wasm", "2.0.0");
+    let err = failure(apply());
+    assert!(
+        err.contains("spec.module.artifact: cannot read /nonexistent/hello.wasm")
+            && err.contains("(invalid_manifest)"),
+        "{err}"
+    );
+    let wrong = format!("file:{}", berth_example_modules::ECHO);
+    write(&wrong, "2.0.0");
+    let err = failure(apply());
+    assert!(err.contains("spec.module.digest: `file:"), "{err}");
+    // (Event times move on; everything else is as before.)
+    let timeless = |text: String| -> Vec<String> {
+        text.lines()
+            .filter(|l| !l.contains(" ago"))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(timeless(ctl.describe("hello")), timeless(before));
+
+    // The help shows a whole manifest; one variable names the controller everywhere.
+    let help = stdout(berth(&["apply", "--help"]));
+    assert!(
+        help.contains("kind: ModuleDeployment") && help.contains("artifact: file:./orders.wasm"),
+        "{help}"
+    );
+    let help = stdout(berth(&["base", "--help"]));
+    assert!(
+        help.contains("[env: BERTH_CONTROLLER=") && !help.contains("BERTH_CONTROLLER_URL"),
+        "{help}"
+    );
+
+    // Hints name commands.
+    let err = failure(ctl.berth(&["describe", "deployment", "nope"]));
+    assert!(
+        err.contains("no ModuleDeployment named `nope`; list them with `berth get deployments`"),
+        "{err}"
+    );
     drop(ctl);
 }
 

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use berth_example_modules::HELLO;
 
-use crate::support::{BERTH, BaseProcess, berth, failure, spawn_announced, stdout, work_dir};
+use crate::support::{
+    BERTH, BaseProcess, berth, failure, file_digest, spawn_announced, stdout, work_dir,
+};
 
 fn manifest(replicas: &str, version: &str) -> String {
     format!(
@@ -249,11 +251,6 @@ fn metric(addr: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
                 _ => f64::NAN,
             })
     }
-}
-
-/// `sha256:…` of the file at `path`.
-fn file_digest(path: &str) -> String {
-    berth_runtime::Digest::of(&std::fs::read(path).unwrap()).to_string()
 }
 
 /// Asserts `text` has a line with every one of `parts`, in order.

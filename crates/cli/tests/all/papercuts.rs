@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use berth_example_modules::{HELLO, HELLO_V2, HOG, PANIC, SPIN};
 
-use crate::support::{BERTH, BaseProcess, berth, failure, spawn_announced, stdout, work_dir};
+use crate::support::{
+    BERTH, BaseProcess, berth, failure, file_digest, spawn_announced, stdout, work_dir,
+};
 
 /// A `berth base` whose stderr goes to a file the test reads, with `env` set.
 struct LoggedBase {
@@ -390,8 +392,9 @@ fn one_set_of_output_formats_and_json_errors() {
 
 fn manifest(version: &str) -> String {
     format!(
-        "apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: {{ name: orders }}\nspec:\n  module: {{ name: orders, version: {version}, artifact: \"https://example.invalid/orders.wasm\", digest: \"sha256:{}\" }}\n  replicas: 2\n  baseSelector: {{ group: online }}\n",
-        "ab".repeat(32)
+        "apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: {{ name: orders }}\nspec:\n  module: {{ name: orders, version: {version}, artifact: \"file:{}\", digest: \"{}\" }}\n  replicas: 2\n  baseSelector: {{ group: online }}\n",
+        HELLO,
+        file_digest(HELLO)
     )
 }
 

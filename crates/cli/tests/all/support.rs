@@ -193,3 +193,8 @@ pub fn edit(file: &Path, from: &str, to: &str) {
     assert!(text.contains(from), "{from} not in {}", file.display());
     std::fs::write(file, text.replace(from, to)).unwrap();
 }
+
+/// `sha256:…` of the file at `path`.
+pub fn file_digest(path: &str) -> String {
+    berth_runtime::Digest::of(&std::fs::read(path).unwrap()).to_string()
+}

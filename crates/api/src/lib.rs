@@ -7,6 +7,9 @@
 use serde::{Deserialize, Serialize};
 
 pub mod manifest;
+mod names;
+
+pub use names::{MODULE_NAME_RULE, ModuleName, ModuleRef, NameError, VERSION_RULE, Version};
 
 /// The default address of a base's ops API: the port Koupleless' Arklet uses.
 pub const DEFAULT_OPS_ADDR: &str = "127.0.0.1:1238";
@@ -258,7 +261,7 @@ pub struct LogEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
     /// `stdout`, `stderr` or `log`.
-    pub stream: String,
+    pub stream: LogStream,
     /// `info` for stdout, `error` for stderr, the level for `log`.
     pub level: String,
     /// The text.
@@ -496,7 +499,61 @@ pub struct BaseStatus {
     /// When it arrived, RFC 3339.
     pub last_heartbeat: String,
     /// `Ready`, or `NotReady` when no heartbeat came within the controller's timeout.
-    pub state: String,
+    pub state: BaseState,
+}
+
+/// Whether a base takes new work (spelled `Ready` / `NotReady` on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum BaseState {
+    /// Its lease lives: it heartbeats, and replicas may be placed on it.
+    Ready,
+    /// No heartbeat within the controller's timeout (its lease expired).
+    NotReady,
+}
+
+impl BaseState {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "Ready",
+            Self::NotReady => "NotReady",
+        }
+    }
+}
+
+impl std::fmt::Display for BaseState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a module's log line came from (spelled `stdout`, `stderr`, `log`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    /// The module's stdout.
+    Stdout,
+    /// The module's stderr.
+    Stderr,
+    /// `berth:base/log`.
+    Log,
+}
+
+impl LogStream {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stdout => "stdout",
+            Self::Stderr => "stderr",
+            Self::Log => "log",
+        }
+    }
+}
+
+impl std::fmt::Display for LogStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// One module a base should run, as the controller assigns it (the body of

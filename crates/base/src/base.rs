@@ -766,36 +766,15 @@ fn validate_limits(limits: &berth_api::Limits) -> Result<(), OpsError> {
 }
 
 fn validate_name(name: &str) -> Result<(), OpsError> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(OpsError::InvalidRequest(format!(
-            "name `{name}` is not a module name: use 1-63 lowercase letters, digits and `-`, \
-             starting and ending with a letter or digit (e.g. `orders`)"
-        )))
-    }
+    berth_api::ModuleName::parse(name)
+        .map(drop)
+        .map_err(|e| OpsError::InvalidRequest(e.to_string()))
 }
 
 fn validate_version(version: &str) -> Result<(), OpsError> {
-    let ok = !version.is_empty()
-        && version.len() <= 64
-        && version
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+' | '_'));
-    if ok {
-        Ok(())
-    } else {
-        Err(OpsError::InvalidRequest(format!(
-            "version `{version}` is not a version: use 1-64 letters, digits, `.`, `-`, `+` or `_` (e.g. `1.4.0`)"
-        )))
-    }
+    berth_api::Version::parse(version)
+        .map(drop)
+        .map_err(|e| OpsError::InvalidRequest(e.to_string()))
 }
 
 fn unix_ms() -> u64 {

@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 
-use berth_api::{Assignment, BaseStatus};
+use berth_api::{Assignment, BaseState, BaseStatus};
 
 use crate::resources::StoredDeployment;
 
@@ -31,7 +31,10 @@ pub struct Placement {
 
 /// Places every deployment onto the Ready bases.
 pub fn place(deployments: &[StoredDeployment], bases: &[BaseStatus]) -> Placement {
-    let ready: Vec<&BaseStatus> = bases.iter().filter(|b| b.state == "Ready").collect();
+    let ready: Vec<&BaseStatus> = bases
+        .iter()
+        .filter(|b| b.state == BaseState::Ready)
+        .collect();
     let mut placement = Placement::default();
     let mut load: BTreeMap<&str, u32> = ready
         .iter()
@@ -126,7 +129,7 @@ pub fn why_unschedulable(d: &StoredDeployment, bases: &[BaseStatus]) -> String {
     let matching = bases
         .iter()
         .filter(|b| {
-            b.state == "Ready"
+            b.state == BaseState::Ready
                 && spec
                     .base_selector
                     .iter()
@@ -189,7 +192,7 @@ mod tests {
                 failures: BTreeMap::new(),
             },
             last_heartbeat: String::new(),
-            state: "Ready".into(),
+            state: BaseState::Ready,
         }
     }
 

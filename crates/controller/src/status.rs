@@ -7,7 +7,7 @@
 //! from its first answer. What happened over time is in the events
 //! ([`crate::events`]).
 
-use berth_api::BaseStatus;
+use berth_api::{BaseState, BaseStatus};
 use serde::Serialize;
 
 use crate::resources::StoredDeployment;
@@ -86,7 +86,7 @@ pub fn of(d: &StoredDeployment, placement: &Placement, bases: &[BaseStatus]) -> 
         ready,
         updated: bases
             .iter()
-            .filter(|b| b.state == "Ready" && b.heartbeat.modules.contains(&newest))
+            .filter(|b| b.state == BaseState::Ready && b.heartbeat.modules.contains(&newest))
             .count() as u32,
         unschedulable,
         bases: replicas,

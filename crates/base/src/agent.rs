@@ -34,25 +34,8 @@ use berth_api::{
 use tokio::sync::{Notify, watch};
 
 use crate::base::Base;
+use crate::config::ControllerLink;
 use crate::error::OpsError;
-
-/// How a base reaches its controller.
-#[derive(Debug, Clone)]
-pub struct ControllerLink {
-    /// The controller API, e.g. `http://127.0.0.1:1239`.
-    pub url: String,
-    /// This base's name in the fleet.
-    pub name: String,
-    /// Labels deployments select bases by.
-    pub labels: BTreeMap<String, String>,
-    /// Most module versions this base takes.
-    pub capacity_modules: u32,
-    /// Time between heartbeats.
-    pub interval: Duration,
-    /// Load the code the controller compiled for this engine, when it has
-    /// some, instead of compiling each module here.
-    pub controller_code: bool,
-}
 
 /// How long the controller may hold a watch.
 const WATCH_WAIT: Duration = Duration::from_secs(30);

@@ -168,6 +168,8 @@ async fn unreachable_and_missing_artifacts_are_refused() {
         "artifact_not_found",
     );
     assert!(message.contains("/nonexistent/ghost.wasm"), "{message}");
+    assert!(message.contains("`berth deploy FILE.wasm`"), "{message}");
+    assert!(!message.contains("POST /v1/modules"), "{message}");
     assert_untouched(&base, &before).await;
 }
 
@@ -181,6 +183,10 @@ async fn route_and_version_collisions_are_refused() {
     });
     let message = expect_error(base.install(&clash).await, 409, "route_conflict");
     assert!(message.contains("`hello`"), "{message}");
+    assert!(
+        message.contains("`berth deploy --route /other`"),
+        "{message}"
+    );
     // Same name and version, different bytes.
     let message = expect_error(
         base.install(&install_request("hello", "1.0.0", ECHO)).await,

@@ -527,6 +527,54 @@ impl std::fmt::Display for BaseState {
     }
 }
 
+/// What `berth rollout` asks of a deployment's rollout (spelled
+/// `confirm`, `pause`, `resume`, `undo` in the API path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RolloutAction {
+    /// Let the rollout go on past the batch it waits at.
+    Confirm,
+    /// Hold the rollout at its current batch.
+    Pause,
+    /// Go on after a pause.
+    Resume,
+    /// Return to the version before the last change.
+    Undo,
+}
+
+impl RolloutAction {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Confirm => "confirm",
+            Self::Pause => "pause",
+            Self::Resume => "resume",
+            Self::Undo => "undo",
+        }
+    }
+}
+
+impl std::fmt::Display for RolloutAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for RolloutAction {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "confirm" => Ok(Self::Confirm),
+            "pause" => Ok(Self::Pause),
+            "resume" => Ok(Self::Resume),
+            "undo" => Ok(Self::Undo),
+            other => Err(format!(
+                "no rollout action `{other}`; use confirm, pause, resume or undo"
+            )),
+        }
+    }
+}
+
 /// Where a module's log line came from (spelled `stdout`, `stderr`, `log`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

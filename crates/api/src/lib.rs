@@ -575,6 +575,73 @@ impl std::str::FromStr for RolloutAction {
     }
 }
 
+/// Why a module failed a request (the `kind` label of the base's failure
+/// metric; spelled in snake_case on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The guest trapped.
+    Trap,
+    /// It hit its memory limit.
+    Memory,
+    /// It ran out of time.
+    Deadline,
+    /// No free instance slot (its concurrency limit).
+    Concurrency,
+    /// The request body was over its limit.
+    RequestBody,
+    /// It could not be instantiated.
+    Instantiate,
+    /// It returned without a response, or a malformed one.
+    NoResponse,
+}
+
+impl FailureKind {
+    /// Every kind, in the order of [`FailureKind::index`].
+    pub const ALL: [FailureKind; 7] = [
+        Self::Trap,
+        Self::Memory,
+        Self::Deadline,
+        Self::Concurrency,
+        Self::RequestBody,
+        Self::Instantiate,
+        Self::NoResponse,
+    ];
+
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Trap => "trap",
+            Self::Memory => "memory",
+            Self::Deadline => "deadline",
+            Self::Concurrency => "concurrency",
+            Self::RequestBody => "request_body",
+            Self::Instantiate => "instantiate",
+            Self::NoResponse => "no_response",
+        }
+    }
+
+    /// Its position in [`FailureKind::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Whether the module itself broke (a trap report is kept), as opposed
+    /// to the base turning the request away.
+    pub fn is_crash(self) -> bool {
+        matches!(
+            self,
+            Self::Trap | Self::Memory | Self::Deadline | Self::NoResponse
+        )
+    }
+}
+
+impl std::fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Where a module's log line came from (spelled `stdout`, `stderr`, `log`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth_api::{
-    ArtifactSource, Assignment, Assignments, BaseHeartbeat, InstallRequest, ModuleState,
+    ArtifactSource, Assignment, Assignments, BaseHeartbeat, InstallRequest, ModuleRef, ModuleState,
 };
 use tokio::sync::{Notify, watch};
 
@@ -120,7 +120,7 @@ impl Agent {
             in_flight: modules.iter().map(|m| m.in_flight).sum(),
             modules: modules
                 .iter()
-                .map(|m| format!("{}@{}", m.name, m.version))
+                .map(|m| ModuleRef::label(&m.name, &m.version))
                 .collect(),
             failures: self.failures.lock().expect("agent state").clone(),
         }
@@ -293,7 +293,7 @@ async fn reconcile(
         match result {
             Ok(()) => {
                 if managed.insert(a.name.clone()) || current.is_none() {
-                    tracing::info!(module = %format!("{}@{}", a.name, a.version), "running as assigned by the controller");
+                    tracing::info!(module = %ModuleRef::label(&a.name, &a.version), "running as assigned by the controller");
                 }
                 for old in installed.iter().filter(|m| m.version != a.version) {
                     if let Err(e) = base.uninstall(&a.name, Some(&old.version)).await {
@@ -302,7 +302,7 @@ async fn reconcile(
                 }
             }
             Err(e) => {
-                let label = format!("{}@{}", a.name, a.version);
+                let label = ModuleRef::label(&a.name, &a.version);
                 tracing::warn!(module = %label, error = %e, "cannot run an assigned module");
                 failures.insert(label, format!("{e} ({})", e.code()));
             }
@@ -316,7 +316,7 @@ async fn reconcile(
                     tracing::info!(module = %name, "uninstalled: no longer assigned by the controller")
                 }
                 // Recorded, but the base stopped before installing it.
-                Err(OpsError::NotFound(_)) => {}
+                Err(OpsError::ModuleNotFound { .. }) => {}
                 Err(e) => {
                     tracing::warn!(module = %name, error = %e, "cannot uninstall an unassigned module")
                 }

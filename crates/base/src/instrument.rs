@@ -11,7 +11,7 @@
 
 use std::time::{Instant, SystemTime};
 
-use berth_api::{MODULE_HEADER, REQUEST_ID_HEADER};
+use berth_api::{FailureKind, MODULE_HEADER, REQUEST_ID_HEADER};
 use berth_runtime::{HandleError, LoadedModule, ResponseBody, TRACEPARENT, TraceParent, full_body};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 
@@ -162,7 +162,7 @@ impl Hop<'_> {
                 tracing::error!(module = %target.label, request_id = %id, error = %error.detail(), "request failed in module");
                 let kind = failure_kind(&error);
                 stats.metrics.failure(kind);
-                if matches!(kind, "trap" | "memory" | "deadline" | "no_response") {
+                if kind.is_crash() {
                     stats.record_trap(&id, error.to_string(), error.detail());
                 }
                 if span.is_some() {
@@ -221,17 +221,17 @@ impl Hop<'_> {
     }
 }
 
-/// The `kind` label of a failure (see [`crate::metrics::FAILURE_KINDS`]).
-fn failure_kind(error: &HandleError) -> &'static str {
+/// The kind of a failure (the metric's `kind` label).
+fn failure_kind(error: &HandleError) -> FailureKind {
     match error {
-        HandleError::Trap { .. } => "trap",
-        HandleError::MemoryLimit(_) => "memory",
-        HandleError::Deadline(_) => "deadline",
-        HandleError::Overloaded(_) => "concurrency",
-        HandleError::RequestTooLarge(_) => "request_body",
-        HandleError::Instantiate(_) => "instantiate",
+        HandleError::Trap { .. } => FailureKind::Trap,
+        HandleError::MemoryLimit(_) => FailureKind::Memory,
+        HandleError::Deadline(_) => FailureKind::Deadline,
+        HandleError::Overloaded(_) => FailureKind::Concurrency,
+        HandleError::RequestTooLarge(_) => FailureKind::RequestBody,
+        HandleError::Instantiate(_) => FailureKind::Instantiate,
         HandleError::NoResponse | HandleError::GuestError(_) | HandleError::BadRequest(_) => {
-            "no_response"
+            FailureKind::NoResponse
         }
     }
 }
@@ -257,4 +257,18 @@ pub(crate) fn plain(
 pub(crate) fn new_request_id() -> HeaderValue {
     HeaderValue::from_str(&uuid::Uuid::new_v4().simple().to_string())
         .expect("hex is a valid header")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_kinds_line_up_with_the_metric_labels() {
+        let labels: Vec<&str> = FailureKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(labels, crate::metrics::FAILURE_KINDS);
+        for (i, kind) in FailureKind::ALL.iter().enumerate() {
+            assert_eq!(kind.index(), i);
+        }
+    }
 }

@@ -696,30 +696,21 @@ impl Lifecycle {
 
 /// The module `name`, or a not-found error naming what is installed.
 pub(crate) fn find_module<'r>(registry: &'r Registry, name: &str) -> Result<&'r Module, OpsError> {
-    registry.module(name).ok_or_else(|| {
-        let installed = registry.names();
-        OpsError::NotFound(format!(
-            "no module named `{name}` is installed{}",
-            if installed.is_empty() {
-                String::from(" (this base has no modules)")
-            } else {
-                format!("; installed modules: {}", installed.join(", "))
-            }
-        ))
-    })
+    registry
+        .module(name)
+        .ok_or_else(|| OpsError::ModuleNotFound {
+            name: name.to_string(),
+            installed: registry.names().into_iter().map(String::from).collect(),
+        })
 }
 
 /// A not-found error naming the versions of `module` that are installed.
 pub(crate) fn no_such_version(name: &str, module: &Module, version: &str) -> OpsError {
-    OpsError::NotFound(format!(
-        "module `{name}` has no version `{version}`; installed versions: {}",
-        module
-            .versions
-            .keys()
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(", ")
-    ))
+    OpsError::VersionNotFound {
+        name: name.to_string(),
+        version: version.to_string(),
+        installed: module.versions.keys().cloned().collect(),
+    }
 }
 
 /// The first rule (or traffic unit) of `rules` that sends traffic to `version`.
@@ -747,10 +738,11 @@ fn rule_using(rules: &TrafficRules, version: &str) -> Option<String> {
 
 fn check_route(registry: &Registry, name: &str, route: &Route) -> Result<(), OpsError> {
     match registry.route_owner(route, name) {
-        Some(owner) => Err(OpsError::RouteConflict(format!(
-            "route `{route}` is already served by module `{owner}`; deploy `{name}` at another \
-             route (`berth deploy --route /other`), or uninstall `{owner}` first"
-        ))),
+        Some(owner) => Err(OpsError::RouteConflict {
+            route: route.to_string(),
+            owner: owner.to_string(),
+            name: name.to_string(),
+        }),
         None => Ok(()),
     }
 }
@@ -763,13 +755,11 @@ fn version_clash(existing: &Installed, digest: Digest) -> Result<InstallResponse
             unchanged: true,
         })
     } else {
-        Err(OpsError::VersionConflict(format!(
-            "`{}` is already installed with digest {}, and these bytes are {digest}; versions are immutable: \
-             give the new build a new version, or uninstall `{}` first",
-            existing.record.key(),
-            existing.record.digest,
-            existing.record.key(),
-        )))
+        Err(OpsError::VersionConflict {
+            module: existing.record.key(),
+            installed: existing.record.digest.clone(),
+            given: digest.to_string(),
+        })
     }
 }
 

@@ -26,7 +26,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use berth_api::{Assignment, BaseState, BaseStatus};
+use berth_api::{Assignment, BaseState, BaseStatus, ModuleRef};
 use tokio::sync::watch;
 
 use crate::bases::ALIVE;
@@ -445,7 +445,7 @@ fn observe(
             };
             for (base, assignments) in &placement.by_base {
                 for a in assignments.iter().filter(|a| a.name == *module) {
-                    let label = format!("{}@{}", a.name, a.version);
+                    let label = ModuleRef::label(&a.name, &a.version);
                     seen.placed.insert(base.clone(), a.version.clone());
                     if let Some(b) = bases.iter().find(|b| b.heartbeat.name == *base) {
                         if b.heartbeat.modules.contains(&label) {

@@ -11,7 +11,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use berth_api::BaseStatus;
+use berth_api::{BaseStatus, ModuleRef};
 
 use crate::resources::StoredDeployment;
 
@@ -41,7 +41,7 @@ pub fn advance(
     let Some(rollout) = d.rollout.as_mut() else {
         return false;
     };
-    let wanted = format!("{}@{}", spec.module.name, spec.module.version);
+    let wanted = ModuleRef::label(&spec.module.name, &spec.module.version);
     if rollout.failed.is_some() {
         return false;
     }

@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 
-use berth_api::{Assignment, BaseState, BaseStatus};
+use berth_api::{Assignment, BaseState, BaseStatus, ModuleRef};
 
 use crate::resources::StoredDeployment;
 
@@ -45,10 +45,9 @@ pub fn place(deployments: &[StoredDeployment], bases: &[BaseStatus]) -> Placemen
     for d in sorted {
         let spec = &d.manifest.spec;
         let running = |b: &BaseStatus| {
-            b.heartbeat
-                .modules
-                .iter()
-                .any(|m| m.split('@').next() == Some(spec.module.name.as_str()))
+            b.heartbeat.modules.iter().any(|m| {
+                ModuleRef::split(m).map_or(m.as_str(), |(name, _)| name) == spec.module.name
+            })
         };
         let mut candidates: Vec<&BaseStatus> = ready
             .iter()

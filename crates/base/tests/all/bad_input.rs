@@ -228,6 +228,19 @@ async fn malformed_requests_are_refused() {
         "invalid_request",
     );
     assert!(message.contains("Bad_Name"), "{message}");
+    // One rule with `berth new` and manifests (berth_api::ModuleName): a
+    // module name starts with a letter.
+    let message = expect_error(
+        base.install(&install_request("1orders", "1.0.0", HELLO))
+            .await,
+        400,
+        "invalid_request",
+    );
+    assert!(
+        message.contains("`1orders` is not a module name")
+            && message.contains("starting with a letter"),
+        "{message}"
+    );
     let mut bad_route = install_request("other", "1.0.0", HELLO);
     bad_route.route = Some(Route {
         host: None,

@@ -7,6 +7,9 @@
 use serde::{Deserialize, Serialize};
 
 pub mod manifest;
+mod names;
+
+pub use names::{MODULE_NAME_RULE, ModuleName, ModuleRef, NameError, VERSION_RULE, Version};
 
 /// The default address of a base's ops API: the port Koupleless' Arklet uses.
 pub const DEFAULT_OPS_ADDR: &str = "127.0.0.1:1238";
@@ -258,7 +261,7 @@ pub struct LogEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
     /// `stdout`, `stderr` or `log`.
-    pub stream: String,
+    pub stream: LogStream,
     /// `info` for stdout, `error` for stderr, the level for `log`.
     pub level: String,
     /// The text.
@@ -502,7 +505,176 @@ pub struct BaseStatus {
     /// When it arrived, RFC 3339.
     pub last_heartbeat: String,
     /// `Ready`, or `NotReady` when no heartbeat came within the controller's timeout.
-    pub state: String,
+    pub state: BaseState,
+}
+
+/// Whether a base takes new work (spelled `Ready` / `NotReady` on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum BaseState {
+    /// Its lease lives: it heartbeats, and replicas may be placed on it.
+    Ready,
+    /// No heartbeat within the controller's timeout (its lease expired).
+    NotReady,
+}
+
+impl BaseState {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "Ready",
+            Self::NotReady => "NotReady",
+        }
+    }
+}
+
+impl std::fmt::Display for BaseState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What `berth rollout` asks of a deployment's rollout (spelled
+/// `confirm`, `pause`, `resume`, `undo` in the API path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RolloutAction {
+    /// Let the rollout go on past the batch it waits at.
+    Confirm,
+    /// Hold the rollout at its current batch.
+    Pause,
+    /// Go on after a pause.
+    Resume,
+    /// Return to the version before the last change.
+    Undo,
+}
+
+impl RolloutAction {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Confirm => "confirm",
+            Self::Pause => "pause",
+            Self::Resume => "resume",
+            Self::Undo => "undo",
+        }
+    }
+}
+
+impl std::fmt::Display for RolloutAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for RolloutAction {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "confirm" => Ok(Self::Confirm),
+            "pause" => Ok(Self::Pause),
+            "resume" => Ok(Self::Resume),
+            "undo" => Ok(Self::Undo),
+            other => Err(format!(
+                "no rollout action `{other}`; use confirm, pause, resume or undo"
+            )),
+        }
+    }
+}
+
+/// Why a module failed a request (the `kind` label of the base's failure
+/// metric; spelled in snake_case on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The guest trapped.
+    Trap,
+    /// It hit its memory limit.
+    Memory,
+    /// It ran out of time.
+    Deadline,
+    /// No free instance slot (its concurrency limit).
+    Concurrency,
+    /// The request body was over its limit.
+    RequestBody,
+    /// It could not be instantiated.
+    Instantiate,
+    /// It returned without a response, or a malformed one.
+    NoResponse,
+}
+
+impl FailureKind {
+    /// Every kind, in the order of [`FailureKind::index`].
+    pub const ALL: [FailureKind; 7] = [
+        Self::Trap,
+        Self::Memory,
+        Self::Deadline,
+        Self::Concurrency,
+        Self::RequestBody,
+        Self::Instantiate,
+        Self::NoResponse,
+    ];
+
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Trap => "trap",
+            Self::Memory => "memory",
+            Self::Deadline => "deadline",
+            Self::Concurrency => "concurrency",
+            Self::RequestBody => "request_body",
+            Self::Instantiate => "instantiate",
+            Self::NoResponse => "no_response",
+        }
+    }
+
+    /// Its position in [`FailureKind::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Whether the module itself broke (a trap report is kept), as opposed
+    /// to the base turning the request away.
+    pub fn is_crash(self) -> bool {
+        matches!(
+            self,
+            Self::Trap | Self::Memory | Self::Deadline | Self::NoResponse
+        )
+    }
+}
+
+impl std::fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a module's log line came from (spelled `stdout`, `stderr`, `log`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    /// The module's stdout.
+    Stdout,
+    /// The module's stderr.
+    Stderr,
+    /// `berth:base/log`.
+    Log,
+}
+
+impl LogStream {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stdout => "stdout",
+            Self::Stderr => "stderr",
+            Self::Log => "log",
+        }
+    }
+}
+
+impl std::fmt::Display for LogStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// One module a base should run, as the controller assigns it (the body of

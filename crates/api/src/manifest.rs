@@ -216,15 +216,6 @@ fn with_paths<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ManifestE
     })
 }
 
-fn is_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
 fn validate_deployment(d: &ModuleDeployment) -> Result<(), ManifestError> {
     if d.api_version != API_VERSION {
         return Err(at(
@@ -232,35 +223,18 @@ fn validate_deployment(d: &ModuleDeployment) -> Result<(), ManifestError> {
             format!("`{}` is not supported; use `{API_VERSION}`", d.api_version),
         ));
     }
-    if !is_name(&d.metadata.name) {
+    if let Err(e) = crate::ModuleName::parse(&d.metadata.name) {
         return Err(at(
             "metadata.name",
-            format!(
-                "`{}` is not a name: use 1-63 lowercase letters, digits and `-`",
-                d.metadata.name
-            ),
+            format!("`{}` is not a name: {}", e.given, e.expected),
         ));
     }
     let m = &d.spec.module;
-    if !is_name(&m.name) {
-        return Err(at(
-            "spec.module.name",
-            format!(
-                "`{}` is not a module name: use 1-63 lowercase letters, digits and `-`",
-                m.name
-            ),
-        ));
+    if let Err(e) = crate::ModuleName::parse(&m.name) {
+        return Err(at("spec.module.name", e.to_string()));
     }
-    if m.version.is_empty()
-        || !m
-            .version
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+' | '_'))
-    {
-        return Err(at(
-            "spec.module.version",
-            format!("`{}` is not a version (e.g. 1.4.0)", m.version),
-        ));
+    if let Err(e) = crate::Version::parse(&m.version) {
+        return Err(at("spec.module.version", e.to_string()));
     }
     if !(m.artifact.starts_with("http://")
         || m.artifact.starts_with("https://")

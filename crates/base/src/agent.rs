@@ -29,30 +29,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth_api::{
-    ArtifactSource, Assignment, Assignments, BaseHeartbeat, InstallRequest, ModuleState,
+    ArtifactSource, Assignment, Assignments, BaseHeartbeat, InstallRequest, ModuleRef, ModuleState,
 };
 use tokio::sync::{Notify, watch};
 
 use crate::base::Base;
+use crate::config::ControllerLink;
 use crate::error::OpsError;
-
-/// How a base reaches its controller.
-#[derive(Debug, Clone)]
-pub struct ControllerLink {
-    /// The controller API, e.g. `http://127.0.0.1:1239`.
-    pub url: String,
-    /// This base's name in the fleet.
-    pub name: String,
-    /// Labels deployments select bases by.
-    pub labels: BTreeMap<String, String>,
-    /// Most module versions this base takes.
-    pub capacity_modules: u32,
-    /// Time between heartbeats.
-    pub interval: Duration,
-    /// Load the code the controller compiled for this engine, when it has
-    /// some, instead of compiling each module here.
-    pub controller_code: bool,
-}
 
 /// How long the controller may hold a watch.
 const WATCH_WAIT: Duration = Duration::from_secs(30);
@@ -139,7 +122,7 @@ impl Agent {
             in_flight: modules.iter().map(|m| m.in_flight).sum(),
             modules: modules
                 .iter()
-                .map(|m| format!("{}@{}", m.name, m.version))
+                .map(|m| ModuleRef::label(&m.name, &m.version))
                 .collect(),
             failures,
             revision,
@@ -313,7 +296,7 @@ async fn reconcile(
         match result {
             Ok(()) => {
                 if managed.insert(a.name.clone()) || current.is_none() {
-                    tracing::info!(module = %format!("{}@{}", a.name, a.version), "running as assigned by the controller");
+                    tracing::info!(module = %ModuleRef::label(&a.name, &a.version), "running as assigned by the controller");
                 }
                 for old in installed.iter().filter(|m| m.version != a.version) {
                     if let Err(e) = base.uninstall(&a.name, Some(&old.version)).await {
@@ -322,7 +305,7 @@ async fn reconcile(
                 }
             }
             Err(e) => {
-                let label = format!("{}@{}", a.name, a.version);
+                let label = ModuleRef::label(&a.name, &a.version);
                 tracing::warn!(module = %label, error = %e, "cannot run an assigned module");
                 failures.insert(label, format!("{e} ({})", e.code()));
             }
@@ -336,7 +319,7 @@ async fn reconcile(
                     tracing::info!(module = %name, "uninstalled: no longer assigned by the controller")
                 }
                 // Recorded, but the base stopped before installing it.
-                Err(OpsError::NotFound(_)) => {}
+                Err(OpsError::ModuleNotFound { .. }) => {}
                 Err(e) => {
                     tracing::warn!(module = %name, error = %e, "cannot uninstall an unassigned module")
                 }

@@ -1,5 +1,6 @@
 //! Settings of a base, with defaults that run on one machine with no setup.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -29,7 +30,7 @@ pub struct BaseConfig {
     /// (for measuring their cost: `bench/throughput.py`).
     pub observability: bool,
     /// The controller to register with and heartbeat to, if any.
-    pub controller: Option<crate::agent::ControllerLink>,
+    pub controller: Option<ControllerLink>,
     /// Export a span per request hop to this OTLP/HTTP collector (e.g.
     /// `http://127.0.0.1:4318`; spans go to `/v1/traces`). `None` exports
     /// nothing and starts nothing.
@@ -62,4 +63,22 @@ impl BaseConfig {
         self.ops_addr = "127.0.0.1:0".parse().expect("valid");
         self
     }
+}
+
+/// How a base reaches its controller.
+#[derive(Debug, Clone)]
+pub struct ControllerLink {
+    /// The controller API, e.g. `http://127.0.0.1:1239`.
+    pub url: String,
+    /// This base's name in the fleet.
+    pub name: String,
+    /// Labels deployments select bases by.
+    pub labels: BTreeMap<String, String>,
+    /// Most module versions this base takes.
+    pub capacity_modules: u32,
+    /// Time between heartbeats.
+    pub interval: Duration,
+    /// Load the code the controller compiled for this engine, when it has
+    /// some, instead of compiling each module here.
+    pub controller_code: bool,
 }

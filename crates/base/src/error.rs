@@ -35,15 +35,63 @@ pub enum OpsError {
     /// The artifact is not a valid berth module.
     #[error(transparent)]
     Load(#[from] LoadError),
-    /// No such module (or version).
+    /// No such ops endpoint, or no such thing in general.
     #[error("{0}")]
     NotFound(String),
+    /// No module of that name is installed.
+    #[error(
+        "no module named `{name}` is installed{}",
+        if installed.is_empty() {
+            String::from(" (this base has no modules)")
+        } else {
+            format!("; installed modules: {}", installed.join(", "))
+        }
+    )]
+    ModuleNotFound {
+        /// The name asked for.
+        name: String,
+        /// The modules that are installed.
+        installed: Vec<String>,
+    },
+    /// The module has no such version.
+    #[error(
+        "module `{name}` has no version `{version}`; installed versions: {}",
+        installed.join(", ")
+    )]
+    VersionNotFound {
+        /// The module.
+        name: String,
+        /// The version asked for.
+        version: String,
+        /// Its installed versions.
+        installed: Vec<String>,
+    },
     /// The route is taken by another module.
-    #[error("{0}")]
-    RouteConflict(String),
+    #[error(
+        "route `{route}` is already served by module `{owner}`; deploy `{name}` at another \
+         route (`berth deploy --route /other`), or uninstall `{owner}` first"
+    )]
+    RouteConflict {
+        /// The route asked for.
+        route: String,
+        /// The module serving it.
+        owner: String,
+        /// The module being installed.
+        name: String,
+    },
     /// The same name and version is installed with other bytes.
-    #[error("{0}")]
-    VersionConflict(String),
+    #[error(
+        "`{module}` is already installed with digest {installed}, and these bytes are {given}; \
+         versions are immutable: give the new build a new version, or uninstall `{module}` first"
+    )]
+    VersionConflict {
+        /// `name@version`.
+        module: String,
+        /// The digest installed.
+        installed: String,
+        /// The digest of the bytes given.
+        given: String,
+    },
     /// Traffic rules still send traffic to the version.
     #[error("{0}")]
     VersionInUse(String),
@@ -68,9 +116,11 @@ impl OpsError {
             OpsError::ArtifactUnreachable(_) => "artifact_unreachable",
             OpsError::PayloadTooLarge(_) => "payload_too_large",
             OpsError::Load(e) => e.code(),
-            OpsError::NotFound(_) => "module_not_found",
-            OpsError::RouteConflict(_) => "route_conflict",
-            OpsError::VersionConflict(_) => "version_conflict",
+            OpsError::NotFound(_)
+            | OpsError::ModuleNotFound { .. }
+            | OpsError::VersionNotFound { .. } => "module_not_found",
+            OpsError::RouteConflict { .. } => "route_conflict",
+            OpsError::VersionConflict { .. } => "version_conflict",
             OpsError::VersionInUse(_) => "version_in_use",
             OpsError::InvalidRules(_) => "invalid_rules",
             OpsError::NothingToRollBack(_) => "nothing_to_roll_back",
@@ -82,9 +132,11 @@ impl OpsError {
     pub fn status(&self) -> u16 {
         match self {
             OpsError::InvalidRequest(_) => 400,
-            OpsError::NotFound(_) => 404,
-            OpsError::RouteConflict(_)
-            | OpsError::VersionConflict(_)
+            OpsError::NotFound(_)
+            | OpsError::ModuleNotFound { .. }
+            | OpsError::VersionNotFound { .. } => 404,
+            OpsError::RouteConflict { .. }
+            | OpsError::VersionConflict { .. }
             | OpsError::VersionInUse(_)
             | OpsError::NothingToRollBack(_) => 409,
             OpsError::InvalidRules(_) => 422,

@@ -24,22 +24,25 @@
 mod agent;
 mod base;
 mod config;
+mod dispatcher;
 mod error;
 pub mod ingress;
+mod instrument;
+mod lifecycle;
 pub mod logs;
 pub mod metrics;
 pub mod ops;
 pub mod otlp;
 mod registry;
-pub use registry::VersionStats;
+pub use stats::VersionStats;
 pub mod router;
 pub mod rules;
 mod server;
 mod source;
 pub mod state;
+mod stats;
 
-pub use agent::ControllerLink;
 pub use base::Base;
-pub use config::BaseConfig;
+pub use config::{BaseConfig, ControllerLink};
 pub use error::{BaseError, OpsError};
 pub use server::RunningBase;

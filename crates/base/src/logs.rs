@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use berth_api::LogEntry;
+use berth_api::{LogEntry, LogStream};
 use berth_runtime::{LogLine, LogSink, LogSource};
 use tokio::sync::broadcast;
 
@@ -70,16 +70,16 @@ impl LogSink for ModuleLogs {
     fn line(&self, line: LogLine) {
         let now = SystemTime::now();
         let (stream, level) = match line.source {
-            LogSource::Stdout => ("stdout", "info"),
-            LogSource::Stderr => ("stderr", "error"),
-            LogSource::Log(level) => ("log", level),
+            LogSource::Stdout => (LogStream::Stdout, "info"),
+            LogSource::Stderr => (LogStream::Stderr, "error"),
+            LogSource::Log(level) => (LogStream::Log, level),
         };
         let entry = LogEntry {
             at: humantime::format_rfc3339_millis(now).to_string(),
             module: self.module.clone(),
             version: self.version.clone(),
             request_id: line.request_id,
-            stream: stream.into(),
+            stream,
             level: level.into(),
             message: line.message,
         };

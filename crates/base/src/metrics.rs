@@ -339,10 +339,8 @@ impl VersionMetrics {
     }
 
     /// Counts a failure of `kind` (one of [`FAILURE_KINDS`]).
-    pub fn failure(&self, kind: &str) {
-        if let Some(i) = FAILURE_KINDS.iter().position(|k| *k == kind) {
-            self.failures[i].inc();
-        }
+    pub fn failure(&self, kind: berth_api::FailureKind) {
+        self.failures[kind.index()].inc();
     }
 }
 

@@ -335,7 +335,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// The OTLP span of `hop`.
 fn to_span(hop: Hop) -> Span {
-    let (module, version) = hop.label.split_once('@').unwrap_or((&hop.label, ""));
+    let (module, version) = berth_api::ModuleRef::split(&hop.label).unwrap_or((&hop.label, ""));
     let name = match &hop.route {
         Some(route) => format!("{} {route}", hop.method),
         None => format!("module {module}"),

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use berth_api::Route;
 use berth_runtime::LoadedModule;
 
-use crate::registry::VersionStats;
 use crate::rules::{CompiledRules, RequestView};
+use crate::stats::VersionStats;
 
 /// The module a request goes to.
 #[derive(Clone)]

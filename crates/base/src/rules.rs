@@ -88,7 +88,7 @@ impl CompiledRules {
             if !installed.contains(&version) {
                 return Err(format!(
                     "{context}: version `{version}` is not installed (installed: {}); install it first \
-                     (it can be installed without becoming the default: activate=false)",
+                     (it can be installed without becoming the default: `berth deploy --no-activate`)",
                     installed.join(", ")
                 ));
             }

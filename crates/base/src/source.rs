@@ -42,7 +42,7 @@ async fn read_path(path: &str, max: usize) -> Result<Bytes, OpsError> {
         OpsError::ArtifactNotFound(format!(
             "cannot read artifact file `{path}` on the base's machine: {e}. Paths are resolved by the base, \
              not the client: pass an absolute path the base can read, or upload the file \
-             (POST /v1/modules with Content-Type: application/wasm)"
+             from where it is: `berth deploy FILE.wasm`"
         ))
     })?;
     if !meta.is_file() {

@@ -89,7 +89,7 @@ impl InstallRecord {
 
     /// The database key, `name@version`.
     pub fn key(&self) -> String {
-        format!("{}@{}", self.name, self.version)
+        berth_api::ModuleRef::label(&self.name, &self.version)
     }
 }
 

@@ -31,7 +31,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use berth_api::manifest::{self, Manifest};
-use berth_api::{BaseHeartbeat, ErrorBody, ErrorDetail};
+use berth_api::{BaseHeartbeat, ErrorBody, ErrorDetail, RolloutAction};
 use serde::Serialize;
 
 use crate::code::{CodeError, CodeShop};
@@ -80,34 +80,116 @@ pub async fn serve(
     result
 }
 
-/// An API failure.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
+/// An API failure: each variant has a stable wire code and HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A heartbeat body that does not parse, or names another base.
+    #[error("{0}")]
+    InvalidHeartbeat(String),
+    /// A watch from a base that is unknown or not Ready.
+    #[error(
+        "base `{name}` is not Ready (unknown, or no heartbeat within {timeout}); \
+         a base is Ready from its first heartbeat (`berth base --controller … --name {name}` sends them)"
+    )]
+    BaseNotReady {
+        /// The base.
+        name: String,
+        /// The controller's heartbeat timeout, human readable.
+        timeout: String,
+    },
+    /// No compiled code for this digest (or this controller does not compile).
+    #[error("{0}")]
+    NoCode(String),
+    /// Compiling the artifact failed.
+    #[error("{0}")]
+    CompileFailed(String),
+    /// The manifest is not UTF-8 (400).
+    #[error("the manifest is not UTF-8 text")]
+    ManifestNotText,
+    /// The manifest does not validate (422).
+    #[error("{0}")]
+    InvalidManifest(String),
+    /// No ModuleDeployment of that name.
+    #[error("no ModuleDeployment named `{0}`; list them with `berth get deployments`")]
+    DeploymentNotFound(String),
+    /// A rollout action that does not exist.
+    #[error("no rollout action `{0}`; use confirm, pause, resume or undo")]
+    UnknownRolloutAction(String),
+    /// A rollout action with nothing to act on.
+    #[error("{0}")]
+    NoRollout(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] ResourceError),
+    /// Store work or a reconcile pass panicked.
+    #[error("{what} panicked: {reason}")]
+    Panicked {
+        /// What was running.
+        what: &'static str,
+        /// The panic.
+        reason: String,
+    },
 }
+
+impl ApiError {
+    /// The stable, machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidHeartbeat(_) => "invalid_heartbeat",
+            Self::BaseNotReady { .. } => "base_not_ready",
+            Self::NoCode(_) => "no_code",
+            Self::CompileFailed(_) => "compile_failed",
+            Self::ManifestNotText | Self::InvalidManifest(_) => "invalid_manifest",
+            Self::DeploymentNotFound(_) | Self::UnknownRolloutAction(_) => "not_found",
+            Self::NoRollout(_) => "no_rollout",
+            Self::Store(_) => "store_failed",
+            Self::Panicked { what, .. } if *what == RECONCILE => "reconcile_failed",
+            Self::Panicked { .. } => "store_failed",
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidHeartbeat(_) | Self::ManifestNotText => StatusCode::BAD_REQUEST,
+            Self::BaseNotReady { .. } | Self::NoRollout(_) => StatusCode::CONFLICT,
+            Self::NoCode(_) | Self::DeploymentNotFound(_) | Self::UnknownRolloutAction(_) => {
+                StatusCode::NOT_FOUND
+            }
+            Self::CompileFailed(_) | Self::InvalidManifest(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Store(_) | Self::Panicked { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// What [`ApiError::Panicked`] says of a reconcile pass.
+const RECONCILE: &str = "the reconcile pass";
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
             error: ErrorDetail {
-                code: self.code.into(),
-                message: self.message,
+                code: self.code().into(),
+                message: self.to_string(),
             },
         };
-        (self.status, axum::Json(body)).into_response()
+        (self.status(), axum::Json(body)).into_response()
     }
 }
 
-impl From<ResourceError> for ApiError {
-    fn from(e: ResourceError) -> Self {
-        Self {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            code: "store_failed",
-            message: e.to_string(),
-        }
-    }
+/// Runs store work (redb commits are durable, so they wait on the disk) on
+/// a blocking thread, never on an async worker.
+async fn blocking<T: Send + 'static>(
+    shared: &Shared,
+    work: impl FnOnce(&Shared) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let shared = shared.clone();
+    tokio::task::spawn_blocking(move || work(&shared))
+        .await
+        .map_err(|e| ApiError::Panicked {
+            what: "store work",
+            reason: e.to_string(),
+        })?
 }
 
 /// The response to an apply.
@@ -151,28 +233,24 @@ async fn heartbeat(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let beat: BaseHeartbeat = serde_json::from_slice(&body).map_err(|e| ApiError {
-        status: StatusCode::BAD_REQUEST,
-        code: "invalid_heartbeat",
-        message: format!("the heartbeat is not valid: {e}"),
-    })?;
+    let beat: BaseHeartbeat = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::InvalidHeartbeat(format!("the heartbeat is not valid: {e}")))?;
     if beat.name != name {
-        return Err(ApiError {
-            status: StatusCode::BAD_REQUEST,
-            code: "invalid_heartbeat",
-            message: format!(
-                "the heartbeat names base `{}` but was sent to /v1/bases/{name}",
-                beat.name
-            ),
-        });
+        return Err(ApiError::InvalidHeartbeat(format!(
+            "the heartbeat names base `{}` but was sent to /v1/bases/{name}",
+            beat.name
+        )));
     }
     let name = beat.name.clone();
     shared.reconciler.metrics.heartbeats.inc();
-    let news = crate::bases::heartbeat(
-        shared.resources().store(),
-        beat,
-        shared.reconciler.heartbeat_timeout(),
-    )?;
+    let news = blocking(&shared, move |shared| {
+        Ok(crate::bases::heartbeat(
+            shared.resources().store(),
+            beat,
+            shared.reconciler.heartbeat_timeout(),
+        )?)
+    })
+    .await?;
     if news {
         reconcile(&shared).await?;
     }
@@ -186,10 +264,9 @@ async fn reconcile(shared: &Shared) -> Result<(), ApiError> {
     let reconciler = shared.reconciler.clone();
     tokio::task::spawn_blocking(move || reconciler.reconcile())
         .await
-        .map_err(|e| ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            code: "reconcile_failed",
-            message: format!("the reconcile pass panicked: {e}"),
+        .map_err(|e| ApiError::Panicked {
+            what: RECONCILE,
+            reason: e.to_string(),
         })??;
     Ok(())
 }
@@ -221,13 +298,10 @@ async fn watch_assignments(
     loop {
         let snapshot = updates.borrow_and_update().clone();
         let Some((revision, modules)) = snapshot.assignments(&name) else {
-            return Err(ApiError {
-                status: StatusCode::CONFLICT,
-                code: "base_not_ready",
-                message: format!(
-                    "base `{name}` is not Ready (unknown, or no heartbeat within {}); a base is Ready from its first heartbeat (`berth base --controller … --name {name}` sends them)",
-                    humantime::format_duration(shared.reconciler.heartbeat_timeout())
-                ),
+            return Err(ApiError::BaseNotReady {
+                name,
+                timeout: humantime::format_duration(shared.reconciler.heartbeat_timeout())
+                    .to_string(),
             });
         };
         if query.known.as_deref() != Some(revision.as_str()) {
@@ -264,21 +338,14 @@ async fn code(
     } else {
         format!("sha256:{digest}")
     };
-    let no_code = |e: CodeError| ApiError {
-        status: StatusCode::NOT_FOUND,
-        code: "no_code",
-        message: e.to_string(),
-    };
+    let no_code = |e: CodeError| ApiError::NoCode(e.to_string());
     let Some(shop) = &shared.code else {
-        return Err(ApiError {
-            status: StatusCode::NOT_FOUND,
-            code: "no_code",
-            message: "this controller does not compile for its bases (started with --no-code); the base compiles the module itself".into(),
-        });
+        return Err(ApiError::NoCode(
+            "this controller does not compile for its bases (started with --no-code); the base compiles the module itself".into(),
+        ));
     };
-    let artifact = shared
-        .resources()
-        .deployments()?
+    let deployments = blocking(&shared, |shared| Ok(shared.resources().deployments()?)).await?;
+    let artifact = deployments
         .iter()
         .flat_map(|d| {
             let s = &d.manifest.spec;
@@ -293,11 +360,7 @@ async fn code(
         .code(&digest, &artifact, &query.engine)
         .await
         .map_err(|e| match e {
-            CodeError::Failed { .. } => ApiError {
-                status: StatusCode::UNPROCESSABLE_ENTITY,
-                code: "compile_failed",
-                message: e.to_string(),
-            },
+            CodeError::Failed { .. } => ApiError::CompileFailed(e.to_string()),
             other => no_code(other),
         })?;
     Ok((
@@ -319,36 +382,41 @@ async fn metrics(State(shared): State<Shared>) -> Response {
 }
 
 async fn list_bases(State(shared): State<Shared>) -> Result<Response, ApiError> {
-    Ok(axum::Json(shared.reconciler.bases()?).into_response())
+    let bases = blocking(&shared, |shared| Ok(shared.reconciler.bases()?)).await?;
+    Ok(axum::Json(bases).into_response())
 }
 
 async fn apply(State(shared): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
-    let text = std::str::from_utf8(&body).map_err(|_| ApiError {
-        status: StatusCode::BAD_REQUEST,
-        code: "invalid_manifest",
-        message: "the manifest is not UTF-8 text".into(),
-    })?;
-    let Manifest::ModuleDeployment(deployment) = manifest::parse(text).map_err(|e| ApiError {
-        status: StatusCode::UNPROCESSABLE_ENTITY,
-        code: "invalid_manifest",
-        message: e.to_string(),
-    })?;
+    let text = std::str::from_utf8(&body).map_err(|_| ApiError::ManifestNotText)?;
+    let Manifest::ModuleDeployment(deployment) =
+        manifest::parse(text).map_err(|e| ApiError::InvalidManifest(e.to_string()))?;
     let name = deployment.metadata.name.clone();
-    let before = shared.resources().deployment(&name)?;
+    let before = blocking(&shared, {
+        let name = name.clone();
+        move |shared| Ok(shared.resources().deployment(&name)?)
+    })
+    .await?;
     check_module(before.as_ref(), &deployment.spec.module).await?;
-    let applied = shared
-        .resources()
-        .apply(deployment.clone(), |d| runs_current(&shared, d))?;
-    let after = shared.resources().deployment(&name)?;
+    let (applied, after) = blocking(&shared, {
+        let name = name.clone();
+        move |shared| {
+            let applied = shared
+                .resources()
+                .apply(deployment, |d| runs_current(shared, d))?;
+            let after = shared.resources().deployment(&name)?;
+            shared
+                .reconciler
+                .record(&name, &apply_events(before.as_ref(), after.as_ref()))?;
+            Ok((applied, after))
+        }
+    })
+    .await?;
     if let (Some(shop), Some(d)) = (&shared.code, &after) {
         shop.prepare(
             &d.manifest.spec.module.digest,
             &d.manifest.spec.module.artifact,
         );
     }
-    shared
-        .reconciler
-        .record(&name, &apply_events(before.as_ref(), after.as_ref()))?;
     reconcile(&shared).await?;
     let (status, result, generation) = match applied {
         Applied::Created => (StatusCode::CREATED, "created", 1),
@@ -372,11 +440,7 @@ async fn check_module(
     before: Option<&StoredDeployment>,
     module: &berth_api::manifest::ModuleRef,
 ) -> Result<(), ApiError> {
-    let refused = |e: crate::artifact::ArtifactError| ApiError {
-        status: StatusCode::UNPROCESSABLE_ENTITY,
-        code: "invalid_manifest",
-        message: e.to_string(),
-    };
+    let refused = |e: crate::artifact::ArtifactError| ApiError::InvalidManifest(e.to_string());
     if let Some(before) = before {
         let spec = &before.manifest.spec;
         if spec.module == *module {
@@ -494,22 +558,31 @@ async fn rollout_action(
     State(shared): State<Shared>,
     Path((name, action)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let invalid = |message: String| ApiError {
-        status: StatusCode::CONFLICT,
-        code: "no_rollout",
-        message,
+    let action: RolloutAction = action
+        .parse()
+        .map_err(|_| ApiError::UnknownRolloutAction(action))?;
+    blocking(&shared, {
+        let name = name.clone();
+        move |shared| act_on_rollout(shared, &name, action)
+    })
+    .await?;
+    reconcile(&shared).await?;
+    let stored = blocking(&shared, move |shared| {
+        shared
+            .resources()
+            .deployment(&name)?
+            .ok_or(ApiError::DeploymentNotFound(name))
+    })
+    .await?;
+    Ok(axum::Json(stored).into_response())
+}
+
+/// The store half of [`rollout_action`] (blocking).
+fn act_on_rollout(shared: &Shared, name: &str, action: RolloutAction) -> Result<(), ApiError> {
+    let Some(current) = shared.resources().deployment(name)? else {
+        return Err(ApiError::DeploymentNotFound(name.to_string()));
     };
-    if !matches!(action.as_str(), "confirm" | "pause" | "resume" | "undo") {
-        return Err(ApiError {
-            status: StatusCode::NOT_FOUND,
-            code: "not_found",
-            message: format!("no rollout action `{action}`; use confirm, pause, resume or undo"),
-        });
-    }
-    let Some(current) = shared.resources().deployment(&name)? else {
-        return Err(not_found(&name));
-    };
-    if action == "undo" {
+    if action == RolloutAction::Undo {
         // Back to the last version that ran: the one a rollout (going on
         // or failed) started from, else the one before the current.
         let previous = match &current.rollout {
@@ -517,13 +590,13 @@ async fn rollout_action(
             None => current.history.last().cloned(),
         };
         let Some(previous) = previous else {
-            return Err(invalid(format!(
+            return Err(ApiError::NoRollout(format!(
                 "`{name}` has no earlier version to return to"
             )));
         };
         let mut manifest = current.manifest.clone();
         shared.reconciler.record(
-            &name,
+            name,
             &[NewEvent::normal(
                 "UndoRequested",
                 format!(
@@ -535,58 +608,50 @@ async fn rollout_action(
         manifest.spec.module = previous;
         shared
             .resources()
-            .apply(manifest, |d| runs_current(&shared, d))?;
-    } else {
-        if current.rollout.is_none() {
-            return Err(invalid(format!("`{name}` has no rollout in progress")));
-        }
-        shared.resources().update(&name, |stored| {
-            if let Some(r) = stored.rollout.as_mut() {
-                match action.as_str() {
-                    "confirm" => r.confirmed = r.confirmed.max(r.batch),
-                    "pause" => r.paused = true,
-                    _ => r.paused = false,
-                }
-            }
-        })?;
-        let batch = current.rollout.as_ref().map_or(0, |r| r.batch);
-        let event = match action.as_str() {
-            "confirm" => NewEvent::normal("Confirmed", format!("batch {batch} confirmed")),
-            "pause" => NewEvent::normal("Paused", format!("held at batch {batch}")),
-            _ => NewEvent::normal("Resumed", format!("going on from batch {batch}")),
-        };
-        shared.reconciler.record(&name, &[event])?;
+            .apply(manifest, |d| runs_current(shared, d))?;
+        return Ok(());
     }
-    reconcile(&shared).await?;
-    let stored = shared
-        .resources()
-        .deployment(&name)?
-        .ok_or_else(|| not_found(&name))?;
-    Ok(axum::Json(stored).into_response())
+    if current.rollout.is_none() {
+        return Err(ApiError::NoRollout(format!(
+            "`{name}` has no rollout in progress"
+        )));
+    }
+    shared.resources().update(name, |stored| {
+        if let Some(r) = stored.rollout.as_mut() {
+            match action {
+                RolloutAction::Confirm => r.confirmed = r.confirmed.max(r.batch),
+                RolloutAction::Pause => r.paused = true,
+                RolloutAction::Resume | RolloutAction::Undo => r.paused = false,
+            }
+        }
+    })?;
+    let batch = current.rollout.as_ref().map_or(0, |r| r.batch);
+    let event = match action {
+        RolloutAction::Confirm => NewEvent::normal("Confirmed", format!("batch {batch} confirmed")),
+        RolloutAction::Pause => NewEvent::normal("Paused", format!("held at batch {batch}")),
+        RolloutAction::Resume | RolloutAction::Undo => {
+            NewEvent::normal("Resumed", format!("going on from batch {batch}"))
+        }
+    };
+    shared.reconciler.record(name, &[event])?;
+    Ok(())
 }
 
 async fn list(State(shared): State<Shared>) -> Result<Response, ApiError> {
-    let views: Vec<DeploymentView> = shared
-        .resources()
-        .deployments()?
-        .into_iter()
-        .map(|stored| DeploymentView {
-            status: shared.reconciler.status(&stored),
-            stored,
-            events: Vec::new(),
-        })
-        .collect();
+    let views = blocking(&shared, |shared| {
+        Ok(shared
+            .resources()
+            .deployments()?
+            .into_iter()
+            .map(|stored| DeploymentView {
+                status: shared.reconciler.status(&stored),
+                stored,
+                events: Vec::new(),
+            })
+            .collect::<Vec<_>>())
+    })
+    .await?;
     Ok(axum::Json(views).into_response())
-}
-
-fn not_found(name: &str) -> ApiError {
-    ApiError {
-        status: StatusCode::NOT_FOUND,
-        code: "not_found",
-        message: format!(
-            "no ModuleDeployment named `{name}`; list them with `berth get deployments`"
-        ),
-    }
 }
 
 /// A deployment with its live status and events.
@@ -607,28 +672,113 @@ async fn show(
     State(shared): State<Shared>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let Some(stored) = shared.resources().deployment(&name)? else {
-        return Err(not_found(&name));
-    };
-    let status = shared.reconciler.status(&stored);
-    let events = crate::events::list(shared.resources().store(), &name)?;
-    Ok(axum::Json(DeploymentView {
-        stored,
-        status,
-        events,
+    let view = blocking(&shared, move |shared| {
+        let Some(stored) = shared.resources().deployment(&name)? else {
+            return Err(ApiError::DeploymentNotFound(name));
+        };
+        let status = shared.reconciler.status(&stored);
+        let events = crate::events::list(shared.resources().store(), &name)?;
+        Ok(DeploymentView {
+            stored,
+            status,
+            events,
+        })
     })
-    .into_response())
+    .await?;
+    Ok(axum::Json(view).into_response())
 }
 
 async fn delete(
     State(shared): State<Shared>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    if shared.resources().delete_deployment(&name)? {
-        crate::events::forget(shared.resources().store(), &name)?;
+    let deleted = blocking(&shared, {
+        let name = name.clone();
+        move |shared| {
+            let deleted = shared.resources().delete_deployment(&name)?;
+            if deleted {
+                crate::events::forget(shared.resources().store(), &name)?;
+            }
+            Ok(deleted)
+        }
+    })
+    .await?;
+    if deleted {
         reconcile(&shared).await?;
         Ok(axum::Json(serde_json::json!({ "deleted": name })).into_response())
     } else {
-        Err(not_found(&name))
+        Err(ApiError::DeploymentNotFound(name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_api_error_keeps_its_wire_code_and_status() {
+        let cases = [
+            (
+                ApiError::InvalidHeartbeat("x".into()),
+                "invalid_heartbeat",
+                400,
+            ),
+            (
+                ApiError::BaseNotReady {
+                    name: "b1".into(),
+                    timeout: "10s".into(),
+                },
+                "base_not_ready",
+                409,
+            ),
+            (ApiError::NoCode("x".into()), "no_code", 404),
+            (ApiError::CompileFailed("x".into()), "compile_failed", 422),
+            (ApiError::ManifestNotText, "invalid_manifest", 400),
+            (
+                ApiError::InvalidManifest("x".into()),
+                "invalid_manifest",
+                422,
+            ),
+            (ApiError::DeploymentNotFound("d".into()), "not_found", 404),
+            (
+                ApiError::UnknownRolloutAction("skip".into()),
+                "not_found",
+                404,
+            ),
+            (ApiError::NoRollout("x".into()), "no_rollout", 409),
+            (
+                ApiError::Panicked {
+                    what: RECONCILE,
+                    reason: "boom".into(),
+                },
+                "reconcile_failed",
+                500,
+            ),
+        ];
+        for (error, code, status) in cases {
+            assert_eq!(
+                (error.code(), error.status().as_u16()),
+                (code, status),
+                "{error}"
+            );
+        }
+        let message = ApiError::UnknownRolloutAction("skip".into()).to_string();
+        assert!(
+            message.contains("use confirm, pause, resume or undo"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn rollout_actions_parse_from_their_wire_spelling_only() {
+        for action in [
+            RolloutAction::Confirm,
+            RolloutAction::Pause,
+            RolloutAction::Resume,
+            RolloutAction::Undo,
+        ] {
+            assert_eq!(action.as_str().parse::<RolloutAction>(), Ok(action));
+        }
+        assert!("Confirm".parse::<RolloutAction>().is_err());
     }
 }

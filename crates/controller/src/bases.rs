@@ -16,7 +16,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use berth_api::{BaseHeartbeat, BaseStatus};
+use berth_api::{BaseHeartbeat, BaseState, BaseStatus};
 use serde::{Deserialize, Serialize};
 
 use crate::resources::ResourceError;
@@ -113,11 +113,10 @@ pub fn list(store: &impl Store) -> Result<Vec<BaseStatus>, ResourceError> {
                 )
                 .to_string(),
                 state: if alive.contains(stored.heartbeat.name.as_str()) {
-                    "Ready"
+                    BaseState::Ready
                 } else {
-                    "NotReady"
-                }
-                .into(),
+                    BaseState::NotReady
+                },
                 heartbeat: stored.heartbeat,
             })
         })
@@ -143,15 +142,15 @@ mod tests {
         }
     }
 
-    fn state(store: &RedbStore) -> String {
-        list(store).unwrap()[0].state.clone()
+    fn state(store: &RedbStore) -> BaseState {
+        list(store).unwrap()[0].state
     }
 
     /// Whether the base goes NotReady within `within`.
     fn not_ready_within(store: &RedbStore, within: Duration) -> bool {
         let deadline = std::time::Instant::now() + within;
         while std::time::Instant::now() < deadline {
-            if state(store) == "NotReady" {
+            if state(store) == BaseState::NotReady {
                 return true;
             }
             std::thread::sleep(EXPIRY_TICK);
@@ -168,7 +167,7 @@ mod tests {
             heartbeat(&store, beat(0), timeout).unwrap(),
             "a new base is news"
         );
-        assert_eq!(state(&store), "Ready");
+        assert_eq!(state(&store), BaseState::Ready);
         // Only its load changed: not news, and the same lease is kept.
         assert!(!heartbeat(&store, beat(7), timeout).unwrap());
         let (alive, _) = store.list(ALIVE).unwrap();
@@ -177,7 +176,7 @@ mod tests {
         assert!(not_ready_within(&store, timeout + Duration::from_secs(2)));
         // Back: news, Ready again on a new lease.
         assert!(heartbeat(&store, beat(0), timeout).unwrap());
-        assert_eq!(state(&store), "Ready");
+        assert_eq!(state(&store), BaseState::Ready);
         assert_ne!(
             store.list(ALIVE).unwrap().0[0].create_revision,
             alive[0].create_revision

@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use berth_api::{Assignment, BaseStatus};
+use berth_api::{Assignment, BaseState, BaseStatus, ModuleRef};
 use tokio::sync::watch;
 
 use crate::bases::ALIVE;
@@ -54,7 +54,7 @@ impl Snapshot {
         let ready = self
             .bases
             .iter()
-            .any(|b| b.heartbeat.name == base && b.state == "Ready");
+            .any(|b| b.heartbeat.name == base && b.state == BaseState::Ready);
         if !ready {
             return None;
         }
@@ -306,7 +306,7 @@ impl Reconciler {
             self.metrics.decided("descheduled");
             let ready = bases
                 .iter()
-                .any(|b| b.heartbeat.name == *base && b.state == "Ready");
+                .any(|b| b.heartbeat.name == *base && b.state == BaseState::Ready);
             out.push(if ready {
                 NewEvent::normal("Descheduled", format!("replica removed from base {base}"))
             } else {
@@ -364,9 +364,13 @@ impl Reconciler {
         m.replicas.clear();
         m.rollouts.clear();
         m.bases.clear();
-        for state in ["Ready", "NotReady"] {
+        for state in [BaseState::Ready, BaseState::NotReady] {
             let n = bases.iter().filter(|b| b.state == state).count();
-            m.bases.get_or_create(&StateLabels { state }).set(n as i64);
+            m.bases
+                .get_or_create(&StateLabels {
+                    state: state.as_str(),
+                })
+                .set(n as i64);
         }
         for d in deployments {
             let s = status::of(d, placement, bases);
@@ -407,7 +411,7 @@ impl Reconciler {
 fn ready_set(bases: &[BaseStatus]) -> BTreeSet<&str> {
     bases
         .iter()
-        .filter(|b| b.state == "Ready")
+        .filter(|b| b.state == BaseState::Ready)
         .map(|b| b.heartbeat.name.as_str())
         .collect()
 }
@@ -432,7 +436,7 @@ fn observe(
             };
             for (base, assignments) in &placement.by_base {
                 for a in assignments.iter().filter(|a| a.name == *module) {
-                    let label = format!("{}@{}", a.name, a.version);
+                    let label = ModuleRef::label(&a.name, &a.version);
                     seen.placed.insert(base.clone(), a.version.clone());
                     if let Some(b) = bases.iter().find(|b| b.heartbeat.name == *base) {
                         if b.heartbeat.modules.contains(&label) {

@@ -17,7 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use std::collections::BTreeMap;
 
-use berth_api::{Assignment, BaseStatus};
+use berth_api::{Assignment, BaseStatus, ModuleRef};
 
 use crate::resources::StoredDeployment;
 
@@ -50,7 +50,7 @@ pub fn advance(
     let Some(rollout) = d.rollout.as_mut() else {
         return false;
     };
-    let wanted = format!("{}@{}", spec.module.name, spec.module.version);
+    let wanted = ModuleRef::label(&spec.module.name, &spec.module.version);
     if rollout.failed.is_some() {
         return false;
     }
@@ -154,7 +154,7 @@ mod tests {
                 revision,
             },
             last_heartbeat: String::new(),
-            state: "Ready".into(),
+            state: berth_api::BaseState::Ready,
         };
         let placed = ["a".to_string()];
         // Reported for an earlier assignment (say, the old path): ignored.

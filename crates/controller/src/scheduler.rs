@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 
-use berth_api::{Assignment, BaseStatus};
+use berth_api::{Assignment, BaseState, BaseStatus, ModuleRef};
 
 use crate::resources::StoredDeployment;
 
@@ -42,7 +42,10 @@ pub fn revision(modules: &[Assignment]) -> String {
 
 /// Places every deployment onto the Ready bases.
 pub fn place(deployments: &[StoredDeployment], bases: &[BaseStatus]) -> Placement {
-    let ready: Vec<&BaseStatus> = bases.iter().filter(|b| b.state == "Ready").collect();
+    let ready: Vec<&BaseStatus> = bases
+        .iter()
+        .filter(|b| b.state == BaseState::Ready)
+        .collect();
     let mut placement = Placement::default();
     let mut load: BTreeMap<&str, u32> = ready
         .iter()
@@ -53,10 +56,9 @@ pub fn place(deployments: &[StoredDeployment], bases: &[BaseStatus]) -> Placemen
     for d in sorted {
         let spec = &d.manifest.spec;
         let running = |b: &BaseStatus| {
-            b.heartbeat
-                .modules
-                .iter()
-                .any(|m| m.split('@').next() == Some(spec.module.name.as_str()))
+            b.heartbeat.modules.iter().any(|m| {
+                ModuleRef::split(m).map_or(m.as_str(), |(name, _)| name) == spec.module.name
+            })
         };
         let mut candidates: Vec<&BaseStatus> = ready
             .iter()
@@ -137,7 +139,7 @@ pub fn why_unschedulable(d: &StoredDeployment, bases: &[BaseStatus]) -> String {
     let matching = bases
         .iter()
         .filter(|b| {
-            b.state == "Ready"
+            b.state == BaseState::Ready
                 && spec
                     .base_selector
                     .iter()
@@ -201,7 +203,7 @@ mod tests {
                 revision: String::new(),
             },
             last_heartbeat: String::new(),
-            state: "Ready".into(),
+            state: BaseState::Ready,
         }
     }
 

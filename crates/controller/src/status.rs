@@ -7,7 +7,7 @@
 //! from its first answer. What happened over time is in the events
 //! ([`crate::events`]).
 
-use berth_api::BaseStatus;
+use berth_api::{BaseState, BaseStatus, ModuleRef};
 use serde::Serialize;
 
 use crate::resources::StoredDeployment;
@@ -68,7 +68,7 @@ pub fn of(d: &StoredDeployment, placement: &Placement, bases: &[BaseStatus]) -> 
     let mut replicas = Vec::new();
     for (base, assignments) in &placement.by_base {
         for a in assignments.iter().filter(|a| a.name == spec.module.name) {
-            let label = format!("{}@{}", a.name, a.version);
+            let label = ModuleRef::label(&a.name, &a.version);
             let report = bases.iter().find(|b| b.heartbeat.name == *base);
             // A failure reported for earlier assignments (say, the same
             // version from a path since fixed) is not this replica's.
@@ -86,7 +86,7 @@ pub fn of(d: &StoredDeployment, placement: &Placement, bases: &[BaseStatus]) -> 
             });
         }
     }
-    let newest = format!("{}@{}", spec.module.name, spec.module.version);
+    let newest = ModuleRef::label(&spec.module.name, &spec.module.version);
     let ready = replicas.iter().filter(|r| r.running).count() as u32;
     let unschedulable = placement.unschedulable.get(name).copied().unwrap_or(0);
     let mut status = DeploymentStatus {
@@ -94,7 +94,7 @@ pub fn of(d: &StoredDeployment, placement: &Placement, bases: &[BaseStatus]) -> 
         ready,
         updated: bases
             .iter()
-            .filter(|b| b.state == "Ready" && b.heartbeat.modules.contains(&newest))
+            .filter(|b| b.state == BaseState::Ready && b.heartbeat.modules.contains(&newest))
             .count() as u32,
         unschedulable,
         bases: replicas,

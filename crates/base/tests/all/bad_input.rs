@@ -168,6 +168,8 @@ async fn unreachable_and_missing_artifacts_are_refused() {
         "artifact_not_found",
     );
     assert!(message.contains("/nonexistent/ghost.wasm"), "{message}");
+    assert!(message.contains("`berth deploy FILE.wasm`"), "{message}");
+    assert!(!message.contains("POST /v1/modules"), "{message}");
     assert_untouched(&base, &before).await;
 }
 
@@ -181,6 +183,10 @@ async fn route_and_version_collisions_are_refused() {
     });
     let message = expect_error(base.install(&clash).await, 409, "route_conflict");
     assert!(message.contains("`hello`"), "{message}");
+    assert!(
+        message.contains("`berth deploy --route /other`"),
+        "{message}"
+    );
     // Same name and version, different bytes.
     let message = expect_error(
         base.install(&install_request("hello", "1.0.0", ECHO)).await,
@@ -222,6 +228,19 @@ async fn malformed_requests_are_refused() {
         "invalid_request",
     );
     assert!(message.contains("Bad_Name"), "{message}");
+    // One rule with `berth new` and manifests (berth_api::ModuleName): a
+    // module name starts with a letter.
+    let message = expect_error(
+        base.install(&install_request("1orders", "1.0.0", HELLO))
+            .await,
+        400,
+        "invalid_request",
+    );
+    assert!(
+        message.contains("`1orders` is not a module name")
+            && message.contains("starting with a letter"),
+        "{message}"
+    );
     let mut bad_route = install_request("other", "1.0.0", HELLO);
     bad_route.route = Some(Route {
         host: None,

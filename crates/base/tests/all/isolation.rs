@@ -42,12 +42,14 @@ async fn a_module_over_its_memory_limit_fails_alone() {
         .await;
     assert_eq!(body["module"]["limits"]["memoryMib"], 16);
 
-    let (status, _, text) = base.get("/hog").await;
+    let (status, headers, text) = base.get("/hog").await;
     assert_eq!(status, 500, "{text}");
     assert!(
         text.contains("memory limit of 16 MiB") && text.contains("hog@1"),
         "{text}"
     );
+    // The base's failure answer names the module like the module's own responses.
+    assert_eq!(headers["x-berth-module"], "hog@1");
     base.assert_hello_serves().await;
     // The same module still serves requests that stay within the limit.
     let (status, _, text) = base.get("/hog/fine").await;
@@ -90,6 +92,7 @@ async fn a_per_module_deadline_and_concurrency_cap_hold() {
     let response = base.client.get(base.url("/spin")).send().await.unwrap();
     assert_eq!(response.status(), 503);
     assert_eq!(response.headers()["retry-after"], "1");
+    assert_eq!(response.headers()["x-berth-module"], "spin@1");
     assert!(
         response
             .text()
@@ -130,6 +133,7 @@ async fn request_and_response_bodies_are_capped() {
         .await
         .unwrap();
     assert_eq!(response.status(), 413);
+    assert_eq!(response.headers()["x-berth-module"], "echo@1");
     assert!(
         response
             .text()

@@ -57,3 +57,58 @@ async fn a_module_whose_code_vanished_is_listed_as_failed_and_the_rest_serve() {
     assert!(echo.error.unwrap().contains("install it again"));
     assert_eq!(base.get("/echo").await.0, 404);
 }
+
+/// Writers queue in the lifecycle (their redb commits run off the async
+/// workers): concurrent installs and switches all commit, each exactly
+/// once, and a restart finds what the ops API last reported.
+#[tokio::test]
+async fn concurrent_installs_and_switches_all_commit_and_survive_a_restart() {
+    let mut base = TestBase::start().await;
+    base.install_path("echo", "1", ECHO).await;
+    let installs = (0..6).map(|i| {
+        let base = &base;
+        async move {
+            let name = format!("m{i}");
+            base.install_path(&name, "1", HELLO).await;
+            base.install_path(&name, "2", ECHO).await;
+        }
+    });
+    let switches = (0..6).map(|i| {
+        let base = &base;
+        async move {
+            base.install_path("echo", &format!("1.{i}"), HELLO).await;
+        }
+    });
+    futures::future::join(
+        futures::future::join_all(installs),
+        futures::future::join_all(switches),
+    )
+    .await;
+    let before = base.list().await;
+    assert_eq!(before.modules.len(), 1 + 6 + 12, "{before:?}");
+    for i in 0..6 {
+        let default: Vec<_> = before
+            .modules
+            .iter()
+            .filter(|m| m.name == format!("m{i}") && m.state == berth_api::ModuleState::Active)
+            .map(|m| m.version.as_str())
+            .collect();
+        assert_eq!(default, ["2"], "m{i}");
+    }
+    let echo_defaults = before
+        .modules
+        .iter()
+        .filter(|m| m.name == "echo" && m.state == berth_api::ModuleState::Active)
+        .count();
+    assert_eq!(echo_defaults, 1, "exactly one default for echo");
+
+    base.restart().await;
+    let after = base.list().await;
+    let shape = |list: &berth_api::ModuleList| {
+        list.modules
+            .iter()
+            .map(|m| (m.name.clone(), m.version.clone(), m.state))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(shape(&after), shape(&before));
+}

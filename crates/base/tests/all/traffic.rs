@@ -134,7 +134,8 @@ async fn an_invalid_rule_set_is_refused_whole_and_the_old_rules_stay() {
     let cases = [
         (
             json!({"rules": [rule("ok", json!({"on": "header", "name": "a"}), "1"), rule("ghost", json!({"on": "header", "name": "b"}), "9")]}),
-            "rule #2 \"ghost\": version `9` is not installed",
+            "rule #2 \"ghost\": version `9` is not installed (installed: 1, 2); install it first \
+             (it can be installed without becoming the default: `berth deploy --no-activate`)",
         ),
         (
             json!({"rules": [{"name": "gray", "split": [{"version": "1", "weight": 90}, {"version": "2", "weight": 20}]}]}),
@@ -294,6 +295,8 @@ async fn a_version_the_rules_use_cannot_be_removed_until_they_stop() {
         "version_in_use",
     );
     assert!(message.contains("rule #1 \"beta\""), "{message}");
+    assert!(message.contains("`berth rules set hello`"), "{message}");
+    assert!(!message.contains("/v1/"), "{message}");
     assert_eq!(base.version_for(|r| r.header("x-beta", "1")).await, "2");
 
     assert_eq!(base.put_rules(json!({})).await.0, 200);

@@ -17,16 +17,10 @@ pub enum Template {
 
 /// Creates `dir` (default `./NAME`) with Cargo.toml, src/lib.rs and berth.toml.
 pub fn run(name: &str, dir: Option<PathBuf>, template: Template) -> Result<PathBuf> {
-    let valid = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && !name.ends_with('-');
-    if !valid {
+    if berth_api::ModuleName::parse(name).is_err() {
         bail!(
-            "`{name}` is not a module name\nhint: use lowercase letters, digits and `-`, starting with a letter (e.g. `orders`)"
+            "`{name}` is not a module name\nhint: {}",
+            berth_api::MODULE_NAME_RULE
         );
     }
     let dir = dir.unwrap_or_else(|| PathBuf::from(name));

@@ -1,0 +1,197 @@
+//! The dispatcher: the immutable route snapshot, dispatch of ingress
+//! requests, and module-to-module calls.
+//!
+//! The lifecycle [`publish`](Dispatcher::publish)es a new [`RouteTable`]
+//! after every committed change; requests read the current one without a
+//! lock ([`ArcSwap`]) and keep the targets they picked, so a switch never
+//! disturbs a request in flight. Running a target goes through
+//! [`Instrumentation`] for metrics, spans, failures and headers.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Weak};
+
+use arc_swap::ArcSwap;
+use berth_api::{REQUEST_ID_HEADER, TRAFFIC_UNIT_HEADER};
+use berth_runtime::{
+    BoxResponse, CallContext, ModuleCaller, ResponseBody, TRACEPARENT, TraceParent, WasiBody,
+};
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+
+use crate::instrument::{Instrumentation, new_request_id, plain};
+use crate::router::{RouteTable, Target};
+use crate::rules::RequestView;
+
+/// Routes requests to module versions and runs them.
+pub(crate) struct Dispatcher {
+    routes: ArcSwap<RouteTable>,
+    instrumentation: Arc<Instrumentation>,
+    /// Itself, handed to modules as their [`ModuleCaller`].
+    me: Weak<Dispatcher>,
+}
+
+impl Dispatcher {
+    /// A dispatcher with no routes yet.
+    pub(crate) fn new(instrumentation: Arc<Instrumentation>) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
+            routes: ArcSwap::from_pointee(RouteTable::default()),
+            instrumentation,
+            me: me.clone(),
+        })
+    }
+
+    /// The current routing snapshot.
+    pub(crate) fn routes(&self) -> Arc<RouteTable> {
+        self.routes.load_full()
+    }
+
+    /// Swaps in `table`; requests already routed keep their targets.
+    pub(crate) fn publish(&self, table: RouteTable) {
+        self.routes.store(Arc::new(table));
+    }
+
+    /// The caller modules use for `http://NAME.berth/` calls.
+    fn caller(&self) -> Option<Arc<dyn ModuleCaller>> {
+        self.me
+            .upgrade()
+            .map(|me| Arc::new(Calls(me)) as Arc<dyn ModuleCaller>)
+    }
+
+    /// Routes and serves one ingress request from `client`.
+    pub(crate) async fn handle(
+        &self,
+        mut request: Request<Incoming>,
+        client: Option<IpAddr>,
+    ) -> Response<ResponseBody> {
+        // Honour the caller's trace; this hop is a new span in it.
+        let incoming = request
+            .headers()
+            .get(TRACEPARENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(TraceParent::parse);
+        let trace = incoming.map_or_else(TraceParent::new_root, |parent| parent.child());
+        let request_id = request
+            .headers()
+            .get(REQUEST_ID_HEADER)
+            .filter(|v| v.len() <= 128 && v.to_str().is_ok_and(|s| !s.is_empty()))
+            .cloned()
+            .unwrap_or_else(|| {
+                HeaderValue::from_str(&trace.trace_id_hex()).expect("hex is a valid header")
+            });
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| request.uri().host())
+            .map(str::to_owned);
+        let exporting = self.instrumentation.exporting();
+        let target = {
+            let routes = self.routes.load();
+            routes
+                .lookup(host.as_deref(), request.uri().path())
+                .map(|entry| {
+                    let target = entry.select(&view(&request, client)).clone();
+                    (target, exporting.then(|| entry.prefix().to_owned()))
+                })
+        };
+        let Some((target, route)) = target else {
+            return plain(
+                StatusCode::NOT_FOUND,
+                "404 Not Found: no module is installed at this path.\n".to_string(),
+                request_id,
+            );
+        };
+        let headers = request.headers_mut();
+        headers.insert(REQUEST_ID_HEADER, request_id.clone());
+        if let Ok(value) = HeaderValue::from_str(&trace.to_string()) {
+            headers.insert(TRACEPARENT, value);
+        }
+        let context = CallContext {
+            label: target.label.clone(),
+            request_id: Some(request_id),
+            traffic_unit: request.headers().get(TRAFFIC_UNIT_HEADER).cloned(),
+            hops: 0,
+            trace: Some(trace),
+            parent_span_id: incoming.map(|parent| parent.span_id),
+            caller: self.caller(),
+        };
+        self.run_in(target, request, context, route).await
+    }
+
+    /// Serves a module-to-module call to `name`: routed by name, through the
+    /// same traffic rules and failure handling as ingress requests.
+    async fn call(
+        &self,
+        name: &str,
+        request: Request<WasiBody>,
+        mut context: CallContext,
+    ) -> Response<ResponseBody> {
+        let target = self
+            .routes
+            .load()
+            .by_name(name)
+            .map(|entry| entry.select(&view(&request, None)).clone());
+        let Some(target) = target else {
+            let request_id = context.request_id.clone().unwrap_or_else(new_request_id);
+            return plain(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "502 Bad Gateway: no module named `{name}` is installed on this base \
+                     (a call to http://{name}.berth/ needs an installed module `{name}`)\n"
+                ),
+                request_id,
+            );
+        };
+        context.label = target.label.clone();
+        self.run_in(target, request, context, None).await
+    }
+
+    /// Runs `request` in `target`, observed by the instrumentation.
+    async fn run_in<B>(
+        &self,
+        target: Target,
+        request: Request<B>,
+        context: CallContext,
+        route: Option<String>,
+    ) -> Response<ResponseBody>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        let request_id = context.request_id.clone().unwrap_or_else(new_request_id);
+        let module = target.module.clone();
+        let hop = self.instrumentation.begin(
+            target,
+            &request,
+            request_id,
+            context.trace,
+            context.parent_span_id,
+            context.hops == 0,
+            route,
+        );
+        let result = module.handle(request, context).await;
+        hop.finish(result)
+    }
+}
+
+/// What the traffic rules read of `request`.
+fn view<B>(request: &Request<B>, client: Option<IpAddr>) -> RequestView<'_> {
+    RequestView {
+        headers: request.headers(),
+        path: request.uri().path(),
+        query: request.uri().query(),
+        client_ip: client,
+    }
+}
+
+/// The [`ModuleCaller`] modules get: calls go back into the dispatcher,
+/// without a socket.
+struct Calls(Arc<Dispatcher>);
+
+impl ModuleCaller for Calls {
+    fn call(&self, name: &str, request: Request<WasiBody>, context: CallContext) -> BoxResponse {
+        let dispatcher = self.0.clone();
+        let name = name.to_string();
+        Box::pin(async move { dispatcher.call(&name, request, context).await })
+    }
+}

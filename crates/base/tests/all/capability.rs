@@ -45,12 +45,12 @@ impl Capability for MemoryKv {
         })
     }
 
-    fn configure(&self, module: &ModuleSettings) -> Result<String, String> {
+    fn configure(&self, module: &ModuleSettings) -> anyhow::Result<String> {
         if module.name.starts_with("forbidden-") {
-            return Err(format!(
+            anyhow::bail!(
                 "module `{}` may not use the team cache; rename it",
                 module.name
-            ));
+            );
         }
         Ok(module.name.clone())
     }

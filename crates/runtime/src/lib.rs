@@ -37,6 +37,7 @@ mod ticker;
 mod trace;
 
 pub use artifact::{Digest, ParseDigestError};
+pub use async_trait::async_trait;
 pub use body::{ResponseBody, full_body};
 pub use cache::{CacheOutcome, ModuleCache, engine_tag};
 pub use capability::{AnyCapability, Capabilities, Capability, InstanceContext};

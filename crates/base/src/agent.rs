@@ -140,6 +140,7 @@ impl Agent {
                 .map(|m| format!("{}@{}", m.name, m.version))
                 .collect(),
             failures: self.failures.lock().expect("agent state").clone(),
+            capabilities: self.base.runtime().interfaces(),
         }
     }
 

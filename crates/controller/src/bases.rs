@@ -139,6 +139,7 @@ mod tests {
             modules: vec!["hello@1".into()],
             in_flight,
             failures: Default::default(),
+            capabilities: Vec::new(),
         }
     }
 

@@ -187,6 +187,7 @@ mod tests {
                 modules: Vec::new(),
                 in_flight: 0,
                 failures: BTreeMap::new(),
+                capabilities: Vec::new(),
             },
             last_heartbeat: String::new(),
             state: "Ready".into(),

@@ -11,11 +11,17 @@
 //! reshuffle), then — **spread** (default) — the bases with the fewest
 //! modules placed so far, or — **binPack** — the most, then by name.
 //! Replicas that find no candidate are unschedulable.
+//!
+//! A base is a candidate only if it offers every interface the module
+//! imports beyond WASI (its heartbeat's capabilities; the imports come from
+//! the controller's compile, [`Imports`]): a module importing
+//! `berth:sql/query` lands only on a base that shares a SQL database.
 
 use std::collections::BTreeMap;
 
 use berth_api::{Assignment, BaseStatus};
 
+use crate::code::Imports;
 use crate::resources::StoredDeployment;
 
 /// The outcome of one placement.
@@ -29,8 +35,51 @@ pub struct Placement {
     pub rolled: BTreeMap<String, Vec<String>>,
 }
 
-/// Places every deployment onto the Ready bases.
+/// Places every deployment onto the Ready bases, without knowing what
+/// their modules import.
 pub fn place(deployments: &[StoredDeployment], bases: &[BaseStatus]) -> Placement {
+    place_with(deployments, bases, &|_| Imports::Unknown)
+}
+
+/// What a deployment needs of a base's capabilities, given what `imports`
+/// says of its module: `None` places it nowhere yet.
+fn needs<'a>(
+    d: &StoredDeployment,
+    bases: &[BaseStatus],
+    imports: &'a Imports,
+) -> Option<&'a [String]> {
+    match imports {
+        Imports::Known(list) => Some(list),
+        Imports::Unknown => Some(&[]),
+        // Hold a new deployment until its imports are known, but never
+        // take replicas away from one that already runs.
+        Imports::Pending => {
+            let name = &d.manifest.spec.module.name;
+            let running = bases.iter().any(|b| {
+                b.heartbeat
+                    .modules
+                    .iter()
+                    .any(|m| m.split('@').next() == Some(name.as_str()))
+            });
+            (running || d.rollout.is_some()).then_some(&[][..])
+        }
+    }
+}
+
+/// Whether `base` offers every interface in `needed`.
+fn offers(base: &BaseStatus, needed: &[String]) -> bool {
+    needed
+        .iter()
+        .all(|i| base.heartbeat.capabilities.contains(i))
+}
+
+/// Places every deployment onto the Ready bases offering what its module
+/// imports (`imports` of each deployment).
+pub fn place_with(
+    deployments: &[StoredDeployment],
+    bases: &[BaseStatus],
+    imports: &dyn Fn(&StoredDeployment) -> Imports,
+) -> Placement {
     let ready: Vec<&BaseStatus> = bases.iter().filter(|b| b.state == "Ready").collect();
     let mut placement = Placement::default();
     let mut load: BTreeMap<&str, u32> = ready
@@ -41,6 +90,8 @@ pub fn place(deployments: &[StoredDeployment], bases: &[BaseStatus]) -> Placemen
     sorted.sort_by(|a, b| a.manifest.metadata.name.cmp(&b.manifest.metadata.name));
     for d in sorted {
         let spec = &d.manifest.spec;
+        let imported = imports(d);
+        let needed = needs(d, bases, &imported);
         let running = |b: &BaseStatus| {
             b.heartbeat
                 .modules
@@ -56,6 +107,7 @@ pub fn place(deployments: &[StoredDeployment], bases: &[BaseStatus]) -> Placemen
                     .all(|(k, v)| b.heartbeat.labels.get(k) == Some(v))
             })
             .filter(|b| load[b.heartbeat.name.as_str()] < b.heartbeat.capacity_modules)
+            .filter(|b| needed.is_some_and(|n| offers(b, n)))
             .collect();
         let binpack = spec.placement == berth_api::manifest::PlacementPolicy::BinPack;
         candidates.sort_by_key(|b| {
@@ -118,6 +170,41 @@ pub fn place(deployments: &[StoredDeployment], bases: &[BaseStatus]) -> Placemen
         }
     }
     placement
+}
+
+/// Why replicas of `d` found no base, in words, for its events, knowing
+/// what its module imports.
+pub fn why_unschedulable_with(
+    d: &StoredDeployment,
+    bases: &[BaseStatus],
+    imports: &Imports,
+) -> String {
+    let Some(needed) = needs(d, bases, imports) else {
+        return "waiting for the controller to read which interfaces the module imports".into();
+    };
+    let selected: Vec<&BaseStatus> = bases
+        .iter()
+        .filter(|b| {
+            b.state == "Ready"
+                && d.manifest
+                    .spec
+                    .base_selector
+                    .iter()
+                    .all(|(k, v)| b.heartbeat.labels.get(k) == Some(v))
+        })
+        .collect();
+    if !selected.is_empty()
+        && let Some(missing) = needed.iter().find(|i| {
+            !selected
+                .iter()
+                .any(|b| b.heartbeat.capabilities.contains(i))
+        })
+    {
+        return format!(
+            "unschedulable: no base offers {missing}; start a base that offers it (a custom base built with berth_base::Base::builder, see examples/sql-base) or remove the import from the module"
+        );
+    }
+    why_unschedulable(d, bases)
 }
 
 /// Why replicas of `d` found no base, in words, for its events.
@@ -214,5 +301,52 @@ mod tests {
         let big = [deployment("big", 5, "binPack")];
         let p = place(&big, &[base("a", 1), base("b", 1)]);
         assert_eq!((per_base(&p), p.unschedulable["big"]), (vec![1, 1], 3));
+    }
+
+    fn offering(name: &str, capabilities: &[&str]) -> BaseStatus {
+        let mut b = base(name, 10);
+        b.heartbeat.capabilities = capabilities.iter().map(|c| c.to_string()).collect();
+        b
+    }
+
+    const SQL: &str = "berth:sql/query@0.1.0";
+
+    #[test]
+    fn a_module_lands_only_on_bases_offering_every_interface_it_imports() {
+        let notes = [deployment("notes", 2, "spread")];
+        let bases = [offering("plain", &[]), offering("sql", &[SQL])];
+        let needs = |_: &StoredDeployment| Imports::Known(vec![SQL.to_string()]);
+        let p = place_with(&notes, &bases, &needs);
+        assert_eq!(p.by_base.keys().collect::<Vec<_>>(), vec!["sql"]);
+        assert_eq!(p.unschedulable["notes"], 1);
+        // With only plain bases, none is placed, and the reason names the interface.
+        let p = place_with(&notes, &bases[..1], &needs);
+        assert!(p.by_base.is_empty());
+        assert_eq!(
+            why_unschedulable_with(&notes[0], &bases[..1], &needs(&notes[0])),
+            format!(
+                "unschedulable: no base offers {SQL}; start a base that offers it (a custom base built with berth_base::Base::builder, see examples/sql-base) or remove the import from the module"
+            )
+        );
+        // Imports known to need nothing, or unknown: any base.
+        let p = place_with(&notes, &bases, &|_| Imports::Known(Vec::new()));
+        assert_eq!(p.by_base.len(), 2);
+        let p = place(&notes, &bases);
+        assert_eq!(p.by_base.len(), 2);
+    }
+
+    #[test]
+    fn a_new_deployment_waits_for_its_imports_but_a_running_one_keeps_its_bases() {
+        let notes = [deployment("notes", 1, "spread")];
+        let mut bases = [offering("a", &[])];
+        let p = place_with(&notes, &bases, &|_| Imports::Pending);
+        assert!(p.by_base.is_empty());
+        assert_eq!(
+            why_unschedulable_with(&notes[0], &bases, &Imports::Pending),
+            "waiting for the controller to read which interfaces the module imports"
+        );
+        bases[0].heartbeat.modules = vec!["notes@1".into()];
+        let p = place_with(&notes, &bases, &|_| Imports::Pending);
+        assert_eq!(p.by_base.len(), 1);
     }
 }

@@ -51,7 +51,7 @@ pub use kv::{KvBackend, KvError, KvStore};
 pub use logs::{LogLine, LogSink, LogSource};
 pub use module::LoadedModule;
 pub use outgoing::{BoxResponse, CallContext, ModuleCaller};
-pub use runtime::{Runtime, engine, validate};
+pub use runtime::{Runtime, compile_for_fleet, engine, validate};
 pub use settings::{Limits, MAX_HOPS, ModuleSettings};
 pub use trace::{TRACEPARENT, TraceParent};
 pub use wasmtime::{self, Engine};

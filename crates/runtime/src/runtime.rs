@@ -264,6 +264,32 @@ pub fn validate(bytes: &[u8]) -> Result<(), LoadError> {
     .map(drop)
 }
 
+/// Compiles `bytes` with `engine` for bases of the same engine settings:
+/// the compiled code (what [`Engine::precompile_component`] makes) and the
+/// interfaces the component imports beyond WASI 0.2 and `wasi:http`
+/// (`berth:base/kv@0.1.0`, …), which a base must offer to run it. One
+/// compile gives both; the controller places the module by the second.
+pub fn compile_for_fleet(
+    engine: &Engine,
+    bytes: &[u8],
+) -> Result<(Vec<u8>, Vec<String>), LoadError> {
+    check_header(bytes)?;
+    let component = Component::new(engine, bytes).map_err(|e| LoadError::Invalid {
+        reason: format!("{e:#}"),
+    })?;
+    let mut imports: Vec<String> = component
+        .component_type()
+        .imports(engine)
+        .map(|(name, _)| name.to_owned())
+        .filter(|name| !name.starts_with("wasi:"))
+        .collect();
+    imports.sort();
+    let code = component.serialize().map_err(|e| LoadError::Invalid {
+        reason: format!("cannot serialize compiled code: {e:#}"),
+    })?;
+    Ok((code, imports))
+}
+
 /// `berth:base` config, kv (over `kv`) and log.
 fn builtin_capabilities(kv: Option<Arc<dyn KvBackend>>) -> Capabilities {
     Capabilities::new()

@@ -348,7 +348,9 @@ async fn apply(State(shared): State<Shared>, body: Bytes) -> Result<Response, Ap
         let (shop, again) = (shop.clone(), shared.clone());
         let module = d.manifest.spec.module.clone();
         tokio::spawn(async move {
-            let _ = shop.code(&module.digest, &module.artifact, shop.tag()).await;
+            let _ = shop
+                .code(&module.digest, &module.artifact, shop.tag())
+                .await;
             if let Err(e) = reconcile(&again).await {
                 tracing::warn!(error = ?e, "reconcile after compile failed; retrying on the tick");
             }

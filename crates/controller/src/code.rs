@@ -77,7 +77,8 @@ pub struct CodeShop {
     dir: PathBuf,
     http: reqwest::Client,
     cells: Mutex<HashMap<String, Arc<OnceCell<Compiled>>>>,
-    imports: Mutex<HashMap<String, Vec<String>>>,
+    /// Digest → its imports (`None`: its compile failed, so unknown).
+    imports: Mutex<HashMap<String, Option<Vec<String>>>>,
 }
 
 /// What the controller knows of the interfaces a module imports.
@@ -150,6 +151,12 @@ impl CodeShop {
             Err(reason) => Err(reason),
         };
         read.map_err(|reason| {
+            // Unknown imports: bases decide (and report why they cannot run it).
+            self.imports
+                .lock()
+                .expect("imports")
+                .entry(digest.to_owned())
+                .or_insert(None);
             // Let a later ask try again (the artifact may be fixed).
             self.cells.lock().expect("code cells").remove(digest);
             CodeError::Failed {
@@ -163,8 +170,10 @@ impl CodeShop {
     /// The interfaces the module `digest` (`sha256:…`, fetched from
     /// `artifact`) imports beyond WASI; starts its compile if none ran yet.
     pub fn imports(self: &Arc<Self>, digest: &str, artifact: &str) -> Imports {
-        if let Some(known) = self.imports.lock().expect("imports").get(digest) {
-            return Imports::Known(known.clone());
+        match self.imports.lock().expect("imports").get(digest) {
+            Some(Some(known)) => return Imports::Known(known.clone()),
+            Some(None) => return Imports::Unknown,
+            None => {}
         }
         let cell = self.cells.lock().expect("code cells").get(digest).cloned();
         match cell {
@@ -242,7 +251,7 @@ impl CodeShop {
         self.imports
             .lock()
             .expect("imports")
-            .insert(digest.to_owned(), imports);
+            .insert(digest.to_owned(), Some(imports));
     }
 
     async fn fetch(&self, artifact: &str) -> Result<Vec<u8>, String> {

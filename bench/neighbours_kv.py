@@ -16,6 +16,7 @@ Usage: bench/neighbours_kv.py [--rounds 3] [--duration 8] [--connections 8]
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -28,6 +29,14 @@ _spec.loader.exec_module(bench)
 COUNTER_WASM = os.path.join(bench.ROOT, "target", "wasm-modules", "wasm32-wasip2", "release", "counter.wasm")
 
 
+def ensure_wrk():
+    """Installs wrk (Debian) when missing; this benchmark needs no other peer."""
+    if shutil.which("wrk") is None:
+        bench.log("installing wrk with apt-get")
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
@@ -37,7 +46,7 @@ def main():
     ap.add_argument("--skip-build", action="store_true")
     ap.add_argument("--berth", help="the berth binary (default: the release build; a debug one for a smoke run)")
     args = ap.parse_args()
-    bench.ensure_tools()
+    ensure_wrk()
     if args.berth:
         bench.RELEASE = os.path.dirname(os.path.abspath(args.berth))
     elif not args.skip_build:

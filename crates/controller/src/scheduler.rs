@@ -68,9 +68,19 @@ fn needs<'a>(
 
 /// Whether `base` offers every interface in `needed`.
 fn offers(base: &BaseStatus, needed: &[String]) -> bool {
-    needed
+    needed.iter().all(|i| offers_one(base, i))
+}
+
+/// Whether `base` offers `interface` (`pkg:name/iface@version`): by its
+/// exact name, or by the name alone when the base reports no version.
+fn offers_one(base: &BaseStatus, interface: &str) -> bool {
+    let unversioned = interface
+        .split_once('@')
+        .map_or(interface, |(name, _)| name);
+    base.heartbeat
+        .capabilities
         .iter()
-        .all(|i| base.heartbeat.capabilities.contains(i))
+        .any(|c| c == interface || c == unversioned)
 }
 
 /// Places every deployment onto the Ready bases offering what its module
@@ -194,11 +204,9 @@ pub fn why_unschedulable_with(
         })
         .collect();
     if !selected.is_empty()
-        && let Some(missing) = needed.iter().find(|i| {
-            !selected
-                .iter()
-                .any(|b| b.heartbeat.capabilities.contains(i))
-        })
+        && let Some(missing) = needed
+            .iter()
+            .find(|i| !selected.iter().any(|b| offers_one(b, i)))
     {
         return format!(
             "unschedulable: no base offers {missing}; start a base that offers it (a custom base built with berth_base::Base::builder, see examples/sql-base) or remove the import from the module"
@@ -328,6 +336,9 @@ mod tests {
                 "unschedulable: no base offers {SQL}; start a base that offers it (a custom base built with berth_base::Base::builder, see examples/sql-base) or remove the import from the module"
             )
         );
+        // A base reporting the interface without a version offers every version.
+        let unversioned = [offering("team", &["berth:sql/query"])];
+        assert_eq!(place_with(&notes, &unversioned, &needs).by_base.len(), 1);
         // Imports known to need nothing, or unknown: any base.
         let p = place_with(&notes, &bases, &|_| Imports::Known(Vec::new()));
         assert_eq!(p.by_base.len(), 2);

@@ -54,7 +54,8 @@ pub trait Capability: Send + Sync + 'static {
     /// The WIT interfaces [`init`](Capability::init) adds, with their
     /// versions (`berth:sql/query@0.1.0`): what the base reports it offers,
     /// and what the controller matches against a module's imports.
-    /// By default the capability's [`name`](Capability::name) alone.
+    /// By default the capability's [`name`](Capability::name) alone, which
+    /// the controller takes as every version of that interface.
     fn interfaces(&self) -> Vec<String> {
         vec![self.name().to_owned()]
     }

@@ -17,6 +17,8 @@ const MODULES: &[(&str, Kind)] = &[
     ("counter", Kind::Lib),
     ("gateway", Kind::Lib),
     ("cli-hello", Kind::Bin),
+    // Imports `berth:sql/query` (examples/sql-base): refused by a plain base.
+    ("sql-notes", Kind::Lib),
 ];
 
 #[derive(Clone, Copy)]
@@ -34,7 +36,7 @@ fn main() {
 
     println!("cargo:rerun-if-changed={}", modules_dir.display());
     // The guest helper crate and the WIT it binds are built into the modules too.
-    for shared in ["../guest", "../../wit"] {
+    for shared in ["../guest", "../../wit", "../../examples/sql-base/wit"] {
         println!(
             "cargo:rerun-if-changed={}",
             manifest_dir.join(shared).display()

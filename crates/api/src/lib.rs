@@ -281,6 +281,10 @@ pub struct LogList {
 pub struct ModuleList {
     /// Every installed module version, by name then version.
     pub modules: Vec<ModuleInfo>,
+    /// The WIT interfaces (with versions) the base offers modules beyond
+    /// WASI 0.2 and `wasi:http`, e.g. `berth:base/kv@0.1.0`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<String>,
 }
 
 /// Response to an install.
@@ -315,6 +319,10 @@ pub struct Health {
     pub modules: usize,
     /// The ingress address traffic goes to.
     pub ingress: String,
+    /// The WIT interfaces (with versions) the base offers modules beyond
+    /// WASI 0.2 and `wasi:http`, e.g. `berth:base/kv@0.1.0`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<String>,
 }
 
 /// The body of every error the ops API returns.
@@ -494,6 +502,11 @@ pub struct BaseHeartbeat {
     /// fixed — for one of the current.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub revision: String,
+    /// The WIT interfaces (with versions) it offers modules beyond WASI 0.2
+    /// and `wasi:http`: the controller places a deployment only on bases
+    /// offering every interface its module imports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<String>,
 }
 
 /// A base as the controller reports it (`GET /v1/bases`).

@@ -126,6 +126,7 @@ impl Agent {
                 .collect(),
             failures,
             revision,
+            capabilities: self.base.runtime().interfaces(),
         }
     }
 

@@ -195,7 +195,10 @@ impl Base {
                 "no module named `{name}` is installed"
             )));
         }
-        Ok(ModuleList { modules })
+        Ok(ModuleList {
+            modules,
+            capabilities: self.inner.runtime.interfaces(),
+        })
     }
 
     /// The lines module `name` (one `version`, or all) wrote since `since`,
@@ -261,6 +264,7 @@ impl Base {
                 .get()
                 .map(ToString::to_string)
                 .unwrap_or_default(),
+            capabilities: self.inner.runtime.interfaces(),
         }
     }
 }

@@ -18,11 +18,12 @@
 //!   request hop exported with OTLP ([`otlp`]).
 //!
 //! [`Base`] is the library entry point: a base team can build its own base
-//! binary around it. [`Base::start`] binds both listeners and returns a
+//! binary around it, adding capabilities with [`Base::builder`]. [`Base::start`] binds both listeners and returns a
 //! [`RunningBase`] handle.
 
 mod agent;
 mod base;
+mod builder;
 mod config;
 mod dispatcher;
 mod error;
@@ -43,6 +44,7 @@ pub mod state;
 mod stats;
 
 pub use base::Base;
+pub use builder::BaseBuilder;
 pub use config::{BaseConfig, ControllerLink};
 pub use error::{BaseError, OpsError};
 pub use server::RunningBase;

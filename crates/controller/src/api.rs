@@ -64,6 +64,9 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let reconciler = shared.reconciler.clone();
+    if let Some(shop) = &shared.code {
+        reconciler.set_code(shop.clone());
+    }
     if let Err(e) = reconciler.reconcile() {
         tracing::warn!(error = %e, "first reconcile failed; retrying on the tick");
     }
@@ -416,6 +419,18 @@ async fn apply(State(shared): State<Shared>, body: Bytes) -> Result<Response, Ap
             &d.manifest.spec.module.digest,
             &d.manifest.spec.module.artifact,
         );
+        // Placement waits for the module's imports: place again once the
+        // compile has read them, not on the next tick.
+        let (shop, again) = (shop.clone(), shared.clone());
+        let module = d.manifest.spec.module.clone();
+        tokio::spawn(async move {
+            let _ = shop
+                .code(&module.digest, &module.artifact, shop.tag())
+                .await;
+            if let Err(e) = reconcile(&again).await {
+                tracing::warn!(error = ?e, "reconcile after compile failed; retrying on the tick");
+            }
+        });
     }
     reconcile(&shared).await?;
     let (status, result, generation) = match applied {

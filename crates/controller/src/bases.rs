@@ -139,6 +139,7 @@ mod tests {
             in_flight,
             failures: Default::default(),
             revision: String::new(),
+            capabilities: Vec::new(),
         }
     }
 

@@ -20,6 +20,11 @@
 //! A compile starts as soon as a deployment is applied, so by the time its
 //! bases ask, the code is usually ready.
 //!
+//! Imports: the same compile reads which interfaces the module imports
+//! beyond WASI (kept beside the code as `<digest>-<tag>.imports`);
+//! the scheduler places a deployment only on bases offering all of them
+//! ([`CodeShop::imports`]).
+//!
 //! Trust: compiled code is native code, so a base that uses it trusts the
 //! controller as much as its own binary. Bases do by default (the controller
 //! already decides what they run); `berth base --compile-locally` opts out.
@@ -72,6 +77,19 @@ pub struct CodeShop {
     dir: PathBuf,
     http: reqwest::Client,
     cells: Mutex<HashMap<String, Arc<OnceCell<Compiled>>>>,
+    /// Digest → its imports (`None`: its compile failed, so unknown).
+    imports: Mutex<HashMap<String, Option<Vec<String>>>>,
+}
+
+/// What the controller knows of the interfaces a module imports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Imports {
+    /// Its imports beyond WASI (empty: any base runs it).
+    Known(Vec<String>),
+    /// Not read yet (the compile is under way).
+    Pending,
+    /// Not known (the compile failed): bases decide for themselves.
+    Unknown,
 }
 
 impl CodeShop {
@@ -92,6 +110,7 @@ impl CodeShop {
             dir,
             http: reqwest::Client::new(),
             cells: Mutex::new(HashMap::new()),
+            imports: Mutex::new(HashMap::new()),
         })
     }
 
@@ -132,6 +151,12 @@ impl CodeShop {
             Err(reason) => Err(reason),
         };
         read.map_err(|reason| {
+            // Unknown imports: bases decide (and report why they cannot run it).
+            self.imports
+                .lock()
+                .expect("imports")
+                .entry(digest.to_owned())
+                .or_insert(None);
             // Let a later ask try again (the artifact may be fixed).
             self.cells.lock().expect("code cells").remove(digest);
             CodeError::Failed {
@@ -140,6 +165,32 @@ impl CodeShop {
                 reason,
             }
         })
+    }
+
+    /// The interfaces the module `digest` (`sha256:…`, fetched from
+    /// `artifact`) imports beyond WASI; starts its compile if none ran yet.
+    pub fn imports(self: &Arc<Self>, digest: &str, artifact: &str) -> Imports {
+        match self.imports.lock().expect("imports").get(digest) {
+            Some(Some(known)) => return Imports::Known(known.clone()),
+            Some(None) => return Imports::Unknown,
+            None => {}
+        }
+        let cell = self.cells.lock().expect("code cells").get(digest).cloned();
+        match cell {
+            None => {
+                if tokio::runtime::Handle::try_current().is_ok() {
+                    self.prepare(digest, artifact);
+                    Imports::Pending
+                } else {
+                    Imports::Unknown
+                }
+            }
+            Some(cell) => match cell.get() {
+                None => Imports::Pending,
+                // Compiled, but its imports were lost: unknown.
+                Some(_) => Imports::Unknown,
+            },
+        }
     }
 
     /// Starts compiling `digest` in the background, so that it is ready when
@@ -159,7 +210,11 @@ impl CodeShop {
         let path = self
             .dir
             .join(format!("{}-{}.cwasm", wanted.hex(), self.tag));
-        if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+        let imports_path = path.with_extension("imports");
+        if tokio::fs::try_exists(&path).await.unwrap_or(false)
+            && let Ok(text) = tokio::fs::read_to_string(&imports_path).await
+        {
+            self.record_imports(&digest, text.lines().map(str::to_owned).collect());
             return Ok(path);
         }
         let bytes = self.fetch(&artifact).await?;
@@ -169,10 +224,11 @@ impl CodeShop {
         }
         let engine = self.engine.clone();
         let started = std::time::Instant::now();
-        let code = tokio::task::spawn_blocking(move || engine.precompile_component(&bytes))
-            .await
-            .map_err(|e| format!("the compile panicked: {e}"))?
-            .map_err(|e| format!("{e:#}"))?;
+        let (code, imports) =
+            tokio::task::spawn_blocking(move || berth_runtime::compile_for_fleet(&engine, &bytes))
+                .await
+                .map_err(|e| format!("the compile panicked: {e}"))?
+                .map_err(|e| format!("{e:#}"))?;
         tracing::info!(%digest, ms = started.elapsed().as_millis() as u64, bytes = code.len(), "compiled for the bases");
         // Written whole, then renamed into place: a reader never sees half.
         let tmp = path.with_extension("tmp");
@@ -183,7 +239,19 @@ impl CodeShop {
         stored
             .await
             .map_err(|e| format!("cannot store the code at {}: {e}", path.display()))?;
+        if let Err(e) = tokio::fs::write(&imports_path, imports.join("\n")).await {
+            tracing::warn!(error = %e, path = %imports_path.display(), "cannot keep the module's imports");
+        }
+        self.record_imports(&digest, imports);
         Ok(path)
+    }
+
+    fn record_imports(&self, digest: &str, imports: Vec<String>) {
+        let imports = imports.into_iter().filter(|i| !i.is_empty()).collect();
+        self.imports
+            .lock()
+            .expect("imports")
+            .insert(digest.to_owned(), Some(imports));
     }
 
     async fn fetch(&self, artifact: &str) -> Result<Vec<u8>, String> {

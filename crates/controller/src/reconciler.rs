@@ -90,6 +90,9 @@ pub struct Reconciler {
     stopping: watch::Sender<bool>,
     /// The controller's metrics.
     pub metrics: Metrics,
+    /// The compiler that reads what each module imports, if the
+    /// controller compiles for its bases ([`Reconciler::set_code`]).
+    code: std::sync::OnceLock<Arc<crate::code::CodeShop>>,
 }
 
 impl Reconciler {
@@ -103,7 +106,25 @@ impl Reconciler {
             published: watch::channel(Arc::new(Snapshot::default())).0,
             stopping: watch::channel(false).0,
             metrics: Metrics::default(),
+            code: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Places deployments only on bases offering what their modules import,
+    /// as `shop` reads it from each compile.
+    pub fn set_code(&self, shop: Arc<crate::code::CodeShop>) {
+        let _ = self.code.set(shop);
+    }
+
+    /// What `d`'s module imports, as far as the controller knows.
+    fn imports(&self, d: &StoredDeployment) -> crate::code::Imports {
+        match self.code.get() {
+            Some(shop) => shop.imports(
+                &d.manifest.spec.module.digest,
+                &d.manifest.spec.module.artifact,
+            ),
+            None => crate::code::Imports::Unknown,
+        }
     }
 
     /// The deployments and the store under them.
@@ -141,7 +162,17 @@ impl Reconciler {
     /// The status of deployment `d` as of the latest pass.
     pub fn status(&self, d: &StoredDeployment) -> DeploymentStatus {
         let snapshot = self.published.borrow().clone();
-        status::of(d, &snapshot.placement, &snapshot.bases)
+        let mut status = status::of(d, &snapshot.placement, &snapshot.bases);
+        if status.unschedulable > 0 {
+            // Say why, e.g. `unschedulable: no base offers berth:sql/query@0.1.0`.
+            let why = scheduler::why_unschedulable_with(d, &snapshot.bases, &self.imports(d));
+            for c in &mut status.conditions {
+                if c.reason == "Unschedulable" {
+                    c.message = format!("{}: {why}", c.message);
+                }
+            }
+        }
+        status
     }
 
     /// Records `new` events on deployment `name`.
@@ -213,7 +244,7 @@ impl Reconciler {
         let mut deployments = self.resources.deployments()?;
         let now = now_ms();
         let mut news: BTreeMap<String, Vec<NewEvent>> = BTreeMap::new();
-        let mut placement = scheduler::place(&deployments, &bases);
+        let mut placement = scheduler::place_with(&deployments, &bases, &|d| self.imports(d));
         // A batch that completes lets the next one start in the same pass.
         for _ in 0..4 {
             let mut advanced = false;
@@ -240,7 +271,7 @@ impl Reconciler {
             if !advanced {
                 break;
             }
-            placement = scheduler::place(&deployments, &bases);
+            placement = scheduler::place_with(&deployments, &bases, &|d| self.imports(d));
         }
 
         let seen_now = observe(&deployments, &placement, &bases);
@@ -344,7 +375,7 @@ impl Reconciler {
                     "{} of {} replica(s) found no base: {}",
                     now.unschedulable,
                     d.manifest.spec.replicas,
-                    scheduler::why_unschedulable(d, bases)
+                    scheduler::why_unschedulable_with(d, bases, &self.imports(d))
                 ),
             ));
         } else if now.unschedulable == 0 && before.unschedulable > 0 {

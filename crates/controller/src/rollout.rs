@@ -152,6 +152,7 @@ mod tests {
                 in_flight: 0,
                 failures: [("m@2".to_string(), "cannot read /old/path".to_string())].into(),
                 revision,
+                capabilities: Vec::new(),
             },
             last_heartbeat: String::new(),
             state: berth_api::BaseState::Ready,

@@ -11,11 +11,17 @@
 //! reshuffle), then — **spread** (default) — the bases with the fewest
 //! modules placed so far, or — **binPack** — the most, then by name.
 //! Replicas that find no candidate are unschedulable.
+//!
+//! A base is a candidate only if it offers every interface the module
+//! imports beyond WASI (its heartbeat's capabilities; the imports come from
+//! the controller's compile, [`Imports`]): a module importing
+//! `berth:sql/query` lands only on a base that shares a SQL database.
 
 use std::collections::BTreeMap;
 
 use berth_api::{Assignment, BaseState, BaseStatus, ModuleRef};
 
+use crate::code::Imports;
 use crate::resources::StoredDeployment;
 
 /// The outcome of one placement.
@@ -40,8 +46,61 @@ pub fn revision(modules: &[Assignment]) -> String {
     format!("{:016x}", hasher.finish())
 }
 
-/// Places every deployment onto the Ready bases.
+/// Places every deployment onto the Ready bases, without knowing what
+/// their modules import.
 pub fn place(deployments: &[StoredDeployment], bases: &[BaseStatus]) -> Placement {
+    place_with(deployments, bases, &|_| Imports::Unknown)
+}
+
+/// What a deployment needs of a base's capabilities, given what `imports`
+/// says of its module: `None` places it nowhere yet.
+fn needs<'a>(
+    d: &StoredDeployment,
+    bases: &[BaseStatus],
+    imports: &'a Imports,
+) -> Option<&'a [String]> {
+    match imports {
+        Imports::Known(list) => Some(list),
+        Imports::Unknown => Some(&[]),
+        // Hold a new deployment until its imports are known, but never
+        // take replicas away from one that already runs.
+        Imports::Pending => {
+            let name = &d.manifest.spec.module.name;
+            let running = bases.iter().any(|b| {
+                b.heartbeat
+                    .modules
+                    .iter()
+                    .any(|m| ModuleRef::split(m).map_or(m.as_str(), |(n, _)| n) == name)
+            });
+            (running || d.rollout.is_some()).then_some(&[][..])
+        }
+    }
+}
+
+/// Whether `base` offers every interface in `needed`.
+fn offers(base: &BaseStatus, needed: &[String]) -> bool {
+    needed.iter().all(|i| offers_one(base, i))
+}
+
+/// Whether `base` offers `interface` (`pkg:name/iface@version`): by its
+/// exact name, or by the name alone when the base reports no version.
+fn offers_one(base: &BaseStatus, interface: &str) -> bool {
+    let unversioned = interface
+        .split_once('@')
+        .map_or(interface, |(name, _)| name);
+    base.heartbeat
+        .capabilities
+        .iter()
+        .any(|c| c == interface || c == unversioned)
+}
+
+/// Places every deployment onto the Ready bases offering what its module
+/// imports (`imports` of each deployment).
+pub fn place_with(
+    deployments: &[StoredDeployment],
+    bases: &[BaseStatus],
+    imports: &dyn Fn(&StoredDeployment) -> Imports,
+) -> Placement {
     let ready: Vec<&BaseStatus> = bases
         .iter()
         .filter(|b| b.state == BaseState::Ready)
@@ -55,6 +114,8 @@ pub fn place(deployments: &[StoredDeployment], bases: &[BaseStatus]) -> Placemen
     sorted.sort_by(|a, b| a.manifest.metadata.name.cmp(&b.manifest.metadata.name));
     for d in sorted {
         let spec = &d.manifest.spec;
+        let imported = imports(d);
+        let needed = needs(d, bases, &imported);
         let running = |b: &BaseStatus| {
             b.heartbeat.modules.iter().any(|m| {
                 ModuleRef::split(m).map_or(m.as_str(), |(name, _)| name) == spec.module.name
@@ -69,6 +130,7 @@ pub fn place(deployments: &[StoredDeployment], bases: &[BaseStatus]) -> Placemen
                     .all(|(k, v)| b.heartbeat.labels.get(k) == Some(v))
             })
             .filter(|b| load[b.heartbeat.name.as_str()] < b.heartbeat.capacity_modules)
+            .filter(|b| needed.is_some_and(|n| offers(b, n)))
             .collect();
         let binpack = spec.placement == berth_api::manifest::PlacementPolicy::BinPack;
         candidates.sort_by_key(|b| {
@@ -131,6 +193,39 @@ pub fn place(deployments: &[StoredDeployment], bases: &[BaseStatus]) -> Placemen
         }
     }
     placement
+}
+
+/// Why replicas of `d` found no base, in words, for its events, knowing
+/// what its module imports.
+pub fn why_unschedulable_with(
+    d: &StoredDeployment,
+    bases: &[BaseStatus],
+    imports: &Imports,
+) -> String {
+    let Some(needed) = needs(d, bases, imports) else {
+        return "waiting for the controller to read which interfaces the module imports".into();
+    };
+    let selected: Vec<&BaseStatus> = bases
+        .iter()
+        .filter(|b| {
+            b.state == BaseState::Ready
+                && d.manifest
+                    .spec
+                    .base_selector
+                    .iter()
+                    .all(|(k, v)| b.heartbeat.labels.get(k) == Some(v))
+        })
+        .collect();
+    if !selected.is_empty()
+        && let Some(missing) = needed
+            .iter()
+            .find(|i| !selected.iter().any(|b| offers_one(b, i)))
+    {
+        return format!(
+            "unschedulable: no base offers {missing}; start a base that offers it (a custom base built with berth_base::Base::builder, see examples/sql-base) or remove the import from the module"
+        );
+    }
+    why_unschedulable(d, bases)
 }
 
 /// Why replicas of `d` found no base, in words, for its events.
@@ -201,6 +296,7 @@ mod tests {
                 in_flight: 0,
                 failures: BTreeMap::new(),
                 revision: String::new(),
+                capabilities: Vec::new(),
             },
             last_heartbeat: String::new(),
             state: BaseState::Ready,
@@ -227,5 +323,55 @@ mod tests {
         let big = [deployment("big", 5, "binPack")];
         let p = place(&big, &[base("a", 1), base("b", 1)]);
         assert_eq!((per_base(&p), p.unschedulable["big"]), (vec![1, 1], 3));
+    }
+
+    fn offering(name: &str, capabilities: &[&str]) -> BaseStatus {
+        let mut b = base(name, 10);
+        b.heartbeat.capabilities = capabilities.iter().map(|c| c.to_string()).collect();
+        b
+    }
+
+    const SQL: &str = "berth:sql/query@0.1.0";
+
+    #[test]
+    fn a_module_lands_only_on_bases_offering_every_interface_it_imports() {
+        let notes = [deployment("notes", 2, "spread")];
+        let bases = [offering("plain", &[]), offering("sql", &[SQL])];
+        let needs = |_: &StoredDeployment| Imports::Known(vec![SQL.to_string()]);
+        let p = place_with(&notes, &bases, &needs);
+        assert_eq!(p.by_base.keys().collect::<Vec<_>>(), vec!["sql"]);
+        assert_eq!(p.unschedulable["notes"], 1);
+        // With only plain bases, none is placed, and the reason names the interface.
+        let p = place_with(&notes, &bases[..1], &needs);
+        assert!(p.by_base.is_empty());
+        assert_eq!(
+            why_unschedulable_with(&notes[0], &bases[..1], &needs(&notes[0])),
+            format!(
+                "unschedulable: no base offers {SQL}; start a base that offers it (a custom base built with berth_base::Base::builder, see examples/sql-base) or remove the import from the module"
+            )
+        );
+        // A base reporting the interface without a version offers every version.
+        let unversioned = [offering("team", &["berth:sql/query"])];
+        assert_eq!(place_with(&notes, &unversioned, &needs).by_base.len(), 1);
+        // Imports known to need nothing, or unknown: any base.
+        let p = place_with(&notes, &bases, &|_| Imports::Known(Vec::new()));
+        assert_eq!(p.by_base.len(), 2);
+        let p = place(&notes, &bases);
+        assert_eq!(p.by_base.len(), 2);
+    }
+
+    #[test]
+    fn a_new_deployment_waits_for_its_imports_but_a_running_one_keeps_its_bases() {
+        let notes = [deployment("notes", 1, "spread")];
+        let mut bases = [offering("a", &[])];
+        let p = place_with(&notes, &bases, &|_| Imports::Pending);
+        assert!(p.by_base.is_empty());
+        assert_eq!(
+            why_unschedulable_with(&notes[0], &bases, &Imports::Pending),
+            "waiting for the controller to read which interfaces the module imports"
+        );
+        bases[0].heartbeat.modules = vec!["notes@1".into()];
+        let p = place_with(&notes, &bases, &|_| Imports::Pending);
+        assert_eq!(p.by_base.len(), 1);
     }
 }

@@ -33,6 +33,8 @@ use std::sync::Arc;
 
 use wasmtime::component::Linker;
 
+use crate::error::LoadError;
+use crate::extensions::Extensions;
 use crate::host::HostState;
 use crate::logs::LogSink;
 use crate::settings::ModuleSettings;
@@ -49,12 +51,22 @@ pub trait Capability: Send + Sync + 'static {
     /// name replaces an earlier one).
     fn name(&self) -> &str;
 
+    /// The WIT interfaces [`init`](Capability::init) adds, with their
+    /// versions (`berth:sql/query@0.1.0`): what the base reports it offers,
+    /// and what the controller matches against a module's imports.
+    /// By default the capability's [`name`](Capability::name) alone, which
+    /// the controller takes as every version of that interface.
+    fn interfaces(&self) -> Vec<String> {
+        vec![self.name().to_owned()]
+    }
+
     /// Adds the interfaces to `linker` (once per engine).
     fn init(&self, linker: &mut Linker<HostState>) -> wasmtime::Result<()>;
 
-    /// Builds the per-version state of `module`, or refuses it (the message
-    /// says what to change).
-    fn configure(&self, module: &ModuleSettings) -> Result<Self::Module, String>;
+    /// Builds the per-version state of `module`, or refuses it (the error
+    /// says what to change; the install fails with it, naming the
+    /// capability).
+    fn configure(&self, module: &ModuleSettings) -> anyhow::Result<Self::Module>;
 
     /// Builds one instance's data from the version's state.
     fn prepare(&self, module: &Self::Module, instance: &InstanceContext<'_>) -> Self::Instance;
@@ -74,10 +86,12 @@ pub struct InstanceContext<'a> {
 pub trait AnyCapability: Send + Sync + 'static {
     /// [`Capability::name`].
     fn name(&self) -> &str;
+    /// [`Capability::interfaces`].
+    fn interfaces(&self) -> Vec<String>;
     /// [`Capability::init`].
     fn init(&self, linker: &mut Linker<HostState>) -> wasmtime::Result<()>;
     /// [`Capability::configure`], boxed.
-    fn configure(&self, module: &ModuleSettings) -> Result<Arc<dyn Any + Send + Sync>, String>;
+    fn configure(&self, module: &ModuleSettings) -> anyhow::Result<Arc<dyn Any + Send + Sync>>;
     /// [`Capability::prepare`], boxed with the type it is looked up by.
     fn prepare(
         &self,
@@ -91,11 +105,15 @@ impl<C: Capability> AnyCapability for C {
         Capability::name(self)
     }
 
+    fn interfaces(&self) -> Vec<String> {
+        Capability::interfaces(self)
+    }
+
     fn init(&self, linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         Capability::init(self, linker)
     }
 
-    fn configure(&self, module: &ModuleSettings) -> Result<Arc<dyn Any + Send + Sync>, String> {
+    fn configure(&self, module: &ModuleSettings) -> anyhow::Result<Arc<dyn Any + Send + Sync>> {
         Ok(Arc::new(Capability::configure(self, module)?))
     }
 
@@ -151,15 +169,26 @@ impl Capabilities {
         self.0.iter()
     }
 
+    /// Every WIT interface the capabilities offer (with versions), sorted.
+    pub fn interfaces(&self) -> Vec<String> {
+        let mut all: Vec<String> = self.0.iter().flat_map(|c| c.interfaces()).collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+
     /// Runs every capability's configure for `module`; the first refusal,
     /// named after its capability.
-    pub(crate) fn configure(&self, module: &ModuleSettings) -> Result<Configured, String> {
+    pub(crate) fn configure(&self, module: &ModuleSettings) -> Result<Configured, LoadError> {
         self.0
             .iter()
             .map(|c| {
                 c.configure(module)
                     .map(|state| (c.clone(), state))
-                    .map_err(|e| format!("capability {}: {e}", c.name()))
+                    .map_err(|e| LoadError::Refused {
+                        capability: c.name().to_owned(),
+                        reason: format!("{e:#}"),
+                    })
             })
             .collect::<Result<Vec<_>, _>>()
             .map(|states| Configured(Arc::new(states)))
@@ -184,25 +213,11 @@ pub(crate) struct Configured(Arc<Vec<ConfiguredOne>>);
 impl Configured {
     /// One instance's data of every capability.
     pub(crate) fn prepare(&self, instance: &InstanceContext<'_>) -> Extensions {
-        Extensions(
-            self.0
-                .iter()
-                .map(|(c, state)| c.prepare(state.as_ref(), instance))
-                .collect(),
-        )
-    }
-}
-
-/// One instance's capability data, by type.
-#[derive(Default)]
-pub(crate) struct Extensions(Vec<(TypeId, Box<dyn Any + Send>)>);
-
-impl Extensions {
-    pub(crate) fn get_mut<T: 'static>(&mut self) -> Option<&mut T> {
-        let id = TypeId::of::<T>();
-        self.0
-            .iter_mut()
-            .find(|(t, _)| *t == id)
-            .and_then(|(_, data)| data.downcast_mut())
+        let mut extensions = Extensions::default();
+        for (c, state) in self.0.iter() {
+            let (id, data) = c.prepare(state.as_ref(), instance);
+            extensions.push(id, data);
+        }
+        extensions
     }
 }

@@ -47,11 +47,16 @@ pub enum LoadError {
         reason: String,
     },
     /// A capability refused the module's settings at install.
-    #[error("{0}")]
-    Refused(String),
+    #[error("capability {capability}: {reason}")]
+    Refused {
+        /// The capability's name.
+        capability: String,
+        /// Its explanation (the error chain of its `configure`).
+        reason: String,
+    },
     /// The base's key-value store could not be opened.
-    #[error("{0}")]
-    Kv(String),
+    #[error(transparent)]
+    Kv(#[from] crate::kv::KvError),
     /// The component failed validation or compilation.
     #[error("the artifact is not a valid component: {reason}")]
     Invalid {
@@ -87,7 +92,7 @@ impl LoadError {
             LoadError::CoreModule => "not_a_component",
             LoadError::MissingHttpExport { .. } => "missing_http_export",
             LoadError::UnsupportedImport { .. } => "unsupported_import",
-            LoadError::Refused(_) => "refused_by_capability",
+            LoadError::Refused { .. } => "refused_by_capability",
             LoadError::Invalid { .. } => "invalid_wasm",
             LoadError::Cache { .. } | LoadError::Kv(_) => "cache_io",
             LoadError::ArtifactMissing { .. } => "artifact_missing",

@@ -15,7 +15,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::capability::{Configured, Extensions, InstanceContext};
+use crate::extensions::Extensions;
 use crate::logs::{GuestOutput, LogSink, LogSource};
 use crate::outgoing::{CallContext, OutgoingPolicy};
 use crate::settings::ModuleSettings;
@@ -34,25 +34,18 @@ pub struct HostState {
 }
 
 impl HostState {
+    /// The store data of one instance; `extensions` are its capabilities'
+    /// prepared data, `request_id` tags its output lines.
     pub(crate) fn new(
         settings: Arc<ModuleSettings>,
-        capabilities: &Configured,
+        extensions: Extensions,
         context: CallContext,
         memory_in_use: Arc<AtomicU64>,
         log_sink: Option<Arc<dyn LogSink>>,
+        request_id: Option<String>,
     ) -> Self {
-        let request_id = context
-            .request_id
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
         let stdout = GuestOutput::new(LogSource::Stdout, log_sink.clone(), request_id.clone());
-        let stderr = GuestOutput::new(LogSource::Stderr, log_sink.clone(), request_id.clone());
-        let extensions = capabilities.prepare(&InstanceContext {
-            settings: &settings,
-            request_id: request_id.as_deref(),
-            log_sink: log_sink.as_ref(),
-        });
+        let stderr = GuestOutput::new(LogSource::Stderr, log_sink, request_id);
         Self {
             wasi: WasiCtx::builder()
                 .stdout(stdout.clone())

@@ -6,6 +6,10 @@
 //! the module's settings, never by an argument the guest passes: a module
 //! reads only its own config, reaches only its own kv namespace, and its log
 //! lines carry its name, version and request id.
+//!
+//! Host calls are async (`imports: { default: async | trappable }`): a kv
+//! call awaits its [`KvBackend`] instead of committing on the worker thread
+//! that runs the guest.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,14 +18,23 @@ use wasmtime::component::{HasSelf, Linker};
 
 use crate::capability::{Capability, InstanceContext};
 use crate::host::HostState;
-use crate::kv::KvStore;
+use crate::kv::{KvBackend, KvError};
 use crate::logs::{LogLine, LogSink, LogSource};
 use crate::settings::ModuleSettings;
 
 wasmtime::component::bindgen!({
     path: "../../wit",
     world: "berth:base/host",
+    imports: { default: async | trappable },
 });
+
+/// The version of the `berth:base` WIT package (`wit/base.wit`).
+pub const BASE_WIT_VERSION: &str = "0.1.0";
+
+/// `berth:base/NAME@version`: what a module importing `NAME` imports.
+fn base_interface(name: &str) -> Vec<String> {
+    vec![format!("berth:base/{name}@{BASE_WIT_VERSION}")]
+}
 
 use berth::base::log::Level;
 
@@ -39,13 +52,17 @@ impl Capability for ConfigCapability {
         "berth:base/config"
     }
 
+    fn interfaces(&self) -> Vec<String> {
+        base_interface("config")
+    }
+
     fn init(&self, linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         berth::base::config::add_to_linker::<HostState, HasSelf<ConfigData>>(linker, |s| {
             s.capability::<ConfigData>()
         })
     }
 
-    fn configure(&self, module: &ModuleSettings) -> Result<Self::Module, String> {
+    fn configure(&self, module: &ModuleSettings) -> anyhow::Result<Self::Module> {
         Ok(Arc::new(module.config.clone()))
     }
 
@@ -55,31 +72,49 @@ impl Capability for ConfigCapability {
 }
 
 impl berth::base::config::Host for ConfigData {
-    fn get(&mut self, key: String) -> Option<String> {
-        self.0.get(&key).cloned()
+    async fn get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+        Ok(self.0.get(&key).cloned())
     }
 
-    fn get_all(&mut self) -> Vec<(String, String)> {
-        self.0.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    async fn get_all(&mut self) -> wasmtime::Result<Vec<(String, String)>> {
+        Ok(self.0.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
     }
 }
 
-/// `berth:base/kv`: a durable key-value namespace per module, in the
-/// base's redb file (`None`: calls fail, saying the base has no store).
-pub struct KvCapability(pub Option<KvStore>);
+/// `berth:base/kv`: a key-value namespace per module over a [`KvBackend`]
+/// (the base's redb file by default; `None`: calls fail, saying the base
+/// has no store).
+pub struct KvCapability(Option<Arc<dyn KvBackend>>);
 
-/// One instance's kv: the store and its module's namespace.
+impl KvCapability {
+    /// kv over `backend`: how a base team puts its own store behind the
+    /// built-in interface (list it in the runtime's capabilities; it
+    /// replaces the built-in by name).
+    pub fn new(backend: Arc<dyn KvBackend>) -> Self {
+        Self(Some(backend))
+    }
+
+    /// kv over `backend`, or failing every call when `None`.
+    pub fn from_backend(backend: Option<Arc<dyn KvBackend>>) -> Self {
+        Self(backend)
+    }
+}
+
+/// One instance's kv: the backend and its module's namespace.
 pub struct KvData {
-    store: Option<KvStore>,
+    backend: Option<Arc<dyn KvBackend>>,
     namespace: Arc<str>,
 }
 
 impl KvData {
-    fn store(&self) -> Result<&KvStore, String> {
-        self.store
-            .as_ref()
-            .ok_or_else(|| "this base runs without a key-value store".to_string())
+    fn backend(&self) -> Result<&dyn KvBackend, KvError> {
+        self.backend.as_deref().ok_or(KvError::Unavailable)
     }
+}
+
+/// A kv result as the guest sees it: the error's message.
+fn guest<T>(result: Result<T, KvError>) -> wasmtime::Result<Result<T, String>> {
+    Ok(result.map_err(|e| e.to_string()))
 }
 
 impl Capability for KvCapability {
@@ -90,43 +125,66 @@ impl Capability for KvCapability {
         "berth:base/kv"
     }
 
+    fn interfaces(&self) -> Vec<String> {
+        base_interface("kv")
+    }
+
     fn init(&self, linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         berth::base::kv::add_to_linker::<HostState, HasSelf<KvData>>(linker, |s| {
             s.capability::<KvData>()
         })
     }
 
-    fn configure(&self, module: &ModuleSettings) -> Result<Arc<str>, String> {
+    fn configure(&self, module: &ModuleSettings) -> anyhow::Result<Arc<str>> {
         Ok(module.name.as_str().into())
     }
 
     fn prepare(&self, module: &Arc<str>, _: &InstanceContext<'_>) -> KvData {
         KvData {
-            store: self.0.clone(),
+            backend: self.0.clone(),
             namespace: module.clone(),
         }
     }
 }
 
 impl berth::base::kv::Host for KvData {
-    fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, String> {
-        self.store()?.get(&self.namespace, &key)
+    async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, String>> {
+        guest(match self.backend() {
+            Ok(b) => b.get(&self.namespace, &key).await,
+            Err(e) => Err(e),
+        })
     }
 
-    fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
-        self.store()?.set(&self.namespace, &key, &value)
+    async fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
+        guest(match self.backend() {
+            Ok(b) => b.set(&self.namespace, &key, value).await,
+            Err(e) => Err(e),
+        })
     }
 
-    fn delete(&mut self, key: String) -> Result<(), String> {
-        self.store()?.delete(&self.namespace, &key)
+    async fn delete(&mut self, key: String) -> wasmtime::Result<Result<(), String>> {
+        guest(match self.backend() {
+            Ok(b) => b.delete(&self.namespace, &key).await,
+            Err(e) => Err(e),
+        })
     }
 
-    fn increment(&mut self, key: String, delta: i64) -> Result<i64, String> {
-        self.store()?.increment(&self.namespace, &key, delta)
+    async fn increment(
+        &mut self,
+        key: String,
+        delta: i64,
+    ) -> wasmtime::Result<Result<i64, String>> {
+        guest(match self.backend() {
+            Ok(b) => b.increment(&self.namespace, &key, delta).await,
+            Err(e) => Err(e),
+        })
     }
 
-    fn list_keys(&mut self, prefix: String) -> Result<Vec<String>, String> {
-        self.store()?.list_keys(&self.namespace, &prefix)
+    async fn list_keys(&mut self, prefix: String) -> wasmtime::Result<Result<Vec<String>, String>> {
+        guest(match self.backend() {
+            Ok(b) => b.list_keys(&self.namespace, &prefix).await,
+            Err(e) => Err(e),
+        })
     }
 }
 
@@ -149,13 +207,17 @@ impl Capability for LogCapability {
         "berth:base/log"
     }
 
+    fn interfaces(&self) -> Vec<String> {
+        base_interface("log")
+    }
+
     fn init(&self, linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         berth::base::log::add_to_linker::<HostState, HasSelf<LogData>>(linker, |s| {
             s.capability::<LogData>()
         })
     }
 
-    fn configure(&self, module: &ModuleSettings) -> Result<Self::Module, String> {
+    fn configure(&self, module: &ModuleSettings) -> anyhow::Result<Self::Module> {
         Ok(Arc::new((module.name.clone(), module.version.clone())))
     }
 
@@ -169,7 +231,7 @@ impl Capability for LogCapability {
 }
 
 impl berth::base::log::Host for LogData {
-    fn log(&mut self, level: Level, message: String) {
+    async fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
         if let Some(sink) = &self.sink {
             let name = match level {
                 Level::Trace => "trace",
@@ -203,5 +265,6 @@ impl berth::base::log::Host for LogData {
                 tracing::error!(target: "berth::module", module, version, request_id, "{message}")
             }
         }
+        Ok(())
     }
 }

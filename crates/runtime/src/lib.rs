@@ -19,10 +19,12 @@
 //! base's business. It answers "is this a valid module, and run it".
 
 mod artifact;
+mod body;
 mod cache;
 pub mod capability;
 mod config;
 mod error;
+mod extensions;
 mod host;
 mod interfaces;
 mod kv;
@@ -31,20 +33,25 @@ mod module;
 mod outgoing;
 mod runtime;
 mod settings;
+mod ticker;
 mod trace;
 
 pub use artifact::{Digest, ParseDigestError};
+pub use async_trait::async_trait;
+pub use body::{ResponseBody, full_body};
 pub use cache::{CacheOutcome, ModuleCache, engine_tag};
 pub use capability::{AnyCapability, Capabilities, Capability, InstanceContext};
 pub use config::RuntimeConfig;
 pub use error::{HandleError, LoadError};
 pub use host::HostState;
-pub use interfaces::{ConfigCapability, ConfigData, KvCapability, KvData, LogCapability, LogData};
-pub use kv::KvStore;
+pub use interfaces::{
+    BASE_WIT_VERSION, ConfigCapability, ConfigData, KvCapability, KvData, LogCapability, LogData,
+};
+pub use kv::{KvBackend, KvError, KvStore};
 pub use logs::{LogLine, LogSink, LogSource};
-pub use module::{LoadedModule, ResponseBody, full_body};
+pub use module::LoadedModule;
 pub use outgoing::{BoxResponse, CallContext, ModuleCaller};
-pub use runtime::{Runtime, engine, validate};
+pub use runtime::{Runtime, compile_for_fleet, engine, validate};
 pub use settings::{Limits, MAX_HOPS, ModuleSettings};
 pub use trace::{TRACEPARENT, TraceParent};
 pub use wasmtime::{self, Engine};

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use http_body_util::BodyExt;
-use wasmtime::{Store, Trap, UpdateDeadline};
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -22,16 +22,24 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use tokio::sync::Semaphore;
 
 use crate::artifact::Digest;
-use crate::capability::Configured;
+use crate::body::ResponseBody;
+use crate::capability::{Capabilities, Configured, InstanceContext};
 use crate::error::{HandleError, LoadError};
 use crate::host::HostState;
 use crate::logs::LogSink;
 use crate::outgoing::CallContext;
-use crate::runtime::Runtime;
-use crate::settings::ModuleSettings;
+use crate::settings::{Limits, ModuleSettings};
+use crate::ticker::EpochTicker;
 
-/// The body of a response produced by a module (or by the base for one).
-pub type ResponseBody = wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+/// What a module needs of the runtime that loaded it: the engine, the
+/// capabilities, the default limits, and the epoch ticker kept alive.
+#[derive(Clone)]
+pub(crate) struct ModuleEnv {
+    pub(crate) engine: Engine,
+    pub(crate) capabilities: Capabilities,
+    pub(crate) limits: Limits,
+    pub(crate) _ticker: Arc<EpochTicker>,
+}
 
 /// A compiled, linked module with the settings it runs under. Cheap to
 /// clone; dropping the last clone (and the last in-flight request) frees its
@@ -48,40 +56,32 @@ pub struct LoadedModule {
 }
 
 struct Code {
-    runtime: Runtime,
+    env: ModuleEnv,
     digest: Digest,
     pre: ProxyPre<HostState>,
 }
 
 impl LoadedModule {
     pub(crate) fn new(
-        runtime: Runtime,
+        env: ModuleEnv,
         digest: Digest,
         pre: ProxyPre<HostState>,
     ) -> Result<Self, LoadError> {
         let settings = ModuleSettings {
             name: String::new(),
             version: String::new(),
-            limits: runtime.config().limits,
+            limits: env.limits,
             allowed_hosts: Vec::new(),
             config: Default::default(),
         };
-        let code = Arc::new(Code {
-            runtime,
-            digest,
-            pre,
-        });
+        let code = Arc::new(Code { env, digest, pre });
         Self::assemble(code, settings)
     }
 
     /// The module under `settings`, configured by every capability of its
     /// runtime (the first refusal is the error).
     fn assemble(code: Arc<Code>, settings: ModuleSettings) -> Result<Self, LoadError> {
-        let capabilities = code
-            .runtime
-            .capabilities()
-            .configure(&settings)
-            .map_err(LoadError::Refused)?;
+        let capabilities = code.env.capabilities.configure(&settings)?;
         Ok(Self {
             permits: Arc::new(Semaphore::new(settings.limits.max_concurrency as usize)),
             settings: Arc::new(settings),
@@ -120,7 +120,7 @@ impl LoadedModule {
     /// [`LoadError::Refused`]. The memory limit is capped by the pool's
     /// per-instance maximum.
     pub fn with_settings(&self, mut settings: ModuleSettings) -> Result<Self, LoadError> {
-        let ceiling = self.code.runtime.config().limits.max_memory_bytes;
+        let ceiling = self.code.env.limits.max_memory_bytes;
         settings.limits.max_memory_bytes = settings.limits.max_memory_bytes.min(ceiling);
         Self::assemble(self.code.clone(), settings)
     }
@@ -169,14 +169,25 @@ impl LoadedModule {
         let request = request.map(|body| limit_body(body, limits.max_request_bytes, true));
 
         let label = context.label.clone();
+        let request_id = context
+            .request_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let extensions = self.capabilities.prepare(&InstanceContext {
+            settings: &self.settings,
+            request_id: request_id.as_deref(),
+            log_sink: self.log_sink.as_ref(),
+        });
         let mut store = Store::new(
-            self.code.runtime.engine(),
+            &self.code.env.engine,
             HostState::new(
                 self.settings.clone(),
-                &self.capabilities,
+                extensions,
                 context,
                 self.memory_in_use.clone(),
                 self.log_sink.clone(),
+                request_id,
             ),
         );
         store.limiter(|state| &mut state.limiter);
@@ -312,11 +323,4 @@ fn classify_trap(error: &wasmtime::Error, timeout: std::time::Duration) -> Handl
 fn chain_without_host_backtrace(error: &wasmtime::Error) -> String {
     let causes: Vec<String> = error.chain().map(ToString::to_string).collect();
     causes.join("\n\nCaused by:\n    ")
-}
-
-/// A complete body made of `bytes`, typed like a module's response body.
-pub fn full_body(bytes: impl Into<bytes::Bytes>) -> ResponseBody {
-    http_body_util::Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
 }

@@ -20,7 +20,7 @@ use http::HeaderValue;
 use http_body_util::BodyExt;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
-use crate::module::{ResponseBody, full_body};
+use crate::body::{ResponseBody, full_body};
 use crate::settings::{MAX_HOPS, ModuleSettings};
 use crate::trace::{TRACEPARENT, TraceParent};
 

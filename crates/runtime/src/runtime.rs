@@ -1,7 +1,6 @@
 //! [`Runtime`]: the engine, the linker and the cache, shared by every module.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -11,12 +10,13 @@ use crate::HTTP_HANDLER_EXPORT;
 use crate::artifact::{Digest, check_header};
 use crate::cache::{CacheOutcome, ModuleCache};
 use crate::capability::Capabilities;
-use crate::config::{EPOCH_TICK, RuntimeConfig};
+use crate::config::RuntimeConfig;
 use crate::error::LoadError;
 use crate::host::HostState;
 use crate::interfaces::{ConfigCapability, KvCapability, LogCapability};
-use crate::kv::KvStore;
-use crate::module::LoadedModule;
+use crate::kv::{KvBackend, KvStore};
+use crate::module::{LoadedModule, ModuleEnv};
+use crate::ticker::EpochTicker;
 
 /// One wasmtime engine with its linker and module cache. Cheap to clone.
 #[derive(Clone)]
@@ -29,15 +29,9 @@ struct Inner {
     linker: Linker<HostState>,
     cache: ModuleCache,
     config: RuntimeConfig,
-    ticker_stop: Arc<AtomicBool>,
+    ticker: Arc<EpochTicker>,
     kv: KvStore,
     capabilities: Capabilities,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        self.ticker_stop.store(true, Ordering::Relaxed);
-    }
 }
 
 impl Runtime {
@@ -45,21 +39,21 @@ impl Runtime {
     /// WASI 0.2 and `wasi:http` interfaces, and opens the module cache.
     pub fn new(config: RuntimeConfig) -> Result<Self, LoadError> {
         let engine = engine(&config)?;
-        let kv = KvStore::open(&config.kv_path).map_err(LoadError::Kv)?;
+        let kv = KvStore::open(&config.kv_path)?;
         // The built-ins first; the base's own replace them by name.
-        let capabilities = builtin_capabilities(Some(kv.clone())).extended_by(&config.capabilities);
+        let capabilities =
+            builtin_capabilities(Some(Arc::new(kv.clone()))).extended_by(&config.capabilities);
         let linker = host_linker(&engine, &capabilities)?;
 
         let cache = ModuleCache::open(&config.cache_dir, &engine)?;
-        let ticker_stop = Arc::new(AtomicBool::new(false));
-        spawn_epoch_ticker(engine.clone(), ticker_stop.clone());
+        let ticker = Arc::new(EpochTicker::start(engine.clone()));
         Ok(Self {
             inner: Arc::new(Inner {
                 engine,
                 linker,
                 cache,
                 config,
-                ticker_stop,
+                ticker,
                 kv,
                 capabilities,
             }),
@@ -86,7 +80,14 @@ impl Runtime {
         &self.inner.capabilities
     }
 
-    /// The key-value store behind the built-in `berth:base/kv`.
+    /// Every WIT interface (with its version) the capabilities of this
+    /// runtime offer modules, beyond WASI 0.2 and `wasi:http`, sorted.
+    pub fn interfaces(&self) -> Vec<String> {
+        self.inner.capabilities.interfaces()
+    }
+
+    /// The redb store behind the built-in `berth:base/kv` (unless a
+    /// capability replaced it).
     pub fn kv(&self) -> &KvStore {
         &self.inner.kv
     }
@@ -135,7 +136,13 @@ impl Runtime {
             })?;
             cache.store_compiled(&digest, &code)?;
         }
-        Ok((LoadedModule::new(self.clone(), digest, pre)?, outcome))
+        let env = ModuleEnv {
+            engine: self.inner.engine.clone(),
+            capabilities: self.inner.capabilities.clone(),
+            limits: self.inner.config.limits,
+            _ticker: self.inner.ticker.clone(),
+        };
+        Ok((LoadedModule::new(env, digest, pre)?, outcome))
     }
 
     /// Maps cached code for `digest`, or `None` if absent or unusable.
@@ -257,11 +264,37 @@ pub fn validate(bytes: &[u8]) -> Result<(), LoadError> {
     .map(drop)
 }
 
+/// Compiles `bytes` with `engine` for bases of the same engine settings:
+/// the compiled code (what [`Engine::precompile_component`] makes) and the
+/// interfaces the component imports beyond WASI 0.2 and `wasi:http`
+/// (`berth:base/kv@0.1.0`, …), which a base must offer to run it. One
+/// compile gives both; the controller places the module by the second.
+pub fn compile_for_fleet(
+    engine: &Engine,
+    bytes: &[u8],
+) -> Result<(Vec<u8>, Vec<String>), LoadError> {
+    check_header(bytes)?;
+    let component = Component::new(engine, bytes).map_err(|e| LoadError::Invalid {
+        reason: format!("{e:#}"),
+    })?;
+    let mut imports: Vec<String> = component
+        .component_type()
+        .imports(engine)
+        .map(|(name, _)| name.to_owned())
+        .filter(|name| !name.starts_with("wasi:"))
+        .collect();
+    imports.sort();
+    let code = component.serialize().map_err(|e| LoadError::Invalid {
+        reason: format!("cannot serialize compiled code: {e:#}"),
+    })?;
+    Ok((code, imports))
+}
+
 /// `berth:base` config, kv (over `kv`) and log.
-fn builtin_capabilities(kv: Option<KvStore>) -> Capabilities {
+fn builtin_capabilities(kv: Option<Arc<dyn KvBackend>>) -> Capabilities {
     Capabilities::new()
         .with(ConfigCapability)
-        .with(KvCapability(kv))
+        .with(KvCapability::from_backend(kv))
         .with(LogCapability)
 }
 
@@ -270,17 +303,4 @@ fn first_quoted(message: &str) -> Option<&str> {
     let start = message.find('`')? + 1;
     let len = message[start..].find('`')?;
     Some(&message[start..start + len])
-}
-
-/// Advances the engine's epoch every [`EPOCH_TICK`] until `stop` is set.
-fn spawn_epoch_ticker(engine: Engine, stop: Arc<AtomicBool>) {
-    std::thread::Builder::new()
-        .name("berth-epoch".into())
-        .spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(EPOCH_TICK);
-                engine.increment_epoch();
-            }
-        })
-        .expect("spawn the epoch ticker thread");
 }

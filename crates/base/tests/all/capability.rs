@@ -45,12 +45,12 @@ impl Capability for MemoryKv {
         })
     }
 
-    fn configure(&self, module: &ModuleSettings) -> Result<String, String> {
+    fn configure(&self, module: &ModuleSettings) -> anyhow::Result<String> {
         if module.name.starts_with("forbidden-") {
-            return Err(format!(
+            anyhow::bail!(
                 "module `{}` may not use the team cache; rename it",
                 module.name
-            ));
+            );
         }
         Ok(module.name.clone())
     }
@@ -142,4 +142,82 @@ async fn a_base_teams_capability_replaces_the_builtin_kv_and_can_refuse_a_module
     assert_eq!(status, 404);
     let (status, _, _) = base.get("/counter").await;
     assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_module_importing_an_interface_the_base_lacks_is_refused_naming_it() {
+    let base = TestBase::start().await;
+    base.install_path("hello", "1", berth_example_modules::HELLO)
+        .await;
+    let before = base.list().await;
+    assert_eq!(
+        before.capabilities,
+        vec![
+            "berth:base/config@0.1.0",
+            "berth:base/kv@0.1.0",
+            "berth:base/log@0.1.0"
+        ]
+    );
+    let health: Value = base
+        .client
+        .get(base.ops("/v1/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["capabilities"][1], "berth:base/kv@0.1.0", "{health}");
+
+    let (status, body) = base
+        .install(&crate::support::install_request(
+            "notes",
+            "1",
+            berth_example_modules::SQL_NOTES,
+        ))
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "unsupported_import");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("`berth:sql/query@0.1.0`")
+            && message.contains("install it on a base that offers that capability"),
+        "{message}"
+    );
+    // Nothing changed: same installed set, hello serves, no route to notes.
+    assert_eq!(base.list().await, before);
+    base.assert_hello_serves().await;
+    let (status, _, _) = base.get("/notes").await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn a_base_built_with_the_builder_reports_and_uses_its_capability() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared: Shared = Arc::default();
+    let running = berth_base::Base::builder()
+        .config(crate::support::config(dir.path()))
+        .capability(MemoryKv(shared.clone()))
+        .start()
+        .await
+        .expect("the built base starts");
+    let base = running.base.clone();
+    base.install(
+        crate::support::install_request("counter", "1", COUNTER),
+        None,
+    )
+    .await
+    .expect("counter installs");
+    let url = format!("http://{}/counter", running.ingress_addr);
+    let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["hits"], 1, "{text}");
+    assert!(
+        shared
+            .lock()
+            .unwrap()
+            .contains_key(&("counter".into(), "hits".into()))
+    );
+    assert_eq!(base.health().capabilities.len(), 3);
+    running.shutdown().await;
 }

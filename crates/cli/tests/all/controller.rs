@@ -987,6 +987,7 @@ fn bases_load_the_code_the_controller_compiled_once() {
     let compiled: Vec<_> = std::fs::read_dir(work.path().join("controller/compiled"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.ends_with(".cwasm"))
         .collect();
     assert!(
         compiled.len() == 1 && compiled[0].starts_with(&digest.hex()),

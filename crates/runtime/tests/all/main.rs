@@ -1,0 +1,8 @@
+//! The runtime's own tests: real modules (built by `berth-example-modules`)
+//! served through [`berth_runtime::LoadedModule::handle`] with hyper
+//! requests, no base and no sockets. One module per topic.
+
+mod capabilities;
+mod imports;
+mod limits;
+mod support;

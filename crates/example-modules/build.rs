@@ -17,6 +17,7 @@ const MODULES: &[(&str, Kind)] = &[
     ("counter", Kind::Lib),
     ("gateway", Kind::Lib),
     ("cli-hello", Kind::Bin),
+    ("wants-missing", Kind::Lib),
 ];
 
 #[derive(Clone, Copy)]

@@ -164,11 +164,8 @@ async fn metrics_count_requests_failures_and_limit_hits() {
     );
 
     // An uninstalled version's series go away.
-    base.client
-        .delete(base.ops("/v1/modules/hello"))
-        .send()
-        .await
-        .unwrap();
+    let (status, body) = base.ops_delete("/v1/modules/hello").await;
+    assert_eq!(status, 200, "{body}");
     let m = scrape(&base).await;
     assert_eq!(
         value(&m, "berth_requests_total", &[("module", "hello")]),

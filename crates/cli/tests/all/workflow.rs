@@ -347,10 +347,9 @@ fn logs_follow_shows_a_module_line_within_a_second() {
     // Without --follow: the ring, with the request id; stderr of a trapping module too.
     let out = stdout(base.berth(&["logs", "counter", "--since", "5m"]));
     assert!(out.contains("counted hit 1"), "{out}");
-    let _ = base
-        .berth(&["invoke", "panic", "--path", "/boom"])
-        .output()
-        .unwrap();
+    // The trap answers 500, so invoke fails.
+    let err = failure(base.berth(&["invoke", "panic", "--path", "/boom"]));
+    assert!(err.contains("the module answered 500"), "{err}");
     let out = stdout(base.berth(&["logs", "panic", "-o", "json"]));
     let entry: serde_json::Value = serde_json::from_str(
         out.lines()

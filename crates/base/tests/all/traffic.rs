@@ -272,6 +272,29 @@ async fn a_traffic_unit_pins_the_version() {
 }
 
 #[tokio::test]
+async fn rules_and_traffic_units_survive_a_restart() {
+    let mut base = two_versions().await;
+    let rules = json!({"rules": [rule("beta", json!({"on": "header", "name": "x-beta", "exact": "yes"}), "2")],
+                       "trafficUnits": {"blue": "2"}});
+    assert_eq!(base.put_rules(rules).await.0, 200);
+    assert_rules_apply(&base).await;
+    base.restart().await;
+    assert_rules_apply(&base).await;
+}
+
+/// The rule and the traffic unit of `rules_and_traffic_units_survive_a_restart` choose.
+async fn assert_rules_apply(base: &TestBase) {
+    assert_eq!(base.version_for(|r| r.header("x-beta", "yes")).await, "2");
+    assert_eq!(base.version_for(|r| r.header("x-beta", "no")).await, "1");
+    assert_eq!(
+        base.version_for(|r| r.header("x-berth-traffic-unit", "blue"))
+            .await,
+        "2"
+    );
+    assert_eq!(base.version_for(|r| r).await, "1");
+}
+
+#[tokio::test]
 async fn a_version_the_rules_use_cannot_be_removed_until_they_stop() {
     let base = two_versions().await;
     assert_eq!(

@@ -57,6 +57,15 @@ fn new_build_deploy_invoke_dev_undeploy() {
         "{err}"
     );
 
+    // Every build of the module from here on is slow on purpose (a build
+    // script that sleeps 1.5 s whenever src/lib.rs changed), so the second
+    // save below surely lands while a build runs.
+    std::fs::write(
+        dir.join("build.rs"),
+        "fn main() {\n    println!(\"cargo:rerun-if-changed=src/lib.rs\");\n    \
+         std::thread::sleep(std::time::Duration::from_millis(1500));\n}\n",
+    )
+    .unwrap();
     // berth dev: redeploys on save, keeps serving through a broken edit.
     let mut dev = Command::new(BERTH)
         .args(["dev", dir_s, "--base", &base.ops])
@@ -85,7 +94,8 @@ fn new_build_deploy_invoke_dev_undeploy() {
     wait_for(&dev_lines, "redeployed greeter@0.1.0-dev.");
     let out = stdout(base.berth(&["invoke", "greeter"]));
     assert_eq!(out, "Fixed greeter! You asked for /greeter\n");
-    // A save while a build runs is not lost: another build follows.
+    // A save while a build runs is not lost: another build follows. The
+    // second save comes right after the build starts, well inside its 1.5 s.
     edit(&lib, "Fixed greeter!", "Saved once!");
     wait_for(&dev_lines, "saved: building greeter");
     edit(&lib, "Saved once!", "Saved twice!");

@@ -356,14 +356,14 @@ def main():
     cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
     print(f"\n## HTTP throughput: `hello`, wrk -t{args.threads} -c{args.connections} -d{args.duration}s, {args.rounds} interleaved rounds")
     print(f"machine: {os.cpu_count()} cores, {cpu}\n")
-    print("| server | requests/s median (min–max) | p50 ms | p99 ms | errors |")
+    print("| server | requests/s median (min–max) | p50 ms median (min–max) | p99 ms median (min–max) | errors |")
     print("|---|---|---|---|---|")
     med = {}
     for name, runs in results.items():
         rps = [r["rps"] for r in runs]
         med[name] = statistics.median(rps)
-        print(f"| {name} | {fmt_range(rps)} | {statistics.median(r['p50'] for r in runs):.3f} | "
-              f"{statistics.median(r['p99'] for r in runs):.3f} | {sum(r['errors'] for r in runs)} |")
+        print(f"| {name} | {fmt_range(rps)} | {fmt_range([r['p50'] for r in runs], '{:.3f}')} | "
+              f"{fmt_range([r['p99'] for r in runs], '{:.3f}')} | {sum(r['errors'] for r in runs)} |")
     print(f"\nberth / wasmtime serve = **{med['berth'] / med['wasmtime serve']:.2f}x**; "
           f"berth / native hyper = **{med['berth'] / med['native hyper']:.2f}x** (medians)\n")
     print("## Module install (`hello`, upload over the ops API)\n")

@@ -8,18 +8,22 @@ cache entry), installs them all into one release base, and reports:
 - base RSS before and after, and RSS per idle installed module;
 - total and per-module install time, cold (compiled) and warm (uninstalled
   and reinstalled from the compile cache);
-- latency (p50, p99) and throughput of requests spread at random over all
-  1,000 modules (wrk with a Lua script picking a module per request).
+- latency (p50, p99), throughput and failed requests of requests spread at
+  random over all 1,000 modules (wrk with a Lua script picking a module per
+  request), as median (min-max) over `--rounds` wrk runs; any failed
+  request fails the benchmark.
 
 Targets: <= 1 MB RSS per idle module, <= 20 ms warm install each, all
 1,000 served from one base.
 
-Usage: bench/density.py [--modules 1000] [--duration 10]
+Usage: bench/density.py [--modules 1000] [--duration 10] [--rounds 3]
 """
 
 import argparse
 import os
+import shutil
 import statistics
+import sys
 import tempfile
 import time
 from importlib import util as _util
@@ -42,9 +46,10 @@ def main():
     ap.add_argument("--modules", type=int, default=1000)
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=3, help="wrk runs of the spread load")
     ap.add_argument("--skip-build", action="store_true")
     args = ap.parse_args()
-    bench.ensure_tools()
+    bench.ensure_tools(wasmtime=False)  # wrk only: no wasmtime peer here
     if not args.skip_build:
         bench.build()
     wasm = open(bench.HELLO_WASM, "rb").read()
@@ -70,8 +75,14 @@ def main():
         script = os.path.join(tmp, "spread.lua")
         with open(script, "w") as f:
             f.write(f'request = function() return wrk.format("GET", "/m" .. math.random(0, {n - 1})) end\n')
-        spread = bench.run_wrk(f"http://127.0.0.1:{b.port}", args.duration, args.connections, 2, script)
-        rps, p50, p99 = spread["rps"], spread["p50"], spread["p99"]
+        spread = []
+        for rnd in range(args.rounds):
+            r = bench.run_wrk(f"http://127.0.0.1:{b.port}", args.duration, args.connections, 2, script)
+            bench.log(f"spread round {rnd + 1}: {r['rps']:.0f} rps, p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms, "
+                      f"{r['errors']} failed of {r['requests']}")
+            spread.append(r)
+        failed = sum(r["errors"] for r in spread)
+        total = sum(r["requests"] for r in spread)
         after_load = rss_mb(b.proc.pid)
 
         warm, warm_wall = [], time.perf_counter()
@@ -88,6 +99,7 @@ def main():
         warm_idle = rss_mb(b.proc.pid)
     finally:
         b.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
     per_module_kb = (idle - before) * 1024 / n
     print(f"\n## Density: {n} distinct `hello` modules in one base ({os.cpu_count()} cores)\n")
@@ -102,7 +114,12 @@ def main():
     print(f"| cold install, all {n} | {cold_wall:.1f} s |")
     print(f"| **warm install (cache hit), per module median (p99)** | **{statistics.median(warm):.2f} ms** ({sorted(warm)[int(n * 0.99) - 1]:.2f} ms) |")
     print(f"| warm uninstall + install, all {n} | {warm_wall:.1f} s |")
-    print(f"| requests spread over all {n} modules (wrk -t2 -c{args.connections} -d{args.duration}s) | {rps:.0f} req/s, p50 {p50:.2f} ms, **p99 {p99:.2f} ms** |")
+    rng = lambda key, f: bench.fmt_range([r[key] for r in spread], f)  # noqa: E731
+    print(f"| requests spread over all {n} modules (wrk -t2 -c{args.connections} -d{args.duration}s, {len(spread)} runs; "
+          f"median (min–max)) | {rng('rps', '{:.0f}')} req/s, p50 {rng('p50', '{:.2f}')} ms, **p99 {rng('p99', '{:.2f}')} ms** |")
+    print(f"| failed requests during the spread load (non-2xx or socket errors) | **{failed}** of {total} |")
+    if failed:
+        sys.exit(f"{failed} of {total} requests failed during the spread load (required: 0)")
 
 
 if __name__ == "__main__":

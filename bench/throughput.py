@@ -17,6 +17,7 @@ Prints markdown tables; the latest figures live in bench/README.md.
 import argparse
 import json
 import os
+import queue
 import re
 import shutil
 import signal
@@ -25,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -39,12 +41,14 @@ def log(msg):
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
-def ensure_tools():
-    """Installs wrk (Debian) and wasmtime-cli 48 (cargo) when missing."""
+def ensure_tools(wasmtime=True):
+    """Installs wrk (Debian) and, when `wasmtime` (the peer is used), wasmtime-cli 48 (cargo) when missing."""
     if shutil.which("wrk") is None:
         log("installing wrk with apt-get")
         subprocess.run(["apt-get", "update", "-qq"], check=True)
         subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True)
+    if not wasmtime:
+        return
     version = ""
     if shutil.which("wasmtime"):
         version = subprocess.run(["wasmtime", "--version"], capture_output=True, text=True).stdout
@@ -59,10 +63,51 @@ def build():
     assert os.path.exists(HELLO_WASM), HELLO_WASM
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def start_announced(cmd, patterns, stream="stdout", timeout=60):
+    """Starts a server bound to port 0 and returns it with the ports it
+    announces: one per regex in `patterns` (group 1 is the port), read from
+    its `stream`. No port is probed free and then bound by someone else.
+    A thread keeps draining the stream, so the server never blocks on it."""
+    pipe_out = subprocess.PIPE if stream == "stdout" else subprocess.DEVNULL
+    pipe_err = subprocess.PIPE if stream == "stderr" else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, stdout=pipe_out, stderr=pipe_err, text=True, start_new_session=True)
+    lines = queue.Queue()
+
+    def drain(pipe):
+        for line in pipe:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=drain, args=(proc.stdout if stream == "stdout" else proc.stderr,), daemon=True).start()
+    found = [None] * len(patterns)
+    deadline = time.time() + timeout
+    while None in found:
+        try:
+            line = lines.get(timeout=max(0.0, deadline - time.time()))
+        except queue.Empty:
+            stop(proc, [])
+            raise RuntimeError(f"{cmd[0]} did not announce its address within {timeout}s")
+        if line is None:
+            proc.wait()
+            raise RuntimeError(f"{cmd[0]} exited ({proc.returncode}) before announcing its address")
+        for i, pattern in enumerate(patterns):
+            m = re.search(pattern, line)
+            if m and found[i] is None:
+                found[i] = int(m.group(1))
+    assert all(found), (cmd[0], found)
+    return proc, found
+
+
+# What `berth base` prints once it listens (see crates/cli/src/commands/base.rs).
+BERTH_ANNOUNCES = [r"^\s*ingress\s+http://[\d.]+:(\d+)", r"^\s*ops API\s+http://[\d.]+:(\d+)"]
+
+
+def start_berth(data_dir, extra=()):
+    """`berth base` on ports the system picks; returns (process, ingress port, ops port)."""
+    proc, (port, ops) = start_announced(
+        [os.path.join(RELEASE, "berth"), "base", "--listen", "127.0.0.1:0", "--ops", "127.0.0.1:0",
+         "--data-dir", data_dir, *extra], BERTH_ANNOUNCES)
+    return proc, port, ops
 
 
 def port_open(port):
@@ -126,10 +171,8 @@ class Berth:
     """A `berth base` process on fresh ports and a fresh (or given) data dir."""
 
     def __init__(self, data_dir, extra=()):
-        self.port, self.ops = free_port(), free_port()
-        self.proc = start([os.path.join(RELEASE, "berth"), "base", "--listen", f"127.0.0.1:{self.port}",
-                           "--ops", f"127.0.0.1:{self.ops}", "--data-dir", data_dir, *extra])
         self.started = time.perf_counter()
+        self.proc, self.port, self.ops = start_berth(data_dir, extra)
         wait_until(lambda: http("GET", f"http://127.0.0.1:{self.ops}/v1/health")[0] == 200, what="berth")
 
     def install(self, name, wasm, version="1.0.0"):
@@ -192,16 +235,16 @@ def serve_berth_resident(tmp):
 
 
 def serve_wasmtime(tmp):
-    port = free_port()
-    proc = start(["wasmtime", "serve", "-Scli", "--addr", f"127.0.0.1:{port}", HELLO_WASM])
+    proc, (port,) = start_announced(["wasmtime", "serve", "-Scli", "--addr", "127.0.0.1:0", HELLO_WASM],
+                                    [r"Serving HTTP on http://[\d.]+:(\d+)"], stream="stderr")
     url = f"http://127.0.0.1:{port}/hello"
     wait_until(lambda: http("GET", url)[0] == 200, what="wasmtime serve")
     return proc, [port], url
 
 
 def serve_native(tmp):
-    port = free_port()
-    proc = start([os.path.join(RELEASE, "native-hello"), f"127.0.0.1:{port}"])
+    proc, (port,) = start_announced([os.path.join(RELEASE, "native-hello"), "127.0.0.1:0"],
+                                    [r"serving on http://[\d.]+:(\d+)"], stream="stderr")
     url = f"http://127.0.0.1:{port}/hello"
     wait_until(lambda: http("GET", url)[0] == 200, what="native-hello")
     return proc, [port], url
@@ -269,10 +312,8 @@ def restart_time(tmp, modules=10, rounds=5):
     times = []
     for _ in range(rounds):
         b = Berth.__new__(Berth)
-        b.port, b.ops = free_port(), free_port()
         t0 = time.perf_counter()
-        b.proc = start([os.path.join(RELEASE, "berth"), "base", "--listen", f"127.0.0.1:{b.port}",
-                        "--ops", f"127.0.0.1:{b.ops}", "--data-dir", data_dir])
+        b.proc, b.port, b.ops = start_berth(data_dir)
         pending = set(range(modules))
         deadline = time.time() + 30
         while pending and time.time() < deadline:
@@ -315,14 +356,14 @@ def main():
     cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
     print(f"\n## HTTP throughput: `hello`, wrk -t{args.threads} -c{args.connections} -d{args.duration}s, {args.rounds} interleaved rounds")
     print(f"machine: {os.cpu_count()} cores, {cpu}\n")
-    print("| server | requests/s median (min–max) | p50 ms | p99 ms | errors |")
+    print("| server | requests/s median (min–max) | p50 ms median (min–max) | p99 ms median (min–max) | errors |")
     print("|---|---|---|---|---|")
     med = {}
     for name, runs in results.items():
         rps = [r["rps"] for r in runs]
         med[name] = statistics.median(rps)
-        print(f"| {name} | {fmt_range(rps)} | {statistics.median(r['p50'] for r in runs):.3f} | "
-              f"{statistics.median(r['p99'] for r in runs):.3f} | {sum(r['errors'] for r in runs)} |")
+        print(f"| {name} | {fmt_range(rps)} | {fmt_range([r['p50'] for r in runs], '{:.3f}')} | "
+              f"{fmt_range([r['p99'] for r in runs], '{:.3f}')} | {sum(r['errors'] for r in runs)} |")
     print(f"\nberth / wasmtime serve = **{med['berth'] / med['wasmtime serve']:.2f}x**; "
           f"berth / native hyper = **{med['berth'] / med['native hyper']:.2f}x** (medians)\n")
     print("## Module install (`hello`, upload over the ops API)\n")

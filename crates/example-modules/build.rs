@@ -19,6 +19,8 @@ const MODULES: &[(&str, Kind)] = &[
     ("cli-hello", Kind::Bin),
     // Imports `berth:sql/query` (examples/sql-base): refused by a plain base.
     ("sql-notes", Kind::Lib),
+    // Imports `berth:missing/ledger`, which no base offers: `unsupported_import`.
+    ("wants-missing", Kind::Lib),
 ];
 
 #[derive(Clone, Copy)]

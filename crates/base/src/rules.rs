@@ -464,6 +464,33 @@ mod tests {
     }
 
     #[test]
+    fn the_sticky_hash_is_fnv1a_64_and_pinned() {
+        // Published FNV-1a 64-bit test vectors: a change of hash (or of its
+        // constants) would move every sticky user to another bucket.
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a(b"foobar"), 0x8594_4171_f739_67e8);
+        // One fixed key, end to end: `user-42` hashes to bucket 7419 of
+        // 10,000, so it is on version 2 in a 74/26 split and on version 1
+        // in a 75/25 split, on every machine and every release.
+        let compile = |a, b| {
+            CompiledRules::compile(
+                &TrafficRules {
+                    rules: vec![split(a, b)],
+                    ..Default::default()
+                },
+                &["1", "2"],
+            )
+            .unwrap()
+        };
+        assert_eq!(fnv1a(b"user-42") % u64::from(BUCKETS), 7419);
+        let mut headers = HeaderMap::new();
+        headers.insert("x-user", "user-42".parse().unwrap());
+        assert_eq!(choose(&compile(74, 26), &headers), Some(1));
+        assert_eq!(choose(&compile(75, 25), &headers), Some(0));
+    }
+
+    #[test]
     fn sticky_keys_keep_their_version_when_their_bucket_keeps_its_side() {
         let compile = |a, b| {
             CompiledRules::compile(

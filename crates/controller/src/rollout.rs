@@ -177,6 +177,79 @@ mod tests {
         );
     }
 
+    /// `hello` 2.0.0 over 2 replicas in 2 batches, `pauseBetween: 5s`,
+    /// rolling out from 1.0.0 and in its first batch.
+    fn rolling() -> StoredDeployment {
+        let digest = "ab".repeat(32);
+        let text = format!(
+            "apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: {{ name: hello }}\nspec:\n  \
+             module: {{ name: hello, version: 2.0.0, artifact: \"file:/m.wasm\", digest: \"sha256:{digest}\" }}\n  \
+             replicas: 2\n  strategy: {{ batches: 2, pauseBetween: 5s }}\n"
+        );
+        let Manifest::ModuleDeployment(manifest) = parse(&text).unwrap();
+        let mut from = manifest.spec.module.clone();
+        from.version = "1.0.0".into();
+        StoredDeployment {
+            manifest,
+            generation: 2,
+            history: Vec::new(),
+            rollout: Some(Rollout {
+                from,
+                batch: 1,
+                confirmed: 0,
+                paused: false,
+                batch_done_ms: None,
+                failed: None,
+            }),
+        }
+    }
+
+    fn base(name: &str, module: &str) -> BaseStatus {
+        BaseStatus {
+            heartbeat: BaseHeartbeat {
+                name: name.into(),
+                labels: BTreeMap::new(),
+                capacity_modules: 10,
+                ingress: String::new(),
+                ops: String::new(),
+                modules: vec![module.into()],
+                in_flight: 0,
+                failures: BTreeMap::new(),
+                revision: String::new(),
+                capabilities: Vec::new(),
+            },
+            last_heartbeat: String::new(),
+            state: berth_api::BaseState::Ready,
+        }
+    }
+
+    #[test]
+    fn the_next_batch_waits_for_pause_between_and_for_resume() {
+        let mut d = rolling();
+        let batch = |d: &StoredDeployment| d.rollout.as_ref().map(|r| r.batch);
+        let placed = ["a".to_string()];
+        let bases = [base("a", "hello@2.0.0"), base("b", "hello@1.0.0")];
+        // Batch 1 is seen done at t = 10 s: the pause starts.
+        assert!(advance(&mut d, &placed, &bases, &BTreeMap::new(), 10_000));
+        assert_eq!(d.rollout.as_ref().unwrap().batch_done_ms, Some(10_000));
+        // Within `pauseBetween: 5s` the rollout stays on batch 1.
+        assert!(!advance(&mut d, &placed, &bases, &BTreeMap::new(), 14_999));
+        assert_eq!(batch(&d), Some(1));
+        // Paused, it stays there after the 5 s too.
+        d.rollout.as_mut().unwrap().paused = true;
+        assert!(!advance(&mut d, &placed, &bases, &BTreeMap::new(), 20_000));
+        assert_eq!(batch(&d), Some(1));
+        // Resumed, batch 2 starts.
+        d.rollout.as_mut().unwrap().paused = false;
+        assert!(advance(&mut d, &placed, &bases, &BTreeMap::new(), 20_001));
+        assert_eq!(batch(&d), Some(2));
+        // Batch 2 done: the rollout ends.
+        let both = ["a".to_string(), "b".to_string()];
+        let bases = [base("a", "hello@2.0.0"), base("b", "hello@2.0.0")];
+        assert!(advance(&mut d, &both, &bases, &BTreeMap::new(), 20_002));
+        assert_eq!(batch(&d), None);
+    }
+
     #[test]
     fn batches_cover_the_replicas() {
         assert_eq!(

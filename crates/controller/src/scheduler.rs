@@ -265,7 +265,7 @@ pub fn why_unschedulable(d: &StoredDeployment, bases: &[BaseStatus]) -> String {
 mod tests {
     use std::collections::BTreeMap;
 
-    use berth_api::manifest::{Manifest, PlacementPolicy, parse};
+    use berth_api::manifest::{Manifest, parse};
     use berth_api::{BaseHeartbeat, BaseStatus};
 
     use super::*;
@@ -318,7 +318,6 @@ mod tests {
             .map(|i| deployment(&format!("m{i}"), 1, "binPack"))
             .collect();
         assert_eq!(per_base(&place(&packed, &bases)), [3]);
-        assert_eq!(packed[0].manifest.spec.placement, PlacementPolicy::BinPack);
         // Capacity and one-per-base bound a deployment; the rest is unschedulable.
         let big = [deployment("big", 5, "binPack")];
         let p = place(&big, &[base("a", 1), base("b", 1)]);
@@ -373,5 +372,25 @@ mod tests {
         bases[0].heartbeat.modules = vec!["notes@1".into()];
         let p = place_with(&notes, &bases, &|_| Imports::Pending);
         assert_eq!(p.by_base.len(), 1);
+    }
+
+    #[test]
+    fn bases_running_a_module_keep_it_when_a_base_joins() {
+        let running = |name: &str| {
+            let mut b = base(name, 3);
+            b.heartbeat.modules = vec!["m@1".into()];
+            b
+        };
+        // `a` joins empty; it sorts first and has the least load, so only
+        // preferring the bases already running `m` keeps it where it is.
+        let bases = [base("a", 3), running("b"), running("c")];
+        for policy in ["spread", "binPack"] {
+            let p = place(&[deployment("m", 2, policy)], &bases);
+            assert_eq!(
+                p.by_base.keys().collect::<Vec<_>>(),
+                ["b", "c"],
+                "{policy}: replicas moved to the new base"
+            );
+        }
     }
 }

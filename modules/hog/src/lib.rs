@@ -3,8 +3,14 @@
 //! - `GET /hog` allocates 1 MiB after 1 MiB without end: the base's memory
 //!   limit stops it (the allocation fails and the guest aborts);
 //! - `GET /hog/bytes?n=N` answers a body of N bytes (for response caps);
+//! - `GET /hog/chunks?n=N` answers N bytes written 1 KiB at a time, so the
+//!   head and the first writes leave before a response cap cuts the body;
+//! - `GET /hog/touch?mib=N` writes every page of N MiB, then answers (for
+//!   memory reclaim: the pages are really resident while it runs);
 //! - anything else answers a short text, so tests can see it still serves.
-use wasip2::http::types::{IncomingRequest, ResponseOutparam};
+use wasip2::http::types::{
+    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+};
 
 wasip2::http::proxy::export!(Hog);
 
@@ -16,6 +22,14 @@ impl wasip2::exports::http::incoming_handler::Guest for Hog {
         if let Some(n) = path.split_once("/bytes?n=").and_then(|(_, n)| n.parse::<usize>().ok()) {
             return berth_guest::http::respond(out, 200, "application/octet-stream", &vec![b'x'; n]);
         }
+        if let Some(n) = path.split_once("/chunks?n=").and_then(|(_, n)| n.parse::<usize>().ok()) {
+            return respond_in_chunks(out, n);
+        }
+        if let Some(mib) = path.split_once("/touch?mib=").and_then(|(_, n)| n.parse::<usize>().ok()) {
+            let block = std::hint::black_box(vec![1u8; mib << 20]);
+            let body = format!("touched {mib} MiB ({} bytes)\n", block.iter().map(|&b| b as usize).sum::<usize>());
+            return berth_guest::http::respond(out, 200, "text/plain", body.as_bytes());
+        }
         if path.ends_with("/hog") {
             let mut hoard: Vec<Vec<u8>> = Vec::new();
             loop {
@@ -26,4 +40,24 @@ impl wasip2::exports::http::incoming_handler::Guest for Hog {
         }
         berth_guest::http::respond(out, 200, "text/plain", b"hog is fine\n");
     }
+}
+
+/// Answers 200 with `n` bytes written 1 KiB at a time; stops quietly when
+/// the base closes the stream (a response cap).
+fn respond_in_chunks(out: ResponseOutparam, n: usize) {
+    let response = OutgoingResponse::new(Fields::new());
+    let body = response.body().expect("body is taken once");
+    ResponseOutparam::set(out, Ok(response));
+    let stream = body.write().expect("stream is taken once");
+    let chunk = [b'x'; 1024];
+    let mut left = n;
+    while left > 0 {
+        let len = left.min(chunk.len());
+        if stream.blocking_write_and_flush(&chunk[..len]).is_err() {
+            return;
+        }
+        left -= len;
+    }
+    drop(stream);
+    let _ = OutgoingBody::finish(body, None);
 }

@@ -2,7 +2,7 @@
 //! `hello` still serves and the installed set is exactly as before.
 
 use berth_api::{ArtifactSource, InstallRequest, Route};
-use berth_example_modules::{CLI_HELLO, ECHO, HELLO};
+use berth_example_modules::{CLI_HELLO, ECHO, HELLO, WANTS_MISSING};
 
 use crate::support::{TestBase, digest_of, expect_error, install_request, serve_files};
 
@@ -87,6 +87,22 @@ async fn a_component_without_the_http_export_is_refused() {
     assert!(message.contains("wasi:http/incoming-handler"), "{message}");
     // It names what the component does export.
     assert!(message.contains("wasi:cli/run"), "{message}");
+    assert_untouched(&base, &before).await;
+}
+
+#[tokio::test]
+async fn a_component_importing_what_the_base_lacks_is_refused_naming_the_import() {
+    let (base, before) = base_with_hello().await;
+    let message = expect_error(
+        base.install(&install_request("wants", "1.0.0", WANTS_MISSING))
+            .await,
+        422,
+        "unsupported_import",
+    );
+    // It names the interface and says how to fix it.
+    assert!(message.contains("berth:missing/ledger"), "{message}");
+    assert!(message.contains("does not provide"), "{message}");
+    assert!(message.contains("Remove the import"), "{message}");
     assert_untouched(&base, &before).await;
 }
 

@@ -164,17 +164,59 @@ async fn metrics_count_requests_failures_and_limit_hits() {
     );
 
     // An uninstalled version's series go away.
-    base.client
-        .delete(base.ops("/v1/modules/hello"))
-        .send()
-        .await
-        .unwrap();
+    let (status, body) = base.ops_delete("/v1/modules/hello").await;
+    assert_eq!(status, 200, "{body}");
     let m = scrape(&base).await;
     assert_eq!(
         value(&m, "berth_requests_total", &[("module", "hello")]),
         None
     );
     assert_eq!(value(&m, "berth_uninstalls_total", &[]), Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_gauge_shows_a_live_instance_and_drops_when_it_ends() {
+    let base = TestBase::start().await;
+    let limits = Limits {
+        timeout_ms: Some(3000),
+        ..Limits::default()
+    };
+    let request = InstallRequest {
+        limits: Some(limits),
+        ..install_request("spin", "1", SPIN)
+    };
+    assert_eq!(base.install(&request).await.0, 201);
+    let spin = [("module", "spin")];
+    let spinning = {
+        let request = base.client.get(base.url("/spin")).send();
+        tokio::spawn(async move { request.await.unwrap().status().as_u16() })
+    };
+    // While its request spins, the instance holds its linear memory.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let m = loop {
+        let m = scrape(&base).await;
+        if value(&m, "berth_requests_in_flight", &spin) == Some(1.0) {
+            break m;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the spinning request was not in flight within 2 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let held = value(&m, "berth_module_memory_bytes", &spin).unwrap_or(0.0);
+    assert!(
+        held >= 65536.0,
+        "a live instance holds at least one wasm page, the gauge says {held}"
+    );
+    assert_eq!(spinning.await.unwrap(), 504);
+    let m = scrape(&base).await;
+    assert_eq!(value(&m, "berth_requests_in_flight", &spin), Some(0.0));
+    assert_eq!(
+        value(&m, "berth_module_memory_bytes", &spin),
+        Some(0.0),
+        "the instance ended, its memory is no longer counted"
+    );
 }
 
 #[tokio::test]

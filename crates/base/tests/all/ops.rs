@@ -162,7 +162,8 @@ async fn a_new_version_takes_over_and_uninstalling_it_brings_back_the_old() {
     assert_eq!(body, "Hello from berth!\n");
 
     // Uninstalling the module removes every version and its route.
-    let removed: serde_json::Value = base.ops_delete("/v1/modules/greeter").await.1;
+    let (status, removed) = base.ops_delete("/v1/modules/greeter").await;
+    assert_eq!(status, 200, "{removed}");
     assert_eq!(removed["removed"].as_array().unwrap().len(), 1);
     assert_eq!(base.get("/greeter").await.0, 404);
     assert!(base.list().await.modules.is_empty());
@@ -173,11 +174,8 @@ async fn reinstalling_uninstalled_bytes_hits_the_compile_cache() {
     let base = TestBase::start().await;
     let first = base.install_path("hello", "1.0.0", HELLO).await;
     assert_eq!(first["module"]["compileCache"], "miss");
-    base.client
-        .delete(base.ops("/v1/modules/hello"))
-        .send()
-        .await
-        .unwrap();
+    let (status, body) = base.ops_delete("/v1/modules/hello").await;
+    assert_eq!(status, 200, "{body}");
     let second = base.install_path("hello", "1.0.0", HELLO).await;
     assert_eq!(second["module"]["compileCache"], "hit");
     base.assert_hello_serves().await;

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use berth_api::InstallRequest;
-use berth_example_modules::{HELLO, HELLO_V2};
+use berth_example_modules::{ECHO, HELLO, HELLO_V2};
 use serde_json::{Value, json};
 
 use crate::support::{TestBase, expect_error, install_request};
@@ -273,6 +273,29 @@ async fn a_traffic_unit_pins_the_version() {
 }
 
 #[tokio::test]
+async fn rules_and_traffic_units_survive_a_restart() {
+    let mut base = two_versions().await;
+    let rules = json!({"rules": [rule("beta", json!({"on": "header", "name": "x-beta", "exact": "yes"}), "2")],
+                       "trafficUnits": {"blue": "2"}});
+    assert_eq!(base.put_rules(rules).await.0, 200);
+    assert_rules_apply(&base).await;
+    base.restart().await;
+    assert_rules_apply(&base).await;
+}
+
+/// The rule and the traffic unit of `rules_and_traffic_units_survive_a_restart` choose.
+async fn assert_rules_apply(base: &TestBase) {
+    assert_eq!(base.version_for(|r| r.header("x-beta", "yes")).await, "2");
+    assert_eq!(base.version_for(|r| r.header("x-beta", "no")).await, "1");
+    assert_eq!(
+        base.version_for(|r| r.header("x-berth-traffic-unit", "blue"))
+            .await,
+        "2"
+    );
+    assert_eq!(base.version_for(|r| r).await, "1");
+}
+
+#[tokio::test]
 async fn a_version_the_rules_use_cannot_be_removed_until_they_stop() {
     let base = two_versions().await;
     assert_eq!(
@@ -308,6 +331,90 @@ async fn a_version_the_rules_use_cannot_be_removed_until_they_stop() {
         .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(base.version_for(|r| r.header("x-beta", "1")).await, "1");
+}
+
+/// What the base lists of `echo`: (version, in flight) of each version.
+async fn echo_versions(base: &TestBase) -> Vec<(String, u32)> {
+    base.list()
+        .await
+        .modules
+        .into_iter()
+        .filter(|m| m.name == "echo")
+        .map(|m| (m.version, m.in_flight))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_flight_finishes_on_its_version_after_a_switch_and_uninstall() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let base = TestBase::start().await;
+    base.install_path("echo", "1", ECHO).await;
+    let (status, body) = base
+        .install(&InstallRequest {
+            activate: Some(false),
+            ..install_request("echo", "2", ECHO)
+        })
+        .await;
+    assert_eq!(status, 201, "{body}");
+
+    // A chunked request body that arrives slowly: the first chunk now, the
+    // rest after the switch and the uninstall.
+    let addr = base.url("").trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /echo HTTP/1.1\r\nhost: test\r\ntransfer-encoding: chunked\r\n\
+              connection: close\r\n\r\n5\r\nfirst\r\n",
+        )
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while echo_versions(&base).await != [("1".to_string(), 1), ("2".to_string(), 0)] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow request never reached echo@1: {:?}",
+            echo_versions(&base).await
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // Mid-request: echo@2 becomes the default and echo@1 is uninstalled.
+    let (status, body) = base
+        .post("/v1/modules/echo/switch", json!({"version": "2"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = base.ops_delete("/v1/modules/echo/versions/1").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(echo_versions(&base).await, [("2".to_string(), 0)]);
+
+    // The request still ends 200, served by echo@1 with its whole body.
+    stream
+        .write_all(b"7\r\n, last!\r\n0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        stream.read_to_string(&mut response),
+    )
+    .await
+    .expect("the response came")
+    .unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        response
+            .to_ascii_lowercase()
+            .contains("x-berth-module: echo@1"),
+        "{response}"
+    );
+    assert!(response.contains(r#""body":"first, last!""#), "{response}");
+
+    // Afterwards only echo@2 is left, and it serves.
+    assert_eq!(echo_versions(&base).await, [("2".to_string(), 0)]);
+    let response = base.client.get(base.url("/echo")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-berth-module"], "echo@2");
 }
 
 #[tokio::test]

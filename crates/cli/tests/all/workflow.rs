@@ -57,6 +57,15 @@ fn new_build_deploy_invoke_dev_undeploy() {
         "{err}"
     );
 
+    // Every build of the module from here on is slow on purpose (a build
+    // script that sleeps 1.5 s whenever src/lib.rs changed), so the second
+    // save below surely lands while a build runs.
+    std::fs::write(
+        dir.join("build.rs"),
+        "fn main() {\n    println!(\"cargo:rerun-if-changed=src/lib.rs\");\n    \
+         std::thread::sleep(std::time::Duration::from_millis(1500));\n}\n",
+    )
+    .unwrap();
     // berth dev: redeploys on save, keeps serving through a broken edit.
     let mut dev = Command::new(BERTH)
         .args(["dev", dir_s, "--base", &base.ops])
@@ -92,7 +101,8 @@ fn new_build_deploy_invoke_dev_undeploy() {
     wait_for(&dev_lines, "redeployed greeter@0.1.0-dev.");
     let out = stdout(base.berth(&["invoke", "greeter"]));
     assert_eq!(out, "Fixed greeter! You asked for /greeter\n");
-    // A save while a build runs is not lost: another build follows.
+    // A save while a build runs is not lost: another build follows. The
+    // second save comes right after the build starts, well inside its 1.5 s.
     edit(&lib, "Fixed greeter!", "Saved once!");
     wait_for(&dev_lines, "saved: building greeter");
     edit(&lib, "Saved once!", "Saved twice!");
@@ -360,10 +370,9 @@ fn logs_follow_shows_a_module_line_within_a_second() {
     // Without --follow: the ring, with the request id; stderr of a trapping module too.
     let out = stdout(base.berth(&["logs", "counter", "--since", "5m"]));
     assert!(out.contains("counted hit 1"), "{out}");
-    let _ = base
-        .berth(&["invoke", "panic", "--path", "/boom"])
-        .output()
-        .unwrap();
+    // The trap answers 500, so invoke fails.
+    let err = failure(base.berth(&["invoke", "panic", "--path", "/boom"]));
+    assert!(err.contains("the module answered 500"), "{err}");
     let out = stdout(base.berth(&["logs", "panic", "-o", "json"]));
     let entry: serde_json::Value = serde_json::from_str(
         out.lines()

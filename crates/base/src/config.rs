@@ -82,3 +82,36 @@ pub struct ControllerLink {
     /// some, instead of compiling each module here.
     pub controller_code: bool,
 }
+
+impl ControllerLink {
+    /// A link to the controller at `url` (`http://` is added when it names
+    /// no scheme) for the base `name`, labelled by `KEY=VALUE` pairs, with
+    /// `berth base`'s defaults: 500 modules, a heartbeat every 2 s, and the
+    /// controller's compiled code. Every base binary parses its flags here.
+    pub fn new(
+        url: &str,
+        name: impl Into<String>,
+        labels: &[String],
+    ) -> Result<Self, crate::BaseError> {
+        let labels = labels
+            .iter()
+            .map(|pair| {
+                pair.split_once('=')
+                    .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                    .ok_or_else(|| crate::BaseError::InvalidLabel(pair.clone()))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            url: if url.contains("://") {
+                url.to_string()
+            } else {
+                format!("http://{url}")
+            },
+            name: name.into(),
+            labels,
+            capacity_modules: 500,
+            interval: Duration::from_secs(2),
+            controller_code: true,
+        })
+    }
+}

@@ -194,4 +194,7 @@ pub enum BaseError {
     /// The runtime could not start.
     #[error("cannot start the runtime: {0}")]
     Runtime(#[from] LoadError),
+    /// A base label that is not `KEY=VALUE`.
+    #[error("--labels `{0}` is not KEY=VALUE (e.g. group=online)")]
+    InvalidLabel(String),
 }

@@ -4,7 +4,6 @@
 //! `--controller` agent), and reports `berth:sql/query@0.1.0` among its
 //! capabilities, so the controller places SQL modules only on it.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -52,28 +51,14 @@ impl Args {
         let Some(url) = &self.controller else {
             return Ok(None);
         };
-        let mut labels = BTreeMap::new();
-        for pair in &self.labels {
-            let (k, v) = pair
-                .split_once('=')
-                .with_context(|| format!("--labels `{pair}` is not KEY=VALUE (e.g. group=sql)"))?;
-            labels.insert(k.trim().to_owned(), v.trim().to_owned());
-        }
-        Ok(Some(ControllerLink {
-            url: if url.contains("://") {
-                url.clone()
-            } else {
-                format!("http://{url}")
-            },
-            name: self
-                .name
-                .clone()
-                .unwrap_or_else(|| format!("sql-base-{}", self.listen.port())),
-            labels,
-            capacity_modules: self.capacity_modules,
-            interval: self.heartbeat_interval,
-            controller_code: true,
-        }))
+        let name = self
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("sql-base-{}", self.listen.port()));
+        let mut link = ControllerLink::new(url, name, &self.labels)?;
+        link.capacity_modules = self.capacity_modules;
+        link.interval = self.heartbeat_interval;
+        Ok(Some(link))
     }
 }
 

@@ -85,28 +85,15 @@ impl BaseArgs {
         let Some(url) = &self.controller else {
             return Ok(None);
         };
-        let mut labels = std::collections::BTreeMap::new();
-        for pair in &self.labels {
-            let (k, v) = pair.split_once('=').ok_or_else(|| {
-                anyhow::anyhow!("--labels `{pair}` is not KEY=VALUE (e.g. group=online)")
-            })?;
-            labels.insert(k.trim().to_string(), v.trim().to_string());
-        }
-        Ok(Some(berth_base::ControllerLink {
-            url: if url.contains("://") {
-                url.clone()
-            } else {
-                format!("http://{url}")
-            },
-            name: self
-                .name
-                .clone()
-                .unwrap_or_else(|| format!("base-{}", self.listen.port())),
-            labels,
-            capacity_modules: self.capacity_modules,
-            interval: self.heartbeat_interval,
-            controller_code: !self.compile_locally,
-        }))
+        let name = self
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("base-{}", self.listen.port()));
+        let mut link = berth_base::ControllerLink::new(url, name, &self.labels)?;
+        link.capacity_modules = self.capacity_modules;
+        link.interval = self.heartbeat_interval;
+        link.controller_code = !self.compile_locally;
+        Ok(Some(link))
     }
 
     fn config(&self, default_data_dir: PathBuf) -> BaseConfig {

@@ -524,22 +524,48 @@ fn log_flags_live_on_the_commands_that_log() {
     let err = failure(berth(&["build", "--log-format", "json"]));
     assert!(err.contains("unexpected argument '--log-format'"), "{err}");
 
-    // JSON logs: no human banner on stdout; the banner is a JSON log line.
+    // JSON logs: no human banner on stdout; the banner is a JSON log line,
+    // and every line on stderr is JSON.
     let data = tempfile::tempdir().unwrap();
+    let (banner, stdout_text) = json_banner(
+        &["base", "--listen", "127.0.0.1:0", "--ops", "127.0.0.1:0"],
+        data.path(),
+        "berth base serving",
+    );
+    assert!(
+        banner["fields"]["ops"]
+            .as_str()
+            .is_some_and(|o| o.starts_with("http://127.0.0.1:")),
+        "{banner}"
+    );
+    assert!(!stdout_text.contains("berth base serving"), "{stdout_text}");
+    // The controller too.
+    let work = work_dir();
+    let (banner, stdout_text) = json_banner(
+        &["controller", "--listen", "127.0.0.1:0", "--no-code"],
+        &work.path().join("controller"),
+        "berth controller serving",
+    );
+    assert!(
+        banner["fields"]["api"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("http://127.0.0.1:")),
+        "{banner}"
+    );
+    assert!(stdout_text.is_empty(), "{stdout_text}");
+}
+
+/// Runs `berth ARGS --log-format json --data-dir DATA` until a stderr line
+/// contains `marker`, then stops it. Returns that line parsed as JSON and
+/// what it printed on stdout; asserts every stderr line is JSON.
+fn json_banner(args: &[&str], data: &std::path::Path, marker: &str) -> (serde_json::Value, String) {
     let log = tempfile::NamedTempFile::new().unwrap();
     let out = tempfile::NamedTempFile::new().unwrap();
     let mut child = Command::new(BERTH)
-        .args([
-            "base",
-            "--listen",
-            "127.0.0.1:0",
-            "--ops",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ])
+        .args(args)
+        .args(["--log-format", "json"])
         .arg("--data-dir")
-        .arg(data.path())
+        .arg(data)
         .stdout(out.reopen().unwrap())
         .stderr(log.reopen().unwrap())
         .spawn()
@@ -547,7 +573,7 @@ fn log_flags_live_on_the_commands_that_log() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let banner = loop {
         let text = std::fs::read_to_string(log.path()).unwrap();
-        if let Some(line) = text.lines().find(|l| l.contains("berth base serving")) {
+        if let Some(line) = text.lines().find(|l| l.contains(marker)) {
             break line.to_string();
         }
         assert!(Instant::now() < deadline, "no banner in\n{text}");
@@ -555,15 +581,6 @@ fn log_flags_live_on_the_commands_that_log() {
     };
     let _ = child.kill();
     let _ = child.wait();
-    let banner: serde_json::Value = serde_json::from_str(&banner).unwrap();
-    assert!(
-        banner["fields"]["ops"]
-            .as_str()
-            .is_some_and(|o| o.starts_with("http://127.0.0.1:")),
-        "{banner}"
-    );
-    let stdout_text = std::fs::read_to_string(out.path()).unwrap();
-    assert!(!stdout_text.contains("berth base serving"), "{stdout_text}");
     let log_text = std::fs::read_to_string(log.path()).unwrap();
     assert!(
         log_text
@@ -571,48 +588,10 @@ fn log_flags_live_on_the_commands_that_log() {
             .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()),
         "{log_text}"
     );
-    // The controller too.
-    let work = work_dir();
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let out = tempfile::NamedTempFile::new().unwrap();
-    let mut child = Command::new(BERTH)
-        .args([
-            "controller",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-code",
-            "--log-format",
-            "json",
-        ])
-        .arg("--data-dir")
-        .arg(work.path().join("controller"))
-        .stdout(out.reopen().unwrap())
-        .stderr(log.reopen().unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let banner = loop {
-        let text = std::fs::read_to_string(log.path()).unwrap();
-        if let Some(line) = text
-            .lines()
-            .find(|l| l.contains("berth controller serving"))
-        {
-            break line.to_string();
-        }
-        assert!(Instant::now() < deadline, "no banner in\n{text}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let _ = child.kill();
-    let _ = child.wait();
-    let banner: serde_json::Value = serde_json::from_str(&banner).unwrap();
-    assert!(
-        banner["fields"]["api"]
-            .as_str()
-            .is_some_and(|a| a.starts_with("http://127.0.0.1:")),
-        "{banner}"
-    );
-    let stdout_text = std::fs::read_to_string(out.path()).unwrap();
-    assert!(stdout_text.is_empty(), "{stdout_text}");
+    (
+        serde_json::from_str(&banner).unwrap(),
+        std::fs::read_to_string(out.path()).unwrap(),
+    )
 }
 
 /// Runs `berth COMMAND` on `data` until its banner lists a module; returns

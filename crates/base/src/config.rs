@@ -115,3 +115,32 @@ impl ControllerLink {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ControllerLink;
+
+    #[test]
+    fn a_controller_link_parses_labels_and_adds_a_scheme() {
+        let link = ControllerLink::new(
+            "127.0.0.1:1239",
+            "a",
+            &["group=online".into(), " zone = b ".into()],
+        )
+        .unwrap();
+        assert_eq!(link.url, "http://127.0.0.1:1239");
+        assert_eq!(link.labels["group"], "online");
+        assert_eq!(link.labels["zone"], "b");
+        let kept = ControllerLink::new("https://ctl.example", "a", &[]).unwrap();
+        assert_eq!(kept.url, "https://ctl.example");
+    }
+
+    #[test]
+    fn a_label_without_a_value_is_refused_naming_it() {
+        let err = ControllerLink::new("127.0.0.1:1239", "a", &["group".into()]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--labels `group` is not KEY=VALUE (e.g. group=online)"
+        );
+    }
+}

@@ -2,9 +2,11 @@
 //! own, and a capability refusing a module at configure.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use berth_example_modules::COUNTER;
+use berth_example_modules::{COUNTER, HELLO};
 use berth_runtime::wasmtime::component::Linker;
 use berth_runtime::{
     Capabilities, Capability, HostState, InstanceContext, KvBackend, KvCapability, KvError,
@@ -117,6 +119,95 @@ async fn a_kv_backend_of_the_base_teams_own_replaces_redb() {
         2i64.to_le_bytes().to_vec()
     );
     assert_eq!(rt.runtime.kv().get("counter", "hits").await.unwrap(), None);
+}
+
+/// A map whose `increment` waits until the test releases it, counting the
+/// calls that wait: a kv store that is slow for as long as a test wants.
+struct ParkedBackend {
+    inner: MapBackend,
+    waiting: AtomicUsize,
+    release: tokio::sync::Semaphore,
+}
+
+#[berth_runtime::async_trait]
+impl KvBackend for ParkedBackend {
+    async fn get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        self.inner.get(ns, key).await
+    }
+    async fn set(&self, ns: &str, key: &str, value: Vec<u8>) -> Result<(), KvError> {
+        self.inner.set(ns, key, value).await
+    }
+    async fn delete(&self, ns: &str, key: &str) -> Result<(), KvError> {
+        self.inner.delete(ns, key).await
+    }
+    async fn increment(&self, ns: &str, key: &str, delta: i64) -> Result<i64, KvError> {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        // Closing the semaphore releases every call, now and later.
+        let _ = self.release.acquire().await;
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        self.inner.increment(ns, key, delta).await
+    }
+    async fn list_keys(&self, ns: &str, prefix: &str) -> Result<Vec<String>, KvError> {
+        self.inner.list_keys(ns, prefix).await
+    }
+}
+
+/// Two worker threads, as on the 2-core machines: a kv host call that held
+/// its worker thread while the store was busy would leave none for `hello`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_parked_kv_calls_do_not_stall_a_neighbour() {
+    let backend = Arc::new(ParkedBackend {
+        inner: MapBackend::default(),
+        waiting: AtomicUsize::new(0),
+        release: tokio::sync::Semaphore::new(0),
+    });
+    let plugged = backend.clone();
+    let rt = TestRuntime::with(move |config| {
+        config.max_instances = 100;
+        config.capabilities = Capabilities::new().with(KvCapability::new(plugged));
+    });
+    let counter = rt.load(COUNTER, "counter", |_| {});
+    let hello = rt.load(HELLO, "hello", |_| {});
+    let calls: Vec<_> = (0..64)
+        .map(|_| {
+            let counter = counter.clone();
+            tokio::spawn(async move { hits(&counter, "/").await })
+        })
+        .collect();
+    // Waits poll with the thread's own clock: if the workers were blocked,
+    // tokio's timers would stop too. A failure exits the process, because a
+    // panic would hang dropping a runtime whose workers never return.
+    let wait = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done() {
+            if Instant::now() > deadline {
+                eprintln!("sixty_four_parked_kv_calls_do_not_stall_a_neighbour FAILED: {what}");
+                std::process::exit(101);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait("the 64 kv calls never all reached the store", &|| {
+        backend.waiting.load(Ordering::SeqCst) == 64
+    });
+    let neighbour = tokio::spawn(async move { call(&hello, "/", None).await });
+    wait(
+        "hello did not answer while 64 kv calls waited on the store",
+        &|| neighbour.is_finished(),
+    );
+    let (status, body) = neighbour.await.unwrap().expect("hello answers");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        backend.waiting.load(Ordering::SeqCst),
+        64,
+        "every kv call was still waiting while hello answered"
+    );
+    // Release them all, and every later increment too.
+    backend.release.close();
+    for call in calls {
+        call.await.expect("counter request");
+    }
+    assert_eq!(hits(&counter, "/").await["hits"], 65);
 }
 
 /// Offers nothing, refuses modules named `blocked-*` at configure.

@@ -130,6 +130,56 @@ struct SchedulingStrategy {
     scheduling_policy: Option<String>,
 }
 
+/// The Koupleless form of a berth ModuleDeployment (`berth get deployments
+/// -o yaml --as koupleless`): the inverse of the mapping above. A route or
+/// traffic rules, which Koupleless has no field for, are left out.
+pub fn to_koupleless(d: &ModuleDeployment) -> serde_json::Value {
+    let spec = &d.spec;
+    let mut match_labels = spec.base_selector.clone();
+    let group = match_labels.remove(GROUP_LABEL);
+    let mut kspec = serde_json::json!({
+        "template": {"spec": {"module": {
+            "name": spec.module.name,
+            "version": spec.module.version,
+            "url": spec.module.artifact,
+            "md5": spec.module.digest,
+        }}},
+        "replicas": spec.replicas,
+        "operationStrategy": {
+            "needConfirm": spec.strategy.need_confirm,
+            "useBeta": false,
+            "batchCount": spec.strategy.batches,
+            "grayTimeBetweenBatchSeconds": spec
+                .strategy
+                .pause_between
+                .as_deref()
+                .and_then(|p| humantime::parse_duration(p).ok())
+                .map_or(0, |d| d.as_secs()),
+            "upgradePolicy": "install_then_uninstall",
+        },
+        "schedulingStrategy": {"schedulingPolicy": match spec.placement {
+            PlacementPolicy::Spread => "scatter",
+            PlacementPolicy::BinPack => "stacking",
+        }},
+    });
+    if let Some(group) = group {
+        kspec["baseDeploymentName"] = group.into();
+    }
+    if !match_labels.is_empty() {
+        kspec["selector"] = serde_json::json!({"matchLabels": match_labels});
+    }
+    let mut metadata = serde_json::json!({"name": d.metadata.name});
+    if !d.metadata.labels.is_empty() {
+        metadata["labels"] = serde_json::json!(d.metadata.labels);
+    }
+    serde_json::json!({
+        "apiVersion": API_VERSIONS[0],
+        "kind": "ModuleDeployment",
+        "metadata": metadata,
+        "spec": kspec,
+    })
+}
+
 /// Names a berth-manifest problem by the Koupleless field it came from.
 pub(super) fn path_of(mut error: ManifestError) -> ManifestError {
     let koupleless = match error.path.as_str() {
@@ -376,6 +426,23 @@ spec:
         assert_eq!(d.spec.placement, PlacementPolicy::Spread);
         let published = sample().replace("koupleless.io", "koupleless.alipay.com");
         assert!(parse(&published).is_ok());
+    }
+
+    #[test]
+    fn the_koupleless_form_maps_back_to_the_same_deployment() {
+        let Manifest::ModuleDeployment(d) = parse(&sample()).unwrap();
+        let form = super::to_koupleless(&d);
+        assert_eq!(form["apiVersion"], "koupleless.io/v1alpha1");
+        assert_eq!(
+            form["spec"]["baseDeploymentName"],
+            "dynamic-stock-deployment"
+        );
+        assert_eq!(
+            form["spec"]["operationStrategy"]["grayTimeBetweenBatchSeconds"],
+            30
+        );
+        let yaml = serde_yaml_ng::to_string(&form).unwrap();
+        assert_eq!(parse(&yaml).unwrap(), Manifest::ModuleDeployment(d));
     }
 
     #[test]

@@ -1112,5 +1112,26 @@ spec:
             && table.contains("group=dynamic-stock-deployment"),
         "{table}"
     );
+    // Either form back: berth's, or Koupleless' with the same fields.
+    let berth_form = stdout(ctl.berth(&["get", "deployments", "-o", "yaml"]));
+    assert!(
+        berth_form.contains("apiVersion: berth.dev/v1"),
+        "{berth_form}"
+    );
+    let form = stdout(ctl.berth(&["get", "deployments", "-o", "yaml", "--as", "koupleless"]));
+    let forms: Vec<serde_yaml_ng::Value> = serde_yaml_ng::from_str(&form).unwrap();
+    let expected: serde_yaml_ng::Value = serde_yaml_ng::from_str(&manifest("2")).unwrap();
+    assert_eq!(forms[0]["apiVersion"], expected["apiVersion"], "{form}");
+    assert_eq!(
+        forms[0]["spec"]["template"], expected["spec"]["template"],
+        "{form}"
+    );
+    assert_eq!(
+        forms[0]["spec"]["baseDeploymentName"],
+        expected["spec"]["baseDeploymentName"]
+    );
+    assert_eq!(forms[0]["spec"]["replicas"], expected["spec"]["replicas"]);
+    let err = failure(ctl.berth(&["get", "deployments", "--as", "koupleless"]));
+    assert!(err.contains("-o yaml"), "{err}");
     drop(ctl);
 }

@@ -521,6 +521,12 @@ async fn install_now(base: &Base, request: InstallBiz) -> Value {
     };
     let started = std::time::Instant::now();
     match base.install(install, None).await {
+        // Installed meanwhile by a concurrent call with the same bytes.
+        Ok(response) if response.unchanged => failed(
+            base,
+            "REPEAT_BIZ",
+            format!("Biz: {biz_name}:{biz_version} has been installed or registered."),
+        ),
         Ok(response) => {
             let message = format!(
                 "Install Biz: {biz_name}:{biz_version} success, cost: {} ms",

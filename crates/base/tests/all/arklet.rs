@@ -307,3 +307,26 @@ async fn arklet_async_install_then_query_biz_ops() {
         .await;
     assert_eq!(reply["code"], "FAILED", "{reply}");
 }
+
+#[tokio::test]
+async fn arklet_concurrent_installs_of_one_version_succeed_once() {
+    let base = TestBase::start().await;
+    let body = request("installBiz");
+    let replies =
+        futures::future::join_all((0..4).map(|_| base.arklet("installBiz", body.clone()))).await;
+    let codes: Vec<_> = replies
+        .iter()
+        .map(|r| r["data"]["code"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        codes.iter().filter(|c| *c == "SUCCESS").count(),
+        1,
+        "{replies:?}"
+    );
+    assert_eq!(
+        codes.iter().filter(|c| *c == "REPEAT_BIZ").count(),
+        3,
+        "{replies:?}"
+    );
+    assert_eq!(base.list().await.modules.len(), 1);
+}

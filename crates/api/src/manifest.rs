@@ -15,12 +15,17 @@
 //! [`parse`] reads YAML or JSON and reports the first problem with the path
 //! of the field (`spec.replicas: invalid type: string "six", expected u32`),
 //! as `kubectl` does: unknown fields, wrong types and invalid values alike.
+//!
+//! Koupleless' `koupleless.io/v1alpha1` ModuleDeployment is taken too and
+//! mapped onto berth's ([`koupleless`]).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::{Route, TrafficRules};
+
+pub mod koupleless;
 
 /// The `apiVersion` this build understands.
 pub const API_VERSION: &str = "berth.dev/v1";
@@ -179,11 +184,23 @@ pub fn parse(text: &str) -> Result<Manifest, ManifestError> {
     // `kind` first, then the whole document as that kind: deserializing
     // through a tagged enum would lose the field paths.
     #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
     struct Kind {
         kind: Option<String>,
+        api_version: Option<String>,
     }
     let kind: Kind = serde_yaml_ng::from_str(text).map_err(|e| at("", e.to_string()))?;
     match kind.kind.as_deref() {
+        Some("ModuleDeployment")
+            if kind
+                .api_version
+                .as_deref()
+                .is_some_and(|v| koupleless::API_VERSIONS.contains(&v)) =>
+        {
+            let deployment = koupleless::parse(text)?;
+            validate_deployment(&deployment).map_err(koupleless::path_of)?;
+            Ok(Manifest::ModuleDeployment(deployment))
+        }
         Some("ModuleDeployment") => {
             let deployment: ModuleDeployment = with_paths(text)?;
             validate_deployment(&deployment)?;
@@ -220,7 +237,11 @@ fn validate_deployment(d: &ModuleDeployment) -> Result<(), ManifestError> {
     if d.api_version != API_VERSION {
         return Err(at(
             "apiVersion",
-            format!("`{}` is not supported; use `{API_VERSION}`", d.api_version),
+            format!(
+                "`{}` is not supported; use `{API_VERSION}` (or `{}` for a Koupleless manifest)",
+                d.api_version,
+                koupleless::API_VERSIONS[0]
+            ),
         ));
     }
     if let Err(e) = crate::ModuleName::parse(&d.metadata.name) {

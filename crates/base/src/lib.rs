@@ -22,6 +22,7 @@
 //! [`RunningBase`] handle.
 
 mod agent;
+pub mod arklet;
 mod base;
 mod builder;
 mod config;

@@ -13,6 +13,7 @@
 //! | POST | `/v1/modules/{name}/rollback` | switch back to the previous default |
 //! | GET | `/v1/modules/{name}/logs?since=5m&version=V&follow=true` | lines the module wrote (stdout, stderr, `berth:base/log`); `follow` streams NDJSON |
 //! | GET, PUT | `/v1/modules/{name}/rules` | the module's [`TrafficRules`], replaced whole |
+//! | POST | `/{command}` | Koupleless' Arklet commands (`installBiz`, `queryAllBiz`, …), see [`crate::arklet`] |
 //!
 //! Every error is JSON `{"error": {"code", "message"}}` with a fitting
 //! status: bad requests are rejected before anything is touched, and a
@@ -58,7 +59,9 @@ pub fn router(base: Base) -> Router {
         .fallback(not_found)
         // Bodies are size-checked by `install` itself, with a JSON error.
         .layer(DefaultBodyLimit::disable())
-        .with_state(base)
+        .with_state(base.clone())
+        // Arklet's `POST /<command>` beside the native API.
+        .merge(crate::arklet::router(base))
 }
 
 async fn health(State(base): State<Base>) -> Response {

@@ -288,6 +288,7 @@ enum Command {
     /// Examples:
     ///   berth get deployments
     ///   berth get deployments -o yaml
+    ///   berth get deployments -o yaml --as koupleless
     #[command(verbatim_doc_comment)]
     Get {
         /// The kind: deployments or bases.
@@ -296,6 +297,10 @@ enum Command {
         /// Output format.
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
+        /// With `-o yaml|json`: show the manifests in berth's form or as
+        /// Koupleless' `koupleless.io/v1alpha1` ModuleDeployment.
+        #[arg(long = "as", value_parser = ["berth", "koupleless"], default_value = "berth")]
+        form: String,
         /// The controller API.
         #[arg(long, default_value = commands::controller::DEFAULT_CONTROLLER, env = "BERTH_CONTROLLER")]
         controller: String,
@@ -530,12 +535,16 @@ fn run(command: Command) -> Result<()> {
                 kind,
                 output,
                 controller,
+                ..
             } if kind.starts_with("base") => {
                 commands::controller::get_bases(&controller, output).await
             }
             Command::Get {
-                output, controller, ..
-            } => commands::controller::get(&controller, output).await,
+                output,
+                controller,
+                form,
+                ..
+            } => commands::controller::get(&controller, output, form == "koupleless").await,
             Command::Rollout {
                 action,
                 name,

@@ -3,6 +3,7 @@
 //!
 //! One test binary with a module per topic (as wasmtime does), to link once.
 
+mod arklet;
 mod bad_input;
 mod capability;
 mod ingress;

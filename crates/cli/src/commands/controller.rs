@@ -212,12 +212,24 @@ pub async fn get_bases(controller: &str, output: Output) -> Result<()> {
 }
 
 /// `berth get deployments`.
-pub async fn get(controller: &str, output: Output) -> Result<()> {
+pub async fn get(controller: &str, output: Output, koupleless: bool) -> Result<()> {
+    if koupleless && !matches!(output, Output::Json | Output::Yaml) {
+        bail!("--as koupleless shows manifests: add `-o yaml` or `-o json`");
+    }
     let body = call(
         reqwest::Client::new().get(url(controller, "/v1/deployments")),
         controller,
     )
     .await?;
+    if koupleless {
+        let deployments: Vec<StoredDeployment> = serde_json::from_value(body)?;
+        let forms: Vec<serde_json::Value> = deployments
+            .iter()
+            .map(|d| berth_api::manifest::koupleless::to_koupleless(&d.manifest))
+            .collect();
+        output.data(&serde_json::Value::Array(forms));
+        return Ok(());
+    }
     if output.data(&body) {
         return Ok(());
     }

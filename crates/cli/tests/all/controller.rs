@@ -1039,3 +1039,99 @@ fn bases_load_the_code_the_controller_compiled_once() {
     assert_eq!((lookups(&late, "hit"), lookups(&late, "miss")), (0.0, 1.0));
     drop(ctl);
 }
+
+#[test]
+fn a_koupleless_module_deployment_puts_replicas_on_bases() {
+    let work = work_dir();
+    let ctl = ControllerProcess::start(work.path(), &[]);
+    let base =
+        |name: &str, group: &str| ctl.base(name, "200ms", &["--labels", &format!("group={group}")]);
+    let stock: Vec<BaseProcess> = ["s1", "s2", "s3"]
+        .iter()
+        .map(|n| base(n, "dynamic-stock-deployment"))
+        .collect();
+    let other = base("o1", "other");
+    // Koupleless' sample as published, with a wasm module; `md5` carries
+    // berth's sha256 digest.
+    let manifest = |replicas: &str| {
+        format!(
+            "apiVersion: koupleless.io/v1alpha1
+kind: ModuleDeployment
+metadata:
+  labels:
+    app.kubernetes.io/name: moduledeployment
+  name: moduledeployment-sample
+spec:
+  baseDeploymentName: dynamic-stock-deployment
+  template:
+    spec:
+      module:
+        name: hello
+        version: '1.0.0'
+        url: \"file:{HELLO}\"
+        md5: \"{}\"
+  replicas: {replicas}
+  operationStrategy:
+    upgradePolicy: install_then_uninstall
+    needConfirm: false
+    grayTimeBetweenBatchSeconds: 0
+    useBeta: false
+    batchCount: 1
+  schedulingStrategy:
+    schedulingPolicy: scatter
+",
+            file_digest(HELLO)
+        )
+    };
+    let file = work.path().join("koupleless.yaml");
+    let file_s = file.to_str().unwrap();
+
+    std::fs::write(&file, manifest("-1")).unwrap();
+    let err = failure(ctl.berth(&["apply", "-f", file_s]));
+    assert!(err.contains("spec.replicas: -1"), "{err}");
+
+    std::fs::write(&file, manifest("2")).unwrap();
+    assert_eq!(
+        stdout(ctl.berth(&["apply", "-f", file_s])).trim(),
+        "ModuleDeployment/moduledeployment-sample created (generation 1)"
+    );
+    let serving = || {
+        stock
+            .iter()
+            .filter(|b| serves(&b.ingress, "/hello"))
+            .count()
+    };
+    eventually("stock bases serving hello", 2, serving);
+    assert!(
+        !serves(&other.ingress, "/hello"),
+        "a base outside the group got a replica"
+    );
+    let table = stdout(ctl.berth(&["get", "deployments", "-o", "wide"]));
+    assert!(
+        table.contains("moduledeployment-sample")
+            && table.contains("group=dynamic-stock-deployment"),
+        "{table}"
+    );
+    // Either form back: berth's, or Koupleless' with the same fields.
+    let berth_form = stdout(ctl.berth(&["get", "deployments", "-o", "yaml"]));
+    assert!(
+        berth_form.contains("apiVersion: berth.dev/v1"),
+        "{berth_form}"
+    );
+    let form = stdout(ctl.berth(&["get", "deployments", "-o", "yaml", "--as", "koupleless"]));
+    let forms: Vec<serde_yaml_ng::Value> = serde_yaml_ng::from_str(&form).unwrap();
+    let expected: serde_yaml_ng::Value = serde_yaml_ng::from_str(&manifest("2")).unwrap();
+    assert_eq!(forms[0]["apiVersion"], expected["apiVersion"], "{form}");
+    assert_eq!(
+        forms[0]["spec"]["template"], expected["spec"]["template"],
+        "{form}"
+    );
+    assert_eq!(
+        forms[0]["spec"]["baseDeploymentName"],
+        expected["spec"]["baseDeploymentName"]
+    );
+    assert_eq!(forms[0]["spec"]["replicas"], expected["spec"]["replicas"]);
+    let err = failure(ctl.berth(&["get", "deployments", "--as", "koupleless"]));
+    assert!(err.contains("-o yaml"), "{err}");
+    drop(ctl);
+}

@@ -2,6 +2,7 @@
 //! own, and a capability refusing a module at configure.
 
 use std::collections::HashMap;
+use std::io::Write as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -181,7 +182,11 @@ async fn sixty_four_parked_kv_calls_do_not_stall_a_neighbour() {
         let deadline = Instant::now() + Duration::from_secs(20);
         while !done() {
             if Instant::now() > deadline {
-                eprintln!("sixty_four_parked_kv_calls_do_not_stall_a_neighbour FAILED: {what}");
+                // Straight to stderr: the test harness's capture dies with the process.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "sixty_four_parked_kv_calls_do_not_stall_a_neighbour FAILED: {what}"
+                );
                 std::process::exit(101);
             }
             std::thread::sleep(Duration::from_millis(10));

@@ -171,6 +171,42 @@ pub trait Store: Send + Sync {
     fn put_with_lease(&self, key: &str, value: &[u8], lease: LeaseId) -> Result<u64, StoreError>;
 }
 
+/// The store as the controller shares it: any backend behind one pointer.
+pub type SharedStore = Arc<dyn Store>;
+
+impl<S: Store + ?Sized> Store for Arc<S> {
+    fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        (**self).get(key)
+    }
+    fn list(&self, prefix: &str) -> Result<(Vec<Entry>, u64), StoreError> {
+        (**self).list(prefix)
+    }
+    fn put(&self, key: &str, value: &[u8]) -> Result<u64, StoreError> {
+        (**self).put(key, value)
+    }
+    fn compare_and_swap(&self, key: &str, expected: u64, value: &[u8]) -> Result<u64, StoreError> {
+        (**self).compare_and_swap(key, expected, value)
+    }
+    fn delete(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        (**self).delete(key)
+    }
+    fn watch(&self, prefix: &str, after: u64) -> Result<Watch, StoreError> {
+        (**self).watch(prefix, after)
+    }
+    fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+        (**self).grant_lease(ttl)
+    }
+    fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
+        (**self).keep_alive(lease)
+    }
+    fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
+        (**self).revoke_lease(lease)
+    }
+    fn put_with_lease(&self, key: &str, value: &[u8], lease: LeaseId) -> Result<u64, StoreError> {
+        (**self).put_with_lease(key, value, lease)
+    }
+}
+
 const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");

@@ -135,6 +135,36 @@ fn bases_register_heartbeat_and_go_not_ready_when_they_stop() {
 }
 
 /// A `berth controller` process on a free port with its own store, killed on drop.
+#[test]
+fn a_controller_keeps_its_state_in_the_store_named_by_store() {
+    let work = work_dir();
+    let store = work.path().join("elsewhere.redb");
+    let flag = format!("redb:{}", store.display());
+    let ctl = ControllerProcess::start(work.path(), &["--store", &flag]);
+    let file = work.path().join("orders.yaml");
+    std::fs::write(&file, manifest("1", "1.0.0")).unwrap();
+    assert!(stdout(ctl.berth(&["apply", "-f", file.to_str().unwrap()])).contains("created"));
+    drop(ctl);
+    // The state is in that file, not in the data directory's default one.
+    assert!(store.exists());
+    assert!(!work.path().join("controller/controller.redb").exists());
+    let again = ControllerProcess::start(work.path(), &["--store", &flag]);
+    assert!(stdout(again.berth(&["get", "deployments"])).contains("orders"));
+    drop(again);
+    // A bad --store is refused before anything starts, saying what to write.
+    let err = failure(berth(&[
+        "controller",
+        "--listen",
+        "127.0.0.1:0",
+        "--store",
+        "etcd://h1",
+    ]));
+    assert!(
+        err.contains("endpoint `h1` has no port") && err.contains("use `redb:PATH` or `etcd://"),
+        "{err}"
+    );
+}
+
 struct ControllerProcess {
     child: std::process::Child,
     /// `127.0.0.1:PORT`.

@@ -5,6 +5,7 @@
 //! - [`store`]: the [`store::Store`] trait (etcd-shaped: revisions,
 //!   compare-and-swap, watch) and its embedded [`store::RedbStore`] backend
 //!   (shared as [`store::SharedStore`], so the rest names no backend);
+//!   [`etcd`]: the same store on an etcd cluster;
 //! - [`resources`]: typed ModuleDeployments over it; [`bases`]: heartbeats
 //!   and readiness; [`events`]: what happened to each deployment;
 //! - [`scheduler`] (placement), [`rollout`] (batches) and [`status`]
@@ -21,6 +22,7 @@ pub mod api;
 pub mod artifact;
 pub mod bases;
 pub mod code;
+pub mod etcd;
 pub mod events;
 pub mod metrics;
 pub mod reconciler;

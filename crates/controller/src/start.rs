@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::api::Shared;
 use crate::code::{CodeError, CodeShop};
+use crate::etcd::EtcdStore;
 use crate::reconciler::Reconciler;
 use crate::resources::Resources;
 use crate::store::{RedbStore, SharedStore, StoreError};
@@ -194,10 +195,10 @@ impl Controller {
 pub fn open_store(spec: &StoreSpec) -> Result<SharedStore, StoreError> {
     match spec {
         StoreSpec::Redb(path) => Ok(Arc::new(RedbStore::open(path)?)),
-        StoreSpec::Etcd(endpoints) => Err(StoreError::Backend(format!(
-            "the etcd backend is not built into this controller yet (endpoints {}); use `--store redb:PATH`",
-            endpoints.join(", ")
-        ))),
+        StoreSpec::Etcd(endpoints) => Ok(Arc::new(EtcdStore::connect(
+            endpoints,
+            crate::etcd::DEFAULT_PREFIX,
+        )?)),
     }
 }
 

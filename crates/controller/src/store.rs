@@ -111,31 +111,55 @@ pub type LeaseId = u64;
 
 /// A watch: first the history after the start revision, then live changes.
 pub struct Watch {
-    backlog: std::collections::VecDeque<Event>,
-    live: broadcast::Receiver<Event>,
-    prefix: String,
-    after: u64,
+    source: WatchSource,
+}
+
+enum WatchSource {
+    /// The embedded store's: its change log, then its broadcast.
+    Local {
+        backlog: std::collections::VecDeque<Event>,
+        live: broadcast::Receiver<Event>,
+        prefix: String,
+        after: u64,
+    },
+    /// A remote store's: a task that follows the server's watch.
+    Remote(tokio::sync::mpsc::Receiver<Result<Event, StoreError>>),
 }
 
 impl Watch {
+    /// A watch fed by a task that sends each change (and ends the watch
+    /// with an error, or by dropping its sender).
+    pub fn from_channel(events: tokio::sync::mpsc::Receiver<Result<Event, StoreError>>) -> Self {
+        Self {
+            source: WatchSource::Remote(events),
+        }
+    }
+
     /// The next change under the prefix. `None` when the store is gone;
     /// [`StoreError::Compacted`] when this watcher fell too far behind.
     pub async fn next(&mut self) -> Option<Result<Event, StoreError>> {
-        if let Some(event) = self.backlog.pop_front() {
-            self.after = event.revision();
+        let (backlog, live, prefix, after) = match &mut self.source {
+            WatchSource::Remote(events) => return events.recv().await,
+            WatchSource::Local {
+                backlog,
+                live,
+                prefix,
+                after,
+            } => (backlog, live, prefix, after),
+        };
+        if let Some(event) = backlog.pop_front() {
+            *after = event.revision();
             return Some(Ok(event));
         }
         loop {
-            match self.live.recv().await {
-                Ok(event)
-                    if event.revision() > self.after && event.key().starts_with(&self.prefix) =>
-                {
-                    self.after = event.revision();
+            match live.recv().await {
+                Ok(event) if event.revision() > *after && event.key().starts_with(&*prefix) => {
+                    *after = event.revision();
                     return Some(Ok(event));
                 }
                 Ok(_) => continue,
                 Err(broadcast::error::RecvError::Lagged(_)) => {
-                    return Some(Err(StoreError::Compacted(self.after)));
+                    return Some(Err(StoreError::Compacted(*after)));
                 }
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
@@ -604,10 +628,12 @@ impl Store for Inner {
             }
         }
         Ok(Watch {
-            backlog,
-            live,
-            prefix: prefix.into(),
-            after,
+            source: WatchSource::Local {
+                backlog,
+                live,
+                prefix: prefix.into(),
+                after,
+            },
         })
     }
 

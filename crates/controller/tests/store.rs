@@ -6,7 +6,11 @@
 
 use std::time::{Duration, Instant};
 
+use berth_controller::etcd::EtcdStore;
 use berth_controller::store::{Event, RedbStore, SharedStore, Store, StoreError};
+
+#[path = "support/etcd.rs"]
+mod etcd_server;
 
 /// A store under test and whatever keeps it alive (a temp dir, a server).
 type Backend = (Box<dyn std::any::Any>, SharedStore);
@@ -16,6 +20,13 @@ fn redb() -> Backend {
     let dir = tempfile::tempdir().unwrap();
     let store = RedbStore::open(&dir.path().join("controller.redb")).unwrap();
     (Box::new(dir), std::sync::Arc::new(store))
+}
+
+/// The etcd backend: a single-member etcd of its own, keys under a prefix.
+fn etcd() -> Backend {
+    let server = etcd_server::EtcdServer::start();
+    let store = EtcdStore::connect(std::slice::from_ref(&server.endpoint), "/berth-test").unwrap();
+    (Box::new(server), std::sync::Arc::new(store))
 }
 
 /// Runs every contract test against the backend `$open` returns, as the
@@ -51,6 +62,86 @@ macro_rules! contract {
 }
 
 contract!(redb, super::redb());
+contract!(etcd, super::etcd());
+
+/// An etcd nobody runs: a clear error naming the endpoints and what to
+/// check, within a few seconds.
+#[test]
+fn an_unreachable_etcd_is_named_with_what_to_check() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("127.0.0.1:{port}");
+    let started = Instant::now();
+    let err = EtcdStore::connect(std::slice::from_ref(&endpoint), "/berth")
+        .err()
+        .expect("nothing listens there")
+        .to_string();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(
+        err.contains(&format!("no etcd member answers at {endpoint}"))
+            && err.contains("check that etcd runs there")
+            && err.contains("--advertise-client-urls"),
+        "{err}"
+    );
+}
+
+/// A watch whose connection drops (etcd restarted) resumes from the
+/// revision after the last change it delivered: nothing lost, nothing twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_etcd_watch_resumes_after_a_disconnect_losing_nothing() {
+    let mut server = etcd_server::EtcdServer::start();
+    let store = EtcdStore::connect(std::slice::from_ref(&server.endpoint), "/berth").unwrap();
+    let first = store.put("/deployments/a", b"1").unwrap();
+    let mut watch = store.watch("/deployments/", first - 1).unwrap();
+    let seen = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen.revision(), first);
+    tokio::task::block_in_place(|| server.restart(Duration::from_millis(300)));
+    let (second, third) = tokio::task::block_in_place(|| {
+        (
+            store.put("/deployments/b", b"2").unwrap(),
+            store.put("/deployments/a", b"3").unwrap(),
+        )
+    });
+    let mut after = Vec::new();
+    for _ in 0..2 {
+        let event = tokio::time::timeout(Duration::from_secs(10), watch.next())
+            .await
+            .expect("the watch resumes")
+            .unwrap()
+            .unwrap();
+        after.push((event.key().to_string(), event.revision()));
+    }
+    assert_eq!(
+        after,
+        [
+            ("/deployments/b".to_string(), second),
+            ("/deployments/a".to_string(), third)
+        ]
+    );
+}
+
+/// The keys of one store stay under its prefix: another prefix on the
+/// same etcd sees none of them.
+#[test]
+fn stores_under_different_prefixes_share_an_etcd_without_seeing_each_other() {
+    let server = etcd_server::EtcdServer::start();
+    let endpoints = std::slice::from_ref(&server.endpoint);
+    let a = EtcdStore::connect(endpoints, "/berth-a").unwrap();
+    let b = EtcdStore::connect(endpoints, "/berth-b").unwrap();
+    a.put("/deployments/x", b"1").unwrap();
+    assert!(b.get("/deployments/x").unwrap().is_none());
+    assert!(b.list("/").unwrap().0.is_empty());
+    let (listed, _) = a.list("/").unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].key, "/deployments/x");
+}
 
 fn revisions_order_every_change_and_cas_refuses_stale_writes(s: &SharedStore) {
     let r1 = s.put("/d/a", b"1").unwrap();

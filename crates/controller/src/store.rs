@@ -1,5 +1,6 @@
 //! The controller's store: a small key-value model shaped after etcd's, so
-//! the embedded backend and a future etcd backend are interchangeable.
+//! the embedded backend and the etcd one ([`crate::etcd::EtcdStore`]) are
+//! interchangeable.
 //!
 //! - Keys are strings (`/deployments/orders`), values bytes (JSON).
 //! - Every change bumps one store-wide **revision**; each entry records the

@@ -233,6 +233,10 @@ enum Command {
         /// Directory of the controller's store [default: $XDG_DATA_HOME/berth/controller]
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Where desired state lives: `redb:PATH`, or an etcd cluster as
+        /// `etcd://HOST:PORT[,HOST:PORT…]` [default: redb: controller.redb in the data dir]
+        #[arg(long)]
+        store: Option<berth_controller::start::StoreSpec>,
         /// A base silent for longer than this is NotReady.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         heartbeat_timeout: std::time::Duration,
@@ -513,6 +517,7 @@ fn run(command: Command) -> Result<()> {
             Command::Controller {
                 listen,
                 data_dir,
+                store,
                 heartbeat_timeout,
                 no_code,
                 log_format,
@@ -520,6 +525,7 @@ fn run(command: Command) -> Result<()> {
                 commands::controller::serve(
                     listen,
                     data_dir,
+                    store,
                     heartbeat_timeout,
                     !no_code,
                     log_format == LogFormat::Json,

@@ -39,7 +39,7 @@ use crate::events::{DeploymentEvent, NewEvent};
 use crate::reconciler::Reconciler;
 use crate::resources::{Applied, ResourceError, Resources, StoredDeployment};
 use crate::status::DeploymentStatus;
-use crate::store::RedbStore;
+use crate::store::SharedStore;
 
 /// Shared state of the API.
 #[derive(Clone)]
@@ -51,7 +51,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    fn resources(&self) -> &Resources<RedbStore> {
+    fn resources(&self) -> &Resources<SharedStore> {
         self.reconciler.resources()
     }
 }

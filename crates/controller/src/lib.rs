@@ -3,7 +3,9 @@
 //! [`store::Store`], and reconciles bases toward it.
 //!
 //! - [`store`]: the [`store::Store`] trait (etcd-shaped: revisions,
-//!   compare-and-swap, watch) and its embedded [`store::RedbStore`] backend;
+//!   compare-and-swap, watch) and its embedded [`store::RedbStore`] backend
+//!   (shared as [`store::SharedStore`], so the rest names no backend);
+//!   [`etcd`]: the same store on an etcd cluster;
 //! - [`resources`]: typed ModuleDeployments over it; [`bases`]: heartbeats
 //!   and readiness; [`events`]: what happened to each deployment;
 //! - [`scheduler`] (placement), [`rollout`] (batches) and [`status`]
@@ -12,17 +14,21 @@
 //!   assignments and records events; [`metrics`]: its Prometheus view;
 //! - [`code`]: each deployed module compiled once, for every base;
 //! - [`artifact`]: the check of a module's artifact at apply;
-//! - [`api`]: the HTTP API bases and the CLI talk to.
+//! - [`api`]: the HTTP API bases and the CLI talk to;
+//! - [`start`]: `--store` and [`start::Controller::start`], the one entry
+//!   point that opens the store and binds the API.
 
 pub mod api;
 pub mod artifact;
 pub mod bases;
 pub mod code;
+pub mod etcd;
 pub mod events;
 pub mod metrics;
 pub mod reconciler;
 pub mod resources;
 pub mod rollout;
 pub mod scheduler;
+pub mod start;
 pub mod status;
 pub mod store;

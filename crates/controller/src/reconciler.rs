@@ -35,7 +35,7 @@ use crate::resources::{ResourceError, Resources, StoredDeployment};
 use crate::rollout::{self, now_ms};
 use crate::scheduler::{self, Placement};
 use crate::status::{self, DeploymentStatus};
-use crate::store::{Event, RedbStore, Store as _, Watch};
+use crate::store::{Event, SharedStore, Store as _, Watch};
 
 /// The outcome of the latest pass.
 #[derive(Debug, Default)]
@@ -82,7 +82,7 @@ struct Seen {
 
 /// The controller's reconciler; see the module docs.
 pub struct Reconciler {
-    resources: Arc<Resources<RedbStore>>,
+    resources: Arc<Resources<SharedStore>>,
     heartbeat_timeout: Duration,
     /// What the previous pass saw; `None` before the first.
     seen: Mutex<Option<BTreeMap<String, Seen>>>,
@@ -98,7 +98,7 @@ pub struct Reconciler {
 impl Reconciler {
     /// A reconciler over `resources`; bases silent for `heartbeat_timeout`
     /// are NotReady.
-    pub fn new(resources: Arc<Resources<RedbStore>>, heartbeat_timeout: Duration) -> Arc<Self> {
+    pub fn new(resources: Arc<Resources<SharedStore>>, heartbeat_timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
             resources,
             heartbeat_timeout,
@@ -128,7 +128,7 @@ impl Reconciler {
     }
 
     /// The deployments and the store under them.
-    pub fn resources(&self) -> &Resources<RedbStore> {
+    pub fn resources(&self) -> &Resources<SharedStore> {
         &self.resources
     }
 

@@ -21,7 +21,9 @@ async fn serve(
         tokio::task::JoinHandle<()>,
     ),
 ) {
-    let resources = Arc::new(Resources::new(RedbStore::open(path).unwrap()));
+    let resources = Arc::new(Resources::new(
+        Arc::new(RedbStore::open(path).unwrap()) as berth_controller::store::SharedStore
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let reconciler = Reconciler::new(resources, std::time::Duration::from_secs(10));

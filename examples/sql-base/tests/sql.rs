@@ -106,7 +106,9 @@ async fn controller(dir: &std::path::Path) -> (String, tokio::sync::oneshot::Sen
     use berth_controller::{api, code::CodeShop, reconciler::Reconciler, resources::Resources};
     std::fs::create_dir_all(dir).unwrap();
     let store = berth_controller::store::RedbStore::open(&dir.join("controller.redb")).unwrap();
-    let resources = Arc::new(Resources::new(store));
+    let resources = Arc::new(Resources::new(
+        Arc::new(store) as berth_controller::store::SharedStore
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let shared = api::Shared {

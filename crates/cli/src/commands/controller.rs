@@ -7,14 +7,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use berth_api::ErrorBody;
 use berth_controller::events::DeploymentEvent;
-use berth_controller::resources::{Resources, StoredDeployment};
+use berth_controller::resources::StoredDeployment;
+use berth_controller::start::{Config, Controller, StoreSpec};
 use berth_controller::status::BaseReplica;
-use berth_controller::store::RedbStore;
 
 use crate::commands::Output;
 use crate::commands::table::Table;
@@ -26,49 +25,46 @@ pub const DEFAULT_CONTROLLER: &str = "127.0.0.1:1239";
 pub async fn serve(
     listen: SocketAddr,
     data_dir: Option<PathBuf>,
+    store: Option<StoreSpec>,
     heartbeat_timeout: std::time::Duration,
     compile_for_bases: bool,
     json_logs: bool,
 ) -> Result<()> {
     let data_dir = data_dir.unwrap_or_else(|| super::base::data_home().join("controller"));
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("cannot create {}", data_dir.display()))?;
-    let store = RedbStore::open(&data_dir.join("controller.redb"))?;
-    let resources = Arc::new(Resources::new(store));
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}; is another controller running?"))?;
-    let local = listener.local_addr()?;
-    let reconciler = berth_controller::reconciler::Reconciler::new(resources, heartbeat_timeout);
-    let code = if compile_for_bases {
-        Some(Arc::new(berth_controller::code::CodeShop::open(
-            data_dir.join("compiled"),
-        )?))
-    } else {
-        None
-    };
-    let engine = code.as_ref().map(|shop| shop.tag().to_string());
+    let controller = Controller::start(Config {
+        listen,
+        store,
+        data_dir: data_dir.clone(),
+        heartbeat_timeout,
+        compile_for_bases,
+    })
+    .await?;
+    let local = controller.local_addr()?;
+    let engine = controller.engine().map(str::to_string);
+    let store = controller.store().to_string();
     if json_logs {
         // Under `--log-format json` the banner is one more JSON log line.
         tracing::info!(
             api = %format!("http://{local}"),
             data = %data_dir.display(),
+            store = %store,
             engine = engine.as_deref().unwrap_or("none (bases compile)"),
             "berth controller serving"
         );
     } else {
         println!("berth controller serving on http://{local}");
         println!("  data  {}", data_dir.display());
+        println!("  store {store}");
         println!("  bases join with: berth base --controller http://{listen}");
         if let Some(engine) = &engine {
             println!("  code  compiled once for bases with engine {engine}");
         }
     }
-    let shared = berth_controller::api::Shared { reconciler, code };
-    berth_controller::api::serve(listener, shared, async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await?;
+    controller
+        .serve(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
     Ok(())
 }
 

@@ -135,6 +135,77 @@ fn bases_register_heartbeat_and_go_not_ready_when_they_stop() {
 }
 
 /// A `berth controller` process on a free port with its own store, killed on drop.
+#[test]
+fn a_controller_keeps_its_state_in_the_store_named_by_store() {
+    let work = work_dir();
+    let store = work.path().join("elsewhere.redb");
+    let flag = format!("redb:{}", store.display());
+    let ctl = ControllerProcess::start(work.path(), &["--store", &flag]);
+    let file = work.path().join("orders.yaml");
+    std::fs::write(&file, manifest("1", "1.0.0")).unwrap();
+    assert!(stdout(ctl.berth(&["apply", "-f", file.to_str().unwrap()])).contains("created"));
+    drop(ctl);
+    // The state is in that file, not in the data directory's default one.
+    assert!(store.exists());
+    assert!(!work.path().join("controller/controller.redb").exists());
+    let again = ControllerProcess::start(work.path(), &["--store", &flag]);
+    assert!(stdout(again.berth(&["get", "deployments"])).contains("orders"));
+    drop(again);
+    // A bad --store is refused before anything starts, saying what to write.
+    let err = failure(berth(&[
+        "controller",
+        "--listen",
+        "127.0.0.1:0",
+        "--store",
+        "etcd://h1",
+    ]));
+    assert!(
+        err.contains("endpoint `h1` has no port") && err.contains("use `redb:PATH` or `etcd://"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_controller_on_etcd_places_an_applied_deployment_on_a_base() {
+    let work = work_dir();
+    let etcd = crate::etcd_server::EtcdServer::start();
+    let store = format!("etcd://{}", etcd.endpoint);
+    let ctl = ControllerProcess::start(work.path(), &["--store", &store]);
+    let base = ctl.base("a", "200ms", &["--labels", "group=online"]);
+    let spec = "replicas: 1\n  baseSelector: { group: online }";
+    assert!(
+        ctl.apply(work.path(), "hello", "1.0.0", HELLO, None, spec)
+            .contains("created")
+    );
+    eventually("bases serving hello", 1, || {
+        usize::from(serves(&base.ingress, "/hello"))
+    });
+    // The state is in etcd, not in a redb file.
+    assert!(!work.path().join("controller/controller.redb").exists());
+    drop(base);
+    drop(ctl);
+    drop(etcd);
+}
+
+#[test]
+fn a_controller_refuses_to_start_on_an_unreachable_etcd_naming_it() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let work = work_dir();
+    let store = format!("etcd://127.0.0.1:{port}");
+    let mut cmd = berth(&["controller", "--listen", "127.0.0.1:0", "--store", &store]);
+    cmd.arg("--data-dir").arg(work.path().join("controller"));
+    let err = failure(cmd);
+    assert!(
+        err.contains(&format!("no etcd member answers at 127.0.0.1:{port}"))
+            && err.contains("check that etcd runs there"),
+        "{err}"
+    );
+}
+
 struct ControllerProcess {
     child: std::process::Child,
     /// `127.0.0.1:PORT`.

@@ -3,6 +3,9 @@
 
 mod base_flags;
 mod controller;
+#[path = "../../../controller/tests/support/etcd.rs"]
+#[allow(dead_code)] // `restart` serves the controller's own tests
+mod etcd_server;
 mod papercuts;
 mod reclaim;
 mod support;

@@ -63,7 +63,16 @@ def main():
                     return int(m.group(1)), float(m.group(2)), float(m.group(3)), m.group(4)
             raise RuntimeError("berth dev printed no redeploy line")
 
-        url = next_redeploy()[3]  # the initial deploy
+        def first_deploy():
+            """berth dev's first build (no save answered): the URL it serves at."""
+            deadline = time.time() + 300
+            while time.time() < deadline:
+                m = re.search(r"^deployed \S+: serving at (\S+) ", lines.get(timeout=300))
+                if m:
+                    return m.group(1)
+            raise RuntimeError("berth dev printed no first-deploy line")
+
+        url = first_deploy()
         lib = os.path.join(module, "src", "lib.rs")
         results = []
         for i in range(args.edits):

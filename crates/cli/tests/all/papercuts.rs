@@ -349,17 +349,7 @@ fn one_set_of_output_formats_and_json_errors() {
     assert_eq!(removed["removed"][0]["version"], "2");
 
     // Errors under -o json: one JSON document on stdout, nothing on stderr.
-    let output = base
-        .berth(&["switch", "hello", "9", "-o", "json"])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    assert!(
-        output.stderr.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let error: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let error = json_failure(base.berth(&["switch", "hello", "9", "-o", "json"]));
     assert_eq!(error["error"]["code"], "module_not_found");
     assert!(
         error["error"]["message"]
@@ -368,11 +358,13 @@ fn one_set_of_output_formats_and_json_errors() {
             .contains("no version `9`"),
         "{error}"
     );
-    let output = berth(&["list", "-o", "json", "--base", "http://127.0.0.1:1"])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let error: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let error = json_failure(berth(&[
+        "list",
+        "-o",
+        "json",
+        "--base",
+        "http://127.0.0.1:1",
+    ]));
     assert_eq!(error["error"]["code"], "cli_error");
     assert!(
         error["error"]["hint"]
@@ -381,12 +373,7 @@ fn one_set_of_output_formats_and_json_errors() {
             .contains("`berth up`"),
         "{error}"
     );
-    let output = base
-        .berth(&["invoke", "ghost", "-o", "json"])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let error: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let error = json_failure(base.berth(&["invoke", "ghost", "-o", "json"]));
     assert_eq!(error["error"]["code"], "module_not_found", "{error}");
 }
 
@@ -492,11 +479,7 @@ fn fleet_commands_share_the_formats_and_the_table_writer() {
     let status = stdout(ctl(&["rollout", "status", "orders", "-o", "yaml"]));
     assert!(status.contains("name: orders"), "{status}");
 
-    let output = ctl(&["describe", "deployment", "ghost", "-o", "json"])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let error: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let error = json_failure(ctl(&["describe", "deployment", "ghost", "-o", "json"]));
     assert!(
         error["error"]["code"]
             .as_str()
@@ -645,4 +628,17 @@ fn a_restarted_base_does_not_repeat_an_old_install_time() {
             .all(|l| l.contains("(reloaded; installed 20") && !l.contains("ms install")),
         "{again:?}"
     );
+}
+
+/// Runs `cmd` (an `-o json` call that must fail): exit status non-zero,
+/// nothing on stderr, and the error as one JSON document on stdout.
+fn json_failure(mut cmd: assert_cmd::Command) -> serde_json::Value {
+    let output = cmd.output().unwrap();
+    assert!(!output.status.success());
+    assert!(
+        output.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
 }

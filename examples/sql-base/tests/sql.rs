@@ -123,14 +123,15 @@ async fn controller(dir: &std::path::Path) -> (String, tokio::sync::oneshot::Sen
 }
 
 fn link(url: &str, name: &str, group: &str) -> ControllerLink {
-    ControllerLink {
-        url: url.into(),
-        name: name.into(),
-        labels: [("group".to_string(), group.to_string())].into(),
-        capacity_modules: 10,
-        interval: Duration::from_millis(100),
-        controller_code: true,
-    }
+    let mut link = ControllerLink::new(url, name, &[format!("group={group}")]).unwrap();
+    link.capacity_modules = 10;
+    link.interval = Duration::from_millis(100);
+    link
+}
+
+/// `GET url` decoded as JSON; `None` while the controller does not answer.
+async fn get_json(client: &reqwest::Client, url: String) -> Option<Value> {
+    client.get(url).send().await.ok()?.json().await.ok()
 }
 
 async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
@@ -157,14 +158,7 @@ async fn under_a_controller_the_sql_module_lands_only_on_the_sql_base() {
 
     // Both register; only the SQL base offers the interface.
     let bases: Value = eventually("both bases", async || {
-        let bases: Value = client
-            .get(format!("{url}/v1/bases"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let bases: Value = get_json(&client, format!("{url}/v1/bases")).await?;
         (bases.as_array()?.len() == 2).then_some(bases)
     })
     .await;
@@ -208,14 +202,7 @@ async fn under_a_controller_the_sql_module_lands_only_on_the_sql_base() {
     // Selected onto the plain base only: unschedulable, naming the interface.
     apply("ledger", "replicas: 1\n  baseSelector: { group: plain }").await;
     let message = eventually("ledger's reason", async || {
-        let shown: Value = client
-            .get(format!("{url}/v1/deployments/ledger"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let shown: Value = get_json(&client, format!("{url}/v1/deployments/ledger")).await?;
         let text = shown["status"]["conditions"].to_string();
         text.contains("no base offers").then_some(text)
     })
@@ -236,14 +223,9 @@ async fn under_a_controller_the_sql_module_lands_only_on_the_sql_base() {
             .iter()
             .all(|c| c != SQL_INTERFACE)
     );
-    let status: Value = client
-        .get(format!("{url}/v1/deployments/notes"))
-        .send()
+    let status: Value = get_json(&client, format!("{url}/v1/deployments/notes"))
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .expect("the controller answers");
     assert_eq!(status["status"]["unschedulable"], 1, "{status}");
     sql.shutdown().await;
     plain.shutdown().await;

@@ -473,36 +473,28 @@ mod tests {
         // One fixed key, end to end: `user-42` hashes to bucket 7419 of
         // 10,000, so it is on version 2 in a 74/26 split and on version 1
         // in a 75/25 split, on every machine and every release.
-        let compile = |a, b| {
-            CompiledRules::compile(
-                &TrafficRules {
-                    rules: vec![split(a, b)],
-                    ..Default::default()
-                },
-                &["1", "2"],
-            )
-            .unwrap()
-        };
         assert_eq!(fnv1a(b"user-42") % u64::from(BUCKETS), 7419);
         let mut headers = HeaderMap::new();
         headers.insert("x-user", "user-42".parse().unwrap());
-        assert_eq!(choose(&compile(74, 26), &headers), Some(1));
-        assert_eq!(choose(&compile(75, 25), &headers), Some(0));
+        assert_eq!(choose(&compile_split(74, 26), &headers), Some(1));
+        assert_eq!(choose(&compile_split(75, 25), &headers), Some(0));
+    }
+
+    /// Rules holding only the sticky split `split(a, b)` of versions 1 and 2.
+    fn compile_split(a: u32, b: u32) -> CompiledRules {
+        CompiledRules::compile(
+            &TrafficRules {
+                rules: vec![split(a, b)],
+                ..Default::default()
+            },
+            &["1", "2"],
+        )
+        .unwrap()
     }
 
     #[test]
     fn sticky_keys_keep_their_version_when_their_bucket_keeps_its_side() {
-        let compile = |a, b| {
-            CompiledRules::compile(
-                &TrafficRules {
-                    rules: vec![split(a, b)],
-                    ..Default::default()
-                },
-                &["1", "2"],
-            )
-            .unwrap()
-        };
-        let (before, after) = (compile(90, 10), compile(80, 20));
+        let (before, after) = (compile_split(90, 10), compile_split(80, 20));
         let mut moved = 0;
         for user in 0..2000 {
             let mut headers = HeaderMap::new();

@@ -136,6 +136,86 @@ pub struct Limits {
     /// Largest response body, bytes (cut off beyond).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_response_bytes: Option<u64>,
+    /// CPU share in cores (e.g. `0.5`); over it, requests are delayed.
+    /// Unset: no share.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<CpuCores>,
+    /// How long a request over the CPU share may wait for its turn before
+    /// it is answered 503 with `Retry-After`, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_queue_wait_ms: Option<u64>,
+    /// How requests get their instance: `fresh` (the default) or `pooled`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<InstancePolicy>,
+}
+
+/// A CPU share in cores, kept in thousandths of a core (`0.5` is 500);
+/// written as a number of cores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CpuCores {
+    /// Thousandths of a core.
+    pub millis: u32,
+}
+
+impl CpuCores {
+    /// `cores` (e.g. 0.5), if it is a share a base can give: more than 0
+    /// and at most 1024 cores.
+    pub fn new(cores: f64) -> Option<Self> {
+        (cores.is_finite() && cores > 0.0 && cores <= 1024.0).then(|| Self {
+            millis: ((cores * 1000.0).round() as u32).max(1),
+        })
+    }
+
+    /// The share in cores.
+    pub fn cores(self) -> f64 {
+        f64::from(self.millis) / 1000.0
+    }
+}
+
+impl std::fmt::Display for CpuCores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.cores())
+    }
+}
+
+impl Serialize for CpuCores {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_f64(self.cores())
+    }
+}
+
+impl<'de> Deserialize<'de> for CpuCores {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let cores = f64::deserialize(deserializer)?;
+        Self::new(cores).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "cpu {cores} is not a share of cores: give a number above 0 and at most 1024, e.g. 0.5"
+            ))
+        })
+    }
+}
+
+/// How a module version's requests get their instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum InstancePolicy {
+    /// A new instance per request: nothing survives a request (the default).
+    #[default]
+    Fresh,
+    /// Warm instances reused one request at a time: state a request leaves
+    /// in the instance is seen by later ones. Discarded on a trap, a limit
+    /// hit, a switch or an uninstall.
+    Pooled(PooledPolicy),
+}
+
+/// The bounds of a `pooled` instance's reuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PooledPolicy {
+    /// Requests one instance serves before it is dropped (at least 1).
+    pub max_requests: u32,
+    /// Longest an instance is kept idle, ms (at least 1).
+    pub max_idle_ms: u64,
 }
 
 /// The lifecycle state of one installed module version.
@@ -613,11 +693,13 @@ pub enum FailureKind {
     Instantiate,
     /// It returned without a response, or a malformed one.
     NoResponse,
+    /// It was over its CPU share and its queue wait (`limits.cpu`).
+    Cpu,
 }
 
 impl FailureKind {
     /// Every kind, in the order of [`FailureKind::index`].
-    pub const ALL: [FailureKind; 7] = [
+    pub const ALL: [FailureKind; 8] = [
         Self::Trap,
         Self::Memory,
         Self::Deadline,
@@ -625,6 +707,7 @@ impl FailureKind {
         Self::RequestBody,
         Self::Instantiate,
         Self::NoResponse,
+        Self::Cpu,
     ];
 
     /// The wire spelling.
@@ -637,6 +720,7 @@ impl FailureKind {
             Self::RequestBody => "request_body",
             Self::Instantiate => "instantiate",
             Self::NoResponse => "no_response",
+            Self::Cpu => "cpu",
         }
     }
 

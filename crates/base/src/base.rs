@@ -235,20 +235,22 @@ impl Base {
 
     /// The Prometheus text exposition of this base's metrics.
     pub fn metrics_text(&self) -> String {
-        let memory: Vec<(String, String, u64)> = {
+        let versions: Vec<crate::metrics::VersionState> = {
             let registry = self.inner.lifecycle.registry();
             registry
                 .loaded()
-                .map(|(name, version, module)| {
-                    (
-                        name.to_string(),
-                        version.to_string(),
-                        module.memory_in_use(),
-                    )
+                .map(|(name, version, module)| crate::metrics::VersionState {
+                    module: name.to_string(),
+                    version: version.to_string(),
+                    memory_bytes: module.memory_in_use(),
+                    cpu_seconds: module.cpu_time().as_secs_f64(),
                 })
                 .collect()
         };
-        self.inner.instrumentation.metrics.encode(memory)
+        self.inner
+            .instrumentation
+            .metrics
+            .encode(versions, self.inner.runtime.pool_stats())
     }
 
     /// Liveness and a summary.

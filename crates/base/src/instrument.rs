@@ -180,9 +180,10 @@ impl Hop<'_> {
                     request_id.clone(),
                 );
                 if status == StatusCode::SERVICE_UNAVAILABLE {
+                    let secs = error.retry_after_secs().unwrap_or(1);
                     response
                         .headers_mut()
-                        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
                 }
                 response
             }
@@ -230,6 +231,7 @@ fn failure_kind(error: &HandleError) -> FailureKind {
         HandleError::Overloaded(_) => FailureKind::Concurrency,
         HandleError::RequestTooLarge(_) => FailureKind::RequestBody,
         HandleError::Instantiate(_) => FailureKind::Instantiate,
+        HandleError::CpuThrottled { .. } => FailureKind::Cpu,
         HandleError::NoResponse | HandleError::GuestError(_) | HandleError::BadRequest(_) => {
             FailureKind::NoResponse
         }

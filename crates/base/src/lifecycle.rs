@@ -565,6 +565,11 @@ impl Lifecycle {
             removed
         };
         for gone in &removed {
+            // Warm instances (`pooled`) go with their version, even while
+            // a request still holds a clone of it.
+            if let Some(module) = &gone.module {
+                module.discard_instances();
+            }
             self.instrumentation
                 .metrics
                 .remove_version(&gone.stats.metrics);
@@ -621,6 +626,15 @@ impl Lifecycle {
             let mut registry = self.registry();
             let previous_default = change.meta_after().and_then(|m| m.previous_default.clone());
             apply_default(&mut registry, name, version, &old.route, previous_default);
+            // A switch discards the warm instances (`pooled`) of both
+            // versions: none carries state across a change of version.
+            if let Some(module) = registry.module(name) {
+                for v in [old.version.as_str(), version] {
+                    if let Some(loaded) = module.versions.get(v).and_then(|e| e.module.as_ref()) {
+                        loaded.discard_instances();
+                    }
+                }
+            }
             self.publish(&registry);
         }
         tracing::info!(module = %name, from = %old.version, to = %version, "switched default version");
@@ -768,6 +782,15 @@ fn validate_limits(limits: &berth_api::Limits) -> Result<(), OpsError> {
         ("memoryMib", limits.memory_mib == Some(0)),
         ("timeoutMs", limits.timeout_ms == Some(0)),
         ("maxConcurrency", limits.max_concurrency == Some(0)),
+        ("cpuQueueWaitMs", limits.cpu_queue_wait_ms == Some(0)),
+        (
+            "policy.pooled.maxRequests",
+            matches!(limits.policy, Some(berth_api::InstancePolicy::Pooled(p)) if p.max_requests == 0),
+        ),
+        (
+            "policy.pooled.maxIdleMs",
+            matches!(limits.policy, Some(berth_api::InstancePolicy::Pooled(p)) if p.max_idle_ms == 0),
+        ),
     ];
     match zero.iter().find(|(_, is_zero)| *is_zero) {
         Some((field, _)) => Err(OpsError::InvalidRequest(format!(

@@ -9,6 +9,7 @@
 //! instances) are read when the metrics are scraped.
 
 use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -73,7 +74,7 @@ fn latency_histogram() -> Histogram {
 pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// Failure kinds in the order of [`VersionMetrics::failures`].
-pub const FAILURE_KINDS: [&str; 7] = [
+pub const FAILURE_KINDS: [&str; 8] = [
     "trap",
     "memory",
     "deadline",
@@ -81,6 +82,7 @@ pub const FAILURE_KINDS: [&str; 7] = [
     "request_body",
     "instantiate",
     "no_response",
+    "cpu",
 ];
 
 /// Every metric family of a base.
@@ -92,6 +94,11 @@ pub struct Metrics {
     instantiation: HistogramFamily<ModuleLabels>,
     failures: Family<KindLabels, Counter>,
     memory_in_use: Family<ModuleLabels, Gauge>,
+    cpu: Family<ModuleLabels, Counter<f64, AtomicU64>>,
+    pool_resident: Gauge,
+    pool_resident_bound: Gauge,
+    pool_warm_slots: Gauge,
+    pool_instances: Gauge,
     installs: Family<OutcomeLabels, Counter>,
     install_duration: Histogram,
     uninstalls: Counter,
@@ -115,7 +122,7 @@ pub struct VersionMetrics {
     pub instantiation: Histogram,
     /// Failures by kind ([`FAILURE_KINDS`]); `memory`, `deadline`,
     /// `concurrency` and `request_body` are the limit hits.
-    pub failures: [Counter; 7],
+    pub failures: [Counter; 8],
 }
 
 impl Default for Metrics {
@@ -168,6 +175,36 @@ impl Metrics {
             "Linear memory held by a module version's live instances",
             memory_in_use.clone(),
         );
+        let cpu = Family::<ModuleLabels, Counter<f64, AtomicU64>>::default();
+        registry.register(
+            "module_cpu_seconds",
+            "Time a module version's requests spent inside guest code (every poll of instantiation and handler)",
+            cpu.clone(),
+        );
+        let pool_resident = Gauge::default();
+        registry.register(
+            "pool_resident_bytes",
+            "Memory freed instance slots keep resident for the next instance (keep-resident)",
+            pool_resident.clone(),
+        );
+        let pool_resident_bound = Gauge::default();
+        registry.register(
+            "pool_resident_bytes_bound",
+            "The most freed instance slots may keep resident: warm slots times their keep-resident bytes",
+            pool_resident_bound.clone(),
+        );
+        let pool_warm_slots = Gauge::default();
+        registry.register(
+            "pool_warm_memory_slots",
+            "Freed memory slots that keep pages of their last instance",
+            pool_warm_slots.clone(),
+        );
+        let pool_instances = Gauge::default();
+        registry.register(
+            "pool_instances",
+            "Instances alive in the pool (serving, or warm under the pooled policy)",
+            pool_instances.clone(),
+        );
         let installs = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "installs",
@@ -218,6 +255,11 @@ impl Metrics {
             instantiation,
             failures,
             memory_in_use,
+            cpu,
+            pool_resident,
+            pool_resident_bound,
+            pool_warm_slots,
+            pool_instances,
             installs,
             install_duration,
             uninstalls,
@@ -290,6 +332,7 @@ impl Metrics {
         self.in_flight.remove(l);
         self.instantiation.remove(l);
         self.memory_in_use.remove(l);
+        self.cpu.remove(l);
         self.uninstalls.inc();
     }
 
@@ -310,16 +353,37 @@ impl Metrics {
         }
     }
 
-    /// The text exposition, with state gauges read now (`memory` gives each
-    /// loaded version's labels and bytes in use).
-    pub fn encode(&self, memory: impl IntoIterator<Item = (String, String, u64)>) -> String {
+    /// The text exposition, with state read now: each loaded version's
+    /// gauges, and the instance pool's (`None`: no pooling allocator).
+    pub fn encode(
+        &self,
+        versions: impl IntoIterator<Item = VersionState>,
+        pool: Option<berth_runtime::PoolStats>,
+    ) -> String {
         if let Some(rss) = resident_bytes() {
             self.rss.set(rss as i64);
         }
-        for (module, version, bytes) in memory {
+        for v in versions {
+            let labels = ModuleLabels {
+                module: v.module,
+                version: v.version,
+            };
             self.memory_in_use
-                .get_or_create(&ModuleLabels { module, version })
-                .set(bytes as i64);
+                .get_or_create(&labels)
+                .set(v.memory_bytes as i64);
+            // A counter only goes up: add what was used since the last scrape.
+            let cpu = self.cpu.get_or_create(&labels);
+            let seen = cpu.get();
+            if v.cpu_seconds > seen {
+                cpu.inc_by(v.cpu_seconds - seen);
+            }
+        }
+        if let Some(pool) = pool {
+            self.pool_resident.set(pool.resident_bytes as i64);
+            self.pool_resident_bound
+                .set(pool.resident_bytes_bound as i64);
+            self.pool_warm_slots.set(i64::from(pool.warm_memories));
+            self.pool_instances.set(pool.instances as i64);
         }
         let mut text = String::new();
         prometheus_client::encoding::text::encode(
@@ -342,6 +406,19 @@ impl VersionMetrics {
     pub fn failure(&self, kind: berth_api::FailureKind) {
         self.failures[kind.index()].inc();
     }
+}
+
+/// What a loaded version reports when metrics are scraped.
+#[derive(Debug, Clone)]
+pub struct VersionState {
+    /// Module name.
+    pub module: String,
+    /// Module version.
+    pub version: String,
+    /// Linear memory its live instances hold.
+    pub memory_bytes: u64,
+    /// CPU its requests have used since it loaded, seconds.
+    pub cpu_seconds: f64,
 }
 
 /// Resident memory of this process, from `/proc/self/statm`.

@@ -97,6 +97,18 @@ impl Installed {
                     max_concurrency: Some(l.max_concurrency),
                     max_request_bytes: Some(l.max_request_bytes),
                     max_response_bytes: Some(l.max_response_bytes),
+                    cpu: l.cpu_millis.map(|millis| berth_api::CpuCores { millis }),
+                    cpu_queue_wait_ms: Some(l.cpu_queue_wait.as_millis() as u64),
+                    policy: Some(match m.settings().policy {
+                        berth_runtime::InstancePolicy::Fresh => berth_api::InstancePolicy::Fresh,
+                        berth_runtime::InstancePolicy::Pooled {
+                            max_requests,
+                            max_idle,
+                        } => berth_api::InstancePolicy::Pooled(berth_api::PooledPolicy {
+                            max_requests,
+                            max_idle_ms: max_idle.as_millis() as u64,
+                        }),
+                    }),
                 }
             }),
             allowed_hosts: r.allowed_hosts.clone(),

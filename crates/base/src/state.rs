@@ -81,9 +81,20 @@ impl InstallRecord {
                 max_concurrency: l.max_concurrency.unwrap_or(defaults.max_concurrency),
                 max_request_bytes: l.max_request_bytes.unwrap_or(defaults.max_request_bytes),
                 max_response_bytes: l.max_response_bytes.unwrap_or(defaults.max_response_bytes),
+                cpu_millis: l.cpu.map(|c| c.millis).or(defaults.cpu_millis),
+                cpu_queue_wait: l
+                    .cpu_queue_wait_ms
+                    .map_or(defaults.cpu_queue_wait, std::time::Duration::from_millis),
             },
             allowed_hosts: self.allowed_hosts.clone(),
             config: self.config.clone(),
+            policy: match l.policy.unwrap_or_default() {
+                berth_api::InstancePolicy::Fresh => berth_runtime::InstancePolicy::Fresh,
+                berth_api::InstancePolicy::Pooled(p) => berth_runtime::InstancePolicy::Pooled {
+                    max_requests: p.max_requests,
+                    max_idle: std::time::Duration::from_millis(p.max_idle_ms),
+                },
+            },
         }
     }
 

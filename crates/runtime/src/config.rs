@@ -22,15 +22,22 @@ pub struct RuntimeConfig {
     pub limits: Limits,
     /// The key-value database behind `berth:base/kv`.
     pub kv_path: PathBuf,
-    /// How much of a freed linear memory (and table) the pool keeps resident,
-    /// zeroed with `memset` instead of returned with `madvise`. Default 0:
-    /// a pool slot keeps what it was given for as long as the pool lives, so
-    /// anything above 0 turns into resident memory that uninstalling a
-    /// module does not give back (measured: 69 → 139 MB over 500 install /
-    /// uninstall cycles with 1 MiB, 39 → 40 MB with 0; see
-    /// `crates/cli/tests/all/reclaim.rs`), for a throughput gain measured in
-    /// `bench/README.md`.
+    /// Bytes of a freed instance's linear memory the pool keeps resident
+    /// and resets in place for the next instance (with `pagemap_scan`, only
+    /// the pages the instance really wrote), instead of returning them with
+    /// `madvise` and faulting them in again. Default 128 KiB (a Rust hello
+    /// writes 20 KiB). See [`crate::pool`] for the bound and the trade.
     pub memory_keep_resident: usize,
+    /// The same for a freed instance's tables. Default 64 KiB.
+    pub table_keep_resident: usize,
+    /// Find the pages a freed instance wrote with Linux's `PAGEMAP_SCAN`
+    /// (kernel ≥ 6.7) and reset only those; ignored where unsupported. On
+    /// by default.
+    pub pagemap_scan: bool,
+    /// Freed pool slots the allocator keeps warm (with their resident
+    /// pages) for modules that used them before it recycles the least
+    /// recently used one; see [`crate::pool`]. Default 16.
+    pub max_unused_warm_slots: u32,
     /// Capabilities a base team adds to the built-in `berth:base` config,
     /// kv and log ([`crate::capability`]); one named like a built-in
     /// replaces it.
@@ -48,12 +55,17 @@ impl RuntimeConfig {
             pooling: true,
             max_instances: 1000,
             limits: Limits::default(),
-            memory_keep_resident: 0,
+            memory_keep_resident: crate::pool::DEFAULT_MEMORY_KEEP_RESIDENT,
+            table_keep_resident: crate::pool::DEFAULT_TABLE_KEEP_RESIDENT,
+            pagemap_scan: true,
+            max_unused_warm_slots: crate::pool::DEFAULT_MAX_UNUSED_WARM_SLOTS,
             capabilities: Capabilities::new(),
         }
     }
 }
 
-/// How often the epoch ticks: the granularity of CPU deadlines, and how often
-/// a busy guest yields its tokio worker thread to other requests.
-pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// How often the epoch ticks: the granularity of CPU deadlines, and the
+/// quantum after which a busy guest yields its tokio worker thread to other
+/// requests (an async yield, not a trap). 1 ms: a neighbour's short request
+/// waits about one quantum per busy guest ahead of it on its worker, not ten.
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(1);

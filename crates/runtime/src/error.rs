@@ -123,6 +123,18 @@ pub enum HandleError {
     /// The module already serves as many requests as it may at once.
     #[error("the module is at its limit of {0} concurrent requests; retry shortly")]
     Overloaded(u32),
+    /// The module is over its CPU share and this request would wait for
+    /// its turn longer than its queue wait.
+    #[error(
+        "the module is over its CPU share of {share} cores and its queue is full; retry after {retry_after_secs} s",
+        share = *share_millis as f64 / 1000.0
+    )]
+    CpuThrottled {
+        /// Its share, thousandths of a core.
+        share_millis: u32,
+        /// When to retry, seconds.
+        retry_after_secs: u64,
+    },
     /// The request body is larger than the module accepts.
     #[error("the request body is larger than the module's limit of {0} bytes")]
     RequestTooLarge(u64),
@@ -146,10 +158,24 @@ impl HandleError {
         }
     }
 
+    /// Seconds a client should wait before it retries (the `Retry-After`
+    /// of a 503), when the error says.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            HandleError::CpuThrottled {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            HandleError::Instantiate(_) | HandleError::Overloaded(_) => Some(1),
+            _ => None,
+        }
+    }
+
     /// HTTP status the ingress answers with.
     pub fn status(&self) -> u16 {
         match self {
-            HandleError::Instantiate(_) | HandleError::Overloaded(_) => 503,
+            HandleError::Instantiate(_)
+            | HandleError::Overloaded(_)
+            | HandleError::CpuThrottled { .. } => 503,
             HandleError::Deadline(_) => 504,
             HandleError::RequestTooLarge(_) => 413,
             HandleError::BadRequest(_) => 400,

@@ -67,6 +67,26 @@ impl HostState {
         }
     }
 
+    /// Makes a warm (`pooled`) instance's data that of the next request:
+    /// its context, its capabilities' data, its id on log lines, a new
+    /// deadline clock. The previous request's partial output lines are
+    /// handed over first.
+    pub(crate) fn begin_request(
+        &mut self,
+        settings: Arc<ModuleSettings>,
+        extensions: Extensions,
+        context: CallContext,
+        request_id: Option<String>,
+    ) {
+        for output in &self.outputs {
+            output.finish();
+            output.set_request_id(request_id.clone());
+        }
+        self.outgoing = OutgoingPolicy::new(settings, context);
+        self.extensions = extensions;
+        self.started = Instant::now();
+    }
+
     /// This instance's data of the capability whose
     /// [`Capability::Instance`](crate::Capability::Instance) is `T`, for its
     /// host functions (the getter passed to its `add_to_linker`).

@@ -48,7 +48,9 @@ pub trait LogSink: Send + Sync + 'static {
 pub(crate) struct GuestOutput {
     source: LogSource,
     sink: Option<Arc<dyn LogSink>>,
-    request_id: Option<String>,
+    /// Shared by the clones the WASI context holds, so a reused (`pooled`)
+    /// instance tags its lines with the request it serves now.
+    request_id: Arc<Mutex<Option<String>>>,
     partial: Arc<Mutex<Vec<u8>>>,
 }
 
@@ -61,9 +63,14 @@ impl GuestOutput {
         Self {
             source,
             sink,
-            request_id,
+            request_id: Arc::new(Mutex::new(request_id)),
             partial: Arc::default(),
         }
+    }
+
+    /// Tags the lines from now on with `request_id` (a reused instance).
+    pub(crate) fn set_request_id(&self, request_id: Option<String>) {
+        *self.request_id.lock().expect("output lock") = request_id;
     }
 
     fn emit(&self, bytes: &[u8]) {
@@ -74,7 +81,7 @@ impl GuestOutput {
             Some(sink) => sink.line(LogLine {
                 source: self.source,
                 message,
-                request_id: self.request_id.clone(),
+                request_id: self.request_id.lock().expect("output lock").clone(),
             }),
             None => {
                 let line = format!("{message}\n");

@@ -6,8 +6,13 @@
 //! is done. Nothing a request leaves in linear memory is seen by the next one,
 //! a trap can only ever poison the instance it happened in, and the pooling
 //! allocator's copy-on-write memory images keep instantiation in the
-//! microseconds. A `pooled` policy (warm instances reused) can be added
-//! behind [`LoadedModule::handle`] without the base noticing.
+//! microseconds.
+//!
+//! Instance policy **pooled** (opt-in per version, [`InstancePolicy`]):
+//! warm instances are reused one request at a time ([`crate::instances`]).
+//!
+//! Every poll of a request's guest is timed and charged to the version's
+//! CPU account, which also enforces its CPU share ([`crate::cpu`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,11 +29,14 @@ use tokio::sync::Semaphore;
 use crate::artifact::Digest;
 use crate::body::ResponseBody;
 use crate::capability::{Capabilities, Configured, InstanceContext};
+use crate::cpu::{CpuAccount, Metered};
 use crate::error::{HandleError, LoadError};
 use crate::host::HostState;
+use crate::instances::{Warm, WarmPool};
 use crate::logs::LogSink;
 use crate::outgoing::CallContext;
-use crate::settings::{Limits, ModuleSettings};
+use crate::pool::InstanceCount;
+use crate::settings::{InstancePolicy, Limits, ModuleSettings};
 use crate::ticker::EpochTicker;
 
 /// What a module needs of the runtime that loaded it: the engine, the
@@ -38,6 +46,7 @@ pub(crate) struct ModuleEnv {
     pub(crate) engine: Engine,
     pub(crate) capabilities: Capabilities,
     pub(crate) limits: Limits,
+    pub(crate) instances: Arc<InstanceCount>,
     pub(crate) _ticker: Arc<EpochTicker>,
 }
 
@@ -51,6 +60,8 @@ pub struct LoadedModule {
     capabilities: Configured,
     permits: Arc<Semaphore>,
     memory_in_use: Arc<AtomicU64>,
+    cpu: Arc<CpuAccount>,
+    warm: Option<Arc<WarmPool>>,
     observer: Option<Arc<dyn Fn(Duration) + Send + Sync>>,
     log_sink: Option<Arc<dyn LogSink>>,
 }
@@ -73,6 +84,7 @@ impl LoadedModule {
             limits: env.limits,
             allowed_hosts: Vec::new(),
             config: Default::default(),
+            policy: InstancePolicy::Fresh,
         };
         let code = Arc::new(Code { env, digest, pre });
         Self::assemble(code, settings)
@@ -82,8 +94,17 @@ impl LoadedModule {
     /// runtime (the first refusal is the error).
     fn assemble(code: Arc<Code>, settings: ModuleSettings) -> Result<Self, LoadError> {
         let capabilities = code.env.capabilities.configure(&settings)?;
+        let warm = match settings.policy {
+            InstancePolicy::Fresh => None,
+            InstancePolicy::Pooled {
+                max_requests,
+                max_idle,
+            } => Some(Arc::new(WarmPool::new(max_requests, max_idle))),
+        };
         Ok(Self {
             permits: Arc::new(Semaphore::new(settings.limits.max_concurrency as usize)),
+            cpu: Arc::new(CpuAccount::new(settings.limits.cpu_millis)),
+            warm,
             settings: Arc::new(settings),
             capabilities,
             code,
@@ -115,6 +136,26 @@ impl LoadedModule {
         self.memory_in_use.load(Ordering::Relaxed)
     }
 
+    /// Time this version's requests have spent inside guest code (every
+    /// poll of instantiation and handler, host calls included).
+    pub fn cpu_time(&self) -> Duration {
+        self.cpu.used()
+    }
+
+    /// Idle warm instances of a `pooled` version (0 for `fresh`).
+    pub fn warm_instances(&self) -> usize {
+        self.warm.as_ref().map_or(0, |pool| pool.idle())
+    }
+
+    /// Drops this version's warm instances (`pooled`) and keeps it from
+    /// reusing those serving now: a switch or an uninstall calls it, so no
+    /// instance outlives the version's turn as the one serving.
+    pub fn discard_instances(&self) {
+        if let Some(pool) = &self.warm {
+            pool.discard();
+        }
+    }
+
     /// The same code under other settings (limits, grants, config),
     /// configured anew by every capability; a capability's refusal is
     /// [`LoadError::Refused`]. The memory limit is capped by the pool's
@@ -140,7 +181,8 @@ impl LoadedModule {
         self.settings.limits.max_concurrency - self.permits.available_permits() as u32
     }
 
-    /// Serves one request in a fresh instance.
+    /// Serves one request in an instance of the version's policy: a fresh
+    /// one, or (`pooled`) a warm one when there is one.
     ///
     /// `context` says who serves it (for logs) and how module calls made
     /// while serving it are handled. Returns the guest's response, whose body
@@ -166,6 +208,8 @@ impl LoadedModule {
         if declared.is_some_and(|len| len > limits.max_request_bytes) {
             return Err(HandleError::RequestTooLarge(limits.max_request_bytes));
         }
+        // A version over its CPU share queues here (or is turned away).
+        self.cpu.admit(limits.cpu_queue_wait).await?;
         let request = request.map(|body| limit_body(body, limits.max_request_bytes, true));
 
         let label = context.label.clone();
@@ -179,32 +223,26 @@ impl LoadedModule {
             request_id: request_id.as_deref(),
             log_sink: self.log_sink.as_ref(),
         });
-        let mut store = Store::new(
-            &self.code.env.engine,
-            HostState::new(
-                self.settings.clone(),
-                extensions,
-                context,
-                self.memory_in_use.clone(),
-                self.log_sink.clone(),
-                request_id,
-            ),
-        );
-        store.limiter(|state| &mut state.limiter);
-        store.set_epoch_deadline(1);
-        // Each epoch tick, a running guest yields its worker thread to other
-        // requests; past the deadline it is interrupted (a trap).
-        store.epoch_deadline_callback(|ctx| {
-            let state = ctx.data();
-            if state.started.elapsed() >= state.timeout {
-                Ok(UpdateDeadline::Interrupt)
-            } else {
-                Ok(UpdateDeadline::YieldCustom(
-                    1,
-                    Box::pin(tokio::task::yield_now()),
-                ))
+        let warm = self.warm.as_ref().and_then(|pool| pool.take());
+        let generation = self.warm.as_ref().map_or(0, |pool| pool.generation());
+        let (mut store, proxy, served, generation) = match warm {
+            Some(mut warm) => {
+                warm.store.data_mut().begin_request(
+                    self.settings.clone(),
+                    extensions,
+                    context,
+                    request_id,
+                );
+                (warm.store, Some(warm.proxy), warm.served, warm.generation)
             }
-        });
+            None => (
+                self.new_store(extensions, context, request_id),
+                None,
+                0,
+                generation,
+            ),
+        };
+        store.set_epoch_deadline(1);
 
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let responded = Arc::new(AtomicBool::new(false));
@@ -225,30 +263,48 @@ impl LoadedModule {
 
         let pre = self.code.pre.clone();
         let observer = self.observer.clone();
+        let pool = self.warm.clone();
+        let instances = self.code.env.instances.clone();
         // The guest runs in its own task so it can keep streaming the body
         // after the response head has gone out; it holds the concurrency
-        // permit until it is done.
-        let task = tokio::spawn(async move {
+        // permit until it is done. Each poll is charged to the version's
+        // CPU account, which holds it back while over its share.
+        let guest = async move {
             let _permit = permit;
-            let instantiating = std::time::Instant::now();
-            let instantiated = pre.instantiate_async(&mut store).await;
-            if let Some(observe) = &observer {
-                observe(instantiating.elapsed());
-            }
-            let proxy = match instantiated {
-                Ok(proxy) => proxy,
-                Err(e) if store.data().limiter.hit => {
-                    tracing::debug!(error = %e, "instantiation over the memory limit");
-                    return Err(HandleError::MemoryLimit(limits.max_memory_bytes));
+            let _live = instances.enter();
+            let proxy = match proxy {
+                Some(proxy) => proxy,
+                None => {
+                    let instantiating = std::time::Instant::now();
+                    let instantiated = pre.instantiate_async(&mut store).await;
+                    if let Some(observe) = &observer {
+                        observe(instantiating.elapsed());
+                    }
+                    match instantiated {
+                        Ok(proxy) => proxy,
+                        Err(e) if store.data().limiter.hit => {
+                            tracing::debug!(error = %e, "instantiation over the memory limit");
+                            return Err(HandleError::MemoryLimit(limits.max_memory_bytes));
+                        }
+                        Err(e) => return Err(HandleError::Instantiate(format!("{e:#}"))),
+                    }
                 }
-                Err(e) => return Err(HandleError::Instantiate(format!("{e:#}"))),
             };
             let result = proxy
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, req, out)
                 .await;
             match result {
-                Ok(()) => Ok(()),
+                Ok(()) => {
+                    // A pooled instance that served normally goes back; one
+                    // that hit its memory limit (and recovered) does not.
+                    if let Some(pool) = pool
+                        && !store.data().limiter.hit
+                    {
+                        pool.put(Warm::new(store, proxy, served + 1, generation));
+                    }
+                    Ok(())
+                }
                 Err(e) => {
                     let error = if store.data().limiter.hit {
                         HandleError::MemoryLimit(limits.max_memory_bytes)
@@ -263,7 +319,8 @@ impl LoadedModule {
                     Err(error)
                 }
             }
-        });
+        };
+        let task = tokio::spawn(Metered::new(guest, self.cpu.clone()));
 
         match receiver.await {
             Ok(Ok(response)) => {
@@ -280,6 +337,46 @@ impl LoadedModule {
                 }),
             },
         }
+    }
+}
+
+impl LoadedModule {
+    /// A store for a new instance: its host state, memory limiter, and the
+    /// epoch callback that yields every tick and interrupts past the
+    /// deadline.
+    fn new_store(
+        &self,
+        extensions: crate::extensions::Extensions,
+        context: CallContext,
+        request_id: Option<String>,
+    ) -> Store<HostState> {
+        let mut store = Store::new(
+            &self.code.env.engine,
+            HostState::new(
+                self.settings.clone(),
+                extensions,
+                context,
+                self.memory_in_use.clone(),
+                self.log_sink.clone(),
+                request_id,
+            ),
+        );
+        store.limiter(|state| &mut state.limiter);
+        // Each epoch tick, a running guest yields its worker thread to other
+        // requests (an async yield, not a trap); past the deadline it is
+        // interrupted (a trap).
+        store.epoch_deadline_callback(|ctx| {
+            let state = ctx.data();
+            if state.started.elapsed() >= state.timeout {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::YieldCustom(
+                    1,
+                    Box::pin(tokio::task::yield_now()),
+                ))
+            }
+        });
+        store
     }
 }
 

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::HTTP_HANDLER_EXPORT;
@@ -16,6 +16,7 @@ use crate::host::HostState;
 use crate::interfaces::{ConfigCapability, KvCapability, LogCapability};
 use crate::kv::{KvBackend, KvStore};
 use crate::module::{LoadedModule, ModuleEnv};
+use crate::pool::{InstanceCount, PoolStats};
 use crate::ticker::EpochTicker;
 
 /// One wasmtime engine with its linker and module cache. Cheap to clone.
@@ -30,6 +31,7 @@ struct Inner {
     cache: ModuleCache,
     config: RuntimeConfig,
     ticker: Arc<EpochTicker>,
+    instances: Arc<InstanceCount>,
     kv: KvStore,
     capabilities: Capabilities,
 }
@@ -54,6 +56,7 @@ impl Runtime {
                 cache,
                 config,
                 ticker,
+                instances: Arc::default(),
                 kv,
                 capabilities,
             }),
@@ -73,6 +76,16 @@ impl Runtime {
     /// The settings this runtime was built with.
     pub fn config(&self) -> &RuntimeConfig {
         &self.inner.config
+    }
+
+    /// What the instance pool keeps now, and the most it may keep resident
+    /// (`None` without the pooling allocator); see [`crate::pool`].
+    pub fn pool_stats(&self) -> Option<PoolStats> {
+        crate::pool::stats(
+            &self.inner.engine,
+            &self.inner.config,
+            &self.inner.instances,
+        )
     }
 
     /// Every capability modules of this runtime may import.
@@ -140,6 +153,7 @@ impl Runtime {
             engine: self.inner.engine.clone(),
             capabilities: self.inner.capabilities.clone(),
             limits: self.inner.config.limits,
+            instances: self.inner.instances.clone(),
             _ticker: self.inner.ticker.clone(),
         };
         Ok((LoadedModule::new(env, digest, pre)?, outcome))
@@ -178,19 +192,9 @@ pub fn engine(config: &RuntimeConfig) -> Result<Engine, LoadError> {
     let mut wasm = Config::new();
     wasm.epoch_interruption(true);
     if config.pooling {
-        let n = config.max_instances;
-        let mut pool = PoolingAllocationConfig::default();
-        // A Rust wasip2 component holds a few core instances (the module,
-        // the WASI adapter, shims); size core pools for that.
-        pool.total_component_instances(n)
-            .total_core_instances(n.saturating_mul(4))
-            .total_memories(n.saturating_mul(2))
-            .total_tables(n.saturating_mul(4))
-            .total_stacks(n)
-            .max_memory_size(config.limits.max_memory_bytes)
-            .linear_memory_keep_resident(config.memory_keep_resident)
-            .table_keep_resident(config.memory_keep_resident);
-        wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(
+            crate::pool::pooling_config(config),
+        ));
     }
     Engine::new(&wasm).map_err(|e| LoadError::Invalid {
         reason: format!("cannot create the wasmtime engine: {e:#}"),

@@ -25,6 +25,13 @@ pub struct Limits {
     /// Largest response body the module may send, in bytes (the response
     /// is cut off beyond).
     pub max_response_bytes: u64,
+    /// CPU share, in thousandths of a core (500: half a core), measured as
+    /// the time its requests spend inside guest code; `None`: no share.
+    /// Over it, its requests are delayed ([`crate::cpu`]).
+    pub cpu_millis: Option<u32>,
+    /// How long a request of a module over its CPU share may wait for its
+    /// turn before it is answered 503 with `Retry-After`.
+    pub cpu_queue_wait: Duration,
 }
 
 impl Default for Limits {
@@ -35,6 +42,8 @@ impl Default for Limits {
             max_concurrency: 256,
             max_request_bytes: 16 << 20,
             max_response_bytes: 64 << 20,
+            cpu_millis: None,
+            cpu_queue_wait: Duration::from_secs(1),
         }
     }
 }
@@ -53,6 +62,28 @@ pub struct ModuleSettings {
     pub allowed_hosts: Vec<String>,
     /// Values the module reads through `berth:base/config`.
     pub config: BTreeMap<String, String>,
+    /// Whether each request gets a fresh instance (the default) or warm
+    /// instances are reused.
+    pub policy: InstancePolicy,
+}
+
+/// How a module version's requests get their instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InstancePolicy {
+    /// A new instance per request, dropped with it: nothing a request
+    /// leaves behind is seen by the next. The default and berth's promise.
+    #[default]
+    Fresh,
+    /// Warm instances reused one request at a time, each for at most
+    /// `max_requests` requests and `max_idle` between two; discarded on a
+    /// trap, a limit hit, or when the version stops serving
+    /// ([`crate::instances`]).
+    Pooled {
+        /// Requests one instance serves before it is dropped.
+        max_requests: u32,
+        /// Longest an idle instance is kept.
+        max_idle: Duration,
+    },
 }
 
 impl ModuleSettings {
@@ -97,6 +128,7 @@ mod tests {
             limits: Limits::default(),
             allowed_hosts: hosts.iter().map(|h| h.to_string()).collect(),
             config: BTreeMap::new(),
+            policy: InstancePolicy::Fresh,
         }
     }
 

@@ -6,6 +6,7 @@
 mod arklet;
 mod bad_input;
 mod capability;
+mod engine;
 mod ingress;
 mod isolation;
 mod observability;

@@ -40,10 +40,23 @@ pub struct BaseArgs {
     /// Largest artifact accepted by install, in bytes.
     #[arg(long, default_value_t = 256 << 20)]
     max_artifact_bytes: usize,
-    /// Bytes of a freed instance's memory the pool keeps resident for the
-    /// next instance (faster instantiation, memory not given back).
-    #[arg(long, default_value_t = 0)]
+    /// Bytes of a freed instance's linear memory the pool keeps resident
+    /// and resets in place for the next instance, instead of returning them
+    /// to the OS and faulting them in again (0: return everything). The
+    /// most kept is shown as berth_pool_resident_bytes_bound in /metrics.
+    #[arg(long, default_value_t = berth_runtime::pool::DEFAULT_MEMORY_KEEP_RESIDENT)]
     memory_keep_resident: usize,
+    /// The same for a freed instance's tables, in bytes.
+    #[arg(long, default_value_t = berth_runtime::pool::DEFAULT_TABLE_KEEP_RESIDENT)]
+    table_keep_resident: usize,
+    /// Freed pool slots kept warm (with their kept pages) before the least
+    /// recently used is recycled: bounds what keep-resident holds.
+    #[arg(long, default_value_t = berth_runtime::pool::DEFAULT_MAX_UNUSED_WARM_SLOTS)]
+    max_unused_warm_slots: u32,
+    /// Reset kept memory by rewriting every kept byte, not only the pages an
+    /// instance wrote (Linux PAGEMAP_SCAN, kernel 6.7+; used when available).
+    #[arg(long)]
+    no_pagemap_scan: bool,
     /// Turn off per-module metrics, recent stats and log capture (guest
     /// output then goes to this process's stdout/stderr).
     #[arg(long)]
@@ -109,6 +122,9 @@ impl BaseArgs {
         config.version_header = !self.no_version_header;
         config.observability = !self.no_observability;
         config.runtime.memory_keep_resident = self.memory_keep_resident;
+        config.runtime.table_keep_resident = self.table_keep_resident;
+        config.runtime.max_unused_warm_slots = self.max_unused_warm_slots;
+        config.runtime.pagemap_scan = !self.no_pagemap_scan;
         config.otlp_endpoint = self
             .otlp_endpoint
             .clone()

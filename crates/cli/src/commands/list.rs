@@ -89,12 +89,23 @@ pub async fn status(client: &OpsClient, name: &str, output: Output) -> Result<()
         field(
             "limits",
             format_args!(
-                "memory {}, timeout {}, {} concurrent, request body {}, response body {}",
+                "memory {}, timeout {}, {} concurrent, request body {}, response body {}, cpu {}, instances {}",
                 or_dash(l.memory_mib.map(|mib| human_bytes(mib << 20))),
                 or_dash(l.timeout_ms.map(|ms| format!("{ms} ms"))),
                 or_dash(l.max_concurrency.map(|n| n.to_string())),
                 or_dash(l.max_request_bytes.map(human_bytes)),
                 or_dash(l.max_response_bytes.map(human_bytes)),
+                l.cpu.map_or("unlimited".to_string(), |c| format!(
+                    "{c} cores (queue {})",
+                    or_dash(l.cpu_queue_wait_ms.map(|ms| format!("{ms} ms")))
+                )),
+                match l.policy.unwrap_or_default() {
+                    berth_api::InstancePolicy::Fresh => "fresh".to_string(),
+                    berth_api::InstancePolicy::Pooled(p) => format!(
+                        "pooled ({} requests, {} ms idle)",
+                        p.max_requests, p.max_idle_ms
+                    ),
+                },
             ),
         );
         field(

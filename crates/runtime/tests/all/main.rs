@@ -3,6 +3,10 @@
 //! requests, no base and no sockets. One module per topic.
 
 mod capabilities;
+mod cpu;
+mod fresh;
 mod imports;
 mod limits;
+mod memory;
+mod pooled;
 mod support;

@@ -52,6 +52,7 @@ impl TestRuntime {
             limits: module.settings().limits,
             allowed_hosts: Vec::new(),
             config: BTreeMap::new(),
+            policy: berth_runtime::InstancePolicy::Fresh,
         };
         tweak(&mut settings);
         module

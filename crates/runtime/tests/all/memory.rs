@@ -1,0 +1,40 @@
+//! Memory reset: a freed instance's written pages stay resident (up to the
+//! keep-resident bytes) for the next instance, bounded and reported.
+
+use berth_example_modules::{HELLO, HOG};
+
+use crate::support::{TestRuntime, call};
+
+#[tokio::test]
+async fn freed_instances_keep_their_written_pages_within_the_bound() {
+    let rt = TestRuntime::with(|c| c.memory_keep_resident = 4 << 20);
+    let before = rt.runtime.pool_stats().expect("the runtime pools");
+    assert_eq!(before.resident_bytes, 0, "nothing freed yet: {before:?}");
+
+    let hello = rt.load(HELLO, "hello", |_| {});
+    let (status, _) = call(&hello, "/", None).await.unwrap();
+    assert_eq!(status, 200);
+    let after_hello = rt.runtime.pool_stats().unwrap();
+    eprintln!("a freed hello instance keeps {after_hello:?}");
+    assert!(after_hello.resident_bytes > 0, "{after_hello:?}");
+    assert!(after_hello.resident_bytes <= after_hello.resident_bytes_bound);
+
+    // A module writing 8 MiB keeps at most the 4 MiB of its slot.
+    let hog = rt.load(HOG, "hog", |_| {});
+    let (status, body) = call(&hog, "/touch?mib=8", None).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let after_hog = rt.runtime.pool_stats().unwrap();
+    eprintln!("and a freed hog instance that wrote 8 MiB: {after_hog:?}");
+    assert!(
+        after_hog.resident_bytes <= after_hello.resident_bytes + (4 << 20) + (64 << 10),
+        "{after_hog:?}"
+    );
+    assert!(after_hog.resident_bytes <= after_hog.resident_bytes_bound);
+
+    // With nothing kept, freed memory goes back at once.
+    let none = TestRuntime::with(|c| c.memory_keep_resident = 0);
+    let hello = none.load(HELLO, "hello", |_| {});
+    call(&hello, "/", None).await.unwrap();
+    let stats = none.runtime.pool_stats().unwrap();
+    assert!(stats.resident_bytes <= 64 << 10, "tables only: {stats:?}");
+}

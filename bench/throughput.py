@@ -10,7 +10,17 @@ waited for before the next starts. Then it measures berth's module install
 time (cold compile vs warm from the compile cache) and how long a base with
 10 installed modules takes from process start to serving all of them again.
 
+The engine knobs each get a row: berth's defaults (128 KiB of each freed
+memory kept resident and reset with PAGEMAP_SCAN), nothing kept (every page
+returned with madvise, the pre-#16 default), 4 MiB kept with and without
+pagemap scan, and the opt-in `pooled` policy (warm instances reused for
+1000 requests) against `wasmtime serve --max-instance-reuse-count 1000`;
+`wasmtime serve` runs with its defaults and tuned like issue #16
+(`-O pooling-memory-keep-resident=4194304 -O pooling-table-keep-resident=65536
+-O pooling-pagemap-scan=y`).
+
 Usage: bench/throughput.py [--rounds 3] [--duration 10] [--connections 32]
+                           [--only SUBSTRING ...]
 Prints markdown tables; the latest figures live in bench/README.md.
 """
 
@@ -175,10 +185,15 @@ class Berth:
         self.proc, self.port, self.ops = start_berth(data_dir, extra)
         wait_until(lambda: http("GET", f"http://127.0.0.1:{self.ops}/v1/health")[0] == 200, what="berth")
 
-    def install(self, name, wasm, version="1.0.0"):
+    def install(self, name, wasm, version="1.0.0", limits=None):
+        """Uploads `wasm` as name@version; `limits` (a dict of the install
+        request's limits, e.g. a `policy`) travel in the x-berth-install header."""
+        headers = {"content-type": "application/wasm"}
+        if limits:
+            headers["x-berth-install"] = json.dumps({"name": name, "version": version, "limits": limits})
         t0 = time.perf_counter()
         status, body = http("POST", f"http://127.0.0.1:{self.ops}/v1/modules?name={name}&version={version}",
-                            body=wasm, headers={"content-type": "application/wasm"})
+                            body=wasm, headers=headers)
         wall = (time.perf_counter() - t0) * 1e3
         assert status in (200, 201), (status, body)
         return json.loads(body)["module"], wall
@@ -222,24 +237,56 @@ def run_wrk(url, duration, connections, threads, script=None):
     return parse_wrk(out)
 
 
-def serve_berth(tmp, extra=()):
+def serve_berth(tmp, extra=(), limits=None):
     b = Berth(tempfile.mkdtemp(dir=tmp), extra)
-    b.install("hello", open(HELLO_WASM, "rb").read())
+    b.install("hello", open(HELLO_WASM, "rb").read(), limits=limits)
     return b.proc, [b.port, b.ops], f"http://127.0.0.1:{b.port}/hello"
 
 
+def serve_berth_madvise(tmp):
+    # Nothing kept resident: every freed page goes back with madvise and
+    # faults in again (berth's default before issue #16).
+    return serve_berth(tmp, ["--memory-keep-resident", "0", "--table-keep-resident", "0"])
+
+
 def serve_berth_resident(tmp):
-    # The pool keeps 1 MiB of each freed memory resident: faster
-    # instantiation, but memory that uninstall does not give back.
-    return serve_berth(tmp, ["--memory-keep-resident", str(1 << 20)])
+    # 4 MiB of each freed memory kept resident, reset where written (pagemap scan).
+    return serve_berth(tmp, ["--memory-keep-resident", str(4 << 20)])
 
 
-def serve_wasmtime(tmp):
-    proc, (port,) = start_announced(["wasmtime", "serve", "-Scli", "--addr", "127.0.0.1:0", HELLO_WASM],
+def serve_berth_resident_memset(tmp):
+    # 4 MiB kept, but all of it rewritten on every reset (no pagemap scan).
+    return serve_berth(tmp, ["--memory-keep-resident", str(4 << 20), "--no-pagemap-scan"])
+
+
+def serve_berth_pooled(tmp):
+    # The opt-in pooled policy: one warm instance serves up to 1000 requests.
+    return serve_berth(tmp, limits={"policy": {"pooled": {"maxRequests": 1000, "maxIdleMs": 10000}}})
+
+
+WASMTIME_TUNED = ["-O", f"pooling-memory-keep-resident={4 << 20}", "-O", f"pooling-table-keep-resident={64 << 10}",
+                  "-O", "pooling-pagemap-scan=y"]
+
+
+def serve_wasmtime_with(extra):
+    proc, (port,) = start_announced(["wasmtime", "serve", "-Scli", *extra, "--addr", "127.0.0.1:0", HELLO_WASM],
                                     [r"Serving HTTP on http://[\d.]+:(\d+)"], stream="stderr")
     url = f"http://127.0.0.1:{port}/hello"
     wait_until(lambda: http("GET", url)[0] == 200, what="wasmtime serve")
     return proc, [port], url
+
+
+def serve_wasmtime_tuned(tmp):
+    return serve_wasmtime_with(WASMTIME_TUNED)
+
+
+def serve_wasmtime_reuse(tmp):
+    # wasmtime's own instance reuse: the peer of berth's pooled policy.
+    return serve_wasmtime_with(["--max-instance-reuse-count", "1000"])
+
+
+def serve_wasmtime(tmp):
+    return serve_wasmtime_with([])
 
 
 def serve_native(tmp):
@@ -258,15 +305,23 @@ def serve_berth_unobserved(tmp):
 SERVERS = {
     "berth": serve_berth,
     "berth, observability off": serve_berth_unobserved,
-    "berth, 1 MiB kept resident": serve_berth_resident,
+    "berth, nothing kept resident (madvise)": serve_berth_madvise,
+    "berth, 4 MiB kept resident": serve_berth_resident,
+    "berth, 4 MiB kept resident, no pagemap scan": serve_berth_resident_memset,
+    "berth, pooled (1000 requests)": serve_berth_pooled,
     "wasmtime serve": serve_wasmtime,
+    "wasmtime serve, tuned": serve_wasmtime_tuned,
+    "wasmtime serve --max-instance-reuse-count 1000": serve_wasmtime_reuse,
     "native hyper": serve_native,
 }
+# Rows every ratio below needs, whatever --only selects.
+REQUIRED = ("berth", "wasmtime serve", "native hyper")
 
 
 def throughput(args, tmp):
-    results = {name: [] for name in SERVERS}
-    order = list(SERVERS)
+    order = [name for name in SERVERS
+             if name in REQUIRED or not args.only or any(o in name for o in args.only)]
+    results = {name: [] for name in order}
     for rnd in range(args.rounds):
         for name in order[rnd % len(order):] + order[:rnd % len(order)]:
             proc, ports, url = SERVERS[name](tmp)
@@ -340,6 +395,9 @@ def main():
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2, help="wrk threads")
     ap.add_argument("--skip-build", action="store_true")
+    ap.add_argument("--only", nargs="*", default=[],
+                    help="run only the throughput rows whose name contains one of these (plus berth, "
+                         "wasmtime serve and native hyper, which the ratios need)")
     args = ap.parse_args()
 
     ensure_tools()
@@ -365,7 +423,13 @@ def main():
         print(f"| {name} | {fmt_range(rps)} | {fmt_range([r['p50'] for r in runs], '{:.3f}')} | "
               f"{fmt_range([r['p99'] for r in runs], '{:.3f}')} | {sum(r['errors'] for r in runs)} |")
     print(f"\nberth / wasmtime serve = **{med['berth'] / med['wasmtime serve']:.2f}x**; "
-          f"berth / native hyper = **{med['berth'] / med['native hyper']:.2f}x** (medians)\n")
+          f"berth / native hyper = **{med['berth'] / med['native hyper']:.2f}x** (medians)")
+    for ours, peer in [("berth", "wasmtime serve, tuned"),
+                       ("berth, 4 MiB kept resident", "wasmtime serve, tuned"),
+                       ("berth, pooled (1000 requests)", "wasmtime serve --max-instance-reuse-count 1000")]:
+        if ours in med and peer in med:
+            print(f"{ours} / {peer} = **{med[ours] / med[peer]:.2f}x**")
+    print()
     print("## Module install (`hello`, upload over the ops API)\n")
     print("| install | server-side ms median (min–max) | client wall ms median (min–max) |")
     print("|---|---|---|")

@@ -135,3 +135,47 @@ async fn a_switch_discards_the_pooled_instances_of_both_versions() {
     switch("1").await;
     assert_eq!(global().await, 1, "v1's warm instance went with the switch");
 }
+
+#[tokio::test]
+async fn a_bad_cpu_share_or_pool_bound_is_refused_and_changes_nothing() {
+    let base = TestBase::start().await;
+    base.install_path("hello", "1", HELLO).await;
+    let with_limits = |limits: Value| {
+        let mut request = serde_json::to_value(install_request("spin", "1", SPIN)).unwrap();
+        request["limits"] = limits;
+        request
+    };
+    let post = |body: Value| {
+        let request = base.client.post(base.ops("/v1/modules")).json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.json::<Value>().await.unwrap())
+        }
+    };
+
+    let (status, body) = post(with_limits(json!({"cpu": 0}))).await;
+    assert_eq!(status, 400, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default().to_string();
+    assert!(
+        message.contains("cpu 0 is not a share of cores") && message.contains("e.g. 0.5"),
+        "{body}"
+    );
+
+    let (status, body) = post(with_limits(
+        json!({"policy": {"pooled": {"maxRequests": 0, "maxIdleMs": 1000}}}),
+    ))
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_request", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("limits.policy.pooled.maxRequests must be at least 1"),
+        "{body}"
+    );
+
+    let modules = base.list().await.modules;
+    assert_eq!(modules.len(), 1, "only hello is installed: {modules:?}");
+    base.assert_hello_serves().await;
+}

@@ -149,13 +149,19 @@ async fn a_bad_cpu_share_or_pool_bound_is_refused_and_changes_nothing() {
         let request = base.client.post(base.ops("/v1/modules")).json(&body);
         async move {
             let response = request.send().await.unwrap();
-            (response.status().as_u16(), response.json::<Value>().await.unwrap())
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
         }
     };
 
     let (status, body) = post(with_limits(json!({"cpu": 0}))).await;
     assert_eq!(status, 400, "{body}");
-    let message = body["error"]["message"].as_str().unwrap_or_default().to_string();
+    let message = body["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     assert!(
         message.contains("cpu 0 is not a share of cores") && message.contains("e.g. 0.5"),
         "{body}"

@@ -7,7 +7,11 @@
 //! precompiled code. [`Runtime::load`] turns artifact bytes into a
 //! [`LoadedModule`] (an `InstancePre` of the `wasi:http/proxy` world);
 //! [`LoadedModule::handle`] serves one HTTP request in a fresh instance with
-//! its own `Store` and the limits and grants of its [`ModuleSettings`]. The
+//! its own `Store` and the limits and grants of its [`ModuleSettings`] (or,
+//! for a module that opts into [`InstancePolicy::Pooled`], a warm one);
+//! [`pool`] is how freed instance memory is reset and what stays resident,
+//! and each version's CPU time is measured and held to its share
+//! ([`Limits::cpu_millis`]). The
 //! instance sees WASI 0.2, `wasi:http` (outgoing calls go through the
 //! allow-list or, for `http://NAME.berth/`, a [`ModuleCaller`]) and the
 //! `berth:base` interfaces (config, kv, log; `wit/base.wit`) — each a

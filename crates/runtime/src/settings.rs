@@ -27,7 +27,7 @@ pub struct Limits {
     pub max_response_bytes: u64,
     /// CPU share, in thousandths of a core (500: half a core), measured as
     /// the time its requests spend inside guest code; `None`: no share.
-    /// Over it, its requests are delayed ([`crate::cpu`]).
+    /// Over it, its requests are delayed (`crates/runtime/src/cpu.rs`).
     pub cpu_millis: Option<u32>,
     /// How long a request of a module over its CPU share may wait for its
     /// turn before it is answered 503 with `Retry-After`.
@@ -77,7 +77,7 @@ pub enum InstancePolicy {
     /// Warm instances reused one request at a time, each for at most
     /// `max_requests` requests and `max_idle` between two; discarded on a
     /// trap, a limit hit, or when the version stops serving
-    /// ([`crate::instances`]).
+    /// (`crates/runtime/src/instances.rs`).
     Pooled {
         /// Requests one instance serves before it is dropped.
         max_requests: u32,

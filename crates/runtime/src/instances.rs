@@ -23,6 +23,7 @@ use wasmtime::Store;
 use wasmtime_wasi_http::p2::bindings::Proxy;
 
 use crate::host::HostState;
+use crate::pool::InstanceGuard;
 
 /// One warm instance: its store and its bound exports.
 pub(crate) struct Warm {
@@ -34,16 +35,25 @@ pub(crate) struct Warm {
     idle_since: Instant,
     /// The pool generation it belongs to (see [`WarmPool::discard`]).
     pub(crate) generation: u64,
+    /// Counts it as a live instance (it holds its pool slots) while idle too.
+    pub(crate) live: InstanceGuard,
 }
 
 impl Warm {
-    pub(crate) fn new(store: Store<HostState>, proxy: Proxy, served: u32, generation: u64) -> Self {
+    pub(crate) fn new(
+        store: Store<HostState>,
+        proxy: Proxy,
+        served: u32,
+        generation: u64,
+        live: InstanceGuard,
+    ) -> Self {
         Self {
             store,
             proxy,
             served,
             idle_since: Instant::now(),
             generation,
+            live,
         }
     }
 }

@@ -225,7 +225,7 @@ impl LoadedModule {
         });
         let warm = self.warm.as_ref().and_then(|pool| pool.take());
         let generation = self.warm.as_ref().map_or(0, |pool| pool.generation());
-        let (mut store, proxy, served, generation) = match warm {
+        let (mut store, warm_proxy, served, generation) = match warm {
             Some(mut warm) => {
                 warm.store.data_mut().begin_request(
                     self.settings.clone(),
@@ -233,7 +233,12 @@ impl LoadedModule {
                     context,
                     request_id,
                 );
-                (warm.store, Some(warm.proxy), warm.served, warm.generation)
+                (
+                    warm.store,
+                    Some((warm.proxy, warm.live)),
+                    warm.served,
+                    warm.generation,
+                )
             }
             None => (
                 self.new_store(extensions, context, request_id),
@@ -271,17 +276,17 @@ impl LoadedModule {
         // CPU account, which holds it back while over its share.
         let guest = async move {
             let _permit = permit;
-            let _live = instances.enter();
-            let proxy = match proxy {
-                Some(proxy) => proxy,
+            let (proxy, live) = match warm_proxy {
+                Some(warm) => warm,
                 None => {
+                    let live = instances.enter();
                     let instantiating = std::time::Instant::now();
                     let instantiated = pre.instantiate_async(&mut store).await;
                     if let Some(observe) = &observer {
                         observe(instantiating.elapsed());
                     }
                     match instantiated {
-                        Ok(proxy) => proxy,
+                        Ok(proxy) => (proxy, live),
                         Err(e) if store.data().limiter.hit => {
                             tracing::debug!(error = %e, "instantiation over the memory limit");
                             return Err(HandleError::MemoryLimit(limits.max_memory_bytes));
@@ -301,7 +306,7 @@ impl LoadedModule {
                     if let Some(pool) = pool
                         && !store.data().limiter.hit
                     {
-                        pool.put(Warm::new(store, proxy, served + 1, generation));
+                        pool.put(Warm::new(store, proxy, served + 1, generation, live));
                     }
                     Ok(())
                 }

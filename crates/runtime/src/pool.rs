@@ -42,7 +42,7 @@
 //! how many used-but-free slots it keeps before it recycles the least
 //! recently used warm slot instead of touching a never-used one. That is
 //! the knob on resident memory: slots ever touched stay at most
-//! *peak instances in flight* + `max_unused_warm_slots`, and each holds at
+//! *peak instances alive* (serving, or idle under `pooled`) + `max_unused_warm_slots`, and each holds at
 //! most the keep-resident bytes while free. 16 is room for every hot
 //! module's recent instances on a small machine (a slot of each of 16 hot
 //! modules stays warm), while a base with 1,000 installed modules does not
@@ -109,12 +109,14 @@ pub struct PoolStats {
     /// Bytes those freed memory and table slots keep resident.
     pub resident_bytes: u64,
     /// The most freed slots may keep resident: every slot the pool may
-    /// have warm (`max_unused_warm_slots`, plus one per instance of the
-    /// peak in flight since the start) times its keep-resident bytes.
+    /// have warm (`max_unused_warm_slots`, plus the slots of the most
+    /// instances alive at once since the start, serving or idle under the
+    /// `pooled` policy) times its keep-resident bytes.
     pub resident_bytes_bound: u64,
 }
 
-/// Instances alive now and the most alive at once, across a runtime.
+/// Instances alive now (serving, or idle in a `pooled` version's pool: both
+/// hold pool slots) and the most alive at once, across a runtime.
 #[derive(Debug, Default)]
 pub(crate) struct InstanceCount {
     live: AtomicU64,

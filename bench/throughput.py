@@ -10,7 +10,7 @@ waited for before the next starts. Then it measures berth's module install
 time (cold compile vs warm from the compile cache) and how long a base with
 10 installed modules takes from process start to serving all of them again.
 
-The engine knobs each get a row: berth's defaults (128 KiB of each freed
+The engine knobs each get a row: berth's defaults (64 KiB of each freed
 memory kept resident and reset with PAGEMAP_SCAN), nothing kept (every page
 returned with madvise, the pre-#16 default), 4 MiB kept with and without
 pagemap scan, and the opt-in `pooled` policy (warm instances reused for

@@ -17,7 +17,7 @@
 //! [`RuntimeConfig::pagemap_scan`] the reset asks the kernel (`PAGEMAP_SCAN`,
 //! Linux ≥ 6.7) which pages the instance really wrote and restores only
 //! those; without it, it would `memset` the whole kept range every time.
-//! The defaults (128 KiB of memory, 64 KiB of tables) cover what a Rust
+//! The defaults (64 KiB of memory, 64 KiB of tables) cover what a Rust
 //! hello writes (20 KiB, 5 pages), so a hot small module's instances run
 //! without a fault or an `madvise`; a module that writes more gets the rest
 //! back by `madvise`. Heavy components (Python, JavaScript) write tens of
@@ -63,11 +63,11 @@ use wasmtime::{Enabled, Engine, PoolingAllocationConfig};
 
 use crate::config::RuntimeConfig;
 
-/// Default of [`RuntimeConfig::memory_keep_resident`]: 128 KiB, six times
+/// Default of [`RuntimeConfig::memory_keep_resident`]: 64 KiB, three times
 /// what a Rust hello instance writes (20 KiB, measured by
 /// `crates/runtime/tests/all/memory.rs`), and small enough that every slot
 /// of a base's pool keeping it stays a few MB (the reclaim test's bound).
-pub const DEFAULT_MEMORY_KEEP_RESIDENT: usize = 128 << 10;
+pub const DEFAULT_MEMORY_KEEP_RESIDENT: usize = 64 << 10;
 /// Default of [`RuntimeConfig::table_keep_resident`]: 64 KiB.
 pub const DEFAULT_TABLE_KEEP_RESIDENT: usize = 64 << 10;
 /// Default of [`RuntimeConfig::max_unused_warm_slots`]: 16.

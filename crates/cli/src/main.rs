@@ -225,6 +225,8 @@ enum Command {
     /// Examples:
     ///   berth controller
     ///   berth controller --listen 127.0.0.1:1239 --data-dir /var/lib/berth/controller
+    ///   berth controller --store etcd://10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379 \
+    ///       --listen 0.0.0.0:1239 --advertise http://10.0.0.5:1239
     #[command(verbatim_doc_comment)]
     Controller {
         /// Address of the controller API.
@@ -244,6 +246,14 @@ enum Command {
         /// compiles every module itself).
         #[arg(long)]
         no_code: bool,
+        /// The URL other controllers on the same etcd forward writes to
+        /// [default: http:// and the listen address]
+        #[arg(long)]
+        advertise: Option<String>,
+        /// On etcd: the leader's lease; a new leader takes over within it
+        /// (whole seconds, at least 2).
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        leader_ttl: std::time::Duration,
         /// Format of the controller's logs and banner.
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
@@ -520,14 +530,20 @@ fn run(command: Command) -> Result<()> {
                 store,
                 heartbeat_timeout,
                 no_code,
+                advertise,
+                leader_ttl,
                 log_format,
             } => {
                 commands::controller::serve(
-                    listen,
-                    data_dir,
-                    store,
-                    heartbeat_timeout,
-                    !no_code,
+                    commands::controller::ServeOptions {
+                        listen,
+                        data_dir,
+                        store,
+                        heartbeat_timeout,
+                        compile_for_bases: !no_code,
+                        advertise,
+                        leader_ttl,
+                    },
                     log_format == LogFormat::Json,
                 )
                 .await

@@ -272,6 +272,41 @@ impl Store for EtcdStore {
         })
     }
 
+    fn create_with_lease(
+        &self,
+        key: &str,
+        value: &[u8],
+        lease: LeaseId,
+    ) -> Result<u64, StoreError> {
+        let (full, value, key) = (self.full(key), value.to_vec(), key.to_string());
+        self.run(move |mut c| async move {
+            let options = PutOptions::new().with_lease(lease as i64);
+            let txn = Txn::new()
+                .when([Compare::create_revision(full.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(full.clone(), value, Some(options))])
+                .or_else([TxnOp::get(full, None)]);
+            let response = c.txn(txn).await.map_err(|e| lease_error(e, lease))?;
+            if response.succeeded() {
+                return Ok(revision(response.header()));
+            }
+            let found = response
+                .op_responses()
+                .into_iter()
+                .find_map(|op| match op {
+                    TxnOpResponse::Get(get) => {
+                        Some(get.kvs().first().map_or(0, |kv| kv.mod_revision()))
+                    }
+                    _ => None,
+                })
+                .unwrap_or(0) as u64;
+            Err(StoreError::Conflict {
+                key,
+                expected: 0,
+                found,
+            })
+        })
+    }
+
     fn put_with_lease(&self, key: &str, value: &[u8], lease: LeaseId) -> Result<u64, StoreError> {
         let (full, value) = (self.full(key), value.to_vec());
         self.run(move |mut c| async move {

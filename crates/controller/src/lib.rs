@@ -15,6 +15,8 @@
 //! - [`code`]: each deployed module compiled once, for every base;
 //! - [`artifact`]: the check of a module's artifact at apply;
 //! - [`api`]: the HTTP API bases and the CLI talk to;
+//! - [`leader`]: the election among controllers sharing one store;
+//!   [`forward`]: followers forwarding writes to the leader;
 //! - [`start`]: `--store` and [`start::Controller::start`], the one entry
 //!   point that opens the store and binds the API.
 
@@ -24,6 +26,8 @@ pub mod bases;
 pub mod code;
 pub mod etcd;
 pub mod events;
+pub mod forward;
+pub mod leader;
 pub mod metrics;
 pub mod reconciler;
 pub mod resources;

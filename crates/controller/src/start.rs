@@ -11,6 +11,7 @@ use std::time::Duration;
 use crate::api::Shared;
 use crate::code::{CodeError, CodeShop};
 use crate::etcd::EtcdStore;
+use crate::leader::{LeaderRecord, Leadership};
 use crate::reconciler::Reconciler;
 use crate::resources::Resources;
 use crate::store::{RedbStore, SharedStore, StoreError};
@@ -90,7 +91,16 @@ pub struct Config {
     pub heartbeat_timeout: Duration,
     /// Compile deployed modules once for the bases.
     pub compile_for_bases: bool,
+    /// The URL other controllers forward writes to (`--advertise`);
+    /// `None`: `http://` and the address the API listens on.
+    pub advertise: Option<String>,
+    /// The TTL of the leader lease on a shared store (etcd counts whole
+    /// seconds, at least 2 on its default settings).
+    pub leader_ttl: Duration,
 }
+
+/// The leader TTL `berth controller` uses unless told otherwise.
+pub const DEFAULT_LEADER_TTL: Duration = Duration::from_secs(5);
 
 /// Why a controller did not start.
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +140,7 @@ pub struct Controller {
     listener: tokio::net::TcpListener,
     shared: Shared,
     store: StoreSpec,
+    leadership: Leadership,
 }
 
 impl Controller {
@@ -154,7 +165,30 @@ impl Controller {
                 addr: config.listen,
                 source,
             })?;
+        let url = match &config.advertise {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => format!(
+                "http://{}",
+                listener.local_addr().map_err(|source| StartError::Listen {
+                    addr: config.listen,
+                    source,
+                })?
+            ),
+        };
+        let leadership = match &spec {
+            // One file, one controller: it leads.
+            StoreSpec::Redb(_) => Leadership::always(url),
+            StoreSpec::Etcd(_) => Leadership::campaign(
+                store.clone(),
+                LeaderRecord {
+                    id: format!("{url}#{}", std::process::id()),
+                    url,
+                },
+                config.leader_ttl,
+            ),
+        };
         let reconciler = Reconciler::new(Arc::new(Resources::new(store)), config.heartbeat_timeout);
+        reconciler.set_leadership(leadership.clone());
         let code = if config.compile_for_bases {
             Some(Arc::new(CodeShop::open(config.data_dir.join("compiled"))?))
         } else {
@@ -164,6 +198,7 @@ impl Controller {
             listener,
             shared: Shared { reconciler, code },
             store: spec,
+            leadership,
         })
     }
 
@@ -182,12 +217,40 @@ impl Controller {
         self.shared.code.as_ref().map(|shop| shop.tag())
     }
 
-    /// Serves the API and reconciles until `shutdown` resolves.
+    /// Its place in the leader election.
+    pub fn leadership(&self) -> &Leadership {
+        &self.leadership
+    }
+
+    /// Serves the API and reconciles until `shutdown` resolves; a new
+    /// leader runs a pass the moment it is elected. On the way out it gives
+    /// the leadership up, so another controller takes over at once.
     pub async fn serve(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        crate::api::serve(self.listener, self.shared, shutdown).await
+        let mut elected = self.leadership.subscribe();
+        let reconciler = self.shared.reconciler.clone();
+        let on_election = tokio::spawn(async move {
+            while elected.changed().await.is_ok() {
+                if !*elected.borrow_and_update() {
+                    continue;
+                }
+                let pass = reconciler.clone();
+                match tokio::task::spawn_blocking(move || pass.reconcile()).await {
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "first pass as leader failed; retrying on the tick")
+                    }
+                    Err(e) => tracing::error!(error = %e, "first pass as leader panicked"),
+                    Ok(Ok(())) => {}
+                }
+            }
+        });
+        let served = crate::api::serve(self.listener, self.shared, shutdown).await;
+        on_election.abort();
+        let leadership = self.leadership.clone();
+        let _ = tokio::task::spawn_blocking(move || leadership.resign()).await;
+        served
     }
 }
 

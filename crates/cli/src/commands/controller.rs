@@ -21,15 +21,35 @@ use crate::commands::table::Table;
 /// Default address of the controller API.
 pub const DEFAULT_CONTROLLER: &str = "127.0.0.1:1239";
 
+/// The flags of `berth controller`.
+pub struct ServeOptions {
+    /// `--listen`.
+    pub listen: SocketAddr,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--store`.
+    pub store: Option<StoreSpec>,
+    /// `--heartbeat-timeout`.
+    pub heartbeat_timeout: std::time::Duration,
+    /// Not `--no-code`.
+    pub compile_for_bases: bool,
+    /// `--advertise`.
+    pub advertise: Option<String>,
+    /// `--leader-ttl`.
+    pub leader_ttl: std::time::Duration,
+}
+
 /// `berth controller`.
-pub async fn serve(
-    listen: SocketAddr,
-    data_dir: Option<PathBuf>,
-    store: Option<StoreSpec>,
-    heartbeat_timeout: std::time::Duration,
-    compile_for_bases: bool,
-    json_logs: bool,
-) -> Result<()> {
+pub async fn serve(options: ServeOptions, json_logs: bool) -> Result<()> {
+    let ServeOptions {
+        listen,
+        data_dir,
+        store,
+        heartbeat_timeout,
+        compile_for_bases,
+        advertise,
+        leader_ttl,
+    } = options;
     let data_dir = data_dir.unwrap_or_else(|| super::base::data_home().join("controller"));
     let controller = Controller::start(Config {
         listen,
@@ -37,11 +57,15 @@ pub async fn serve(
         data_dir: data_dir.clone(),
         heartbeat_timeout,
         compile_for_bases,
+        advertise,
+        leader_ttl,
     })
     .await?;
     let local = controller.local_addr()?;
     let engine = controller.engine().map(str::to_string);
     let store = controller.store().to_string();
+    let shared_store = matches!(controller.store(), StoreSpec::Etcd(_));
+    let advertised = controller.leadership().me().url.clone();
     if json_logs {
         // Under `--log-format json` the banner is one more JSON log line.
         tracing::info!(
@@ -49,12 +73,19 @@ pub async fn serve(
             data = %data_dir.display(),
             store = %store,
             engine = engine.as_deref().unwrap_or("none (bases compile)"),
+            advertise = %advertised,
             "berth controller serving"
         );
     } else {
         println!("berth controller serving on http://{local}");
         println!("  data  {}", data_dir.display());
         println!("  store {store}");
+        if shared_store {
+            println!(
+                "  ha    one leader among the controllers on this store (lease {}); writes to a follower go to the leader at its URL, this one's {advertised}",
+                humantime::format_duration(leader_ttl)
+            );
+        }
         println!("  bases join with: berth base --controller http://{listen}");
         if let Some(engine) = &engine {
             println!("  code  compiled once for bases with engine {engine}");

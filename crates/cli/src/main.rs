@@ -290,7 +290,7 @@ enum Command {
         /// The manifest.
         #[arg(short, long)]
         file: PathBuf,
-        /// The controller API.
+        /// The controller API; several, comma separated, fail over to each other.
         #[arg(long, default_value = commands::controller::DEFAULT_CONTROLLER, env = "BERTH_CONTROLLER")]
         controller: String,
         /// Output format.
@@ -315,7 +315,7 @@ enum Command {
         /// Koupleless' `koupleless.io/v1alpha1` ModuleDeployment.
         #[arg(long = "as", value_parser = ["berth", "koupleless"], default_value = "berth")]
         form: String,
-        /// The controller API.
+        /// The controller API; several, comma separated, fail over to each other.
         #[arg(long, default_value = commands::controller::DEFAULT_CONTROLLER, env = "BERTH_CONTROLLER")]
         controller: String,
     },
@@ -351,7 +351,7 @@ enum Command {
         /// done (exit 0) or failed (exit 1).
         #[arg(short, long)]
         watch: bool,
-        /// The controller API.
+        /// The controller API; several, comma separated, fail over to each other.
         #[arg(long, default_value = commands::controller::DEFAULT_CONTROLLER, env = "BERTH_CONTROLLER")]
         controller: String,
         /// Output format.
@@ -384,7 +384,7 @@ struct NamedResource {
     kind: String,
     /// Its name.
     name: String,
-    /// The controller API.
+    /// The controller API; several, comma separated, fail over to each other.
     #[arg(long, default_value = commands::controller::DEFAULT_CONTROLLER, env = "BERTH_CONTROLLER")]
     controller: String,
     /// Output format.

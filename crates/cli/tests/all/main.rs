@@ -4,8 +4,8 @@
 mod base_flags;
 mod controller;
 #[path = "../../../controller/tests/support/etcd.rs"]
-#[allow(dead_code)] // `restart` serves the controller's own tests
 mod etcd_server;
+mod ha;
 mod papercuts;
 mod reclaim;
 mod support;

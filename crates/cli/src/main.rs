@@ -258,6 +258,17 @@ enum Command {
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
     },
+    /// The controller's store: move its whole state between backends.
+    ///
+    /// Examples:
+    ///   berth store copy --from redb:/var/lib/berth/controller/controller.redb \
+    ///       --to etcd://10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379
+    ///   berth store copy --from etcd://10.0.0.1:2379 --to redb:backup.redb
+    #[command(verbatim_doc_comment)]
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// Create or update resources from a manifest (YAML or JSON; `-f -` reads stdin).
     ///
     /// A bad field is reported with its path, e.g.
@@ -393,6 +404,25 @@ struct NamedResource {
 }
 
 #[derive(Subcommand)]
+enum StoreCommand {
+    /// Copy every key of one store into another: deployments, events,
+    /// bases (each granted a fresh lease of its TTL), with progress. Stop
+    /// the controllers on both first. A destination that holds anything is
+    /// refused unless --force, which replaces everything there.
+    Copy {
+        /// The store to read: `redb:PATH` or `etcd://HOST:PORT[,HOST:PORT…]`.
+        #[arg(long)]
+        from: berth_controller::start::StoreSpec,
+        /// The store to write, in the same form.
+        #[arg(long)]
+        to: berth_controller::start::StoreSpec,
+        /// Replace whatever the destination holds.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum RulesCommand {
     /// Print the rules (YAML, or JSON with -o json).
     Get {
@@ -464,7 +494,8 @@ impl Command {
             | Command::Up(_)
             | Command::New { .. }
             | Command::Dev(_)
-            | Command::Controller { .. } => Output::Table,
+            | Command::Controller { .. }
+            | Command::Store { .. } => Output::Table,
         }
     }
 
@@ -592,6 +623,9 @@ fn run(command: Command) -> Result<()> {
             Command::Rollback { name, base, output } => {
                 commands::traffic::rollback(&client::OpsClient::new(&base)?, &name, output).await
             }
+            Command::Store {
+                command: StoreCommand::Copy { from, to, force },
+            } => commands::store::copy(from, to, force).await,
             Command::Rules {
                 command: RulesCommand::Get { name, base, output },
             } => commands::traffic::get(&client::OpsClient::new(&base)?, &name, output).await,

@@ -17,6 +17,7 @@
 //! - [`api`]: the HTTP API bases and the CLI talk to;
 //! - [`leader`]: the election among controllers sharing one store;
 //!   [`forward`]: followers forwarding writes to the leader;
+//! - [`copy`]: the whole state of one store into another (`berth store copy`);
 //! - [`start`]: `--store` and [`start::Controller::start`], the one entry
 //!   point that opens the store and binds the API.
 
@@ -24,6 +25,7 @@ pub mod api;
 pub mod artifact;
 pub mod bases;
 pub mod code;
+pub mod copy;
 pub mod etcd;
 pub mod events;
 pub mod forward;

@@ -222,6 +222,11 @@ fn a_new_leader_finishes_a_rollout_whose_leader_was_killed_losing_no_replica() {
         bases.iter().all(|b| hello_version(b) == 1)
     });
 
+    // The controllers know it too (a rollout starts from a version that
+    // ran everywhere).
+    within("3 replicas ready", Duration::from_secs(10), || {
+        describe(&list, "hello")["status"]["ready"] == 3
+    });
     apply(work.path(), &list, "hello", "2.0.0", HELLO_V2, 3);
     let mut last = String::new();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -410,4 +415,198 @@ fn the_cli_fails_over_to_the_second_controller_when_the_first_is_dead() {
     );
     let err = failure(berth(&["get", "deployments", "--controller", "a:1,,b:2"]));
     assert!(err.contains("`` is not a controller address"), "{err}");
+}
+
+/// `get deployments -o json` through `list`, without the status (which
+/// the bases' heartbeats move): manifests, generations, rollouts, history.
+fn desired_state(list: &str) -> serde_json::Value {
+    let out = stdout(berth(&[
+        "get",
+        "deployments",
+        "-o",
+        "json",
+        "--controller",
+        list,
+    ]));
+    let mut all: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for d in all.as_array_mut().unwrap() {
+        d.as_object_mut().unwrap().remove("status");
+    }
+    all
+}
+
+#[test]
+fn restarting_every_controller_and_etcd_member_keeps_the_state_identical() {
+    let work = work_dir();
+    let mut etcd = EtcdCluster::start(3);
+    let mut ctls: Vec<Ctl> = (0..2)
+        .map(|i| Ctl::start(work.path(), &format!("c{i}"), &etcd.store()))
+        .collect();
+    let list = ctls
+        .iter()
+        .map(|c| c.addr.clone())
+        .collect::<Vec<_>>()
+        .join(",");
+    let a = base(&list, "a");
+    apply(work.path(), &list, "hello", "1.0.0", HELLO, 1);
+    apply(work.path(), &list, "other", "1.0.0", HELLO, 1);
+    within("a serves hello", Duration::from_secs(20), || {
+        hello_version(&a) == 1
+    });
+    let before = desired_state(&list);
+    assert_eq!(before.as_array().unwrap().len(), 2, "{before:#}");
+
+    let ports: Vec<u16> = ctls.iter().map(Ctl::port).collect();
+    for c in &mut ctls {
+        c.kill();
+    }
+    etcd.restart_all();
+    let ctls: Vec<Ctl> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, &port)| Ctl::start_on(work.path(), &format!("c{i}"), &etcd.store(), port))
+        .collect();
+    the_leader(&ctls.iter().collect::<Vec<_>>());
+    assert_eq!(desired_state(&list), before);
+    // The base kept serving throughout and is Ready again.
+    assert_eq!(hello_version(&a), 1);
+    within("base a Ready", Duration::from_secs(10), || {
+        stdout(berth(&["get", "bases", "--controller", &list])).contains("Ready")
+    });
+    within("hello ready again", Duration::from_secs(10), || {
+        describe(&list, "hello")["status"]["ready"] == 1
+    });
+}
+
+/// Every key and value of the redb store at `path`; a base record's lease
+/// id (granted anew by each copy) left out.
+fn redb_state(path: &Path) -> std::collections::BTreeMap<String, serde_json::Value> {
+    use berth_controller::store::Store as _;
+    let store = berth_controller::store::RedbStore::open(path).unwrap();
+    let (entries, _) = store.list("").unwrap();
+    entries
+        .into_iter()
+        .map(|e| {
+            let mut value: serde_json::Value =
+                serde_json::from_slice(&e.value).unwrap_or(serde_json::Value::Null);
+            if e.key.starts_with("/bases/") {
+                value.as_object_mut().unwrap().remove("lease");
+            }
+            (e.key, value)
+        })
+        .collect()
+}
+
+#[test]
+fn store_copy_moves_the_whole_state_from_redb_to_etcd_and_back_identically() {
+    let work = work_dir();
+    let first = work.path().join("first.redb");
+    let back = work.path().join("back.redb");
+    {
+        let ctl = Ctl::start(work.path(), "c", &format!("redb:{}", first.display()));
+        let a = base(&ctl.addr, "a");
+        apply(work.path(), &ctl.addr, "hello", "1.0.0", HELLO, 1);
+        within("a serves hello", Duration::from_secs(20), || {
+            hello_version(&a) == 1
+        });
+    }
+    let etcd = crate::etcd_server::EtcdServer::start();
+    let to_etcd = stdout(berth(&[
+        "store",
+        "copy",
+        "--from",
+        &format!("redb:{}", first.display()),
+        "--to",
+        &format!("etcd://{}", etcd.endpoint),
+    ]));
+    assert!(
+        to_etcd.contains("1 base lease(s) granted anew"),
+        "{to_etcd}"
+    );
+    assert!(to_etcd.contains(" keys\n"), "no progress: {to_etcd}");
+    // Into a store that holds something: refused, saying how to go on.
+    let err = failure(berth(&[
+        "store",
+        "copy",
+        "--from",
+        &format!("redb:{}", first.display()),
+        "--to",
+        &format!("etcd://{}", etcd.endpoint),
+    ]));
+    assert!(
+        err.contains("the destination already holds") && err.contains("--force"),
+        "{err}"
+    );
+    let to_redb = stdout(berth(&[
+        "store",
+        "copy",
+        "--from",
+        &format!("etcd://{}", etcd.endpoint),
+        "--to",
+        &format!("redb:{}", back.display()),
+    ]));
+    assert!(to_redb.contains("copied"), "{to_redb}");
+    let (was, is) = (redb_state(&first), redb_state(&back));
+    assert!(
+        was.keys().any(|k| k.starts_with("/deployments/")),
+        "{was:?}"
+    );
+    assert!(is.contains_key("/alive/a"), "{is:?}");
+    assert_eq!(was, is);
+    // --force replaces what is there.
+    let forced = stdout(berth(&[
+        "store",
+        "copy",
+        "--from",
+        &format!("etcd://{}", etcd.endpoint),
+        "--to",
+        &format!("redb:{}", back.display()),
+        "--force",
+    ]));
+    assert!(forced.contains("replaced"), "{forced}");
+    assert_eq!(redb_state(&back), was);
+    // A controller on the copy has the deployment.
+    let ctl = Ctl::start(work.path(), "c2", &format!("redb:{}", back.display()));
+    let got = stdout(berth(&["get", "deployments", "--controller", &ctl.addr]));
+    assert!(got.contains("hello"), "{got}");
+}
+
+#[test]
+fn killing_one_etcd_member_keeps_the_fleet_working() {
+    let work = work_dir();
+    let mut etcd = EtcdCluster::start(3);
+    let ctls: Vec<Ctl> = (0..2)
+        .map(|i| Ctl::start(work.path(), &format!("c{i}"), &etcd.store()))
+        .collect();
+    let list = ctls
+        .iter()
+        .map(|c| c.addr.clone())
+        .collect::<Vec<_>>()
+        .join(",");
+    let a = base(&list, "a");
+    apply(work.path(), &list, "hello", "1.0.0", HELLO, 1);
+    within("a serves hello", Duration::from_secs(20), || {
+        hello_version(&a) == 1
+    });
+
+    etcd.kill(0);
+    // Writes, placement, the base's watch and heartbeats all go on.
+    apply(work.path(), &list, "hello", "2.0.0", HELLO_V2, 1);
+    within("a serves hello 2.0.0", Duration::from_secs(20), || {
+        assert!(hello_version(&a) > 0, "a stopped serving hello");
+        hello_version(&a) == 2
+    });
+    within("the rollout complete", Duration::from_secs(10), || {
+        stdout(berth(&[
+            "rollout",
+            "status",
+            "hello",
+            "--controller",
+            &list,
+        ]))
+        .contains("no rollout in progress")
+    });
+    let bases = stdout(berth(&["get", "bases", "--controller", &list]));
+    assert!(bases.contains("Ready"), "{bases}");
+    the_leader(&ctls.iter().collect::<Vec<_>>());
 }

@@ -246,11 +246,44 @@ impl Controller {
                 }
             }
         });
+        let on_change = tokio::spawn(refresh_on_change(
+            self.shared.reconciler.clone(),
+            self.leadership.clone(),
+        ));
         let served = crate::api::serve(self.listener, self.shared, shutdown).await;
         on_election.abort();
+        on_change.abort();
         let leadership = self.leadership.clone();
         let _ = tokio::task::spawn_blocking(move || leadership.resign()).await;
         served
+    }
+}
+
+/// While this controller follows, runs a (read-only) pass whenever a
+/// deployment changes — an apply, a rollout step the leader wrote — so the
+/// bases watching their assignments here learn of it at once, not on the
+/// next tick.
+async fn refresh_on_change(reconciler: Arc<Reconciler>, leadership: Leadership) {
+    use crate::store::Store as _;
+    loop {
+        let store = reconciler.resources().store().clone();
+        let watch = tokio::task::spawn_blocking(move || {
+            let (_, at) = store.list(crate::leader::LEADER_KEY)?;
+            store.watch(crate::resources::DEPLOYMENTS, at)
+        })
+        .await;
+        if let Ok(Ok(mut watch)) = watch {
+            while let Some(Ok(_)) = watch.next().await {
+                if leadership.is_leader() {
+                    continue; // the leader passes in the request that changed it
+                }
+                let pass = reconciler.clone();
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || pass.reconcile()).await {
+                    tracing::debug!(error = %e, "follower pass failed; the tick retries");
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

@@ -132,6 +132,14 @@ pub enum StartError {
     /// The code shop cannot be opened.
     #[error(transparent)]
     Code(#[from] CodeError),
+    /// A leader TTL too short to renew within.
+    #[error(
+        "--leader-ttl {given}: a leader lease lasts at least 1s (etcd counts whole seconds and its default minimum is 2s); e.g. --leader-ttl 5s"
+    )]
+    LeaderTtl {
+        /// The TTL given, human readable.
+        given: String,
+    },
 }
 
 /// A started controller: its store is open and its API bound; [`Controller::serve`]
@@ -147,6 +155,11 @@ impl Controller {
     /// Opens the store `config` names, binds the API and prepares the
     /// reconciler.
     pub async fn start(config: Config) -> Result<Self, StartError> {
+        if config.leader_ttl < Duration::from_secs(1) {
+            return Err(StartError::LeaderTtl {
+                given: humantime::format_duration(config.leader_ttl).to_string(),
+            });
+        }
         std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
             path: config.data_dir.clone(),
             source,

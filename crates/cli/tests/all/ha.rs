@@ -610,3 +610,36 @@ fn killing_one_etcd_member_keeps_the_fleet_working() {
     assert!(bases.contains("Ready"), "{bases}");
     the_leader(&ctls.iter().collect::<Vec<_>>());
 }
+
+#[test]
+fn a_leader_that_is_stopped_hands_over_at_once_and_a_bad_ttl_is_refused() {
+    let work = work_dir();
+    let etcd = crate::etcd_server::EtcdServer::start();
+    let store = format!("etcd://{}", etcd.endpoint);
+    let first = Ctl::start(work.path(), "c0", &store);
+    within("the first leads", Duration::from_secs(10), || first.leads());
+    let second = Ctl::start(work.path(), "c1", &store);
+    within("the second follows", Duration::from_secs(5), || {
+        second
+            .leader()
+            .is_some_and(|l| l["leader"] == false && l["leaderUrl"].is_string())
+    });
+    // Ctrl-C: the leader gives its lease up on the way out.
+    let interrupted = Command::new("kill")
+        .args(["-INT", &first.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    // Well before the lease could have expired.
+    let took = within("the second leads", TTL / 2, || second.leads());
+    eprintln!("handover after SIGINT: {took:?}");
+    // Too short a lease to renew is refused at start, saying what works.
+    let mut cmd = berth(&["controller", "--listen", "127.0.0.1:0", "--store", &store]);
+    cmd.args(["--leader-ttl", "500ms", "--data-dir"])
+        .arg(work.path().join("c2"));
+    let err = failure(cmd);
+    assert!(
+        err.contains("--leader-ttl 500ms: a leader lease lasts at least 1s"),
+        "{err}"
+    );
+}

@@ -10,8 +10,13 @@ pub async fn copy(from: StoreSpec, to: StoreSpec, force: bool) -> Result<()> {
         anyhow::bail!("--from and --to are the same store ({from}); name two different stores");
     }
     tokio::task::spawn_blocking(move || {
-        let source = open_store(&from).with_context(|| format!("cannot open --from {from}"))?;
-        let target = open_store(&to).with_context(|| format!("cannot open --to {to}"))?;
+        let open = |spec: &StoreSpec, flag: &str| {
+            open_store(spec).with_context(|| {
+                format!("cannot open {flag} {spec}\nhint: stop the controllers that use it first (a redb file has one user at a time)")
+            })
+        };
+        let source = open(&from, "--from")?;
+        let target = open(&to, "--to")?;
         println!("copying {from} → {to}");
         let step = std::cell::Cell::new(0);
         let copied = berth_controller::copy::copy(&*source, &*target, force, |done, total| {

@@ -217,7 +217,15 @@ fn a_new_leader_finishes_a_rollout_whose_leader_was_killed_losing_no_replica() {
         },
     );
     let bases: Vec<BaseProcess> = ["a", "b", "c"].iter().map(|n| base(&list, n)).collect();
-    apply(work.path(), &list, "hello", "1.0.0", HELLO, 3);
+    // Through the follower alone: it forwards the write to the leader.
+    apply(
+        work.path(),
+        &ctls[follower].addr,
+        "hello",
+        "1.0.0",
+        HELLO,
+        3,
+    );
     within("3 bases on 1.0.0", Duration::from_secs(20), || {
         bases.iter().all(|b| hello_version(b) == 1)
     });
@@ -509,7 +517,21 @@ fn store_copy_moves_the_whole_state_from_redb_to_etcd_and_back_identically() {
         within("a serves hello", Duration::from_secs(20), || {
             hello_version(&a) == 1
         });
+        // Not while a controller holds the file.
+        let err = failure(berth(&[
+            "store",
+            "copy",
+            "--from",
+            &format!("redb:{}", first.display()),
+            "--to",
+            &format!("redb:{}", back.display()),
+        ]));
+        assert!(
+            err.contains("cannot open --from redb:") && err.contains("stop the controllers"),
+            "{err}"
+        );
     }
+    std::fs::remove_file(&back).ok();
     let etcd = crate::etcd_server::EtcdServer::start();
     let to_etcd = stdout(berth(&[
         "store",

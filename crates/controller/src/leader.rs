@@ -159,7 +159,9 @@ impl Leadership {
     }
 
     fn step_down(&self, why: &str) {
-        self.inner.valid_until.store(0, Ordering::SeqCst);
+        if self.inner.valid_until.swap(0, Ordering::SeqCst) == 0 {
+            return; // stepped down already (its renew deadline passed)
+        }
         self.set_leader(None);
         tracing::warn!(id = %self.inner.me.id, %why, "no longer the leader; following");
         self.inner.elected.send_replace(false);
@@ -230,7 +232,7 @@ impl Leadership {
                     }
                     Err(e) => {
                         complain("cannot renew the leader lease", &e);
-                        if !self.is_leader() && self.inner.valid_until.load(Ordering::SeqCst) != 0 {
+                        if !self.is_leader() {
                             // Keep the lease: if it still lives when the
                             // store answers again, this controller leads on.
                             self.step_down(&format!(

@@ -7,7 +7,7 @@
 //! it only if the key is absent ([`Store::create_with_lease`]); the key
 //! holds its id and advertised API URL ([`LeaderRecord`]). The leader keeps
 //! the lease alive every quarter TTL. Followers read the key every quarter
-//! TTL (at most 250 ms), so they know where to forward, and try to take it
+//! TTL (at most 100 ms), so they know where to forward, and try to take it
 //! the moment it is gone.
 //!
 //! Safety does not rest on the renewal loop running: the leader may act
@@ -183,7 +183,7 @@ impl Leadership {
     /// free, keep it alive while leading.
     fn run(&self, store: &SharedStore, ttl: Duration) {
         let renew_every = (ttl / 4).max(Duration::from_millis(50));
-        let poll = renew_every.min(Duration::from_millis(250));
+        let poll = renew_every.min(Duration::from_millis(100));
         // Acting stops this long after the last successful renewal began:
         // before etcd (which counts from when it received it) can expire
         // the lease.

@@ -254,6 +254,10 @@ fn a_new_leader_finishes_a_rollout_whose_leader_was_killed_losing_no_replica() {
     }
     ctls[leader].kill();
     let killed = Instant::now();
+    let killed_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
     let survivors: Vec<&Ctl> = ctls
         .iter()
         .filter(|c| c.addr != ctls[leader].addr)
@@ -299,6 +303,25 @@ fn a_new_leader_finishes_a_rollout_whose_leader_was_killed_losing_no_replica() {
             "{reason} {text}:\n{events}"
         );
     }
+    // The new leader reconciled within TTL + 1 s of the kill: batch 2
+    // (due at most 1 s after batch 1, which was done before the kill)
+    // started by then.
+    let started_ms = described["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| {
+            e["reason"] == "BatchStarted"
+                && e["message"].as_str().unwrap().starts_with("batch 2 of 3")
+        })
+        .and_then(|e| e["firstMs"].as_u64())
+        .unwrap();
+    let budget = (TTL + Duration::from_secs(1)).as_millis() as u64;
+    assert!(
+        started_ms <= killed_ms + budget,
+        "batch 2 started {} ms after the kill (budget {budget} ms):\n{events}",
+        started_ms.saturating_sub(killed_ms)
+    );
     // One replica per base, on 2.0.0: none lost, none doubled.
     let replicas = described["status"]["bases"].as_array().unwrap();
     let mut on: Vec<&str> = replicas

@@ -33,6 +33,9 @@ pub const DEFAULT_PREFIX: &str = "/berth";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long one request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request is retried while the members elect a raft leader
+/// (etcd's default election timeout is 1 s).
+const ELECTION_WAIT: Duration = Duration::from_secs(3);
 /// Pause before a dropped watch connects again.
 const WATCH_RETRY: Duration = Duration::from_millis(200);
 
@@ -54,6 +57,18 @@ fn not_connected(e: &StoreError) -> bool {
         return false;
     };
     why.contains("Unavailable") && why.contains("connect") || why.contains("transport error")
+}
+
+/// Whether a request failed because the cluster was between raft leaders
+/// ("leader changed", "no leader"): it is sent again. A put that did land
+/// lands once more with the same value; a compare-and-swap or create that
+/// did land comes back as a conflict, which its callers already answer by
+/// reading again.
+fn electing(e: &StoreError) -> bool {
+    let StoreError::Backend(why) = e else {
+        return false;
+    };
+    why.contains("etcdserver: leader changed") || why.contains("etcdserver: no leader")
 }
 
 fn failed(e: etcd_client::Error) -> StoreError {
@@ -99,17 +114,29 @@ impl EtcdStore {
                 let mut clients = Vec::new();
                 for url in &urls {
                     let options = ConnectOptions::new().with_timeout(REQUEST_TIMEOUT);
-                    clients.push(Client::connect([url], Some(options)).await?);
+                    clients.push(
+                        Client::connect([url], Some(options))
+                            .await
+                            .map_err(|e| e.to_string())?,
+                    );
                 }
-                // The channels connect lazily: ask until one member answers.
+                // The channels connect lazily: ask every member at once and
+                // start with the first that answers (one that hangs does
+                // not hold up the others).
+                let mut asked = tokio::task::JoinSet::new();
+                for (i, client) in clients.iter().enumerate() {
+                    let mut client = client.clone();
+                    asked.spawn(async move { (i, client.status().await) });
+                }
                 let mut last = None;
-                for (i, client) in clients.iter_mut().enumerate() {
-                    match client.status().await {
-                        Ok(_) => return Ok((clients, i)),
-                        Err(e) => last = Some(e),
+                while let Some(answer) = asked.join_next().await {
+                    match answer {
+                        Ok((i, Ok(_))) => return Ok((clients, i)),
+                        Ok((_, Err(e))) => last = Some(e.to_string()),
+                        Err(e) => last = Some(e.to_string()),
                     }
                 }
-                Err(last.expect("at least one endpoint"))
+                Err(last.unwrap_or_else(|| "no endpoint given".into()))
             };
             let _ = done.send(tokio::time::timeout(CONNECT_TIMEOUT, connect).await);
         });
@@ -117,7 +144,7 @@ impl EtcdStore {
         // another runtime.
         let connected = match answer.recv() {
             Ok(Ok(Ok(connected))) => Ok(connected),
-            Ok(Ok(Err(e))) => Err(unreachable(e.to_string())),
+            Ok(Ok(Err(e))) => Err(unreachable(e)),
             Ok(Err(_)) => Err(unreachable(format!(
                 "no answer within {}",
                 humantime::format_duration(CONNECT_TIMEOUT)
@@ -152,19 +179,30 @@ impl EtcdStore {
         let (done, answer) = mpsc::sync_channel(1);
         let (clients, current) = (self.clients.clone(), self.current.clone());
         self.runtime().spawn(async move {
-            let first = current.load(Ordering::Relaxed);
-            let mut result = Err(StoreError::Backend("etcd: no endpoint".into()));
-            for k in 0..clients.len() {
-                let i = (first + k) % clients.len();
-                result = call(clients[i].clone()).await;
-                match &result {
-                    Err(e) if not_connected(e) => continue,
-                    _ => {
-                        current.store(i, Ordering::Relaxed);
-                        break;
+            let electing_until = tokio::time::Instant::now() + ELECTION_WAIT;
+            let result = loop {
+                let first = current.load(Ordering::Relaxed);
+                let mut result = Err(StoreError::Backend("etcd: no endpoint".into()));
+                for k in 0..clients.len() {
+                    let i = (first + k) % clients.len();
+                    result = call(clients[i].clone()).await;
+                    match &result {
+                        Err(e) if not_connected(e) => continue,
+                        _ => {
+                            current.store(i, Ordering::Relaxed);
+                            break;
+                        }
                     }
                 }
-            }
+                match &result {
+                    // The members are electing a raft leader (one died):
+                    // the request was dropped, ask again shortly.
+                    Err(e) if electing(e) && tokio::time::Instant::now() < electing_until => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    _ => break result,
+                }
+            };
             let _ = done.send(result);
         });
         answer

@@ -70,6 +70,15 @@ impl Drop for Ctl {
 
 /// The body of a 200 answer to `GET path` at `addr`, if any.
 fn http_get(addr: &str, path: &str) -> Option<String> {
+    let response = raw_get(addr, path)?;
+    if !response.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    response.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+}
+
+/// The whole answer to `GET path` at `addr` (status line, headers, body).
+fn raw_get(addr: &str, path: &str) -> Option<String> {
     use std::io::{Read as _, Write as _};
     let addr = addr.trim_start_matches("http://");
     let mut stream = std::net::TcpStream::connect(addr).ok()?;
@@ -78,10 +87,7 @@ fn http_get(addr: &str, path: &str) -> Option<String> {
     stream.write_all(request.as_bytes()).ok()?;
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
-    if !response.starts_with("HTTP/1.1 200") {
-        return None;
-    }
-    response.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+    Some(response)
 }
 
 /// Polls `done` every 20 ms for up to `within`; how long it took.
@@ -638,8 +644,14 @@ fn killing_one_etcd_member_keeps_the_fleet_working() {
     // Writes, placement, the base's watch and heartbeats all go on.
     apply(work.path(), &list, "hello", "2.0.0", HELLO_V2, 1);
     within("a serves hello 2.0.0", Duration::from_secs(20), || {
-        assert!(hello_version(&a) > 0, "a stopped serving hello");
-        hello_version(&a) == 2
+        let version = hello_version(&a);
+        assert!(
+            version > 0,
+            "a stopped serving hello: {:?}; it runs {:?}",
+            raw_get(&a.ingress, "/hello"),
+            http_get(&a.ops, "/v1/modules")
+        );
+        version == 2
     });
     within("the rollout complete", Duration::from_secs(10), || {
         stdout(berth(&[

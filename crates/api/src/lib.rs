@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod failover;
 pub mod manifest;
 mod names;
 

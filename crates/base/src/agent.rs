@@ -22,12 +22,18 @@
 //! controller that says this base is not Ready yet is answered with a
 //! heartbeat before the watch asks again — an empty answer never arrives for
 //! that reason, so a controller restart never empties a base.
+//!
+//! Several controllers (one etcd, one leader) are one comma-separated
+//! `--controller` list: every call goes to the controller that answered
+//! last and fails over to the next ([`Controllers`]); a follower forwards
+//! the heartbeat to the leader and serves the watch from the shared store.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use berth_api::failover::Controllers;
 use berth_api::{
     ArtifactSource, Assignment, Assignments, BaseHeartbeat, InstallRequest, ModuleRef, ModuleState,
 };
@@ -46,7 +52,8 @@ struct Agent {
     link: ControllerLink,
     ops: SocketAddr,
     ingress: SocketAddr,
-    http: reqwest::Client,
+    /// The controller(s) of `link.url`, failing over to each other.
+    controllers: Controllers,
     /// The revision of the assignments last applied, and the assigned
     /// versions that could not run, with why (reported in heartbeats).
     failures: Mutex<(String, BTreeMap<String, String>)>,
@@ -62,15 +69,24 @@ pub(crate) async fn run(
     ingress: SocketAddr,
     shutdown: watch::Receiver<bool>,
 ) {
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .expect("an HTTP client");
+    let controllers = match Controllers::parse_with(&link.url, http) {
+        Ok(controllers) => controllers,
+        Err(e) => {
+            // ControllerLink::new checked the list; a hand-built link may not.
+            tracing::error!(error = %e, "no controller to talk to");
+            return;
+        }
+    };
     let agent = Arc::new(Agent {
         base,
         link,
         ops,
         ingress,
-        http: reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .expect("an HTTP client"),
+        controllers,
         failures: Mutex::new((String::new(), BTreeMap::new())),
         report_now: Notify::new(),
     });
@@ -102,12 +118,9 @@ impl Reachability {
 }
 
 impl Agent {
-    fn url(&self, path: &str) -> String {
-        format!(
-            "{}/v1/bases/{}{path}",
-            self.link.url.trim_end_matches('/'),
-            self.link.name
-        )
+    /// `path` under this base's resource on the controller at `controller`.
+    fn url(&self, controller: &str, path: &str) -> String {
+        format!("{controller}/v1/bases/{}{path}", self.link.name)
     }
 
     fn heartbeat(&self) -> BaseHeartbeat {
@@ -131,27 +144,29 @@ impl Agent {
     }
 
     async fn heartbeats(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let url = self.url("");
         let mut link = Reachability {
             what: "heartbeats",
             reachable: true,
         };
         loop {
+            let beat = self.heartbeat();
             let sent = self
-                .http
-                .put(&url)
-                .timeout(Duration::from_secs(5))
-                .json(&self.heartbeat())
-                .send()
+                .controllers
+                .send(|http, controller| {
+                    http.put(self.url(controller, ""))
+                        .timeout(Duration::from_secs(5))
+                        .json(&beat)
+                })
                 .await;
+            let at = self.controllers.current();
             match sent {
-                Ok(r) if r.status().is_success() => link.ok(&self.link.url),
+                Ok(r) if r.status().is_success() => link.ok(at),
                 Ok(r) => link.failed(
-                    &self.link.url,
+                    at,
                     &format!("it answered {}", r.status()),
                     self.link.interval,
                 ),
-                Err(e) => link.failed(&self.link.url, &e.to_string(), self.link.interval),
+                Err(e) => link.failed(at, &e.to_string(), self.link.interval),
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.link.interval) => {}
@@ -179,15 +194,12 @@ impl Agent {
             reachable: true,
         };
         loop {
-            let asked = self
-                .http
-                .get(self.url("/assignments"))
-                .query(&[
-                    ("known", known.as_str()),
-                    ("waitMs", &WATCH_WAIT.as_millis().to_string()),
-                ])
-                .timeout(WATCH_WAIT + Duration::from_secs(10))
-                .send();
+            let wait = WATCH_WAIT.as_millis().to_string();
+            let asked = self.controllers.send(|http, controller| {
+                http.get(self.url(controller, "/assignments"))
+                    .query(&[("known", known.as_str()), ("waitMs", wait.as_str())])
+                    .timeout(WATCH_WAIT + Duration::from_secs(10))
+            });
             let answer = tokio::select! {
                 answer = asked => answer,
                 _ = shutdown.changed() => return,
@@ -210,7 +222,7 @@ impl Agent {
             };
             match answer {
                 Ok(assigned) => {
-                    link.ok(&self.link.url);
+                    link.ok(self.controllers.current());
                     known = assigned.revision;
                     // Record the names before installing them: a base killed
                     // between an install and the record would otherwise
@@ -220,10 +232,7 @@ impl Agent {
                     if intent != managed {
                         record_managed(&managed_file, &intent);
                     }
-                    let code = self
-                        .link
-                        .controller_code
-                        .then_some((&self.http, self.link.url.as_str()));
+                    let code = self.link.controller_code.then_some(&self.controllers);
                     let failures =
                         reconcile(&self.base, assigned.modules, &mut managed, code).await;
                     *self.failures.lock().expect("agent state") = (known.clone(), failures);
@@ -236,7 +245,7 @@ impl Agent {
                     continue;
                 }
                 Err(why) => {
-                    link.failed(&self.link.url, &why, retry);
+                    link.failed(&self.controllers.describe(), &why, retry);
                 }
             }
             tokio::select! {
@@ -263,7 +272,7 @@ async fn reconcile(
     base: &Base,
     assigned: Vec<Assignment>,
     managed: &mut BTreeSet<String>,
-    code: Option<(&reqwest::Client, &str)>,
+    code: Option<&Controllers>,
 ) -> BTreeMap<String, String> {
     let mut failures = BTreeMap::new();
     for a in &assigned {
@@ -282,8 +291,8 @@ async fn reconcile(
                     }
                     None => ArtifactSource::Url(a.artifact.clone()),
                 };
-                if let Some((http, url)) = code {
-                    fetch_code(base, http, url, &a.digest).await;
+                if let Some(controllers) = code {
+                    fetch_code(base, controllers, &a.digest).await;
                 }
                 let request = InstallRequest {
                     route: a.route.clone(),
@@ -334,7 +343,7 @@ async fn reconcile(
 /// Puts the controller's compiled code for `digest` into this base's cache,
 /// unless it is there already; on any failure the base compiles the module
 /// itself, so this only ever saves time.
-async fn fetch_code(base: &Base, http: &reqwest::Client, controller: &str, digest: &str) {
+async fn fetch_code(base: &Base, controllers: &Controllers, digest: &str) {
     let Ok(parsed) = digest.parse::<berth_runtime::Digest>() else {
         return;
     };
@@ -342,17 +351,14 @@ async fn fetch_code(base: &Base, http: &reqwest::Client, controller: &str, diges
     if cache.has_compiled(&parsed) {
         return;
     }
-    let url = format!(
-        "{}/v1/code/{}",
-        controller.trim_end_matches('/'),
-        parsed.hex()
-    );
-    let fetched = http
-        .get(&url)
-        .query(&[("engine", cache.engine_tag())])
-        .timeout(Duration::from_secs(120))
-        .send()
-        .await;
+    let fetched = controllers
+        .send(|http, controller| {
+            http.get(format!("{controller}/v1/code/{}", parsed.hex()))
+                .query(&[("engine", cache.engine_tag())])
+                .timeout(Duration::from_secs(120))
+        })
+        .await
+        .map_err(|e| e.to_string());
     let code = match fetched {
         Ok(r) if r.status().is_success() => r.bytes().await.map_err(|e| e.to_string()),
         Ok(r) => Err(format!(

@@ -68,7 +68,10 @@ impl BaseConfig {
 /// How a base reaches its controller.
 #[derive(Debug, Clone)]
 pub struct ControllerLink {
-    /// The controller API, e.g. `http://127.0.0.1:1239`.
+    /// The controller API, e.g. `http://127.0.0.1:1239`; with several
+    /// controllers on one etcd, their URLs separated by commas: the base
+    /// talks to the one that answered last and fails over to the next
+    /// ([`berth_api::failover::Controllers`]).
     pub url: String,
     /// This base's name in the fleet.
     pub name: String,
@@ -85,7 +88,7 @@ pub struct ControllerLink {
 
 impl ControllerLink {
     /// A link to the controller at `url` (`http://` is added when it names
-    /// no scheme) for the base `name`, labelled by `KEY=VALUE` pairs, with
+    /// no scheme; several comma separated fail over) for the base `name`, labelled by `KEY=VALUE` pairs, with
     /// `berth base`'s defaults: 500 modules, a heartbeat every 2 s, and the
     /// controller's compiled code. Every base binary parses its flags here.
     pub fn new(
@@ -101,12 +104,9 @@ impl ControllerLink {
                     .ok_or_else(|| crate::BaseError::InvalidLabel(pair.clone()))
             })
             .collect::<Result<_, _>>()?;
+        let controllers = berth_api::failover::Controllers::parse(url)?;
         Ok(Self {
-            url: if url.contains("://") {
-                url.to_string()
-            } else {
-                format!("http://{url}")
-            },
+            url: controllers.urls().join(","),
             name: name.into(),
             labels,
             capacity_modules: 500,
@@ -133,6 +133,15 @@ mod tests {
         assert_eq!(link.labels["zone"], "b");
         let kept = ControllerLink::new("https://ctl.example", "a", &[]).unwrap();
         assert_eq!(kept.url, "https://ctl.example");
+        let several =
+            ControllerLink::new("127.0.0.1:1239,http://10.0.0.2:1239/", "a", &[]).unwrap();
+        assert_eq!(several.url, "http://127.0.0.1:1239,http://10.0.0.2:1239");
+        let bad = ControllerLink::new("127.0.0.1:1239,", "a", &[]).unwrap_err();
+        assert!(
+            bad.to_string()
+                .starts_with("--controller: `` is not a controller address"),
+            "{bad}"
+        );
     }
 
     #[test]

@@ -197,4 +197,7 @@ pub enum BaseError {
     /// A base label that is not `KEY=VALUE`.
     #[error("--labels `{0}` is not KEY=VALUE (e.g. group=online)")]
     InvalidLabel(String),
+    /// A `--controller` list with an entry that is not a URL.
+    #[error("--controller: {0}")]
+    InvalidController(#[from] berth_api::failover::FailoverError),
 }

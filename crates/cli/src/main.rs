@@ -225,6 +225,8 @@ enum Command {
     /// Examples:
     ///   berth controller
     ///   berth controller --listen 127.0.0.1:1239 --data-dir /var/lib/berth/controller
+    ///   berth controller --store etcd://10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379 \
+    ///       --listen 0.0.0.0:1239 --advertise http://10.0.0.5:1239
     #[command(verbatim_doc_comment)]
     Controller {
         /// Address of the controller API.
@@ -244,9 +246,28 @@ enum Command {
         /// compiles every module itself).
         #[arg(long)]
         no_code: bool,
+        /// The URL other controllers on the same etcd forward writes to
+        /// [default: http:// and the listen address]
+        #[arg(long)]
+        advertise: Option<String>,
+        /// On etcd: the leader's lease; a new leader takes over within it
+        /// (whole seconds, at least 2).
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        leader_ttl: std::time::Duration,
         /// Format of the controller's logs and banner.
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
+    },
+    /// The controller's store: move its whole state between backends.
+    ///
+    /// Examples:
+    ///   berth store copy --from redb:/var/lib/berth/controller/controller.redb \
+    ///       --to etcd://10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379
+    ///   berth store copy --from etcd://10.0.0.1:2379 --to redb:backup.redb
+    #[command(verbatim_doc_comment)]
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
     },
     /// Create or update resources from a manifest (YAML or JSON; `-f -` reads stdin).
     ///
@@ -280,7 +301,7 @@ enum Command {
         /// The manifest.
         #[arg(short, long)]
         file: PathBuf,
-        /// The controller API.
+        /// The controller API; several, comma separated, fail over to each other.
         #[arg(long, default_value = commands::controller::DEFAULT_CONTROLLER, env = "BERTH_CONTROLLER")]
         controller: String,
         /// Output format.
@@ -305,7 +326,7 @@ enum Command {
         /// Koupleless' `koupleless.io/v1alpha1` ModuleDeployment.
         #[arg(long = "as", value_parser = ["berth", "koupleless"], default_value = "berth")]
         form: String,
-        /// The controller API.
+        /// The controller API; several, comma separated, fail over to each other.
         #[arg(long, default_value = commands::controller::DEFAULT_CONTROLLER, env = "BERTH_CONTROLLER")]
         controller: String,
     },
@@ -341,7 +362,7 @@ enum Command {
         /// done (exit 0) or failed (exit 1).
         #[arg(short, long)]
         watch: bool,
-        /// The controller API.
+        /// The controller API; several, comma separated, fail over to each other.
         #[arg(long, default_value = commands::controller::DEFAULT_CONTROLLER, env = "BERTH_CONTROLLER")]
         controller: String,
         /// Output format.
@@ -374,12 +395,31 @@ struct NamedResource {
     kind: String,
     /// Its name.
     name: String,
-    /// The controller API.
+    /// The controller API; several, comma separated, fail over to each other.
     #[arg(long, default_value = commands::controller::DEFAULT_CONTROLLER, env = "BERTH_CONTROLLER")]
     controller: String,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     output: Output,
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Copy every key of one store into another: deployments, events,
+    /// bases (each granted a fresh lease of its TTL), with progress. Stop
+    /// the controllers on both first. A destination that holds anything is
+    /// refused unless --force, which replaces everything there.
+    Copy {
+        /// The store to read: `redb:PATH` or `etcd://HOST:PORT[,HOST:PORT…]`.
+        #[arg(long)]
+        from: berth_controller::start::StoreSpec,
+        /// The store to write, in the same form.
+        #[arg(long)]
+        to: berth_controller::start::StoreSpec,
+        /// Replace whatever the destination holds.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -454,7 +494,8 @@ impl Command {
             | Command::Up(_)
             | Command::New { .. }
             | Command::Dev(_)
-            | Command::Controller { .. } => Output::Table,
+            | Command::Controller { .. }
+            | Command::Store { .. } => Output::Table,
         }
     }
 
@@ -520,14 +561,20 @@ fn run(command: Command) -> Result<()> {
                 store,
                 heartbeat_timeout,
                 no_code,
+                advertise,
+                leader_ttl,
                 log_format,
             } => {
                 commands::controller::serve(
-                    listen,
-                    data_dir,
-                    store,
-                    heartbeat_timeout,
-                    !no_code,
+                    commands::controller::ServeOptions {
+                        listen,
+                        data_dir,
+                        store,
+                        heartbeat_timeout,
+                        compile_for_bases: !no_code,
+                        advertise,
+                        leader_ttl,
+                    },
                     log_format == LogFormat::Json,
                 )
                 .await
@@ -576,6 +623,9 @@ fn run(command: Command) -> Result<()> {
             Command::Rollback { name, base, output } => {
                 commands::traffic::rollback(&client::OpsClient::new(&base)?, &name, output).await
             }
+            Command::Store {
+                command: StoreCommand::Copy { from, to, force },
+            } => commands::store::copy(from, to, force).await,
             Command::Rules {
                 command: RulesCommand::Get { name, base, output },
             } => commands::traffic::get(&client::OpsClient::new(&base)?, &name, output).await,

@@ -72,7 +72,8 @@ pub async fn serve(
     }
     let ticking = tokio::spawn(reconciler.clone().run());
     let stopper = reconciler.clone();
-    let result = axum::serve(listener, router(shared))
+    let app = crate::forward::wrap(router(shared), reconciler.leadership());
+    let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
             stopper.stop();

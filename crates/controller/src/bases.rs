@@ -91,6 +91,25 @@ pub fn heartbeat(
     Ok(news)
 }
 
+/// For `berth store copy`: the stored base `value` with its lease replaced
+/// by one `grant` gives (for the TTL the base's leases have), so the base
+/// stays Ready in the new store until its next heartbeat keeps that lease
+/// alive; `None` if `value` is not a stored base.
+pub fn with_new_lease(
+    value: &[u8],
+    grant: impl FnOnce(Duration) -> Result<LeaseId, crate::store::StoreError>,
+) -> Option<Result<(LeaseId, Vec<u8>), crate::store::StoreError>> {
+    let mut stored: StoredBase = serde_json::from_slice(value).ok()?;
+    let ttl = match stored.lease_ttl_ms {
+        0 => Duration::from_secs(10),
+        ms => Duration::from_millis(ms),
+    };
+    Some(grant(ttl).map(|lease| {
+        stored.lease = Some(lease);
+        (lease, serde_json::to_vec(&stored).expect("bases serialize"))
+    }))
+}
+
 /// Every base, Ready while its lease lives.
 pub fn list(store: &impl Store) -> Result<Vec<BaseStatus>, ResourceError> {
     let (alive, _) = store.list(ALIVE)?;

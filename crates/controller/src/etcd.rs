@@ -8,11 +8,16 @@
 //! delivered when the connection drops, and leases are etcd leases (revoking
 //! one deletes its keys in one revision).
 //!
+//! Each member has a client of its own: a request that cannot connect to
+//! one member goes to the next (and a watch resumes on the next), so one
+//! member down stops nothing while the others keep their quorum.
+//!
 //! The [`Store`] trait is synchronous; the client is async. The store owns a
 //! small runtime of its own and each call waits for its answer there, so it
 //! can be called from any thread, inside another runtime or not.
 
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use etcd_client::{
@@ -28,14 +33,42 @@ pub const DEFAULT_PREFIX: &str = "/berth";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long one request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request is retried while the members elect a raft leader
+/// (etcd's default election timeout is 1 s).
+const ELECTION_WAIT: Duration = Duration::from_secs(3);
 /// Pause before a dropped watch connects again.
 const WATCH_RETRY: Duration = Duration::from_millis(200);
 
 /// The etcd [`Store`].
 pub struct EtcdStore {
-    client: Client,
+    /// One client per member (each connects lazily), so a request can go
+    /// to another member when one is down.
+    clients: Arc<Vec<Client>>,
+    /// The member that answered last.
+    current: Arc<AtomicUsize>,
     prefix: String,
     runtime: Option<tokio::runtime::Runtime>,
+}
+
+/// Whether a request failed without reaching a member (connection refused
+/// or not established): then another member may take it.
+fn not_connected(e: &StoreError) -> bool {
+    let StoreError::Backend(why) = e else {
+        return false;
+    };
+    why.contains("Unavailable") && why.contains("connect") || why.contains("transport error")
+}
+
+/// Whether a request failed because the cluster was between raft leaders
+/// ("leader changed", "no leader"): it is sent again. A put that did land
+/// lands once more with the same value; a compare-and-swap or create that
+/// did land comes back as a conflict, which its callers already answer by
+/// reading again.
+fn electing(e: &StoreError) -> bool {
+    let StoreError::Backend(why) = e else {
+        return false;
+    };
+    why.contains("etcdserver: leader changed") || why.contains("etcdserver: no leader")
 }
 
 fn failed(e: etcd_client::Error) -> StoreError {
@@ -77,28 +110,49 @@ impl EtcdStore {
         let urls: Vec<String> = endpoints.iter().map(|e| format!("http://{e}")).collect();
         let (done, answer) = mpsc::sync_channel(1);
         runtime.spawn(async move {
-            let options = ConnectOptions::new().with_timeout(REQUEST_TIMEOUT);
             let connect = async {
-                let mut client = Client::connect(&urls, Some(options)).await?;
-                // The channel connects lazily: ask something to know.
-                client.status().await?;
-                Ok::<_, etcd_client::Error>(client)
+                let mut clients = Vec::new();
+                for url in &urls {
+                    let options = ConnectOptions::new().with_timeout(REQUEST_TIMEOUT);
+                    clients.push(
+                        Client::connect([url], Some(options))
+                            .await
+                            .map_err(|e| e.to_string())?,
+                    );
+                }
+                // The channels connect lazily: ask every member at once and
+                // start with the first that answers (one that hangs does
+                // not hold up the others).
+                let mut asked = tokio::task::JoinSet::new();
+                for (i, client) in clients.iter().enumerate() {
+                    let mut client = client.clone();
+                    asked.spawn(async move { (i, client.status().await) });
+                }
+                let mut last = None;
+                while let Some(answer) = asked.join_next().await {
+                    match answer {
+                        Ok((i, Ok(_))) => return Ok((clients, i)),
+                        Ok((_, Err(e))) => last = Some(e.to_string()),
+                        Err(e) => last = Some(e.to_string()),
+                    }
+                }
+                Err(last.unwrap_or_else(|| "no endpoint given".into()))
             };
             let _ = done.send(tokio::time::timeout(CONNECT_TIMEOUT, connect).await);
         });
         // Waited for here, not with `block_on`: the caller may be inside
         // another runtime.
-        let client = match answer.recv() {
-            Ok(Ok(Ok(client))) => Ok(client),
-            Ok(Ok(Err(e))) => Err(unreachable(e.to_string())),
+        let connected = match answer.recv() {
+            Ok(Ok(Ok(connected))) => Ok(connected),
+            Ok(Ok(Err(e))) => Err(unreachable(e)),
             Ok(Err(_)) => Err(unreachable(format!(
                 "no answer within {}",
                 humantime::format_duration(CONNECT_TIMEOUT)
             ))),
             Err(_) => Err(StoreError::Backend("the etcd client stopped".into())),
         };
-        let client = match client {
-            Ok(client) => client,
+        let (clients, current) = match connected {
+            Ok(connected) => connected,
             Err(e) => {
                 // Without waiting, as in `drop`.
                 runtime.shutdown_background();
@@ -106,22 +160,50 @@ impl EtcdStore {
             }
         };
         Ok(Self {
-            client,
+            clients: Arc::new(clients),
+            current: Arc::new(AtomicUsize::new(current)),
             prefix: prefix.trim_end_matches('/').to_string(),
             runtime: Some(runtime),
         })
     }
 
-    /// Runs `call` with a client on the store's runtime and waits for it.
-    fn run<T, F>(&self, call: impl FnOnce(Client) -> F) -> Result<T, StoreError>
+    /// Runs `call` with a client on the store's runtime and waits for it:
+    /// with the member that answered last, then each other one while the
+    /// one asked cannot be connected to (so one dead member never stops
+    /// the store; a request that reached a member is never sent twice).
+    fn run<T, F>(&self, call: impl Fn(Client) -> F + Send + 'static) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
     {
         let (done, answer) = mpsc::sync_channel(1);
-        let future = call(self.client.clone());
+        let (clients, current) = (self.clients.clone(), self.current.clone());
         self.runtime().spawn(async move {
-            let _ = done.send(future.await);
+            let electing_until = tokio::time::Instant::now() + ELECTION_WAIT;
+            let result = loop {
+                let first = current.load(Ordering::Relaxed);
+                let mut result = Err(StoreError::Backend("etcd: no endpoint".into()));
+                for k in 0..clients.len() {
+                    let i = (first + k) % clients.len();
+                    result = call(clients[i].clone()).await;
+                    match &result {
+                        Err(e) if not_connected(e) => continue,
+                        _ => {
+                            current.store(i, Ordering::Relaxed);
+                            break;
+                        }
+                    }
+                }
+                match &result {
+                    // The members are electing a raft leader (one died):
+                    // the request was dropped, ask again shortly.
+                    Err(e) if electing(e) && tokio::time::Instant::now() < electing_until => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    _ => break result,
+                }
+            };
+            let _ = done.send(result);
         });
         answer
             .recv()
@@ -158,82 +240,102 @@ impl Drop for EtcdStore {
 impl Store for EtcdStore {
     fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
         let (full, cut) = (self.full(key), self.prefix.len());
-        self.run(|mut c| async move {
-            let response = c.get(full, None).await.map_err(failed)?;
-            Ok(response.kvs().first().map(|kv| Self::entry(cut, kv)))
+        self.run(move |mut c| {
+            let full = full.clone();
+            async move {
+                let response = c.get(full, None).await.map_err(failed)?;
+                Ok(response.kvs().first().map(|kv| Self::entry(cut, kv)))
+            }
         })
     }
 
     fn list(&self, prefix: &str) -> Result<(Vec<Entry>, u64), StoreError> {
         let (full, cut) = (self.full(prefix), self.prefix.len());
-        self.run(|mut c| async move {
-            let response = c
-                .get(full, Some(GetOptions::new().with_prefix()))
-                .await
-                .map_err(failed)?;
-            let entries = response
-                .kvs()
-                .iter()
-                .map(|kv| Self::entry(cut, kv))
-                .collect();
-            Ok((entries, revision(response.header())))
+        self.run(move |mut c| {
+            let full = full.clone();
+            async move {
+                let response = c
+                    .get(full, Some(GetOptions::new().with_prefix()))
+                    .await
+                    .map_err(failed)?;
+                let entries = response
+                    .kvs()
+                    .iter()
+                    .map(|kv| Self::entry(cut, kv))
+                    .collect();
+                Ok((entries, revision(response.header())))
+            }
         })
     }
 
     fn put(&self, key: &str, value: &[u8]) -> Result<u64, StoreError> {
         let (full, value) = (self.full(key), value.to_vec());
-        self.run(|mut c| async move {
-            let response = c.put(full, value, None).await.map_err(failed)?;
-            Ok(revision(response.header()))
+        self.run(move |mut c| {
+            let full = full.clone();
+            let value = value.clone();
+            async move {
+                let response = c.put(full, value, None).await.map_err(failed)?;
+                Ok(revision(response.header()))
+            }
         })
     }
 
     fn compare_and_swap(&self, key: &str, expected: u64, value: &[u8]) -> Result<u64, StoreError> {
         let (full, value, key) = (self.full(key), value.to_vec(), key.to_string());
-        self.run(move |mut c| async move {
-            let txn = Txn::new()
-                .when([Compare::mod_revision(
-                    full.clone(),
-                    CompareOp::Equal,
-                    expected as i64,
-                )])
-                .and_then([TxnOp::put(full.clone(), value, None)])
-                .or_else([TxnOp::get(full, None)]);
-            let response = c.txn(txn).await.map_err(failed)?;
-            if response.succeeded() {
-                return Ok(revision(response.header()));
-            }
-            let found = response
-                .op_responses()
-                .into_iter()
-                .find_map(|op| match op {
-                    TxnOpResponse::Get(get) => {
-                        Some(get.kvs().first().map_or(0, |kv| kv.mod_revision()))
-                    }
-                    _ => None,
+        self.run(move |mut c| {
+            let full = full.clone();
+            let value = value.clone();
+            let key = key.clone();
+            async move {
+                let txn = Txn::new()
+                    .when([Compare::mod_revision(
+                        full.clone(),
+                        CompareOp::Equal,
+                        expected as i64,
+                    )])
+                    .and_then([TxnOp::put(full.clone(), value, None)])
+                    .or_else([TxnOp::get(full, None)]);
+                let response = c.txn(txn).await.map_err(failed)?;
+                if response.succeeded() {
+                    return Ok(revision(response.header()));
+                }
+                let found = response
+                    .op_responses()
+                    .into_iter()
+                    .find_map(|op| match op {
+                        TxnOpResponse::Get(get) => {
+                            Some(get.kvs().first().map_or(0, |kv| kv.mod_revision()))
+                        }
+                        _ => None,
+                    })
+                    .unwrap_or(0) as u64;
+                Err(StoreError::Conflict {
+                    key,
+                    expected,
+                    found,
                 })
-                .unwrap_or(0) as u64;
-            Err(StoreError::Conflict {
-                key,
-                expected,
-                found,
-            })
+            }
         })
     }
 
     fn delete(&self, key: &str) -> Result<Option<u64>, StoreError> {
         let full = self.full(key);
-        self.run(|mut c| async move {
-            let response = c.delete(full, None).await.map_err(failed)?;
-            Ok((response.deleted() > 0).then(|| revision(response.header())))
+        self.run(move |mut c| {
+            let full = full.clone();
+            async move {
+                let response = c.delete(full, None).await.map_err(failed)?;
+                Ok((response.deleted() > 0).then(|| revision(response.header())))
+            }
         })
     }
 
     fn watch(&self, prefix: &str, after: u64) -> Result<Watch, StoreError> {
         let (full, cut) = (self.full(prefix), self.prefix.len());
         let (send, events) = tokio::sync::mpsc::channel(1024);
-        let client = self.client.clone();
-        self.runtime().spawn(follow(client, full, cut, after, send));
+        let clients = self.clients.clone();
+        let first = self.current.load(Ordering::Relaxed);
+        self.runtime()
+            .spawn(follow(clients, first, full, cut, after, send));
         Ok(Watch::from_channel(events))
     }
 
@@ -272,25 +374,71 @@ impl Store for EtcdStore {
         })
     }
 
+    fn create_with_lease(
+        &self,
+        key: &str,
+        value: &[u8],
+        lease: LeaseId,
+    ) -> Result<u64, StoreError> {
+        let (full, value, key) = (self.full(key), value.to_vec(), key.to_string());
+        self.run(move |mut c| {
+            let full = full.clone();
+            let value = value.clone();
+            let key = key.clone();
+            async move {
+                let options = PutOptions::new().with_lease(lease as i64);
+                let txn = Txn::new()
+                    .when([Compare::create_revision(full.clone(), CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(full.clone(), value, Some(options))])
+                    .or_else([TxnOp::get(full, None)]);
+                let response = c.txn(txn).await.map_err(|e| lease_error(e, lease))?;
+                if response.succeeded() {
+                    return Ok(revision(response.header()));
+                }
+                let found = response
+                    .op_responses()
+                    .into_iter()
+                    .find_map(|op| match op {
+                        TxnOpResponse::Get(get) => {
+                            Some(get.kvs().first().map_or(0, |kv| kv.mod_revision()))
+                        }
+                        _ => None,
+                    })
+                    .unwrap_or(0) as u64;
+                Err(StoreError::Conflict {
+                    key,
+                    expected: 0,
+                    found,
+                })
+            }
+        })
+    }
+
     fn put_with_lease(&self, key: &str, value: &[u8], lease: LeaseId) -> Result<u64, StoreError> {
         let (full, value) = (self.full(key), value.to_vec());
-        self.run(move |mut c| async move {
-            let options = PutOptions::new().with_lease(lease as i64);
-            let response = c
-                .put(full, value, Some(options))
-                .await
-                .map_err(|e| lease_error(e, lease))?;
-            Ok(revision(response.header()))
+        self.run(move |mut c| {
+            let full = full.clone();
+            let value = value.clone();
+            async move {
+                let options = PutOptions::new().with_lease(lease as i64);
+                let response = c
+                    .put(full, value, Some(options))
+                    .await
+                    .map_err(|e| lease_error(e, lease))?;
+                Ok(revision(response.header()))
+            }
         })
     }
 }
 
-/// Follows etcd's watch on `prefix` from the revision after `after`,
+/// Follows etcd's watch on `prefix` from the revision after `after` (from
+/// member `member` of `clients`, the next one after each failure),
 /// sending each change to `send` until the receiver is gone; a dropped
 /// connection is followed again from the revision after the last change
 /// sent, so nothing is lost or repeated.
 async fn follow(
-    mut client: Client,
+    clients: Arc<Vec<Client>>,
+    mut member: usize,
     prefix: String,
     cut: usize,
     mut after: u64,
@@ -300,10 +448,13 @@ async fn follow(
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(after as i64 + 1);
+        let mut client = clients[member % clients.len()].clone();
         let stream = client.watch(prefix.clone(), Some(options)).await;
         let (_watcher, mut stream) = match stream {
             Ok(pair) => pair,
             Err(e) => {
+                // Each retry asks the next member.
+                member += 1;
                 tracing::warn!(error = %e, "etcd watch failed; retrying");
                 if send.is_closed() {
                     return;
@@ -315,8 +466,12 @@ async fn follow(
         loop {
             let response = match stream.message().await {
                 Ok(Some(response)) => response,
-                Ok(None) => break,
+                Ok(None) => {
+                    member += 1;
+                    break;
+                }
                 Err(e) => {
+                    member += 1;
                     tracing::warn!(error = %e, "etcd watch dropped; resuming");
                     break;
                 }

@@ -15,6 +15,9 @@
 //! - [`code`]: each deployed module compiled once, for every base;
 //! - [`artifact`]: the check of a module's artifact at apply;
 //! - [`api`]: the HTTP API bases and the CLI talk to;
+//! - [`leader`]: the election among controllers sharing one store;
+//!   [`forward`]: followers forwarding writes to the leader;
+//! - [`copy`]: the whole state of one store into another (`berth store copy`);
 //! - [`start`]: `--store` and [`start::Controller::start`], the one entry
 //!   point that opens the store and binds the API.
 
@@ -22,8 +25,11 @@ pub mod api;
 pub mod artifact;
 pub mod bases;
 pub mod code;
+pub mod copy;
 pub mod etcd;
 pub mod events;
+pub mod forward;
+pub mod leader;
 pub mod metrics;
 pub mod reconciler;
 pub mod resources;

@@ -93,6 +93,9 @@ pub struct Reconciler {
     /// The compiler that reads what each module imports, if the
     /// controller compiles for its bases ([`Reconciler::set_code`]).
     code: std::sync::OnceLock<Arc<crate::code::CodeShop>>,
+    /// Whether this controller leads ([`Reconciler::set_leadership`]);
+    /// unset: it is the only one.
+    leadership: std::sync::OnceLock<crate::leader::Leadership>,
 }
 
 impl Reconciler {
@@ -107,7 +110,28 @@ impl Reconciler {
             stopping: watch::channel(false).0,
             metrics: Metrics::default(),
             code: std::sync::OnceLock::new(),
+            leadership: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Shares the store with other controllers: passes write (rollout
+    /// steps, events) only while `leadership` says this one leads; a
+    /// follower's passes only place, so its reads show the same status.
+    pub fn set_leadership(&self, leadership: crate::leader::Leadership) {
+        let _ = self.leadership.set(leadership);
+    }
+
+    /// This controller's leadership (always the leader when alone).
+    pub fn leadership(&self) -> crate::leader::Leadership {
+        self.leadership
+            .get()
+            .cloned()
+            .unwrap_or_else(|| crate::leader::Leadership::always(""))
+    }
+
+    /// Whether this controller may write as the leader now.
+    fn leading(&self) -> bool {
+        self.leadership.get().is_none_or(|l| l.is_leader())
     }
 
     /// Places deployments only on bases offering what their modules import,
@@ -246,7 +270,10 @@ impl Reconciler {
         let mut news: BTreeMap<String, Vec<NewEvent>> = BTreeMap::new();
         let mut placement = scheduler::place_with(&deployments, &bases, &|d| self.imports(d));
         // A batch that completes lets the next one start in the same pass.
-        for _ in 0..4 {
+        // Only the leader moves rollouts and records events.
+        let leading = self.leading();
+        let rounds = if leading { 4 } else { 0 };
+        for _ in 0..rounds {
             let mut advanced = false;
             for d in deployments.iter_mut().filter(|d| d.rollout.is_some()) {
                 let name = d.manifest.metadata.name.clone();
@@ -258,6 +285,9 @@ impl Reconciler {
                     continue;
                 }
                 let before = d.clone();
+                if !self.leading() {
+                    break;
+                }
                 if let Some(after) = self.resources.update(&name, |stored| {
                     rollout::advance(stored, &rolled, &bases, assigned, now);
                 })? {
@@ -284,7 +314,7 @@ impl Reconciler {
                 news.entry(name.clone()).or_default().extend(found);
             }
         }
-        for (name, new) in &news {
+        for (name, new) in news.iter().filter(|_| leading && self.leading()) {
             self.record(name, new)?;
         }
         *seen_guard = Some(seen_now);

@@ -11,6 +11,7 @@ use std::time::Duration;
 use crate::api::Shared;
 use crate::code::{CodeError, CodeShop};
 use crate::etcd::EtcdStore;
+use crate::leader::{LeaderRecord, Leadership};
 use crate::reconciler::Reconciler;
 use crate::resources::Resources;
 use crate::store::{RedbStore, SharedStore, StoreError};
@@ -90,7 +91,16 @@ pub struct Config {
     pub heartbeat_timeout: Duration,
     /// Compile deployed modules once for the bases.
     pub compile_for_bases: bool,
+    /// The URL other controllers forward writes to (`--advertise`);
+    /// `None`: `http://` and the address the API listens on.
+    pub advertise: Option<String>,
+    /// The TTL of the leader lease on a shared store (etcd counts whole
+    /// seconds, at least 2 on its default settings).
+    pub leader_ttl: Duration,
 }
+
+/// The leader TTL `berth controller` uses unless told otherwise.
+pub const DEFAULT_LEADER_TTL: Duration = Duration::from_secs(5);
 
 /// Why a controller did not start.
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +132,14 @@ pub enum StartError {
     /// The code shop cannot be opened.
     #[error(transparent)]
     Code(#[from] CodeError),
+    /// A leader TTL too short to renew within.
+    #[error(
+        "--leader-ttl {given}: a leader lease lasts at least 1s (etcd counts whole seconds and its default minimum is 2s); e.g. --leader-ttl 5s"
+    )]
+    LeaderTtl {
+        /// The TTL given, human readable.
+        given: String,
+    },
 }
 
 /// A started controller: its store is open and its API bound; [`Controller::serve`]
@@ -130,12 +148,18 @@ pub struct Controller {
     listener: tokio::net::TcpListener,
     shared: Shared,
     store: StoreSpec,
+    leadership: Leadership,
 }
 
 impl Controller {
     /// Opens the store `config` names, binds the API and prepares the
     /// reconciler.
     pub async fn start(config: Config) -> Result<Self, StartError> {
+        if config.leader_ttl < Duration::from_secs(1) {
+            return Err(StartError::LeaderTtl {
+                given: humantime::format_duration(config.leader_ttl).to_string(),
+            });
+        }
         std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
             path: config.data_dir.clone(),
             source,
@@ -154,7 +178,30 @@ impl Controller {
                 addr: config.listen,
                 source,
             })?;
+        let url = match &config.advertise {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => format!(
+                "http://{}",
+                listener.local_addr().map_err(|source| StartError::Listen {
+                    addr: config.listen,
+                    source,
+                })?
+            ),
+        };
+        let leadership = match &spec {
+            // One file, one controller: it leads.
+            StoreSpec::Redb(_) => Leadership::always(url),
+            StoreSpec::Etcd(_) => Leadership::campaign(
+                store.clone(),
+                LeaderRecord {
+                    id: format!("{url}#{}", std::process::id()),
+                    url,
+                },
+                config.leader_ttl,
+            ),
+        };
         let reconciler = Reconciler::new(Arc::new(Resources::new(store)), config.heartbeat_timeout);
+        reconciler.set_leadership(leadership.clone());
         let code = if config.compile_for_bases {
             Some(Arc::new(CodeShop::open(config.data_dir.join("compiled"))?))
         } else {
@@ -164,6 +211,7 @@ impl Controller {
             listener,
             shared: Shared { reconciler, code },
             store: spec,
+            leadership,
         })
     }
 
@@ -182,12 +230,73 @@ impl Controller {
         self.shared.code.as_ref().map(|shop| shop.tag())
     }
 
-    /// Serves the API and reconciles until `shutdown` resolves.
+    /// Its place in the leader election.
+    pub fn leadership(&self) -> &Leadership {
+        &self.leadership
+    }
+
+    /// Serves the API and reconciles until `shutdown` resolves; a new
+    /// leader runs a pass the moment it is elected. On the way out it gives
+    /// the leadership up, so another controller takes over at once.
     pub async fn serve(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        crate::api::serve(self.listener, self.shared, shutdown).await
+        let mut elected = self.leadership.subscribe();
+        let reconciler = self.shared.reconciler.clone();
+        let on_election = tokio::spawn(async move {
+            while elected.changed().await.is_ok() {
+                if !*elected.borrow_and_update() {
+                    continue;
+                }
+                let pass = reconciler.clone();
+                match tokio::task::spawn_blocking(move || pass.reconcile()).await {
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "first pass as leader failed; retrying on the tick")
+                    }
+                    Err(e) => tracing::error!(error = %e, "first pass as leader panicked"),
+                    Ok(Ok(())) => {}
+                }
+            }
+        });
+        let on_change = tokio::spawn(refresh_on_change(
+            self.shared.reconciler.clone(),
+            self.leadership.clone(),
+        ));
+        let served = crate::api::serve(self.listener, self.shared, shutdown).await;
+        on_election.abort();
+        on_change.abort();
+        let leadership = self.leadership.clone();
+        let _ = tokio::task::spawn_blocking(move || leadership.resign()).await;
+        served
+    }
+}
+
+/// While this controller follows, runs a (read-only) pass whenever a
+/// deployment changes — an apply, a rollout step the leader wrote — so the
+/// bases watching their assignments here learn of it at once, not on the
+/// next tick.
+async fn refresh_on_change(reconciler: Arc<Reconciler>, leadership: Leadership) {
+    use crate::store::Store as _;
+    loop {
+        let store = reconciler.resources().store().clone();
+        let watch = tokio::task::spawn_blocking(move || {
+            let (_, at) = store.list(crate::leader::LEADER_KEY)?;
+            store.watch(crate::resources::DEPLOYMENTS, at)
+        })
+        .await;
+        if let Ok(Ok(mut watch)) = watch {
+            while let Some(Ok(_)) = watch.next().await {
+                if leadership.is_leader() {
+                    continue; // the leader passes in the request that changed it
+                }
+                let pass = reconciler.clone();
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || pass.reconcile()).await {
+                    tracing::debug!(error = %e, "follower pass failed; the tick retries");
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

@@ -194,6 +194,12 @@ pub trait Store: Send + Sync {
     /// Sets `key` and attaches it to `lease` (a plain [`Store::put`]
     /// detaches it again); returns the new revision.
     fn put_with_lease(&self, key: &str, value: &[u8], lease: LeaseId) -> Result<u64, StoreError>;
+    /// Creates `key` attached to `lease` if it does not exist, in one step
+    /// (etcd's txn on `create_revision == 0`); returns the new revision, or
+    /// [`StoreError::Conflict`] naming the revision of the key that is
+    /// there. How one controller among several takes the leader key.
+    fn create_with_lease(&self, key: &str, value: &[u8], lease: LeaseId)
+    -> Result<u64, StoreError>;
 }
 
 /// The store as the controller shares it: any backend behind one pointer.
@@ -229,6 +235,14 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
     fn put_with_lease(&self, key: &str, value: &[u8], lease: LeaseId) -> Result<u64, StoreError> {
         (**self).put_with_lease(key, value, lease)
+    }
+    fn create_with_lease(
+        &self,
+        key: &str,
+        value: &[u8],
+        lease: LeaseId,
+    ) -> Result<u64, StoreError> {
+        (**self).create_with_lease(key, value, lease)
     }
 }
 
@@ -551,6 +565,14 @@ impl Store for RedbStore {
     fn put_with_lease(&self, key: &str, value: &[u8], lease: LeaseId) -> Result<u64, StoreError> {
         self.inner.put_with_lease(key, value, lease)
     }
+    fn create_with_lease(
+        &self,
+        key: &str,
+        value: &[u8],
+        lease: LeaseId,
+    ) -> Result<u64, StoreError> {
+        self.inner.create_with_lease(key, value, lease)
+    }
 }
 
 impl Store for Inner {
@@ -678,6 +700,23 @@ impl Store for Inner {
         Ok(self
             .write(key, Some(lease), |_| Ok(Some(Some(value.to_vec()))))?
             .expect("a put always writes"))
+    }
+
+    fn create_with_lease(
+        &self,
+        key: &str,
+        value: &[u8],
+        lease: LeaseId,
+    ) -> Result<u64, StoreError> {
+        let written = self.write(key, Some(lease), |current| match current {
+            Some(c) => Err(StoreError::Conflict {
+                key: key.into(),
+                expected: 0,
+                found: c.mod_revision,
+            }),
+            None => Ok(Some(Some(value.to_vec()))),
+        })?;
+        Ok(written.expect("a create writes"))
     }
 }
 

@@ -52,6 +52,12 @@ macro_rules! contract {
                 super::revoking_a_lease_deletes_its_keys_at_once(&s);
             }
 
+            #[test]
+            fn create_with_lease_takes_only_an_absent_key_and_the_lease_owns_it() {
+                let (_guard, s) = $open;
+                super::create_with_lease_takes_only_an_absent_key_and_the_lease_owns_it(&s);
+            }
+
             #[tokio::test]
             async fn a_watch_replays_history_then_follows_live_changes_under_its_prefix() {
                 let (_guard, s) = $open;
@@ -281,4 +287,29 @@ async fn a_watch_replays_history_then_follows_live_changes_under_its_prefix(s: &
             ("/deployments/b".into(), b_again, true)
         ]
     );
+}
+
+/// The leader lock: the first create wins, the second is a conflict
+/// naming the holder's revision, and the key goes with its lease.
+fn create_with_lease_takes_only_an_absent_key_and_the_lease_owns_it(s: &SharedStore) {
+    let first = s.grant_lease(Duration::from_secs(5)).unwrap();
+    let second = s.grant_lease(Duration::from_secs(5)).unwrap();
+    let taken = s.create_with_lease("/leader", b"a", first).unwrap();
+    match s.create_with_lease("/leader", b"b", second) {
+        Err(StoreError::Conflict {
+            expected: 0, found, ..
+        }) => assert_eq!(found, taken),
+        other => panic!("a second create must conflict: {other:?}"),
+    }
+    assert_eq!(s.get("/leader").unwrap().unwrap().value, b"a");
+    s.revoke_lease(first).unwrap();
+    assert!(s.get("/leader").unwrap().is_none());
+    s.create_with_lease("/leader", b"b", second).unwrap();
+    assert_eq!(s.get("/leader").unwrap().unwrap().value, b"b");
+    // A lease that is gone cannot own a key.
+    s.revoke_lease(second).unwrap();
+    assert!(matches!(
+        s.create_with_lease("/other", b"c", second),
+        Err(StoreError::LeaseNotFound(_))
+    ));
 }

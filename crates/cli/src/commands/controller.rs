@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use berth_api::ErrorBody;
+use berth_api::failover::{Controllers, FailoverError};
 use berth_controller::events::DeploymentEvent;
 use berth_controller::resources::StoredDeployment;
 use berth_controller::start::{Config, Controller, StoreSpec};
@@ -21,15 +22,35 @@ use crate::commands::table::Table;
 /// Default address of the controller API.
 pub const DEFAULT_CONTROLLER: &str = "127.0.0.1:1239";
 
+/// The flags of `berth controller`.
+pub struct ServeOptions {
+    /// `--listen`.
+    pub listen: SocketAddr,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--store`.
+    pub store: Option<StoreSpec>,
+    /// `--heartbeat-timeout`.
+    pub heartbeat_timeout: std::time::Duration,
+    /// Not `--no-code`.
+    pub compile_for_bases: bool,
+    /// `--advertise`.
+    pub advertise: Option<String>,
+    /// `--leader-ttl`.
+    pub leader_ttl: std::time::Duration,
+}
+
 /// `berth controller`.
-pub async fn serve(
-    listen: SocketAddr,
-    data_dir: Option<PathBuf>,
-    store: Option<StoreSpec>,
-    heartbeat_timeout: std::time::Duration,
-    compile_for_bases: bool,
-    json_logs: bool,
-) -> Result<()> {
+pub async fn serve(options: ServeOptions, json_logs: bool) -> Result<()> {
+    let ServeOptions {
+        listen,
+        data_dir,
+        store,
+        heartbeat_timeout,
+        compile_for_bases,
+        advertise,
+        leader_ttl,
+    } = options;
     let data_dir = data_dir.unwrap_or_else(|| super::base::data_home().join("controller"));
     let controller = Controller::start(Config {
         listen,
@@ -37,11 +58,15 @@ pub async fn serve(
         data_dir: data_dir.clone(),
         heartbeat_timeout,
         compile_for_bases,
+        advertise,
+        leader_ttl,
     })
     .await?;
     let local = controller.local_addr()?;
     let engine = controller.engine().map(str::to_string);
     let store = controller.store().to_string();
+    let shared_store = matches!(controller.store(), StoreSpec::Etcd(_));
+    let advertised = controller.leadership().me().url.clone();
     if json_logs {
         // Under `--log-format json` the banner is one more JSON log line.
         tracing::info!(
@@ -49,12 +74,19 @@ pub async fn serve(
             data = %data_dir.display(),
             store = %store,
             engine = engine.as_deref().unwrap_or("none (bases compile)"),
+            advertise = %advertised,
             "berth controller serving"
         );
     } else {
         println!("berth controller serving on http://{local}");
         println!("  data  {}", data_dir.display());
         println!("  store {store}");
+        if shared_store {
+            println!(
+                "  ha    one leader among the controllers on this store (lease {}); writes to a follower go to the leader at its URL, this one's {advertised}",
+                humantime::format_duration(leader_ttl)
+            );
+        }
         println!("  bases join with: berth base --controller http://{listen}");
         if let Some(engine) = &engine {
             println!("  code  compiled once for bases with engine {engine}");
@@ -68,23 +100,29 @@ pub async fn serve(
     Ok(())
 }
 
-fn url(controller: &str, path: &str) -> String {
-    let base = if controller.contains("://") {
-        controller.to_string()
-    } else {
-        format!("http://{controller}")
-    };
-    format!("{}{path}", base.trim_end_matches('/'))
+/// The controllers `--controller` names (comma separated: the first that
+/// answers serves, see [`Controllers`]).
+fn controllers(list: &str) -> Result<Controllers> {
+    Controllers::parse(list).map_err(|e| anyhow!("--controller: {e}"))
 }
 
-async fn call(request: reqwest::RequestBuilder, controller: &str) -> Result<serde_json::Value> {
-    let response = request.send().await.map_err(|e| {
-        if e.is_connect() {
-            anyhow!("no controller answers at {controller}\nhint: start one with `berth controller`, or pass --controller")
-        } else {
-            anyhow!("cannot talk to the controller at {controller}: {e}")
-        }
-    })?;
+/// Sends the request `build` makes for `path` to the first controller of
+/// `list` that answers, and decodes its JSON answer.
+async fn call(
+    list: &str,
+    path: &str,
+    build: impl Fn(&reqwest::Client, String) -> reqwest::RequestBuilder,
+) -> Result<serde_json::Value> {
+    let controllers = controllers(list)?;
+    let response = controllers
+        .send(|http, base| build(http, format!("{base}{path}")))
+        .await
+        .map_err(|e| match e {
+            FailoverError::Unreachable { .. } => anyhow!(
+                "{e}\nhint: start one with `berth controller`, or pass --controller (several separated by commas)"
+            ),
+            other => anyhow!(other),
+        })?;
     let status = response.status();
     let body = response.bytes().await?;
     if !status.is_success() {
@@ -128,12 +166,9 @@ pub async fn apply(file: &Path, controller: &str, output: Output) -> Result<()> 
         }
         None => text,
     };
-    let body = call(
-        reqwest::Client::new()
-            .post(url(controller, "/v1/apply"))
-            .body(text),
-        controller,
-    )
+    let body = call(controller, "/v1/apply", |http, url| {
+        http.post(url).body(text.clone())
+    })
     .await?;
     if output.data(&body) {
         return Ok(());
@@ -169,11 +204,7 @@ fn resolve_artifact(artifact: &str, dir: &Path) -> Result<Option<String>> {
 
 /// `berth get bases`.
 pub async fn get_bases(controller: &str, output: Output) -> Result<()> {
-    let body = call(
-        reqwest::Client::new().get(url(controller, "/v1/bases")),
-        controller,
-    )
-    .await?;
+    let body = call(controller, "/v1/bases", |http, url| http.get(url)).await?;
     let bases: Vec<berth_api::BaseStatus> = serde_json::from_value(body)?;
     if output.data(&bases) {
         return Ok(());
@@ -212,11 +243,7 @@ pub async fn get(controller: &str, output: Output, koupleless: bool) -> Result<(
     if koupleless && !matches!(output, Output::Json | Output::Yaml) {
         bail!("--as koupleless shows manifests: add `-o yaml` or `-o json`");
     }
-    let body = call(
-        reqwest::Client::new().get(url(controller, "/v1/deployments")),
-        controller,
-    )
-    .await?;
+    let body = call(controller, "/v1/deployments", |http, url| http.get(url)).await?;
     if koupleless {
         let deployments: Vec<StoredDeployment> = serde_json::from_value(body)?;
         let forms: Vec<serde_json::Value> = deployments
@@ -277,11 +304,8 @@ pub async fn get(controller: &str, output: Output, koupleless: bool) -> Result<(
 
 /// `berth describe deployment NAME`.
 pub async fn describe(controller: &str, name: &str, output: Output) -> Result<()> {
-    let body = call(
-        reqwest::Client::new().get(url(controller, &format!("/v1/deployments/{name}"))),
-        controller,
-    )
-    .await?;
+    let path = format!("/v1/deployments/{name}");
+    let body = call(controller, &path, |http, url| http.get(url)).await?;
     if output.data(&body) {
         return Ok(());
     }
@@ -416,18 +440,14 @@ pub async fn rollout(
     watch: bool,
     output: Output,
 ) -> Result<()> {
-    let show = url(controller, &format!("/v1/deployments/{name}"));
+    let show = format!("/v1/deployments/{name}");
     if action != "status" {
         let path = format!("/v1/deployments/{name}/rollout/{action}");
-        call(
-            reqwest::Client::new().post(url(controller, &path)),
-            controller,
-        )
-        .await?;
+        call(controller, &path, |http, url| http.post(url)).await?;
     }
     let mut last = String::new();
     loop {
-        let body = call(reqwest::Client::new().get(&show), controller).await?;
+        let body = call(controller, &show, |http, url| http.get(url)).await?;
         let replicas: Vec<BaseReplica> = serde_json::from_value(body["status"]["bases"].clone())?;
         let d: StoredDeployment = serde_json::from_value(body.clone())?;
         let (line, outcome) = rollout_line(&d, &replicas);
@@ -533,11 +553,8 @@ fn rollout_line(d: &StoredDeployment, replicas: &[BaseReplica]) -> (String, Outc
 
 /// `berth delete deployment NAME`.
 pub async fn delete(controller: &str, name: &str, output: Output) -> Result<()> {
-    call(
-        reqwest::Client::new().delete(url(controller, &format!("/v1/deployments/{name}"))),
-        controller,
-    )
-    .await?;
+    let path = format!("/v1/deployments/{name}");
+    call(controller, &path, |http, url| http.delete(url)).await?;
     let deleted =
         serde_json::json!({"kind": "ModuleDeployment", "name": name, "result": "deleted"});
     if output.data(&deleted) {

@@ -5,8 +5,8 @@ mod base_flags;
 mod controller;
 mod engine;
 #[path = "../../../controller/tests/support/etcd.rs"]
-#[allow(dead_code)] // `restart` serves the controller's own tests
 mod etcd_server;
+mod ha;
 mod papercuts;
 mod reclaim;
 mod support;

@@ -1,7 +1,11 @@
-//! A real single-member etcd for tests: the Debian `etcd` binary on free
-//! loopback ports (never 2379, where a system etcd may listen), its data in
-//! a temp dir; killed when dropped. A machine without etcd gets Debian's
+//! A real etcd for tests: the Debian `etcd` binary on free loopback ports
+//! (never 2379, where a system etcd may listen), its data in a temp dir;
+//! killed when dropped. [`EtcdServer`] is one member, [`EtcdCluster`] three
+//! (or any number) that elect a raft leader among themselves, for the
+//! high-availability tests. A machine without etcd gets Debian's
 //! `etcd-server` installed on first use, so `cargo test` needs no setup.
+
+#![allow(dead_code)] // each test binary uses a part
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -126,5 +130,146 @@ impl Drop for EtcdServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// One member of an [`EtcdCluster`].
+struct Member {
+    name: String,
+    client: u16,
+    peer: u16,
+    child: Option<Child>,
+}
+
+/// A running etcd cluster on loopback, killed when dropped.
+pub struct EtcdCluster {
+    members: Vec<Member>,
+    dir: tempfile::TempDir,
+}
+
+impl EtcdCluster {
+    /// Starts `n` members and waits until the cluster answers.
+    pub fn start(n: usize) -> Self {
+        ensure_installed();
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().unwrap();
+            let members = (0..n)
+                .map(|i| Member {
+                    name: format!("m{i}"),
+                    client: free_port(),
+                    peer: free_port(),
+                    child: None,
+                })
+                .collect();
+            let mut cluster = Self { members, dir };
+            if cluster.launch_all() {
+                return cluster;
+            }
+        }
+        panic!("an etcd cluster did not start (is `etcd` installed? apt-get install etcd-server)");
+    }
+
+    /// Every member's client endpoint, `127.0.0.1:PORT`.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|m| format!("127.0.0.1:{}", m.client))
+            .collect()
+    }
+
+    /// Member `i`'s client endpoint.
+    pub fn endpoint(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.members[i].client)
+    }
+
+    /// `etcd://` and every endpoint, as `--store` takes it.
+    pub fn store(&self) -> String {
+        format!("etcd://{}", self.endpoints().join(","))
+    }
+
+    /// SIGKILLs member `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills every member, then starts them all again on their ports and
+    /// data, and waits until the cluster answers.
+    pub fn restart_all(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+        assert!(self.launch_all(), "the etcd cluster did not come back");
+    }
+
+    fn launch_all(&mut self) -> bool {
+        let initial: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
+            .collect();
+        let initial = initial.join(",");
+        for m in &mut self.members {
+            let client_url = format!("http://127.0.0.1:{}", m.client);
+            let peer_url = format!("http://127.0.0.1:{}", m.peer);
+            let child = Command::new("etcd")
+                .args(["--name", &m.name, "--data-dir"])
+                .arg(self.dir.path().join(&m.name))
+                .args(["--listen-client-urls", &client_url])
+                .args(["--advertise-client-urls", &client_url])
+                .args(["--listen-peer-urls", &peer_url])
+                .args(["--initial-advertise-peer-urls", &peer_url])
+                .args(["--initial-cluster", &initial])
+                .args(["--initial-cluster-token", "berth-test"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("cannot run `etcd`; install it with apt-get install etcd-server");
+            m.child = Some(child);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for i in 0..self.members.len() {
+            loop {
+                let m = &mut self.members[i];
+                let exited = m
+                    .child
+                    .as_mut()
+                    .is_none_or(|c| c.try_wait().unwrap().is_some());
+                if exited || Instant::now() > deadline {
+                    for j in 0..self.members.len() {
+                        self.kill(j);
+                    }
+                    return false;
+                }
+                if healthy(m.client) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        true
+    }
+}
+
+/// Whether the member with client port `client` says it is healthy.
+fn healthy(client: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", client)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let _ = stream.write_all(b"GET /health HTTP/1.0\r\n\r\n");
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer.contains("\"health\":\"true\"")
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
     }
 }

@@ -224,8 +224,14 @@ impl Agent {
                         .link
                         .controller_code
                         .then_some((&self.http, self.link.url.as_str()));
-                    let failures =
-                        reconcile(&self.base, assigned.modules, &mut managed, code).await;
+                    let failures = reconcile(
+                        &self.base,
+                        assigned.modules,
+                        &mut managed,
+                        &self.link.url,
+                        code,
+                    )
+                    .await;
                     *self.failures.lock().expect("agent state") = (known.clone(), failures);
                     if managed != intent {
                         record_managed(&managed_file, &managed);
@@ -263,6 +269,7 @@ async fn reconcile(
     base: &Base,
     assigned: Vec<Assignment>,
     managed: &mut BTreeSet<String>,
+    controller: &str,
     code: Option<(&reqwest::Client, &str)>,
 ) -> BTreeMap<String, String> {
     let mut failures = BTreeMap::new();
@@ -276,12 +283,14 @@ async fn reconcile(
             Some(m) if m.state == ModuleState::Active => Ok(()),
             Some(_) => base.switch(&a.name, &a.version).await.map(drop),
             None => {
-                let artifact = match a.artifact.strip_prefix("file:") {
-                    Some(path) => {
-                        ArtifactSource::Path(format!("/{}", path.trim_start_matches('/')))
-                    }
-                    None => ArtifactSource::Url(a.artifact.clone()),
-                };
+                // From the controller, which serves what it deploys (and its
+                // `.sig`): the base needs no access to the artifact's own path
+                // or host, and the controller's host is allowed implicitly.
+                let artifact = ArtifactSource::Url(format!(
+                    "{}/v1/artifacts/{}",
+                    controller.trim_end_matches('/'),
+                    a.digest.trim_start_matches("sha256:")
+                ));
                 if let Some((http, url)) = code {
                     fetch_code(base, http, url, &a.digest).await;
                 }

@@ -36,7 +36,7 @@ use crate::instrument::Instrumentation;
 use crate::registry::{Installed, Module, Registry};
 use crate::router;
 use crate::rules::CompiledRules;
-use crate::source::Source;
+use crate::source::{Source, Sources};
 use crate::state::{InstallRecord, ModuleMeta, StateStore};
 
 /// Owns the installed set: validates, prepares and commits every change.
@@ -46,8 +46,8 @@ pub(crate) struct Lifecycle {
     registry: Mutex<Registry>,
     /// Serialises writers across their awaits (prepare runs outside it).
     writer: tokio::sync::Mutex<()>,
-    http: reqwest::Client,
-    max_artifact_bytes: usize,
+    sources: Sources,
+    trust_keys: berth_runtime::TrustKeys,
     instrumentation: Arc<Instrumentation>,
     dispatcher: Arc<Dispatcher>,
 }
@@ -126,6 +126,8 @@ struct Checked {
     limits: berth_api::Limits,
     allowed_hosts: Vec<String>,
     config: std::collections::BTreeMap<String, String>,
+    /// The detached signature sent with the request, if any.
+    signature: Option<String>,
 }
 
 /// An install whose code is compiled and linked, ready to commit.
@@ -142,8 +144,8 @@ impl Lifecycle {
     pub(crate) fn new(
         runtime: Runtime,
         store: StateStore,
-        http: reqwest::Client,
-        max_artifact_bytes: usize,
+        sources: Sources,
+        trust_keys: berth_runtime::TrustKeys,
         instrumentation: Arc<Instrumentation>,
         dispatcher: Arc<Dispatcher>,
     ) -> Self {
@@ -152,8 +154,8 @@ impl Lifecycle {
             store: Arc::new(store),
             registry: Mutex::default(),
             writer: tokio::sync::Mutex::new(()),
-            http,
-            max_artifact_bytes,
+            sources,
+            trust_keys,
             instrumentation,
             dispatcher,
         }
@@ -337,6 +339,7 @@ impl Lifecycle {
             limits,
             allowed_hosts: request.allowed_hosts,
             config: request.config,
+            signature: request.signature,
         };
         Ok((checked, source))
     }
@@ -349,7 +352,9 @@ impl Lifecycle {
         source: Source,
     ) -> Result<Result<Prepared, InstallResponse>, OpsError> {
         let source_desc = source.describe();
-        let bytes = source.fetch(&self.http, self.max_artifact_bytes).await?;
+        let enforced = self.trust_keys.is_enforced();
+        let fetched = self.sources.fetch(source, enforced).await?;
+        let bytes = fetched.bytes;
         let digest = Digest::of(&bytes);
         if let Some(expected) = checked.expected
             && expected != digest
@@ -360,6 +365,10 @@ impl Lifecycle {
                 actual: digest.to_string(),
             });
         }
+        // A signature given with the request wins over one found beside the artifact.
+        let signature = checked.signature.clone().or(fetched.signature);
+        self.trust_keys
+            .check(&digest, signature.as_deref(), &source_desc, "base")?;
         if let Some(existing) = self
             .registry()
             .get(&checked.name, &checked.version)

@@ -90,6 +90,9 @@ pub struct Config {
     pub heartbeat_timeout: Duration,
     /// Compile deployed modules once for the bases.
     pub compile_for_bases: bool,
+    /// Keys applied artifacts must be signed with (`--trust-key`); none:
+    /// signatures are not required.
+    pub trust_keys: berth_runtime::TrustKeys,
 }
 
 /// Why a controller did not start.
@@ -162,7 +165,11 @@ impl Controller {
         };
         Ok(Self {
             listener,
-            shared: Shared { reconciler, code },
+            shared: Shared {
+                reconciler,
+                code,
+                trust_keys: config.trust_keys.clone(),
+            },
             store: spec,
         })
     }

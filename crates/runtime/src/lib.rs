@@ -33,6 +33,7 @@ mod module;
 mod outgoing;
 mod runtime;
 mod settings;
+pub mod signature;
 mod ticker;
 mod trace;
 
@@ -53,6 +54,7 @@ pub use module::LoadedModule;
 pub use outgoing::{BoxResponse, CallContext, ModuleCaller};
 pub use runtime::{Runtime, compile_for_fleet, engine, validate};
 pub use settings::{Limits, MAX_HOPS, ModuleSettings};
+pub use signature::{SignatureError, TrustKeys};
 pub use trace::{TRACEPARENT, TraceParent};
 pub use wasmtime::{self, Engine};
 pub use wasmtime_wasi_http::WasiBody;

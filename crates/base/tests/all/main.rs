@@ -15,3 +15,4 @@ mod restart;
 mod sharing;
 mod support;
 mod traffic;
+mod trust;

@@ -28,6 +28,7 @@ pub async fn serve(
     store: Option<StoreSpec>,
     heartbeat_timeout: std::time::Duration,
     compile_for_bases: bool,
+    trust_keys: berth_runtime::TrustKeys,
     json_logs: bool,
 ) -> Result<()> {
     let data_dir = data_dir.unwrap_or_else(|| super::base::data_home().join("controller"));
@@ -37,6 +38,7 @@ pub async fn serve(
         data_dir: data_dir.clone(),
         heartbeat_timeout,
         compile_for_bases,
+        trust_keys,
     })
     .await?;
     let local = controller.local_addr()?;

@@ -197,7 +197,7 @@ impl Sources {
 
     /// Checks `url` against the host policy; returns it parsed with the
     /// addresses to connect to.
-    async fn check_url(&self, url: &str) -> Result<(reqwest::Url, Vec<SocketAddr>), OpsError> {
+    async fn check_url(&self, url: &str) -> Result<Checked, OpsError> {
         let parsed = reqwest::Url::parse(url).map_err(|e| {
             OpsError::InvalidRequest(format!("artifact.url `{url}` is not a URL: {e}"))
         })?;
@@ -255,7 +255,11 @@ impl Sources {
                 "cannot download artifact from {url}: `{host}` resolves to no address"
             )));
         }
-        Ok((parsed, addrs))
+        Ok(Checked {
+            from_controller: self.implicit.contains(&host),
+            url: parsed,
+            addrs,
+        })
     }
 
     /// How `host:port` is allowed.
@@ -293,7 +297,11 @@ impl Sources {
         };
         let mut next = url.to_string();
         for _ in 0..=MAX_REDIRECTS {
-            let (parsed, addrs) = self.check_url(&next).await?;
+            let Checked {
+                url: parsed,
+                addrs,
+                from_controller,
+            } = self.check_url(&next).await?;
             let mut builder = reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .timeout(self.timeout)
@@ -332,6 +340,14 @@ impl Sources {
                 return Ok(None);
             }
             if !status.is_success() {
+                // The controller's own error says why (the artifact vanished
+                // from its source, …); another server's body is not echoed.
+                if from_controller && let Ok(body) = response.json::<berth_api::ErrorBody>().await {
+                    return Err(OpsError::ArtifactNotFound(format!(
+                        "the controller cannot serve artifact {url}: {} ({})",
+                        body.error.message, body.error.code
+                    )));
+                }
                 return Err(unreachable(format!("the server answered {status}")));
             }
             if let Some(len) = response.content_length()
@@ -363,6 +379,15 @@ impl Sources {
             .await?
             .map(|b| String::from_utf8_lossy(&b).into_owned()))
     }
+}
+
+/// A URL that passed the host policy.
+struct Checked {
+    url: reqwest::Url,
+    /// The addresses to connect to (resolved once, checked).
+    addrs: Vec<SocketAddr>,
+    /// Whether it is the controller's (trusted to explain its errors).
+    from_controller: bool,
 }
 
 /// How a URL's host is allowed.

@@ -106,6 +106,14 @@ impl Base {
         &self.inner.config
     }
 
+    /// The connection limits of both listeners.
+    pub(crate) fn listener_limits(&self) -> crate::listener::Limits {
+        crate::listener::Limits {
+            max_connections: self.inner.config.max_connections.max(1),
+            header_read_timeout: self.inner.config.header_read_timeout,
+        }
+    }
+
     /// The current routing snapshot (what the ingress uses per request).
     pub fn routes(&self) -> Arc<RouteTable> {
         self.inner.dispatcher.routes()

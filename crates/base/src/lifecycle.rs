@@ -171,8 +171,18 @@ impl Lifecycle {
         self.dispatcher.publish(registry.route_table());
     }
 
-    /// Writes `change` in one transaction, on a blocking thread.
-    async fn persist(&self, change: &Change) -> Result<(), OpsError> {
+    /// Writes `change` in one transaction, on a blocking thread. `op`
+    /// names the operation for the test failpoints around the write
+    /// (`<op>:before-persist`, `<op>:persisted`; see
+    /// [`berth_runtime::failpoint`]).
+    async fn persist(&self, op: &str, change: &Change) -> Result<(), OpsError> {
+        berth_runtime::failpoint::hit(&format!("{op}:before-persist"));
+        let result = self.write(change).await;
+        berth_runtime::failpoint::hit(&format!("{op}:persisted"));
+        result
+    }
+
+    async fn write(&self, change: &Change) -> Result<(), OpsError> {
         let store = self.store.clone();
         let put = change.put.clone();
         let delete = change.delete.clone();
@@ -355,6 +365,7 @@ impl Lifecycle {
         let enforced = self.trust_keys.is_enforced();
         let fetched = self.sources.fetch(source, enforced).await?;
         let bytes = fetched.bytes;
+        berth_runtime::failpoint::hit("install:fetched");
         let digest = Digest::of(&bytes);
         if let Some(expected) = checked.expected
             && expected != digest
@@ -382,6 +393,7 @@ impl Lifecycle {
             tokio::task::spawn_blocking(move || runtime.load(digest, Some(&bytes)))
                 .await
                 .expect("load task")?;
+        berth_runtime::failpoint::hit("install:compiled");
         Ok(Ok(Prepared {
             checked,
             digest,
@@ -456,7 +468,7 @@ impl Lifecycle {
             (record, change)
         };
         let module = module.with_settings(record.settings(self.runtime.config().limits))?;
-        self.persist(&change).await?;
+        self.persist("install", &change).await?;
         let installed = self.instrumentation.installed(record, Ok(module));
         self.instrumentation.metrics.install(Ok((
             started.elapsed(),
@@ -555,7 +567,7 @@ impl Lifecycle {
                 }
             }
         };
-        self.persist(&change).await?;
+        self.persist("uninstall", &change).await?;
         let removed = {
             let mut registry = self.registry();
             let removed = registry.remove(name, version);
@@ -625,7 +637,7 @@ impl Lifecycle {
             let change = Change::set_default(module.meta(), &target.record, &old.route, Some(&old));
             (old, change)
         };
-        self.persist(&change).await?;
+        self.persist("switch", &change).await?;
         {
             let mut registry = self.registry();
             let previous_default = change.meta_after().and_then(|m| m.previous_default.clone());
@@ -689,7 +701,7 @@ impl Lifecycle {
             };
             (compiled, change)
         };
-        self.persist(&change).await?;
+        self.persist("rules", &change).await?;
         {
             let mut registry = self.registry();
             if let Some(module) = registry.module_mut(name) {

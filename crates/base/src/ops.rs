@@ -251,6 +251,16 @@ async fn install(
         .trim()
         .to_ascii_lowercase();
     let max = base.config().max_artifact_bytes;
+    // Refused before a byte of the body is read when its declared length
+    // is over the limit (a 1 GB upload costs the base nothing).
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > max as u64
+    {
+        return Err(too_large("the uploaded body", len, max));
+    }
     let (request, upload) = match content_type.as_str() {
         "application/json" => {
             // Install requests are small; the artifact travels by path or URL.

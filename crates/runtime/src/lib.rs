@@ -25,6 +25,7 @@ pub mod capability;
 mod config;
 mod error;
 mod extensions;
+pub mod failpoint;
 mod host;
 mod interfaces;
 mod kv;

@@ -6,6 +6,8 @@
 mod arklet;
 mod bad_input;
 mod capability;
+mod exhaustion;
+mod fuzz;
 mod ingress;
 mod isolation;
 mod observability;

@@ -24,13 +24,15 @@ pub fn config(data_dir: &Path) -> BaseConfig {
     config
 }
 
-/// The directories tests install artifact files from: the built example
-/// modules, the Arklet fixtures, and the system temp dir (tests write
+/// The directories tests install artifact files from: the example modules'
+/// build output, the Arklet fixtures, and the system temp dir (tests write
 /// artifacts into `tempfile` directories).
 pub fn test_artifact_dirs() -> Vec<std::path::PathBuf> {
     vec![
+        // target/wasm-modules: every example module's build (hello-v2 has its own).
         Path::new(berth_example_modules::HELLO)
-            .parent()
+            .ancestors()
+            .nth(3)
             .expect("modules dir")
             .to_path_buf(),
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"),

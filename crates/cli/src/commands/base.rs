@@ -68,6 +68,14 @@ pub struct BaseArgs {
     /// controller like this binary).
     #[arg(long)]
     compile_locally: bool,
+    /// Most connections each listener (ingress, ops API) keeps open; more
+    /// are answered 503 and closed.
+    #[arg(long, default_value_t = 4096)]
+    max_connections: usize,
+    /// Longest a client may take to send a request's headers (slowloris
+    /// protection), e.g. 10s.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    header_read_timeout: Duration,
     /// A directory install may read artifact files from (repeatable).
     /// Paths are resolved (symlinks, `..`) first; without any, artifacts
     /// come by upload or URL only. `berth up` also allows its working
@@ -113,6 +121,8 @@ impl BaseArgs {
 
     fn config(&self, default_data_dir: PathBuf) -> Result<BaseConfig> {
         let mut config = BaseConfig::new(self.data_dir.clone().unwrap_or(default_data_dir));
+        config.max_connections = self.max_connections;
+        config.header_read_timeout = self.header_read_timeout;
         config.artifact_dirs = self.artifact_dirs.clone();
         config.artifact_hosts = self.artifact_hosts.clone();
         config.trust_keys = berth_runtime::TrustKeys::parse(&self.trust_keys)?;

@@ -3,6 +3,7 @@
 
 mod base_flags;
 mod controller;
+mod crash;
 #[path = "../../../controller/tests/support/etcd.rs"]
 #[allow(dead_code)] // `restart` serves the controller's own tests
 mod etcd_server;

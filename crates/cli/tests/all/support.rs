@@ -52,6 +52,17 @@ impl BaseProcess {
         }
     }
 
+    /// A base process started elsewhere (e.g. with an environment of its
+    /// own), listening on `ingress` and `ops`; killed on drop like the others.
+    pub fn from_parts(child: Child, ingress: String, ops: String) -> Self {
+        Self {
+            child,
+            ops,
+            ingress,
+            _data: None,
+        }
+    }
+
     /// `berth ARGS --base <this base>`, with module builds sharing one target dir.
     pub fn berth(&self, args: &[&str]) -> Cmd {
         let mut cmd = berth(args);

@@ -268,3 +268,125 @@ fn a_base_killed_at_any_step_restarts_whole() {
         started.elapsed()
     );
 }
+
+/// A `berth controller` on `port` (0: any) with its state in `dir`,
+/// aborting at `failpoint` when given; returns it and its `HOST:PORT`.
+fn controller(dir: &Path, port: u16, failpoint: Option<&str>) -> (std::process::Child, String) {
+    let mut cmd = Command::new(BERTH);
+    cmd.args(["controller", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(dir);
+    if let Some(step) = failpoint {
+        cmd.env("BERTH_TEST_FAILPOINT", step);
+    }
+    let (child, urls) = spawn_announced(&mut cmd, &["berth controller serving on"])
+        .unwrap_or_else(|stderr| panic!("berth controller did not start:\n{stderr}"));
+    let addr = urls[0].trim_start_matches("http://").to_string();
+    (child, addr)
+}
+
+fn apply(addr: &str, work: &Path, artifact: &str, version: &str) -> std::process::Output {
+    let digest = berth_runtime::Digest::of(&std::fs::read(artifact).unwrap());
+    let file = work.join("hello.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: {{ name: hello }}\nspec:\n  module: {{ name: hello, version: \"{version}\", artifact: \"file:{artifact}\", digest: \"{digest}\" }}\n  replicas: 1\n  baseSelector: {{ group: online }}\n"
+        ),
+    )
+    .unwrap();
+    crate::support::berth(&["apply", "-f", file.to_str().unwrap(), "--controller", addr])
+        .output()
+        .unwrap()
+}
+
+/// The stored deployments (`berth get deployments -o json`).
+fn deployments(addr: &str) -> Vec<Value> {
+    let output = crate::support::berth(&["get", "deployments", "-o", "json", "--controller", addr])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let value: Value = serde_json::from_slice(&output.stdout).unwrap();
+    value.as_array().cloned().unwrap_or_default()
+}
+
+fn wait_dead(child: &mut std::process::Child, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(!status.success(), "{what}: exited {status}");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: did not die at its failpoint"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_controller_killed_at_apply_or_rollout_restarts_whole() {
+    // Apply: the deployment is stored whole or not at all.
+    for (step, stored) in [("apply:before-store", false), ("apply:stored", true)] {
+        let work = tempfile::tempdir().unwrap();
+        let (mut dying, addr) = controller(&work.path().join("ctl"), 0, Some(step));
+        let _ = apply(&addr, work.path(), HELLO, "1.0.0");
+        wait_dead(&mut dying, step);
+        let (mut ctl, addr) = controller(&work.path().join("ctl"), 0, None);
+        let listed = deployments(&addr);
+        assert_eq!(listed.len(), usize::from(stored), "{step}: {listed:?}");
+        if stored {
+            assert_eq!(listed[0]["manifest"]["spec"]["module"]["version"], "1.0.0");
+        }
+        let _ = ctl.kill();
+        let _ = ctl.wait();
+    }
+
+    // Rollout: killed as it records progress, restarted on its port, the
+    // rollout finishes and the base serves the new version.
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("ctl");
+    let (mut first, addr) = controller(&dir, 0, None);
+    let port: u16 = addr.rsplit_once(':').unwrap().1.parse().unwrap();
+    let base = BaseProcess::start_with(&[
+        "--controller",
+        &format!("http://{addr}"),
+        "--name",
+        "a",
+        "--labels",
+        "group=online",
+        "--heartbeat-interval",
+        "100ms",
+    ]);
+    assert!(apply(&addr, work.path(), HELLO, "1.0.0").status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while hello(&base.ingress).is_none_or(|b| b.contains("version 2")) {
+        assert!(Instant::now() < deadline, "hello@1.0.0 never served");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = first.kill();
+    let _ = first.wait();
+    let (mut dying, addr) = controller(&dir, port, Some("rollout:stored"));
+    let _ = apply(&addr, work.path(), HELLO_V2, "2.0.0");
+    wait_dead(&mut dying, "rollout:stored");
+    let (mut ctl, addr) = controller(&dir, port, None);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !hello(&base.ingress).is_some_and(|b| b.contains("version 2")) {
+        assert!(
+            Instant::now() < deadline,
+            "the rollout did not finish after the restart: {:?}",
+            deployments(&addr)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let listed = deployments(&addr);
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["manifest"]["spec"]["module"]["version"], "2.0.0");
+    let _ = ctl.kill();
+    let _ = ctl.wait();
+}

@@ -18,6 +18,9 @@ use serde_json::Value;
 
 use crate::support::TestBase;
 
+/// Bodies sent to each ops and Arklet endpoint.
+const BODIES: usize = 96;
+
 /// Longest any one input may take (a hang is a failure).
 const PER_CASE: Duration = Duration::from_secs(10);
 
@@ -189,7 +192,7 @@ fn timed<T: std::fmt::Debug>(input: &T, check: impl FnOnce()) {
 }
 
 proptest! {
-    #![proptest_config(Config { cases: 256, failure_persistence: None, ..Config::default() })]
+    #![proptest_config(Config { cases: 1000, failure_persistence: None, ..Config::default() })]
 
     #[test]
     fn manifests_parse_or_name_the_field_at_fault(
@@ -225,7 +228,7 @@ proptest! {
 
 proptest! {
     // Each case that passes validation is compiled by Cranelift: fewer cases.
-    #![proptest_config(Config { cases: 48, failure_persistence: None, ..Config::default() })]
+    #![proptest_config(Config { cases: 128, failure_persistence: None, ..Config::default() })]
 
     #[test]
     fn damaged_components_are_refused_with_a_clear_error(
@@ -300,7 +303,7 @@ async fn ops_and_arklet_bodies_get_a_clear_answer_and_the_base_serves_on() {
                 ))
                 .into_owned()),
         ],
-        64,
+        BODIES,
     );
     let endpoints: &[(&str, &str)] = &[
         ("POST", "/v1/modules"),
@@ -346,7 +349,7 @@ async fn ops_and_arklet_bodies_get_a_clear_answer_and_the_base_serves_on() {
             sent += 1;
         }
     }
-    assert_eq!(sent, 64 * endpoints.len());
+    assert_eq!(sent, BODIES * endpoints.len());
     // The base still serves: hello answers (rules can only pick its versions).
     let (status, _, body) = base.get("/hello").await;
     assert_eq!(status, 200, "{body}");

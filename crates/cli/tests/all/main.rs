@@ -9,5 +9,6 @@ mod crash;
 mod etcd_server;
 mod papercuts;
 mod reclaim;
+mod sign;
 mod support;
 mod workflow;

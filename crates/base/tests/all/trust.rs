@@ -157,6 +157,27 @@ async fn a_private_address_url_is_refused_unless_its_host_is_allowed() {
         message.contains("example.com") && message.contains("--artifact-host example.com"),
         "{message}"
     );
+    // A redirect is checked like the first URL: an allowed server cannot
+    // bounce the base to an internal address.
+    let app = axum::Router::new().route(
+        "/moved.wasm",
+        axum::routing::get(|| async {
+            axum::response::Redirect::temporary("http://169.254.169.254/latest/meta-data")
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let redirector = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let message = expect_error(
+        base.install(&url_request(
+            "moved",
+            format!("http://{redirector}/moved.wasm"),
+        ))
+        .await,
+        403,
+        "artifact_forbidden",
+    );
+    assert!(message.contains("169.254.169.254"), "{message}");
 }
 
 #[tokio::test]

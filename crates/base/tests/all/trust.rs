@@ -295,3 +295,19 @@ async fn a_base_trusting_a_key_refuses_unsigned_and_wrongly_signed_artifacts() {
     assert_eq!(status, 201, "{body}");
     base.assert_hello_serves().await;
 }
+
+#[tokio::test]
+async fn an_allowed_dir_that_does_not_exist_stops_the_start_naming_it() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = crate::support::config(data.path());
+    config.artifact_dirs = vec!["/nonexistent/artifacts".into()];
+    let err = berth_base::Base::start(config)
+        .await
+        .err()
+        .expect("a base with a missing --artifact-dir started");
+    let message = err.to_string();
+    assert!(
+        message.contains("--artifact-dir /nonexistent/artifacts"),
+        "{message}"
+    );
+}

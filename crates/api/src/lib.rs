@@ -98,6 +98,12 @@ pub struct InstallRequest {
     /// Values the module reads with `berth:base/config`.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub config: std::collections::BTreeMap<String, String>,
+    /// The artifact's detached ed25519 signature (the text of the `.sig`
+    /// file `berth sign` writes). Needed for an upload to a base that
+    /// trusts signing keys; for a path or URL the base also looks for
+    /// `ARTIFACT.sig` beside it. Given here, it wins over that file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 impl InstallRequest {
@@ -113,6 +119,7 @@ impl InstallRequest {
             limits: None,
             allowed_hosts: Vec::new(),
             config: Default::default(),
+            signature: None,
         }
     }
 }

@@ -233,8 +233,14 @@ impl Agent {
                         record_managed(&managed_file, &intent);
                     }
                     let code = self.link.controller_code.then_some(&self.controllers);
-                    let failures =
-                        reconcile(&self.base, assigned.modules, &mut managed, code).await;
+                    let failures = reconcile(
+                        &self.base,
+                        assigned.modules,
+                        &mut managed,
+                        &self.controllers,
+                        code,
+                    )
+                    .await;
                     *self.failures.lock().expect("agent state") = (known.clone(), failures);
                     if managed != intent {
                         record_managed(&managed_file, &managed);
@@ -272,6 +278,7 @@ async fn reconcile(
     base: &Base,
     assigned: Vec<Assignment>,
     managed: &mut BTreeSet<String>,
+    controllers: &Controllers,
     code: Option<&Controllers>,
 ) -> BTreeMap<String, String> {
     let mut failures = BTreeMap::new();
@@ -285,12 +292,14 @@ async fn reconcile(
             Some(m) if m.state == ModuleState::Active => Ok(()),
             Some(_) => base.switch(&a.name, &a.version).await.map(drop),
             None => {
-                let artifact = match a.artifact.strip_prefix("file:") {
-                    Some(path) => {
-                        ArtifactSource::Path(format!("/{}", path.trim_start_matches('/')))
-                    }
-                    None => ArtifactSource::Url(a.artifact.clone()),
-                };
+                // From the controller, which serves what it deploys (and its
+                // `.sig`): the base needs no access to the artifact's own path
+                // or host, and the controllers' hosts are allowed implicitly.
+                let artifact = ArtifactSource::Url(format!(
+                    "{}/v1/artifacts/{}",
+                    controllers.current().trim_end_matches('/'),
+                    a.digest.trim_start_matches("sha256:")
+                ));
                 if let Some(controllers) = code {
                     fetch_code(base, controllers, &a.digest).await;
                 }

@@ -53,15 +53,7 @@ impl Base {
         })?;
         let store = StateStore::open(&config.data_dir)?;
         let runtime = Runtime::new(config.runtime.clone())?;
-        let http = reqwest::Client::builder()
-            .timeout(config.fetch_timeout)
-            .connect_timeout(std::time::Duration::from_secs(10))
-            .user_agent(concat!("berth-base/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| BaseError::DataDir {
-                path: config.data_dir.display().to_string(),
-                reason: format!("cannot build the HTTP client: {e}"),
-            })?;
+        let sources = crate::source::Sources::new(&config)?;
         let metrics = Metrics::new();
         let otlp = match &config.otlp_endpoint {
             Some(endpoint) => Some(
@@ -84,8 +76,8 @@ impl Base {
         let lifecycle = Lifecycle::new(
             runtime.clone(),
             store,
-            http,
-            config.max_artifact_bytes,
+            sources,
+            config.trust_keys.clone(),
             instrumentation.clone(),
             dispatcher.clone(),
         );
@@ -112,6 +104,14 @@ impl Base {
     /// The settings.
     pub fn config(&self) -> &BaseConfig {
         &self.inner.config
+    }
+
+    /// The connection limits of both listeners.
+    pub(crate) fn listener_limits(&self) -> crate::listener::Limits {
+        crate::listener::Limits {
+            max_connections: self.inner.config.max_connections.max(1),
+            header_read_timeout: self.inner.config.header_read_timeout,
+        }
     }
 
     /// The current routing snapshot (what the ingress uses per request).

@@ -29,6 +29,25 @@ pub struct BaseConfig {
     /// request counters run and guest output goes to the base's stdout
     /// (for measuring their cost: `bench/throughput.py`).
     pub observability: bool,
+    /// Most connections each listener (ingress, ops API) keeps open; more
+    /// are answered `503` and closed (`--max-connections`).
+    pub max_connections: usize,
+    /// Longest a client may take to send a request's headers before the
+    /// connection is closed: slowloris protection (`--header-read-timeout`).
+    pub header_read_timeout: Duration,
+    /// Directories install may read artifact files from (`--artifact-dir`).
+    /// A path is canonicalized (symlinks, `..`) before the check. Empty:
+    /// no artifact is read by path; uploads and URLs still work.
+    pub artifact_dirs: Vec<PathBuf>,
+    /// Hosts artifact URLs may name (`--artifact-host`): `host`,
+    /// `host:port`, `*.domain` or `*`. Empty: any host at a public address.
+    /// Loopback, link-local and private addresses are fetched only from a
+    /// host named exactly (not by a wildcard); the controller's host is
+    /// named implicitly.
+    pub artifact_hosts: Vec<String>,
+    /// Public keys artifacts must be signed with (`--trust-key`). None
+    /// trusted: signatures are not required.
+    pub trust_keys: berth_runtime::TrustKeys,
     /// The controller to register with and heartbeat to, if any.
     pub controller: Option<ControllerLink>,
     /// Export a span per request hop to this OTLP/HTTP collector (e.g.
@@ -52,6 +71,11 @@ impl BaseConfig {
             fetch_timeout: Duration::from_secs(60),
             version_header: true,
             observability: true,
+            max_connections: 4096,
+            header_read_timeout: Duration::from_secs(10),
+            artifact_dirs: Vec::new(),
+            artifact_hosts: Vec::new(),
+            trust_keys: berth_runtime::TrustKeys::none(),
             controller: None,
             otlp_endpoint: None,
         }

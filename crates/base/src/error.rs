@@ -26,6 +26,13 @@ pub enum OpsError {
     /// A local artifact path does not exist or cannot be read.
     #[error("{0}")]
     ArtifactNotFound(String),
+    /// The artifact's path or URL is outside what this base may read.
+    #[error("{0}")]
+    ArtifactForbidden(String),
+    /// The base trusts signing keys and the artifact's signature is
+    /// missing, unreadable or made with another key.
+    #[error(transparent)]
+    Signature(#[from] berth_runtime::SignatureError),
     /// Downloading the artifact failed.
     #[error("{0}")]
     ArtifactUnreachable(String),
@@ -114,6 +121,8 @@ impl OpsError {
             OpsError::DigestMismatch { .. } => "digest_mismatch",
             OpsError::ArtifactNotFound(_) => "artifact_not_found",
             OpsError::ArtifactUnreachable(_) => "artifact_unreachable",
+            OpsError::ArtifactForbidden(_) => "artifact_forbidden",
+            OpsError::Signature(e) => e.code(),
             OpsError::PayloadTooLarge(_) => "payload_too_large",
             OpsError::Load(e) => e.code(),
             OpsError::NotFound(_)
@@ -145,6 +154,8 @@ impl OpsError {
             OpsError::Load(LoadError::Cache { .. }) | OpsError::Store(_) => 500,
             OpsError::Load(_) => 422,
             OpsError::ArtifactUnreachable(_) => 502,
+            OpsError::ArtifactForbidden(_) => 403,
+            OpsError::Signature(_) => 422,
         }
     }
 
@@ -194,6 +205,14 @@ pub enum BaseError {
     /// The runtime could not start.
     #[error("cannot start the runtime: {0}")]
     Runtime(#[from] LoadError),
+    /// An `--artifact-dir` that cannot be resolved.
+    #[error("--artifact-dir {dir}: {reason}; name an existing directory")]
+    ArtifactDir {
+        /// The directory as given.
+        dir: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
     /// A base label that is not `KEY=VALUE`.
     #[error("--labels `{0}` is not KEY=VALUE (e.g. group=online)")]
     InvalidLabel(String),

@@ -14,57 +14,34 @@
 
 use std::convert::Infallible;
 use std::net::IpAddr;
-use std::time::Duration;
 
 use berth_runtime::ResponseBody;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::base::Base;
 
 /// Accepts connections on `listener` until `shutdown` changes, then lets
-/// in-flight requests finish (up to 10 s).
-pub(crate) async fn serve(listener: TcpListener, base: Base, mut shutdown: watch::Receiver<bool>) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let http = hyper::server::conn::http1::Builder::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, remote) = match accepted {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        // e.g. out of file descriptors: back off instead of spinning.
-                        tracing::warn!(error = %e, "ingress accept failed");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
+/// in-flight requests finish (up to 10 s); the connection cap and header
+/// read timeout are the base's ([`crate::listener`]).
+pub(crate) async fn serve(listener: TcpListener, base: Base, shutdown: watch::Receiver<bool>) {
+    let limits = base.listener_limits();
+    crate::listener::serve(
+        listener,
+        limits,
+        "ingress",
+        move |peer| {
+            let base = base.clone();
+            hyper::service::service_fn(move |request| {
                 let base = base.clone();
-                let service = hyper::service::service_fn(move |request| {
-                    let base = base.clone();
-                    async move { Ok::<_, Infallible>(handle(&base, request, Some(remote.ip())).await) }
-                });
-                let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::debug!(error = %e, "ingress connection ended with an error");
-                    }
-                });
-            }
-            _ = shutdown.changed() => break,
-        }
-    }
-    drop(listener);
-    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("ingress connections still open after 10 s; closing them");
-    }
+                async move { Ok::<_, Infallible>(handle(&base, request, Some(peer.ip())).await) }
+            })
+        },
+        shutdown,
+    )
+    .await
 }
 
 /// Routes and serves one request from `client` (see [`crate::dispatcher`]).

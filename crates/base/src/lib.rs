@@ -31,6 +31,7 @@ mod error;
 pub mod ingress;
 mod instrument;
 mod lifecycle;
+mod listener;
 pub mod logs;
 pub mod metrics;
 pub mod ops;

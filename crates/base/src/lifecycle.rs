@@ -36,7 +36,7 @@ use crate::instrument::Instrumentation;
 use crate::registry::{Installed, Module, Registry};
 use crate::router;
 use crate::rules::CompiledRules;
-use crate::source::Source;
+use crate::source::{Source, Sources};
 use crate::state::{InstallRecord, ModuleMeta, StateStore};
 
 /// Owns the installed set: validates, prepares and commits every change.
@@ -46,8 +46,8 @@ pub(crate) struct Lifecycle {
     registry: Mutex<Registry>,
     /// Serialises writers across their awaits (prepare runs outside it).
     writer: tokio::sync::Mutex<()>,
-    http: reqwest::Client,
-    max_artifact_bytes: usize,
+    sources: Sources,
+    trust_keys: berth_runtime::TrustKeys,
     instrumentation: Arc<Instrumentation>,
     dispatcher: Arc<Dispatcher>,
 }
@@ -126,6 +126,8 @@ struct Checked {
     limits: berth_api::Limits,
     allowed_hosts: Vec<String>,
     config: std::collections::BTreeMap<String, String>,
+    /// The detached signature sent with the request, if any.
+    signature: Option<String>,
 }
 
 /// An install whose code is compiled and linked, ready to commit.
@@ -142,8 +144,8 @@ impl Lifecycle {
     pub(crate) fn new(
         runtime: Runtime,
         store: StateStore,
-        http: reqwest::Client,
-        max_artifact_bytes: usize,
+        sources: Sources,
+        trust_keys: berth_runtime::TrustKeys,
         instrumentation: Arc<Instrumentation>,
         dispatcher: Arc<Dispatcher>,
     ) -> Self {
@@ -152,8 +154,8 @@ impl Lifecycle {
             store: Arc::new(store),
             registry: Mutex::default(),
             writer: tokio::sync::Mutex::new(()),
-            http,
-            max_artifact_bytes,
+            sources,
+            trust_keys,
             instrumentation,
             dispatcher,
         }
@@ -169,8 +171,18 @@ impl Lifecycle {
         self.dispatcher.publish(registry.route_table());
     }
 
-    /// Writes `change` in one transaction, on a blocking thread.
-    async fn persist(&self, change: &Change) -> Result<(), OpsError> {
+    /// Writes `change` in one transaction, on a blocking thread. `op`
+    /// names the operation for the test failpoints around the write
+    /// (`<op>:before-persist`, `<op>:persisted`; see
+    /// [`berth_runtime::failpoint`]).
+    async fn persist(&self, op: &str, change: &Change) -> Result<(), OpsError> {
+        berth_runtime::failpoint::hit(&format!("{op}:before-persist"));
+        let result = self.write(change).await;
+        berth_runtime::failpoint::hit(&format!("{op}:persisted"));
+        result
+    }
+
+    async fn write(&self, change: &Change) -> Result<(), OpsError> {
         let store = self.store.clone();
         let put = change.put.clone();
         let delete = change.delete.clone();
@@ -337,6 +349,7 @@ impl Lifecycle {
             limits,
             allowed_hosts: request.allowed_hosts,
             config: request.config,
+            signature: request.signature,
         };
         Ok((checked, source))
     }
@@ -349,7 +362,10 @@ impl Lifecycle {
         source: Source,
     ) -> Result<Result<Prepared, InstallResponse>, OpsError> {
         let source_desc = source.describe();
-        let bytes = source.fetch(&self.http, self.max_artifact_bytes).await?;
+        let enforced = self.trust_keys.is_enforced();
+        let fetched = self.sources.fetch(source, enforced).await?;
+        let bytes = fetched.bytes;
+        berth_runtime::failpoint::hit("install:fetched");
         let digest = Digest::of(&bytes);
         if let Some(expected) = checked.expected
             && expected != digest
@@ -360,6 +376,10 @@ impl Lifecycle {
                 actual: digest.to_string(),
             });
         }
+        // A signature given with the request wins over one found beside the artifact.
+        let signature = checked.signature.clone().or(fetched.signature);
+        self.trust_keys
+            .check(&digest, signature.as_deref(), &source_desc, "base")?;
         if let Some(existing) = self
             .registry()
             .get(&checked.name, &checked.version)
@@ -373,6 +393,7 @@ impl Lifecycle {
             tokio::task::spawn_blocking(move || runtime.load(digest, Some(&bytes)))
                 .await
                 .expect("load task")?;
+        berth_runtime::failpoint::hit("install:compiled");
         Ok(Ok(Prepared {
             checked,
             digest,
@@ -447,7 +468,7 @@ impl Lifecycle {
             (record, change)
         };
         let module = module.with_settings(record.settings(self.runtime.config().limits))?;
-        self.persist(&change).await?;
+        self.persist("install", &change).await?;
         let installed = self.instrumentation.installed(record, Ok(module));
         self.instrumentation.metrics.install(Ok((
             started.elapsed(),
@@ -546,7 +567,7 @@ impl Lifecycle {
                 }
             }
         };
-        self.persist(&change).await?;
+        self.persist("uninstall", &change).await?;
         let removed = {
             let mut registry = self.registry();
             let removed = registry.remove(name, version);
@@ -621,7 +642,7 @@ impl Lifecycle {
             let change = Change::set_default(module.meta(), &target.record, &old.route, Some(&old));
             (old, change)
         };
-        self.persist(&change).await?;
+        self.persist("switch", &change).await?;
         {
             let mut registry = self.registry();
             let previous_default = change.meta_after().and_then(|m| m.previous_default.clone());
@@ -694,7 +715,7 @@ impl Lifecycle {
             };
             (compiled, change)
         };
-        self.persist(&change).await?;
+        self.persist("rules", &change).await?;
         {
             let mut registry = self.registry();
             if let Some(module) = registry.module_mut(name) {

@@ -6,7 +6,7 @@
 //! | GET | `/metrics` | Prometheus metrics ([`crate::metrics`]) |
 //! | GET | `/v1/modules` | every installed version ([`ModuleList`](berth_api::ModuleList)) |
 //! | GET | `/v1/modules/{name}` | the versions of one module |
-//! | POST | `/v1/modules` | install: JSON [`InstallRequest`], or the `.wasm` as the body with `Content-Type: application/wasm` and `name`, `version`, `pathPrefix`, `host`, `digest` as query parameters |
+//! | POST | `/v1/modules` | install: JSON [`InstallRequest`], or the `.wasm` as the body with `Content-Type: application/wasm` and `name`, `version`, `pathPrefix`, `host`, `digest`, `signature` as query parameters |
 //! | DELETE | `/v1/modules/{name}` | uninstall every version |
 //! | DELETE | `/v1/modules/{name}/versions/{version}` | uninstall one version (refused while rules send it traffic) |
 //! | POST | `/v1/modules/{name}/switch` | make `{"version"}` the default, atomically |
@@ -231,6 +231,8 @@ struct UploadParams {
     digest: Option<String>,
     #[serde(default)]
     activate: Option<bool>,
+    #[serde(default)]
+    signature: Option<String>,
 }
 
 async fn install(
@@ -249,6 +251,16 @@ async fn install(
         .trim()
         .to_ascii_lowercase();
     let max = base.config().max_artifact_bytes;
+    // Refused before a byte of the body is read when its declared length
+    // is over the limit (a 1 GB upload costs the base nothing).
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > max as u64
+    {
+        return Err(too_large("the uploaded body", len, max));
+    }
     let (request, upload) = match content_type.as_str() {
         "application/json" => {
             // Install requests are small; the artifact travels by path or URL.
@@ -301,7 +313,7 @@ fn upload_options_from_query(query: &str) -> Result<InstallRequest, OpsError> {
     let params: UploadParams = serde_urlencoded::from_str(query).map_err(|e| {
         OpsError::InvalidRequest(format!(
             "upload query parameters are not valid: {e}; expected name, version and optionally \
-             pathPrefix, host, digest, activate (or a JSON install request in the {INSTALL_HEADER} header)"
+             pathPrefix, host, digest, activate, signature (or a JSON install request in the {INSTALL_HEADER} header)"
         ))
     })?;
     let route = (params.path_prefix.is_some() || params.host.is_some()).then_some(Route {
@@ -312,6 +324,7 @@ fn upload_options_from_query(query: &str) -> Result<InstallRequest, OpsError> {
         route,
         digest: params.digest,
         activate: params.activate,
+        signature: params.signature,
         ..InstallRequest::new(params.name, params.version)
     })
 }

@@ -51,17 +51,18 @@ impl Base {
             watcher.clone(),
         )));
         let app = ops::router(base.clone());
-        let mut ops_watch = watcher;
-        tasks.push(tokio::spawn(async move {
-            let result = axum::serve(ops_listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = ops_watch.changed().await;
+        tasks.push(tokio::spawn(crate::listener::serve(
+            ops_listener,
+            base.listener_limits(),
+            "ops API",
+            move |_| {
+                let app = app.clone();
+                hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                    tower::ServiceExt::oneshot(app.clone(), request)
                 })
-                .await;
-            if let Err(e) = result {
-                tracing::error!(error = %e, "ops API server failed");
-            }
-        }));
+            },
+            watcher,
+        )));
         if let Some(link) = controller {
             tracing::info!(controller = %link.url, name = %link.name, "heartbeating to the controller");
             tasks.push(tokio::spawn(crate::agent::run(

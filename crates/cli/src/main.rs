@@ -254,6 +254,11 @@ enum Command {
         /// (whole seconds, at least 2).
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         leader_ttl: std::time::Duration,
+        /// Accept only manifests whose artifact is signed by this ed25519
+        /// public key (a file or the base64 key; repeatable): the `.sig`
+        /// beside the artifact, written by `berth sign`.
+        #[arg(long = "trust-key", value_name = "PUBKEY")]
+        trust_keys: Vec<String>,
         /// Format of the controller's logs and banner.
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
@@ -268,6 +273,29 @@ enum Command {
     Store {
         #[command(subcommand)]
         command: StoreCommand,
+    },
+    /// Sign an artifact for bases and controllers started with --trust-key.
+    ///
+    /// Writes ARTIFACT.sig beside it: an ed25519 signature of its sha256
+    /// digest. Bases and controllers read the .sig beside a path or URL;
+    /// `berth deploy FILE.wasm` sends FILE.wasm.sig with the upload.
+    ///
+    /// Examples:
+    ///   berth sign --generate-key release.key     # writes release.key (0600) and release.key.pub
+    ///   berth sign orders.wasm --key release.key  # writes orders.wasm.sig
+    ///   berth base --trust-key release.key.pub
+    #[command(verbatim_doc_comment)]
+    Sign {
+        /// The artifact to sign.
+        #[arg(required_unless_present = "generate_key")]
+        artifact: Option<PathBuf>,
+        /// The signing key file (from `berth sign --generate-key`).
+        #[arg(long, required_unless_present = "generate_key")]
+        key: Option<PathBuf>,
+        /// Write a new signing key to PATH (mode 0600) and its public key
+        /// to PATH.pub, then exit.
+        #[arg(long, value_name = "PATH", conflicts_with_all = ["artifact", "key"])]
+        generate_key: Option<PathBuf>,
     },
     /// Create or update resources from a manifest (YAML or JSON; `-f -` reads stdin).
     ///
@@ -495,7 +523,8 @@ impl Command {
             | Command::New { .. }
             | Command::Dev(_)
             | Command::Controller { .. }
-            | Command::Store { .. } => Output::Table,
+            | Command::Store { .. }
+            | Command::Sign { .. } => Output::Table,
         }
     }
 
@@ -554,6 +583,11 @@ fn run(command: Command) -> Result<()> {
                 .await
             }
             Command::Invoke(args) => commands::invoke::run(args).await,
+            Command::Sign {
+                artifact,
+                key,
+                generate_key,
+            } => commands::sign::run(artifact, key, generate_key),
             Command::Logs(args) => commands::logs::run(args).await,
             Command::Controller {
                 listen,
@@ -563,6 +597,7 @@ fn run(command: Command) -> Result<()> {
                 no_code,
                 advertise,
                 leader_ttl,
+                trust_keys,
                 log_format,
             } => {
                 commands::controller::serve(
@@ -574,6 +609,7 @@ fn run(command: Command) -> Result<()> {
                         compile_for_bases: !no_code,
                         advertise,
                         leader_ttl,
+                        trust_keys: berth_runtime::TrustKeys::parse(&trust_keys)?,
                     },
                     log_format == LogFormat::Json,
                 )

@@ -12,6 +12,7 @@
 //! | GET | `/v1/bases/{name}/assignments?known=REV&waitMs=N` | a base's assignments, held (long poll, up to `waitMs`, default 30 s) while they are still `REV` |
 //! | GET | `/v1/bases` | every base with Ready / NotReady |
 //! | GET | `/v1/code/{digest}?engine=TAG` | the deployed artifact `digest` compiled for engine `TAG` ([`crate::code`]) |
+//! | GET | `/v1/artifacts/{digest}`, `/v1/artifacts/{digest}.sig` | a deployed artifact's bytes (checked against its digest) and its detached signature: bases install from here, so they need no access to the artifact's path or host |
 //! | GET | `/metrics` | Prometheus metrics of the controller |
 //!
 //! A manifest problem is a 422 `invalid_manifest` whose message starts with
@@ -48,6 +49,9 @@ pub struct Shared {
     pub reconciler: Arc<Reconciler>,
     /// Compiled code for the bases; `None`: bases compile for themselves.
     pub code: Option<Arc<CodeShop>>,
+    /// Keys applied artifacts must be signed with (`--trust-key`); none:
+    /// signatures are not required.
+    pub trust_keys: berth_runtime::TrustKeys,
 }
 
 impl Shared {
@@ -107,6 +111,12 @@ pub enum ApiError {
     /// Compiling the artifact failed.
     #[error("{0}")]
     CompileFailed(String),
+    /// No deployment names the artifact asked for, or it has no signature (404).
+    #[error("{0}")]
+    ArtifactNotServed(String),
+    /// The artifact could not be read from its source, or changed (502).
+    #[error("{0}")]
+    ArtifactUnavailable(String),
     /// The manifest is not UTF-8 (400).
     #[error("the manifest is not UTF-8 text")]
     ManifestNotText,
@@ -143,6 +153,8 @@ impl ApiError {
             Self::BaseNotReady { .. } => "base_not_ready",
             Self::NoCode(_) => "no_code",
             Self::CompileFailed(_) => "compile_failed",
+            Self::ArtifactNotServed(_) => "artifact_not_served",
+            Self::ArtifactUnavailable(_) => "artifact_unavailable",
             Self::ManifestNotText | Self::InvalidManifest(_) => "invalid_manifest",
             Self::DeploymentNotFound(_) | Self::UnknownRolloutAction(_) => "not_found",
             Self::NoRollout(_) => "no_rollout",
@@ -157,9 +169,11 @@ impl ApiError {
         match self {
             Self::InvalidHeartbeat(_) | Self::ManifestNotText => StatusCode::BAD_REQUEST,
             Self::BaseNotReady { .. } | Self::NoRollout(_) => StatusCode::CONFLICT,
-            Self::NoCode(_) | Self::DeploymentNotFound(_) | Self::UnknownRolloutAction(_) => {
-                StatusCode::NOT_FOUND
-            }
+            Self::NoCode(_)
+            | Self::ArtifactNotServed(_)
+            | Self::DeploymentNotFound(_)
+            | Self::UnknownRolloutAction(_) => StatusCode::NOT_FOUND,
+            Self::ArtifactUnavailable(_) => StatusCode::BAD_GATEWAY,
             Self::CompileFailed(_) | Self::InvalidManifest(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Store(_) | Self::Panicked { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -218,6 +232,7 @@ pub fn router(shared: Shared) -> Router {
         .route("/v1/bases/{name}/assignments", get(watch_assignments))
         .route("/metrics", get(metrics))
         .route("/v1/code/{digest}", get(code))
+        .route("/v1/artifacts/{file}", get(artifact))
         .route(
             "/v1/health",
             get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
@@ -332,6 +347,54 @@ struct CodeQuery {
 }
 
 /// The compiled code of a deployed artifact (`digest`: `sha256:…` or its hex).
+/// `GET /v1/artifacts/{digest}[.sig]`: a deployed artifact, or its signature.
+async fn artifact(
+    State(shared): State<Shared>,
+    Path(file): Path<String>,
+) -> Result<Response, ApiError> {
+    let (hex, want_signature) = match file.strip_suffix(".sig") {
+        Some(hex) => (hex, true),
+        None => (file.as_str(), false),
+    };
+    let digest = format!("sha256:{}", hex.trim_start_matches("sha256:"));
+    let deployments = blocking(&shared, |shared| Ok(shared.resources().deployments()?)).await?;
+    let artifact = deployments
+        .iter()
+        .flat_map(|d| {
+            let s = &d.manifest.spec;
+            std::iter::once(&s.module)
+                .chain(d.rollout.as_ref().map(|r| &r.from))
+                .chain(d.history.iter())
+        })
+        .find(|m| m.digest == digest)
+        .map(|m| m.artifact.clone())
+        .ok_or_else(|| {
+            ApiError::ArtifactNotServed(format!(
+                "no deployment names artifact {digest}; the controller serves only what it deploys"
+            ))
+        })?;
+    let unavailable =
+        |e: crate::artifact::ArtifactError| ApiError::ArtifactUnavailable(e.to_string());
+    let bytes = if want_signature {
+        crate::artifact::signature(&artifact)
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(|| {
+                ApiError::ArtifactNotServed(format!("artifact {digest} has no signature beside it"))
+            })?
+            .into_bytes()
+    } else {
+        crate::artifact::fetch_checked(&artifact, &digest)
+            .await
+            .map_err(unavailable)?
+    };
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        bytes,
+    )
+        .into_response())
+}
+
 async fn code(
     State(shared): State<Shared>,
     Path(digest): Path<String>,
@@ -400,7 +463,7 @@ async fn apply(State(shared): State<Shared>, body: Bytes) -> Result<Response, Ap
         move |shared| Ok(shared.resources().deployment(&name)?)
     })
     .await?;
-    check_module(before.as_ref(), &deployment.spec.module).await?;
+    check_module(before.as_ref(), &deployment.spec.module, &shared.trust_keys).await?;
     let (applied, after) = blocking(&shared, {
         let name = name.clone();
         move |shared| {
@@ -455,6 +518,7 @@ async fn apply(State(shared): State<Shared>, body: Bytes) -> Result<Response, Ap
 async fn check_module(
     before: Option<&StoredDeployment>,
     module: &berth_api::manifest::ModuleRef,
+    trust: &berth_runtime::TrustKeys,
 ) -> Result<(), ApiError> {
     let refused = |e: crate::artifact::ArtifactError| ApiError::InvalidManifest(e.to_string());
     if let Some(before) = before {
@@ -479,7 +543,7 @@ async fn check_module(
             }
         }
     }
-    crate::artifact::check(module).await.map_err(refused)
+    crate::artifact::check(module, trust).await.map_err(refused)
 }
 
 /// Whether some base runs `d`'s current version.

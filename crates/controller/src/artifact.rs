@@ -12,7 +12,7 @@
 //! against it before sending).
 
 use berth_api::manifest::ModuleRef;
-use berth_runtime::Digest;
+use berth_runtime::{Digest, TrustKeys};
 
 /// Largest artifact the controller fetches to check.
 pub const MAX_ARTIFACT: usize = 256 << 20;
@@ -63,12 +63,16 @@ pub fn file_path(artifact: &str) -> Result<Option<String>, ArtifactError> {
     Ok(Some(path.to_string()))
 }
 
-/// Fetches `module`'s artifact and checks it: readable, `module.digest`,
-/// and a component.
-pub async fn check(module: &ModuleRef) -> Result<(), ArtifactError> {
+fn http() -> &'static reqwest::Client {
     static HTTP: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
-    let http = HTTP.get_or_init(reqwest::Client::new);
-    let bytes = fetch(&module.artifact, http).await?;
+    HTTP.get_or_init(reqwest::Client::new)
+}
+
+/// Fetches `module`'s artifact and checks it: readable, `module.digest`,
+/// a component, and, when the controller trusts signing keys, signed by
+/// one of them (the detached `.sig` beside the artifact).
+pub async fn check(module: &ModuleRef, trust: &TrustKeys) -> Result<(), ArtifactError> {
+    let bytes = fetch(&module.artifact, http()).await?;
     let got = Digest::of(&bytes);
     let wanted: Digest = module.digest.parse().map_err(|e| ArtifactError {
         field: "spec.module.digest",
@@ -94,7 +98,66 @@ pub async fn check(module: &ModuleRef) -> Result<(), ArtifactError> {
         };
         return Err(artifact_error(format!("`{}` is {what}", module.artifact)));
     }
+    if trust.is_enforced() {
+        let signature = signature(&module.artifact).await?;
+        trust
+            .check(
+                &got,
+                signature.as_deref(),
+                &format!("`{}`", module.artifact),
+                "controller",
+            )
+            .map_err(|e| artifact_error(e.to_string()))?;
+    }
     Ok(())
+}
+
+/// The detached signature beside `artifact` (`PATH.sig`, `URL.sig`), if
+/// there is one.
+pub async fn signature(artifact: &str) -> Result<Option<String>, ArtifactError> {
+    let beside = format!("{artifact}.sig");
+    if let Some(path) = file_path(&beside)? {
+        return match tokio::fs::read_to_string(&path).await {
+            Ok(text) => Ok(Some(text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(artifact_error(format!("cannot read {path}: {e}"))),
+        };
+    }
+    let response = http()
+        .get(&beside)
+        .timeout(std::time::Duration::from_secs(60))
+        .send()
+        .await
+        .map_err(|e| artifact_error(format!("cannot download {beside}: {e}")))?;
+    if response.status() == reqwest::StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
+    let response = response
+        .error_for_status()
+        .map_err(|e| artifact_error(format!("cannot download {beside}: {e}")))?;
+    let text = response
+        .text()
+        .await
+        .map_err(|e| artifact_error(format!("cannot download {beside}: {e}")))?;
+    Ok(Some(text))
+}
+
+/// The bytes of `artifact`, checked against `digest` (what the controller
+/// serves its bases at `/v1/artifacts/{digest}`).
+pub async fn fetch_checked(artifact: &str, digest: &str) -> Result<Vec<u8>, ArtifactError> {
+    let bytes = fetch(artifact, http()).await?;
+    let wanted: Digest = digest.parse().map_err(|e| ArtifactError {
+        field: "spec.module.digest",
+        message: format!("{e}"),
+    })?;
+    let got = Digest::of(&bytes);
+    if got != wanted {
+        return Err(ArtifactError {
+            field: "spec.module.digest",
+            message: format!("`{artifact}` now has digest {got}, not {wanted}"),
+        });
+    }
+    Ok(bytes)
 }
 
 async fn fetch(artifact: &str, http: &reqwest::Client) -> Result<Vec<u8>, ArtifactError> {

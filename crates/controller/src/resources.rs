@@ -195,8 +195,12 @@ impl<S: Store> Resources<S> {
                 }
             };
             let value = serde_json::to_vec(&next).expect("deployments serialize");
+            berth_runtime::failpoint::hit("apply:before-store");
             match self.store.compare_and_swap(&key, expected, &value) {
-                Ok(_) => return Ok(applied),
+                Ok(_) => {
+                    berth_runtime::failpoint::hit("apply:stored");
+                    return Ok(applied);
+                }
                 // Someone else changed it between our read and write: read again.
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(e.into()),
@@ -238,11 +242,16 @@ impl<S: Store> Resources<S> {
                 return Ok(Some(stored));
             }
             let value = serde_json::to_vec(&stored).expect("deployments serialize");
+            // Rollout progress and actions are the updates of a stored deployment.
+            berth_runtime::failpoint::hit("rollout:before-store");
             match self
                 .store
                 .compare_and_swap(&key, entry.mod_revision, &value)
             {
-                Ok(_) => return Ok(Some(stored)),
+                Ok(_) => {
+                    berth_runtime::failpoint::hit("rollout:stored");
+                    return Ok(Some(stored));
+                }
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(e.into()),
             }

@@ -97,6 +97,9 @@ pub struct Config {
     /// The TTL of the leader lease on a shared store (etcd counts whole
     /// seconds, at least 2 on its default settings).
     pub leader_ttl: Duration,
+    /// Keys applied artifacts must be signed with (`--trust-key`); none:
+    /// signatures are not required.
+    pub trust_keys: berth_runtime::TrustKeys,
 }
 
 /// The leader TTL `berth controller` uses unless told otherwise.
@@ -209,7 +212,11 @@ impl Controller {
         };
         Ok(Self {
             listener,
-            shared: Shared { reconciler, code },
+            shared: Shared {
+                reconciler,
+                code,
+                trust_keys: config.trust_keys.clone(),
+            },
             store: spec,
             leadership,
         })

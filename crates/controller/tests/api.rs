@@ -21,6 +21,20 @@ async fn serve(
         tokio::task::JoinHandle<()>,
     ),
 ) {
+    serve_trusting(path, berth_runtime::TrustKeys::none()).await
+}
+
+/// [`serve`], accepting only artifacts signed by `trust_keys`.
+async fn serve_trusting(
+    path: &std::path::Path,
+    trust_keys: berth_runtime::TrustKeys,
+) -> (
+    String,
+    (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ),
+) {
     let resources = Arc::new(Resources::new(
         Arc::new(RedbStore::open(path).unwrap()) as berth_controller::store::SharedStore
     ));
@@ -32,6 +46,7 @@ async fn serve(
         let shared = api::Shared {
             reconciler,
             code: None,
+            trust_keys,
         };
         api::serve(listener, shared, async {
             let _ = stopped.await;
@@ -360,4 +375,71 @@ async fn an_artifact_the_bases_could_not_run_is_refused_and_changes_nothing() {
         (200, Some("updated")),
         "{body}"
     );
+}
+
+#[tokio::test]
+async fn a_controller_trusting_a_key_refuses_unsigned_and_wrongly_signed_artifacts() {
+    use berth_runtime::signature::{generate_key, sign};
+    let dir = tempfile::tempdir().unwrap();
+    let (secret, public) = generate_key().unwrap();
+    let (other_secret, _) = generate_key().unwrap();
+    let trust = berth_runtime::TrustKeys::parse(&[public.trim().to_string()]).unwrap();
+    let (url, _server) = serve_trusting(&dir.path().join("controller.redb"), trust).await;
+    let client = reqwest::Client::new();
+    let module = component(dir.path(), "orders.wasm", b"");
+    let sig = dir.path().join("orders.wasm.sig");
+    let digest: berth_runtime::Digest = module.digest.parse().unwrap();
+
+    // Unsigned: refused, nothing created.
+    let (status, body) = post(&client, &url, manifest("2", &module)).await;
+    assert_eq!(status, 422, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("is not signed") && message.contains("berth sign"),
+        "{message}"
+    );
+    // Signed with a key the controller does not trust: refused.
+    std::fs::write(&sig, sign(&digest, &other_secret).unwrap()).unwrap();
+    let (status, body) = post(&client, &url, manifest("2", &module)).await;
+    assert_eq!(status, 422, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("does not verify"), "{message}");
+    let listed = get_json(&client, &format!("{url}/v1/deployments")).await;
+    assert_eq!(
+        listed.as_array().map(Vec::len),
+        Some(0),
+        "a refused manifest created something: {listed}"
+    );
+
+    // Signed with the trusted key: created, and served to bases with its signature.
+    std::fs::write(&sig, sign(&digest, &secret).unwrap()).unwrap();
+    let (status, body) = post(&client, &url, manifest("2", &module)).await;
+    assert_eq!(status, 201, "{body}");
+    let hex = digest.hex();
+    let served = client
+        .get(format!("{url}/v1/artifacts/{hex}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), 200);
+    assert_eq!(
+        berth_runtime::Digest::of(&served.bytes().await.unwrap()),
+        digest
+    );
+    let served_sig = client
+        .get(format!("{url}/v1/artifacts/{hex}.sig"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(served_sig, std::fs::read_to_string(&sig).unwrap());
+    // An artifact no deployment names is not served.
+    let unknown = client
+        .get(format!("{url}/v1/artifacts/{}", "0".repeat(64)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
 }

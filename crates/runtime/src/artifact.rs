@@ -25,6 +25,11 @@ impl Digest {
     pub fn hex(&self) -> String {
         hex::encode(self.0)
     }
+
+    /// The 32 raw bytes (what a signature covers).
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
 }
 
 impl fmt::Display for Digest {
@@ -73,20 +78,18 @@ const COMPONENT_HEADER: [u8; 8] = *b"\0asm\x0d\0\x01\0";
 pub(crate) fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
     let head = &bytes[..bytes.len().min(8)];
     if !head.starts_with(b"\0asm") {
-        return Err(LoadError::NotWasm {
-            first_bytes: head.iter().map(|b| format!("{b:02x}")).collect(),
-            len: bytes.len(),
-        });
+        return Err(LoadError::NotWasm { len: bytes.len() });
     }
     if head == CORE_MODULE_HEADER {
         return Err(LoadError::CoreModule);
     }
     if head != COMPONENT_HEADER {
         return Err(LoadError::Invalid {
+            // The version and layer are named, not echoed: the bytes stay private.
             reason: format!(
-                "unsupported WebAssembly header {} (expected a component, {})",
-                hex::encode(head),
-                hex::encode(COMPONENT_HEADER)
+                "unsupported WebAssembly version or layer (expected a component, version 0x0d layer 1, \
+                 written by wasm32-wasip2 builds; {} bytes in all)",
+                bytes.len()
             ),
         });
     }

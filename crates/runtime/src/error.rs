@@ -8,13 +8,15 @@
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The bytes do not start with the wasm magic number.
+    ///
+    /// The message gives the size and a hint, never the artifact's bytes:
+    /// an artifact path or URL pointed at a secret must not echo it.
     #[error(
-        "the artifact is not WebAssembly: it is {len} bytes starting with `{first_bytes}`, not the `0061736d` (\\0asm) magic. \
+        "the artifact is not WebAssembly: its {len} bytes do not start with the `\\0asm` magic \
+         (is it a text file, an archive, or an HTML error page?). \
          Build the module with `cargo build --release --target wasm32-wasip2` and install the .wasm file it writes"
     )]
     NotWasm {
-        /// Hex of up to the first 8 bytes.
-        first_bytes: String,
         /// Total length.
         len: usize,
     },

@@ -13,6 +13,13 @@ use serde_json::Value;
 
 fn config(dir: &std::path::Path) -> BaseConfig {
     let mut config = BaseConfig::new(dir).on_ephemeral_ports();
+    // Installs read the example module from its build directory.
+    config.artifact_dirs = vec![
+        std::path::Path::new(SQL_NOTES)
+            .parent()
+            .expect("modules dir")
+            .to_path_buf(),
+    ];
     config.runtime.max_instances = 32;
     config
 }
@@ -30,15 +37,8 @@ async fn sql_base(dir: &std::path::Path, link: Option<ControllerLink>) -> Runnin
 
 fn install(name: &str) -> berth_api::InstallRequest {
     berth_api::InstallRequest {
-        name: name.into(),
-        version: "1".into(),
-        route: None,
         artifact: Some(berth_api::ArtifactSource::Path(SQL_NOTES.into())),
-        digest: None,
-        activate: None,
-        limits: None,
-        allowed_hosts: Vec::new(),
-        config: Default::default(),
+        ..berth_api::InstallRequest::new(name, "1")
     }
 }
 
@@ -114,6 +114,7 @@ async fn controller(dir: &std::path::Path) -> (String, tokio::sync::oneshot::Sen
     let shared = api::Shared {
         reconciler: Reconciler::new(resources, Duration::from_secs(5)),
         code: Some(Arc::new(CodeShop::open(dir.join("compiled")).unwrap())),
+        trust_keys: Default::default(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(api::serve(listener, shared, async {

@@ -86,24 +86,19 @@ async fn upload_with_digest_installs_echo_which_sees_the_request() {
 
 #[tokio::test]
 async fn install_from_url_downloads_the_artifact() {
-    let base = TestBase::start().await;
+    // The file server is on loopback, which a base fetches from only when told.
+    let base = TestBase::start_with(|c| c.artifact_hosts = vec!["127.0.0.1".into()]).await;
     let server = serve_files(vec![(
         "/artifacts/hello.wasm",
         std::fs::read(HELLO).unwrap(),
     )])
     .await;
     let request = InstallRequest {
-        name: "hello".into(),
-        version: "2.0.0".into(),
-        route: None,
         artifact: Some(ArtifactSource::Url(format!(
             "http://{server}/artifacts/hello.wasm"
         ))),
         digest: Some(digest_of(HELLO)),
-        activate: None,
-        limits: None,
-        allowed_hosts: Vec::new(),
-        config: Default::default(),
+        ..InstallRequest::new("hello", "2.0.0")
     };
     let (status, body) = base.install(&request).await;
     assert_eq!(status, 201, "{body}");

@@ -13,11 +13,31 @@ pub struct TestBase {
     pub client: reqwest::Client,
 }
 
-/// A base config for tests: small instance pool, ephemeral ports.
+/// A base config for tests: small instance pool, ephemeral ports, and
+/// artifact files readable from [`test_artifact_dirs`]. URLs: public hosts
+/// only (the default); a test that fetches from a local server allows it
+/// with `config.artifact_hosts.push("127.0.0.1".into())`.
 pub fn config(data_dir: &Path) -> BaseConfig {
     let mut config = BaseConfig::new(data_dir).on_ephemeral_ports();
     config.runtime.max_instances = 64;
+    config.artifact_dirs = test_artifact_dirs();
     config
+}
+
+/// The directories tests install artifact files from: the example modules'
+/// build output, the Arklet fixtures, and the system temp dir (tests write
+/// artifacts into `tempfile` directories).
+pub fn test_artifact_dirs() -> Vec<std::path::PathBuf> {
+    vec![
+        // target/wasm-modules: every example module's build (hello-v2 has its own).
+        Path::new(berth_example_modules::HELLO)
+            .ancestors()
+            .nth(3)
+            .expect("modules dir")
+            .to_path_buf(),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"),
+        std::env::temp_dir(),
+    ]
 }
 
 impl TestBase {
@@ -154,15 +174,8 @@ impl TestBase {
 
 pub fn install_request(name: &str, version: &str, path: &str) -> InstallRequest {
     InstallRequest {
-        name: name.into(),
-        version: version.into(),
-        route: None,
         artifact: Some(berth_api::ArtifactSource::Path(path.into())),
-        digest: None,
-        activate: None,
-        limits: None,
-        allowed_hosts: Vec::new(),
-        config: Default::default(),
+        ..InstallRequest::new(name, version)
     }
 }
 

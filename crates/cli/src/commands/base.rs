@@ -81,6 +81,29 @@ pub struct BaseArgs {
     /// controller like this binary).
     #[arg(long)]
     compile_locally: bool,
+    /// Most connections each listener (ingress, ops API) keeps open; more
+    /// are answered 503 and closed.
+    #[arg(long, default_value_t = 4096)]
+    max_connections: usize,
+    /// Longest a client may take to send a request's headers (slowloris
+    /// protection), e.g. 10s.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    header_read_timeout: Duration,
+    /// A directory install may read artifact files from (repeatable).
+    /// Paths are resolved (symlinks, `..`) first; without any, artifacts
+    /// come by upload or URL only. `berth up` also allows its working
+    /// directory and the project's build output.
+    #[arg(long = "artifact-dir", value_name = "DIR")]
+    artifact_dirs: Vec<PathBuf>,
+    /// A host artifact URLs may name (repeatable): `host`, `host:port`,
+    /// `*.domain` or `*`. Without any, every public host. Loopback,
+    /// link-local and private addresses need their host named exactly.
+    #[arg(long = "artifact-host", value_name = "HOST")]
+    artifact_hosts: Vec<String>,
+    /// Accept only artifacts signed by this ed25519 public key (a file or
+    /// the base64 key; repeatable). Sign with `berth sign`.
+    #[arg(long = "trust-key", value_name = "PUBKEY")]
+    trust_keys: Vec<String>,
     /// Do not add `x-berth-module: name@version` to module responses.
     #[arg(long)]
     no_version_header: bool,
@@ -109,8 +132,13 @@ impl BaseArgs {
         Ok(Some(link))
     }
 
-    fn config(&self, default_data_dir: PathBuf) -> BaseConfig {
+    fn config(&self, default_data_dir: PathBuf) -> Result<BaseConfig> {
         let mut config = BaseConfig::new(self.data_dir.clone().unwrap_or(default_data_dir));
+        config.max_connections = self.max_connections;
+        config.header_read_timeout = self.header_read_timeout;
+        config.artifact_dirs = self.artifact_dirs.clone();
+        config.artifact_hosts = self.artifact_hosts.clone();
+        config.trust_keys = berth_runtime::TrustKeys::parse(&self.trust_keys)?;
         config.ingress_addr = self.listen;
         config.ops_addr = self.ops;
         config.runtime.max_instances = self.max_instances;
@@ -129,13 +157,13 @@ impl BaseArgs {
             .otlp_endpoint
             .clone()
             .filter(|endpoint| !endpoint.trim().is_empty());
-        config
+        Ok(config)
     }
 }
 
 /// `berth base`.
 pub async fn base(args: BaseArgs) -> Result<()> {
-    let mut config = args.config(default_data_dir());
+    let mut config = args.config(default_data_dir())?;
     config.controller = args.controller_link()?;
     run(config, false, args.log_format == crate::LogFormat::Json).await
 }
@@ -143,7 +171,22 @@ pub async fn base(args: BaseArgs) -> Result<()> {
 /// `berth up`.
 pub async fn up(args: BaseArgs) -> Result<()> {
     let json_logs = args.log_format == crate::LogFormat::Json;
-    run(args.config(PathBuf::from(".berth")), true, json_logs).await
+    let mut config = args.config(PathBuf::from(".berth"))?;
+    config.artifact_dirs.extend(up_artifact_dirs());
+    run(config, true, json_logs).await
+}
+
+/// What `berth up` (local development) reads artifact files from besides
+/// `--artifact-dir`: its working directory and, when set elsewhere, the
+/// cargo build output (`CARGO_TARGET_DIR`).
+fn up_artifact_dirs() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::current_dir().into_iter().collect();
+    if let Some(target) = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from)
+        && target.is_dir()
+    {
+        dirs.push(target);
+    }
+    dirs
 }
 
 fn default_data_dir() -> PathBuf {

@@ -38,6 +38,8 @@ pub struct ServeOptions {
     pub advertise: Option<String>,
     /// `--leader-ttl`.
     pub leader_ttl: std::time::Duration,
+    /// `--trust-key`.
+    pub trust_keys: berth_runtime::TrustKeys,
 }
 
 /// `berth controller`.
@@ -50,6 +52,7 @@ pub async fn serve(options: ServeOptions, json_logs: bool) -> Result<()> {
         compile_for_bases,
         advertise,
         leader_ttl,
+        trust_keys,
     } = options;
     let data_dir = data_dir.unwrap_or_else(|| super::base::data_home().join("controller"));
     let controller = Controller::start(Config {
@@ -60,6 +63,7 @@ pub async fn serve(options: ServeOptions, json_logs: bool) -> Result<()> {
         compile_for_bases,
         advertise,
         leader_ttl,
+        trust_keys,
     })
     .await?;
     let local = controller.local_addr()?;

@@ -141,15 +141,31 @@ impl DeployArgs {
                     "a bare .wasm file carries no version\nhint: pass --version, e.g. --version 1.0.0"
                 );
             }
-            let request = self.apply(InstallRequest::new(stem(&target)?, ""))?;
+            let mut request = self.apply(InstallRequest::new(stem(&target)?, ""))?;
+            request.signature = signature_beside(&target)?;
             return Ok(Artifact { request, bytes });
         }
         let project = Project::open(&target)?;
         let built = project.build(false)?;
+        let mut request = self.apply(project.manifest.install_request())?;
+        request.signature = signature_beside(&built.artifact)?;
         Ok(Artifact {
-            request: self.apply(project.manifest.install_request())?,
+            request,
             bytes: built.bytes,
         })
+    }
+}
+
+/// The text of `FILE.wasm.sig` (written by `berth sign`) when there is
+/// one: sent with the upload for bases that trust signing keys.
+fn signature_beside(artifact: &Path) -> Result<Option<String>> {
+    let mut sig = artifact.as_os_str().to_owned();
+    sig.push(".sig");
+    let sig = PathBuf::from(sig);
+    match std::fs::read_to_string(&sig) {
+        Ok(text) => Ok(Some(text.trim().to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(anyhow!("cannot read the signature {}: {e}", sig.display())),
     }
 }
 

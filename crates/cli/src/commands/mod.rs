@@ -10,6 +10,7 @@ pub mod invoke;
 pub mod list;
 pub mod logs;
 pub mod new;
+pub mod sign;
 pub mod store;
 pub mod table;
 pub mod traffic;

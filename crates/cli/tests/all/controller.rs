@@ -826,7 +826,14 @@ fn a_failed_rollout_stops_and_a_fixed_apply_repairs_the_deployment() {
         ],
     );
     has_line(&described, &["ReplicaFailure", "True", "InstallFailed"]);
-    has_line(&described, &["failed: cannot read artifact file"]);
+    // Bases install from the controller, which says the artifact's file is gone.
+    has_line(
+        &described,
+        &[
+            "failed: the controller cannot serve artifact",
+            "cannot read",
+        ],
+    );
     has_line(&described, &["Versions:", "1 failed on"]);
     let err = failure(ctl.berth(&["rollout", "status", "echo"]));
     assert!(

@@ -3,11 +3,13 @@
 
 mod base_flags;
 mod controller;
+mod crash;
 mod engine;
 #[path = "../../../controller/tests/support/etcd.rs"]
 mod etcd_server;
 mod ha;
 mod papercuts;
 mod reclaim;
+mod sign;
 mod support;
 mod workflow;

@@ -34,16 +34,31 @@ impl BaseProcess {
     }
 
     /// A base on the data directory `dir` (which outlives it), on ports
-    /// the system picks (see [`spawn_announced`]).
+    /// the system picks (see [`spawn_announced`]), reading artifact files
+    /// from [`test_artifact_dirs`].
     pub fn start_at(dir: &Path, extra: &[&str]) -> Self {
         let mut cmd = Command::new(BERTH);
         cmd.args(["base", "--listen", "127.0.0.1:0", "--ops", "127.0.0.1:0"])
             .arg("--data-dir")
-            .arg(dir)
-            .args(extra);
+            .arg(dir);
+        for allowed in test_artifact_dirs() {
+            cmd.arg("--artifact-dir").arg(allowed);
+        }
+        cmd.args(extra);
         let (child, urls) = spawn_announced(&mut cmd, &["ingress", "ops API"])
             .unwrap_or_else(|stderr| panic!("berth base did not start; stderr:\n{stderr}"));
         let [ingress, ops] = <[String; 2]>::try_from(urls).expect("two addresses");
+        Self {
+            child,
+            ops,
+            ingress,
+            _data: None,
+        }
+    }
+
+    /// A base process started elsewhere (e.g. with an environment of its
+    /// own), listening on `ingress` and `ops`; killed on drop like the others.
+    pub fn from_parts(child: Child, ingress: String, ops: String) -> Self {
         Self {
             child,
             ops,
@@ -65,6 +80,22 @@ impl Drop for BaseProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The directories test bases read artifact files from (`--artifact-dir`):
+/// the example modules' build output, the tests' work root and the system
+/// temp dir. URLs: public hosts only; a test fetching from a local server
+/// passes `--artifact-host 127.0.0.1` itself.
+pub fn test_artifact_dirs() -> Vec<PathBuf> {
+    vec![
+        Path::new(berth_example_modules::HELLO)
+            .ancestors()
+            .nth(3)
+            .expect("modules dir")
+            .to_path_buf(),
+        work_root(),
+        std::env::temp_dir(),
+    ]
 }
 
 /// `berth ARGS` with module builds sharing one target dir (so `wasip2`

@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod endpoints;
 pub mod manifest;
 mod names;
 
@@ -387,6 +388,11 @@ pub struct Rule {
     /// the same version; without it each request is placed at random.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky_by: Option<RequestValue>,
+    /// A traffic cell: send matching requests only to replicas on bases
+    /// carrying these labels, e.g. `{group: gold}` (acted on by a gateway;
+    /// a base has no other base to choose and ignores it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cell: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// A version and its share of a split.

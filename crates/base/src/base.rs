@@ -80,7 +80,7 @@ impl Base {
             config.version_header,
             config.observability,
         ));
-        let dispatcher = Dispatcher::new(instrumentation.clone());
+        let dispatcher = Dispatcher::new(instrumentation.clone(), config.gateway_secret.clone());
         let lifecycle = Lifecycle::new(
             runtime.clone(),
             store,

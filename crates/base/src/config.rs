@@ -35,6 +35,11 @@ pub struct BaseConfig {
     /// `http://127.0.0.1:4318`; spans go to `/v1/traces`). `None` exports
     /// nothing and starts nothing.
     pub otlp_endpoint: Option<String>,
+    /// The secret a fleet gateway proves itself with: a request carrying it
+    /// may pin the version it serves (the gateway chose it by the
+    /// deployment's rules). `None`: pins are ignored, the base's own rules
+    /// decide.
+    pub gateway_secret: Option<String>,
 }
 
 impl BaseConfig {
@@ -54,6 +59,7 @@ impl BaseConfig {
             observability: true,
             controller: None,
             otlp_endpoint: None,
+            gateway_secret: None,
         }
     }
 

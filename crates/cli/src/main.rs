@@ -244,10 +244,37 @@ enum Command {
         /// compiles every module itself).
         #[arg(long)]
         no_code: bool,
+        /// How long a replica being removed from a Ready base (scale-in,
+        /// reschedule, delete) stays assigned, marked draining so gateways
+        /// stop sending it requests, before the base uninstalls it (0s: at once).
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        drain_grace: std::time::Duration,
         /// Format of the controller's logs and banner.
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
     },
+    /// Run the fleet gateway: one front door for every base of a controller.
+    ///
+    /// Routes each request by host and path prefix to a ModuleDeployment,
+    /// chooses the version (and traffic cell) by its rules, and forwards it
+    /// to the least busy of two random ready replicas over pooled
+    /// connections. A replica that fails before answering is ejected and
+    /// the request retried once on another; replicas being removed are
+    /// drained first. Its own metrics are at /metrics.
+    ///
+    /// Examples:
+    ///   berth gateway --controller http://127.0.0.1:1239 --listen 0.0.0.0:8000
+    ///   berth gateway --controller http://ctl-a:1239,http://ctl-b:1239
+    ///   BERTH_GATEWAY_SECRET=s3cret berth gateway   # bases: berth base --gateway-secret s3cret
+    ///   curl http://127.0.0.1:8000/orders           # routed like the deployment's route
+    ///
+    /// A rule that sends a traffic cell to a base group, in a ModuleDeployment:
+    ///   rules:
+    ///     rules:
+    ///       - { name: gold, match: [{ on: header, name: x-tier, exact: gold }], cell: { group: gold } }
+    ///       - { name: beta, match: [{ on: header, name: x-beta }], version: 2.0.0 }
+    #[command(verbatim_doc_comment)]
+    Gateway(commands::gateway::GatewayArgs),
     /// Create or update resources from a manifest (YAML or JSON; `-f -` reads stdin).
     ///
     /// A bad field is reported with its path, e.g.
@@ -454,7 +481,8 @@ impl Command {
             | Command::Up(_)
             | Command::New { .. }
             | Command::Dev(_)
-            | Command::Controller { .. } => Output::Table,
+            | Command::Controller { .. }
+            | Command::Gateway(_) => Output::Table,
         }
     }
 
@@ -463,6 +491,7 @@ impl Command {
         match self {
             Command::Base(args) | Command::Up(args) => args.log_format,
             Command::Controller { log_format, .. } => *log_format,
+            Command::Gateway(args) => args.log_format,
             _ => LogFormat::Text,
         }
     }
@@ -520,6 +549,7 @@ fn run(command: Command) -> Result<()> {
                 store,
                 heartbeat_timeout,
                 no_code,
+                drain_grace,
                 log_format,
             } => {
                 commands::controller::serve(
@@ -528,10 +558,12 @@ fn run(command: Command) -> Result<()> {
                     store,
                     heartbeat_timeout,
                     !no_code,
+                    drain_grace,
                     log_format == LogFormat::Json,
                 )
                 .await
             }
+            Command::Gateway(args) => commands::gateway::run(args).await,
             Command::Apply {
                 file,
                 controller,

@@ -11,6 +11,7 @@
 //! | PUT | `/v1/bases/{name}` | a base's heartbeat ([`BaseHeartbeat`]); answers its [`Assignments`](berth_api::Assignments) |
 //! | GET | `/v1/bases/{name}/assignments?known=REV&waitMs=N` | a base's assignments, held (long poll, up to `waitMs`, default 30 s) while they are still `REV` |
 //! | GET | `/v1/bases` | every base with Ready / NotReady |
+//! | GET | `/v1/endpoints?known=REV&waitMs=N` | the gateways' endpoint table ([`crate::endpoints`]), held (long poll) while it is still `REV` |
 //! | GET | `/v1/code/{digest}?engine=TAG` | the deployed artifact `digest` compiled for engine `TAG` ([`crate::code`]) |
 //! | GET | `/metrics` | Prometheus metrics of the controller |
 //!
@@ -215,6 +216,7 @@ pub fn router(shared: Shared) -> Router {
         .route("/v1/bases", get(list_bases))
         .route("/v1/bases/{name}", axum::routing::put(heartbeat))
         .route("/v1/bases/{name}/assignments", get(watch_assignments))
+        .route("/v1/endpoints", get(watch_endpoints))
         .route("/metrics", get(metrics))
         .route("/v1/code/{digest}", get(code))
         .route(
@@ -319,6 +321,34 @@ async fn watch_assignments(
             _ = shared.reconciler.stopped() => {
                 return Ok(axum::Json(berth_api::Assignments { modules, revision }).into_response());
             }
+        }
+    }
+}
+
+/// The endpoint table, answered at once unless the watcher already has
+/// revision `known`; then held until it changes, up to `waitMs`.
+async fn watch_endpoints(
+    State(shared): State<Shared>,
+    axum::extract::Query(query): axum::extract::Query<WatchQuery>,
+) -> Response {
+    let wait = query
+        .wait_ms
+        .map_or(Duration::from_secs(30), Duration::from_millis)
+        .min(MAX_WAIT);
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut updates = shared.reconciler.subscribe();
+    loop {
+        let table = updates.borrow_and_update().endpoints.clone();
+        if query.known.as_deref() != Some(table.revision.as_str()) {
+            return axum::Json(&*table).into_response();
+        }
+        tokio::select! {
+            changed = tokio::time::timeout_at(deadline, updates.changed()) => {
+                if !matches!(changed, Ok(Ok(()))) {
+                    return axum::Json(&*table).into_response();
+                }
+            }
+            _ = shared.reconciler.stopped() => return axum::Json(&*table).into_response(),
         }
     }
 }

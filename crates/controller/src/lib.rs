@@ -13,6 +13,8 @@
 //! - [`reconciler`]: the loop that runs them, publishes each base's
 //!   assignments and records events; [`metrics`]: its Prometheus view;
 //! - [`code`]: each deployed module compiled once, for every base;
+//! - [`endpoints`]: the table gateways route by, and the drain of removed
+//!   replicas;
 //! - [`artifact`]: the check of a module's artifact at apply;
 //! - [`api`]: the HTTP API bases and the CLI talk to;
 //! - [`start`]: `--store` and [`start::Controller::start`], the one entry
@@ -22,6 +24,7 @@ pub mod api;
 pub mod artifact;
 pub mod bases;
 pub mod code;
+pub mod endpoints;
 pub mod etcd;
 pub mod events;
 pub mod metrics;

@@ -11,7 +11,10 @@
 //! - **records events** from what changed since the previous pass (a
 //!   replica scheduled, running, moved off a silent base, unschedulable; an
 //!   install that failed; a batch done; a rollout complete or failed);
-//! - **sets the metrics** gauges.
+//! - **sets the metrics** gauges;
+//! - **drains** replicas taken off a Ready base: they stay assigned, marked
+//!   draining in the gateways' endpoint table, for the grace period
+//!   ([`crate::endpoints`]), and are unassigned only after it.
 //!
 //! Passes run when something changes — an apply, a delete, a rollout
 //! action, a heartbeat with news — right in that request, so the change is
@@ -44,6 +47,10 @@ pub struct Snapshot {
     pub placement: Placement,
     /// The bases as that pass saw them.
     pub bases: Vec<BaseStatus>,
+    /// Base → replicas it keeps while they drain (beyond `placement`).
+    pub draining: BTreeMap<String, Vec<Assignment>>,
+    /// What gateways route by.
+    pub endpoints: Arc<berth_api::endpoints::EndpointTable>,
 }
 
 impl Snapshot {
@@ -58,12 +65,15 @@ impl Snapshot {
         if !ready {
             return None;
         }
-        let modules = self
+        let mut modules = self
             .placement
             .by_base
             .get(base)
             .cloned()
             .unwrap_or_default();
+        if let Some(draining) = self.draining.get(base) {
+            modules.extend(draining.iter().cloned());
+        }
         Some((scheduler::revision(&modules), modules))
     }
 }
@@ -93,6 +103,10 @@ pub struct Reconciler {
     /// The compiler that reads what each module imports, if the
     /// controller compiles for its bases ([`Reconciler::set_code`]).
     code: std::sync::OnceLock<Arc<crate::code::CodeShop>>,
+    /// Replicas being drained.
+    drains: Mutex<crate::endpoints::Drains>,
+    /// How long a removed replica drains (ms; 0: not at all).
+    drain_grace_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Reconciler {
@@ -107,7 +121,21 @@ impl Reconciler {
             stopping: watch::channel(false).0,
             metrics: Metrics::default(),
             code: std::sync::OnceLock::new(),
+            drains: Mutex::default(),
+            drain_grace_ms: std::sync::atomic::AtomicU64::new(
+                crate::endpoints::DEFAULT_DRAIN_GRACE.as_millis() as u64,
+            ),
         })
+    }
+
+    /// Sets how long a replica taken off a Ready base stays assigned,
+    /// marked draining for the gateways, before it is unassigned
+    /// ([`crate::endpoints::DEFAULT_DRAIN_GRACE`] unless set; zero: at once).
+    pub fn set_drain_grace(&self, grace: Duration) {
+        self.drain_grace_ms.store(
+            u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// Places deployments only on bases offering what their modules import,
@@ -290,9 +318,37 @@ impl Reconciler {
         *seen_guard = Some(seen_now);
 
         self.set_gauges(&deployments, &placement, &bases);
-        let snapshot = Arc::new(Snapshot { placement, bases });
+        let draining = {
+            let previous = self.published.borrow().clone();
+            let previous = crate::endpoints::merged(&previous.placement, &previous.draining);
+            let grace = Duration::from_millis(
+                self.drain_grace_ms
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            );
+            self.drains.lock().expect("drains").update(
+                &previous,
+                &placement,
+                &bases,
+                grace,
+                Instant::now(),
+            )
+        };
+        let endpoints = Arc::new(crate::endpoints::table(
+            &deployments,
+            &placement,
+            &draining,
+            &bases,
+        ));
+        let snapshot = Arc::new(Snapshot {
+            placement,
+            bases,
+            draining,
+            endpoints,
+        });
         self.published.send_if_modified(|current| {
             let changed = current.placement.by_base != snapshot.placement.by_base
+                || current.draining != snapshot.draining
+                || current.endpoints.revision != snapshot.endpoints.revision
                 || ready_set(&current.bases) != ready_set(&snapshot.bases);
             *current = snapshot;
             changed

@@ -90,6 +90,9 @@ pub struct Config {
     pub heartbeat_timeout: Duration,
     /// Compile deployed modules once for the bases.
     pub compile_for_bases: bool,
+    /// How long a replica taken off a Ready base drains (marked draining
+    /// for the gateways, still assigned) before it is unassigned.
+    pub drain_grace: Duration,
 }
 
 /// Why a controller did not start.
@@ -155,6 +158,7 @@ impl Controller {
                 source,
             })?;
         let reconciler = Reconciler::new(Arc::new(Resources::new(store)), config.heartbeat_timeout);
+        reconciler.set_drain_grace(config.drain_grace);
         let code = if config.compile_for_bases {
             Some(Arc::new(CodeShop::open(config.data_dir.join("compiled"))?))
         } else {

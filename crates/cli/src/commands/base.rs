@@ -75,6 +75,12 @@ pub struct BaseArgs {
     /// collector, e.g. http://127.0.0.1:4318 (spans go to /v1/traces).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
+    /// Trust a fleet gateway (`berth gateway`) that sends this shared
+    /// secret: it may then pin the version a request is served by, as it
+    /// chose it by the deployment's rules. Without it, or from anyone else,
+    /// version pins are ignored.
+    #[arg(long, env = "BERTH_GATEWAY_SECRET", hide_env_values = true)]
+    gateway_secret: Option<String>,
     /// Format of the base's logs (`json`: the banner is a JSON log line too).
     #[arg(long, value_enum, default_value_t = crate::LogFormat::Text)]
     pub log_format: crate::LogFormat,
@@ -109,6 +115,7 @@ impl BaseArgs {
         config.version_header = !self.no_version_header;
         config.observability = !self.no_observability;
         config.runtime.memory_keep_resident = self.memory_keep_resident;
+        config.gateway_secret = self.gateway_secret.clone().filter(|s| !s.is_empty());
         config.otlp_endpoint = self
             .otlp_endpoint
             .clone()

@@ -28,6 +28,7 @@ pub async fn serve(
     store: Option<StoreSpec>,
     heartbeat_timeout: std::time::Duration,
     compile_for_bases: bool,
+    drain_grace: std::time::Duration,
     json_logs: bool,
 ) -> Result<()> {
     let data_dir = data_dir.unwrap_or_else(|| super::base::data_home().join("controller"));
@@ -37,6 +38,7 @@ pub async fn serve(
         data_dir: data_dir.clone(),
         heartbeat_timeout,
         compile_for_bases,
+        drain_grace,
     })
     .await?;
     let local = controller.local_addr()?;
@@ -249,7 +251,13 @@ pub async fn get(controller: &str, output: Output, koupleless: bool) -> Result<(
     ];
     if wide {
         header.push("SELECTOR");
+        header.push("ENDPOINTS");
     }
+    let endpoints = if wide {
+        endpoints(controller).await
+    } else {
+        Default::default()
+    };
     let mut table = Table::new(header);
     for (d, status) in deployments.iter().zip(&statuses) {
         let spec = &d.manifest.spec;
@@ -268,11 +276,57 @@ pub async fn get(controller: &str, output: Output, koupleless: bool) -> Result<(
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
             row.push(selector.join(","));
+            row.push(
+                endpoints
+                    .get(&d.manifest.metadata.name)
+                    .cloned()
+                    .unwrap_or_else(|| "-".into()),
+            );
         }
         table.row(row);
     }
     table.print();
     Ok(())
+}
+
+/// Per deployment, its replicas' endpoints as `base=host:port@version`
+/// (with `(draining)` or `(not ready)` where so); empty if the controller
+/// has no endpoint table.
+async fn endpoints(controller: &str) -> std::collections::BTreeMap<String, String> {
+    let table = call(
+        reqwest::Client::new().get(url(controller, "/v1/endpoints")),
+        controller,
+    )
+    .await
+    .ok()
+    .and_then(|body| serde_json::from_value::<berth_api::endpoints::EndpointTable>(body).ok())
+    .unwrap_or_default();
+    table
+        .deployments
+        .into_iter()
+        .map(|d| {
+            let replicas: Vec<String> = d
+                .replicas
+                .iter()
+                .map(|r| {
+                    let state = if r.draining {
+                        "(draining)"
+                    } else if !r.ready {
+                        "(not ready)"
+                    } else {
+                        ""
+                    };
+                    format!("{}={}@{}{state}", r.base, r.address, r.version)
+                })
+                .collect();
+            let list = if replicas.is_empty() {
+                "-".to_string()
+            } else {
+                replicas.join(",")
+            };
+            (d.name, list)
+        })
+        .collect()
 }
 
 /// `berth describe deployment NAME`.

@@ -117,7 +117,11 @@ impl Agent {
             name: self.link.name.clone(),
             labels: self.link.labels.clone(),
             capacity_modules: self.link.capacity_modules,
-            ingress: self.ingress.to_string(),
+            ingress: self
+                .link
+                .advertise
+                .clone()
+                .unwrap_or_else(|| self.ingress.to_string()),
             ops: self.ops.to_string(),
             in_flight: modules.iter().map(|m| m.in_flight).sum(),
             modules: modules

@@ -87,6 +87,9 @@ pub struct ControllerLink {
     /// Load the code the controller compiled for this engine, when it has
     /// some, instead of compiling each module here.
     pub controller_code: bool,
+    /// The ingress address reported to the controller (what gateways
+    /// connect to); `None`: the address the ingress is bound to.
+    pub advertise: Option<String>,
 }
 
 impl ControllerLink {
@@ -118,6 +121,7 @@ impl ControllerLink {
             capacity_modules: 500,
             interval: Duration::from_secs(2),
             controller_code: true,
+            advertise: None,
         })
     }
 }

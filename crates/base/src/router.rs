@@ -41,6 +41,8 @@ pub struct Entry {
     prefix: String,
     default: Target,
     rules: Option<Rules>,
+    /// Every loaded version, for a version pinned by a trusted gateway.
+    versions: Vec<Target>,
 }
 
 impl Entry {
@@ -57,20 +59,12 @@ impl Entry {
     /// The version that serves `request`: `pinned` (a version a trusted
     /// gateway chose) when this module has it, else as [`Entry::select`].
     pub fn select_pinned(&self, request: &RequestView<'_>, pinned: Option<&str>) -> &Target {
-        if let Some(pinned) = pinned {
-            if version_of(&self.default.label) == Some(pinned) {
-                return &self.default;
-            }
-            if let Some(target) = self.rules.as_ref().and_then(|rules| {
-                rules
-                    .compiled
-                    .versions()
-                    .iter()
-                    .position(|v| v == pinned)
-                    .map(|i| &rules.targets[i])
-            }) {
-                return target;
-            }
+        if let Some(target) = pinned.and_then(|pinned| {
+            self.versions
+                .iter()
+                .find(|t| version_of(&t.label) == Some(pinned))
+        }) {
+            return target;
         }
         self.rules
             .as_ref()
@@ -88,15 +82,19 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// Builds a table from `(module name, route, default target, rules)` per module.
-    pub fn new(routes: impl IntoIterator<Item = (String, Route, Target, Option<Rules>)>) -> Self {
+    /// Builds a table from `(module name, route, default target, rules,
+    /// every loaded version)` per module.
+    pub fn new(
+        routes: impl IntoIterator<Item = (String, Route, Target, Option<Rules>, Vec<Target>)>,
+    ) -> Self {
         let routes = berth_rules::RouteTable::new(routes.into_iter().map(
-            |(name, route, default, rules)| {
+            |(name, route, default, rules, versions)| {
                 let entry = Entry {
                     name,
                     prefix: route.prefix().to_string(),
                     default,
                     rules,
+                    versions,
                 };
                 (route, entry)
             },

@@ -11,6 +11,7 @@ mod isolation;
 mod observability;
 mod ops;
 mod otlp;
+mod pin;
 mod restart;
 mod sharing;
 mod support;

@@ -60,6 +60,11 @@ pub struct BaseArgs {
     /// Most module versions this base takes (reported to the controller).
     #[arg(long, default_value_t = 500)]
     capacity_modules: u32,
+    /// The ingress address reported to the controller, for gateways to
+    /// connect to (e.g. 10.0.0.5:8080 when listening on 0.0.0.0:8080)
+    /// [default: the --listen address]
+    #[arg(long)]
+    advertise: Option<String>,
     /// Time between heartbeats to the controller.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     heartbeat_interval: Duration,
@@ -99,6 +104,7 @@ impl BaseArgs {
         link.capacity_modules = self.capacity_modules;
         link.interval = self.heartbeat_interval;
         link.controller_code = !self.compile_locally;
+        link.advertise = self.advertise.clone();
         Ok(Some(link))
     }
 

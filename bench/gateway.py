@@ -1,0 +1,223 @@
+#!/usr/bin/env python3
+"""berth's gateway benchmark: the fleet gateway vs HAProxy vs no proxy.
+
+Starts a release `berth controller`, two bases and `berth gateway` on this
+machine, deploys `hello` with one replica per base, and drives the same wrk
+load (same connections, threads, duration) at, interleaved over rounds:
+
+- **direct**: one base's ingress, no proxy;
+- **gateway**: `berth gateway` (rules, least outstanding of two, pooled
+  keep-alive connections to both bases);
+- **haproxy**: HAProxy (Debian package, installed with apt-get when
+  missing) as a round-robin HTTP reverse proxy to the same two bases, with
+  keep-alive to them.
+
+Reports requests/s, p50 and p99 (median and min-max over rounds) and the
+gateway/HAProxy ratios (target: requests/s >= 1.0x HAProxy, p99 no worse).
+
+Then counts failed requests (non-2xx and socket errors, as wrk reports
+them) through the gateway under load while (a) the deployment scales in
+from 4 replicas to 1 (drain; target 0) and (b) one of 3 bases is killed
+with SIGKILL (target: only requests in flight on it).
+
+Activation from zero is not measured: the gateway's hold queue for
+scale-to-zero is not built yet.
+
+Usage: bench/gateway.py [--rounds 3] [--duration 10] [--connections 32] [--threads 2]
+                        [--skip-build] [--berth target/release/berth]
+A debug build works for a smoke run: --berth target/debug/berth --skip-build.
+"""
+
+import argparse
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from importlib import util as _util
+
+_spec = _util.spec_from_file_location(
+    "berth_throughput", os.path.join(os.path.dirname(os.path.abspath(__file__)), "throughput.py"))
+bench = _util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+BERTH = os.path.join(bench.RELEASE, "berth")
+SECRET = "bench-secret"
+
+
+def ensure_haproxy():
+    if shutil.which("haproxy") is None:
+        bench.log("installing haproxy with apt-get")
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "haproxy"], check=True)
+
+
+def start_controller(tmp):
+    proc, (port,) = bench.start_announced(
+        [BERTH, "controller", "--listen", "127.0.0.1:0", "--heartbeat-timeout", "1s",
+         "--data-dir", tempfile.mkdtemp(dir=tmp)],
+        [r"berth controller serving on http://[\d.]+:(\d+)"])
+    return proc, port
+
+
+def start_base(tmp, controller, name):
+    proc, (port, ops) = bench.start_announced(
+        [BERTH, "base", "--listen", "127.0.0.1:0", "--ops", "127.0.0.1:0",
+         "--data-dir", tempfile.mkdtemp(dir=tmp), "--controller", f"http://127.0.0.1:{controller}",
+         "--name", name, "--labels", "group=bench", "--heartbeat-interval", "200ms",
+         "--gateway-secret", SECRET],
+        bench.BERTH_ANNOUNCES)
+    return {"proc": proc, "port": port, "ops": ops}
+
+
+def start_gateway(controller):
+    proc, (port,) = bench.start_announced(
+        [BERTH, "gateway", "--listen", "127.0.0.1:0", "--controller", f"http://127.0.0.1:{controller}",
+         "--gateway-secret", SECRET],
+        [r"berth gateway serving on http://[\d.]+:(\d+)"])
+    return proc, port
+
+
+def apply(tmp, controller, replicas):
+    digest = "sha256:" + __import__("hashlib").sha256(open(bench.HELLO_WASM, "rb").read()).hexdigest()
+    path = os.path.join(tmp, "hello.yaml")
+    with open(path, "w") as f:
+        f.write("apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: { name: hello }\nspec:\n"
+                f"  module: {{ name: hello, version: 1.0.0, artifact: \"file:{bench.HELLO_WASM}\", digest: \"{digest}\" }}\n"
+                f"  replicas: {replicas}\n  baseSelector: {{ group: bench }}\n")
+    subprocess.run([BERTH, "apply", "-f", path, "--controller", f"127.0.0.1:{controller}"], check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+def serving(port, n=20):
+    return all(bench.http("GET", f"http://127.0.0.1:{port}/hello", timeout=2)[0] == 200 for _ in range(n))
+
+
+def start_haproxy(tmp, base_ports):
+    with __import__("socket").socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = os.path.join(tmp, "haproxy.cfg")
+    servers = "\n".join(f"    server b{i} 127.0.0.1:{p}" for i, p in enumerate(base_ports))
+    with open(cfg, "w") as f:
+        f.write(f"""global
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    option http-keep-alive
+frontend fe
+    bind 127.0.0.1:{port}
+    default_backend be
+backend be
+    balance roundrobin
+    http-reuse always
+{servers}
+""")
+    proc = bench.start(["haproxy", "-db", "-f", cfg])
+    bench.wait_until(lambda: bench.port_open(port), what="haproxy")
+    return proc, port
+
+
+def throughput(args, tmp):
+    ctl, ctl_port = start_controller(tmp)
+    bases = [start_base(tmp, ctl_port, f"t{i}") for i in range(2)]
+    gw, gw_port = start_gateway(ctl_port)
+    apply(tmp, ctl_port, 2)
+    bench.wait_until(lambda: serving(gw_port) and all(serving(b["port"], 1) for b in bases), what="gateway")
+    ha, ha_port = start_haproxy(tmp, [b["port"] for b in bases])
+    targets = {"direct": bases[0]["port"], "gateway": gw_port, "haproxy": ha_port}
+    results = {k: [] for k in targets}
+    try:
+        for r in range(args.rounds):
+            for name, port in targets.items():
+                bench.log(f"round {r + 1}/{args.rounds}: {name}")
+                results[name].append(bench.run_wrk(f"http://127.0.0.1:{port}/hello", args.duration,
+                                                   args.connections, args.threads))
+    finally:
+        bench.stop(ha, [ha_port])
+        bench.stop(gw, [gw_port])
+        for b in bases:
+            bench.stop(b["proc"], [b["port"], b["ops"]])
+        bench.stop(ctl, [ctl_port])
+    print(f"\n### Gateway overhead ({args.connections} connections, {args.threads} wrk threads, "
+          f"{args.duration} s x {args.rounds} rounds, 2 bases)\n")
+    print("| target | requests/s | p50 ms | p99 ms | errors |")
+    print("|---|---|---|---|---|")
+    for name, runs in results.items():
+        print(f"| {name} | {bench.fmt_range([x['rps'] for x in runs])} | "
+              f"{bench.fmt_range([x['p50'] for x in runs], '{:.2f}')} | "
+              f"{bench.fmt_range([x['p99'] for x in runs], '{:.2f}')} | {sum(x['errors'] for x in runs)} |")
+    gw_rps = [x["rps"] for x in results["gateway"]]
+    ha_rps = [x["rps"] for x in results["haproxy"]]
+    gw_p99 = [x["p99"] for x in results["gateway"]]
+    ha_p99 = [x["p99"] for x in results["haproxy"]]
+    ratios = [g / h for g, h in zip(gw_rps, ha_rps)]
+    p99s = [g / h for g, h in zip(gw_p99, ha_p99)]
+    print(f"\ngateway / haproxy requests/s: {bench.fmt_range(ratios, '{:.2f}')}x (target >= 1.0); "
+          f"p99: {bench.fmt_range(p99s, '{:.2f}')}x (target <= 1.0)")
+
+
+def failures_during(args, tmp, n_bases, replicas, action, what):
+    """Failed requests through the gateway during `action`, run 3 s into a wrk load."""
+    ctl, ctl_port = start_controller(tmp)
+    bases = [start_base(tmp, ctl_port, f"f{i}") for i in range(n_bases)]
+    gw, gw_port = start_gateway(ctl_port)
+    apply(tmp, ctl_port, replicas)
+    bench.wait_until(lambda: serving(gw_port) and sum(serving(b["port"], 1) for b in bases) == replicas,
+                     what="gateway")
+    result = {}
+
+    def load():
+        result.update(bench.run_wrk(f"http://127.0.0.1:{gw_port}/hello", args.duration,
+                                    args.connections, args.threads))
+
+    t = threading.Thread(target=load)
+    t.start()
+    time.sleep(3)
+    action(ctl_port, bases)
+    t.join()
+    alive = [b for b in bases if b["proc"].poll() is None]
+    for b in alive:
+        bench.stop(b["proc"], [b["port"], b["ops"]])
+    bench.stop(gw, [gw_port])
+    bench.stop(ctl, [ctl_port])
+    print(f"| {what} | {result['requests']} | {result['errors']} |")
+
+
+def main():
+    global BERTH
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--skip-build", action="store_true")
+    ap.add_argument("--berth", help="the berth binary [default: target/release/berth]")
+    args = ap.parse_args()
+    bench.ensure_tools(wasmtime=False)
+    ensure_haproxy()
+    if args.berth:
+        BERTH = os.path.abspath(args.berth)
+    if not args.skip_build:
+        bench.build()
+    tmp = tempfile.mkdtemp(prefix="berth-gateway-bench-")
+    try:
+        throughput(args, tmp)
+        print(f"\n### Failed requests through the gateway under load ({args.duration} s of wrk, "
+              f"the change 3 s in)\n")
+        print("| event | requests | failed |")
+        print("|---|---|---|")
+        failures_during(args, tmp, 4, 4, lambda ctl, bases: apply(tmp, ctl, 1),
+                        "scale-in 4 -> 1 (drain; target 0)")
+        failures_during(args, tmp, 3, 3, lambda ctl, bases: bases[0]["proc"].kill(),
+                        "SIGKILL of 1 of 3 bases (target: in flight only)")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

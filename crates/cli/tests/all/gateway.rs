@@ -1,0 +1,552 @@
+//! `berth gateway` in front of a controller and its bases, all real
+//! processes over real HTTP: spreading, rules and traffic cells, a base
+//! killed under load, a scale-in under load (drain), unknown routes, and a
+//! controller that comes up after the gateway.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use berth_example_modules::{HELLO, HELLO_V2};
+
+use crate::support::{BERTH, BaseProcess, berth, file_digest, spawn_announced, stdout, work_dir};
+
+const SECRET: &str = "fleet-secret";
+
+/// A `berth controller` process, killed on drop.
+struct Controller {
+    child: Child,
+    addr: String,
+}
+
+impl Controller {
+    fn start(work: &std::path::Path, port: u16, extra: &[&str]) -> Self {
+        let mut cmd = Command::new(BERTH);
+        cmd.args(["controller", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--heartbeat-timeout", "1s"])
+            .args(extra)
+            .arg("--data-dir")
+            .arg(work.join("controller"));
+        let (child, urls) = spawn_announced(&mut cmd, &["berth controller serving on"])
+            .unwrap_or_else(|stderr| panic!("berth controller did not start:\n{stderr}"));
+        let addr = urls[0].trim_start_matches("http://").to_string();
+        Self { child, addr }
+    }
+
+    /// A base joining this controller as `name` with `labels`, trusting
+    /// the gateway's secret.
+    fn base(&self, name: &str, labels: &str) -> BaseProcess {
+        let url = format!("http://{}", self.addr);
+        BaseProcess::start_with(&[
+            "--controller",
+            &url,
+            "--name",
+            name,
+            "--heartbeat-interval",
+            "200ms",
+            "--labels",
+            labels,
+            "--gateway-secret",
+            SECRET,
+        ])
+    }
+
+    /// Applies a ModuleDeployment `hello` of `version` (HELLO or HELLO_V2)
+    /// with further `spec` lines.
+    fn apply(&self, work: &std::path::Path, version: &str, spec: &str) {
+        let artifact = if version == "2.0.0" { HELLO_V2 } else { HELLO };
+        let file = work.join("hello.yaml");
+        std::fs::write(
+            &file,
+            format!(
+                "apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: {{ name: hello }}\nspec:\n  module: {{ name: hello, version: \"{version}\", artifact: \"file:{artifact}\", digest: \"{}\" }}\n  {spec}\n",
+                file_digest(artifact)
+            ),
+        )
+        .unwrap();
+        let mut cmd = berth(&["apply", "-f", file.to_str().unwrap()]);
+        cmd.args(["--controller", &self.addr]);
+        stdout(cmd);
+    }
+
+    /// The endpoint table.
+    fn endpoints(&self) -> serde_json::Value {
+        let (_, body) = get(&self.addr, "/v1/endpoints", &[]).expect("the controller answers");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Waits until `hello` has `want` ready, non-draining replicas in the
+    /// endpoint table, each running `version`.
+    fn wait_ready(&self, want: usize, version: &str) {
+        eventually(&format!("{want} ready replicas of hello@{version}"), || {
+            let table = self.endpoints();
+            let replicas = table["deployments"][0]["replicas"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            replicas.len() == want
+                && replicas.iter().all(|r| {
+                    r["ready"] == true
+                        && r["draining"] == false
+                        && r["versions"] == serde_json::json!([version])
+                })
+        });
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `berth gateway` process, its stderr kept in a file; killed on drop.
+struct Gateway {
+    child: Child,
+    addr: String,
+    stderr: tempfile::NamedTempFile,
+}
+
+impl Gateway {
+    fn start(controller: &str) -> Self {
+        let stderr = tempfile::NamedTempFile::new().unwrap();
+        let mut child = Command::new(BERTH)
+            .args(["gateway", "--listen", "127.0.0.1:0", "--controller"])
+            .arg(format!("http://{controller}"))
+            .args(["--gateway-secret", SECRET])
+            .stdout(Stdio::piped())
+            .stderr(stderr.reopen().unwrap())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .and_then(Result::ok)
+                .expect("berth gateway printed its address");
+            if let Some(url) = line.strip_prefix("berth gateway serving on http://") {
+                break url.trim().to_string();
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        Self {
+            child,
+            addr,
+            stderr,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.stderr.path()).unwrap()
+    }
+
+    /// The value of the gateway metric `name` with `labels` (0 if absent).
+    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let (_, text) = get(&self.addr, "/metrics", &[]).unwrap();
+        let scrape =
+            prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .sum()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `GET path` with `headers` on `addr`: the status, the response head and
+/// the body; `None` if the connection failed or broke.
+fn fetch(addr: &str, path: &str, headers: &[(&str, &str)]) -> Option<(u16, String, String)> {
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.get(9..12)?.parse().ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    Some((status, head.to_string(), body.to_string()))
+}
+
+/// The status and body of `GET path` on `addr`.
+fn get(addr: &str, path: &str, headers: &[(&str, &str)]) -> Option<(u16, String)> {
+    fetch(addr, path, headers).map(|(status, _, body)| (status, body))
+}
+
+/// Requests each base's ops API counted for `hello`.
+fn served(bases: &[&BaseProcess]) -> Vec<u64> {
+    bases
+        .iter()
+        .map(|b| {
+            let ops = b.ops.trim_start_matches("http://");
+            let Some((_, body)) = get(ops, "/v1/modules", &[]) else {
+                return 0;
+            };
+            let list: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            list["modules"]
+                .as_array()
+                .map(|all| {
+                    all.iter()
+                        .filter(|m| m["name"] == "hello")
+                        .map(|m| m["requests"].as_u64().unwrap_or(0))
+                        .sum()
+                })
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+/// Per-base requests served between `before` and now.
+fn delta(bases: &[&BaseProcess], before: &[u64]) -> Vec<u64> {
+    served(bases)
+        .iter()
+        .zip(before)
+        .map(|(now, then)| now - then)
+        .collect()
+}
+
+/// Polls `check` until it holds (20 s at most).
+#[track_caller]
+fn eventually(what: &str, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check() {
+        assert!(Instant::now() < deadline, "not within 20 s: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sends `n` requests for /hello with `headers` through the gateway;
+/// returns the `x-berth-module` of each (every one must be a 200).
+fn send(gateway: &Gateway, n: usize, headers: &[(&str, &str)]) -> Vec<String> {
+    (0..n)
+        .map(|_| {
+            let (status, head, body) =
+                fetch(&gateway.addr, "/hello", headers).expect("the gateway answers");
+            assert_eq!(status, 200, "{body}");
+            head.lines()
+                .find_map(|l| l.strip_prefix("x-berth-module: "))
+                .expect("a module answered")
+                .to_string()
+        })
+        .collect()
+}
+
+/// Steady load on /hello through the gateway from `threads` clients until
+/// stopped; counts answers and failures (with when they happened).
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failures: Arc<std::sync::Mutex<Vec<(Instant, String)>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(addr: &str, threads: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let threads = (0..threads)
+            .map(|_| {
+                let (stop, ok, failures, addr) =
+                    (stop.clone(), ok.clone(), failures.clone(), addr.to_string());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        match get(&addr, "/hello", &[]) {
+                            Some((200, _)) => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            other => failures
+                                .lock()
+                                .unwrap()
+                                .push((Instant::now(), format!("{other:?}"))),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            ok,
+            failures,
+            threads,
+        }
+    }
+
+    /// Waits for `more` answers beyond those so far.
+    fn wait_answers(&self, more: u64) {
+        let want = self.ok.load(Ordering::Relaxed) + more;
+        eventually(&format!("{more} more answers under load"), || {
+            self.ok.load(Ordering::Relaxed) >= want
+        });
+    }
+
+    /// Stops; returns (answers, failures).
+    fn finish(self) -> (u64, Vec<(Instant, String)>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        let failures = self.failures.lock().unwrap().clone();
+        (self.ok.load(Ordering::Relaxed), failures)
+    }
+}
+
+#[test]
+fn a_gateway_spreads_requests_and_follows_version_rules_and_traffic_cells() {
+    let work = work_dir();
+    let ctl = Controller::start(work.path(), 0, &[]);
+    let bases: Vec<BaseProcess> = [("a", "gold"), ("b", "gold"), ("c", "std"), ("d", "std")]
+        .iter()
+        .map(|(name, tier)| ctl.base(name, &format!("group=online,tier={tier}")))
+        .collect();
+    let all: Vec<&BaseProcess> = bases.iter().collect();
+    let gateway = Gateway::start(&ctl.addr);
+    let rules = "rules:\n    rules:\n      - { name: gold, match: [{ on: header, name: x-tier, exact: gold }], cell: { tier: gold } }\n      - { name: beta, match: [{ on: header, name: x-beta }], version: \"2.0.0\" }";
+    let spec =
+        |extra: &str| format!("replicas: 4\n  baseSelector: {{ group: online }}\n  {rules}{extra}");
+    ctl.apply(work.path(), "1.0.0", &spec(""));
+    ctl.wait_ready(4, "1.0.0");
+    eventually("the gateway routes /hello", || {
+        get(&gateway.addr, "/hello", &[]).is_some_and(|(status, _)| status == 200)
+    });
+
+    // Spread over every replica.
+    let before = served(&all);
+    let answered = send(&gateway, 200, &[]);
+    assert!(answered.iter().all(|m| m == "hello@1.0.0"), "{answered:?}");
+    let spread = delta(&all, &before);
+    assert!(spread.iter().all(|n| *n >= 10), "uneven spread: {spread:?}");
+    assert_eq!(spread.iter().sum::<u64>(), 200);
+
+    // A cell rule lands only on the gold group.
+    let before = served(&all);
+    send(&gateway, 60, &[("x-tier", "gold")]);
+    let gold = delta(&all, &before);
+    assert_eq!(gold[2] + gold[3], 0, "gold traffic left its cell: {gold:?}");
+    assert!(
+        gold[0] > 0 && gold[1] > 0,
+        "one gold base got nothing: {gold:?}"
+    );
+
+    // No replica of the version a rule chose: 503 naming the module and why.
+    let (status, body) = get(&gateway.addr, "/hello", &[("x-beta", "1")]).unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("module `hello`") && body.contains("none runs version 2.0.0"),
+        "{body}"
+    );
+
+    // Unknown route: 404 naming nothing internal.
+    let (status, body) = get(&gateway.addr, "/nothing/here", &[]).unwrap();
+    assert_eq!(status, 404);
+    assert_eq!(
+        body,
+        r#"{"error":{"code":"not_found","message":"no route matches this request"}}"#
+    );
+
+    // Half the replicas on 2.0.0 (a rollout waiting for confirmation): the
+    // beta rule pins 2.0.0 on whichever bases run it.
+    ctl.apply(
+        work.path(),
+        "2.0.0",
+        &spec("\n  strategy: { batches: 2, needConfirm: true }"),
+    );
+    eventually("two replicas run 2.0.0", || {
+        let table = ctl.endpoints();
+        let replicas = table["deployments"][0]["replicas"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        replicas
+            .iter()
+            .filter(|r| r["versions"] == serde_json::json!(["2.0.0"]) && r["ready"] == true)
+            .count()
+            == 2
+    });
+    let before = served(&all);
+    let beta = send(&gateway, 40, &[("x-beta", "yes")]);
+    assert!(beta.iter().all(|m| m == "hello@2.0.0"), "{beta:?}");
+    let v2 = delta(&all, &before);
+    assert_eq!(
+        v2.iter().filter(|n| **n > 0).count(),
+        2,
+        "2.0.0 traffic: {v2:?}"
+    );
+    // The gateway's metrics and the wide listing.
+    assert!(
+        gateway.metric(
+            "berth_gateway_requests_total",
+            &[("module", "hello"), ("code", "200")]
+        ) >= 300.0
+    );
+    assert_eq!(
+        gateway.metric(
+            "berth_gateway_requests_total",
+            &[("module", "none"), ("code", "404")]
+        ),
+        1.0
+    );
+    let mut wide = berth(&["get", "deployments", "-o", "wide"]);
+    wide.args(["--controller", &ctl.addr]);
+    let wide = stdout(wide);
+    for b in &bases {
+        let ingress = b.ingress.trim_start_matches("http://");
+        assert!(wide.contains(ingress), "{ingress} not in:\n{wide}");
+    }
+}
+
+#[test]
+fn a_base_killed_under_load_costs_at_most_its_requests_in_flight() {
+    let work = work_dir();
+    let ctl = Controller::start(work.path(), 0, &[]);
+    let mut bases: Vec<Option<BaseProcess>> = ["a", "b", "c"]
+        .iter()
+        .map(|n| Some(ctl.base(n, "group=online")))
+        .collect();
+    let gateway = Gateway::start(&ctl.addr);
+    ctl.apply(
+        work.path(),
+        "1.0.0",
+        "replicas: 3\n  baseSelector: { group: online }",
+    );
+    ctl.wait_ready(3, "1.0.0");
+    eventually("the gateway routes /hello", || {
+        get(&gateway.addr, "/hello", &[]).is_some_and(|(status, _)| status == 200)
+    });
+    let clients = 4;
+    let load = Load::start(&gateway.addr, clients);
+    load.wait_answers(100);
+    let mut victim = bases[0].take().unwrap();
+    victim.child.kill().unwrap(); // SIGKILL
+    let killed = Instant::now();
+    let _ = victim.child.wait();
+    load.wait_answers(300);
+    let (answered, failures) = load.finish();
+    assert!(
+        failures.len() <= clients,
+        "{} of {answered} requests failed, more than were in flight: {failures:?}",
+        failures.len()
+    );
+    assert!(
+        failures
+            .iter()
+            .all(|(at, _)| *at < killed + Duration::from_millis(500)),
+        "failures after the ejection: {failures:?}"
+    );
+    assert!(
+        gateway.metric("berth_gateway_ejections_total", &[("module", "hello")]) >= 1.0,
+        "the dead replica was never ejected"
+    );
+}
+
+#[test]
+fn scaling_in_under_load_through_the_gateway_drains_and_fails_nothing() {
+    let work = work_dir();
+    // The default drain grace period: 2 s.
+    let ctl = Controller::start(work.path(), 0, &[]);
+    let bases: Vec<BaseProcess> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|n| ctl.base(n, "group=online"))
+        .collect();
+    let gateway = Gateway::start(&ctl.addr);
+    ctl.apply(
+        work.path(),
+        "1.0.0",
+        "replicas: 4\n  baseSelector: { group: online }",
+    );
+    ctl.wait_ready(4, "1.0.0");
+    eventually("the gateway routes /hello", || {
+        get(&gateway.addr, "/hello", &[]).is_some_and(|(status, _)| status == 200)
+    });
+    let load = Load::start(&gateway.addr, 4);
+    load.wait_answers(100);
+    ctl.apply(
+        work.path(),
+        "1.0.0",
+        "replicas: 1\n  baseSelector: { group: online }",
+    );
+    // The three removed replicas drain first, then go.
+    let table = ctl.endpoints();
+    let draining = table["deployments"][0]["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["draining"] == true)
+        .count();
+    assert_eq!(draining, 3, "{table}");
+    let serving = || {
+        bases
+            .iter()
+            .filter(|b| {
+                get(b.ingress.trim_start_matches("http://"), "/hello", &[])
+                    .is_some_and(|(status, _)| status == 200)
+            })
+            .count()
+    };
+    // Still installed while they drain (the gateway sends them nothing new)...
+    assert_eq!(serving(), 4, "a replica went before its drain");
+    // ...and uninstalled after it.
+    eventually("one base serving hello", || serving() == 1);
+    load.wait_answers(100);
+    let (answered, failures) = load.finish();
+    assert!(
+        failures.is_empty(),
+        "{} of {answered} failed: {failures:?}",
+        failures.len()
+    );
+}
+
+#[test]
+fn a_gateway_started_before_its_controller_serves_once_it_answers() {
+    let work = work_dir();
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let gateway = Gateway::start(&format!("127.0.0.1:{port}"));
+    let (status, body) = get(&gateway.addr, "/hello", &[]).unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("not reached its controller"), "{body}");
+    // It retries every second; let it fail a few times.
+    eventually("the gateway logs the unreachable controller", || {
+        gateway.log().contains("cannot reach the controller")
+    });
+    std::thread::sleep(Duration::from_millis(2500));
+    let ctl = Controller::start(work.path(), port, &[]);
+    let _base = ctl.base("a", "group=online");
+    ctl.apply(
+        work.path(),
+        "1.0.0",
+        "replicas: 1\n  baseSelector: { group: online }",
+    );
+    eventually("the gateway serves /hello", || {
+        get(&gateway.addr, "/hello", &[]).is_some_and(|(status, _)| status == 200)
+    });
+    let log = gateway.log();
+    assert_eq!(
+        log.matches("cannot reach the controller").count(),
+        1,
+        "one line per outage:\n{log}"
+    );
+    assert!(log.contains("endpoint table received"), "{log}");
+}

@@ -15,11 +15,11 @@ use berth_api::endpoints::{DeploymentLoad, GatewayLoad};
 use tokio::sync::watch;
 
 use crate::server::Shared;
+use crate::table::Table;
 
-/// The load of every deployment in the current table, given the request
-/// counts of the last report (`last`, updated) over `elapsed`.
-pub fn load(shared: &Shared, last: &mut HashMap<String, u64>, elapsed: Duration) -> GatewayLoad {
-    let table = shared.table.load_full();
+/// The load of every deployment in `table`, given the request counts of
+/// the last report (`last`, updated) over `elapsed`.
+pub fn load(table: &Table, last: &mut HashMap<String, u64>, elapsed: Duration) -> GatewayLoad {
     let seconds = elapsed.as_secs_f64().max(1e-3);
     let mut report = GatewayLoad::default();
     let mut seen = HashMap::new();
@@ -56,7 +56,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
             continue;
         }
         let now = Instant::now();
-        let report = load(&shared, &mut last, now - at);
+        let report = load(&shared.table.load(), &mut last, now - at);
         at = now;
         let controllers = &shared.config.controllers;
         let url = &controllers[shared.controller.load(Ordering::Relaxed) % controllers.len()];
@@ -74,5 +74,43 @@ pub(crate) async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
             }
             Err(e) => tracing::debug!(controller = %url, error = %e, "load report not sent"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_api::Route;
+    use berth_api::endpoints::{DeploymentEndpoints, EndpointTable};
+
+    #[test]
+    fn the_report_gives_each_deployment_its_rate_since_the_last_one() {
+        let endpoints = EndpointTable {
+            deployments: vec![DeploymentEndpoints {
+                name: "orders".into(),
+                module: "orders".into(),
+                route: Route::default(),
+                rules: None,
+                replicas: Vec::new(),
+            }],
+            revision: "r".into(),
+        };
+        let table = crate::table::Live::default().build(&endpoints);
+        let stats = &table.deployments[0].stats;
+        stats.requests.store(100, Ordering::Relaxed);
+        let mut last = HashMap::new();
+        // The first report has no earlier count: rate 0, not 100 at once.
+        let first = load(&table, &mut last, Duration::from_secs(1));
+        assert_eq!(first.deployments["orders"].rps, 0.0);
+        stats.requests.store(110, Ordering::Relaxed);
+        stats.in_flight.store(3, Ordering::Relaxed);
+        let second = load(&table, &mut last, Duration::from_secs(2));
+        let orders = &second.deployments["orders"];
+        assert_eq!((orders.rps, orders.in_flight, orders.held), (5.0, 3, 0));
+        let json = serde_json::to_value(&second).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"deployments": {"orders": {"in_flight": 3, "rps": 5.0, "held": 0}}})
+        );
     }
 }

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use berth_example_modules::{HELLO, HELLO_V2};
 
-use crate::support::{BERTH, BaseProcess, berth, file_digest, spawn_announced, stdout, work_dir};
+use crate::support::{
+    BERTH, BaseProcess, berth, failure, file_digest, spawn_announced, stdout, work_dir,
+};
 
 const SECRET: &str = "fleet-secret";
 
@@ -549,4 +551,29 @@ fn a_gateway_started_before_its_controller_serves_once_it_answers() {
         "one line per outage:\n{log}"
     );
     assert!(log.contains("endpoint table received"), "{log}");
+}
+
+#[test]
+fn a_gateway_refuses_bad_flags_naming_them() {
+    let err = failure(berth(&[
+        "gateway",
+        "--controller",
+        " , ",
+        "--listen",
+        "127.0.0.1:0",
+    ]));
+    assert!(
+        err.contains("--controller names no controller") && err.contains("--controller http://"),
+        "{err}"
+    );
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let err = failure(berth(&[
+        "gateway",
+        "--controller",
+        "127.0.0.1:1",
+        "--listen",
+        &addr,
+    ]));
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
 }

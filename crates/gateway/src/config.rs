@@ -25,6 +25,11 @@ pub struct GatewayConfig {
     pub ejection: Duration,
     /// The longest ejection.
     pub max_ejection: Duration,
+    /// Requests held per deployment while it has no ready replica (scale
+    /// from zero); more are answered 503.
+    pub hold_queue: usize,
+    /// How long a held request waits for a ready replica before a 503.
+    pub hold_timeout: Duration,
 }
 
 impl GatewayConfig {
@@ -56,6 +61,8 @@ impl GatewayConfig {
             max_body_bytes: 16 << 20,
             ejection: Duration::from_secs(1),
             max_ejection: Duration::from_secs(30),
+            hold_queue: 1000,
+            hold_timeout: Duration::from_secs(10),
         })
     }
 }

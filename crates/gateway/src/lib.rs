@@ -16,6 +16,9 @@
 //!    any response byte it ejects the replica (with back-off) and retries
 //!    once on another ([`proxy`]).
 //!
+//! A deployment with no ready replica has its requests held for a while
+//! and activated from zero ([`hold`]).
+//!
 //! It serves its own Prometheus metrics at `/metrics` ([`metrics`]) and
 //! reports each deployment's load to the controller every second
 //! ([`report`]).
@@ -24,6 +27,7 @@
 
 pub mod balance;
 mod config;
+pub mod hold;
 pub mod metrics;
 pub mod proxy;
 pub mod report;

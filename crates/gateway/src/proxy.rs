@@ -133,6 +133,29 @@ pub async fn handle(
             return error(status, code, message, &request_id);
         }
     };
+    let mut deployment = deployment;
+    let mut cold_start = None;
+    if !deployment.serving() {
+        match crate::hold::hold(shared, deployment.clone()).await {
+            Ok((ready, waited)) => {
+                deployment = ready;
+                cold_start = Some(waited);
+            }
+            Err(why) => {
+                count(
+                    &shared.metrics,
+                    &deployment.module,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                );
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no_replica",
+                    format!("module `{}` has no ready replica: {why}", deployment.module),
+                    &request_id,
+                );
+            }
+        }
+    }
     let labels = Metrics::module(&deployment.module);
     let mut failed: Option<(String, String)> = None;
     for attempt in 0..2 {
@@ -193,7 +216,7 @@ pub async fn handle(
                     .get_or_create(&labels)
                     .observe(started.elapsed().as_secs_f64());
                 count(&shared.metrics, &deployment.module, response.status());
-                return respond(response, guards, &request_id);
+                return respond(response, guards, &request_id, cold_start);
             }
             Err(e) => {
                 drop(guards);
@@ -415,9 +438,16 @@ fn respond(
     response: Response<Incoming>,
     guards: Guards,
     request_id: &HeaderValue,
+    cold_start: Option<std::time::Duration>,
 ) -> Response<Body> {
     let (mut parts, inner) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    if let Some(waited) = cold_start {
+        parts.headers.insert(
+            crate::hold::COLD_START_HEADER,
+            HeaderValue::from(waited.as_millis() as u64),
+        );
+    }
     parts
         .headers
         .entry(REQUEST_ID_HEADER)

@@ -32,7 +32,7 @@ pub fn load(table: &Table, last: &mut HashMap<String, u64>, elapsed: Duration) -
             DeploymentLoad {
                 in_flight: d.stats.in_flight.load(Ordering::Relaxed),
                 rps: requests.saturating_sub(before) as f64 / seconds,
-                held: 0,
+                held: d.stats.held.load(Ordering::Relaxed),
             },
         );
     }
@@ -58,8 +58,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
         let now = Instant::now();
         let report = load(&shared.table.load(), &mut last, now - at);
         at = now;
-        let controllers = &shared.config.controllers;
-        let url = &controllers[shared.controller.load(Ordering::Relaxed) % controllers.len()];
+        let url = &shared.controller_url();
         let sent = shared
             .http
             .put(format!("{url}/v1/gateways/{}/load", shared.config.name))

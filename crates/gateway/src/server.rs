@@ -34,6 +34,17 @@ pub struct Shared {
     pub controller: AtomicUsize,
     /// HTTP client to the controller.
     pub http: reqwest::Client,
+    /// Told of every new table (and of a refused activation), for the held requests.
+    pub changed: Arc<tokio::sync::watch::Sender<()>>,
+}
+
+impl Shared {
+    /// The controller that answered last (or the first).
+    pub fn controller_url(&self) -> String {
+        let controllers = &self.config.controllers;
+        controllers[self.controller.load(std::sync::atomic::Ordering::Relaxed) % controllers.len()]
+            .clone()
+    }
 }
 
 /// The fleet gateway; see the crate docs.
@@ -75,6 +86,7 @@ impl Gateway {
                 .connect_timeout(Duration::from_secs(2))
                 .build()
                 .expect("an HTTP client"),
+            changed: Arc::new(tokio::sync::watch::channel(()).0),
         });
         let (shutdown, watcher) = watch::channel(false);
         let tasks = vec![

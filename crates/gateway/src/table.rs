@@ -42,13 +42,26 @@ pub struct Deployment {
     pub stats: Arc<DeploymentStats>,
 }
 
-/// Per-deployment counters for the load report.
+/// Per-deployment counters for the load report, and its hold queue.
 #[derive(Debug, Default)]
 pub struct DeploymentStats {
     /// Requests forwarded and not answered in full.
     pub in_flight: AtomicU64,
     /// Requests received, ever.
     pub requests: AtomicU64,
+    /// Requests held waiting for a ready replica.
+    pub held: AtomicU64,
+    /// An activation was asked for the requests held now.
+    pub activating: std::sync::atomic::AtomicBool,
+    /// Why the controller refused to activate it, while requests are held.
+    pub refused: std::sync::Mutex<Option<String>>,
+}
+
+impl Deployment {
+    /// Whether some replica can take a request now (ready, not draining).
+    pub fn serving(&self) -> bool {
+        self.replicas.iter().any(|r| r.ready && !r.draining)
+    }
 }
 
 /// One replica.

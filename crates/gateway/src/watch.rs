@@ -60,6 +60,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
                 known = table.revision.clone();
                 let snapshot = shared.live.lock().expect("gateway state").build(&table);
                 shared.table.store(Arc::new(snapshot));
+                shared.changed.send_replace(());
                 continue;
             }
             Err(why) => {

@@ -29,6 +29,13 @@ pub struct GatewayArgs {
     /// First ejection of a failing replica; doubles with each failure in a row.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     ejection: Duration,
+    /// Requests held per deployment while it has no ready replica
+    /// (scale from zero); more are answered 503.
+    #[arg(long, default_value_t = 1000)]
+    hold_queue: usize,
+    /// How long a held request waits for a ready replica before a 503.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    hold_timeout: Duration,
     /// Format of the gateway's logs.
     #[arg(long, value_enum, default_value_t = crate::LogFormat::Text)]
     pub log_format: crate::LogFormat,
@@ -40,6 +47,8 @@ pub async fn run(args: GatewayArgs) -> Result<()> {
     config.secret = args.gateway_secret.filter(|s| !s.is_empty());
     config.max_body_bytes = args.max_body_bytes;
     config.ejection = args.ejection;
+    config.hold_queue = args.hold_queue;
+    config.hold_timeout = args.hold_timeout;
     config.name = args.name.unwrap_or_default();
     let gateway = Gateway::start(config.clone()).await?;
     let addr = gateway.addr;

@@ -114,11 +114,17 @@ struct Gateway {
 
 impl Gateway {
     fn start(controller: &str) -> Self {
+        Self::start_with(controller, &[])
+    }
+
+    /// A gateway with `extra` flags.
+    fn start_with(controller: &str, extra: &[&str]) -> Self {
         let stderr = tempfile::NamedTempFile::new().unwrap();
         let mut child = Command::new(BERTH)
             .args(["gateway", "--listen", "127.0.0.1:0", "--controller"])
             .arg(format!("http://{controller}"))
             .args(["--gateway-secret", SECRET])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(stderr.reopen().unwrap())
             .spawn()
@@ -576,4 +582,79 @@ fn a_gateway_refuses_bad_flags_naming_them() {
         &addr,
     ]));
     assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+}
+
+#[test]
+fn requests_for_a_deployment_without_a_ready_replica_are_held_until_one_is() {
+    let work = work_dir();
+    let ctl = Controller::start(work.path(), 0, &["--drain-grace", "200ms"]);
+    let base = ctl.base("a", "group=online");
+    ctl.apply(
+        work.path(),
+        "1.0.0",
+        "replicas: 0\n  baseSelector: { group: online }",
+    );
+    let gateway = Gateway::start_with(&ctl.addr, &["--hold-queue", "1", "--hold-timeout", "3s"]);
+    // Held: it waits for a replica.
+    let addr = gateway.addr.clone();
+    let held = std::thread::spawn(move || {
+        loop {
+            let answer = fetch(&addr, "/hello", &[]).expect("the gateway answers");
+            if !answer.2.contains("no_endpoints") {
+                return answer;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    eventually("one request held", || {
+        gateway.metric("berth_gateway_queue_depth", &[("module", "hello")]) == 1.0
+    });
+    // The queue holds one: the next is refused at once, saying why.
+    let (status, body) = get(&gateway.addr, "/hello", &[]).unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("module `hello` has no ready replica: its hold queue is full (1 requests"),
+        "{body}"
+    );
+    // A replica comes: the held request flows, saying how long it waited.
+    ctl.apply(
+        work.path(),
+        "1.0.0",
+        "replicas: 1\n  baseSelector: { group: online }",
+    );
+    let (status, head, body) = held.join().unwrap();
+    assert_eq!(status, 200, "{body}");
+    let waited: u64 = head
+        .lines()
+        .find_map(|l| l.strip_prefix("x-berth-cold-start-ms: "))
+        .expect("the cold start header")
+        .parse()
+        .unwrap();
+    assert!(waited > 0, "{head}");
+    assert_eq!(
+        gateway.metric("berth_gateway_queue_depth", &[("module", "hello")]),
+        0.0
+    );
+    // Back to zero: a request waits the hold timeout, then a 503 says why.
+    ctl.apply(
+        work.path(),
+        "1.0.0",
+        "replicas: 0\n  baseSelector: { group: online }",
+    );
+    eventually("the replica is gone", || {
+        get(base.ingress.trim_start_matches("http://"), "/hello", &[])
+            .is_some_and(|(status, _)| status == 404)
+    });
+    let asked = Instant::now();
+    let (status, body) = get(&gateway.addr, "/hello", &[]).unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("no ready replica: none became ready within 3s"),
+        "{body}"
+    );
+    assert!(
+        asked.elapsed() >= Duration::from_millis(2900),
+        "{:?}",
+        asked.elapsed()
+    );
 }

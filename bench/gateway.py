@@ -32,6 +32,7 @@ import argparse
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -49,8 +50,9 @@ SECRET = "bench-secret"
 def ensure_haproxy():
     if shutil.which("haproxy") is None:
         bench.log("installing haproxy with apt-get")
-        subprocess.run(["apt-get", "update", "-qq"], check=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "haproxy"], check=True)
+        # apt's chatter goes to stderr: stdout is the report.
+        subprocess.run(["apt-get", "update", "-qq"], check=True, stdout=sys.stderr)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "haproxy"], check=True, stdout=sys.stderr)
 
 
 def start_controller(tmp):
@@ -162,7 +164,7 @@ def throughput(args, tmp):
 
 
 def failures_during(args, tmp, n_bases, replicas, action, what):
-    """Failed requests through the gateway during `action`, run 3 s into a wrk load."""
+    """Failed requests through the gateway during `action`, run a third of the way into a wrk load."""
     ctl, ctl_port = start_controller(tmp)
     bases = [start_base(tmp, ctl_port, f"f{i}") for i in range(n_bases)]
     gw, gw_port = start_gateway(ctl_port)
@@ -177,7 +179,7 @@ def failures_during(args, tmp, n_bases, replicas, action, what):
 
     t = threading.Thread(target=load)
     t.start()
-    time.sleep(3)
+    time.sleep(args.duration / 3)
     action(ctl_port, bases)
     t.join()
     alive = [b for b in bases if b["proc"].poll() is None]
@@ -208,7 +210,7 @@ def main():
     try:
         throughput(args, tmp)
         print(f"\n### Failed requests through the gateway under load ({args.duration} s of wrk, "
-              f"the change 3 s in)\n")
+              f"the change {args.duration / 3:.1f} s in)\n")
         print("| event | requests | failed |")
         print("|---|---|---|")
         failures_during(args, tmp, 4, 4, lambda ctl, bases: apply(tmp, ctl, 1),

@@ -346,6 +346,10 @@ fn a_gateway_spreads_requests_and_follows_version_rules_and_traffic_cells() {
     assert!(spread.iter().all(|n| *n >= 10), "uneven spread: {spread:?}");
     assert_eq!(spread.iter().sum::<u64>(), 200);
 
+    // The client's request id reaches the base (which answers with it).
+    let (_, head, _) = fetch(&gateway.addr, "/hello", &[("x-request-id", "req-42")]).unwrap();
+    assert!(head.contains("x-request-id: req-42"), "{head}");
+
     // A cell rule lands only on the gold group.
     let before = served(&all);
     send(&gateway, 60, &[("x-tier", "gold")]);
@@ -468,7 +472,7 @@ fn a_base_killed_under_load_costs_at_most_its_requests_in_flight() {
 }
 
 #[test]
-fn scaling_in_under_load_through_the_gateway_drains_and_fails_nothing() {
+fn scaling_in_and_a_version_change_under_load_through_the_gateway_fail_nothing() {
     let work = work_dir();
     // The default drain grace period: 2 s.
     let ctl = Controller::start(work.path(), 0, &[]);
@@ -515,6 +519,14 @@ fn scaling_in_under_load_through_the_gateway_drains_and_fails_nothing() {
     assert_eq!(serving(), 4, "a replica went before its drain");
     // ...and uninstalled after it.
     eventually("one base serving hello", || serving() == 1);
+    load.wait_answers(100);
+    // A version change of the replica left, under the same load.
+    ctl.apply(
+        work.path(),
+        "2.0.0",
+        "replicas: 1\n  baseSelector: { group: online }",
+    );
+    ctl.wait_ready(1, "2.0.0");
     load.wait_answers(100);
     let (answered, failures) = load.finish();
     assert!(

@@ -268,7 +268,8 @@ enum Command {
     ///   BERTH_GATEWAY_SECRET=s3cret berth gateway   # bases: berth base --gateway-secret s3cret
     ///   curl http://127.0.0.1:8000/orders           # routed like the deployment's route
     ///
-    /// A rule that sends a traffic cell to a base group, in a ModuleDeployment:
+    /// Rules under a ModuleDeployment's spec: a traffic cell (only bases
+    /// labelled group=gold) and a version:
     ///   rules:
     ///     rules:
     ///       - { name: gold, match: [{ on: header, name: x-tier, exact: gold }], cell: { group: gold } }

@@ -537,13 +537,15 @@ fn scaling_in_and_a_version_change_under_load_through_the_gateway_fail_nothing()
 }
 
 #[test]
-fn a_gateway_started_before_its_controller_serves_once_it_answers() {
+fn a_gateway_started_before_its_controllers_serves_once_one_answers() {
     let work = work_dir();
-    let port = {
+    let free_port = || {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
     };
-    let gateway = Gateway::start(&format!("127.0.0.1:{port}"));
+    // Two controllers named: one never comes, the other comes late.
+    let (never, port) = (free_port(), free_port());
+    let gateway = Gateway::start(&format!("127.0.0.1:{never},http://127.0.0.1:{port}"));
     let (status, body) = get(&gateway.addr, "/hello", &[]).unwrap();
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("not reached its controller"), "{body}");

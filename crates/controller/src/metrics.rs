@@ -126,6 +126,21 @@ impl Metrics {
         out
     }
 
+    /// Registers `metric` as `berth_controller_<name>` (for families that
+    /// other modules own, e.g. [`crate::load`]'s).
+    pub fn register(
+        &self,
+        name: &str,
+        help: &str,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
+        self.registry
+            .lock()
+            .expect("metrics registry")
+            .sub_registry_with_prefix("berth_controller")
+            .register(name, help, metric);
+    }
+
     /// Counts one placement decision.
     pub fn decided(&self, decision: &'static str) {
         self.decisions

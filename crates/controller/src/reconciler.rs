@@ -78,6 +78,8 @@ struct Seen {
     /// Base → the error it reported for its assigned version.
     failures: BTreeMap<String, String>,
     unschedulable: u32,
+    /// Replicas wanted.
+    desired: u32,
 }
 
 /// The controller's reconciler; see the module docs.
@@ -93,20 +95,26 @@ pub struct Reconciler {
     /// The compiler that reads what each module imports, if the
     /// controller compiles for its bases ([`Reconciler::set_code`]).
     code: std::sync::OnceLock<Arc<crate::code::CodeShop>>,
+    /// The gateways' load reports and the replica decisions made from
+    /// them (scale to zero, activation, autoscale).
+    pub scaler: crate::scaler::Scaler,
 }
 
 impl Reconciler {
     /// A reconciler over `resources`; bases silent for `heartbeat_timeout`
     /// are NotReady.
     pub fn new(resources: Arc<Resources<SharedStore>>, heartbeat_timeout: Duration) -> Arc<Self> {
+        let metrics = Metrics::default();
+        let scaler = crate::scaler::Scaler::new(&metrics);
         Arc::new(Self {
             resources,
             heartbeat_timeout,
             seen: Mutex::new(None),
             published: watch::channel(Arc::new(Snapshot::default())).0,
             stopping: watch::channel(false).0,
-            metrics: Metrics::default(),
+            metrics,
             code: std::sync::OnceLock::new(),
+            scaler,
         })
     }
 
@@ -117,7 +125,7 @@ impl Reconciler {
     }
 
     /// What `d`'s module imports, as far as the controller knows.
-    fn imports(&self, d: &StoredDeployment) -> crate::code::Imports {
+    pub(crate) fn imports(&self, d: &StoredDeployment) -> crate::code::Imports {
         match self.code.get() {
             Some(shop) => shop.imports(
                 &d.manifest.spec.module.digest,
@@ -163,6 +171,7 @@ impl Reconciler {
     pub fn status(&self, d: &StoredDeployment) -> DeploymentStatus {
         let snapshot = self.published.borrow().clone();
         let mut status = status::of(d, &snapshot.placement, &snapshot.bases);
+        status.load = self.scaler.load_of(&d.manifest.metadata.name);
         if status.unschedulable > 0 {
             // Say why, e.g. `unschedulable: no base offers berth:sql/query@0.1.0`.
             let why = scheduler::why_unschedulable_with(d, &snapshot.bases, &self.imports(d));
@@ -263,7 +272,7 @@ impl Reconciler {
                 })? {
                     news.entry(name)
                         .or_default()
-                        .extend(rollout_events(&before, &after));
+                        .extend(rollout_events(&before, &after, &placement));
                     *d = after;
                     advanced = true;
                 }
@@ -374,7 +383,7 @@ impl Reconciler {
                 format!(
                     "{} of {} replica(s) found no base: {}",
                     now.unschedulable,
-                    d.manifest.spec.replicas,
+                    now.desired,
                     scheduler::why_unschedulable_with(d, bases, &self.imports(d))
                 ),
             ));
@@ -463,6 +472,11 @@ fn observe(
                     .get(&d.manifest.metadata.name)
                     .copied()
                     .unwrap_or(0),
+                desired: placement
+                    .desired
+                    .get(&d.manifest.metadata.name)
+                    .copied()
+                    .unwrap_or(0),
                 ..Seen::default()
             };
             for (base, assignments) in &placement.by_base {
@@ -485,9 +499,14 @@ fn observe(
 }
 
 /// Events from one rollout step.
-fn rollout_events(before: &StoredDeployment, after: &StoredDeployment) -> Vec<NewEvent> {
+fn rollout_events(
+    before: &StoredDeployment,
+    after: &StoredDeployment,
+    placement: &Placement,
+) -> Vec<NewEvent> {
     let spec = &after.manifest.spec;
     let name = &after.manifest.metadata.name;
+    let replicas = placement.desired.get(name).copied().unwrap_or(0);
     let version = &spec.module.version;
     let batches = spec.strategy.batches;
     let (Some(b), a) = (&before.rollout, &after.rollout) else {
@@ -496,7 +515,7 @@ fn rollout_events(before: &StoredDeployment, after: &StoredDeployment) -> Vec<Ne
     let Some(a) = a else {
         return vec![NewEvent::normal(
             "RolloutComplete",
-            format!("all {} replicas run {version}", spec.replicas),
+            format!("all {replicas} replicas run {version}"),
         )];
     };
     let mut out = Vec::new();
@@ -529,8 +548,8 @@ fn rollout_events(before: &StoredDeployment, after: &StoredDeployment) -> Vec<Ne
             format!(
                 "batch {} of {batches}: {} of {} replicas move to {version}",
                 a.batch,
-                rollout::updated_count(spec.replicas, batches, a.batch),
-                spec.replicas
+                rollout::updated_count(replicas, batches, a.batch),
+                replicas
             ),
         ));
     }

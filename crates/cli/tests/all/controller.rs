@@ -1171,10 +1171,13 @@ spec:
     );
     eventually("stock bases serving hello", 3, serving);
     assert!(!serves(&other.ingress, "/hello"));
-    has_line(
-        &stdout(ctl.berth(&["get", "deployments"])),
-        &["moduledeployment-sample", "3/3", "all (3)"],
-    );
+    // Status follows the heartbeats, so it can trail serving by a moment.
+    eventually("a peer deployment of 3 ready replicas", 1, || {
+        let table = stdout(ctl.berth(&["get", "deployments"]));
+        usize::from(table.lines().any(|l| {
+            l.starts_with("moduledeployment-sample") && l.contains("3/3") && l.ends_with("all (3)")
+        }))
+    });
     let form = stdout(ctl.berth(&["get", "deployments", "-o", "yaml", "--as", "koupleless"]));
     assert!(form.contains("replicas: -1"), "{form}");
 

@@ -234,9 +234,10 @@ fn a_load_report_above_target_scales_an_autoscaled_deployment_up() {
         described.contains("Autoscale:   1-3 replicas, target concurrency 10 per replica"),
         "{described}"
     );
-    has_line(
-        &stdout(ctl.berth(&["get", "deployments"])),
-        &["hello", "3/3", "3 (autoscale 1-3)"],
-    );
+    until("3 of 3 ready in get deployments", || {
+        stdout(ctl.berth(&["get", "deployments"])).lines().any(|l| {
+            l.starts_with("hello") && l.contains("3/3") && l.ends_with("3 (autoscale 1-3)")
+        })
+    });
     drop(ctl);
 }

@@ -44,7 +44,8 @@ pub struct Metrics {
     pub bases: Family<StateLabels, Gauge>,
     /// Heartbeats received.
     pub heartbeats: Counter,
-    /// Placement decisions: scheduled, descheduled, unschedulable.
+    /// Placement and scaling decisions: scheduled, descheduled,
+    /// unschedulable, scaled_to_zero, activated, restored, autoscaled.
     pub decisions: Family<StateLabels, Counter>,
     /// Events recorded, by type (Normal, Warning).
     pub events: Family<StateLabels, Counter>,
@@ -96,7 +97,7 @@ impl Default for Metrics {
             );
             r.register(
                 "scheduler_decisions",
-                "Placement decisions (scheduled, descheduled, unschedulable)",
+                "Placement and scaling decisions (scheduled, descheduled, unschedulable, scaled_to_zero, activated, restored, autoscaled)",
                 m.decisions.clone(),
             );
             r.register(

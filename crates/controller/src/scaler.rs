@@ -445,3 +445,44 @@ fn activate_now(reconciler: &Reconciler, name: &str) -> Result<Activation, Scale
     )?;
     Ok(Activation::Activated)
 }
+
+#[cfg(test)]
+mod tests {
+    use berth_api::manifest::{Manifest, parse};
+
+    use super::*;
+
+    fn spec(lines: &str) -> DeploymentSpec {
+        let text = format!(
+            "apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: {{ name: m }}\nspec:\n  module: {{ name: m, version: \"1\", artifact: \"file:/m.wasm\", digest: \"sha256:{}\" }}\n{lines}",
+            "ab".repeat(32)
+        );
+        let Manifest::ModuleDeployment(d) = parse(&text).unwrap();
+        d.spec
+    }
+
+    fn scale(replicas: u32, reason: ScaleReason) -> Option<Scale> {
+        Some(Scale {
+            replicas,
+            reason,
+            at_ms: 1,
+        })
+    }
+
+    #[test]
+    fn an_apply_keeps_the_controllers_count_only_while_the_spec_still_asks_for_it() {
+        let zero = spec("  replicas: 2\n  scaleToZero: { idleAfter: 1m }\n");
+        let plain = spec("  replicas: 2\n");
+        let auto = spec("  autoscale: { minReplicas: 0, maxReplicas: 4, target: { rps: 5 } }\n");
+        let idle = scale(0, ScaleReason::Idle);
+        assert_eq!(carried_over(idle.clone(), &zero), idle);
+        // minReplicas 0 scales to zero too.
+        assert_eq!(carried_over(idle.clone(), &auto), idle);
+        // scaleToZero dropped: back to the spec's count.
+        assert_eq!(carried_over(idle, &plain), None);
+        let autoscaled = scale(3, ScaleReason::Autoscaled);
+        assert_eq!(carried_over(autoscaled.clone(), &auto), autoscaled);
+        assert_eq!(carried_over(autoscaled, &zero), None);
+        assert_eq!(carried_over(None, &zero), None);
+    }
+}

@@ -12,6 +12,12 @@
 //! modules placed so far, or — **binPack** — the most, then by name.
 //! Replicas that find no candidate are unschedulable.
 //!
+//! How many replicas a deployment wants is [`wanted`]: its `replicas`, or
+//! for a peer deployment (`replicas: all`) one per Ready base matching the
+//! selector and offering its imports — so it follows bases joining and
+//! leaving — unless the controller set a count itself (scaled to zero,
+//! activated, autoscaled; [`crate::scaler`]).
+//!
 //! A base is a candidate only if it offers every interface the module
 //! imports beyond WASI (its heartbeat's capabilities; the imports come from
 //! the controller's compile, [`Imports`]): a module importing

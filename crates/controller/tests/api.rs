@@ -599,3 +599,76 @@ async fn a_peer_deployment_wants_one_replica_per_matching_base() {
         "{events}"
     );
 }
+
+#[tokio::test]
+async fn bad_scaling_specs_are_refused_by_field_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _server) = serve(&dir.path().join("controller.redb")).await;
+    let client = reqwest::Client::new();
+    let m = component(dir.path(), "orders.wasm", b"");
+    assert_eq!(post(&client, &url, manifest("2", &m)).await.0, 201);
+    let shown = || async {
+        let mut d = get_json(&client, &format!("{url}/v1/deployments/orders")).await;
+        d.as_object_mut().unwrap().remove("events");
+        d
+    };
+    let before = shown().await;
+    let autoscale = |spec: &str| {
+        manifest("2", &m).replace("  replicas: 2\n", &format!("  autoscale: {spec}\n"))
+    };
+    let cases = [
+        (
+            manifest("2", &m).replace(
+                "  replicas: 2\n",
+                "  replicas: 2\n  autoscale: { maxReplicas: 3, target: { rps: 10 } }\n",
+            ),
+            "spec.autoscale: cannot be combined with spec.replicas",
+        ),
+        (
+            autoscale("{ minReplicas: 4, maxReplicas: 2, target: { rps: 10 } }"),
+            "spec.autoscale.minReplicas: 4 is above maxReplicas 2",
+        ),
+        (
+            autoscale("{ maxReplicas: 2, target: { concurrency: 0 } }"),
+            "spec.autoscale.target.concurrency: 0 must be above 0",
+        ),
+        (
+            manifest("2", &m).replace(
+                "  replicas: 2\n",
+                "  replicas: 2\n  scaleToZero: { idleAfter: later }\n",
+            ),
+            "spec.scaleToZero.idleAfter: `later` is not a duration",
+        ),
+        (
+            manifest("2", &m).replace("  replicas: 2\n", "  replicas: most\n"),
+            "spec.replicas: invalid type: string \"most\", expected u32, or `all`",
+        ),
+    ];
+    for (text, want) in cases {
+        let (status, body) = post(&client, &url, text).await;
+        assert_eq!(status, 422, "{body}");
+        assert_eq!(body["error"]["code"], "invalid_manifest");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with(want), "{message}\nexpected: {want}");
+        assert_eq!(
+            shown().await,
+            before,
+            "a refused apply changed the deployment"
+        );
+    }
+    // A good autoscale spec replaces the replicas.
+    let (status, body) = post(
+        &client,
+        &url,
+        autoscale("{ minReplicas: 1, maxReplicas: 3, target: { rps: 10 } }"),
+    )
+    .await;
+    assert_eq!(
+        (status, body["result"].as_str()),
+        (200, Some("updated")),
+        "{body}"
+    );
+    let d = shown().await;
+    assert_eq!(d["status"]["desired"], 1);
+    assert_eq!(d["manifest"]["spec"]["autoscale"]["maxReplicas"], 3);
+}

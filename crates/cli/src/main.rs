@@ -251,7 +251,7 @@ enum Command {
     /// Create or update resources from a manifest (YAML or JSON; `-f -` reads stdin).
     ///
     /// A bad field is reported with its path, e.g.
-    /// `spec.replicas: invalid type: string "six", expected u32, or `all` …`.
+    /// `spec.replicas: invalid type: string "six", expected u32, or …`.
     ///
     /// A relative `file:` artifact is resolved against the manifest's
     /// directory. The controller checks the artifact (readable, its digest, a

@@ -32,7 +32,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{post, put};
-use berth_api::manifest::{DeploymentSpec, Metric};
+use berth_api::manifest::{DeploymentSpec, Metric, Replicas};
 use berth_api::{ErrorBody, ErrorDetail};
 use serde::{Deserialize, Serialize};
 
@@ -193,7 +193,7 @@ pub fn tick(reconciler: &Reconciler, now: Instant) -> Result<(), ResourceError> 
             };
             if let Some(zero) = &spec.scale_to_zero {
                 let idle_for = now.saturating_duration_since(t.last_busy);
-                if !idle(d) && idle_for >= zero.idle_after() {
+                if current > 0 && !idle(d) && idle_for >= zero.idle_after() {
                     changes.push((
                         name.clone(),
                         set(0, ScaleReason::Idle),
@@ -212,7 +212,9 @@ pub fn tick(reconciler: &Reconciler, now: Instant) -> Result<(), ResourceError> 
                 .scale
                 .as_ref()
                 .is_some_and(|s| s.reason == ScaleReason::Activated);
-            if activated && spec.autoscale.is_none() {
+            // (A spec of `replicas: 0` keeps the activated replica until idle.)
+            let restores = !matches!(spec.replicas, Some(Replicas::Count(0)));
+            if activated && restores && spec.autoscale.is_none() {
                 let ready = crate::status::of(d, &snapshot.placement, &snapshot.bases).ready;
                 if ready > 0 {
                     changes.push((
@@ -394,8 +396,11 @@ fn activate_now(reconciler: &Reconciler, name: &str) -> Result<Activation, Scale
     // Where would it go with one replica (or the ones it wants)? A dry
     // run of the scheduler over the bases as they are now.
     let bases = reconciler.bases()?;
+    let imports = |d: &StoredDeployment| reconciler.imports(d);
+    let now = scheduler::place_with(&deployments, &bases, &imports);
+    // Scaled to zero, or a spec of `replicas: 0`.
+    let zero = now.desired.get(name).copied().unwrap_or(0) == 0;
     let mut trial = deployments.clone();
-    let zero = idle(d);
     if zero {
         for t in trial
             .iter_mut()
@@ -408,7 +413,7 @@ fn activate_now(reconciler: &Reconciler, name: &str) -> Result<Activation, Scale
             });
         }
     }
-    let placement = scheduler::place_with(&trial, &bases, &|d| reconciler.imports(d));
+    let placement = scheduler::place_with(&trial, &bases, &imports);
     let wanted = placement.desired.get(name).copied().unwrap_or(0);
     let unplaced = placement.unschedulable.get(name).copied().unwrap_or(0);
     if wanted > 0 && unplaced >= wanted {
@@ -423,7 +428,7 @@ fn activate_now(reconciler: &Reconciler, name: &str) -> Result<Activation, Scale
     let activated = std::cell::Cell::new(false);
     reconciler.resources().update(name, |stored| {
         // Another gateway may have activated it since it was read.
-        if idle(stored) {
+        if stored.scale.as_ref().is_none_or(|s| s.replicas == 0) {
             stored.scale = Some(Scale {
                 replicas: 1,
                 reason: ScaleReason::Activated,

@@ -321,6 +321,22 @@ pub async fn describe(controller: &str, name: &str, output: Output) -> Result<()
         status["unschedulable"]
     );
     let spec = &d.manifest.spec;
+    if let Some(scale) = &d.scale {
+        let why = match scale.reason {
+            berth_controller::scaler::ScaleReason::Idle => "scaled to zero while idle",
+            berth_controller::scaler::ScaleReason::Activated => "activated by a gateway",
+            berth_controller::scaler::ScaleReason::Autoscaled => "the autoscaler's last decision",
+        };
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(scale.at_ms);
+        let ago = std::time::SystemTime::now()
+            .duration_since(at)
+            .map_or(0, |d| d.as_secs());
+        println!(
+            "Scaled:      {} replica(s) by the controller: {why}, {} ago",
+            scale.replicas,
+            humantime::format_duration(std::time::Duration::from_secs(ago))
+        );
+    }
     if let Some(zero) = &spec.scale_to_zero {
         println!("Scale:       to zero after {} idle", zero.idle_after);
     }

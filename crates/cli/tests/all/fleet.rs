@@ -138,6 +138,13 @@ fn an_idle_deployment_scales_to_zero_and_activation_brings_it_back() {
         "{described}"
     );
     has_line(&described, &["Available", "True", "ScaledToZero"]);
+    has_line(
+        &described,
+        &[
+            "Scaled:",
+            "0 replica(s) by the controller: scaled to zero while idle",
+        ],
+    );
     has_line(&described, &["ReplicaFailure", "False"]);
     has_line(
         &described,
@@ -165,7 +172,14 @@ fn an_idle_deployment_scales_to_zero_and_activation_brings_it_back() {
     let activated = Instant::now();
     let (status, body) = call(&ctl.addr, "POST", "/v1/deployments/hello/activate", "");
     assert_eq!((status, body.as_str()), (202, r#"{"replicas":1}"#));
-    until("serving again", || serves(&base.ingress, "/hello"));
+    // Polled tightly: the time is printed (debug build, one base).
+    while !serves(&base.ingress, "/hello") {
+        assert!(
+            activated.elapsed() < Duration::from_secs(15),
+            "not serving 15 s after activation"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
     eprintln!("activation to serving: {:?}", activated.elapsed());
     // Asked again while it has its replica: 200, nothing changes.
     let (status, body) = call(&ctl.addr, "POST", "/v1/deployments/hello/activate", "");

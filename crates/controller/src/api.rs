@@ -186,7 +186,7 @@ impl IntoResponse for ApiError {
 
 /// Runs store work (redb commits are durable, so they wait on the disk) on
 /// a blocking thread, never on an async worker.
-pub(crate) async fn blocking<T: Send + 'static>(
+async fn blocking<T: Send + 'static>(
     shared: &Shared,
     work: impl FnOnce(&Shared) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {

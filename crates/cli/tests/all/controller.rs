@@ -291,6 +291,24 @@ impl ControllerProcess {
         stdout(self.berth(&["describe", "deployment", name]))
     }
 
+    /// `berth describe deployment name` once it satisfies `ready`, polled
+    /// for up to 10 s (what it shows can trail a background compile).
+    #[track_caller]
+    pub(crate) fn describe_when(&self, name: &str, ready: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = self.describe(name);
+            if ready(&text) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "describe never got there:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The value of one series of the controller's `/metrics`.
     pub(crate) fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         metric(&self.addr, name, labels)
@@ -873,7 +891,10 @@ fn apply_checks_the_artifact_and_resolves_a_relative_path_against_the_manifest()
         shown[0]["manifest"]["spec"]["module"]["artifact"],
         format!("file:{}", absolute.display())
     );
-    let before = ctl.describe("hello");
+    // The controller compiles the module in the background and, once it
+    // knows the imports, says why it cannot place it: wait for that state,
+    // which nothing below may change.
+    let before = ctl.describe_when("hello", |text| text.contains("no Ready base matches"));
 
     // A relative path to nothing fails before it is sent.
     write("file:missing.wasm", "2.0.0");

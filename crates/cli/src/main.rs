@@ -279,7 +279,7 @@ enum Command {
     /// Create or update resources from a manifest (YAML or JSON; `-f -` reads stdin).
     ///
     /// A bad field is reported with its path, e.g.
-    /// `spec.replicas: invalid type: string "six", expected u32`.
+    /// `spec.replicas: invalid type: string "six", expected u32, or …`.
     ///
     /// A relative `file:` artifact is resolved against the manifest's
     /// directory. The controller checks the artifact (readable, its digest, a
@@ -299,8 +299,9 @@ enum Command {
     ///       version: 1.4.0
     ///       artifact: file:./orders.wasm    # or file:/abs/path, https://…
     ///       digest: sha256:…                # what `berth build` prints
-    ///     replicas: 3
+    ///     replicas: 3                       # or all: one on every matching base
     ///     baseSelector: { group: online }   # bases started with --labels group=online
+    ///     scaleToZero: { idleAfter: 5m }    # optional: none while no request comes
     ///     strategy: { batches: 3, pauseBetween: 5s, needConfirm: false }
     ///     route: { pathPrefix: /orders }
     #[command(verbatim_doc_comment)]

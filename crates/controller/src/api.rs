@@ -8,6 +8,8 @@
 //! | GET | `/v1/deployments/{name}` | one, as stored (manifest, generation, history), with status and events |
 //! | DELETE | `/v1/deployments/{name}` | delete one |
 //! | POST | `/v1/deployments/{name}/rollout/{confirm,pause,resume,undo}` | steer its rollout |
+//! | POST | `/v1/deployments/{name}/activate` | a replica for a deployment scaled to zero ([`crate::scaler`]) |
+//! | PUT | `/v1/gateways/{name}/load` | a gateway's load report ([`crate::load`]) |
 //! | PUT | `/v1/bases/{name}` | a base's heartbeat ([`BaseHeartbeat`]); answers its [`Assignments`](berth_api::Assignments) |
 //! | GET | `/v1/bases/{name}/assignments?known=REV&waitMs=N` | a base's assignments, held (long poll, up to `waitMs`, default 30 s) while they are still `REV` |
 //! | GET | `/v1/bases` | every base with Ready / NotReady |
@@ -72,6 +74,7 @@ pub async fn serve(
         tracing::warn!(error = %e, "first reconcile failed; retrying on the tick");
     }
     let ticking = tokio::spawn(reconciler.clone().run());
+    let scaling = tokio::spawn(crate::scaler::run(reconciler.clone()));
     let stopper = reconciler.clone();
     let result = axum::serve(listener, router(shared))
         .with_graceful_shutdown(async move {
@@ -81,6 +84,7 @@ pub async fn serve(
         .await;
     reconciler.stop();
     let _ = ticking.await;
+    let _ = scaling.await;
     result
 }
 
@@ -230,6 +234,7 @@ pub fn router(shared: Shared) -> Router {
             "/v1/deployments/{name}/rollout/{action}",
             post(rollout_action),
         )
+        .merge(crate::scaler::routes())
         .with_state(shared)
 }
 
@@ -265,7 +270,7 @@ async fn heartbeat(
 }
 
 /// Runs a reconcile pass off the async threads.
-async fn reconcile(shared: &Shared) -> Result<(), ApiError> {
+pub(crate) async fn reconcile(shared: &Shared) -> Result<(), ApiError> {
     let reconciler = shared.reconciler.clone();
     tokio::task::spawn_blocking(move || reconciler.reconcile())
         .await
@@ -536,7 +541,9 @@ fn apply_events(
             "Created",
             format!(
                 "{}@{} with {} replica(s)",
-                spec.module.name, spec.module.version, spec.replicas
+                spec.module.name,
+                spec.module.version,
+                spec.replicas_text()
             ),
         )];
     };
@@ -545,10 +552,14 @@ fn apply_events(
         return Vec::new();
     }
     let mut out = Vec::new();
-    if old.replicas != spec.replicas {
+    if old.replicas_text() != spec.replicas_text() {
         out.push(NewEvent::normal(
             "Scaled",
-            format!("replicas {} → {}", old.replicas, spec.replicas),
+            format!(
+                "replicas {} → {}",
+                old.replicas_text(),
+                spec.replicas_text()
+            ),
         ));
     }
     if let (false, Some(rollout)) = (

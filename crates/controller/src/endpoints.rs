@@ -247,4 +247,78 @@ mod tests {
                 .is_empty()
         );
     }
+
+    fn stored(spec: &str) -> StoredDeployment {
+        let text = format!(
+            "apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: {{ name: hello }}\nspec:\n  module: {{ name: hello, version: \"1\", artifact: \"file:/x\", digest: \"sha256:{}\" }}\n{spec}",
+            "ab".repeat(32)
+        );
+        let berth_api::manifest::Manifest::ModuleDeployment(manifest) =
+            berth_api::manifest::parse(&text).unwrap();
+        StoredDeployment {
+            manifest,
+            generation: 1,
+            history: Vec::new(),
+            rollout: None,
+            scale: None,
+        }
+    }
+
+    /// What drains when `d` goes from `before` to `after` on `bases`.
+    fn drained(
+        before: &StoredDeployment,
+        after: &StoredDeployment,
+        bases_before: &[BaseStatus],
+        bases_after: &[BaseStatus],
+    ) -> Vec<String> {
+        let previous = crate::scheduler::place(std::slice::from_ref(before), bases_before);
+        let now = crate::scheduler::place(std::slice::from_ref(after), bases_after);
+        assert!(!previous.by_base.is_empty(), "placed before");
+        let mut drains = Drains::default();
+        let kept = drains.update(
+            &previous.by_base,
+            &now,
+            bases_after,
+            Duration::from_secs(2),
+            Instant::now(),
+        );
+        kept.keys().cloned().collect()
+    }
+
+    #[test]
+    fn the_controllers_own_removals_drain_too() {
+        use crate::scaler::{Scale, ScaleReason};
+        let bases = [base("a", true), base("bb", true), base("ccc", true)];
+        let scale = |replicas, reason| {
+            Some(Scale {
+                replicas,
+                reason,
+                at_ms: 0,
+            })
+        };
+        // Scaled to zero: every replica drains.
+        let zero = stored("  replicas: 2\n  scaleToZero: { idleAfter: 1m }\n");
+        let mut idle = zero.clone();
+        idle.scale = scale(0, ScaleReason::Idle);
+        assert_eq!(drained(&zero, &idle, &bases, &bases), ["a", "bb"]);
+        // An autoscale scale-in: the replica removed drains.
+        let mut three = stored(
+            "  autoscale: { minReplicas: 1, maxReplicas: 3, target: { concurrency: 10 } }\n",
+        );
+        three.scale = scale(3, ScaleReason::Autoscaled);
+        let mut two = three.clone();
+        two.scale = scale(2, ScaleReason::Autoscaled);
+        assert_eq!(drained(&three, &two, &bases, &bases).len(), 1);
+        // A peer deployment whose base leaves its selector (still Ready).
+        let peer = stored("  replicas: all\n  baseSelector: { group: gold }\n");
+        let gold = |b: &BaseStatus, group: &str| {
+            let mut b = b.clone();
+            b.heartbeat.labels = [("group".to_string(), group.to_string())].into();
+            b
+        };
+        let before: Vec<BaseStatus> = bases.iter().map(|b| gold(b, "gold")).collect();
+        let mut after = before.clone();
+        after[1] = gold(&bases[1], "silver");
+        assert_eq!(drained(&peer, &peer, &before, &after), ["bb"]);
+    }
 }

@@ -16,21 +16,26 @@
 //! - [`endpoints`]: the table gateways route by, and the drain of removed
 //!   replicas;
 //! - [`artifact`]: the check of a module's artifact at apply;
+//! - [`load`]: the gateways' load reports; [`scaler`]: scale to zero,
+//!   activation and [`autoscale`] decisions made from them;
 //! - [`api`]: the HTTP API bases and the CLI talk to;
 //! - [`start`]: `--store` and [`start::Controller::start`], the one entry
 //!   point that opens the store and binds the API.
 
 pub mod api;
 pub mod artifact;
+pub mod autoscale;
 pub mod bases;
 pub mod code;
 pub mod endpoints;
 pub mod etcd;
 pub mod events;
+pub mod load;
 pub mod metrics;
 pub mod reconciler;
 pub mod resources;
 pub mod rollout;
+pub mod scaler;
 pub mod scheduler;
 pub mod start;
 pub mod status;

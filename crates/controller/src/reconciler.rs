@@ -88,6 +88,8 @@ struct Seen {
     /// Base → the error it reported for its assigned version.
     failures: BTreeMap<String, String>,
     unschedulable: u32,
+    /// Replicas wanted.
+    desired: u32,
 }
 
 /// The controller's reconciler; see the module docs.
@@ -107,24 +109,30 @@ pub struct Reconciler {
     drains: Mutex<crate::endpoints::Drains>,
     /// How long a removed replica drains (ms; 0: not at all).
     drain_grace_ms: std::sync::atomic::AtomicU64,
+    /// The gateways' load reports and the replica decisions made from
+    /// them (scale to zero, activation, autoscale).
+    pub scaler: crate::scaler::Scaler,
 }
 
 impl Reconciler {
     /// A reconciler over `resources`; bases silent for `heartbeat_timeout`
     /// are NotReady.
     pub fn new(resources: Arc<Resources<SharedStore>>, heartbeat_timeout: Duration) -> Arc<Self> {
+        let metrics = Metrics::default();
+        let scaler = crate::scaler::Scaler::new(&metrics);
         Arc::new(Self {
             resources,
             heartbeat_timeout,
             seen: Mutex::new(None),
             published: watch::channel(Arc::new(Snapshot::default())).0,
             stopping: watch::channel(false).0,
-            metrics: Metrics::default(),
+            metrics,
             code: std::sync::OnceLock::new(),
             drains: Mutex::default(),
             drain_grace_ms: std::sync::atomic::AtomicU64::new(
                 crate::endpoints::DEFAULT_DRAIN_GRACE.as_millis() as u64,
             ),
+            scaler,
         })
     }
 
@@ -145,7 +153,7 @@ impl Reconciler {
     }
 
     /// What `d`'s module imports, as far as the controller knows.
-    fn imports(&self, d: &StoredDeployment) -> crate::code::Imports {
+    pub(crate) fn imports(&self, d: &StoredDeployment) -> crate::code::Imports {
         match self.code.get() {
             Some(shop) => shop.imports(
                 &d.manifest.spec.module.digest,
@@ -191,6 +199,7 @@ impl Reconciler {
     pub fn status(&self, d: &StoredDeployment) -> DeploymentStatus {
         let snapshot = self.published.borrow().clone();
         let mut status = status::of(d, &snapshot.placement, &snapshot.bases);
+        status.load = self.scaler.load_of(&d.manifest.metadata.name);
         if status.unschedulable > 0 {
             // Say why, e.g. `unschedulable: no base offers berth:sql/query@0.1.0`.
             let why = scheduler::why_unschedulable_with(d, &snapshot.bases, &self.imports(d));
@@ -291,7 +300,7 @@ impl Reconciler {
                 })? {
                     news.entry(name)
                         .or_default()
-                        .extend(rollout_events(&before, &after));
+                        .extend(rollout_events(&before, &after, &placement));
                     *d = after;
                     advanced = true;
                 }
@@ -430,7 +439,7 @@ impl Reconciler {
                 format!(
                     "{} of {} replica(s) found no base: {}",
                     now.unschedulable,
-                    d.manifest.spec.replicas,
+                    now.desired,
                     scheduler::why_unschedulable_with(d, bases, &self.imports(d))
                 ),
             ));
@@ -519,6 +528,11 @@ fn observe(
                     .get(&d.manifest.metadata.name)
                     .copied()
                     .unwrap_or(0),
+                desired: placement
+                    .desired
+                    .get(&d.manifest.metadata.name)
+                    .copied()
+                    .unwrap_or(0),
                 ..Seen::default()
             };
             for (base, assignments) in &placement.by_base {
@@ -541,9 +555,14 @@ fn observe(
 }
 
 /// Events from one rollout step.
-fn rollout_events(before: &StoredDeployment, after: &StoredDeployment) -> Vec<NewEvent> {
+fn rollout_events(
+    before: &StoredDeployment,
+    after: &StoredDeployment,
+    placement: &Placement,
+) -> Vec<NewEvent> {
     let spec = &after.manifest.spec;
     let name = &after.manifest.metadata.name;
+    let replicas = placement.desired.get(name).copied().unwrap_or(0);
     let version = &spec.module.version;
     let batches = spec.strategy.batches;
     let (Some(b), a) = (&before.rollout, &after.rollout) else {
@@ -552,7 +571,7 @@ fn rollout_events(before: &StoredDeployment, after: &StoredDeployment) -> Vec<Ne
     let Some(a) = a else {
         return vec![NewEvent::normal(
             "RolloutComplete",
-            format!("all {} replicas run {version}", spec.replicas),
+            format!("all {replicas} replicas run {version}"),
         )];
     };
     let mut out = Vec::new();
@@ -585,8 +604,8 @@ fn rollout_events(before: &StoredDeployment, after: &StoredDeployment) -> Vec<Ne
             format!(
                 "batch {} of {batches}: {} of {} replicas move to {version}",
                 a.batch,
-                rollout::updated_count(spec.replicas, batches, a.batch),
-                spec.replicas
+                rollout::updated_count(replicas, batches, a.batch),
+                replicas
             ),
         ));
     }

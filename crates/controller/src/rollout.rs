@@ -129,6 +129,7 @@ mod tests {
             generation: 2,
             history: Vec::new(),
             rollout: Some(Rollout::starting(from)),
+            scale: None,
         };
         let assigned: BTreeMap<String, Vec<Assignment>> = [(
             "a".to_string(),
@@ -201,6 +202,7 @@ mod tests {
                 batch_done_ms: None,
                 failed: None,
             }),
+            scale: None,
         }
     }
 

@@ -12,6 +12,12 @@
 //! modules placed so far, or — **binPack** — the most, then by name.
 //! Replicas that find no candidate are unschedulable.
 //!
+//! How many replicas a deployment wants is [`wanted`]: its `replicas`, or
+//! for a peer deployment (`replicas: all`) one per Ready base matching the
+//! selector and offering its imports — so it follows bases joining and
+//! leaving — unless the controller set a count itself (scaled to zero,
+//! activated, autoscaled; [`crate::scaler`]).
+//!
 //! A base is a candidate only if it offers every interface the module
 //! imports beyond WASI (its heartbeat's capabilities; the imports come from
 //! the controller's compile, [`Imports`]): a module importing
@@ -33,6 +39,30 @@ pub struct Placement {
     pub unschedulable: BTreeMap<String, u32>,
     /// Deployment name → bases assigned its new version during a rollout.
     pub rolled: BTreeMap<String, Vec<String>>,
+    /// Deployment name → replicas it wants now ([`wanted`]).
+    pub desired: BTreeMap<String, u32>,
+}
+
+/// The replicas `d` wants now: the count the controller set itself when it
+/// did ([`crate::scaler::Scale`]: scaled to zero, activated, autoscaled),
+/// else the spec's; for `replicas: all`, `eligible`, the Ready bases that
+/// match its selector and offer what its module imports.
+pub fn wanted(d: &StoredDeployment, eligible: u32) -> u32 {
+    use berth_api::manifest::Replicas;
+    let spec = &d.manifest.spec;
+    if let Some(scale) = &d.scale {
+        return match &spec.autoscale {
+            Some(a) => scale.replicas.clamp(a.min_replicas, a.max_replicas),
+            None => scale.replicas,
+        };
+    }
+    match (&spec.replicas, &spec.autoscale) {
+        (Some(Replicas::Count(n)), _) => *n,
+        (Some(Replicas::All), _) => eligible,
+        // An autoscaled deployment starts with one replica (or its minimum).
+        (None, Some(a)) => a.min_replicas.max(1).min(a.max_replicas),
+        (None, None) => 0,
+    }
 }
 
 /// A short stable name of a set of assignments (what a base is told it
@@ -121,7 +151,7 @@ pub fn place_with(
                 ModuleRef::split(m).map_or(m.as_str(), |(name, _)| name) == spec.module.name
             })
         };
-        let mut candidates: Vec<&BaseStatus> = ready
+        let selected: Vec<&BaseStatus> = ready
             .iter()
             .copied()
             .filter(|b| {
@@ -129,6 +159,19 @@ pub fn place_with(
                     .iter()
                     .all(|(k, v)| b.heartbeat.labels.get(k) == Some(v))
             })
+            .collect();
+        // Bases a peer deployment (`replicas: all`) wants a replica on;
+        // while its imports are unknown, every selected one.
+        let eligible = selected
+            .iter()
+            .filter(|b| needed.is_none_or(|n| offers(b, n)))
+            .count() as u32;
+        let replicas = wanted(d, eligible);
+        placement
+            .desired
+            .insert(d.manifest.metadata.name.clone(), replicas);
+        let mut candidates: Vec<&BaseStatus> = selected
+            .into_iter()
             .filter(|b| load[b.heartbeat.name.as_str()] < b.heartbeat.capacity_modules)
             .filter(|b| needed.is_some_and(|n| offers(b, n)))
             .collect();
@@ -139,22 +182,19 @@ pub fn place_with(
             let order = if binpack { u32::MAX - load } else { load };
             (!running(b), order, b.heartbeat.name.clone())
         });
-        let mut chosen: Vec<&BaseStatus> = candidates
-            .iter()
-            .take(spec.replicas as usize)
-            .copied()
-            .collect();
+        let mut chosen: Vec<&BaseStatus> =
+            candidates.iter().take(replicas as usize).copied().collect();
         // During a rollout the first bases by name run the new version.
         chosen.sort_by(|a, b| a.heartbeat.name.cmp(&b.heartbeat.name));
         let updated = match &d.rollout {
             // A failed rollout moves no further, and its failed batch goes
             // back to the old version.
             Some(r) if r.failed.is_some() => {
-                crate::rollout::updated_count(spec.replicas, spec.strategy.batches, r.batch - 1)
-                    as usize
+                crate::rollout::updated_count(replicas, spec.strategy.batches, r.batch - 1) as usize
             }
-            Some(r) => crate::rollout::updated_count(spec.replicas, spec.strategy.batches, r.batch)
-                as usize,
+            Some(r) => {
+                crate::rollout::updated_count(replicas, spec.strategy.batches, r.batch) as usize
+            }
             None => chosen.len(),
         };
         let mut placed = 0;
@@ -186,10 +226,10 @@ pub fn place_with(
                 });
             placed += 1;
         }
-        if placed < spec.replicas {
+        if placed < replicas {
             placement
                 .unschedulable
-                .insert(d.manifest.metadata.name.clone(), spec.replicas - placed);
+                .insert(d.manifest.metadata.name.clone(), replicas - placed);
         }
     }
     placement
@@ -281,6 +321,7 @@ mod tests {
             generation: 1,
             history: Vec::new(),
             rollout: None,
+            scale: None,
         }
     }
 
@@ -392,5 +433,82 @@ mod tests {
                 "{policy}: replicas moved to the new base"
             );
         }
+    }
+
+    #[test]
+    fn a_peer_deployment_runs_once_on_every_matching_base_and_follows_them() {
+        let mut peer = deployment("peer", 1, "spread");
+        peer.manifest.spec.replicas = Some(berth_api::manifest::Replicas::All);
+        peer.manifest.spec.base_selector = [("group".to_string(), "gold".to_string())].into();
+        let labelled = |name: &str, group: &str| {
+            let mut b = base(name, 10);
+            b.heartbeat.labels = [("group".to_string(), group.to_string())].into();
+            b
+        };
+        let mut bases = vec![
+            labelled("a", "gold"),
+            labelled("b", "gold"),
+            labelled("c", "other"),
+        ];
+        let p = place(std::slice::from_ref(&peer), &bases);
+        assert_eq!(p.by_base.keys().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!((p.desired["peer"], p.unschedulable.get("peer")), (2, None));
+        // A base joins the group: it gets one too.
+        bases.push(labelled("d", "gold"));
+        let p = place(std::slice::from_ref(&peer), &bases);
+        assert_eq!(p.by_base.keys().collect::<Vec<_>>(), ["a", "b", "d"]);
+        // One goes NotReady: the peer shrinks with it, nothing unschedulable.
+        bases[0].state = BaseState::NotReady;
+        let p = place(std::slice::from_ref(&peer), &bases);
+        assert_eq!(p.by_base.keys().collect::<Vec<_>>(), ["b", "d"]);
+        assert_eq!((p.desired["peer"], p.unschedulable.get("peer")), (2, None));
+        // Only bases offering its imports count; a full base is unschedulable.
+        let needs = |_: &StoredDeployment| Imports::Known(vec![SQL.to_string()]);
+        bases[1].heartbeat.capabilities = vec![SQL.to_string()];
+        let p = place_with(std::slice::from_ref(&peer), &bases, &needs);
+        assert_eq!((p.desired["peer"], p.by_base.len()), (1, 1));
+        bases[1].heartbeat.capacity_modules = 0;
+        let p = place_with(std::slice::from_ref(&peer), &bases, &needs);
+        assert_eq!(p.unschedulable["peer"], 1);
+    }
+
+    #[test]
+    fn the_controllers_own_count_overrides_the_spec() {
+        use crate::scaler::{Scale, ScaleReason};
+        let mut d = deployment("m", 3, "spread");
+        let bases = [base("a", 3), base("b", 3), base("c", 3)];
+        assert_eq!(place(std::slice::from_ref(&d), &bases).desired["m"], 3);
+        d.scale = Some(Scale {
+            replicas: 0,
+            reason: ScaleReason::Idle,
+            at_ms: 0,
+        });
+        let p = place(std::slice::from_ref(&d), &bases);
+        assert!(p.by_base.is_empty() && p.unschedulable.is_empty());
+        assert_eq!(p.desired["m"], 0);
+        // An autoscaled count stays within the spec's bounds.
+        let text = format!(
+            "apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: {{ name: m }}\nspec:\n  module: {{ name: m, version: \"1\", artifact: \"file:/m.wasm\", digest: \"sha256:{}\" }}\n  autoscale: {{ minReplicas: 0, maxReplicas: 2, target: {{ rps: 10 }} }}\n",
+            "ab".repeat(32)
+        );
+        let Manifest::ModuleDeployment(manifest) = parse(&text).unwrap();
+        let mut auto = StoredDeployment {
+            manifest,
+            generation: 1,
+            history: Vec::new(),
+            rollout: None,
+            scale: None,
+        };
+        assert_eq!(
+            wanted(&auto, 0),
+            1,
+            "an autoscaled deployment starts at one"
+        );
+        auto.scale = Some(Scale {
+            replicas: 5,
+            reason: ScaleReason::Autoscaled,
+            at_ms: 0,
+        });
+        assert_eq!(wanted(&auto, 0), 2);
     }
 }

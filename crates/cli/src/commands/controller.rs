@@ -248,6 +248,7 @@ pub async fn get(controller: &str, output: Output, koupleless: bool) -> Result<(
         "READY",
         "UP-TO-DATE",
         "GENERATION",
+        "REPLICAS",
     ];
     if wide {
         header.push("SELECTOR");
@@ -265,9 +266,10 @@ pub async fn get(controller: &str, output: Output, koupleless: bool) -> Result<(
             d.manifest.metadata.name.clone(),
             spec.module.name.clone(),
             spec.module.version.clone(),
-            format!("{}/{}", status["ready"], spec.replicas),
+            format!("{}/{}", status["ready"], status["desired"]),
             status["updated"].to_string(),
             d.generation.to_string(),
+            replicas_text(&d.manifest.spec, status),
         ];
         if wide {
             let selector: Vec<String> = spec
@@ -329,6 +331,23 @@ async fn endpoints(controller: &str) -> std::collections::BTreeMap<String, Strin
         .collect()
 }
 
+/// The replicas of a deployment in words: `3`, `all (3)`, `2 (autoscale
+/// 1-5)`, `0 (scaled to zero)`.
+fn replicas_text(spec: &berth_api::manifest::DeploymentSpec, status: &serde_json::Value) -> String {
+    let desired = &status["desired"];
+    if status["scaledToZero"] == true {
+        return "0 (scaled to zero)".into();
+    }
+    match (&spec.replicas, &spec.autoscale) {
+        (Some(berth_api::manifest::Replicas::All), _) => format!("all ({desired})"),
+        (None, Some(a)) => format!(
+            "{desired} (autoscale {}-{})",
+            a.min_replicas, a.max_replicas
+        ),
+        _ => desired.to_string(),
+    }
+}
+
 /// `berth describe deployment NAME`.
 pub async fn describe(controller: &str, name: &str, output: Output) -> Result<()> {
     let body = call(
@@ -350,8 +369,54 @@ pub async fn describe(controller: &str, name: &str, output: Output) -> Result<()
     );
     println!(
         "Replicas:    {} desired, {} ready, {} updated, {} unschedulable",
-        d.manifest.spec.replicas, status["ready"], status["updated"], status["unschedulable"]
+        replicas_text(&d.manifest.spec, &status),
+        status["ready"],
+        status["updated"],
+        status["unschedulable"]
     );
+    let spec = &d.manifest.spec;
+    if let Some(scale) = &d.scale {
+        let why = match scale.reason {
+            berth_controller::scaler::ScaleReason::Idle => "scaled to zero while idle",
+            berth_controller::scaler::ScaleReason::Activated => "activated by a gateway",
+            berth_controller::scaler::ScaleReason::Autoscaled => "the autoscaler's last decision",
+        };
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(scale.at_ms);
+        let ago = std::time::SystemTime::now()
+            .duration_since(at)
+            .map_or(0, |d| d.as_secs());
+        println!(
+            "Scaled:      {} replica(s) by the controller: {why}, {} ago",
+            scale.replicas,
+            humantime::format_duration(std::time::Duration::from_secs(ago))
+        );
+    }
+    if let Some(zero) = &spec.scale_to_zero {
+        println!("Scale:       to zero after {} idle", zero.idle_after);
+    }
+    if let Some(a) = &spec.autoscale {
+        let (metric, target) = a.target.get();
+        println!(
+            "Autoscale:   {}-{} replicas, target {} {target} per replica, scale-up window {}, scale-down window {}",
+            a.min_replicas,
+            a.max_replicas,
+            metric.as_str(),
+            humantime::format_duration(a.scale_up_window()),
+            humantime::format_duration(a.scale_down_window()),
+        );
+    }
+    let load = &status["load"];
+    if load.is_object() {
+        println!(
+            "Load:        {} in flight, {:.1} requests/s, {} held ({} gateway(s) reporting)",
+            load["inFlight"],
+            load["rps"].as_f64().unwrap_or(0.0),
+            load["held"],
+            load["gateways"]
+        );
+    } else if spec.scales_to_zero() || spec.autoscale.is_some() {
+        println!("Load:        no gateway reports load for it");
+    }
     let replicas: Vec<BaseReplica> =
         serde_json::from_value(status["bases"].clone()).unwrap_or_default();
     for r in &replicas {
@@ -484,7 +549,8 @@ pub async fn rollout(
         let body = call(reqwest::Client::new().get(&show), controller).await?;
         let replicas: Vec<BaseReplica> = serde_json::from_value(body["status"]["bases"].clone())?;
         let d: StoredDeployment = serde_json::from_value(body.clone())?;
-        let (line, outcome) = rollout_line(&d, &replicas);
+        let desired = body["status"]["desired"].as_u64().unwrap_or(0) as u32;
+        let (line, outcome) = rollout_line(&d, &replicas, desired);
         if line != last {
             if !output.data(&body) {
                 println!("{line}");
@@ -515,7 +581,7 @@ enum Outcome {
 
 /// The one-line state of `d`'s rollout, counting only replicas that run
 /// the new version (a failed one never counts).
-fn rollout_line(d: &StoredDeployment, replicas: &[BaseReplica]) -> (String, Outcome) {
+fn rollout_line(d: &StoredDeployment, replicas: &[BaseReplica], desired: u32) -> (String, Outcome) {
     let name = &d.manifest.metadata.name;
     let spec = &d.manifest.spec;
     let on_new = replicas
@@ -535,13 +601,13 @@ fn rollout_line(d: &StoredDeployment, replicas: &[BaseReplica]) -> (String, Outc
     let Some(r) = &d.rollout else {
         let line = format!(
             "{name}: {}@{}, {on_new} of {} replicas run it, no rollout in progress",
-            spec.module.name, spec.module.version, spec.replicas
+            spec.module.name, spec.module.version, desired
         );
         if !failing.is_empty() {
             let why = failing.join("; ");
             return (format!("{line}; {why}"), Outcome::Failed(why));
         }
-        let done = on_new as u32 >= spec.replicas;
+        let done = on_new as u32 >= desired;
         return (line, if done { Outcome::Done } else { Outcome::Going });
     };
     let (waiting, outcome) = if let Some(why) = &r.failed {
@@ -579,7 +645,7 @@ fn rollout_line(d: &StoredDeployment, replicas: &[BaseReplica]) -> (String, Outc
         spec.module.version,
         r.batch,
         spec.strategy.batches,
-        spec.replicas,
+        desired,
         spec.module.version
     );
     (line, outcome)

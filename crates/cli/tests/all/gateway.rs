@@ -1,7 +1,8 @@
 //! `berth gateway` in front of a controller and its bases, all real
 //! processes over real HTTP: spreading, rules and traffic cells, a base
-//! killed under load, a scale-in under load (drain), unknown routes, and a
-//! controller that comes up after the gateway.
+//! killed under load, a scale-in under load (drain), unknown routes, a
+//! controller that comes up after the gateway, and scale to zero end to
+//! end (idle → 0 replicas → held request → activation).
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::process::{Child, Command, Stdio};
@@ -598,82 +599,139 @@ fn a_gateway_refuses_bad_flags_naming_them() {
     assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
 }
 
+/// The cold start a held request reports, from its response head.
+fn cold_start_ms(head: &str) -> u64 {
+    head.lines()
+        .find_map(|l| l.strip_prefix("x-berth-cold-start-ms: "))
+        .unwrap_or_else(|| panic!("no cold start header in\n{head}"))
+        .parse()
+        .unwrap()
+}
+
+impl Controller {
+    /// The stored deployment `hello` with its status.
+    fn hello(&self) -> serde_json::Value {
+        let (_, body) =
+            get(&self.addr, "/v1/deployments/hello", &[]).expect("the controller answers");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Waits until `hello` went idle to zero: the controller says so and
+    /// no replica is left in the endpoint table.
+    fn wait_zero(&self) {
+        eventually("hello scaled to zero", || {
+            self.hello()["status"]["scaledToZero"] == true
+                && self.endpoints()["deployments"][0]["replicas"]
+                    .as_array()
+                    .is_some_and(Vec::is_empty)
+        });
+    }
+}
+
+/// Sends `signal` (`STOP`, `CONT`) to `child`.
+fn signal(child: &Child, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal}");
+}
+
+/// A request through the gateway sent from a thread: it may be held.
+fn in_thread(gateway: &Gateway) -> std::thread::JoinHandle<(u16, String, String)> {
+    let addr = gateway.addr.clone();
+    std::thread::spawn(move || fetch(&addr, "/hello", &[]).expect("the gateway answers"))
+}
+
 #[test]
-fn requests_for_a_deployment_without_a_ready_replica_are_held_until_one_is() {
+fn an_idle_deployment_goes_to_zero_and_the_next_request_through_the_gateway_activates_it() {
     let work = work_dir();
     let ctl = Controller::start(work.path(), 0, &["--drain-grace", "200ms"]);
     let base = ctl.base("a", "group=online");
     ctl.apply(
         work.path(),
         "1.0.0",
-        "replicas: 0\n  baseSelector: { group: online }",
+        "replicas: 1\n  scaleToZero: { idleAfter: 1s }\n  baseSelector: { group: online }",
     );
-    let gateway = Gateway::start_with(&ctl.addr, &["--hold-queue", "1", "--hold-timeout", "3s"]);
-    // Held: it waits for a replica.
-    let addr = gateway.addr.clone();
-    let held = std::thread::spawn(move || {
-        loop {
-            let answer = fetch(&addr, "/hello", &[]).expect("the gateway answers");
-            if !answer.2.contains("no_endpoints") {
-                return answer;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    let gateway = Gateway::start(&ctl.addr);
+    ctl.wait_ready(1, "1.0.0");
+    let (status, head, _) = fetch(&gateway.addr, "/hello", &[]).unwrap();
+    assert_eq!(status, 200);
+    assert!(!head.contains("x-berth-cold-start-ms"), "{head}");
+    // No request for idleAfter: 0 replicas, nothing left on the base.
+    ctl.wait_zero();
+    eventually("the base dropped hello", || {
+        get(base.ingress.trim_start_matches("http://"), "/hello", &[])
+            .is_some_and(|(status, _)| status == 404)
     });
-    eventually("one request held", || {
-        gateway.metric("berth_gateway_queue_depth", &[("module", "hello")]) == 1.0
-    });
-    // The queue holds one: the next is refused at once, saying why.
-    let (status, body) = get(&gateway.addr, "/hello", &[]).unwrap();
-    assert_eq!(status, 503, "{body}");
-    assert!(
-        body.contains("module `hello` has no ready replica: its hold queue is full (1 requests"),
-        "{body}"
-    );
-    // A replica comes: the held request flows, saying how long it waited.
-    ctl.apply(
-        work.path(),
-        "1.0.0",
-        "replicas: 1\n  baseSelector: { group: online }",
-    );
-    let (status, head, body) = held.join().unwrap();
+    // The next request is held, activates it, and is answered.
+    let (status, head, body) = fetch(&gateway.addr, "/hello", &[]).unwrap();
     assert_eq!(status, 200, "{body}");
-    let waited: u64 = head
-        .lines()
-        .find_map(|l| l.strip_prefix("x-berth-cold-start-ms: "))
-        .expect("the cold start header")
-        .parse()
-        .unwrap();
-    assert!(waited > 0, "{head}");
+    assert!(cold_start_ms(&head) > 0, "{head}");
+    let hello = ctl.hello();
+    assert_ne!(hello["status"]["scaledToZero"], true, "{hello}");
     assert_eq!(
         gateway.metric("berth_gateway_queue_depth", &[("module", "hello")]),
         0.0
     );
-    // No base can take a replica any more: a request waits the hold
-    // timeout (or until a controller that activates says it cannot), then
-    // a 503 says why.
+    // Served by a replica again: the following requests are not held.
+    let (status, head, _) = fetch(&gateway.addr, "/hello", &[]).unwrap();
+    assert_eq!(status, 200);
+    assert!(!head.contains("x-berth-cold-start-ms"), "{head}");
+}
+
+#[test]
+fn held_requests_beyond_the_queue_and_an_activation_no_base_can_take_get_503_saying_why() {
+    let work = work_dir();
+    let ctl = Controller::start(work.path(), 0, &["--drain-grace", "200ms"]);
+    let base = ctl.base("a", "group=online");
+    let zero = "replicas: 1\n  scaleToZero: { idleAfter: 1s }";
     ctl.apply(
         work.path(),
         "1.0.0",
-        "replicas: 1\n  baseSelector: { group: nowhere }",
+        &format!("{zero}\n  baseSelector: {{ group: online }}"),
     );
-    eventually("the replica is gone", || {
-        get(base.ingress.trim_start_matches("http://"), "/hello", &[])
-            .is_some_and(|(status, _)| status == 404)
+    let gateway = Gateway::start_with(&ctl.addr, &["--hold-queue", "1", "--hold-timeout", "15s"]);
+    ctl.wait_zero();
+    // The base is frozen: the activated replica cannot start, so the
+    // first request stays held and fills the queue of one.
+    signal(&base.child, "STOP");
+    let held = in_thread(&gateway);
+    eventually("one request held", || {
+        gateway.metric("berth_gateway_queue_depth", &[("module", "hello")]) == 1.0
     });
+    let (status, body) = get(&gateway.addr, "/hello", &[]).unwrap();
+    signal(&base.child, "CONT");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains(
+            "module `hello` has no ready replica: its hold queue is full (1 requests already wait"
+        ),
+        "{body}"
+    );
+    // The base thaws: the held request flows.
+    let (status, head, body) = held.join().unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(cold_start_ms(&head) > 0, "{head}");
+    // At zero again, its bases gone from its selector: the controller
+    // cannot place a replica, and the gateway says so at once.
+    ctl.wait_zero();
+    ctl.apply(
+        work.path(),
+        "1.0.0",
+        &format!("{zero}\n  baseSelector: {{ group: nowhere }}"),
+    );
     let asked = Instant::now();
     let (status, body) = get(&gateway.addr, "/hello", &[]).unwrap();
     assert_eq!(status, 503, "{body}");
-    if body.contains("none became ready within 3s") {
-        assert!(
-            asked.elapsed() >= Duration::from_millis(2900),
-            "{:?}",
-            asked.elapsed()
-        );
-    } else {
-        assert!(
-            body.contains("module `hello` has no ready replica: the controller cannot activate it"),
-            "{body}"
-        );
-    }
+    assert!(
+        body.contains("module `hello` has no ready replica: the controller cannot activate it: no base can run a replica of ModuleDeployment `hello`: no Ready base matches group=nowhere"),
+        "{body}"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
 }

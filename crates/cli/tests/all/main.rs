@@ -6,6 +6,7 @@ mod controller;
 #[path = "../../../controller/tests/support/etcd.rs"]
 #[allow(dead_code)] // `restart` serves the controller's own tests
 mod etcd_server;
+mod fleet;
 mod gateway;
 mod papercuts;
 mod reclaim;

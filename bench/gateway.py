@@ -20,15 +20,23 @@ them) through the gateway under load while (a) the deployment scales in
 from 4 replicas to 1 (drain; target 0) and (b) one of 3 bases is killed
 with SIGKILL (target: only requests in flight on it).
 
-Activation from zero is not measured: the gateway's hold queue for
-scale-to-zero is not built yet.
+Then measures activation from zero (target p50 <= 20 ms, p99 <= 100 ms):
+`hello` with `scaleToZero: {idleAfter: 1s}` behind the gateway, N times:
+wait until the controller scaled it to 0 replicas and the base dropped it,
+then time one request through the gateway from send to its 200 (client
+clock), and read the gateway's own `x-berth-cold-start-ms` (how long the
+request was held). Each round costs about idleAfter + a tick, so 50
+activations take a couple of minutes.
 
 Usage: bench/gateway.py [--rounds 3] [--duration 10] [--connections 32] [--threads 2]
+                        [--activations 50] [--only throughput|failures|activation]
                         [--skip-build] [--berth target/release/berth]
 A debug build works for a smoke run: --berth target/debug/berth --skip-build.
 """
 
 import argparse
+import http.client
+import json
 import os
 import shutil
 import subprocess
@@ -55,10 +63,10 @@ def ensure_haproxy():
         subprocess.run(["apt-get", "install", "-y", "-qq", "haproxy"], check=True, stdout=sys.stderr)
 
 
-def start_controller(tmp):
+def start_controller(tmp, extra=()):
     proc, (port,) = bench.start_announced(
         [BERTH, "controller", "--listen", "127.0.0.1:0", "--heartbeat-timeout", "1s",
-         "--data-dir", tempfile.mkdtemp(dir=tmp)],
+         "--data-dir", tempfile.mkdtemp(dir=tmp), *extra],
         [r"berth controller serving on http://[\d.]+:(\d+)"])
     return proc, port
 
@@ -81,13 +89,13 @@ def start_gateway(controller):
     return proc, port
 
 
-def apply(tmp, controller, replicas):
+def apply(tmp, controller, replicas, extra=""):
     digest = "sha256:" + __import__("hashlib").sha256(open(bench.HELLO_WASM, "rb").read()).hexdigest()
     path = os.path.join(tmp, "hello.yaml")
     with open(path, "w") as f:
         f.write("apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: { name: hello }\nspec:\n"
                 f"  module: {{ name: hello, version: 1.0.0, artifact: \"file:{bench.HELLO_WASM}\", digest: \"{digest}\" }}\n"
-                f"  replicas: {replicas}\n  baseSelector: {{ group: bench }}\n")
+                f"  replicas: {replicas}\n  baseSelector: {{ group: bench }}\n{extra}")
     subprocess.run([BERTH, "apply", "-f", path, "--controller", f"127.0.0.1:{controller}"], check=True,
                    stdout=subprocess.DEVNULL)
 
@@ -190,6 +198,78 @@ def failures_during(args, tmp, n_bases, replicas, action, what):
     print(f"| {what} | {result['requests']} | {result['errors']} |")
 
 
+def failures(args, tmp):
+    """Failed requests through the gateway during a scale-in and a base kill."""
+    print(f"\n### Failed requests through the gateway under load ({args.duration} s of wrk, "
+          f"the change {args.duration / 3:.1f} s in)\n")
+    print("| event | requests | failed |")
+    print("|---|---|---|")
+    failures_during(args, tmp, 4, 4, lambda ctl, bases: apply(tmp, ctl, 1),
+                    "scale-in 4 -> 1 (drain; target 0)")
+    failures_during(args, tmp, 3, 3, lambda ctl, bases: bases[0]["proc"].kill(),
+                    "SIGKILL of 1 of 3 bases (target: in flight only)")
+
+
+def percentile(values, p):
+    """Nearest-rank percentile `p` (0-100) of `values`."""
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * p // 100))
+    return ordered[int(rank) - 1]
+
+
+def scaled_to_zero(ctl_port, base_port):
+    status, body = bench.http("GET", f"http://127.0.0.1:{ctl_port}/v1/deployments/hello", timeout=2)
+    if status != 200 or not json.loads(body).get("status", {}).get("scaledToZero"):
+        return False
+    # Drained and uninstalled: the base itself no longer serves it.
+    return bench.http("GET", f"http://127.0.0.1:{base_port}/hello", timeout=2)[0] == 404
+
+
+def activation(args, tmp):
+    """Activation from zero through the gateway, `args.activations` times."""
+    ctl, ctl_port = start_controller(tmp, ["--drain-grace", "100ms"])
+    base = start_base(tmp, ctl_port, "z0")
+    gw, gw_port = start_gateway(ctl_port)
+    apply(tmp, ctl_port, 1, "  scaleToZero: { idleAfter: 1s }\n")
+    client_ms, held_ms, failed = [], [], 0
+    try:
+        bench.wait_until(lambda: serving(gw_port, 1), what="gateway")
+        for i in range(args.activations):
+            bench.wait_until(lambda: scaled_to_zero(ctl_port, base["port"]), timeout=30,
+                             what=f"scale to zero {i + 1}")
+            conn = http.client.HTTPConnection("127.0.0.1", gw_port, timeout=30)
+            started = time.perf_counter()
+            conn.request("GET", "/hello")
+            response = response_body = None
+            try:
+                response = conn.getresponse()
+                response_body = response.read()
+            finally:
+                elapsed = (time.perf_counter() - started) * 1000
+                conn.close()
+            if response is None or response.status != 200:
+                failed += 1
+                bench.log(f"activation {i + 1}: {response and response.status} {response_body!r}")
+                continue
+            client_ms.append(elapsed)
+            header = response.getheader("x-berth-cold-start-ms")
+            if header is not None:
+                held_ms.append(float(header))
+            bench.log(f"activation {i + 1}/{args.activations}: {elapsed:.1f} ms (held {header} ms)")
+    finally:
+        bench.stop(gw, [gw_port])
+        bench.stop(base["proc"], [base["port"], base["ops"]])
+        bench.stop(ctl, [ctl_port])
+    print(f"\n### Activation from zero through the gateway ({args.activations} activations, 1 base)\n")
+    print("| measure | p50 ms | p99 ms | max ms |")
+    print("|---|---|---|---|")
+    for name, values in (("request, client clock", client_ms), ("held (x-berth-cold-start-ms)", held_ms)):
+        if values:
+            print(f"| {name} | {percentile(values, 50):.1f} | {percentile(values, 99):.1f} | {max(values):.1f} |")
+    print(f"\nfailed activations: {failed}; without the cold-start header: {len(client_ms) - len(held_ms)} "
+          "(target p50 <= 20 ms, p99 <= 100 ms)")
+
+
 def main():
     global BERTH
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -197,26 +277,26 @@ def main():
     ap.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--activations", type=int, default=50, help="activations from zero to time")
+    ap.add_argument("--only", choices=["throughput", "failures", "activation"], help="run one part")
     ap.add_argument("--skip-build", action="store_true")
     ap.add_argument("--berth", help="the berth binary [default: target/release/berth]")
     args = ap.parse_args()
     bench.ensure_tools(wasmtime=False)
-    ensure_haproxy()
+    if args.only in (None, "throughput"):
+        ensure_haproxy()
     if args.berth:
         BERTH = os.path.abspath(args.berth)
     if not args.skip_build:
         bench.build()
     tmp = tempfile.mkdtemp(prefix="berth-gateway-bench-")
     try:
-        throughput(args, tmp)
-        print(f"\n### Failed requests through the gateway under load ({args.duration} s of wrk, "
-              f"the change {args.duration / 3:.1f} s in)\n")
-        print("| event | requests | failed |")
-        print("|---|---|---|")
-        failures_during(args, tmp, 4, 4, lambda ctl, bases: apply(tmp, ctl, 1),
-                        "scale-in 4 -> 1 (drain; target 0)")
-        failures_during(args, tmp, 3, 3, lambda ctl, bases: bases[0]["proc"].kill(),
-                        "SIGKILL of 1 of 3 bases (target: in flight only)")
+        if args.only in (None, "throughput"):
+            throughput(args, tmp)
+        if args.only in (None, "failures"):
+            failures(args, tmp)
+        if args.only in (None, "activation"):
+            activation(args, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -1,8 +1,9 @@
 //! `berth gateway` in front of a controller and its bases, all real
 //! processes over real HTTP: spreading, rules and traffic cells, a base
 //! killed under load, a scale-in under load (drain), unknown routes, a
-//! controller that comes up after the gateway, and scale to zero end to
-//! end (idle → 0 replicas → held request → activation).
+//! controller that comes up after the gateway, scale to zero end to end
+//! (idle → 0 replicas → held request → activation), and chaos: bases
+//! killed and restarted under load during a rollout.
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::process::{Child, Command, Stdio};
@@ -41,10 +42,20 @@ impl Controller {
     /// A base joining this controller as `name` with `labels`, trusting
     /// the gateway's secret.
     fn base(&self, name: &str, labels: &str) -> BaseProcess {
-        let url = format!("http://{}", self.addr);
-        BaseProcess::start_with(&[
+        let args = self.base_args(name, labels);
+        BaseProcess::start_with(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    /// The same on the data directory `dir` (a base restarted on it).
+    fn base_at(&self, dir: &std::path::Path, name: &str, labels: &str) -> BaseProcess {
+        let args = self.base_args(name, labels);
+        BaseProcess::start_at(dir, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    fn base_args(&self, name: &str, labels: &str) -> Vec<String> {
+        [
             "--controller",
-            &url,
+            &format!("http://{}", self.addr),
             "--name",
             name,
             "--heartbeat-interval",
@@ -53,18 +64,32 @@ impl Controller {
             labels,
             "--gateway-secret",
             SECRET,
-        ])
+        ]
+        .map(String::from)
+        .to_vec()
     }
 
     /// Applies a ModuleDeployment `hello` of `version` (HELLO or HELLO_V2)
     /// with further `spec` lines.
     fn apply(&self, work: &std::path::Path, version: &str, spec: &str) {
         let artifact = if version == "2.0.0" { HELLO_V2 } else { HELLO };
-        let file = work.join("hello.yaml");
+        self.apply_module(work, "hello", artifact, version, spec);
+    }
+
+    /// Applies a ModuleDeployment of module `name` from `artifact`.
+    fn apply_module(
+        &self,
+        work: &std::path::Path,
+        name: &str,
+        artifact: &str,
+        version: &str,
+        spec: &str,
+    ) {
+        let file = work.join(format!("{name}.yaml"));
         std::fs::write(
             &file,
             format!(
-                "apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: {{ name: hello }}\nspec:\n  module: {{ name: hello, version: \"{version}\", artifact: \"file:{artifact}\", digest: \"{}\" }}\n  {spec}\n",
+                "apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: {{ name: {name} }}\nspec:\n  module: {{ name: {name}, version: \"{version}\", artifact: \"file:{artifact}\", digest: \"{}\" }}\n  {spec}\n",
                 file_digest(artifact)
             ),
         )
@@ -83,19 +108,28 @@ impl Controller {
     /// Waits until `hello` has `want` ready, non-draining replicas in the
     /// endpoint table, each running `version`.
     fn wait_ready(&self, want: usize, version: &str) {
-        eventually(&format!("{want} ready replicas of hello@{version}"), || {
-            let table = self.endpoints();
-            let replicas = table["deployments"][0]["replicas"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            replicas.len() == want
-                && replicas.iter().all(|r| {
-                    r["ready"] == true
-                        && r["draining"] == false
-                        && r["versions"] == serde_json::json!([version])
-                })
-        });
+        self.wait_ready_of("hello", want, version);
+    }
+
+    /// The same for deployment `name`.
+    fn wait_ready_of(&self, name: &str, want: usize, version: &str) {
+        eventually(
+            &format!("{want} ready replicas of {name}@{version}"),
+            || {
+                let table = self.endpoints();
+                let replicas = table["deployments"]
+                    .as_array()
+                    .and_then(|all| all.iter().find(|d| d["name"] == name))
+                    .and_then(|d| d["replicas"].as_array().cloned())
+                    .unwrap_or_default();
+                replicas.len() == want
+                    && replicas.iter().all(|r| {
+                        r["ready"] == true
+                            && r["draining"] == false
+                            && r["versions"] == serde_json::json!([version])
+                    })
+            },
+        );
     }
 }
 
@@ -271,16 +305,26 @@ struct Load {
 
 impl Load {
     fn start(addr: &str, threads: usize) -> Self {
+        Self::start_on(addr, "/hello", threads)
+    }
+
+    /// The same on `path`.
+    fn start_on(addr: &str, path: &str, threads: usize) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicU64::new(0));
         let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
         let threads = (0..threads)
             .map(|_| {
-                let (stop, ok, failures, addr) =
-                    (stop.clone(), ok.clone(), failures.clone(), addr.to_string());
+                let (stop, ok, failures, addr, path) = (
+                    stop.clone(),
+                    ok.clone(),
+                    failures.clone(),
+                    addr.to_string(),
+                    path.to_string(),
+                );
                 std::thread::spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
-                        match get(&addr, "/hello", &[]) {
+                        match get(&addr, &path, &[]) {
                             Some((200, _)) => {
                                 ok.fetch_add(1, Ordering::Relaxed);
                             }
@@ -733,5 +777,110 @@ fn held_requests_beyond_the_queue_and_an_activation_no_base_can_take_get_503_say
         asked.elapsed() < Duration::from_secs(5),
         "{:?}",
         asked.elapsed()
+    );
+}
+
+#[test]
+fn bases_killed_and_restarted_under_load_during_a_rollout_keep_every_module_reachable() {
+    let work = work_dir();
+    let ctl = Controller::start(work.path(), 0, &[]);
+    let names = ["a", "b", "c"];
+    let dirs: Vec<tempfile::TempDir> = names.iter().map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut bases: Vec<BaseProcess> = names
+        .iter()
+        .zip(&dirs)
+        .map(|(name, dir)| ctl.base_at(dir.path(), name, "group=online"))
+        .collect();
+    let gateway = Gateway::start(&ctl.addr);
+    let hello = "replicas: 3\n  baseSelector: { group: online }\n  strategy: { batches: 3, pauseBetween: 3s }";
+    ctl.apply(work.path(), "1.0.0", hello);
+    ctl.apply_module(
+        work.path(),
+        "echo",
+        berth_example_modules::ECHO,
+        "1",
+        "replicas: 3\n  baseSelector: { group: online }",
+    );
+    ctl.wait_ready(3, "1.0.0");
+    ctl.wait_ready_of("echo", 3, "1");
+    eventually("the gateway routes both modules", || {
+        ["/hello", "/echo"]
+            .iter()
+            .all(|path| get(&gateway.addr, path, &[]).is_some_and(|(status, _)| status == 200))
+    });
+    let clients = 3;
+    let loads = [
+        Load::start_on(&gateway.addr, "/hello", clients),
+        Load::start_on(&gateway.addr, "/echo", clients),
+    ];
+    for load in &loads {
+        load.wait_answers(50);
+    }
+    // A rollout to 2.0.0 in three batches, while the bases are killed and
+    // restarted one after the other.
+    ctl.apply(work.path(), "2.0.0", hello);
+    let mut kills: Vec<Instant> = Vec::new();
+    let mut during_rollout = 0;
+    for round in 0..5 {
+        // One kill every 3 s (pacing the chaos, not waiting for a state).
+        if let Some(last) = kills.last() {
+            std::thread::sleep(
+                (*last + Duration::from_secs(3)).saturating_duration_since(Instant::now()),
+            );
+        }
+        let i = round % names.len();
+        if !ctl.hello()["rollout"].is_null() {
+            during_rollout += 1;
+        }
+        bases[i].child.kill().unwrap(); // SIGKILL
+        kills.push(Instant::now());
+        let _ = bases[i].child.wait();
+        bases[i] = ctl.base_at(dirs[i].path(), names[i], "group=online");
+        // Back and serving both modules on its own ingress, and both still
+        // answered through the gateway, before the next kill.
+        let ingress = bases[i].ingress.trim_start_matches("http://").to_string();
+        eventually(&format!("{} serves again after its kill", names[i]), || {
+            ["/hello", "/echo"]
+                .iter()
+                .all(|path| get(&ingress, path, &[]).is_some_and(|(status, _)| status == 200))
+        });
+        for load in &loads {
+            load.wait_answers(30);
+        }
+    }
+    assert!(
+        during_rollout >= 2,
+        "only {during_rollout} kills fell in the rollout"
+    );
+    // The rollout finishes: every replica runs the new version, and the
+    // gateway sends every request to it.
+    ctl.wait_ready(3, "2.0.0");
+    eventually("the rollout is over", || ctl.hello()["rollout"].is_null());
+    let served = send(&gateway, 20, &[]);
+    assert!(served.iter().all(|m| m == "hello@2.0.0"), "{served:?}");
+    let mut failed = Vec::new();
+    let mut answered = 0;
+    for load in loads {
+        let (ok, failures) = load.finish();
+        answered += ok;
+        failed.extend(failures);
+    }
+    eprintln!(
+        "chaos: {} kills ({during_rollout} during the rollout), {answered} requests answered, {} failed",
+        kills.len(),
+        failed.len()
+    );
+    // Only requests in flight at a kill may fail: at most one per client
+    // per kill, each within a moment of a kill.
+    assert!(
+        failed.len() <= kills.len() * clients * 2,
+        "{} of {answered} failed: {failed:?}",
+        failed.len()
+    );
+    assert!(
+        failed.iter().all(|(at, _)| kills
+            .iter()
+            .any(|k| *at >= *k && *at < *k + Duration::from_secs(1))),
+        "failures away from any kill: {failed:?}"
     );
 }

@@ -2,8 +2,9 @@
 //! processes over real HTTP: spreading, rules and traffic cells, a base
 //! killed under load, a scale-in under load (drain), unknown routes, a
 //! controller that comes up after the gateway, scale to zero end to end
-//! (idle → 0 replicas → held request → activation), and chaos: bases
-//! killed and restarted under load during a rollout.
+//! (idle → 0 replicas → held request → activation), chaos (bases killed
+//! and restarted under load during a rollout), and an autoscale ramp
+//! driven by Debian's `hey` (installed when missing).
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::process::{Child, Command, Stdio};
@@ -883,4 +884,163 @@ fn bases_killed_and_restarted_under_load_during_a_rollout_keep_every_module_reac
             .any(|k| *at >= *k && *at < *k + Duration::from_secs(1))),
         "failures away from any kill: {failed:?}"
     );
+}
+
+/// Installs Debian's `hey` load generator when it is missing (once).
+fn ensure_hey() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let present = Command::new("hey")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+        if present {
+            return;
+        }
+        eprintln!("hey is missing: installing Debian's hey (apt-get, once)");
+        let installed = Command::new("sh")
+            .args([
+                "-c",
+                "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hey",
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            installed,
+            "cannot install hey; run `apt-get update && apt-get install -y hey` as root"
+        );
+    });
+}
+
+/// What one `hey` run reported.
+#[derive(Debug)]
+struct Hey {
+    /// Requests per second.
+    rps: f64,
+    /// 200 answers.
+    ok: u64,
+    /// Other answers and errors, as hey printed them.
+    failed: Vec<String>,
+}
+
+/// `hey -z SECS -c WORKERS -q RATE` (rate per worker) on `url`, in a thread.
+fn hey(url: &str, secs: u32, workers: u32, rate: u32) -> std::thread::JoinHandle<Hey> {
+    ensure_hey();
+    let url = url.to_string();
+    std::thread::spawn(move || {
+        let out = Command::new("hey")
+            .args(["-z", &format!("{secs}s"), "-c", &workers.to_string()])
+            .args(["-q", &rate.to_string(), "-t", "10", &url])
+            .output()
+            .expect("hey runs");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let rps = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no rate in hey's output:\n{text}"));
+        let mut ok = 0;
+        let mut failed = Vec::new();
+        let mut section = "";
+        for line in text.lines() {
+            let trimmed = line.trim();
+            if trimmed.ends_with("distribution:") {
+                section = if trimmed.starts_with("Status code") {
+                    "codes"
+                } else if trimmed.starts_with("Error") {
+                    "errors"
+                } else {
+                    ""
+                };
+                continue;
+            }
+            if trimmed.is_empty() || !line.starts_with("  ") {
+                if !line.starts_with("  ") {
+                    section = "";
+                }
+                continue;
+            }
+            match section {
+                "codes" if trimmed.starts_with("[200]") => {
+                    ok += trimmed
+                        .trim_start_matches("[200]")
+                        .split_whitespace()
+                        .next()
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .unwrap_or(0);
+                }
+                "codes" | "errors" => failed.push(trimmed.to_string()),
+                _ => {}
+            }
+        }
+        Hey { rps, ok, failed }
+    })
+}
+
+#[test]
+fn an_autoscaled_deployment_follows_a_load_ramp_through_the_gateway() {
+    let work = work_dir();
+    let ctl = Controller::start(work.path(), 0, &["--drain-grace", "500ms"]);
+    let _bases: Vec<BaseProcess> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|n| ctl.base(n, "group=online"))
+        .collect();
+    let gateway = Gateway::start(&ctl.addr);
+    // One replica carries 40 requests/s.
+    ctl.apply(
+        work.path(),
+        "1.0.0",
+        "autoscale: { minReplicas: 1, maxReplicas: 4, target: { rps: 40 }, scaleUpWindow: 1s, scaleDownWindow: 3s }\n  baseSelector: { group: online }",
+    );
+    ctl.wait_ready(1, "1.0.0");
+    let url = format!("http://{}/hello", gateway.addr);
+    eventually("the gateway routes /hello", || {
+        get(&gateway.addr, "/hello", &[]).is_some_and(|(status, _)| status == 200)
+    });
+    let desired = || ctl.hello()["status"]["desired"].as_u64().unwrap_or(0);
+    // ~15 requests/s: one replica is enough, and stays.
+    let low = hey(&url, 3, 1, 15);
+    let mut most = 0;
+    while !low.is_finished() {
+        most = most.max(desired());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let low = low.join().unwrap();
+    assert_eq!(most, 1, "scaled beyond one replica at {:.0}/s", low.rps);
+    // ~160 requests/s: four replicas, all serving through the gateway.
+    let high = hey(&url, 8, 4, 40);
+    ctl.wait_ready(4, "1.0.0");
+    let high = high.join().unwrap();
+    let ended = Instant::now();
+    assert!(
+        high.rps > 3.0 * 40.0,
+        "the ramp reached only {:.0}/s",
+        high.rps
+    );
+    // Back to ~15 requests/s: after the scale-down window, one replica,
+    // the others drained first.
+    let after = hey(&url, 7, 1, 15);
+    ctl.wait_ready(1, "1.0.0");
+    let fell = ended.elapsed();
+    assert!(
+        fell >= Duration::from_secs(3),
+        "scaled down {fell:?} after the load fell, within the 3 s window"
+    );
+    assert_eq!(desired(), 1);
+    let after = after.join().unwrap();
+    eprintln!(
+        "ramp: {:.0}/s on 1 replica, {:.0}/s on 4, {:.0}/s back on 1 after {fell:?}",
+        low.rps, high.rps, after.rps
+    );
+    for run in [&low, &high, &after] {
+        assert!(run.ok > 0 && run.failed.is_empty(), "{run:?}");
+    }
+    let described = stdout({
+        let mut cmd = berth(&["describe", "deployment", "hello"]);
+        cmd.args(["--controller", &ctl.addr]);
+        cmd
+    });
+    assert!(described.contains("Autoscaled"), "{described}");
 }

@@ -17,8 +17,9 @@ gateway/HAProxy ratios (target: requests/s >= 1.0x HAProxy, p99 no worse).
 
 Then counts failed requests (non-2xx and socket errors, as wrk reports
 them) through the gateway under load while (a) the deployment scales in
-from 4 replicas to 1 (drain; target 0) and (b) one of 3 bases is killed
-with SIGKILL (target: only requests in flight on it).
+from 4 replicas to 1 (drain; target 0), (b) one of 3 bases is killed
+with SIGKILL (target: only requests in flight on it) and (c) 3 replicas
+roll out to another version in 3 batches (target 0).
 
 Then measures activation from zero (target p50 <= 20 ms, p99 <= 100 ms):
 `hello` with `scaleToZero: {idleAfter: 1s}` behind the gateway, N times:
@@ -52,6 +53,7 @@ bench = _util.module_from_spec(_spec)
 _spec.loader.exec_module(bench)
 
 BERTH = os.path.join(bench.RELEASE, "berth")
+HELLO_V2 = os.path.join(bench.ROOT, "target", "wasm-modules", "hello-v2", "wasm32-wasip2", "release", "hello.wasm")
 SECRET = "bench-secret"
 
 
@@ -89,12 +91,13 @@ def start_gateway(controller):
     return proc, port
 
 
-def apply(tmp, controller, replicas, extra=""):
-    digest = "sha256:" + __import__("hashlib").sha256(open(bench.HELLO_WASM, "rb").read()).hexdigest()
+def apply(tmp, controller, replicas, extra="", version="1.0.0", artifact=None):
+    artifact = artifact or bench.HELLO_WASM
+    digest = "sha256:" + __import__("hashlib").sha256(open(artifact, "rb").read()).hexdigest()
     path = os.path.join(tmp, "hello.yaml")
     with open(path, "w") as f:
         f.write("apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: { name: hello }\nspec:\n"
-                f"  module: {{ name: hello, version: 1.0.0, artifact: \"file:{bench.HELLO_WASM}\", digest: \"{digest}\" }}\n"
+                f"  module: {{ name: hello, version: {version}, artifact: \"file:{artifact}\", digest: \"{digest}\" }}\n"
                 f"  replicas: {replicas}\n  baseSelector: {{ group: bench }}\n{extra}")
     subprocess.run([BERTH, "apply", "-f", path, "--controller", f"127.0.0.1:{controller}"], check=True,
                    stdout=subprocess.DEVNULL)
@@ -199,7 +202,7 @@ def failures_during(args, tmp, n_bases, replicas, action, what):
 
 
 def failures(args, tmp):
-    """Failed requests through the gateway during a scale-in and a base kill."""
+    """Failed requests through the gateway during a scale-in, a base kill and a rollout."""
     print(f"\n### Failed requests through the gateway under load ({args.duration} s of wrk, "
           f"the change {args.duration / 3:.1f} s in)\n")
     print("| event | requests | failed |")
@@ -208,6 +211,9 @@ def failures(args, tmp):
                     "scale-in 4 -> 1 (drain; target 0)")
     failures_during(args, tmp, 3, 3, lambda ctl, bases: bases[0]["proc"].kill(),
                     "SIGKILL of 1 of 3 bases (target: in flight only)")
+    failures_during(args, tmp, 3, 3,
+                    lambda ctl, bases: apply(tmp, ctl, 3, "  strategy: { batches: 3 }\n", "2.0.0", HELLO_V2),
+                    "rollout 1.0.0 -> 2.0.0 in 3 batches (target 0)")
 
 
 def percentile(values, p):

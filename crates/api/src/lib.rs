@@ -721,6 +721,12 @@ pub struct Assignment {
 pub struct Assignments {
     /// Every module the controller wants on this base.
     pub modules: Vec<Assignment>,
+    /// Modules to keep compiled in the base's cache without running them:
+    /// a buffer base (labelled `berth.dev/role=buffer`) warms the code of
+    /// every autoscaled deployment, so a scale-out onto it installs from
+    /// cache.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warm: Vec<Assignment>,
     /// Names this set of assignments: a watch that passes it back as
     /// `known` is answered only once the assignments differ.
     #[serde(default, skip_serializing_if = "String::is_empty")]

@@ -12,7 +12,10 @@
 //!   missing is installed (or switched to, if installed), older versions of
 //!   those modules are removed, and modules this base installed for the
 //!   controller that are no longer assigned are uninstalled; modules
-//!   installed by hand through the ops API are left alone.
+//!   installed by hand through the ops API are left alone. The answer's
+//!   *warm* list (a buffer base's) is compiled into the cache in the
+//!   background without being installed, so a later scale-out onto this
+//!   base installs from cache.
 //!
 //! Why a watch and not the heartbeat's answer: a change reaches the base in
 //! one round trip instead of up to one heartbeat interval later, while the
@@ -52,6 +55,8 @@ struct Agent {
     failures: Mutex<(String, BTreeMap<String, String>)>,
     /// Wakes the heartbeat task to report now.
     report_now: Notify,
+    /// Digests being warmed now (each is compiled once).
+    warming: Mutex<BTreeSet<String>>,
 }
 
 /// Heartbeats, and runs what the controller assigns, until `shutdown` changes.
@@ -73,6 +78,7 @@ pub(crate) async fn run(
             .expect("an HTTP client"),
         failures: Mutex::new((String::new(), BTreeMap::new())),
         report_now: Notify::new(),
+        warming: Mutex::new(BTreeSet::new()),
     });
     let heartbeats = tokio::spawn(agent.clone().heartbeats(shutdown.clone()));
     agent.watch(shutdown).await;
@@ -165,7 +171,7 @@ impl Agent {
         }
     }
 
-    async fn watch(&self, mut shutdown: watch::Receiver<bool>) {
+    async fn watch(self: &Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         // Which modules this base runs for the controller, kept across
         // restarts so that one unassigned while the base was down is still
         // removed.
@@ -213,8 +219,9 @@ impl Agent {
                 Err(e) => Err(e.to_string()),
             };
             match answer {
-                Ok(assigned) => {
+                Ok(mut assigned) => {
                     link.ok(&self.link.url);
+                    self.warm(std::mem::take(&mut assigned.warm));
                     known = assigned.revision;
                     // Record the names before installing them: a base killed
                     // between an install and the record would otherwise
@@ -251,6 +258,55 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// Compiles the code of `list` into the cache in the background, without
+    /// serving it (a buffer base's warm assignments): the controller's code
+    /// when it has some, else compiled here. Each digest is warmed once.
+    fn warm(self: &Arc<Self>, list: Vec<Assignment>) {
+        let cache = self.base.runtime().cache();
+        let todo: Vec<(Assignment, berth_runtime::Digest)> = {
+            let mut warming = self.warming.lock().expect("agent state");
+            list.into_iter()
+                .filter_map(|a| {
+                    let digest = a.digest.parse::<berth_runtime::Digest>().ok()?;
+                    (!cache.has_compiled(&digest) && warming.insert(a.digest.clone()))
+                        .then_some((a, digest))
+                })
+                .collect()
+        };
+        if todo.is_empty() {
+            return;
+        }
+        let agent = self.clone();
+        tokio::spawn(async move {
+            for (a, digest) in todo {
+                if agent.link.controller_code {
+                    fetch_code(&agent.base, &agent.http, &agent.link.url, &a.digest).await;
+                }
+                let label = ModuleRef::label(&a.name, &a.version);
+                match agent.base.warm(artifact_source(&a.artifact), digest).await {
+                    Ok(true) => {
+                        tracing::info!(module = %label, "compiled into the cache ahead of a scale-out")
+                    }
+                    Ok(false) => tracing::debug!(module = %label, "code already cached"),
+                    Err(e) => {
+                        tracing::warn!(module = %label, error = %e, "cannot warm the code of an autoscaled module; an install here will compile it")
+                    }
+                }
+                agent.warming.lock().expect("agent state").remove(&a.digest);
+            }
+        });
+    }
+}
+
+/// Where an assignment's artifact is read from.
+fn artifact_source(artifact: &str) -> ArtifactSource {
+    match artifact.strip_prefix("file:") {
+        Some(path) => ArtifactSource::Path(format!("/{}", path.trim_start_matches('/'))),
+        None => ArtifactSource::Url(artifact.to_string()),
+    }
+}
+
 /// Writes which modules this base runs for the controller to `file`.
 fn record_managed(file: &std::path::Path, managed: &BTreeSet<String>) {
     let json = serde_json::to_vec(managed).expect("names serialize");
@@ -280,12 +336,7 @@ async fn reconcile(
             Some(m) if m.state == ModuleState::Active => Ok(()),
             Some(_) => base.switch(&a.name, &a.version).await.map(drop),
             None => {
-                let artifact = match a.artifact.strip_prefix("file:") {
-                    Some(path) => {
-                        ArtifactSource::Path(format!("/{}", path.trim_start_matches('/')))
-                    }
-                    None => ArtifactSource::Url(a.artifact.clone()),
-                };
+                let artifact = artifact_source(&a.artifact);
                 if let Some((http, url)) = code {
                     fetch_code(base, http, url, &a.digest).await;
                 }

@@ -144,6 +144,17 @@ impl Base {
         self.inner.lifecycle.install(request, upload).await
     }
 
+    /// Compiles the artifact of `digest` into the cache without installing
+    /// it, so that a later install of it is a cache hit; `Ok(false)` when it
+    /// was cached already.
+    pub async fn warm(
+        &self,
+        artifact: berth_api::ArtifactSource,
+        digest: berth_runtime::Digest,
+    ) -> Result<bool, OpsError> {
+        self.inner.lifecycle.warm(artifact, digest).await
+    }
+
     /// Uninstalls one version of `name`, or all of them. A version the
     /// module's traffic rules still send traffic to is refused. When the
     /// default version goes, the newest remaining loaded version becomes the

@@ -265,8 +265,8 @@ async fn heartbeat(
         reconcile(&shared).await?;
     }
     let snapshot = shared.reconciler.subscribe().borrow().clone();
-    let (revision, modules) = snapshot.assignments(&name).unwrap_or_default();
-    Ok(axum::Json(berth_api::Assignments { modules, revision }).into_response())
+    let assigned = snapshot.assignments(&name).unwrap_or_default();
+    Ok(axum::Json(assigned).into_response())
 }
 
 /// Runs a reconcile pass off the async threads.
@@ -307,24 +307,24 @@ async fn watch_assignments(
     let mut updates = shared.reconciler.subscribe();
     loop {
         let snapshot = updates.borrow_and_update().clone();
-        let Some((revision, modules)) = snapshot.assignments(&name) else {
+        let Some(assigned) = snapshot.assignments(&name) else {
             return Err(ApiError::BaseNotReady {
                 name,
                 timeout: humantime::format_duration(shared.reconciler.heartbeat_timeout())
                     .to_string(),
             });
         };
-        if query.known.as_deref() != Some(revision.as_str()) {
-            return Ok(axum::Json(berth_api::Assignments { modules, revision }).into_response());
+        if query.known.as_deref() != Some(assigned.revision.as_str()) {
+            return Ok(axum::Json(assigned).into_response());
         }
         tokio::select! {
             changed = tokio::time::timeout_at(deadline, updates.changed()) => {
                 if !matches!(changed, Ok(Ok(()))) {
-                    return Ok(axum::Json(berth_api::Assignments { modules, revision }).into_response());
+                    return Ok(axum::Json(assigned).into_response());
                 }
             }
             _ = shared.reconciler.stopped() => {
-                return Ok(axum::Json(berth_api::Assignments { modules, revision }).into_response());
+                return Ok(axum::Json(assigned).into_response());
             }
         }
     }

@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use berth_api::{Assignment, BaseState, BaseStatus, ModuleRef};
+use berth_api::{BaseState, BaseStatus, ModuleRef};
 use tokio::sync::watch;
 
 use crate::bases::ALIVE;
@@ -48,7 +48,7 @@ pub struct Snapshot {
     /// The bases as that pass saw them.
     pub bases: Vec<BaseStatus>,
     /// Base → replicas it keeps while they drain (beyond `placement`).
-    pub draining: BTreeMap<String, Vec<Assignment>>,
+    pub draining: BTreeMap<String, Vec<berth_api::Assignment>>,
     /// What gateways route by.
     pub endpoints: Arc<berth_api::endpoints::EndpointTable>,
 }
@@ -57,7 +57,7 @@ impl Snapshot {
     /// What `base` should run, and the revision naming that set; `None` if
     /// the base is not Ready (its assignments would be empty for that
     /// reason alone, which must not make it uninstall everything).
-    pub fn assignments(&self, base: &str) -> Option<(String, Vec<Assignment>)> {
+    pub fn assignments(&self, base: &str) -> Option<berth_api::Assignments> {
         let ready = self
             .bases
             .iter()
@@ -74,7 +74,12 @@ impl Snapshot {
         if let Some(draining) = self.draining.get(base) {
             modules.extend(draining.iter().cloned());
         }
-        Some((scheduler::revision(&modules), modules))
+        let warm = self.placement.warm.get(base).cloned().unwrap_or_default();
+        Some(berth_api::Assignments {
+            revision: scheduler::revision_with_warm(&modules, &warm),
+            modules,
+            warm,
+        })
     }
 }
 
@@ -358,6 +363,7 @@ impl Reconciler {
             let changed = current.placement.by_base != snapshot.placement.by_base
                 || current.draining != snapshot.draining
                 || current.endpoints.revision != snapshot.endpoints.revision
+                || current.placement.warm != snapshot.placement.warm
                 || ready_set(&current.bases) != ready_set(&snapshot.bases);
             *current = snapshot;
             changed
@@ -382,10 +388,20 @@ impl Reconciler {
             match before.placed.get(base) {
                 None => {
                     self.metrics.decided("scheduled");
-                    out.push(NewEvent::normal(
-                        "Scheduled",
-                        format!("replica placed on base {base} ({module}@{version})"),
-                    ));
+                    let buffer = bases
+                        .iter()
+                        .any(|b| b.heartbeat.name == *base && scheduler::is_buffer(b));
+                    out.push(if buffer {
+                        NewEvent::normal(
+                            "Buffered",
+                            format!("group full: replica placed on buffer base {base} ({module}@{version}); it goes first on scale-in"),
+                        )
+                    } else {
+                        NewEvent::normal(
+                            "Scheduled",
+                            format!("replica placed on base {base} ({module}@{version})"),
+                        )
+                    });
                 }
                 Some(old) if old != version => out.push(NewEvent::normal(
                     "VersionAssigned",

@@ -62,7 +62,7 @@ pub fn advance(
         let current = beat.revision.is_empty()
             || assigned
                 .get(name)
-                .is_some_and(|a| crate::scheduler::revision(a) == beat.revision);
+                .is_some_and(|a| crate::scheduler::is_revision_of(&beat.revision, a));
         if !current {
             return None;
         }

@@ -83,7 +83,7 @@ pub fn of(d: &StoredDeployment, placement: &Placement, bases: &[BaseStatus]) -> 
             // version from a path since fixed) is not this replica's.
             let current = report.is_some_and(|b| {
                 b.heartbeat.revision.is_empty()
-                    || crate::scheduler::revision(assignments) == b.heartbeat.revision
+                    || crate::scheduler::is_revision_of(&b.heartbeat.revision, assignments)
             });
             replicas.push(BaseReplica {
                 base: base.clone(),

@@ -185,7 +185,7 @@ pub async fn get_bases(controller: &str, output: Output) -> Result<()> {
         return Ok(());
     }
     let wide = output == Output::Wide;
-    let mut header = vec!["NAME", "STATE", "MODULES", "CAPACITY", "LABELS"];
+    let mut header = vec!["NAME", "STATE", "ROLE", "MODULES", "CAPACITY", "LABELS"];
     if wide {
         header.extend(["INGRESS", "LAST HEARTBEAT"]);
     }
@@ -196,6 +196,11 @@ pub async fn get_bases(controller: &str, output: Output) -> Result<()> {
         let mut row = vec![
             h.name.clone(),
             b.state.to_string(),
+            // A buffer base takes autoscaled replicas only when their group is full.
+            h.labels
+                .get("berth.dev/role")
+                .cloned()
+                .unwrap_or_else(|| "group".into()),
             h.modules.len().to_string(),
             h.capacity_modules.to_string(),
             labels.join(","),

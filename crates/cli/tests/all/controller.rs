@@ -335,7 +335,7 @@ impl ControllerProcess {
 }
 
 /// The value of one series of the `/metrics` at `addr` (NaN if absent).
-fn metric(addr: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn metric(addr: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     {
         let response = body(addr, "/metrics").expect("/metrics answers");
         let text = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);

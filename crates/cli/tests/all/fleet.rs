@@ -1,12 +1,13 @@
 //! The controller's fleet features with real bases: peer deployments that
-//! follow bases joining and leaving, scale-to-zero and activation, and an
-//! autoscaler driven by a gateway's load report.
+//! follow bases joining and leaving, scale-to-zero and activation, an
+//! autoscaler driven by a gateway's load report, and the buffer group that
+//! takes its scale-out when a group is full.
 
 use std::time::{Duration, Instant};
 
 use berth_example_modules::HELLO;
 
-use crate::controller::{ControllerProcess, eventually, has_line, serves};
+use crate::controller::{ControllerProcess, eventually, has_line, metric, serves};
 use crate::support::{BaseProcess, stdout, work_dir};
 
 /// One HTTP request to `addr` (`host:port`); the status and the body.
@@ -252,6 +253,92 @@ fn a_load_report_above_target_scales_an_autoscaled_deployment_up() {
         stdout(ctl.berth(&["get", "deployments"])).lines().any(|l| {
             l.starts_with("hello") && l.contains("3/3") && l.ends_with("3 (autoscale 1-3)")
         })
+    });
+    drop(ctl);
+}
+
+/// One gateway's load report for `hello`: `in_flight` requests.
+fn report_in_flight(ctl: &ControllerProcess, in_flight: u32) {
+    let report = format!(
+        r#"{{"deployments": {{"hello": {{"in_flight": {in_flight}, "rps": 0.0, "held": 0}}}}}}"#
+    );
+    assert_eq!(
+        call(&ctl.addr, "PUT", "/v1/gateways/gw-1/load", &report).0,
+        200
+    );
+}
+
+/// A series of a base's `/metrics`, an absent one counting 0.
+fn base_count(base: &BaseProcess, name: &str, outcome: &str) -> f64 {
+    f64::max(0.0, metric(&base.ops, name, &[("outcome", outcome)]))
+}
+
+#[test]
+fn a_full_group_scales_onto_a_warm_buffer_base_and_scale_in_empties_it_first() {
+    let work = work_dir();
+    // Bases compile for themselves: only warming can make the buffer
+    // base's install a cache hit.
+    let ctl = ControllerProcess::start(work.path(), &["--no-code"]);
+    let own = ctl.base("a", "200ms", &["--labels", "group=gold"]);
+    let buffer = ctl.base(
+        "buf",
+        "200ms",
+        &["--labels", "group=gold,berth.dev/role=buffer"],
+    );
+    ctl.apply(
+        work.path(),
+        "hello",
+        "1.0.0",
+        HELLO,
+        None,
+        "baseSelector: { group: gold }\n  autoscale: { minReplicas: 1, maxReplicas: 2, target: { concurrency: 10 }, scaleDownWindow: 1s }",
+    );
+    until("serving on its own group", || {
+        serves(&own.ingress, "/hello")
+    });
+    // The buffer base compiles the code without serving it.
+    until("the buffer base warmed hello", || {
+        base_count(&buffer, "berth_code_warmed_total", "compiled") == 1.0
+    });
+    assert!(!serves(&buffer.ingress, "/hello"));
+    assert_eq!(
+        base_count(&buffer, "berth_compile_cache_lookups_total", "miss"),
+        0.0
+    );
+    let bases = stdout(ctl.berth(&["get", "bases"]));
+    has_line(&bases, &["NAME", "STATE", "ROLE"]);
+    has_line(&bases, &["a", "Ready", "group"]);
+    has_line(&bases, &["buf", "Ready", "buffer"]);
+
+    // 25 in flight wants 2 replicas; group gold has one base (one replica
+    // each), so the second goes to the buffer base, installed from cache.
+    report_in_flight(&ctl, 25);
+    until("the buffer base serving hello", || {
+        serves(&buffer.ingress, "/hello")
+    });
+    assert_eq!(
+        (
+            base_count(&buffer, "berth_compile_cache_lookups_total", "hit"),
+            base_count(&buffer, "berth_compile_cache_lookups_total", "miss"),
+        ),
+        (1.0, 0.0)
+    );
+    has_line(
+        &ctl.describe("hello"),
+        &["Normal", "Buffered", "group full", "base buf"],
+    );
+
+    // Load gone: after the 1 s window it scales in to 1, and the replica
+    // that goes is the buffer base's.
+    report_in_flight(&ctl, 0);
+    until("the buffer base emptied", || {
+        !serves(&buffer.ingress, "/hello")
+    });
+    assert!(serves(&own.ingress, "/hello"));
+    until("1 of 1 in get deployments", || {
+        stdout(ctl.berth(&["get", "deployments"]))
+            .lines()
+            .any(|l| l.starts_with("hello") && l.contains("1/1"))
     });
     drop(ctl);
 }

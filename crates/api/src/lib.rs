@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod endpoints;
 pub mod failover;
 pub mod manifest;
 mod names;
@@ -475,6 +476,11 @@ pub struct Rule {
     /// the same version; without it each request is placed at random.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky_by: Option<RequestValue>,
+    /// A traffic cell: send matching requests only to replicas on bases
+    /// carrying these labels, e.g. `{group: gold}` (acted on by a gateway;
+    /// a base has no other base to choose and ignores it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cell: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// A version and its share of a split.
@@ -807,6 +813,12 @@ pub struct Assignment {
 pub struct Assignments {
     /// Every module the controller wants on this base.
     pub modules: Vec<Assignment>,
+    /// Modules to keep compiled in the base's cache without running them:
+    /// a buffer base (labelled `berth.dev/role=buffer`) warms the code of
+    /// every autoscaled deployment, so a scale-out onto it installs from
+    /// cache.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warm: Vec<Assignment>,
     /// Names this set of assignments: a watch that passes it back as
     /// `known` is answered only once the assignments differ.
     #[serde(default, skip_serializing_if = "String::is_empty")]

@@ -26,6 +26,9 @@ use serde::{Deserialize, Serialize};
 use crate::{Route, TrafficRules};
 
 pub mod koupleless;
+pub mod scale;
+
+pub use scale::{Autoscale, Metric, Replicas, ScaleToZero, Target};
 
 /// The `apiVersion` this build understands.
 pub const API_VERSION: &str = "berth.dev/v1";
@@ -69,8 +72,16 @@ pub struct Metadata {
 pub struct DeploymentSpec {
     /// The module version to run.
     pub module: ModuleRef,
-    /// How many bases should run it (at most one replica per base).
-    pub replicas: u32,
+    /// How many bases should run it (at most one replica per base), or
+    /// `all`: one on every matching base. Absent with `autoscale`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<Replicas>,
+    /// Go to no replica at all while the gateways report no load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_to_zero: Option<ScaleToZero>,
+    /// Replicas follow the load the gateways report (instead of `replicas`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<Autoscale>,
     /// Labels a base must carry, e.g. `{group: online}`.
     #[serde(default)]
     pub base_selector: BTreeMap<String, String>,
@@ -277,12 +288,16 @@ fn validate_deployment(d: &ModuleDeployment) -> Result<(), ManifestError> {
     if s.batches == 0 {
         return Err(at("spec.strategy.batches", "must be at least 1"));
     }
-    if d.spec.replicas > 0 && s.batches > d.spec.replicas {
+    scale::validate(&d.spec)?;
+    if let Some(Replicas::Count(replicas)) = d.spec.replicas
+        && replicas > 0
+        && s.batches > replicas
+    {
         return Err(at(
             "spec.strategy.batches",
             format!(
-                "{} batches for {} replicas: batches cannot outnumber replicas",
-                s.batches, d.spec.replicas
+                "{} batches for {replicas} replicas: batches cannot outnumber replicas",
+                s.batches
             ),
         ));
     }
@@ -324,7 +339,10 @@ spec:
     #[test]
     fn a_good_manifest_parses_from_yaml_and_json() {
         let Manifest::ModuleDeployment(d) = parse(GOOD).unwrap();
-        assert_eq!((d.spec.replicas, d.spec.strategy.batches), (6, 3));
+        assert_eq!(
+            (d.spec.replicas, d.spec.strategy.batches),
+            (Some(Replicas::Count(6)), 3)
+        );
         assert_eq!(d.spec.base_selector["group"], "online");
         let json = serde_json::to_string(&Manifest::ModuleDeployment(d.clone())).unwrap();
         assert_eq!(parse(&json).unwrap(), Manifest::ModuleDeployment(d));

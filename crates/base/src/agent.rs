@@ -12,7 +12,10 @@
 //!   missing is installed (or switched to, if installed), older versions of
 //!   those modules are removed, and modules this base installed for the
 //!   controller that are no longer assigned are uninstalled; modules
-//!   installed by hand through the ops API are left alone.
+//!   installed by hand through the ops API are left alone. The answer's
+//!   *warm* list (a buffer base's) is compiled into the cache in the
+//!   background without being installed, so a later scale-out onto this
+//!   base installs from cache.
 //!
 //! Why a watch and not the heartbeat's answer: a change reaches the base in
 //! one round trip instead of up to one heartbeat interval later, while the
@@ -59,6 +62,8 @@ struct Agent {
     failures: Mutex<(String, BTreeMap<String, String>)>,
     /// Wakes the heartbeat task to report now.
     report_now: Notify,
+    /// Digests being warmed now (each is compiled once).
+    warming: Mutex<BTreeSet<String>>,
 }
 
 /// Heartbeats, and runs what the controller assigns, until `shutdown` changes.
@@ -89,6 +94,7 @@ pub(crate) async fn run(
         controllers,
         failures: Mutex::new((String::new(), BTreeMap::new())),
         report_now: Notify::new(),
+        warming: Mutex::new(BTreeSet::new()),
     });
     let heartbeats = tokio::spawn(agent.clone().heartbeats(shutdown.clone()));
     agent.watch(shutdown).await;
@@ -130,7 +136,11 @@ impl Agent {
             name: self.link.name.clone(),
             labels: self.link.labels.clone(),
             capacity_modules: self.link.capacity_modules,
-            ingress: self.ingress.to_string(),
+            ingress: self
+                .link
+                .advertise
+                .clone()
+                .unwrap_or_else(|| self.ingress.to_string()),
             ops: self.ops.to_string(),
             in_flight: modules.iter().map(|m| m.in_flight).sum(),
             modules: modules
@@ -176,7 +186,7 @@ impl Agent {
         }
     }
 
-    async fn watch(&self, mut shutdown: watch::Receiver<bool>) {
+    async fn watch(self: &Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         // Which modules this base runs for the controller, kept across
         // restarts so that one unassigned while the base was down is still
         // removed.
@@ -221,8 +231,9 @@ impl Agent {
                 Err(e) => Err(e.to_string()),
             };
             match answer {
-                Ok(assigned) => {
+                Ok(mut assigned) => {
                     link.ok(self.controllers.current());
+                    self.warm(std::mem::take(&mut assigned.warm));
                     known = assigned.revision;
                     // Record the names before installing them: a base killed
                     // between an install and the record would otherwise
@@ -262,6 +273,63 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// Compiles the code of `list` into the cache in the background, without
+    /// serving it (a buffer base's warm assignments): the controller's code
+    /// when it has some, else compiled here. Each digest is warmed once.
+    fn warm(self: &Arc<Self>, list: Vec<Assignment>) {
+        let cache = self.base.runtime().cache();
+        let todo: Vec<(Assignment, berth_runtime::Digest)> = {
+            let mut warming = self.warming.lock().expect("agent state");
+            list.into_iter()
+                .filter_map(|a| {
+                    let digest = a.digest.parse::<berth_runtime::Digest>().ok()?;
+                    (!cache.has_compiled(&digest) && warming.insert(a.digest.clone()))
+                        .then_some((a, digest))
+                })
+                .collect()
+        };
+        if todo.is_empty() {
+            return;
+        }
+        let agent = self.clone();
+        tokio::spawn(async move {
+            for (a, digest) in todo {
+                if agent.link.controller_code {
+                    fetch_code(&agent.base, &agent.controllers, &a.digest).await;
+                }
+                let label = ModuleRef::label(&a.name, &a.version);
+                match agent
+                    .base
+                    .warm(artifact_source(&agent.controllers, &a.digest), digest)
+                    .await
+                {
+                    Ok(true) => {
+                        tracing::info!(module = %label, "compiled into the cache ahead of a scale-out")
+                    }
+                    Ok(false) => tracing::debug!(module = %label, "code already cached"),
+                    Err(e) => {
+                        tracing::warn!(module = %label, error = %e, "cannot warm the code of an autoscaled module; an install here will compile it")
+                    }
+                }
+                agent.warming.lock().expect("agent state").remove(&a.digest);
+            }
+        });
+    }
+}
+
+/// Where an assignment's artifact is read from: the controller, which
+/// serves what it deploys (and its `.sig`). The base needs no access to the
+/// artifact's own path or host, and the controllers' hosts are allowed
+/// implicitly.
+fn artifact_source(controllers: &Controllers, digest: &str) -> ArtifactSource {
+    ArtifactSource::Url(format!(
+        "{}/v1/artifacts/{}",
+        controllers.current().trim_end_matches('/'),
+        digest.trim_start_matches("sha256:")
+    ))
+}
+
 /// Writes which modules this base runs for the controller to `file`.
 fn record_managed(file: &std::path::Path, managed: &BTreeSet<String>) {
     let json = serde_json::to_vec(managed).expect("names serialize");
@@ -292,14 +360,7 @@ async fn reconcile(
             Some(m) if m.state == ModuleState::Active => Ok(()),
             Some(_) => base.switch(&a.name, &a.version).await.map(drop),
             None => {
-                // From the controller, which serves what it deploys (and its
-                // `.sig`): the base needs no access to the artifact's own path
-                // or host, and the controllers' hosts are allowed implicitly.
-                let artifact = ArtifactSource::Url(format!(
-                    "{}/v1/artifacts/{}",
-                    controllers.current().trim_end_matches('/'),
-                    a.digest.trim_start_matches("sha256:")
-                ));
+                let artifact = artifact_source(controllers, &a.digest);
                 if let Some(controllers) = code {
                     fetch_code(base, controllers, &a.digest).await;
                 }

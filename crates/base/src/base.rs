@@ -72,7 +72,7 @@ impl Base {
             config.version_header,
             config.observability,
         ));
-        let dispatcher = Dispatcher::new(instrumentation.clone());
+        let dispatcher = Dispatcher::new(instrumentation.clone(), config.gateway_secret.clone());
         let lifecycle = Lifecycle::new(
             runtime.clone(),
             store,
@@ -142,6 +142,17 @@ impl Base {
         upload: Option<Bytes>,
     ) -> Result<InstallResponse, OpsError> {
         self.inner.lifecycle.install(request, upload).await
+    }
+
+    /// Compiles the artifact of `digest` into the cache without installing
+    /// it, so that a later install of it is a cache hit; `Ok(false)` when it
+    /// was cached already.
+    pub async fn warm(
+        &self,
+        artifact: berth_api::ArtifactSource,
+        digest: berth_runtime::Digest,
+    ) -> Result<bool, OpsError> {
+        self.inner.lifecycle.warm(artifact, digest).await
     }
 
     /// Uninstalls one version of `name`, or all of them. A version the

@@ -54,6 +54,11 @@ pub struct BaseConfig {
     /// `http://127.0.0.1:4318`; spans go to `/v1/traces`). `None` exports
     /// nothing and starts nothing.
     pub otlp_endpoint: Option<String>,
+    /// The secret a fleet gateway proves itself with: a request carrying it
+    /// may pin the version it serves (the gateway chose it by the
+    /// deployment's rules). `None`: pins are ignored, the base's own rules
+    /// decide.
+    pub gateway_secret: Option<String>,
 }
 
 impl BaseConfig {
@@ -78,6 +83,7 @@ impl BaseConfig {
             trust_keys: berth_runtime::TrustKeys::none(),
             controller: None,
             otlp_endpoint: None,
+            gateway_secret: None,
         }
     }
 
@@ -108,6 +114,9 @@ pub struct ControllerLink {
     /// Load the code the controller compiled for this engine, when it has
     /// some, instead of compiling each module here.
     pub controller_code: bool,
+    /// The ingress address reported to the controller (what gateways
+    /// connect to); `None`: the address the ingress is bound to.
+    pub advertise: Option<String>,
 }
 
 impl ControllerLink {
@@ -136,6 +145,7 @@ impl ControllerLink {
             capacity_modules: 500,
             interval: Duration::from_secs(2),
             controller_code: true,
+            advertise: None,
         })
     }
 }

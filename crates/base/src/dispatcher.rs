@@ -6,11 +6,19 @@
 //! lock ([`ArcSwap`]) and keep the targets they picked, so a switch never
 //! disturbs a request in flight. Running a target goes through
 //! [`Instrumentation`] for metrics, spans, failures and headers.
+//!
+//! A fleet gateway may **pin** the version a request is served by
+//! (`x-berth-version`): it chose it by the deployment's rules. The pin is
+//! honoured only when the request also carries the base's gateway secret
+//! (`berth base --gateway-secret`), compared in constant time; from anyone
+//! else it is ignored and the base's own rules decide. Both headers are
+//! removed before a module sees the request.
 
 use std::net::IpAddr;
 use std::sync::{Arc, Weak};
 
 use arc_swap::ArcSwap;
+use berth_api::endpoints::{GATEWAY_SECRET_HEADER, PIN_VERSION_HEADER};
 use berth_api::{REQUEST_ID_HEADER, TRAFFIC_UNIT_HEADER};
 use berth_runtime::{
     BoxResponse, CallContext, ModuleCaller, ResponseBody, TRACEPARENT, TraceParent, WasiBody,
@@ -26,16 +34,22 @@ use crate::rules::RequestView;
 pub(crate) struct Dispatcher {
     routes: ArcSwap<RouteTable>,
     instrumentation: Arc<Instrumentation>,
+    /// The secret of trusted gateways, whose version pins are honoured.
+    gateway_secret: Option<String>,
     /// Itself, handed to modules as their [`ModuleCaller`].
     me: Weak<Dispatcher>,
 }
 
 impl Dispatcher {
     /// A dispatcher with no routes yet.
-    pub(crate) fn new(instrumentation: Arc<Instrumentation>) -> Arc<Self> {
+    pub(crate) fn new(
+        instrumentation: Arc<Instrumentation>,
+        gateway_secret: Option<String>,
+    ) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             routes: ArcSwap::from_pointee(RouteTable::default()),
             instrumentation,
+            gateway_secret: gateway_secret.filter(|s| !s.is_empty()),
             me: me.clone(),
         })
     }
@@ -84,13 +98,16 @@ impl Dispatcher {
             .and_then(|h| h.to_str().ok())
             .or_else(|| request.uri().host())
             .map(str::to_owned);
+        let pinned = self.pinned(request.headers_mut());
         let exporting = self.instrumentation.exporting();
         let target = {
             let routes = self.routes.load();
             routes
                 .lookup(host.as_deref(), request.uri().path())
                 .map(|entry| {
-                    let target = entry.select(&view(&request, client)).clone();
+                    let target = entry
+                        .select_pinned(&view(&request, client), pinned.as_deref())
+                        .clone();
                     (target, exporting.then(|| entry.prefix().to_owned()))
                 })
         };
@@ -116,6 +133,22 @@ impl Dispatcher {
             caller: self.caller(),
         };
         self.run_in(target, request, context, route).await
+    }
+
+    /// The version a trusted gateway pinned, if any; removes the pin and
+    /// the secret from `headers` either way.
+    fn pinned(&self, headers: &mut http::HeaderMap) -> Option<String> {
+        let secret = headers.remove(GATEWAY_SECRET_HEADER);
+        let pin = headers.remove(PIN_VERSION_HEADER)?;
+        let trusted = match (&self.gateway_secret, secret) {
+            (Some(want), Some(got)) => constant_time_eq(want.as_bytes(), got.as_bytes()),
+            _ => false,
+        };
+        if !trusted {
+            tracing::debug!("ignored a version pin from a client that is not a trusted gateway");
+            return None;
+        }
+        pin.to_str().ok().map(str::to_owned)
     }
 
     /// Serves a module-to-module call to `name`: routed by name, through the
@@ -172,6 +205,11 @@ impl Dispatcher {
         let result = module.handle(request, context).await;
         hop.finish(result)
     }
+}
+
+/// Whether `a` equals `b`, in time independent of where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// What the traffic rules read of `request`.

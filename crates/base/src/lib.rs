@@ -39,7 +39,8 @@ pub mod otlp;
 mod registry;
 pub use stats::VersionStats;
 pub mod router;
-pub mod rules;
+/// The traffic rules engine, shared with the gateway ([`berth_rules`]).
+pub use berth_rules::rules;
 mod server;
 mod source;
 pub mod state;

@@ -354,6 +354,47 @@ impl Lifecycle {
         Ok((checked, source))
     }
 
+    /// Fetches `artifact`, checks it is `digest` and compiles it into the
+    /// runtime's cache without installing anything (a buffer base warming
+    /// the code of a deployment it may be given). `Ok(false)` when the code
+    /// was cached already.
+    pub(crate) async fn warm(
+        &self,
+        artifact: ArtifactSource,
+        digest: Digest,
+    ) -> Result<bool, OpsError> {
+        if self.runtime.cache().has_compiled(&digest) {
+            return Ok(false);
+        }
+        let source = match artifact {
+            ArtifactSource::Path(p) => Source::Path(p),
+            ArtifactSource::Url(u) => Source::Url(u),
+        };
+        let source_desc = source.describe();
+        // The same checks as an install: the allowed sources, the digest and,
+        // where keys are trusted, the signature (nothing unsigned is compiled).
+        let enforced = self.trust_keys.is_enforced();
+        let fetched = self.sources.fetch(source, enforced).await?;
+        let bytes = fetched.bytes;
+        let actual = Digest::of(&bytes);
+        if actual != digest {
+            return Err(OpsError::DigestMismatch {
+                source_desc,
+                expected: digest.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        self.trust_keys
+            .check(&digest, fetched.signature.as_deref(), &source_desc, "base")?;
+        let runtime = self.runtime.clone();
+        let outcome = tokio::task::spawn_blocking(move || runtime.precompile(digest, &bytes))
+            .await
+            .expect("precompile task")?;
+        let compiled = outcome == berth_runtime::CacheOutcome::Miss;
+        self.instrumentation.metrics.warmed(compiled);
+        Ok(compiled)
+    }
+
     /// Step 2, no lock held: fetch, verify, compile (or map from cache) and
     /// link. `Err(response)` when these exact bytes are installed already.
     async fn prepare(

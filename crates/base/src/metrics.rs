@@ -103,6 +103,7 @@ pub struct Metrics {
     install_duration: Histogram,
     uninstalls: Counter,
     compile_cache: Family<OutcomeLabels, Counter>,
+    warmed: Family<OutcomeLabels, Counter>,
     rss: Gauge,
     otlp_exported: Counter,
     otlp_dropped: Family<ReasonLabels, Counter>,
@@ -229,6 +230,12 @@ impl Metrics {
             "Compile cache lookups at install (hit, miss)",
             compile_cache.clone(),
         );
+        let warmed = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "code_warmed",
+            "Modules compiled into the cache ahead of an install, as a buffer base does (compiled, cached)",
+            warmed.clone(),
+        );
         let rss = Gauge::default();
         registry.register(
             "process_resident_memory_bytes",
@@ -264,6 +271,7 @@ impl Metrics {
             install_duration,
             uninstalls,
             compile_cache,
+            warmed,
             rss,
             otlp_exported,
             otlp_dropped,
@@ -334,6 +342,14 @@ impl Metrics {
         self.memory_in_use.remove(l);
         self.cpu.remove(l);
         self.uninstalls.inc();
+    }
+
+    /// Counts code warmed into the cache: `compiled` here, or found cached.
+    pub fn warmed(&self, compiled: bool) {
+        let outcome = OutcomeLabels {
+            outcome: if compiled { "compiled" } else { "cached" }.into(),
+        };
+        self.warmed.get_or_create(&outcome).inc();
     }
 
     /// Counts an install attempt.

@@ -299,7 +299,7 @@ impl Registry {
     }
 
     /// The routing snapshot: each module's default version, plus the
-    /// versions its rules can choose.
+    /// versions its rules can choose and every loaded one (for pins).
     pub fn route_table(&self) -> RouteTable {
         RouteTable::new(self.modules.iter().filter_map(|(name, module)| {
             let default = module.default_version()?;
@@ -321,11 +321,13 @@ impl Registry {
                     targets,
                 })
             });
+            let versions = module.versions.values().filter_map(target).collect();
             Some((
                 name.clone(),
                 default.record.route.clone(),
                 target(default)?,
                 rules,
+                versions,
             ))
         }))
     }

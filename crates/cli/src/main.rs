@@ -259,6 +259,11 @@ enum Command {
         /// beside the artifact, written by `berth sign`.
         #[arg(long = "trust-key", value_name = "PUBKEY")]
         trust_keys: Vec<String>,
+        /// How long a replica being removed from a Ready base (scale-in,
+        /// reschedule, delete) stays assigned, marked draining so gateways
+        /// stop sending it requests, before the base uninstalls it (0s: at once).
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        drain_grace: std::time::Duration,
         /// Format of the controller's logs and banner.
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
@@ -297,10 +302,33 @@ enum Command {
         #[arg(long, value_name = "PATH", conflicts_with_all = ["artifact", "key"])]
         generate_key: Option<PathBuf>,
     },
+    /// Run the fleet gateway: one front door for every base of a controller.
+    ///
+    /// Routes each request by host and path prefix to a ModuleDeployment,
+    /// chooses the version (and traffic cell) by its rules, and forwards it
+    /// to the least busy of two random ready replicas over pooled
+    /// connections. A replica that fails before answering is ejected and
+    /// the request retried once on another; replicas being removed are
+    /// drained first. Its own metrics are at /metrics.
+    ///
+    /// Examples:
+    ///   berth gateway --controller http://127.0.0.1:1239 --listen 0.0.0.0:8000
+    ///   berth gateway --controller http://ctl-a:1239,http://ctl-b:1239
+    ///   BERTH_GATEWAY_SECRET=s3cret berth gateway   # bases: berth base --gateway-secret s3cret
+    ///   curl http://127.0.0.1:8000/orders           # routed like the deployment's route
+    ///
+    /// Rules under a ModuleDeployment's spec: a traffic cell (only bases
+    /// labelled group=gold) and a version:
+    ///   rules:
+    ///     rules:
+    ///       - { name: gold, match: [{ on: header, name: x-tier, exact: gold }], cell: { group: gold } }
+    ///       - { name: beta, match: [{ on: header, name: x-beta }], version: 2.0.0 }
+    #[command(verbatim_doc_comment)]
+    Gateway(commands::gateway::GatewayArgs),
     /// Create or update resources from a manifest (YAML or JSON; `-f -` reads stdin).
     ///
     /// A bad field is reported with its path, e.g.
-    /// `spec.replicas: invalid type: string "six", expected u32`.
+    /// `spec.replicas: invalid type: string "six", expected u32, or …`.
     ///
     /// A relative `file:` artifact is resolved against the manifest's
     /// directory. The controller checks the artifact (readable, its digest, a
@@ -320,8 +348,9 @@ enum Command {
     ///       version: 1.4.0
     ///       artifact: file:./orders.wasm    # or file:/abs/path, https://…
     ///       digest: sha256:…                # what `berth build` prints
-    ///     replicas: 3
+    ///     replicas: 3                       # or all: one on every matching base
     ///     baseSelector: { group: online }   # bases started with --labels group=online
+    ///     scaleToZero: { idleAfter: 5m }    # optional: none while no request comes
     ///     strategy: { batches: 3, pauseBetween: 5s, needConfirm: false }
     ///     route: { pathPrefix: /orders }
     #[command(verbatim_doc_comment)]
@@ -524,7 +553,8 @@ impl Command {
             | Command::Dev(_)
             | Command::Controller { .. }
             | Command::Store { .. }
-            | Command::Sign { .. } => Output::Table,
+            | Command::Sign { .. }
+            | Command::Gateway(_) => Output::Table,
         }
     }
 
@@ -533,6 +563,7 @@ impl Command {
         match self {
             Command::Base(args) | Command::Up(args) => args.log_format,
             Command::Controller { log_format, .. } => *log_format,
+            Command::Gateway(args) => args.log_format,
             _ => LogFormat::Text,
         }
     }
@@ -598,6 +629,7 @@ fn run(command: Command) -> Result<()> {
                 advertise,
                 leader_ttl,
                 trust_keys,
+                drain_grace,
                 log_format,
             } => {
                 commands::controller::serve(
@@ -610,11 +642,13 @@ fn run(command: Command) -> Result<()> {
                         advertise,
                         leader_ttl,
                         trust_keys: berth_runtime::TrustKeys::parse(&trust_keys)?,
+                        drain_grace,
                     },
                     log_format == LogFormat::Json,
                 )
                 .await
             }
+            Command::Gateway(args) => commands::gateway::run(args).await,
             Command::Apply {
                 file,
                 controller,

@@ -8,9 +8,12 @@
 //! | GET | `/v1/deployments/{name}` | one, as stored (manifest, generation, history), with status and events |
 //! | DELETE | `/v1/deployments/{name}` | delete one |
 //! | POST | `/v1/deployments/{name}/rollout/{confirm,pause,resume,undo}` | steer its rollout |
+//! | POST | `/v1/deployments/{name}/activate` | a replica for a deployment scaled to zero ([`crate::scaler`]) |
+//! | PUT | `/v1/gateways/{name}/load` | a gateway's load report ([`crate::load`]) |
 //! | PUT | `/v1/bases/{name}` | a base's heartbeat ([`BaseHeartbeat`]); answers its [`Assignments`](berth_api::Assignments) |
 //! | GET | `/v1/bases/{name}/assignments?known=REV&waitMs=N` | a base's assignments, held (long poll, up to `waitMs`, default 30 s) while they are still `REV` |
 //! | GET | `/v1/bases` | every base with Ready / NotReady |
+//! | GET | `/v1/endpoints?known=REV&waitMs=N` | the gateways' endpoint table ([`crate::endpoints`]), held (long poll) while it is still `REV` |
 //! | GET | `/v1/code/{digest}?engine=TAG` | the deployed artifact `digest` compiled for engine `TAG` ([`crate::code`]) |
 //! | GET | `/v1/artifacts/{digest}`, `/v1/artifacts/{digest}.sig` | a deployed artifact's bytes (checked against its digest) and its detached signature: bases install from here, so they need no access to the artifact's path or host |
 //! | GET | `/metrics` | Prometheus metrics of the controller |
@@ -75,6 +78,7 @@ pub async fn serve(
         tracing::warn!(error = %e, "first reconcile failed; retrying on the tick");
     }
     let ticking = tokio::spawn(reconciler.clone().run());
+    let scaling = tokio::spawn(crate::scaler::run(reconciler.clone()));
     let stopper = reconciler.clone();
     let app = crate::forward::wrap(router(shared), reconciler.leadership());
     let result = axum::serve(listener, app)
@@ -85,6 +89,7 @@ pub async fn serve(
         .await;
     reconciler.stop();
     let _ = ticking.await;
+    let _ = scaling.await;
     result
 }
 
@@ -230,6 +235,7 @@ pub fn router(shared: Shared) -> Router {
         .route("/v1/bases", get(list_bases))
         .route("/v1/bases/{name}", axum::routing::put(heartbeat))
         .route("/v1/bases/{name}/assignments", get(watch_assignments))
+        .route("/v1/endpoints", get(watch_endpoints))
         .route("/metrics", get(metrics))
         .route("/v1/code/{digest}", get(code))
         .route("/v1/artifacts/{file}", get(artifact))
@@ -244,6 +250,7 @@ pub fn router(shared: Shared) -> Router {
             "/v1/deployments/{name}/rollout/{action}",
             post(rollout_action),
         )
+        .merge(crate::scaler::routes())
         .with_state(shared)
 }
 
@@ -274,12 +281,12 @@ async fn heartbeat(
         reconcile(&shared).await?;
     }
     let snapshot = shared.reconciler.subscribe().borrow().clone();
-    let (revision, modules) = snapshot.assignments(&name).unwrap_or_default();
-    Ok(axum::Json(berth_api::Assignments { modules, revision }).into_response())
+    let assigned = snapshot.assignments(&name).unwrap_or_default();
+    Ok(axum::Json(assigned).into_response())
 }
 
 /// Runs a reconcile pass off the async threads.
-async fn reconcile(shared: &Shared) -> Result<(), ApiError> {
+pub(crate) async fn reconcile(shared: &Shared) -> Result<(), ApiError> {
     let reconciler = shared.reconciler.clone();
     tokio::task::spawn_blocking(move || reconciler.reconcile())
         .await
@@ -316,25 +323,53 @@ async fn watch_assignments(
     let mut updates = shared.reconciler.subscribe();
     loop {
         let snapshot = updates.borrow_and_update().clone();
-        let Some((revision, modules)) = snapshot.assignments(&name) else {
+        let Some(assigned) = snapshot.assignments(&name) else {
             return Err(ApiError::BaseNotReady {
                 name,
                 timeout: humantime::format_duration(shared.reconciler.heartbeat_timeout())
                     .to_string(),
             });
         };
-        if query.known.as_deref() != Some(revision.as_str()) {
-            return Ok(axum::Json(berth_api::Assignments { modules, revision }).into_response());
+        if query.known.as_deref() != Some(assigned.revision.as_str()) {
+            return Ok(axum::Json(assigned).into_response());
         }
         tokio::select! {
             changed = tokio::time::timeout_at(deadline, updates.changed()) => {
                 if !matches!(changed, Ok(Ok(()))) {
-                    return Ok(axum::Json(berth_api::Assignments { modules, revision }).into_response());
+                    return Ok(axum::Json(assigned).into_response());
                 }
             }
             _ = shared.reconciler.stopped() => {
-                return Ok(axum::Json(berth_api::Assignments { modules, revision }).into_response());
+                return Ok(axum::Json(assigned).into_response());
             }
+        }
+    }
+}
+
+/// The endpoint table, answered at once unless the watcher already has
+/// revision `known`; then held until it changes, up to `waitMs`.
+async fn watch_endpoints(
+    State(shared): State<Shared>,
+    axum::extract::Query(query): axum::extract::Query<WatchQuery>,
+) -> Response {
+    let wait = query
+        .wait_ms
+        .map_or(Duration::from_secs(30), Duration::from_millis)
+        .min(MAX_WAIT);
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut updates = shared.reconciler.subscribe();
+    loop {
+        let table = updates.borrow_and_update().endpoints.clone();
+        if query.known.as_deref() != Some(table.revision.as_str()) {
+            return axum::Json(&*table).into_response();
+        }
+        tokio::select! {
+            changed = tokio::time::timeout_at(deadline, updates.changed()) => {
+                if !matches!(changed, Ok(Ok(()))) {
+                    return axum::Json(&*table).into_response();
+                }
+            }
+            _ = shared.reconciler.stopped() => return axum::Json(&*table).into_response(),
         }
     }
 }
@@ -571,7 +606,9 @@ fn apply_events(
             "Created",
             format!(
                 "{}@{} with {} replica(s)",
-                spec.module.name, spec.module.version, spec.replicas
+                spec.module.name,
+                spec.module.version,
+                spec.replicas_text()
             ),
         )];
     };
@@ -580,10 +617,14 @@ fn apply_events(
         return Vec::new();
     }
     let mut out = Vec::new();
-    if old.replicas != spec.replicas {
+    if old.replicas_text() != spec.replicas_text() {
         out.push(NewEvent::normal(
             "Scaled",
-            format!("replicas {} → {}", old.replicas, spec.replicas),
+            format!(
+                "replicas {} → {}",
+                old.replicas_text(),
+                spec.replicas_text()
+            ),
         ));
     }
     if let (false, Some(rollout)) = (

@@ -13,7 +13,11 @@
 //! - [`reconciler`]: the loop that runs them, publishes each base's
 //!   assignments and records events; [`metrics`]: its Prometheus view;
 //! - [`code`]: each deployed module compiled once, for every base;
+//! - [`endpoints`]: the table gateways route by, and the drain of removed
+//!   replicas;
 //! - [`artifact`]: the check of a module's artifact at apply;
+//! - [`load`]: the gateways' load reports; [`scaler`]: scale to zero,
+//!   activation and [`autoscale`] decisions made from them;
 //! - [`api`]: the HTTP API bases and the CLI talk to;
 //! - [`leader`]: the election among controllers sharing one store;
 //!   [`forward`]: followers forwarding writes to the leader;
@@ -23,17 +27,21 @@
 
 pub mod api;
 pub mod artifact;
+pub mod autoscale;
 pub mod bases;
 pub mod code;
 pub mod copy;
+pub mod endpoints;
 pub mod etcd;
 pub mod events;
 pub mod forward;
 pub mod leader;
+pub mod load;
 pub mod metrics;
 pub mod reconciler;
 pub mod resources;
 pub mod rollout;
+pub mod scaler;
 pub mod scheduler;
 pub mod start;
 pub mod status;

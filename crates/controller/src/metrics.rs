@@ -44,7 +44,8 @@ pub struct Metrics {
     pub bases: Family<StateLabels, Gauge>,
     /// Heartbeats received.
     pub heartbeats: Counter,
-    /// Placement decisions: scheduled, descheduled, unschedulable.
+    /// Placement and scaling decisions: scheduled, descheduled,
+    /// unschedulable, scaled_to_zero, activated, restored, autoscaled.
     pub decisions: Family<StateLabels, Counter>,
     /// Events recorded, by type (Normal, Warning).
     pub events: Family<StateLabels, Counter>,
@@ -96,7 +97,7 @@ impl Default for Metrics {
             );
             r.register(
                 "scheduler_decisions",
-                "Placement decisions (scheduled, descheduled, unschedulable)",
+                "Placement and scaling decisions (scheduled, descheduled, unschedulable, scaled_to_zero, activated, restored, autoscaled)",
                 m.decisions.clone(),
             );
             r.register(
@@ -124,6 +125,21 @@ impl Metrics {
         )
         .expect("writing to a String cannot fail");
         out
+    }
+
+    /// Registers `metric` as `berth_controller_<name>` (for families that
+    /// other modules own, e.g. [`crate::load`]'s).
+    pub fn register(
+        &self,
+        name: &str,
+        help: &str,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
+        self.registry
+            .lock()
+            .expect("metrics registry")
+            .sub_registry_with_prefix("berth_controller")
+            .register(name, help, metric);
     }
 
     /// Counts one placement decision.

@@ -11,7 +11,10 @@
 //! - **records events** from what changed since the previous pass (a
 //!   replica scheduled, running, moved off a silent base, unschedulable; an
 //!   install that failed; a batch done; a rollout complete or failed);
-//! - **sets the metrics** gauges.
+//! - **sets the metrics** gauges;
+//! - **drains** replicas taken off a Ready base: they stay assigned, marked
+//!   draining in the gateways' endpoint table, for the grace period
+//!   ([`crate::endpoints`]), and are unassigned only after it.
 //!
 //! Passes run when something changes — an apply, a delete, a rollout
 //! action, a heartbeat with news — right in that request, so the change is
@@ -25,7 +28,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use berth_api::{Assignment, BaseState, BaseStatus, ModuleRef};
+use berth_api::{BaseState, BaseStatus, ModuleRef};
 use tokio::sync::watch;
 
 use crate::bases::ALIVE;
@@ -44,13 +47,17 @@ pub struct Snapshot {
     pub placement: Placement,
     /// The bases as that pass saw them.
     pub bases: Vec<BaseStatus>,
+    /// Base → replicas it keeps while they drain (beyond `placement`).
+    pub draining: BTreeMap<String, Vec<berth_api::Assignment>>,
+    /// What gateways route by.
+    pub endpoints: Arc<berth_api::endpoints::EndpointTable>,
 }
 
 impl Snapshot {
     /// What `base` should run, and the revision naming that set; `None` if
     /// the base is not Ready (its assignments would be empty for that
     /// reason alone, which must not make it uninstall everything).
-    pub fn assignments(&self, base: &str) -> Option<(String, Vec<Assignment>)> {
+    pub fn assignments(&self, base: &str) -> Option<berth_api::Assignments> {
         let ready = self
             .bases
             .iter()
@@ -58,13 +65,21 @@ impl Snapshot {
         if !ready {
             return None;
         }
-        let modules = self
+        let mut modules = self
             .placement
             .by_base
             .get(base)
             .cloned()
             .unwrap_or_default();
-        Some((scheduler::revision(&modules), modules))
+        if let Some(draining) = self.draining.get(base) {
+            modules.extend(draining.iter().cloned());
+        }
+        let warm = self.placement.warm.get(base).cloned().unwrap_or_default();
+        Some(berth_api::Assignments {
+            revision: scheduler::revision_with_warm(&modules, &warm),
+            modules,
+            warm,
+        })
     }
 }
 
@@ -78,6 +93,8 @@ struct Seen {
     /// Base → the error it reported for its assigned version.
     failures: BTreeMap<String, String>,
     unschedulable: u32,
+    /// Replicas wanted.
+    desired: u32,
 }
 
 /// The controller's reconciler; see the module docs.
@@ -96,22 +113,46 @@ pub struct Reconciler {
     /// Whether this controller leads ([`Reconciler::set_leadership`]);
     /// unset: it is the only one.
     leadership: std::sync::OnceLock<crate::leader::Leadership>,
+    /// Replicas being drained.
+    drains: Mutex<crate::endpoints::Drains>,
+    /// How long a removed replica drains (ms; 0: not at all).
+    drain_grace_ms: std::sync::atomic::AtomicU64,
+    /// The gateways' load reports and the replica decisions made from
+    /// them (scale to zero, activation, autoscale).
+    pub scaler: crate::scaler::Scaler,
 }
 
 impl Reconciler {
     /// A reconciler over `resources`; bases silent for `heartbeat_timeout`
     /// are NotReady.
     pub fn new(resources: Arc<Resources<SharedStore>>, heartbeat_timeout: Duration) -> Arc<Self> {
+        let metrics = Metrics::default();
+        let scaler = crate::scaler::Scaler::new(&metrics);
         Arc::new(Self {
             resources,
             heartbeat_timeout,
             seen: Mutex::new(None),
             published: watch::channel(Arc::new(Snapshot::default())).0,
             stopping: watch::channel(false).0,
-            metrics: Metrics::default(),
+            metrics,
             code: std::sync::OnceLock::new(),
             leadership: std::sync::OnceLock::new(),
+            drains: Mutex::default(),
+            drain_grace_ms: std::sync::atomic::AtomicU64::new(
+                crate::endpoints::DEFAULT_DRAIN_GRACE.as_millis() as u64,
+            ),
+            scaler,
         })
+    }
+
+    /// Sets how long a replica taken off a Ready base stays assigned,
+    /// marked draining for the gateways, before it is unassigned
+    /// ([`crate::endpoints::DEFAULT_DRAIN_GRACE`] unless set; zero: at once).
+    pub fn set_drain_grace(&self, grace: Duration) {
+        self.drain_grace_ms.store(
+            u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// Shares the store with other controllers: passes write (rollout
@@ -130,7 +171,7 @@ impl Reconciler {
     }
 
     /// Whether this controller may write as the leader now.
-    fn leading(&self) -> bool {
+    pub(crate) fn leading(&self) -> bool {
         self.leadership.get().is_none_or(|l| l.is_leader())
     }
 
@@ -141,7 +182,7 @@ impl Reconciler {
     }
 
     /// What `d`'s module imports, as far as the controller knows.
-    fn imports(&self, d: &StoredDeployment) -> crate::code::Imports {
+    pub(crate) fn imports(&self, d: &StoredDeployment) -> crate::code::Imports {
         match self.code.get() {
             Some(shop) => shop.imports(
                 &d.manifest.spec.module.digest,
@@ -187,6 +228,7 @@ impl Reconciler {
     pub fn status(&self, d: &StoredDeployment) -> DeploymentStatus {
         let snapshot = self.published.borrow().clone();
         let mut status = status::of(d, &snapshot.placement, &snapshot.bases);
+        status.load = self.scaler.load_of(&d.manifest.metadata.name);
         if status.unschedulable > 0 {
             // Say why, e.g. `unschedulable: no base offers berth:sql/query@0.1.0`.
             let why = scheduler::why_unschedulable_with(d, &snapshot.bases, &self.imports(d));
@@ -293,7 +335,7 @@ impl Reconciler {
                 })? {
                     news.entry(name)
                         .or_default()
-                        .extend(rollout_events(&before, &after));
+                        .extend(rollout_events(&before, &after, &placement));
                     *d = after;
                     advanced = true;
                 }
@@ -320,9 +362,38 @@ impl Reconciler {
         *seen_guard = Some(seen_now);
 
         self.set_gauges(&deployments, &placement, &bases);
-        let snapshot = Arc::new(Snapshot { placement, bases });
+        let draining = {
+            let previous = self.published.borrow().clone();
+            let previous = crate::endpoints::merged(&previous.placement, &previous.draining);
+            let grace = Duration::from_millis(
+                self.drain_grace_ms
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            );
+            self.drains.lock().expect("drains").update(
+                &previous,
+                &placement,
+                &bases,
+                grace,
+                Instant::now(),
+            )
+        };
+        let endpoints = Arc::new(crate::endpoints::table(
+            &deployments,
+            &placement,
+            &draining,
+            &bases,
+        ));
+        let snapshot = Arc::new(Snapshot {
+            placement,
+            bases,
+            draining,
+            endpoints,
+        });
         self.published.send_if_modified(|current| {
             let changed = current.placement.by_base != snapshot.placement.by_base
+                || current.draining != snapshot.draining
+                || current.endpoints.revision != snapshot.endpoints.revision
+                || current.placement.warm != snapshot.placement.warm
                 || ready_set(&current.bases) != ready_set(&snapshot.bases);
             *current = snapshot;
             changed
@@ -347,10 +418,20 @@ impl Reconciler {
             match before.placed.get(base) {
                 None => {
                     self.metrics.decided("scheduled");
-                    out.push(NewEvent::normal(
-                        "Scheduled",
-                        format!("replica placed on base {base} ({module}@{version})"),
-                    ));
+                    let buffer = bases
+                        .iter()
+                        .any(|b| b.heartbeat.name == *base && scheduler::is_buffer(b));
+                    out.push(if buffer {
+                        NewEvent::normal(
+                            "Buffered",
+                            format!("group full: replica placed on buffer base {base} ({module}@{version}); it goes first on scale-in"),
+                        )
+                    } else {
+                        NewEvent::normal(
+                            "Scheduled",
+                            format!("replica placed on base {base} ({module}@{version})"),
+                        )
+                    });
                 }
                 Some(old) if old != version => out.push(NewEvent::normal(
                     "VersionAssigned",
@@ -404,7 +485,7 @@ impl Reconciler {
                 format!(
                     "{} of {} replica(s) found no base: {}",
                     now.unschedulable,
-                    d.manifest.spec.replicas,
+                    now.desired,
                     scheduler::why_unschedulable_with(d, bases, &self.imports(d))
                 ),
             ));
@@ -493,6 +574,11 @@ fn observe(
                     .get(&d.manifest.metadata.name)
                     .copied()
                     .unwrap_or(0),
+                desired: placement
+                    .desired
+                    .get(&d.manifest.metadata.name)
+                    .copied()
+                    .unwrap_or(0),
                 ..Seen::default()
             };
             for (base, assignments) in &placement.by_base {
@@ -515,9 +601,14 @@ fn observe(
 }
 
 /// Events from one rollout step.
-fn rollout_events(before: &StoredDeployment, after: &StoredDeployment) -> Vec<NewEvent> {
+fn rollout_events(
+    before: &StoredDeployment,
+    after: &StoredDeployment,
+    placement: &Placement,
+) -> Vec<NewEvent> {
     let spec = &after.manifest.spec;
     let name = &after.manifest.metadata.name;
+    let replicas = placement.desired.get(name).copied().unwrap_or(0);
     let version = &spec.module.version;
     let batches = spec.strategy.batches;
     let (Some(b), a) = (&before.rollout, &after.rollout) else {
@@ -526,7 +617,7 @@ fn rollout_events(before: &StoredDeployment, after: &StoredDeployment) -> Vec<Ne
     let Some(a) = a else {
         return vec![NewEvent::normal(
             "RolloutComplete",
-            format!("all {} replicas run {version}", spec.replicas),
+            format!("all {replicas} replicas run {version}"),
         )];
     };
     let mut out = Vec::new();
@@ -559,8 +650,8 @@ fn rollout_events(before: &StoredDeployment, after: &StoredDeployment) -> Vec<Ne
             format!(
                 "batch {} of {batches}: {} of {} replicas move to {version}",
                 a.batch,
-                rollout::updated_count(spec.replicas, batches, a.batch),
-                spec.replicas
+                rollout::updated_count(replicas, batches, a.batch),
+                replicas
             ),
         ));
     }

@@ -29,6 +29,11 @@ pub struct StoredDeployment {
     /// The version change in progress, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<Rollout>,
+    /// Replicas the controller set itself (scaled to zero, activated,
+    /// autoscaled), in force instead of the spec's count
+    /// ([`crate::scaler`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<crate::scaler::Scale>,
 }
 
 /// A version change moving through its batches.
@@ -145,6 +150,7 @@ impl<S: Store> Resources<S> {
                         generation: 1,
                         history: Vec::new(),
                         rollout: None,
+                        scale: None,
                     },
                     Applied::Created,
                     0,
@@ -182,12 +188,14 @@ impl<S: Store> Resources<S> {
                         };
                     }
                     let generation = stored.generation + 1;
+                    let scale = crate::scaler::carried_over(stored.scale.clone(), &manifest.spec);
                     (
                         StoredDeployment {
                             manifest: manifest.clone(),
                             generation,
                             history,
                             rollout,
+                            scale,
                         },
                         Applied::Updated(generation),
                         entry.mod_revision,

@@ -62,7 +62,7 @@ pub fn advance(
         let current = beat.revision.is_empty()
             || assigned
                 .get(name)
-                .is_some_and(|a| crate::scheduler::revision(a) == beat.revision);
+                .is_some_and(|a| crate::scheduler::is_revision_of(&beat.revision, a));
         if !current {
             return None;
         }
@@ -129,6 +129,7 @@ mod tests {
             generation: 2,
             history: Vec::new(),
             rollout: Some(Rollout::starting(from)),
+            scale: None,
         };
         let assigned: BTreeMap<String, Vec<Assignment>> = [(
             "a".to_string(),
@@ -201,6 +202,7 @@ mod tests {
                 batch_done_ms: None,
                 failed: None,
             }),
+            scale: None,
         }
     }
 

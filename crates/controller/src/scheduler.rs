@@ -12,10 +12,22 @@
 //! modules placed so far, or — **binPack** — the most, then by name.
 //! Replicas that find no candidate are unschedulable.
 //!
+//! How many replicas a deployment wants is [`wanted`]: its `replicas`, or
+//! for a peer deployment (`replicas: all`) one per Ready base matching the
+//! selector and offering its imports — so it follows bases joining and
+//! leaving — unless the controller set a count itself (scaled to zero,
+//! activated, autoscaled; [`crate::scaler`]).
+//!
 //! A base is a candidate only if it offers every interface the module
 //! imports beyond WASI (its heartbeat's capabilities; the imports come from
 //! the controller's compile, [`Imports`]): a module importing
 //! `berth:sql/query` lands only on a base that shares a SQL database.
+//!
+//! **Buffer bases** (labelled `berth.dev/role=buffer`, [`is_buffer`]) are
+//! no group's own: an autoscaled deployment whose group has no room takes
+//! them after its own candidates, so they are the first it gives up on
+//! scale-in, and every buffer base is told to keep the code of each
+//! autoscaled deployment it does not run compiled ([`Placement::warm`]).
 
 use std::collections::BTreeMap;
 
@@ -33,11 +45,76 @@ pub struct Placement {
     pub unschedulable: BTreeMap<String, u32>,
     /// Deployment name → bases assigned its new version during a rollout.
     pub rolled: BTreeMap<String, Vec<String>>,
+    /// Deployment name → replicas it wants now ([`wanted`]).
+    pub desired: BTreeMap<String, u32>,
+    /// Buffer base name → code it keeps compiled without running it: every
+    /// autoscaled deployment it does not run.
+    pub warm: BTreeMap<String, Vec<Assignment>>,
+    /// Deployment name → buffer bases its replicas overflowed onto because
+    /// its own group had no room.
+    pub buffered: BTreeMap<String, Vec<String>>,
+}
+
+/// The label whose value names a base's role in the fleet.
+pub const ROLE_LABEL: &str = "berth.dev/role";
+
+/// The role of a buffer base (`--labels berth.dev/role=buffer`).
+pub const BUFFER_ROLE: &str = "buffer";
+
+/// Whether `base` belongs to the buffer group: it holds no steady
+/// replicas, keeps the code of autoscaled deployments compiled, and takes
+/// their replicas when their own group has no room.
+pub fn is_buffer(base: &BaseStatus) -> bool {
+    base.heartbeat.labels.get(ROLE_LABEL).map(String::as_str) == Some(BUFFER_ROLE)
+}
+
+/// The replicas `d` wants now: the count the controller set itself when it
+/// did ([`crate::scaler::Scale`]: scaled to zero, activated, autoscaled),
+/// else the spec's; for `replicas: all`, `eligible`, the Ready bases that
+/// match its selector and offer what its module imports.
+pub fn wanted(d: &StoredDeployment, eligible: u32) -> u32 {
+    use berth_api::manifest::Replicas;
+    let spec = &d.manifest.spec;
+    if let Some(scale) = &d.scale {
+        return match &spec.autoscale {
+            Some(a) => scale.replicas.clamp(a.min_replicas, a.max_replicas),
+            None => scale.replicas,
+        };
+    }
+    match (&spec.replicas, &spec.autoscale) {
+        (Some(Replicas::Count(n)), _) => *n,
+        (Some(Replicas::All), _) => eligible,
+        // An autoscaled deployment starts with one replica (or its minimum).
+        (None, Some(a)) => a.min_replicas.max(1).min(a.max_replicas),
+        (None, None) => 0,
+    }
 }
 
 /// A short stable name of a set of assignments (what a base is told it
 /// runs, and reports back with its failures).
 pub fn revision(modules: &[Assignment]) -> String {
+    revision_with_warm(modules, &[])
+}
+
+/// The revision of `modules` plus the code a buffer base keeps `warm`:
+/// [`revision`] when nothing is warm, else that followed by `+` and a
+/// hash of the warm set, so a base learns of new code to warm while
+/// [`is_revision_of`] still knows what it runs.
+pub fn revision_with_warm(modules: &[Assignment], warm: &[Assignment]) -> String {
+    let runs = hash_of(modules);
+    if warm.is_empty() {
+        runs
+    } else {
+        format!("{runs}+{}", hash_of(warm))
+    }
+}
+
+/// Whether a base reporting `reported` was told to run exactly `modules`.
+pub fn is_revision_of(reported: &str, modules: &[Assignment]) -> bool {
+    reported.split('+').next() == Some(revision(modules).as_str())
+}
+
+fn hash_of(modules: &[Assignment]) -> String {
     use std::hash::{Hash as _, Hasher as _};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     serde_json::to_string(modules)
@@ -121,14 +198,30 @@ pub fn place_with(
                 ModuleRef::split(m).map_or(m.as_str(), |(name, _)| name) == spec.module.name
             })
         };
-        let mut candidates: Vec<&BaseStatus> = ready
+        // Buffer bases are no group's own, unless a selector names them.
+        let names_role = spec.base_selector.contains_key(ROLE_LABEL);
+        let selected: Vec<&BaseStatus> = ready
             .iter()
             .copied()
+            .filter(|b| names_role || !is_buffer(b))
             .filter(|b| {
                 spec.base_selector
                     .iter()
                     .all(|(k, v)| b.heartbeat.labels.get(k) == Some(v))
             })
+            .collect();
+        // Bases a peer deployment (`replicas: all`) wants a replica on;
+        // while its imports are unknown, every selected one.
+        let eligible = selected
+            .iter()
+            .filter(|b| needed.is_none_or(|n| offers(b, n)))
+            .count() as u32;
+        let replicas = wanted(d, eligible);
+        placement
+            .desired
+            .insert(d.manifest.metadata.name.clone(), replicas);
+        let mut candidates: Vec<&BaseStatus> = selected
+            .into_iter()
             .filter(|b| load[b.heartbeat.name.as_str()] < b.heartbeat.capacity_modules)
             .filter(|b| needed.is_some_and(|n| offers(b, n)))
             .collect();
@@ -139,22 +232,46 @@ pub fn place_with(
             let order = if binpack { u32::MAX - load } else { load };
             (!running(b), order, b.heartbeat.name.clone())
         });
-        let mut chosen: Vec<&BaseStatus> = candidates
-            .iter()
-            .take(spec.replicas as usize)
-            .copied()
-            .collect();
+        let mut chosen: Vec<&BaseStatus> =
+            candidates.iter().take(replicas as usize).copied().collect();
+        // An autoscaled deployment whose group has no room overflows onto
+        // the buffer group; as they come last, a scale-in drops them first.
+        if chosen.len() < replicas as usize && spec.autoscale.is_some() && !names_role {
+            let mut spare: Vec<&BaseStatus> = ready
+                .iter()
+                .copied()
+                .filter(|b| is_buffer(b))
+                .filter(|b| load[b.heartbeat.name.as_str()] < b.heartbeat.capacity_modules)
+                .filter(|b| needed.is_some_and(|n| offers(b, n)))
+                .collect();
+            spare.sort_by_key(|b| {
+                (
+                    !running(b),
+                    load[b.heartbeat.name.as_str()],
+                    b.heartbeat.name.clone(),
+                )
+            });
+            let more = replicas as usize - chosen.len();
+            for b in spare.into_iter().take(more) {
+                placement
+                    .buffered
+                    .entry(d.manifest.metadata.name.clone())
+                    .or_default()
+                    .push(b.heartbeat.name.clone());
+                chosen.push(b);
+            }
+        }
         // During a rollout the first bases by name run the new version.
         chosen.sort_by(|a, b| a.heartbeat.name.cmp(&b.heartbeat.name));
         let updated = match &d.rollout {
             // A failed rollout moves no further, and its failed batch goes
             // back to the old version.
             Some(r) if r.failed.is_some() => {
-                crate::rollout::updated_count(spec.replicas, spec.strategy.batches, r.batch - 1)
-                    as usize
+                crate::rollout::updated_count(replicas, spec.strategy.batches, r.batch - 1) as usize
             }
-            Some(r) => crate::rollout::updated_count(spec.replicas, spec.strategy.batches, r.batch)
-                as usize,
+            Some(r) => {
+                crate::rollout::updated_count(replicas, spec.strategy.batches, r.batch) as usize
+            }
             None => chosen.len(),
         };
         let mut placed = 0;
@@ -186,13 +303,54 @@ pub fn place_with(
                 });
             placed += 1;
         }
-        if placed < spec.replicas {
+        if placed < replicas {
             placement
                 .unschedulable
-                .insert(d.manifest.metadata.name.clone(), spec.replicas - placed);
+                .insert(d.manifest.metadata.name.clone(), replicas - placed);
         }
     }
+    warm_buffers(deployments, &ready, imports, &mut placement);
     placement
+}
+
+/// Gives every Ready buffer base the code of each autoscaled deployment it
+/// could run but does not, to keep compiled.
+fn warm_buffers(
+    deployments: &[StoredDeployment],
+    ready: &[&BaseStatus],
+    imports: &dyn Fn(&StoredDeployment) -> Imports,
+    placement: &mut Placement,
+) {
+    for base in ready.iter().filter(|b| is_buffer(b)) {
+        let name = &base.heartbeat.name;
+        let runs = placement.by_base.get(name);
+        let mut warm: Vec<Assignment> = Vec::new();
+        for d in deployments
+            .iter()
+            .filter(|d| d.manifest.spec.autoscale.is_some())
+        {
+            let spec = &d.manifest.spec;
+            let imported = imports(d);
+            let fits = match &imported {
+                Imports::Known(list) => offers(base, list),
+                Imports::Unknown | Imports::Pending => true,
+            };
+            let running = runs.is_some_and(|r| r.iter().any(|a| a.digest == spec.module.digest));
+            if fits && !running && !warm.iter().any(|a| a.digest == spec.module.digest) {
+                warm.push(Assignment {
+                    name: spec.module.name.clone(),
+                    version: spec.module.version.clone(),
+                    artifact: spec.module.artifact.clone(),
+                    digest: spec.module.digest.clone(),
+                    route: None,
+                });
+            }
+        }
+        if !warm.is_empty() {
+            warm.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
+            placement.warm.insert(name.clone(), warm);
+        }
+    }
 }
 
 /// Why replicas of `d` found no base, in words, for its events, knowing
@@ -281,6 +439,7 @@ mod tests {
             generation: 1,
             history: Vec::new(),
             rollout: None,
+            scale: None,
         }
     }
 
@@ -301,6 +460,71 @@ mod tests {
             last_heartbeat: String::new(),
             state: BaseState::Ready,
         }
+    }
+
+    /// An autoscaled deployment the autoscaler set to `replicas`.
+    fn autoscaled(name: &str, replicas: u32) -> StoredDeployment {
+        let text = format!(
+            "apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: {{ name: {name} }}\nspec:\n  module: {{ name: {name}, version: \"1\", artifact: \"file:/m.wasm\", digest: \"sha256:{}\" }}\n  autoscale: {{ minReplicas: 1, maxReplicas: 4, target: {{ concurrency: 10 }} }}\n",
+            "cd".repeat(32)
+        );
+        let Manifest::ModuleDeployment(manifest) = parse(&text).unwrap();
+        StoredDeployment {
+            manifest,
+            generation: 1,
+            history: Vec::new(),
+            rollout: None,
+            scale: Some(crate::scaler::Scale {
+                replicas,
+                reason: crate::scaler::ScaleReason::Autoscaled,
+                at_ms: 0,
+            }),
+        }
+    }
+
+    fn buffer(name: &str) -> BaseStatus {
+        let mut b = base(name, 5);
+        b.heartbeat
+            .labels
+            .insert(ROLE_LABEL.into(), BUFFER_ROLE.into());
+        b
+    }
+
+    #[test]
+    fn buffer_bases_take_only_overflow_and_warm_what_they_do_not_run() {
+        let bases = [base("a", 5), base("b", 5), buffer("x"), buffer("y")];
+        let fixed = [deployment("fixed", 4, "spread")];
+        // A fixed deployment never lands on a buffer base.
+        let p = place(&fixed, &bases);
+        assert_eq!(p.by_base.keys().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(p.unschedulable["fixed"], 2);
+        // The buffer bases warm every autoscaled deployment.
+        let two = [autoscaled("auto", 2)];
+        let p = place(&two, &bases);
+        assert_eq!(p.by_base.keys().collect::<Vec<_>>(), ["a", "b"]);
+        assert!(p.buffered.is_empty());
+        assert_eq!(p.warm.keys().collect::<Vec<_>>(), ["x", "y"]);
+        assert_eq!(p.warm["x"][0].name, "auto");
+        assert!(p.warm["x"][0].route.is_none());
+        // Its group full, the autoscaled one overflows onto a buffer base,
+        // which then no longer warms what it runs.
+        let three = [autoscaled("auto", 3)];
+        let p = place(&three, &bases);
+        assert_eq!(p.by_base.keys().collect::<Vec<_>>(), ["a", "b", "x"]);
+        assert_eq!(p.buffered["auto"], ["x"]);
+        assert_eq!(p.warm.keys().collect::<Vec<_>>(), ["y"]);
+        // Scale-in from there drops the buffer replica, not a group one,
+        // even though x runs it now.
+        let mut running = bases.clone();
+        running[2].heartbeat.modules = vec!["auto@1".into()];
+        let p = place(&two, &running);
+        assert_eq!(p.by_base.keys().collect::<Vec<_>>(), ["a", "b"]);
+        // A warm set changes the revision a base is told, not what it runs.
+        let runs = &p.by_base["a"];
+        let told = revision_with_warm(runs, &p.warm["x"]);
+        assert_ne!(told, revision(runs));
+        assert!(is_revision_of(&told, runs) && is_revision_of(&revision(runs), runs));
+        assert!(!is_revision_of(&told, &[]));
     }
 
     fn per_base(p: &Placement) -> Vec<usize> {
@@ -392,5 +616,82 @@ mod tests {
                 "{policy}: replicas moved to the new base"
             );
         }
+    }
+
+    #[test]
+    fn a_peer_deployment_runs_once_on_every_matching_base_and_follows_them() {
+        let mut peer = deployment("peer", 1, "spread");
+        peer.manifest.spec.replicas = Some(berth_api::manifest::Replicas::All);
+        peer.manifest.spec.base_selector = [("group".to_string(), "gold".to_string())].into();
+        let labelled = |name: &str, group: &str| {
+            let mut b = base(name, 10);
+            b.heartbeat.labels = [("group".to_string(), group.to_string())].into();
+            b
+        };
+        let mut bases = vec![
+            labelled("a", "gold"),
+            labelled("b", "gold"),
+            labelled("c", "other"),
+        ];
+        let p = place(std::slice::from_ref(&peer), &bases);
+        assert_eq!(p.by_base.keys().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!((p.desired["peer"], p.unschedulable.get("peer")), (2, None));
+        // A base joins the group: it gets one too.
+        bases.push(labelled("d", "gold"));
+        let p = place(std::slice::from_ref(&peer), &bases);
+        assert_eq!(p.by_base.keys().collect::<Vec<_>>(), ["a", "b", "d"]);
+        // One goes NotReady: the peer shrinks with it, nothing unschedulable.
+        bases[0].state = BaseState::NotReady;
+        let p = place(std::slice::from_ref(&peer), &bases);
+        assert_eq!(p.by_base.keys().collect::<Vec<_>>(), ["b", "d"]);
+        assert_eq!((p.desired["peer"], p.unschedulable.get("peer")), (2, None));
+        // Only bases offering its imports count; a full base is unschedulable.
+        let needs = |_: &StoredDeployment| Imports::Known(vec![SQL.to_string()]);
+        bases[1].heartbeat.capabilities = vec![SQL.to_string()];
+        let p = place_with(std::slice::from_ref(&peer), &bases, &needs);
+        assert_eq!((p.desired["peer"], p.by_base.len()), (1, 1));
+        bases[1].heartbeat.capacity_modules = 0;
+        let p = place_with(std::slice::from_ref(&peer), &bases, &needs);
+        assert_eq!(p.unschedulable["peer"], 1);
+    }
+
+    #[test]
+    fn the_controllers_own_count_overrides_the_spec() {
+        use crate::scaler::{Scale, ScaleReason};
+        let mut d = deployment("m", 3, "spread");
+        let bases = [base("a", 3), base("b", 3), base("c", 3)];
+        assert_eq!(place(std::slice::from_ref(&d), &bases).desired["m"], 3);
+        d.scale = Some(Scale {
+            replicas: 0,
+            reason: ScaleReason::Idle,
+            at_ms: 0,
+        });
+        let p = place(std::slice::from_ref(&d), &bases);
+        assert!(p.by_base.is_empty() && p.unschedulable.is_empty());
+        assert_eq!(p.desired["m"], 0);
+        // An autoscaled count stays within the spec's bounds.
+        let text = format!(
+            "apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: {{ name: m }}\nspec:\n  module: {{ name: m, version: \"1\", artifact: \"file:/m.wasm\", digest: \"sha256:{}\" }}\n  autoscale: {{ minReplicas: 0, maxReplicas: 2, target: {{ rps: 10 }} }}\n",
+            "ab".repeat(32)
+        );
+        let Manifest::ModuleDeployment(manifest) = parse(&text).unwrap();
+        let mut auto = StoredDeployment {
+            manifest,
+            generation: 1,
+            history: Vec::new(),
+            rollout: None,
+            scale: None,
+        };
+        assert_eq!(
+            wanted(&auto, 0),
+            1,
+            "an autoscaled deployment starts at one"
+        );
+        auto.scale = Some(Scale {
+            replicas: 5,
+            reason: ScaleReason::Autoscaled,
+            at_ms: 0,
+        });
+        assert_eq!(wanted(&auto, 0), 2);
     }
 }

@@ -100,6 +100,9 @@ pub struct Config {
     /// Keys applied artifacts must be signed with (`--trust-key`); none:
     /// signatures are not required.
     pub trust_keys: berth_runtime::TrustKeys,
+    /// How long a replica taken off a Ready base drains (marked draining
+    /// for the gateways, still assigned) before it is unassigned.
+    pub drain_grace: Duration,
 }
 
 /// The leader TTL `berth controller` uses unless told otherwise.
@@ -205,6 +208,7 @@ impl Controller {
         };
         let reconciler = Reconciler::new(Arc::new(Resources::new(store)), config.heartbeat_timeout);
         reconciler.set_leadership(leadership.clone());
+        reconciler.set_drain_grace(config.drain_grace);
         let code = if config.compile_for_bases {
             Some(Arc::new(CodeShop::open(config.data_dir.join("compiled"))?))
         } else {

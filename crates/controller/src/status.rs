@@ -14,7 +14,7 @@ use crate::resources::StoredDeployment;
 use crate::scheduler::Placement;
 
 /// Replica counts, per-base state and conditions of a deployment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeploymentStatus {
     /// Replicas asked for.
@@ -29,6 +29,15 @@ pub struct DeploymentStatus {
     pub bases: Vec<BaseReplica>,
     /// Available, Progressing and ReplicaFailure, as Kubernetes names them.
     pub conditions: Vec<Condition>,
+    /// No replica because it was idle (`spec.scaleToZero`, or autoscale
+    /// down to `minReplicas: 0`): not a failure; the next request through
+    /// a gateway activates it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub scaled_to_zero: bool,
+    /// The load the gateways report for it, summed over their fresh
+    /// reports; absent when none reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<crate::load::Load>,
 }
 
 /// One replica.
@@ -74,7 +83,7 @@ pub fn of(d: &StoredDeployment, placement: &Placement, bases: &[BaseStatus]) -> 
             // version from a path since fixed) is not this replica's.
             let current = report.is_some_and(|b| {
                 b.heartbeat.revision.is_empty()
-                    || crate::scheduler::revision(assignments) == b.heartbeat.revision
+                    || crate::scheduler::is_revision_of(&b.heartbeat.revision, assignments)
             });
             replicas.push(BaseReplica {
                 base: base.clone(),
@@ -89,8 +98,9 @@ pub fn of(d: &StoredDeployment, placement: &Placement, bases: &[BaseStatus]) -> 
     let newest = ModuleRef::label(&spec.module.name, &spec.module.version);
     let ready = replicas.iter().filter(|r| r.running).count() as u32;
     let unschedulable = placement.unschedulable.get(name).copied().unwrap_or(0);
+    let desired = placement.desired.get(name).copied().unwrap_or(0);
     let mut status = DeploymentStatus {
-        desired: spec.replicas,
+        desired,
         ready,
         updated: bases
             .iter()
@@ -99,6 +109,8 @@ pub fn of(d: &StoredDeployment, placement: &Placement, bases: &[BaseStatus]) -> 
         unschedulable,
         bases: replicas,
         conditions: Vec::new(),
+        scaled_to_zero: desired == 0 && crate::scaler::idle(d),
+        load: None,
     };
     status.conditions = conditions(d, &status);
     status
@@ -106,7 +118,14 @@ pub fn of(d: &StoredDeployment, placement: &Placement, bases: &[BaseStatus]) -> 
 
 fn conditions(d: &StoredDeployment, s: &DeploymentStatus) -> Vec<Condition> {
     let spec = &d.manifest.spec;
-    let available = if s.ready >= s.desired {
+    let available = if s.scaled_to_zero {
+        Condition {
+            kind: "Available",
+            status: "True",
+            reason: "ScaledToZero",
+            message: "scaled to zero while idle; the next request through a gateway brings a replica back".into(),
+        }
+    } else if s.ready >= s.desired {
         Condition {
             kind: "Available",
             status: "True",

@@ -443,3 +443,314 @@ async fn a_controller_trusting_a_key_refuses_unsigned_and_wrongly_signed_artifac
         .unwrap();
     assert_eq!(unknown.status(), 404);
 }
+
+/// `METHOD url` with a JSON body; the status and the JSON answer.
+async fn send(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    body: String,
+) -> (u16, Value) {
+    let response = client.request(method, url).body(body).send().await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+/// Polls `GET url` (up to 10 s) until `check` holds for its JSON; returns it.
+async fn until(client: &reqwest::Client, url: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let value = get_json(client, url).await;
+        if check(&value) {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within 10 s: {value}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn load_reports_are_validated_summed_per_deployment_and_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _server) = serve(&dir.path().join("controller.redb")).await;
+    let client = reqwest::Client::new();
+    let m = component(dir.path(), "orders.wasm", b"");
+    assert_eq!(post(&client, &url, manifest("2", &m)).await.0, 201);
+    let put = |gateway: &str, body: &str| {
+        send(
+            &client,
+            reqwest::Method::PUT,
+            format!("{url}/v1/gateways/{gateway}/load"),
+            body.to_string(),
+        )
+    };
+    let (status, body) = put(
+        "gw-1",
+        r#"{"deployments": {"orders": {"in_flight": 3, "rps": 12.5, "held": 1}}}"#,
+    )
+    .await;
+    assert_eq!((status, body["deployments"].as_u64()), (200, Some(1)));
+    let (status, _) = put(
+        "gw-2",
+        r#"{"deployments": {"orders": {"in_flight": 2, "rps": 7.5, "held": 0}}}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let shown = get_json(&client, &format!("{url}/v1/deployments/orders")).await;
+    let want = serde_json::json!({"inFlight": 5, "rps": 20.0, "held": 1, "gateways": 2});
+    assert_eq!(shown["status"]["load"], want);
+
+    // A bad report: 422 naming the field, and the board keeps what it had.
+    let cases = [
+        (
+            "{\"deployments\": 5}",
+            "deployments: invalid type: integer `5`",
+        ),
+        (
+            r#"{"deployments": {"orders": {"in_flight": 1, "rps": -1, "held": 0}}}"#,
+            "deployments.orders.rps: -1 must be a number of requests per second",
+        ),
+        (
+            r#"{"deployments": {"orders": {"in_flight": "many", "rps": 1, "held": 0}}}"#,
+            "deployments.orders.in_flight: invalid type: string \"many\"",
+        ),
+        (
+            r#"{"deployments": {"orders": {"inFlight": 1, "rps": 1, "held": 0}}}"#,
+            "deployments.orders.inFlight: unknown field `inFlight`",
+        ),
+        ("{\"deployments\": {", "the load report is not JSON"),
+    ];
+    for (bad, says) in cases {
+        let (status, body) = put("gw-1", bad).await;
+        assert_eq!(status, 422, "{bad}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_load_report");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("the load report of gateway `gw-1` is not valid: ")
+                && message.contains(says),
+            "{message}\nexpected: {says}"
+        );
+    }
+    let shown = get_json(&client, &format!("{url}/v1/deployments/orders")).await;
+    assert_eq!(shown["status"]["load"], want);
+    // The controller's metrics carry the sums.
+    let metrics = client
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "berth_controller_load_in_flight{deployment=\"orders\"} 5",
+        "berth_controller_load_rps{deployment=\"orders\"} 20.0",
+        "berth_controller_load_held{deployment=\"orders\"} 1",
+        "berth_controller_load_gateways 2",
+        "berth_controller_load_reports_total 2",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no `{line}` in:\n{metrics}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn activation_refuses_with_the_reason_and_places_one_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _server) = serve(&dir.path().join("controller.redb")).await;
+    let client = reqwest::Client::new();
+    let m = component(dir.path(), "orders.wasm", b"");
+    let activate = |name: &str| {
+        send(
+            &client,
+            reqwest::Method::POST,
+            format!("{url}/v1/deployments/{name}/activate"),
+            String::new(),
+        )
+    };
+    let (status, body) = activate("orders").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+
+    // Not scale-to-zero: refused, saying so.
+    assert_eq!(post(&client, &url, manifest("2", &m)).await.0, 201);
+    let (status, body) = activate("orders").await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "not_scale_to_zero");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`orders` does not scale to zero"),
+        "{body}"
+    );
+
+    // Scale-to-zero, for bases labelled gold: with no gateway reporting
+    // load it is idle, and after 1 s it has no replica.
+    let zero = manifest("1", &m).replace(
+        "  strategy: { batches: 2, needConfirm: true }\n",
+        "  scaleToZero: { idleAfter: 1s }\n  baseSelector: { group: gold }\n",
+    );
+    assert_eq!(post(&client, &url, zero).await.0, 200);
+    let shown = until(&client, &format!("{url}/v1/deployments/orders"), |d| {
+        d["status"]["scaledToZero"] == true
+    })
+    .await;
+    assert_eq!(shown["status"]["desired"], 0);
+    assert_eq!(shown["scale"]["reason"], "idle");
+    // No base matches: refused, with the scheduler's reason.
+    let (status, body) = activate("orders").await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "unschedulable");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("no base can run a replica of ModuleDeployment `orders`")
+            && message.contains("no Ready base matches group=gold"),
+        "{message}"
+    );
+    let shown = get_json(&client, &format!("{url}/v1/deployments/orders")).await;
+    assert_eq!(
+        shown["status"]["desired"], 0,
+        "a refused activation changed it"
+    );
+
+    // A gold base: activation places one replica there, at once.
+    let beat = serde_json::json!({"name": "a", "labels": {"group": "gold"}, "capacityModules": 10, "ingress": "127.0.0.1:1", "ops": "127.0.0.1:2"});
+    let response = client
+        .put(format!("{url}/v1/bases/a"))
+        .json(&beat)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let (status, body) = activate("orders").await;
+    assert_eq!((status, body), (202, serde_json::json!({"replicas": 1})));
+    let assigned = get_json(&client, &format!("{url}/v1/bases/a/assignments?waitMs=0")).await;
+    assert_eq!(assigned["modules"][0]["name"], "orders");
+    let (status, body) = activate("orders").await;
+    assert_eq!((status, body), (200, serde_json::json!({"replicas": 1})));
+}
+
+#[tokio::test]
+async fn a_peer_deployment_wants_one_replica_per_matching_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _server) = serve(&dir.path().join("controller.redb")).await;
+    let client = reqwest::Client::new();
+    let m = component(dir.path(), "orders.wasm", b"");
+    let peer = manifest("all", &m).replace(
+        "  strategy: { batches: 2, needConfirm: true }\n",
+        "  baseSelector: { group: gold }\n",
+    );
+    let (status, body) = post(&client, &url, peer).await;
+    assert_eq!(status, 201, "{body}");
+    for (name, group) in [("a", "gold"), ("b", "gold"), ("c", "silver")] {
+        let beat = serde_json::json!({"name": name, "labels": {"group": group}, "capacityModules": 10, "ingress": "127.0.0.1:1", "ops": "127.0.0.1:2"});
+        let response = client
+            .put(format!("{url}/v1/bases/{name}"))
+            .json(&beat)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let shown = get_json(&client, &format!("{url}/v1/deployments/orders")).await;
+    assert_eq!(shown["manifest"]["spec"]["replicas"], "all");
+    assert_eq!(
+        (
+            shown["status"]["desired"].as_u64(),
+            shown["status"]["unschedulable"].as_u64()
+        ),
+        (Some(2), Some(0))
+    );
+    let bases: Vec<&str> = shown["status"]["bases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["base"].as_str().unwrap())
+        .collect();
+    assert_eq!(bases, ["a", "b"]);
+    let events = shown["events"].to_string();
+    assert!(
+        events.contains("orders@1.4.0 with all replica(s)"),
+        "{events}"
+    );
+}
+
+#[tokio::test]
+async fn bad_scaling_specs_are_refused_by_field_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _server) = serve(&dir.path().join("controller.redb")).await;
+    let client = reqwest::Client::new();
+    let m = component(dir.path(), "orders.wasm", b"");
+    assert_eq!(post(&client, &url, manifest("2", &m)).await.0, 201);
+    let shown = || async {
+        let mut d = get_json(&client, &format!("{url}/v1/deployments/orders")).await;
+        d.as_object_mut().unwrap().remove("events");
+        d
+    };
+    let before = shown().await;
+    let autoscale = |spec: &str| {
+        manifest("2", &m).replace("  replicas: 2\n", &format!("  autoscale: {spec}\n"))
+    };
+    let cases = [
+        (
+            manifest("2", &m).replace(
+                "  replicas: 2\n",
+                "  replicas: 2\n  autoscale: { maxReplicas: 3, target: { rps: 10 } }\n",
+            ),
+            "spec.autoscale: cannot be combined with spec.replicas",
+        ),
+        (
+            autoscale("{ minReplicas: 4, maxReplicas: 2, target: { rps: 10 } }"),
+            "spec.autoscale.minReplicas: 4 is above maxReplicas 2",
+        ),
+        (
+            autoscale("{ maxReplicas: 2, target: { concurrency: 0 } }"),
+            "spec.autoscale.target.concurrency: 0 must be above 0",
+        ),
+        (
+            manifest("2", &m).replace(
+                "  replicas: 2\n",
+                "  replicas: 2\n  scaleToZero: { idleAfter: later }\n",
+            ),
+            "spec.scaleToZero.idleAfter: `later` is not a duration",
+        ),
+        (
+            manifest("2", &m).replace("  replicas: 2\n", "  replicas: most\n"),
+            "spec.replicas: invalid type: string \"most\", expected u32, or `all`",
+        ),
+    ];
+    for (text, want) in cases {
+        let (status, body) = post(&client, &url, text).await;
+        assert_eq!(status, 422, "{body}");
+        assert_eq!(body["error"]["code"], "invalid_manifest");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with(want), "{message}\nexpected: {want}");
+        assert_eq!(
+            shown().await,
+            before,
+            "a refused apply changed the deployment"
+        );
+    }
+    // A good autoscale spec replaces the replicas.
+    let (status, body) = post(
+        &client,
+        &url,
+        autoscale("{ minReplicas: 1, maxReplicas: 3, target: { rps: 10 } }"),
+    )
+    .await;
+    assert_eq!(
+        (status, body["result"].as_str()),
+        (200, Some("updated")),
+        "{body}"
+    );
+    let d = shown().await;
+    assert_eq!(d["status"]["desired"], 1);
+    assert_eq!(d["manifest"]["spec"]["autoscale"]["maxReplicas"], 3);
+}

@@ -159,6 +159,29 @@ impl Runtime {
         Ok((LoadedModule::new(env, digest, pre)?, outcome))
     }
 
+    /// Compiles `bytes` (of `digest`) into the cache without loading a
+    /// module, unless code for it is there already: what a buffer base does
+    /// ahead of a scale-out, so that the install that follows is a cache
+    /// hit. The caller must have checked that `bytes` hash to `digest`.
+    /// CPU-heavy and blocking, like [`Runtime::load`].
+    pub fn precompile(&self, digest: Digest, bytes: &[u8]) -> Result<CacheOutcome, LoadError> {
+        let cache = &self.inner.cache;
+        if cache.has_compiled(&digest) {
+            return Ok(CacheOutcome::Hit);
+        }
+        check_header(bytes)?;
+        let component =
+            Component::new(&self.inner.engine, bytes).map_err(|e| LoadError::Invalid {
+                reason: format!("{e:#}"),
+            })?;
+        let code = component.serialize().map_err(|e| LoadError::Invalid {
+            reason: format!("cannot serialize compiled code: {e:#}"),
+        })?;
+        cache.store_artifact(&digest, bytes)?;
+        cache.store_compiled(&digest, &code)?;
+        Ok(CacheOutcome::Miss)
+    }
+
     /// Maps cached code for `digest`, or `None` if absent or unusable.
     fn load_precompiled(&self, digest: &Digest) -> Option<Component> {
         let path = self.inner.cache.compiled_path(digest);

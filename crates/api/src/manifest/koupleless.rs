@@ -7,13 +7,13 @@
 //! | `spec.selector.matchLabels` | more `spec.baseSelector` labels |
 //! | `spec.template.spec.module.{name, version, url}` | `spec.module.{name, version, artifact}` |
 //! | `spec.template.spec.module.md5` | `spec.module.digest`: it must hold `sha256:<hex>`, berth pins artifacts by sha256 |
-//! | `spec.replicas` | `spec.replicas` |
+//! | `spec.replicas` | `spec.replicas`; `-1` (one per base) is `replicas: all`, a peer deployment |
 //! | `spec.operationStrategy.{needConfirm, batchCount, grayTimeBetweenBatchSeconds}` | `spec.strategy.{needConfirm, batches, pauseBetween}` |
 //! | `spec.operationStrategy.upgradePolicy: install_then_uninstall` | what a berth base always does |
 //! | `spec.schedulingStrategy.schedulingPolicy: scatter / stacking` | `spec.placement: spread / binPack` |
 //!
 //! What berth cannot honour is refused with the field's path and why:
-//! `replicas: -1`, `useBeta: true`, other upgrade policies, `serviceStrategy`,
+//! `useBeta: true`, other upgrade policies, `serviceStrategy`,
 //! `matchExpressions`, namespaces other than `default`, Java jars, md5 digests.
 
 use std::collections::BTreeMap;
@@ -22,7 +22,7 @@ use serde::Deserialize;
 
 use super::{
     API_VERSION, DeploymentSpec, ManifestError, Metadata, ModuleDeployment, ModuleRef,
-    PlacementPolicy, Strategy, at, with_paths,
+    PlacementPolicy, Replicas, Strategy, at, with_paths,
 };
 
 /// The Koupleless API versions taken (the issue's and the published ones).
@@ -131,8 +131,10 @@ struct SchedulingStrategy {
 }
 
 /// The Koupleless form of a berth ModuleDeployment (`berth get deployments
-/// -o yaml --as koupleless`): the inverse of the mapping above. A route or
-/// traffic rules, which Koupleless has no field for, are left out.
+/// -o yaml --as koupleless`): the inverse of the mapping above. A route,
+/// traffic rules, scale-to-zero and autoscale, which Koupleless has no
+/// field for, are left out (an autoscaled deployment shows its
+/// `minReplicas` as `replicas`).
 pub fn to_koupleless(d: &ModuleDeployment) -> serde_json::Value {
     let spec = &d.spec;
     let mut match_labels = spec.base_selector.clone();
@@ -144,7 +146,12 @@ pub fn to_koupleless(d: &ModuleDeployment) -> serde_json::Value {
             "url": spec.module.artifact,
             "md5": spec.module.digest,
         }}},
-        "replicas": spec.replicas,
+        "replicas": match (&spec.replicas, &spec.autoscale) {
+            (Some(Replicas::Count(n)), _) => i64::from(*n),
+            (Some(Replicas::All), _) => -1,
+            (None, Some(a)) => i64::from(a.min_replicas),
+            (None, None) => 0,
+        },
         "operationStrategy": {
             "needConfirm": spec.strategy.need_confirm,
             "useBeta": false,
@@ -236,20 +243,17 @@ pub(super) fn parse(text: &str) -> Result<ModuleDeployment, ManifestError> {
         base_selector.insert(GROUP_LABEL.to_string(), group);
     }
     let replicas = match spec.replicas {
-        -1 => {
-            return Err(at(
-                "spec.replicas",
-                "-1 (one per matching base) is not supported by this controller yet; give the \
-                 number of replicas (at most one per base)",
-            ));
-        }
+        // Koupleless' "one replica on every base of the group": a peer deployment.
+        -1 => Replicas::All,
         n if n < 0 || n > i64::from(u32::MAX) => {
             return Err(at(
                 "spec.replicas",
-                format!("{n} is out of range; give 0 or more"),
+                format!(
+                    "{n} is out of range; give 0 or more, or -1 for one on every matching base"
+                ),
             ));
         }
-        n => n as u32,
+        n => Replicas::Count(n as u32),
     };
     let module = spec.template.spec.module;
     let url_path = "spec.template.spec.module.url";
@@ -352,7 +356,9 @@ pub(super) fn parse(text: &str) -> Result<ModuleDeployment, ManifestError> {
                 artifact: module.url,
                 digest,
             },
-            replicas,
+            replicas: Some(replicas),
+            scale_to_zero: None,
+            autoscale: None,
             base_selector,
             strategy,
             placement,
@@ -364,7 +370,7 @@ pub(super) fn parse(text: &str) -> Result<ModuleDeployment, ManifestError> {
 
 #[cfg(test)]
 mod tests {
-    use crate::manifest::{Manifest, PlacementPolicy, parse};
+    use crate::manifest::{Manifest, PlacementPolicy, Replicas, parse};
 
     const DIGEST: &str = "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
 
@@ -411,7 +417,7 @@ spec:
             "http://example.invalid/provider-1.0.2.wasm"
         );
         assert_eq!(d.spec.module.digest, DIGEST);
-        assert_eq!(d.spec.replicas, 2);
+        assert_eq!(d.spec.replicas, Some(Replicas::Count(2)));
         assert_eq!(d.spec.base_selector["group"], "dynamic-stock-deployment");
         assert_eq!(d.spec.strategy.batches, 2);
         assert!(d.spec.strategy.need_confirm);
@@ -446,12 +452,24 @@ spec:
     }
 
     #[test]
+    fn replicas_minus_one_is_a_peer_deployment_both_ways() {
+        // batchCount 2 with `all`: nothing to check against a count.
+        let peer = sample().replace("replicas: 2", "replicas: -1");
+        let Manifest::ModuleDeployment(d) = parse(&peer).unwrap();
+        assert_eq!(d.spec.replicas, Some(Replicas::All));
+        let form = super::to_koupleless(&d);
+        assert_eq!(form["spec"]["replicas"], -1);
+        let yaml = serde_yaml_ng::to_string(&form).unwrap();
+        assert_eq!(parse(&yaml).unwrap(), Manifest::ModuleDeployment(d));
+    }
+
+    #[test]
     fn what_berth_cannot_honour_is_refused_by_path() {
         let cases = [
             (
                 "replicas: 2",
-                "replicas: -1",
-                "spec.replicas: -1 (one per matching base)",
+                "replicas: -2",
+                "spec.replicas: -2 is out of range",
             ),
             (
                 "useBeta: false",

@@ -14,6 +14,7 @@ mod isolation;
 mod observability;
 mod ops;
 mod otlp;
+mod pin;
 mod restart;
 mod sharing;
 mod support;

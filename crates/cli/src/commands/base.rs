@@ -73,6 +73,11 @@ pub struct BaseArgs {
     /// Most module versions this base takes (reported to the controller).
     #[arg(long, default_value_t = 500)]
     capacity_modules: u32,
+    /// The ingress address reported to the controller, for gateways to
+    /// connect to (e.g. 10.0.0.5:8080 when listening on 0.0.0.0:8080)
+    /// [default: the --listen address]
+    #[arg(long)]
+    advertise: Option<String>,
     /// Time between heartbeats to the controller.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     heartbeat_interval: Duration,
@@ -111,6 +116,12 @@ pub struct BaseArgs {
     /// collector, e.g. http://127.0.0.1:4318 (spans go to /v1/traces).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
+    /// Trust a fleet gateway (`berth gateway`) that sends this shared
+    /// secret: it may then pin the version a request is served by, as it
+    /// chose it by the deployment's rules. Without it, or from anyone else,
+    /// version pins are ignored.
+    #[arg(long, env = "BERTH_GATEWAY_SECRET", hide_env_values = true)]
+    gateway_secret: Option<String>,
     /// Format of the base's logs (`json`: the banner is a JSON log line too).
     #[arg(long, value_enum, default_value_t = crate::LogFormat::Text)]
     pub log_format: crate::LogFormat,
@@ -129,6 +140,7 @@ impl BaseArgs {
         link.capacity_modules = self.capacity_modules;
         link.interval = self.heartbeat_interval;
         link.controller_code = !self.compile_locally;
+        link.advertise = self.advertise.clone();
         Ok(Some(link))
     }
 
@@ -153,6 +165,7 @@ impl BaseArgs {
         config.runtime.table_keep_resident = self.table_keep_resident;
         config.runtime.max_unused_warm_slots = self.max_unused_warm_slots;
         config.runtime.pagemap_scan = !self.no_pagemap_scan;
+        config.gateway_secret = self.gateway_secret.clone().filter(|s| !s.is_empty());
         config.otlp_endpoint = self
             .otlp_endpoint
             .clone()

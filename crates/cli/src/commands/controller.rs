@@ -40,6 +40,8 @@ pub struct ServeOptions {
     pub leader_ttl: std::time::Duration,
     /// `--trust-key`.
     pub trust_keys: berth_runtime::TrustKeys,
+    /// `--drain-grace`.
+    pub drain_grace: std::time::Duration,
 }
 
 /// `berth controller`.
@@ -53,6 +55,7 @@ pub async fn serve(options: ServeOptions, json_logs: bool) -> Result<()> {
         advertise,
         leader_ttl,
         trust_keys,
+        drain_grace,
     } = options;
     let data_dir = data_dir.unwrap_or_else(|| super::base::data_home().join("controller"));
     let controller = Controller::start(Config {
@@ -64,6 +67,7 @@ pub async fn serve(options: ServeOptions, json_logs: bool) -> Result<()> {
         advertise,
         leader_ttl,
         trust_keys,
+        drain_grace,
     })
     .await?;
     let local = controller.local_addr()?;
@@ -218,7 +222,7 @@ pub async fn get_bases(controller: &str, output: Output) -> Result<()> {
         return Ok(());
     }
     let wide = output == Output::Wide;
-    let mut header = vec!["NAME", "STATE", "MODULES", "CAPACITY", "LABELS"];
+    let mut header = vec!["NAME", "STATE", "ROLE", "MODULES", "CAPACITY", "LABELS"];
     if wide {
         header.extend(["INGRESS", "LAST HEARTBEAT"]);
     }
@@ -229,6 +233,11 @@ pub async fn get_bases(controller: &str, output: Output) -> Result<()> {
         let mut row = vec![
             h.name.clone(),
             b.state.to_string(),
+            // A buffer base takes autoscaled replicas only when their group is full.
+            h.labels
+                .get("berth.dev/role")
+                .cloned()
+                .unwrap_or_else(|| "group".into()),
             h.modules.len().to_string(),
             h.capacity_modules.to_string(),
             labels.join(","),
@@ -277,10 +286,17 @@ pub async fn get(controller: &str, output: Output, koupleless: bool) -> Result<(
         "READY",
         "UP-TO-DATE",
         "GENERATION",
+        "REPLICAS",
     ];
     if wide {
         header.push("SELECTOR");
+        header.push("ENDPOINTS");
     }
+    let endpoints = if wide {
+        endpoints(controller).await
+    } else {
+        Default::default()
+    };
     let mut table = Table::new(header);
     for (d, status) in deployments.iter().zip(&statuses) {
         let spec = &d.manifest.spec;
@@ -288,9 +304,10 @@ pub async fn get(controller: &str, output: Output, koupleless: bool) -> Result<(
             d.manifest.metadata.name.clone(),
             spec.module.name.clone(),
             spec.module.version.clone(),
-            format!("{}/{}", status["ready"], spec.replicas),
+            format!("{}/{}", status["ready"], status["desired"]),
             status["updated"].to_string(),
             d.generation.to_string(),
+            replicas_text(&d.manifest.spec, status),
         ];
         if wide {
             let selector: Vec<String> = spec
@@ -299,11 +316,71 @@ pub async fn get(controller: &str, output: Output, koupleless: bool) -> Result<(
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
             row.push(selector.join(","));
+            row.push(
+                endpoints
+                    .get(&d.manifest.metadata.name)
+                    .cloned()
+                    .unwrap_or_else(|| "-".into()),
+            );
         }
         table.row(row);
     }
     table.print();
     Ok(())
+}
+
+/// Per deployment, its replicas' endpoints as `base=host:port@version`
+/// (with `(draining)` or `(not ready)` where so); empty if the controller
+/// has no endpoint table.
+async fn endpoints(controller: &str) -> std::collections::BTreeMap<String, String> {
+    let table = call(controller, "/v1/endpoints", |http, url| http.get(url))
+        .await
+        .ok()
+        .and_then(|body| serde_json::from_value::<berth_api::endpoints::EndpointTable>(body).ok())
+        .unwrap_or_default();
+    table
+        .deployments
+        .into_iter()
+        .map(|d| {
+            let replicas: Vec<String> = d
+                .replicas
+                .iter()
+                .map(|r| {
+                    let state = if r.draining {
+                        "(draining)"
+                    } else if !r.ready {
+                        "(not ready)"
+                    } else {
+                        ""
+                    };
+                    format!("{}={}@{}{state}", r.base, r.address, r.version)
+                })
+                .collect();
+            let list = if replicas.is_empty() {
+                "-".to_string()
+            } else {
+                replicas.join(",")
+            };
+            (d.name, list)
+        })
+        .collect()
+}
+
+/// The replicas of a deployment in words: `3`, `all (3)`, `2 (autoscale
+/// 1-5)`, `0 (scaled to zero)`.
+fn replicas_text(spec: &berth_api::manifest::DeploymentSpec, status: &serde_json::Value) -> String {
+    let desired = &status["desired"];
+    if status["scaledToZero"] == true {
+        return "0 (scaled to zero)".into();
+    }
+    match (&spec.replicas, &spec.autoscale) {
+        (Some(berth_api::manifest::Replicas::All), _) => format!("all ({desired})"),
+        (None, Some(a)) => format!(
+            "{desired} (autoscale {}-{})",
+            a.min_replicas, a.max_replicas
+        ),
+        _ => desired.to_string(),
+    }
 }
 
 /// `berth describe deployment NAME`.
@@ -324,8 +401,54 @@ pub async fn describe(controller: &str, name: &str, output: Output) -> Result<()
     );
     println!(
         "Replicas:    {} desired, {} ready, {} updated, {} unschedulable",
-        d.manifest.spec.replicas, status["ready"], status["updated"], status["unschedulable"]
+        replicas_text(&d.manifest.spec, &status),
+        status["ready"],
+        status["updated"],
+        status["unschedulable"]
     );
+    let spec = &d.manifest.spec;
+    if let Some(scale) = &d.scale {
+        let why = match scale.reason {
+            berth_controller::scaler::ScaleReason::Idle => "scaled to zero while idle",
+            berth_controller::scaler::ScaleReason::Activated => "activated by a gateway",
+            berth_controller::scaler::ScaleReason::Autoscaled => "the autoscaler's last decision",
+        };
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(scale.at_ms);
+        let ago = std::time::SystemTime::now()
+            .duration_since(at)
+            .map_or(0, |d| d.as_secs());
+        println!(
+            "Scaled:      {} replica(s) by the controller: {why}, {} ago",
+            scale.replicas,
+            humantime::format_duration(std::time::Duration::from_secs(ago))
+        );
+    }
+    if let Some(zero) = &spec.scale_to_zero {
+        println!("Scale:       to zero after {} idle", zero.idle_after);
+    }
+    if let Some(a) = &spec.autoscale {
+        let (metric, target) = a.target.get();
+        println!(
+            "Autoscale:   {}-{} replicas, target {} {target} per replica, scale-up window {}, scale-down window {}",
+            a.min_replicas,
+            a.max_replicas,
+            metric.as_str(),
+            humantime::format_duration(a.scale_up_window()),
+            humantime::format_duration(a.scale_down_window()),
+        );
+    }
+    let load = &status["load"];
+    if load.is_object() {
+        println!(
+            "Load:        {} in flight, {:.1} requests/s, {} held ({} gateway(s) reporting)",
+            load["inFlight"],
+            load["rps"].as_f64().unwrap_or(0.0),
+            load["held"],
+            load["gateways"]
+        );
+    } else if spec.scales_to_zero() || spec.autoscale.is_some() {
+        println!("Load:        no gateway reports load for it");
+    }
     let replicas: Vec<BaseReplica> =
         serde_json::from_value(status["bases"].clone()).unwrap_or_default();
     for r in &replicas {
@@ -454,7 +577,8 @@ pub async fn rollout(
         let body = call(controller, &show, |http, url| http.get(url)).await?;
         let replicas: Vec<BaseReplica> = serde_json::from_value(body["status"]["bases"].clone())?;
         let d: StoredDeployment = serde_json::from_value(body.clone())?;
-        let (line, outcome) = rollout_line(&d, &replicas);
+        let desired = body["status"]["desired"].as_u64().unwrap_or(0) as u32;
+        let (line, outcome) = rollout_line(&d, &replicas, desired);
         if line != last {
             if !output.data(&body) {
                 println!("{line}");
@@ -485,7 +609,7 @@ enum Outcome {
 
 /// The one-line state of `d`'s rollout, counting only replicas that run
 /// the new version (a failed one never counts).
-fn rollout_line(d: &StoredDeployment, replicas: &[BaseReplica]) -> (String, Outcome) {
+fn rollout_line(d: &StoredDeployment, replicas: &[BaseReplica], desired: u32) -> (String, Outcome) {
     let name = &d.manifest.metadata.name;
     let spec = &d.manifest.spec;
     let on_new = replicas
@@ -505,13 +629,13 @@ fn rollout_line(d: &StoredDeployment, replicas: &[BaseReplica]) -> (String, Outc
     let Some(r) = &d.rollout else {
         let line = format!(
             "{name}: {}@{}, {on_new} of {} replicas run it, no rollout in progress",
-            spec.module.name, spec.module.version, spec.replicas
+            spec.module.name, spec.module.version, desired
         );
         if !failing.is_empty() {
             let why = failing.join("; ");
             return (format!("{line}; {why}"), Outcome::Failed(why));
         }
-        let done = on_new as u32 >= spec.replicas;
+        let done = on_new as u32 >= desired;
         return (line, if done { Outcome::Done } else { Outcome::Going });
     };
     let (waiting, outcome) = if let Some(why) = &r.failed {
@@ -549,7 +673,7 @@ fn rollout_line(d: &StoredDeployment, replicas: &[BaseReplica]) -> (String, Outc
         spec.module.version,
         r.batch,
         spec.strategy.batches,
-        spec.replicas,
+        desired,
         spec.module.version
     );
     (line, outcome)

@@ -6,6 +6,7 @@ pub mod build;
 pub mod controller;
 pub mod deploy;
 pub mod dev;
+pub mod gateway;
 pub mod invoke;
 pub mod list;
 pub mod logs;

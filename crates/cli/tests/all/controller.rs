@@ -206,15 +206,15 @@ fn a_controller_refuses_to_start_on_an_unreachable_etcd_naming_it() {
     );
 }
 
-struct ControllerProcess {
+pub(crate) struct ControllerProcess {
     child: std::process::Child,
     /// `127.0.0.1:PORT`.
-    addr: String,
+    pub(crate) addr: String,
 }
 
 impl ControllerProcess {
     /// A controller on a port the system picks.
-    fn start(work: &std::path::Path, extra: &[&str]) -> Self {
+    pub(crate) fn start(work: &std::path::Path, extra: &[&str]) -> Self {
         Self::start_on(0, work, extra)
     }
 
@@ -239,7 +239,7 @@ impl ControllerProcess {
 
 impl ControllerProcess {
     /// `berth ARGS --controller <this controller>`.
-    fn berth(&self, args: &[&str]) -> assert_cmd::Command {
+    pub(crate) fn berth(&self, args: &[&str]) -> assert_cmd::Command {
         let mut cmd = berth(args);
         cmd.args(["--controller", &self.addr]);
         cmd
@@ -249,7 +249,7 @@ impl ControllerProcess {
     /// from the file `artifact`, pinned to `digest` (default: the file's
     /// own), with `spec` as further lines under `spec:` — to WORK/NAME.yaml
     /// and applies it; returns what `berth apply` printed.
-    fn apply(
+    pub(crate) fn apply(
         &self,
         work: &std::path::Path,
         name: &str,
@@ -272,7 +272,7 @@ impl ControllerProcess {
 
     /// A `berth base` that joins this controller as `name`, heartbeating
     /// every `interval`, with `extra` flags.
-    fn base(&self, name: &str, interval: &str, extra: &[&str]) -> BaseProcess {
+    pub(crate) fn base(&self, name: &str, interval: &str, extra: &[&str]) -> BaseProcess {
         let url = format!("http://{}", self.addr);
         let mut args = vec![
             "--controller",
@@ -287,12 +287,30 @@ impl ControllerProcess {
     }
 
     /// `berth describe deployment NAME`.
-    fn describe(&self, name: &str) -> String {
+    pub(crate) fn describe(&self, name: &str) -> String {
         stdout(self.berth(&["describe", "deployment", name]))
     }
 
+    /// `berth describe deployment name` once it satisfies `ready`, polled
+    /// for up to 10 s (what it shows can trail a background compile).
+    #[track_caller]
+    pub(crate) fn describe_when(&self, name: &str, ready: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = self.describe(name);
+            if ready(&text) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "describe never got there:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The value of one series of the controller's `/metrics`.
-    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+    pub(crate) fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         metric(&self.addr, name, labels)
     }
 
@@ -317,7 +335,7 @@ impl ControllerProcess {
 }
 
 /// The value of one series of the `/metrics` at `addr` (NaN if absent).
-fn metric(addr: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn metric(addr: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     {
         let response = body(addr, "/metrics").expect("/metrics answers");
         let text = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
@@ -338,7 +356,7 @@ fn metric(addr: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 /// Asserts `text` has a line with every one of `parts`, in order.
 #[track_caller]
-fn has_line(text: &str, parts: &[&str]) {
+pub(crate) fn has_line(text: &str, parts: &[&str]) {
     let found = text.lines().any(|line| {
         let mut rest = line;
         parts.iter().all(|p| match rest.find(p) {
@@ -360,7 +378,7 @@ impl Drop for ControllerProcess {
 }
 
 /// Whether the base at `ingress` (`http://host:port`) answers 200 at `path`.
-fn serves(ingress: &str, path: &str) -> bool {
+pub(crate) fn serves(ingress: &str, path: &str) -> bool {
     body(ingress, path).is_some()
 }
 
@@ -383,7 +401,7 @@ fn get(ingress: &str, path: &str) -> Option<String> {
 }
 
 /// Waits until `count(&bases)` equals `want`.
-fn eventually(what: &str, want: usize, count: impl Fn() -> usize) {
+pub(crate) fn eventually(what: &str, want: usize, count: impl Fn() -> usize) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let got = count();
@@ -880,7 +898,10 @@ fn apply_checks_the_artifact_and_resolves_a_relative_path_against_the_manifest()
         shown[0]["manifest"]["spec"]["module"]["artifact"],
         format!("file:{}", absolute.display())
     );
-    let before = ctl.describe("hello");
+    // The controller compiles the module in the background and, once it
+    // knows the imports, says why it cannot place it: wait for that state,
+    // which nothing below may change.
+    let before = ctl.describe_when("hello", |text| text.contains("no Ready base matches"));
 
     // A relative path to nothing fails before it is sent.
     write("file:missing.wasm", "2.0.0");
@@ -1164,21 +1185,35 @@ spec:
     let file = work.path().join("koupleless.yaml");
     let file_s = file.to_str().unwrap();
 
-    std::fs::write(&file, manifest("-1")).unwrap();
-    let err = failure(ctl.berth(&["apply", "-f", file_s]));
-    assert!(err.contains("spec.replicas: -1"), "{err}");
-
-    std::fs::write(&file, manifest("2")).unwrap();
-    assert_eq!(
-        stdout(ctl.berth(&["apply", "-f", file_s])).trim(),
-        "ModuleDeployment/moduledeployment-sample created (generation 1)"
-    );
     let serving = || {
         stock
             .iter()
             .filter(|b| serves(&b.ingress, "/hello"))
             .count()
     };
+    // `replicas: -1`: one replica on every base of the group (a peer deployment).
+    std::fs::write(&file, manifest("-1")).unwrap();
+    assert_eq!(
+        stdout(ctl.berth(&["apply", "-f", file_s])).trim(),
+        "ModuleDeployment/moduledeployment-sample created (generation 1)"
+    );
+    eventually("stock bases serving hello", 3, serving);
+    assert!(!serves(&other.ingress, "/hello"));
+    // Status follows the heartbeats, so it can trail serving by a moment.
+    eventually("a peer deployment of 3 ready replicas", 1, || {
+        let table = stdout(ctl.berth(&["get", "deployments"]));
+        usize::from(table.lines().any(|l| {
+            l.starts_with("moduledeployment-sample") && l.contains("3/3") && l.ends_with("all (3)")
+        }))
+    });
+    let form = stdout(ctl.berth(&["get", "deployments", "-o", "yaml", "--as", "koupleless"]));
+    assert!(form.contains("replicas: -1"), "{form}");
+
+    std::fs::write(&file, manifest("2")).unwrap();
+    assert_eq!(
+        stdout(ctl.berth(&["apply", "-f", file_s])).trim(),
+        "ModuleDeployment/moduledeployment-sample updated (generation 2)"
+    );
     eventually("stock bases serving hello", 2, serving);
     assert!(
         !serves(&other.ingress, "/hello"),

@@ -7,6 +7,8 @@ mod crash;
 mod engine;
 #[path = "../../../controller/tests/support/etcd.rs"]
 mod etcd_server;
+mod fleet;
+mod gateway;
 mod ha;
 mod papercuts;
 mod reclaim;

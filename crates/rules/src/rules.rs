@@ -1,8 +1,14 @@
-//! Traffic rules: which version of a module serves a request.
+//! Traffic rules: which version of a module (and, through a gateway, which
+//! traffic cell) serves a request.
 //!
 //! Order of decision: the request's traffic unit (header
 //! `x-berth-traffic-unit`) when the module maps that unit to a version; then
 //! the first rule whose conditions all hold; then the module's default.
+//!
+//! A rule may also name a traffic **cell** (`cell: {group: gold}`): a label
+//! selector of bases. Only a gateway acts on it (it sends the request to a
+//! replica on a base whose labels match); a base ignores it, as it has no
+//! other base to choose.
 //!
 //! A rule set is checked whole when it is set ([`CompiledRules::compile`]):
 //! every version must be installed, a split's weights must sum to 100, every
@@ -17,7 +23,7 @@
 //! 90/10 to 80/20 only moves the keys in buckets 8000..9000. Without a
 //! sticky key a request draws a random bucket.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use berth_api::{Match, On, RequestValue, Rule, TRAFFIC_UNIT_HEADER, TrafficRules};
@@ -52,7 +58,18 @@ pub struct CompiledRules {
 #[derive(Debug)]
 struct CompiledRule {
     conditions: Vec<Condition>,
-    action: Action,
+    /// `None`: the rule names only a cell, the version stays the default.
+    action: Option<Action>,
+    cell: Option<BTreeMap<String, String>>,
+}
+
+/// What the rules decide for a request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Decision<'a> {
+    /// The index of the version in [`CompiledRules::versions`], or `None` for the default.
+    pub version: Option<usize>,
+    /// The labels a base must carry to serve it (a traffic cell), if any.
+    pub cell: Option<&'a BTreeMap<String, String>>,
 }
 
 #[derive(Debug)]
@@ -83,9 +100,22 @@ enum Action {
 impl CompiledRules {
     /// Checks `rules` against the `installed` versions and compiles them.
     pub fn compile(rules: &TrafficRules, installed: &[&str]) -> Result<Self, String> {
+        Self::compile_checked(rules, Some(installed))
+    }
+
+    /// Compiles `rules` without checking that their versions exist (a
+    /// gateway: replicas of a version come and go; a request for a version
+    /// no replica runs is answered as such).
+    pub fn compile_any(rules: &TrafficRules) -> Result<Self, String> {
+        Self::compile_checked(rules, None)
+    }
+
+    fn compile_checked(rules: &TrafficRules, installed: Option<&[&str]>) -> Result<Self, String> {
         let mut versions: Vec<String> = Vec::new();
         let mut index = |version: &str, context: &str| -> Result<usize, String> {
-            if !installed.contains(&version) {
+            if let Some(installed) = installed
+                && !installed.contains(&version)
+            {
                 return Err(format!(
                     "{context}: version `{version}` is not installed (installed: {}); install it first \
                      (it can be installed without becoming the default: `berth deploy --no-activate`)",
@@ -132,6 +162,11 @@ impl CompiledRules {
 
     /// The index of the version for `request`, or `None` for the default.
     pub fn choose(&self, request: &RequestView<'_>) -> Option<usize> {
+        self.decide(request).version
+    }
+
+    /// The version and the traffic cell for `request`.
+    pub fn decide(&self, request: &RequestView<'_>) -> Decision<'_> {
         if !self.units.is_empty()
             && let Some(unit) = request
                 .headers
@@ -139,13 +174,29 @@ impl CompiledRules {
                 .and_then(|v| v.to_str().ok())
             && let Some(&version) = self.units.get(unit)
         {
-            return Some(version);
+            return Decision {
+                version: Some(version),
+                cell: None,
+            };
         }
-        let rule = self
+        let Some(rule) = self
             .rules
             .iter()
-            .find(|rule| rule.conditions.iter().all(|c| c.holds(request)))?;
-        Some(match &rule.action {
+            .find(|rule| rule.conditions.iter().all(|c| c.holds(request)))
+        else {
+            return Decision::default();
+        };
+        Decision {
+            version: rule.action.as_ref().map(|action| action.pick(request)),
+            cell: rule.cell.as_ref(),
+        }
+    }
+}
+
+impl Action {
+    /// The version index this action gives `request`.
+    fn pick(&self, request: &RequestView<'_>) -> usize {
+        match self {
             Action::Version(v) => *v,
             Action::Split { bounds, sticky } => {
                 let bucket = match sticky
@@ -160,7 +211,7 @@ impl CompiledRules {
                     .find(|(upper, _)| bucket < *upper)
                     .map_or(bounds[bounds.len() - 1].1, |b| b.1)
             }
-        })
+        }
     }
 }
 
@@ -180,7 +231,7 @@ fn compile_rule(
             if rule.sticky_by.is_some() {
                 return Err(format!("{context}: stickyBy only applies to a split"));
             }
-            Action::Version(index(version, context)?)
+            Some(Action::Version(index(version, context)?))
         }
         (None, Some(split)) => {
             if split.is_empty() {
@@ -218,20 +269,37 @@ fn compile_rule(
                 }
                 Some(RequestValue { on, name }) => Some((*on, normalise_name(*on, name))),
             };
-            Action::Split { bounds, sticky }
+            Some(Action::Split { bounds, sticky })
         }
         (Some(_), Some(_)) => {
             return Err(format!(
                 "{context}: give either `version` or `split`, not both"
             ));
         }
+        (None, None) if rule.cell.is_some() => {
+            if rule.sticky_by.is_some() {
+                return Err(format!("{context}: stickyBy only applies to a split"));
+            }
+            None
+        }
         (None, None) => {
             return Err(format!(
-                "{context}: give `version` or `split` to say where matches go"
+                "{context}: give `version`, `split` or `cell` to say where matches go"
             ));
         }
     };
-    Ok(CompiledRule { conditions, action })
+    if let Some(cell) = &rule.cell
+        && (cell.is_empty() || cell.iter().any(|(k, v)| k.is_empty() || v.is_empty()))
+    {
+        return Err(format!(
+            "{context}: cell names base labels, e.g. `cell: {{group: gold}}`; keys and values must not be empty"
+        ));
+    }
+    Ok(CompiledRule {
+        conditions,
+        action,
+        cell: rule.cell.clone(),
+    })
 }
 
 fn compile_match(m: &Match) -> Result<Condition, String> {
@@ -459,8 +527,67 @@ mod tests {
         assert!(
             check(vec![Rule::default()])
                 .unwrap_err()
-                .contains("give `version` or `split`")
+                .contains("give `version`, `split` or `cell`")
         );
+    }
+
+    #[test]
+    fn a_cell_rule_names_base_labels_and_keeps_the_default_version() {
+        let gold = Rule {
+            name: Some("gold".into()),
+            matches: vec![Match {
+                on: On::Header,
+                name: Some("X-Tier".into()),
+                exact: Some("gold".into()),
+                prefix: None,
+                regex: None,
+                cidr: None,
+            }],
+            cell: Some([("group".to_string(), "gold".to_string())].into()),
+            ..Rule::default()
+        };
+        let rules = CompiledRules::compile_any(&TrafficRules {
+            rules: vec![gold.clone()],
+            ..Default::default()
+        })
+        .unwrap();
+        let mut headers = HeaderMap::new();
+        fn view(headers: &HeaderMap) -> RequestView<'_> {
+            RequestView {
+                headers,
+                path: "/",
+                query: None,
+                client_ip: None,
+            }
+        }
+        assert_eq!(rules.decide(&view(&headers)), Decision::default());
+        headers.insert("x-tier", "gold".parse().unwrap());
+        let decision = rules.decide(&view(&headers));
+        assert_eq!(decision.version, None);
+        assert_eq!(decision.cell.unwrap()["group"], "gold");
+        let empty = Rule {
+            cell: Some([("group".to_string(), String::new())].into()),
+            ..gold
+        };
+        let err = CompiledRules::compile_any(&TrafficRules {
+            rules: vec![empty],
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(
+            err.starts_with("rule #1 \"gold\": cell names base labels"),
+            "{err}"
+        );
+        // compile_any takes versions no base runs yet; compile does not.
+        let v3 = TrafficRules {
+            rules: vec![Rule {
+                version: Some("3".into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(CompiledRules::compile_any(&v3).is_ok());
+        assert!(CompiledRules::compile(&v3, &["1"]).is_err());
     }
 
     #[test]

@@ -1,0 +1,73 @@
+//! `berth gateway`: run the fleet gateway in the foreground.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Result;
+use berth_gateway::{Gateway, GatewayConfig};
+
+/// Flags of `berth gateway`.
+#[derive(clap::Args)]
+pub struct GatewayArgs {
+    /// The controller API, or several (comma-separated) tried in turn.
+    #[arg(long, default_value = super::controller::DEFAULT_CONTROLLER, env = "BERTH_CONTROLLER")]
+    controller: String,
+    /// Where clients connect.
+    #[arg(long, default_value = "127.0.0.1:8000", env = "BERTH_GATEWAY_LISTEN")]
+    listen: SocketAddr,
+    /// The secret the bases trust (`berth base --gateway-secret`): with it
+    /// the gateway pins the version its rules chose on each request.
+    #[arg(long, env = "BERTH_GATEWAY_SECRET", hide_env_values = true)]
+    gateway_secret: Option<String>,
+    /// This gateway's name in its load reports [default: gateway-<port>]
+    #[arg(long)]
+    name: Option<String>,
+    /// Largest request body forwarded, in bytes (bodies are buffered so a
+    /// failed attempt can be retried on another replica).
+    #[arg(long, default_value_t = 16 << 20)]
+    max_body_bytes: usize,
+    /// First ejection of a failing replica; doubles with each failure in a row.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    ejection: Duration,
+    /// Requests held per deployment while it has no ready replica
+    /// (scale from zero); more are answered 503.
+    #[arg(long, default_value_t = 1000)]
+    hold_queue: usize,
+    /// How long a held request waits for a ready replica before a 503.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    hold_timeout: Duration,
+    /// Format of the gateway's logs.
+    #[arg(long, value_enum, default_value_t = crate::LogFormat::Text)]
+    pub log_format: crate::LogFormat,
+}
+
+/// `berth gateway`.
+pub async fn run(args: GatewayArgs) -> Result<()> {
+    let mut config = GatewayConfig::new(&args.controller, args.listen)?;
+    config.secret = args.gateway_secret.filter(|s| !s.is_empty());
+    config.max_body_bytes = args.max_body_bytes;
+    config.ejection = args.ejection;
+    config.hold_queue = args.hold_queue;
+    config.hold_timeout = args.hold_timeout;
+    config.name = args.name.unwrap_or_default();
+    let gateway = Gateway::start(config.clone()).await?;
+    let addr = gateway.addr;
+    if args.log_format == crate::LogFormat::Json {
+        tracing::info!(listen = %format!("http://{addr}"), controllers = %config.controllers.join(","), "berth gateway serving");
+    } else {
+        println!("berth gateway serving on http://{addr}");
+        println!("  controller {}", config.controllers.join(", "));
+        println!(
+            "  pins       {}",
+            if config.secret.is_some() {
+                "versions pinned for bases started with the same --gateway-secret"
+            } else {
+                "none (no --gateway-secret): each base's own rules choose the version"
+            }
+        );
+        println!("  metrics    http://{addr}/metrics");
+    }
+    tokio::signal::ctrl_c().await?;
+    gateway.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,556 @@
+//! Forwarding one request: route, rules, replica, retry.
+//!
+//! The request body is read whole first (up to the configured limit), so a
+//! request that failed on one replica before any response byte can be sent
+//! again, once, to another; the response streams back as it comes. The
+//! gateway answers by itself only when no replica can: 404 (no route; the
+//! body names nothing internal), 503 (no replica can take it: the module
+//! and the reason), 502 (the replicas tried failed), 413 (body too large).
+//! Those answers are JSON `{"error": {"code", "message"}}` and carry the
+//! request id.
+
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use berth_api::endpoints::{GATEWAY_SECRET_HEADER, PIN_VERSION_HEADER};
+use berth_api::{ErrorBody, ErrorDetail, REQUEST_ID_HEADER};
+use berth_rules::RequestView;
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Request, Response, StatusCode, Uri};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+
+use crate::balance::{self, NoReplica, Outstanding};
+use crate::metrics::{Metrics, RequestLabels};
+use crate::server::Shared;
+use crate::table::{Deployment, Replica};
+
+/// What the gateway answers with.
+pub type Body = UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// The W3C trace context header.
+const TRACEPARENT: &str = "traceparent";
+
+/// The pooled keep-alive client to the bases.
+pub type BaseClient = Client<HttpConnector, Full<Bytes>>;
+
+/// A client with keep-alive connections pooled per base.
+pub fn client() -> BaseClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(std::time::Duration::from_secs(2)));
+    Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(60))
+        .pool_max_idle_per_host(512)
+        .build(connector)
+}
+
+/// Serves one request from `client`.
+pub async fn handle(
+    shared: &Shared,
+    request: Request<Incoming>,
+    client: Option<IpAddr>,
+) -> Response<Body> {
+    let started = Instant::now();
+    if request.uri().path() == "/metrics" {
+        return metrics_response(&shared.metrics);
+    }
+    let (request_id, traceparent) = ids(request.headers());
+    let table = shared.table.load_full();
+    if !table.loaded {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_endpoints",
+            "the gateway has not reached its controller yet; try again shortly".into(),
+            &request_id,
+        );
+    }
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().host());
+    let Some(deployment) = table.routes.lookup(host, request.uri().path()).cloned() else {
+        count(&shared.metrics, "none", StatusCode::NOT_FOUND);
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no route matches this request".into(),
+            &request_id,
+        );
+    };
+    deployment
+        .stats
+        .requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (version, cell) = match &deployment.rules {
+        Some(rules) => {
+            let decision = rules.decide(&RequestView {
+                headers: request.headers(),
+                path: request.uri().path(),
+                query: request.uri().query(),
+                client_ip: client,
+            });
+            (
+                decision.version.map(|i| rules.versions()[i].clone()),
+                decision.cell.cloned(),
+            )
+        }
+        None => (None, None),
+    };
+    let (parts, body) = request.into_parts();
+    let body = match Limited::new(body, shared.config.max_body_bytes)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => {
+            let too_large = e.is::<http_body_util::LengthLimitError>();
+            let (status, code, message) = if too_large {
+                (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    format!(
+                        "the request body is over the gateway's limit of {} bytes",
+                        shared.config.max_body_bytes
+                    ),
+                )
+            } else {
+                (
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("the request body could not be read: {e}"),
+                )
+            };
+            count(&shared.metrics, &deployment.module, status);
+            return error(status, code, message, &request_id);
+        }
+    };
+    let mut deployment = deployment;
+    let mut cold_start = None;
+    if !deployment.serving() {
+        match crate::hold::hold(shared, deployment.clone()).await {
+            Ok((ready, waited)) => {
+                deployment = ready;
+                cold_start = Some(waited);
+            }
+            Err(why) => {
+                count(
+                    &shared.metrics,
+                    &deployment.module,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                );
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no_replica",
+                    format!("module `{}` has no ready replica: {why}", deployment.module),
+                    &request_id,
+                );
+            }
+        }
+    }
+    let labels = Metrics::module(&deployment.module);
+    let mut failed: Option<(String, String)> = None;
+    for attempt in 0..2 {
+        let exclude = failed.as_ref().map(|(address, _)| address.as_str());
+        let replica = match balance::pick(&deployment, version.as_deref(), cell.as_ref(), exclude) {
+            Ok(replica) => replica,
+            Err(why) => {
+                let (status, code, message) = match (&failed, why) {
+                    (Some((_, first)), NoReplica::NoOtherReplica) => (
+                        StatusCode::BAD_GATEWAY,
+                        "replica_failed",
+                        format!(
+                            "module `{}`: the replica that took the request failed ({first}) and no other can take it",
+                            deployment.module
+                        ),
+                    ),
+                    (_, why) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "no_replica",
+                        format!(
+                            "module `{}` has no replica to take the request: {why}",
+                            deployment.module
+                        ),
+                    ),
+                };
+                count(&shared.metrics, &deployment.module, status);
+                return error(status, code, message, &request_id);
+            }
+        };
+        let forwarded = forward(
+            &parts,
+            body.clone(),
+            replica,
+            version.as_deref(),
+            shared.config.secret.as_deref(),
+            (&request_id, &traceparent),
+            client,
+        );
+        let Some(forwarded) = forwarded else {
+            count(&shared.metrics, &deployment.module, StatusCode::BAD_GATEWAY);
+            return error(
+                StatusCode::BAD_GATEWAY,
+                "bad_endpoint",
+                format!(
+                    "module `{}`: a replica's address is invalid",
+                    deployment.module
+                ),
+                &request_id,
+            );
+        };
+        let guards = Guards::begin(shared, &deployment, replica);
+        match shared.client.request(forwarded).await {
+            Ok(response) => {
+                replica.state.succeeded();
+                shared
+                    .metrics
+                    .latency
+                    .get_or_create(&labels)
+                    .observe(started.elapsed().as_secs_f64());
+                count(&shared.metrics, &deployment.module, response.status());
+                return respond(response, guards, &request_id, cold_start);
+            }
+            Err(e) => {
+                drop(guards);
+                let why = error_chain(&e);
+                let ejected = replica
+                    .state
+                    .failed(shared.config.ejection, shared.config.max_ejection);
+                shared.metrics.ejections.get_or_create(&labels).inc();
+                tracing::warn!(
+                    module = %deployment.module, base = %replica.base, address = %replica.address,
+                    error = %why, ejected_for = ?ejected,
+                    "replica failed before answering; ejected{}",
+                    if attempt == 0 { ", retrying on another" } else { "" }
+                );
+                if attempt == 0 {
+                    shared.metrics.retries.get_or_create(&labels).inc();
+                }
+                failed = Some((
+                    replica.address.clone(),
+                    format!("base {}: {why}", replica.base),
+                ));
+            }
+        }
+    }
+    let why = failed.map(|(_, why)| why).unwrap_or_default();
+    count(&shared.metrics, &deployment.module, StatusCode::BAD_GATEWAY);
+    error(
+        StatusCode::BAD_GATEWAY,
+        "replica_failed",
+        format!(
+            "module `{}`: two replicas failed before answering (last: {why})",
+            deployment.module
+        ),
+        &request_id,
+    )
+}
+
+/// The request id (the client's if it sent a sane one, else the trace id)
+/// and the trace context to forward (the client's, else a new root).
+fn ids(headers: &HeaderMap) -> (HeaderValue, HeaderValue) {
+    let traceparent = headers
+        .get(TRACEPARENT)
+        .filter(|v| v.to_str().is_ok_and(valid_traceparent))
+        .cloned();
+    let (traceparent, trace_id) = match traceparent {
+        Some(tp) => {
+            let trace_id = tp.to_str().unwrap_or_default()[3..35].to_string();
+            (tp, trace_id)
+        }
+        None => {
+            let trace_id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(1..));
+            let span_id = format!("{:016x}", fastrand::u64(1..));
+            let tp = HeaderValue::from_str(&format!("00-{trace_id}-{span_id}-01"))
+                .expect("hex is a valid header");
+            (tp, trace_id)
+        }
+    };
+    let request_id = headers
+        .get(REQUEST_ID_HEADER)
+        .filter(|v| v.len() <= 128 && v.to_str().is_ok_and(|s| !s.is_empty()))
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from_str(&trace_id).expect("hex is a valid header"));
+    (request_id, traceparent)
+}
+
+/// `00-<32 hex>-<16 hex>-<2 hex>`.
+fn valid_traceparent(value: &str) -> bool {
+    let parts: Vec<&str> = value.split('-').collect();
+    parts.len() == 4
+        && [2, 32, 16, 2]
+            .iter()
+            .zip(&parts)
+            .all(|(len, p)| p.len() == *len && p.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Headers that belong to one hop and are never forwarded.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(header::TRANSFER_ENCODING);
+}
+
+/// The request to send to `replica`.
+fn forward(
+    parts: &http::request::Parts,
+    body: Bytes,
+    replica: &Replica,
+    version: Option<&str>,
+    secret: Option<&str>,
+    (request_id, traceparent): (&HeaderValue, &HeaderValue),
+    client: Option<IpAddr>,
+) -> Option<Request<Full<Bytes>>> {
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let uri: Uri = format!("http://{}{path}", replica.address).parse().ok()?;
+    let mut headers = parts.headers.clone();
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::CONTENT_LENGTH);
+    // Only this gateway pins, and only with the secret.
+    headers.remove(PIN_VERSION_HEADER);
+    headers.remove(GATEWAY_SECRET_HEADER);
+    if let (Some(version), Some(secret)) = (version, secret)
+        && let (Ok(v), Ok(s)) = (
+            HeaderValue::from_str(version),
+            HeaderValue::from_str(secret),
+        )
+    {
+        headers.insert(PIN_VERSION_HEADER, v);
+        headers.insert(GATEWAY_SECRET_HEADER, s);
+    }
+    headers.insert(REQUEST_ID_HEADER, request_id.clone());
+    headers.insert(TRACEPARENT, traceparent.clone());
+    if let Some(ip) = client {
+        let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(before) => format!("{before}, {ip}"),
+            None => ip.to_string(),
+        };
+        if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+            headers.insert("x-forwarded-for", value);
+        }
+    }
+    if !headers.contains_key(header::HOST)
+        && let Some(authority) = parts.uri.authority()
+        && let Ok(value) = HeaderValue::from_str(authority.as_str())
+    {
+        headers.insert(header::HOST, value);
+    }
+    let mut request = Request::new(Full::new(body));
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = uri;
+    *request.headers_mut() = headers;
+    Some(request)
+}
+
+/// What counts a forwarded request until its response has been sent whole.
+struct Guards {
+    _replica: Outstanding,
+    deployment: Arc<crate::table::DeploymentStats>,
+    in_flight: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Guards {
+    fn begin(shared: &Shared, deployment: &Deployment, replica: &Replica) -> Self {
+        let in_flight = shared
+            .metrics
+            .in_flight
+            .get_or_create(&Metrics::module(&deployment.module))
+            .clone();
+        in_flight.inc();
+        deployment
+            .stats
+            .in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self {
+            _replica: replica.state.begin(),
+            deployment: deployment.stats.clone(),
+            in_flight,
+        }
+    }
+}
+
+impl Drop for Guards {
+    fn drop(&mut self) {
+        self.in_flight.dec();
+        self.deployment
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A response body that holds its request's counts until it ends.
+struct Tracked {
+    inner: Incoming,
+    _guards: Guards,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn respond(
+    response: Response<Incoming>,
+    guards: Guards,
+    request_id: &HeaderValue,
+    cold_start: Option<std::time::Duration>,
+) -> Response<Body> {
+    let (mut parts, inner) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some(waited) = cold_start {
+        parts.headers.insert(
+            crate::hold::COLD_START_HEADER,
+            HeaderValue::from(waited.as_millis() as u64),
+        );
+    }
+    parts
+        .headers
+        .entry(REQUEST_ID_HEADER)
+        .or_insert_with(|| request_id.clone());
+    let body = Tracked {
+        inner,
+        _guards: guards,
+    };
+    Response::from_parts(parts, UnsyncBoxBody::new(body))
+}
+
+fn count(metrics: &Metrics, module: &str, status: StatusCode) {
+    metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            module: module.to_string(),
+            code: status.as_u16(),
+        })
+        .inc();
+}
+
+/// A JSON error answered by the gateway itself.
+fn error(
+    status: StatusCode,
+    code: &str,
+    message: String,
+    request_id: &HeaderValue,
+) -> Response<Body> {
+    let body = serde_json::to_vec(&ErrorBody {
+        error: ErrorDetail {
+            code: code.to_string(),
+            message,
+        },
+    })
+    .expect("errors serialize");
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(REQUEST_ID_HEADER, request_id.clone());
+    response
+}
+
+fn metrics_response(metrics: &Metrics) -> Response<Body> {
+    let mut response = Response::new(full(metrics.encode().into_bytes()));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
+}
+
+fn full(bytes: Vec<u8>) -> Body {
+    UnsyncBoxBody::new(Full::new(Bytes::from(bytes)).map_err(|never| match never {}))
+}
+
+/// An error with its causes, `a: b: c`.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_trace_is_kept_and_a_missing_one_started() {
+        let mut headers = HeaderMap::new();
+        let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        headers.insert(TRACEPARENT, tp.parse().unwrap());
+        let (id, kept) = ids(&headers);
+        assert_eq!(kept, tp);
+        assert_eq!(id, "0af7651916cd43dd8448eb211c80319c");
+        headers.insert(REQUEST_ID_HEADER, "abc".parse().unwrap());
+        assert_eq!(ids(&headers).0, "abc");
+        let (id, new) = ids(&HeaderMap::new());
+        assert!(valid_traceparent(new.to_str().unwrap()), "{new:?}");
+        assert_eq!(id.len(), 32);
+        assert!(!valid_traceparent("00-xyz-1-01"));
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_dropped() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, "keep-alive, x-private".parse().unwrap());
+        headers.insert("x-private", "1".parse().unwrap());
+        headers.insert("keep-alive", "timeout=5".parse().unwrap());
+        headers.insert("x-user", "u".parse().unwrap());
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key("x-user"));
+    }
+}

@@ -1,0 +1,170 @@
+//! Starting and stopping a gateway: the listener, the endpoint-table watch
+//! and the load report.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{GatewayConfig, GatewayError};
+use crate::metrics::Metrics;
+use crate::proxy::{self, BaseClient};
+use crate::table::{Live, Table};
+
+/// What the gateway's tasks share.
+pub struct Shared {
+    /// Its settings.
+    pub config: GatewayConfig,
+    /// The routing snapshot in force.
+    pub table: ArcSwap<Table>,
+    /// State that outlives snapshots.
+    pub live: Mutex<Live>,
+    /// Its metrics.
+    pub metrics: Metrics,
+    /// The pooled client to the bases.
+    pub client: BaseClient,
+    /// Index (in the config) of the controller that answered last.
+    pub controller: AtomicUsize,
+    /// HTTP client to the controller.
+    pub http: reqwest::Client,
+    /// Told of every new table (and of a refused activation), for the held requests.
+    pub changed: Arc<tokio::sync::watch::Sender<()>>,
+}
+
+impl Shared {
+    /// The controller that answered last (or the first).
+    pub fn controller_url(&self) -> String {
+        let controllers = &self.config.controllers;
+        controllers[self.controller.load(std::sync::atomic::Ordering::Relaxed) % controllers.len()]
+            .clone()
+    }
+}
+
+/// The fleet gateway; see the crate docs.
+pub struct Gateway;
+
+/// A gateway serving; [`RunningGateway::shutdown`] stops it.
+pub struct RunningGateway {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Gateway {
+    /// Binds `config.listen` and starts serving, watching the controller
+    /// and reporting load. A controller that is not reachable yet is
+    /// retried; meanwhile requests are answered 503.
+    pub async fn start(mut config: GatewayConfig) -> Result<RunningGateway, GatewayError> {
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| GatewayError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let addr = listener.local_addr().expect("bound");
+        if config.name.is_empty() {
+            config.name = format!("gateway-{}", addr.port());
+        }
+        let shared = Arc::new(Shared {
+            config,
+            table: ArcSwap::from_pointee(Table::default()),
+            live: Mutex::new(Live::default()),
+            metrics: Metrics::default(),
+            client: proxy::client(),
+            controller: AtomicUsize::new(0),
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .build()
+                .expect("an HTTP client"),
+            changed: Arc::new(tokio::sync::watch::channel(()).0),
+        });
+        let (shutdown, watcher) = watch::channel(false);
+        let tasks = vec![
+            tokio::spawn(serve(listener, shared.clone(), watcher.clone())),
+            tokio::spawn(crate::watch::run(shared.clone(), watcher.clone())),
+            tokio::spawn(crate::report::run(shared.clone(), watcher)),
+        ];
+        tracing::info!(%addr, controllers = %shared.config.controllers.join(","), "gateway serving");
+        Ok(RunningGateway {
+            addr,
+            shared,
+            shutdown,
+            tasks,
+        })
+    }
+}
+
+impl RunningGateway {
+    /// Its metrics as OpenMetrics text.
+    pub fn metrics(&self) -> String {
+        self.shared.metrics.encode()
+    }
+
+    /// Stops accepting, lets requests in flight finish (up to 10 s), and
+    /// stops watching the controller.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Waits until the gateway stops.
+    pub async fn wait(&mut self) {
+        for task in &mut self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Accepts connections until `shutdown` changes.
+async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let http = hyper::server::conn::http1::Builder::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, remote) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "gateway accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let shared = shared.clone();
+                let service = hyper::service::service_fn(move |request| {
+                    let shared = shared.clone();
+                    async move {
+                        Ok::<_, Infallible>(proxy::handle(&shared, request, Some(remote.ip())).await)
+                    }
+                });
+                let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(error = %e, "gateway connection ended with an error");
+                    }
+                });
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("gateway connections still open after 10 s; closing them");
+    }
+}

@@ -640,6 +640,10 @@ async fn bad_scaling_specs_are_refused_by_field_and_change_nothing() {
             "spec.scaleToZero.idleAfter: `later` is not a duration",
         ),
         (
+            manifest("2", &m).replace("  replicas: 2\n", "  replicas: 2\n  priority: urgent\n"),
+            "spec.priority: `urgent` is not a priority; use critical, standard or besteffort",
+        ),
+        (
             manifest("2", &m).replace("  replicas: 2\n", "  replicas: most\n"),
             "spec.replicas: invalid type: string \"most\", expected u32, or `all`",
         ),

@@ -27,8 +27,9 @@
 //! `berth:sql/query` lands only on a base that shares a SQL database.
 //!
 //! **Buffer bases** (labelled `berth.dev/role=buffer`, [`is_buffer`]) are
-//! no group's own: an autoscaled deployment whose group has no room takes
-//! them after its own candidates, so they are the first it gives up on
+//! no group's own: an autoscaled deployment whose group has no room (or
+//! only bases busier than its `autoscale.busyBaseInFlight`) takes them
+//! after its own candidates, so they are the first it gives up on
 //! scale-in, and every buffer base is told to keep the code of each
 //! autoscaled deployment it does not run compiled ([`Placement::warm`]).
 
@@ -260,10 +261,14 @@ pub fn place_with(
         placement
             .desired
             .insert(d.manifest.metadata.name.clone(), replicas);
+        // An autoscaled deployment's new replicas skip busy bases of its
+        // group (and so overflow onto the buffer group).
+        let busy_at = spec.autoscale.as_ref().and_then(|a| a.busy_base_in_flight);
         let mut candidates: Vec<&BaseStatus> = selected
             .iter()
             .copied()
             .filter(|b| load[b.heartbeat.name.as_str()] < b.heartbeat.capacity_modules)
+            .filter(|b| busy_at.is_none_or(|n| running(b) || b.heartbeat.in_flight < n))
             .filter(|b| needed.is_some_and(|n| offers(b, n)))
             .collect();
         let binpack = spec.placement == berth_api::manifest::PlacementPolicy::BinPack;
@@ -585,6 +590,27 @@ mod tests {
         assert_eq!(p.by_base.keys().collect::<Vec<_>>(), ["a", "b", "x"]);
         assert_eq!(p.buffered["auto"], ["x"]);
         assert_eq!(p.warm.keys().collect::<Vec<_>>(), ["y"]);
+        // A busy base of the group takes no new replica when the spec
+        // says how busy is too busy: the buffer takes it.
+        let mut busy = bases.clone();
+        busy[1].heartbeat.in_flight = 80;
+        let p = place(&two, &busy);
+        assert_eq!(p.by_base.keys().collect::<Vec<_>>(), ["a", "b"]);
+        let mut picky = autoscaled("auto", 2);
+        picky
+            .manifest
+            .spec
+            .autoscale
+            .as_mut()
+            .unwrap()
+            .busy_base_in_flight = Some(50);
+        let p = place(std::slice::from_ref(&picky), &busy);
+        assert_eq!(p.by_base.keys().collect::<Vec<_>>(), ["a", "x"]);
+        assert_eq!(p.buffered["auto"], ["x"]);
+        // ... but keeps a replica it runs already.
+        busy[1].heartbeat.modules = vec!["auto@1".into()];
+        let p = place(std::slice::from_ref(&picky), &busy);
+        assert_eq!(p.by_base.keys().collect::<Vec<_>>(), ["a", "b"]);
         // Scale-in from there drops the buffer replica, not a group one,
         // even though x runs it now.
         let mut running = bases.clone();

@@ -633,6 +633,10 @@ async fn bad_scaling_specs_are_refused_by_field_and_change_nothing() {
             "spec.autoscale.target.concurrency: 0 must be above 0",
         ),
         (
+            autoscale("{ maxReplicas: 2, target: { rps: 5 }, busyBaseInFlight: 0 }"),
+            "spec.autoscale.busyBaseInFlight: 0 must be above 0",
+        ),
+        (
             manifest("2", &m).replace(
                 "  replicas: 2\n",
                 "  replicas: 2\n  scaleToZero: { idleAfter: later }\n",

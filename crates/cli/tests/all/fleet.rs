@@ -327,9 +327,15 @@ fn a_full_group_scales_onto_a_warm_buffer_base_and_scale_in_empties_it_first() {
     // 25 in flight wants 2 replicas; group gold has one base (one replica
     // each), so the second goes to the buffer base, installed from cache.
     report_in_flight(&ctl, 25);
+    let reported = Instant::now();
     until("the buffer base serving hello", || {
         serves(&buffer.ingress, "/hello")
     });
+    // (Polled every 100 ms; the decision comes within one 500 ms tick.)
+    eprintln!(
+        "load report to a buffer replica serving: {:?}",
+        reported.elapsed()
+    );
     assert_eq!(
         (
             base_count(&buffer, "berth_compile_cache_lookups_total", "hit"),

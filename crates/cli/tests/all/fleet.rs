@@ -412,6 +412,7 @@ fn a_critical_deployment_evicts_a_besteffort_one_from_a_full_group_until_room_re
         ],
     );
     assert!(ctl.describe("low").contains("1 unschedulable"));
+    has_line(&ctl.describe("high"), &["Priority:", "critical"]);
 
     // Room returns: the evicted replica comes back, with no apply.
     stdout(ctl.berth(&["delete", "deployment", "high"]));

@@ -33,7 +33,7 @@
 //! scale-in, and every buffer base is told to keep the code of each
 //! autoscaled deployment it does not run compiled ([`Placement::warm`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use berth_api::manifest::Priority;
 use berth_api::{Assignment, BaseState, BaseStatus, ModuleRef};
@@ -213,6 +213,15 @@ pub fn place_with(
     // replicas placed on it so far: who took a full base's room.
     let mut taken: BTreeMap<&str, Vec<(&str, Priority, bool)>> = BTreeMap::new();
     let mut sorted: Vec<&StoredDeployment> = deployments.iter().collect();
+    let priority_of: BTreeMap<&str, Priority> = deployments
+        .iter()
+        .map(|d| {
+            (
+                d.manifest.spec.module.name.as_str(),
+                d.manifest.spec.priority,
+            )
+        })
+        .collect();
     // Higher priorities take room first, so when a group is full the
     // lower ones are what find none; within a priority, deployments that
     // run already come before new ones, so equals never evict each other.
@@ -278,8 +287,27 @@ pub fn place_with(
             let order = if binpack { u32::MAX - load } else { load };
             (!running(b), order, b.heartbeat.name.clone())
         });
-        let mut chosen: Vec<&BaseStatus> =
-            candidates.iter().take(replicas as usize).copied().collect();
+        // An autoscaled deployment takes the buffer group before it evicts
+        // a lower priority: a base whose room is that of lower-priority
+        // replicas running there comes after the buffer bases.
+        let buffer_first = spec.autoscale.is_some() && !names_role;
+        let evicts = |b: &BaseStatus| {
+            let lower: BTreeSet<&str> = b
+                .heartbeat
+                .modules
+                .iter()
+                .map(|m| ModuleRef::split(m).map_or(m.as_str(), |(n, _)| n))
+                .filter(|n| priority_of.get(n).is_some_and(|p| *p < spec.priority))
+                .collect();
+            !running(b)
+                && load[b.heartbeat.name.as_str()] + lower.len() as u32
+                    >= b.heartbeat.capacity_modules
+        };
+        let (free, evicting): (Vec<&BaseStatus>, Vec<&BaseStatus>) = candidates
+            .iter()
+            .copied()
+            .partition(|b| !buffer_first || !evicts(b));
+        let mut chosen: Vec<&BaseStatus> = free.into_iter().take(replicas as usize).collect();
         // A full base running this deployment that a higher-priority
         // newcomer took the room of: its replica is evicted.
         for b in &selected {
@@ -329,6 +357,8 @@ pub fn place_with(
                 chosen.push(b);
             }
         }
+        let more = (replicas as usize).saturating_sub(chosen.len());
+        chosen.extend(evicting.into_iter().take(more));
         // During a rollout the first bases by name run the new version.
         chosen.sort_by(|a, b| a.heartbeat.name.cmp(&b.heartbeat.name));
         let updated = match &d.rollout {
@@ -663,6 +693,24 @@ mod tests {
         let p = place(&equal, std::slice::from_ref(&full));
         assert_eq!(p.by_base["b"][0].name, "a-low");
         assert_eq!(p.unschedulable["a-first"], 1);
+        // An autoscaled critical one takes a buffer base before it evicts.
+        let mut critical = autoscaled("auto", 2);
+        critical.manifest.spec.priority = Priority::Critical;
+        let mut two_full = [full.clone(), base("c", 1), buffer("x")];
+        two_full[1].heartbeat.modules = vec!["a-low@1".into()];
+        let mix = [with("a-low", Priority::BestEffort), critical];
+        let p = place(&mix, &two_full);
+        let on = |m: &str| -> Vec<&String> {
+            p.by_base
+                .iter()
+                .filter(|(_, a)| a.iter().any(|a| a.name == m))
+                .map(|(b, _)| b)
+                .collect()
+        };
+        // Two replicas: the buffer base, then one of the full bases.
+        assert_eq!(on("auto").len(), 2);
+        assert!(on("auto").contains(&&"x".to_string()));
+        assert_eq!(p.evictions.len(), 1);
         // The critical one gone, the room is the best-effort one's again.
         let p = place(&all[..1], std::slice::from_ref(&full));
         assert_eq!(p.by_base["b"][0].name, "a-low");

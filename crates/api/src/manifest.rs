@@ -91,6 +91,10 @@ pub struct DeploymentSpec {
     /// How replicas are spread over the matching bases.
     #[serde(default)]
     pub placement: PlacementPolicy,
+    /// Which deployment keeps its replicas when a group is full: a higher
+    /// priority evicts a lower one, which comes back when room returns.
+    #[serde(default, skip_serializing_if = "Priority::is_standard")]
+    pub priority: Priority,
     /// Where the module's traffic comes from on each base.
     #[serde(default)]
     pub route: Option<Route>,
@@ -109,6 +113,70 @@ pub enum PlacementPolicy {
     /// Bases with the most modules (and room left) first: fills bases up,
     /// leaving others empty.
     BinPack,
+}
+
+/// `spec.priority`: `critical`, `standard` (the default) or `besteffort`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Priority {
+    /// Evicted by nothing; evicts standard and best-effort replicas.
+    BestEffort,
+    /// The default: evicts best-effort replicas, evicted by critical ones.
+    #[default]
+    Standard,
+    /// Evicts standard and best-effort replicas when its group is full.
+    Critical,
+}
+
+impl Priority {
+    /// The manifest spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Critical => "critical",
+            Priority::Standard => "standard",
+            Priority::BestEffort => "besteffort",
+        }
+    }
+
+    /// Whether this is the default (left out of a manifest written back).
+    pub fn is_standard(&self) -> bool {
+        *self == Priority::Standard
+    }
+}
+
+impl std::fmt::Display for Priority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Priority {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Priority {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // Refused inside the visitor, so the error carries the field's path.
+        struct Name;
+        impl serde::de::Visitor<'_> for Name {
+            type Value = Priority;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("critical, standard or besteffort")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Priority, E> {
+                match text {
+                    "critical" => Ok(Priority::Critical),
+                    "standard" => Ok(Priority::Standard),
+                    "besteffort" => Ok(Priority::BestEffort),
+                    other => Err(E::custom(format!(
+                        "`{other}` is not a priority; use critical, standard or besteffort"
+                    ))),
+                }
+            }
+        }
+        deserializer.deserialize_str(Name)
+    }
 }
 
 /// `spec.module`.

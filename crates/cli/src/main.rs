@@ -351,6 +351,7 @@ enum Command {
     ///     replicas: 3                       # or all: one on every matching base
     ///     baseSelector: { group: online }   # bases started with --labels group=online
     ///     scaleToZero: { idleAfter: 5m }    # optional: none while no request comes
+    ///     priority: standard                # or critical, besteffort: who keeps a full group
     ///     strategy: { batches: 3, pauseBetween: 5s, needConfirm: false }
     ///     route: { pathPrefix: /orders }
     #[command(verbatim_doc_comment)]

@@ -95,6 +95,12 @@ struct Seen {
     unschedulable: u32,
     /// Replicas wanted.
     desired: u32,
+    /// Base → why its replica of this deployment is evicted (a
+    /// higher-priority deployment took the room).
+    evicted: BTreeMap<String, String>,
+    /// (Base, evicted deployment) → what this deployment's replica took
+    /// the room of.
+    preempted: BTreeMap<(String, String), String>,
 }
 
 /// The controller's reconciler; see the module docs.
@@ -414,6 +420,17 @@ impl Reconciler {
     ) -> Vec<NewEvent> {
         let module = &d.manifest.spec.module.name;
         let mut out = Vec::new();
+        for (base, why) in &now.evicted {
+            if !before.evicted.contains_key(base) {
+                self.metrics.decided("evicted");
+                out.push(NewEvent::warning("Evicted", why.clone()));
+            }
+        }
+        for (key, what) in &now.preempted {
+            if !before.preempted.contains_key(key) {
+                out.push(NewEvent::normal("Preempted", what.clone()));
+            }
+        }
         for (base, version) in &now.placed {
             match before.placed.get(base) {
                 None => {
@@ -595,7 +612,28 @@ fn observe(
                     }
                 }
             }
-            (d.manifest.metadata.name.clone(), seen)
+            let name = &d.manifest.metadata.name;
+            for e in &placement.evictions {
+                if e.evicted == *name {
+                    seen.evicted.insert(
+                        e.base.clone(),
+                        format!(
+                            "replica on base {} evicted: {} ({}) took the room of this {} deployment; it comes back when the group has room",
+                            e.base, e.by, e.by_priority, e.evicted_priority
+                        ),
+                    );
+                }
+                if e.by == *name {
+                    seen.preempted.insert(
+                        (e.base.clone(), e.evicted.clone()),
+                        format!(
+                            "base {} full: took the room of {} ({}, below this {} deployment)",
+                            e.base, e.evicted, e.evicted_priority, e.by_priority
+                        ),
+                    );
+                }
+            }
+            (name.clone(), seen)
         })
         .collect()
 }

@@ -56,6 +56,9 @@ pub struct Scale {
     pub reason: ScaleReason,
     /// When it was set (ms since the Unix epoch).
     pub at_ms: u64,
+    /// The decision in words, with its inputs (what its event said).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub why: String,
 }
 
 /// Why the controller set a [`Scale`].
@@ -194,6 +197,7 @@ pub fn tick(reconciler: &Reconciler, now: Instant) -> Result<(), ResourceError> 
                     replicas,
                     reason,
                     at_ms: now_ms(),
+                    why: String::new(),
                 })
             };
             if let Some(zero) = &spec.scale_to_zero {
@@ -258,6 +262,10 @@ pub fn tick(reconciler: &Reconciler, now: Instant) -> Result<(), ResourceError> 
         return Ok(());
     }
     for (name, scale, event) in changes {
+        let scale = scale.map(|s| Scale {
+            why: event.message.clone(),
+            ..s
+        });
         reconciler
             .resources()
             .update(&name, |stored| stored.scale = scale.clone())?;
@@ -415,6 +423,7 @@ fn activate_now(reconciler: &Reconciler, name: &str) -> Result<Activation, Scale
                 replicas: 1,
                 reason: ScaleReason::Activated,
                 at_ms: now_ms(),
+                why: String::new(),
             });
         }
     }
@@ -438,6 +447,7 @@ fn activate_now(reconciler: &Reconciler, name: &str) -> Result<Activation, Scale
                 replicas: 1,
                 reason: ScaleReason::Activated,
                 at_ms: now_ms(),
+                why: "activated: a gateway holds a request for it".into(),
             });
             activated.set(true);
         }
@@ -476,6 +486,7 @@ mod tests {
             replicas,
             reason,
             at_ms: 1,
+            why: String::new(),
         })
     }
 

@@ -10,7 +10,10 @@
 //! bases already running the module come first (so a steady fleet does not
 //! reshuffle), then — **spread** (default) — the bases with the fewest
 //! modules placed so far, or — **binPack** — the most, then by name.
-//! Replicas that find no candidate are unschedulable.
+//! Replicas that find no candidate are unschedulable. Deployments are placed
+//! by `spec.priority` (critical first), running ones before new ones of the
+//! same priority, then by name: a full group keeps the higher priorities,
+//! and a replica whose room a higher one took is an [`Eviction`].
 //!
 //! How many replicas a deployment wants is [`wanted`]: its `replicas`, or
 //! for a peer deployment (`replicas: all`) one per Ready base matching the
@@ -24,13 +27,15 @@
 //! `berth:sql/query` lands only on a base that shares a SQL database.
 //!
 //! **Buffer bases** (labelled `berth.dev/role=buffer`, [`is_buffer`]) are
-//! no group's own: an autoscaled deployment whose group has no room takes
-//! them after its own candidates, so they are the first it gives up on
+//! no group's own: an autoscaled deployment whose group has no room (or
+//! only bases busier than its `autoscale.busyBaseInFlight`) takes them
+//! after its own candidates, so they are the first it gives up on
 //! scale-in, and every buffer base is told to keep the code of each
 //! autoscaled deployment it does not run compiled ([`Placement::warm`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
+use berth_api::manifest::Priority;
 use berth_api::{Assignment, BaseState, BaseStatus, ModuleRef};
 
 use crate::code::Imports;
@@ -53,6 +58,23 @@ pub struct Placement {
     /// Deployment name → buffer bases its replicas overflowed onto because
     /// its own group had no room.
     pub buffered: BTreeMap<String, Vec<String>>,
+    /// Replicas a higher-priority deployment took the room of.
+    pub evictions: Vec<Eviction>,
+}
+
+/// A replica that lost its base to a higher-priority deployment's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Eviction {
+    /// The base, full, that runs it.
+    pub base: String,
+    /// The deployment whose replica goes.
+    pub evicted: String,
+    /// Its priority.
+    pub evicted_priority: Priority,
+    /// The deployment whose replica takes the room.
+    pub by: String,
+    /// Its priority.
+    pub by_priority: Priority,
 }
 
 /// The label whose value names a base's role in the fleet.
@@ -187,8 +209,36 @@ pub fn place_with(
         .iter()
         .map(|b| (b.heartbeat.name.as_str(), 0))
         .collect();
+    // Base → (deployment, priority, whether it runs there already) of the
+    // replicas placed on it so far: who took a full base's room.
+    let mut taken: BTreeMap<&str, Vec<(&str, Priority, bool)>> = BTreeMap::new();
     let mut sorted: Vec<&StoredDeployment> = deployments.iter().collect();
-    sorted.sort_by(|a, b| a.manifest.metadata.name.cmp(&b.manifest.metadata.name));
+    let priority_of: BTreeMap<&str, Priority> = deployments
+        .iter()
+        .map(|d| {
+            (
+                d.manifest.spec.module.name.as_str(),
+                d.manifest.spec.priority,
+            )
+        })
+        .collect();
+    // Higher priorities take room first, so when a group is full the
+    // lower ones are what find none; within a priority, deployments that
+    // run already come before new ones, so equals never evict each other.
+    let runs_anywhere = |d: &StoredDeployment| {
+        ready.iter().any(|b| {
+            b.heartbeat.modules.iter().any(|m| {
+                ModuleRef::split(m).map_or(m.as_str(), |(n, _)| n) == d.manifest.spec.module.name
+            })
+        })
+    };
+    sorted.sort_by_cached_key(|d| {
+        (
+            std::cmp::Reverse(d.manifest.spec.priority),
+            !runs_anywhere(d),
+            d.manifest.metadata.name.clone(),
+        )
+    });
     for d in sorted {
         let spec = &d.manifest.spec;
         let imported = imports(d);
@@ -220,9 +270,14 @@ pub fn place_with(
         placement
             .desired
             .insert(d.manifest.metadata.name.clone(), replicas);
+        // An autoscaled deployment's new replicas skip busy bases of its
+        // group (and so overflow onto the buffer group).
+        let busy_at = spec.autoscale.as_ref().and_then(|a| a.busy_base_in_flight);
         let mut candidates: Vec<&BaseStatus> = selected
-            .into_iter()
+            .iter()
+            .copied()
             .filter(|b| load[b.heartbeat.name.as_str()] < b.heartbeat.capacity_modules)
+            .filter(|b| busy_at.is_none_or(|n| running(b) || b.heartbeat.in_flight < n))
             .filter(|b| needed.is_some_and(|n| offers(b, n)))
             .collect();
         let binpack = spec.placement == berth_api::manifest::PlacementPolicy::BinPack;
@@ -232,8 +287,49 @@ pub fn place_with(
             let order = if binpack { u32::MAX - load } else { load };
             (!running(b), order, b.heartbeat.name.clone())
         });
-        let mut chosen: Vec<&BaseStatus> =
-            candidates.iter().take(replicas as usize).copied().collect();
+        // An autoscaled deployment takes the buffer group before it evicts
+        // a lower priority: a base whose room is that of lower-priority
+        // replicas running there comes after the buffer bases.
+        let buffer_first = spec.autoscale.is_some() && !names_role;
+        let evicts = |b: &BaseStatus| {
+            let lower: BTreeSet<&str> = b
+                .heartbeat
+                .modules
+                .iter()
+                .map(|m| ModuleRef::split(m).map_or(m.as_str(), |(n, _)| n))
+                .filter(|n| priority_of.get(n).is_some_and(|p| *p < spec.priority))
+                .collect();
+            !running(b)
+                && load[b.heartbeat.name.as_str()] + lower.len() as u32
+                    >= b.heartbeat.capacity_modules
+        };
+        let (free, evicting): (Vec<&BaseStatus>, Vec<&BaseStatus>) = candidates
+            .iter()
+            .copied()
+            .partition(|b| !buffer_first || !evicts(b));
+        let mut chosen: Vec<&BaseStatus> = free.into_iter().take(replicas as usize).collect();
+        // A full base running this deployment that a higher-priority
+        // newcomer took the room of: its replica is evicted.
+        for b in &selected {
+            let base = b.heartbeat.name.as_str();
+            if !running(b) || load[base] < b.heartbeat.capacity_modules {
+                continue;
+            }
+            let by = taken.get(base).and_then(|placed| {
+                placed
+                    .iter()
+                    .find(|(_, priority, ran)| !ran && *priority > spec.priority)
+            });
+            if let Some((by, by_priority, _)) = by {
+                placement.evictions.push(Eviction {
+                    base: base.to_string(),
+                    evicted: d.manifest.metadata.name.clone(),
+                    evicted_priority: spec.priority,
+                    by: by.to_string(),
+                    by_priority: *by_priority,
+                });
+            }
+        }
         // An autoscaled deployment whose group has no room overflows onto
         // the buffer group; as they come last, a scale-in drops them first.
         if chosen.len() < replicas as usize && spec.autoscale.is_some() && !names_role {
@@ -261,6 +357,8 @@ pub fn place_with(
                 chosen.push(b);
             }
         }
+        let more = (replicas as usize).saturating_sub(chosen.len());
+        chosen.extend(evicting.into_iter().take(more));
         // During a rollout the first bases by name run the new version.
         chosen.sort_by(|a, b| a.heartbeat.name.cmp(&b.heartbeat.name));
         let updated = match &d.rollout {
@@ -279,6 +377,14 @@ pub fn place_with(
             *load
                 .get_mut(base.heartbeat.name.as_str())
                 .expect("a ready base") += 1;
+            taken
+                .entry(base.heartbeat.name.as_str())
+                .or_default()
+                .push((
+                    d.manifest.metadata.name.as_str(),
+                    spec.priority,
+                    running(base),
+                ));
             let module = match &d.rollout {
                 Some(r) if i >= updated => &r.from,
                 _ => &spec.module,
@@ -478,6 +584,7 @@ mod tests {
                 replicas,
                 reason: crate::scaler::ScaleReason::Autoscaled,
                 at_ms: 0,
+                why: String::new(),
             }),
         }
     }
@@ -513,6 +620,27 @@ mod tests {
         assert_eq!(p.by_base.keys().collect::<Vec<_>>(), ["a", "b", "x"]);
         assert_eq!(p.buffered["auto"], ["x"]);
         assert_eq!(p.warm.keys().collect::<Vec<_>>(), ["y"]);
+        // A busy base of the group takes no new replica when the spec
+        // says how busy is too busy: the buffer takes it.
+        let mut busy = bases.clone();
+        busy[1].heartbeat.in_flight = 80;
+        let p = place(&two, &busy);
+        assert_eq!(p.by_base.keys().collect::<Vec<_>>(), ["a", "b"]);
+        let mut picky = autoscaled("auto", 2);
+        picky
+            .manifest
+            .spec
+            .autoscale
+            .as_mut()
+            .unwrap()
+            .busy_base_in_flight = Some(50);
+        let p = place(std::slice::from_ref(&picky), &busy);
+        assert_eq!(p.by_base.keys().collect::<Vec<_>>(), ["a", "x"]);
+        assert_eq!(p.buffered["auto"], ["x"]);
+        // ... but keeps a replica it runs already.
+        busy[1].heartbeat.modules = vec!["auto@1".into()];
+        let p = place(std::slice::from_ref(&picky), &busy);
+        assert_eq!(p.by_base.keys().collect::<Vec<_>>(), ["a", "b"]);
         // Scale-in from there drops the buffer replica, not a group one,
         // even though x runs it now.
         let mut running = bases.clone();
@@ -525,6 +653,68 @@ mod tests {
         assert_ne!(told, revision(runs));
         assert!(is_revision_of(&told, runs) && is_revision_of(&revision(runs), runs));
         assert!(!is_revision_of(&told, &[]));
+    }
+
+    #[test]
+    fn a_higher_priority_takes_a_full_base_and_names_whom_it_evicts() {
+        let with = |name: &str, priority: Priority| {
+            let mut d = deployment(name, 1, "spread");
+            d.manifest.spec.priority = priority;
+            d
+        };
+        // "a-low" sorts first by name, but priority comes before names.
+        let all = [
+            with("a-low", Priority::BestEffort),
+            with("z-top", Priority::Critical),
+        ];
+        let mut full = base("b", 1);
+        let p = place(&all, std::slice::from_ref(&full));
+        assert_eq!(p.by_base["b"][0].name, "z-top");
+        assert_eq!(p.unschedulable["a-low"], 1);
+        // Nothing ran there before: nobody was evicted.
+        assert!(p.evictions.is_empty());
+        full.heartbeat.modules = vec!["a-low@1".into()];
+        let p = place(&all, std::slice::from_ref(&full));
+        assert_eq!(
+            p.evictions,
+            [Eviction {
+                base: "b".into(),
+                evicted: "a-low".into(),
+                evicted_priority: Priority::BestEffort,
+                by: "z-top".into(),
+                by_priority: Priority::Critical,
+            }]
+        );
+        // An equal newcomer, first by name, waits for the one running.
+        let equal = [
+            with("a-low", Priority::BestEffort),
+            with("a-first", Priority::BestEffort),
+        ];
+        let p = place(&equal, std::slice::from_ref(&full));
+        assert_eq!(p.by_base["b"][0].name, "a-low");
+        assert_eq!(p.unschedulable["a-first"], 1);
+        // An autoscaled critical one takes a buffer base before it evicts.
+        let mut critical = autoscaled("auto", 2);
+        critical.manifest.spec.priority = Priority::Critical;
+        let mut two_full = [full.clone(), base("c", 1), buffer("x")];
+        two_full[1].heartbeat.modules = vec!["a-low@1".into()];
+        let mix = [with("a-low", Priority::BestEffort), critical];
+        let p = place(&mix, &two_full);
+        let on = |m: &str| -> Vec<&String> {
+            p.by_base
+                .iter()
+                .filter(|(_, a)| a.iter().any(|a| a.name == m))
+                .map(|(b, _)| b)
+                .collect()
+        };
+        // Two replicas: the buffer base, then one of the full bases.
+        assert_eq!(on("auto").len(), 2);
+        assert!(on("auto").contains(&&"x".to_string()));
+        assert_eq!(p.evictions.len(), 1);
+        // The critical one gone, the room is the best-effort one's again.
+        let p = place(&all[..1], std::slice::from_ref(&full));
+        assert_eq!(p.by_base["b"][0].name, "a-low");
+        assert!(p.evictions.is_empty() && p.unschedulable.is_empty());
     }
 
     fn per_base(p: &Placement) -> Vec<usize> {
@@ -665,6 +855,7 @@ mod tests {
             replicas: 0,
             reason: ScaleReason::Idle,
             at_ms: 0,
+            why: String::new(),
         });
         let p = place(std::slice::from_ref(&d), &bases);
         assert!(p.by_base.is_empty() && p.unschedulable.is_empty());
@@ -691,6 +882,7 @@ mod tests {
             replicas: 5,
             reason: ScaleReason::Autoscaled,
             at_ms: 0,
+            why: String::new(),
         });
         assert_eq!(wanted(&auto, 0), 2);
     }

@@ -715,11 +715,19 @@ async fn bad_scaling_specs_are_refused_by_field_and_change_nothing() {
             "spec.autoscale.target.concurrency: 0 must be above 0",
         ),
         (
+            autoscale("{ maxReplicas: 2, target: { rps: 5 }, busyBaseInFlight: 0 }"),
+            "spec.autoscale.busyBaseInFlight: 0 must be above 0",
+        ),
+        (
             manifest("2", &m).replace(
                 "  replicas: 2\n",
                 "  replicas: 2\n  scaleToZero: { idleAfter: later }\n",
             ),
             "spec.scaleToZero.idleAfter: `later` is not a duration",
+        ),
+        (
+            manifest("2", &m).replace("  replicas: 2\n", "  replicas: 2\n  priority: urgent\n"),
+            "spec.priority: `urgent` is not a priority; use critical, standard or besteffort",
         ),
         (
             manifest("2", &m).replace("  replicas: 2\n", "  replicas: most\n"),

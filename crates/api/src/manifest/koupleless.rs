@@ -362,6 +362,7 @@ pub(super) fn parse(text: &str) -> Result<ModuleDeployment, ManifestError> {
             base_selector,
             strategy,
             placement,
+            priority: Default::default(),
             route: None,
             rules: None,
         },

@@ -118,6 +118,11 @@ pub struct Autoscale {
     /// How long load must stay below target before replicas go (default 30s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_down_window: Option<String>,
+    /// A base of its group with this many requests in flight (across its
+    /// modules) is too loaded to take a new replica of it: the replica goes
+    /// to the buffer group instead. Unset: only room counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub busy_base_in_flight: Option<u32>,
 }
 
 fn one() -> u32 {
@@ -279,6 +284,12 @@ pub(super) fn validate(spec: &DeploymentSpec) -> Result<(), ManifestError> {
                     return Err(at(field, format!("{v} must be above 0")));
                 }
             }
+        }
+        if a.busy_base_in_flight == Some(0) {
+            return Err(at(
+                "spec.autoscale.busyBaseInFlight",
+                "0 must be above 0 (a base is busy at this many requests in flight); leave it out to count only room",
+            ));
         }
         if let Some(w) = &a.scale_up_window {
             duration("spec.autoscale.scaleUpWindow", w)?;

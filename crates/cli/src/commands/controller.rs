@@ -288,6 +288,14 @@ pub async fn get(controller: &str, output: Output, koupleless: bool) -> Result<(
         "GENERATION",
         "REPLICAS",
     ];
+    // Autoscaled deployments add their replica counts and the last scaling
+    // decision with its inputs.
+    let autoscaled = deployments
+        .iter()
+        .any(|d| d.manifest.spec.autoscale.is_some());
+    if autoscaled {
+        header.extend(["CUR/DES/MIN/MAX", "LAST SCALING"]);
+    }
     if wide {
         header.push("SELECTOR");
         header.push("ENDPOINTS");
@@ -309,6 +317,9 @@ pub async fn get(controller: &str, output: Output, koupleless: bool) -> Result<(
             d.generation.to_string(),
             replicas_text(&d.manifest.spec, status),
         ];
+        if autoscaled {
+            row.extend(scaling_columns(d, status));
+        }
         if wide {
             let selector: Vec<String> = spec
                 .base_selector
@@ -364,6 +375,33 @@ async fn endpoints(controller: &str) -> std::collections::BTreeMap<String, Strin
             (d.name, list)
         })
         .collect()
+}
+
+/// `current/desired/min/max` of an autoscaled deployment and its last
+/// scaling decision (`4s ago: observed … 1 → 3`), or `-` for others.
+fn scaling_columns(d: &StoredDeployment, status: &serde_json::Value) -> [String; 2] {
+    let Some(a) = &d.manifest.spec.autoscale else {
+        return ["-".into(), "-".into()];
+    };
+    let counts = format!(
+        "{}/{}/{}/{}",
+        status["ready"], status["desired"], a.min_replicas, a.max_replicas
+    );
+    let last = match &d.scale {
+        Some(scale) if !scale.why.is_empty() => {
+            let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(scale.at_ms);
+            let ago = std::time::SystemTime::now()
+                .duration_since(at)
+                .map_or(0, |d| d.as_secs());
+            format!(
+                "{} ago: {}",
+                humantime::format_duration(std::time::Duration::from_secs(ago)),
+                scale.why
+            )
+        }
+        _ => "none yet".into(),
+    };
+    [counts, last]
 }
 
 /// The replicas of a deployment in words: `3`, `all (3)`, `2 (autoscale
@@ -510,6 +548,12 @@ pub async fn describe(controller: &str, name: &str, output: Output) -> Result<()
         s.need_confirm,
         s.max_unavailable
     );
+    if !d.manifest.spec.priority.is_standard() {
+        println!(
+            "Priority:    {} (when its group is full, a higher priority evicts a lower)",
+            d.manifest.spec.priority
+        );
+    }
     if !d.history.is_empty() {
         let versions: Vec<&str> = d.history.iter().map(|m| m.version.as_str()).collect();
         println!("History:     {}", versions.join(" → "));

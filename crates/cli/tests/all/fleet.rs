@@ -1,7 +1,8 @@
 //! The controller's fleet features with real bases: peer deployments that
 //! follow bases joining and leaving, scale-to-zero and activation, an
-//! autoscaler driven by a gateway's load report, and the buffer group that
-//! takes its scale-out when a group is full.
+//! autoscaler driven by a gateway's load report, the buffer group that
+//! takes its scale-out when a group is full, and priorities between
+//! deployments competing for a full group.
 
 use std::time::{Duration, Instant};
 
@@ -249,11 +250,24 @@ fn a_load_report_above_target_scales_an_autoscaled_deployment_up() {
         described.contains("Autoscale:   1-3 replicas, target concurrency 10 per replica"),
         "{described}"
     );
+    // get deployments: current/desired/min/max and the last decision.
     until("3 of 3 ready in get deployments", || {
-        stdout(ctl.berth(&["get", "deployments"])).lines().any(|l| {
-            l.starts_with("hello") && l.contains("3/3") && l.ends_with("3 (autoscale 1-3)")
-        })
+        stdout(ctl.berth(&["get", "deployments"]))
+            .lines()
+            .any(|l| l.starts_with("hello") && l.contains("3/3") && l.contains("3 (autoscale 1-3)"))
     });
+    let listed = stdout(ctl.berth(&["get", "deployments"]));
+    has_line(&listed, &["REPLICAS", "CUR/DES/MIN/MAX", "LAST SCALING"]);
+    has_line(
+        &listed,
+        &[
+            "hello",
+            "3 (autoscale 1-3)",
+            "3/3/1/3",
+            "ago: observed 25.0 in flight, target 10 per replica (panic",
+            "1 → 3",
+        ],
+    );
     drop(ctl);
 }
 
@@ -313,9 +327,15 @@ fn a_full_group_scales_onto_a_warm_buffer_base_and_scale_in_empties_it_first() {
     // 25 in flight wants 2 replicas; group gold has one base (one replica
     // each), so the second goes to the buffer base, installed from cache.
     report_in_flight(&ctl, 25);
+    let reported = Instant::now();
     until("the buffer base serving hello", || {
         serves(&buffer.ingress, "/hello")
     });
+    // (Polled every 100 ms; the decision comes within one 500 ms tick.)
+    eprintln!(
+        "load report to a buffer replica serving: {:?}",
+        reported.elapsed()
+    );
     assert_eq!(
         (
             base_count(&buffer, "berth_compile_cache_lookups_total", "hit"),
@@ -339,6 +359,67 @@ fn a_full_group_scales_onto_a_warm_buffer_base_and_scale_in_empties_it_first() {
         stdout(ctl.berth(&["get", "deployments"]))
             .lines()
             .any(|l| l.starts_with("hello") && l.contains("1/1"))
+    });
+    drop(ctl);
+}
+
+#[test]
+fn a_critical_deployment_evicts_a_besteffort_one_from_a_full_group_until_room_returns() {
+    let work = work_dir();
+    let ctl = ControllerProcess::start(work.path(), &[]);
+    // One base with room for one module: the group is full at once.
+    let base = ctl.base(
+        "a",
+        "200ms",
+        &["--labels", "group=gold", "--capacity-modules", "1"],
+    );
+    let group = "replicas: 1\n  baseSelector: { group: gold }";
+    ctl.apply(
+        work.path(),
+        "low",
+        "1.0.0",
+        HELLO,
+        None,
+        &format!("{group}\n  priority: besteffort"),
+    );
+    until("low serving", || serves(&base.ingress, "/low"));
+    // A critical one takes its room.
+    ctl.apply(
+        work.path(),
+        "high",
+        "1.0.0",
+        HELLO,
+        None,
+        &format!("{group}\n  priority: critical"),
+    );
+    until("high serving, low evicted", || {
+        serves(&base.ingress, "/high") && !serves(&base.ingress, "/low")
+    });
+    has_line(
+        &ctl.describe("low"),
+        &[
+            "Warning",
+            "Evicted",
+            "replica on base a evicted: high (critical) took the room of this besteffort deployment",
+        ],
+    );
+    has_line(
+        &ctl.describe("high"),
+        &[
+            "Normal",
+            "Preempted",
+            "base a full: took the room of low (besteffort, below this critical deployment)",
+        ],
+    );
+    assert!(ctl.describe("low").contains("1 unschedulable"));
+    has_line(&ctl.describe("high"), &["Priority:", "critical"]);
+
+    // Room returns: the evicted replica comes back, with no apply.
+    stdout(ctl.berth(&["delete", "deployment", "high"]));
+    until("low serving again", || serves(&base.ingress, "/low"));
+    until("low ready again", || {
+        ctl.describe("low")
+            .contains("1 desired, 1 ready, 1 updated, 0 unschedulable")
     });
     drop(ctl);
 }

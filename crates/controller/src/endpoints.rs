@@ -294,6 +294,7 @@ mod tests {
                 replicas,
                 reason,
                 at_ms: 0,
+                why: String::new(),
             })
         };
         // Scaled to zero: every replica drains.

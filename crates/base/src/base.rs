@@ -235,7 +235,7 @@ impl Base {
 
     /// The Prometheus text exposition of this base's metrics.
     pub fn metrics_text(&self) -> String {
-        let memory: Vec<(String, String, u64)> = {
+        let loaded: Vec<(String, String, u64, &'static str)> = {
             let registry = self.inner.lifecycle.registry();
             registry
                 .loaded()
@@ -244,11 +244,12 @@ impl Base {
                         name.to_string(),
                         version.to_string(),
                         module.memory_in_use(),
+                        module.tier().as_str(),
                     )
                 })
                 .collect()
         };
-        self.inner.instrumentation.metrics.encode(memory)
+        self.inner.instrumentation.metrics.encode(loaded)
     }
 
     /// Liveness and a summary.

@@ -55,12 +55,26 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+/// `module`, `version`, `tier` (`winch`, `cranelift`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TierLabels {
+    /// Module name.
+    pub module: String,
+    /// Module version.
+    pub version: String,
+    /// The compiler of the code it runs on.
+    pub tier: String,
+}
+
 /// `result` (`ok`, `error`) or `outcome` (`hit`, `miss`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     /// The outcome.
     pub outcome: String,
 }
+
+/// The `tier` values of `berth_module_code_tier`.
+const TIERS: [&str; 2] = ["winch", "cranelift"];
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
@@ -92,6 +106,7 @@ pub struct Metrics {
     instantiation: HistogramFamily<ModuleLabels>,
     failures: Family<KindLabels, Counter>,
     memory_in_use: Family<ModuleLabels, Gauge>,
+    code_tier: Family<TierLabels, Gauge>,
     installs: Family<OutcomeLabels, Counter>,
     install_duration: Histogram,
     uninstalls: Counter,
@@ -192,6 +207,12 @@ impl Metrics {
             "Compile cache lookups at install (hit, miss)",
             compile_cache.clone(),
         );
+        let code_tier = Family::<TierLabels, Gauge>::default();
+        registry.register(
+            "module_code_tier",
+            "1 for the compiler tier (winch, cranelift) a module version's new requests run on, 0 for the other",
+            code_tier.clone(),
+        );
         let rss = Gauge::default();
         registry.register(
             "process_resident_memory_bytes",
@@ -218,6 +239,7 @@ impl Metrics {
             instantiation,
             failures,
             memory_in_use,
+            code_tier,
             installs,
             install_duration,
             uninstalls,
@@ -290,6 +312,13 @@ impl Metrics {
         self.in_flight.remove(l);
         self.instantiation.remove(l);
         self.memory_in_use.remove(l);
+        for tier in TIERS {
+            self.code_tier.remove(&TierLabels {
+                module: l.module.clone(),
+                version: l.version.clone(),
+                tier: tier.into(),
+            });
+        }
         self.uninstalls.inc();
     }
 
@@ -310,13 +339,25 @@ impl Metrics {
         }
     }
 
-    /// The text exposition, with state gauges read now (`memory` gives each
-    /// loaded version's labels and bytes in use).
-    pub fn encode(&self, memory: impl IntoIterator<Item = (String, String, u64)>) -> String {
+    /// The text exposition, with state gauges read now (`loaded` gives each
+    /// loaded version's labels, bytes in use and code tier).
+    pub fn encode(
+        &self,
+        loaded: impl IntoIterator<Item = (String, String, u64, &'static str)>,
+    ) -> String {
         if let Some(rss) = resident_bytes() {
             self.rss.set(rss as i64);
         }
-        for (module, version, bytes) in memory {
+        for (module, version, bytes, running) in loaded {
+            for tier in TIERS {
+                self.code_tier
+                    .get_or_create(&TierLabels {
+                        module: module.clone(),
+                        version: version.clone(),
+                        tier: tier.into(),
+                    })
+                    .set(i64::from(tier == running));
+            }
             self.memory_in_use
                 .get_or_create(&ModuleLabels { module, version })
                 .set(bytes as i64);

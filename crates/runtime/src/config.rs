@@ -1,10 +1,12 @@
 //! Runtime settings, with defaults that suit one base on one machine.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::capability::Capabilities;
 use crate::settings::Limits;
+use crate::tier::{TierUpGate, Tiers};
 
 /// Settings of a [`Runtime`](crate::Runtime).
 #[derive(Debug, Clone)]
@@ -35,6 +37,15 @@ pub struct RuntimeConfig {
     /// kv and log ([`crate::capability`]); one named like a built-in
     /// replaces it.
     pub capabilities: Capabilities,
+    /// Which compilers make a module's code: Winch first and Cranelift in
+    /// the background (default), or Cranelift only.
+    pub tiers: Tiers,
+    /// Test support: every Winch compile fails, so modules take the
+    /// Cranelift fallback. Off by default.
+    pub force_winch_failure: bool,
+    /// Test support: background Cranelift compiles wait until this gate
+    /// opens (unset: they start at once).
+    pub tier_up_gate: Option<Arc<TierUpGate>>,
 }
 
 impl RuntimeConfig {
@@ -50,6 +61,9 @@ impl RuntimeConfig {
             limits: Limits::default(),
             memory_keep_resident: 0,
             capabilities: Capabilities::new(),
+            tiers: Tiers::default(),
+            force_winch_failure: false,
+            tier_up_gate: None,
         }
     }
 }

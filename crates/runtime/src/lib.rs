@@ -15,6 +15,11 @@
 //! [`RuntimeConfig::capabilities`]; its stdout and stderr go to a
 //! [`LogSink`].
 //!
+//! Code comes in two tiers ([`Tiers`]): a module whose code is not cached
+//! serves first on Winch's (a second engine, compiled in a fraction of
+//! Cranelift's time) while Cranelift compiles it in the background; the
+//! optimized code then takes over atomically ([`LoadedModule::tier`]).
+//!
 //! The runtime knows nothing about routes, names or versions: that is the
 //! base's business. It answers "is this a valid module, and run it".
 
@@ -34,6 +39,7 @@ mod outgoing;
 mod runtime;
 mod settings;
 mod ticker;
+mod tier;
 mod trace;
 
 pub use artifact::{Digest, ParseDigestError};
@@ -53,6 +59,7 @@ pub use module::LoadedModule;
 pub use outgoing::{BoxResponse, CallContext, ModuleCaller};
 pub use runtime::{Runtime, compile_for_fleet, engine, validate};
 pub use settings::{Limits, MAX_HOPS, ModuleSettings};
+pub use tier::{ParseTiersError, Tier, TierUpGate, Tiers};
 pub use trace::{TRACEPARENT, TraceParent};
 pub use wasmtime::{self, Engine};
 pub use wasmtime_wasi_http::WasiBody;

@@ -16,7 +16,6 @@ use std::time::Duration;
 use http_body_util::BodyExt;
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use wasmtime_wasi_http::WasiHttpView;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
 use tokio::sync::Semaphore;
@@ -30,6 +29,7 @@ use crate::logs::LogSink;
 use crate::outgoing::CallContext;
 use crate::settings::{Limits, ModuleSettings};
 use crate::ticker::EpochTicker;
+use crate::tier::{Tier, TieredCode};
 
 /// What a module needs of the runtime that loaded it: the engine, the
 /// capabilities, the default limits, and the epoch ticker kept alive.
@@ -46,7 +46,7 @@ pub(crate) struct ModuleEnv {
 /// code and pre-instance.
 #[derive(Clone)]
 pub struct LoadedModule {
-    code: Arc<Code>,
+    code: Arc<TieredCode>,
     settings: Arc<ModuleSettings>,
     capabilities: Configured,
     permits: Arc<Semaphore>,
@@ -55,33 +55,22 @@ pub struct LoadedModule {
     log_sink: Option<Arc<dyn LogSink>>,
 }
 
-struct Code {
-    env: ModuleEnv,
-    digest: Digest,
-    pre: ProxyPre<HostState>,
-}
-
 impl LoadedModule {
-    pub(crate) fn new(
-        env: ModuleEnv,
-        digest: Digest,
-        pre: ProxyPre<HostState>,
-    ) -> Result<Self, LoadError> {
+    pub(crate) fn new(code: Arc<TieredCode>) -> Result<Self, LoadError> {
         let settings = ModuleSettings {
             name: String::new(),
             version: String::new(),
-            limits: env.limits,
+            limits: code.current().env.limits,
             allowed_hosts: Vec::new(),
             config: Default::default(),
         };
-        let code = Arc::new(Code { env, digest, pre });
         Self::assemble(code, settings)
     }
 
     /// The module under `settings`, configured by every capability of its
     /// runtime (the first refusal is the error).
-    fn assemble(code: Arc<Code>, settings: ModuleSettings) -> Result<Self, LoadError> {
-        let capabilities = code.env.capabilities.configure(&settings)?;
+    fn assemble(code: Arc<TieredCode>, settings: ModuleSettings) -> Result<Self, LoadError> {
+        let capabilities = code.current().env.capabilities.configure(&settings)?;
         Ok(Self {
             permits: Arc::new(Semaphore::new(settings.limits.max_concurrency as usize)),
             settings: Arc::new(settings),
@@ -120,7 +109,7 @@ impl LoadedModule {
     /// [`LoadError::Refused`]. The memory limit is capped by the pool's
     /// per-instance maximum.
     pub fn with_settings(&self, mut settings: ModuleSettings) -> Result<Self, LoadError> {
-        let ceiling = self.code.env.limits.max_memory_bytes;
+        let ceiling = self.code.current().env.limits.max_memory_bytes;
         settings.limits.max_memory_bytes = settings.limits.max_memory_bytes.min(ceiling);
         Self::assemble(self.code.clone(), settings)
     }
@@ -133,6 +122,12 @@ impl LoadedModule {
     /// The digest of the artifact this module was loaded from.
     pub fn digest(&self) -> Digest {
         self.code.digest
+    }
+
+    /// The compiler tier new requests run on: `Winch` until Cranelift's
+    /// code has taken over (see [`crate::Tiers`]).
+    pub fn tier(&self) -> Tier {
+        self.code.tier()
     }
 
     /// Requests running in this module version right now.
@@ -179,8 +174,11 @@ impl LoadedModule {
             request_id: request_id.as_deref(),
             log_sink: self.log_sink.as_ref(),
         });
+        // The code is loaded once: a request started on Winch code finishes
+        // on it even if Cranelift's takes over meanwhile.
+        let code = self.code.current();
         let mut store = Store::new(
-            &self.code.env.engine,
+            &code.env.engine,
             HostState::new(
                 self.settings.clone(),
                 extensions,
@@ -223,13 +221,15 @@ impl LoadedModule {
             (req, out)
         };
 
-        let pre = self.code.pre.clone();
+        let pre = code.pre.clone();
         let observer = self.observer.clone();
         // The guest runs in its own task so it can keep streaming the body
         // after the response head has gone out; it holds the concurrency
         // permit until it is done.
         let task = tokio::spawn(async move {
             let _permit = permit;
+            // Keeps this tier's engine and epoch ticker alive to the end.
+            let _code = code;
             let instantiating = std::time::Instant::now();
             let instantiated = pre.instantiate_async(&mut store).await;
             if let Some(observe) = &observer {

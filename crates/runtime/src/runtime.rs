@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Strategy};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::HTTP_HANDLER_EXPORT;
@@ -17,6 +17,7 @@ use crate::interfaces::{ConfigCapability, KvCapability, LogCapability};
 use crate::kv::{KvBackend, KvStore};
 use crate::module::{LoadedModule, ModuleEnv};
 use crate::ticker::EpochTicker;
+use crate::tier::{Code, Job, Optimizer, Tier, TieredCode, Tiers};
 
 /// One wasmtime engine with its linker and module cache. Cheap to clone.
 #[derive(Clone)]
@@ -32,6 +33,43 @@ struct Inner {
     ticker: Arc<EpochTicker>,
     kv: KvStore,
     capabilities: Capabilities,
+    /// The Winch tier, unless the runtime compiles with Cranelift only.
+    baseline: Option<Baseline>,
+}
+
+/// The baseline tier: a Winch engine with its own linker and ticker, and the
+/// thread that moves its modules up to Cranelift code.
+struct Baseline {
+    engine: Engine,
+    linker: Linker<HostState>,
+    ticker: Arc<EpochTicker>,
+    optimizer: Optimizer,
+}
+
+/// What compiling a module with Cranelift needs (shared with the optimizer
+/// thread).
+#[derive(Clone)]
+struct Optimizing {
+    linker: Linker<HostState>,
+    cache: ModuleCache,
+    env: ModuleEnv,
+}
+
+impl Optimizing {
+    /// Compiles `bytes` with Cranelift, links it and caches the code.
+    fn compile(&self, digest: Digest, bytes: &[u8]) -> Result<Code, LoadError> {
+        let component =
+            Component::new(&self.env.engine, bytes).map_err(|e| LoadError::Invalid {
+                reason: format!("{e:#}"),
+            })?;
+        let pre = link(&self.linker, &component)?;
+        store_code(&self.cache, &digest, Tier::Cranelift, &component)?;
+        Ok(Code {
+            env: self.env.clone(),
+            pre,
+            tier: Tier::Cranelift,
+        })
+    }
 }
 
 impl Runtime {
@@ -45,8 +83,34 @@ impl Runtime {
             builtin_capabilities(Some(Arc::new(kv.clone()))).extended_by(&config.capabilities);
         let linker = host_linker(&engine, &capabilities)?;
 
-        let cache = ModuleCache::open(&config.cache_dir, &engine)?;
         let ticker = Arc::new(EpochTicker::start(engine.clone()));
+        let (baseline, cache) = match config.tiers {
+            Tiers::CraneliftOnly => (None, ModuleCache::open(&config.cache_dir, &engine)?),
+            Tiers::WinchThenCranelift => {
+                let winch = baseline_engine()?;
+                let cache = ModuleCache::open(&config.cache_dir, &engine)?.with_baseline(&winch);
+                let optimizing = Optimizing {
+                    linker: linker.clone(),
+                    cache: cache.clone(),
+                    env: ModuleEnv {
+                        engine: engine.clone(),
+                        capabilities: capabilities.clone(),
+                        limits: config.limits,
+                        _ticker: ticker.clone(),
+                    },
+                };
+                let baseline = Baseline {
+                    linker: host_linker(&winch, &capabilities)?,
+                    ticker: Arc::new(EpochTicker::start(winch.clone())),
+                    engine: winch,
+                    optimizer: Optimizer::start(
+                        Arc::new(move |digest, bytes: &[u8]| optimizing.compile(digest, bytes)),
+                        config.tier_up_gate.clone(),
+                    ),
+                };
+                (Some(baseline), cache)
+            }
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 engine,
@@ -56,6 +120,7 @@ impl Runtime {
                 ticker,
                 kv,
                 capabilities,
+                baseline,
             }),
         })
     }
@@ -94,79 +159,182 @@ impl Runtime {
 
     /// Turns the artifact `digest` into a module ready to serve.
     ///
-    /// Precompiled code is mapped from the cache when present; otherwise
-    /// `bytes` (or, when `None`, the cached artifact) is checked, compiled and
-    /// the result cached. The caller must have checked that `bytes` hash to
-    /// `digest`. Compilation is CPU-heavy and blocking: call this from
-    /// `spawn_blocking`, never from a request task.
+    /// Cranelift code from the cache is mapped when present. Otherwise
+    /// `bytes` (or, when `None`, the cached artifact) is checked and, with
+    /// [`Tiers::WinchThenCranelift`], compiled with Winch (or mapped from the
+    /// cache's Winch code): the module serves at once, and a background
+    /// thread compiles it with Cranelift and swaps the optimized code in. A
+    /// module Winch cannot compile, or a runtime with
+    /// [`Tiers::CraneliftOnly`], is compiled with Cranelift before this
+    /// returns. Every compiled tier is cached. The caller must have checked
+    /// that `bytes` hash to `digest`. Compilation is CPU-heavy and blocking:
+    /// call this from `spawn_blocking`, never from a request task.
     pub fn load(
         &self,
         digest: Digest,
         bytes: Option<&[u8]>,
     ) -> Result<(LoadedModule, CacheOutcome), LoadError> {
-        let cache = &self.inner.cache;
-        let (component, outcome) = match self.load_precompiled(&digest) {
-            Some(component) => (component, CacheOutcome::Hit),
+        let inner = &*self.inner;
+        let cache = &inner.cache;
+        if let Some(component) = load_precompiled(cache, &inner.engine, &digest, Tier::Cranelift) {
+            let pre = link(&inner.linker, &component)?;
+            if let Some(bytes) = bytes {
+                cache.store_artifact(&digest, bytes)?;
+            }
+            let code = Code {
+                env: self.env(),
+                pre,
+                tier: Tier::Cranelift,
+            };
+            return Ok((
+                LoadedModule::new(TieredCode::new(digest, code))?,
+                CacheOutcome::Hit,
+            ));
+        }
+        let given = bytes.is_some();
+        let owned;
+        let bytes = match bytes {
+            Some(bytes) => bytes,
             None => {
-                let owned;
-                let bytes = match bytes {
-                    Some(bytes) => bytes,
-                    None => {
-                        owned = cache.read_artifact(&digest)?;
-                        &owned
-                    }
-                };
-                check_header(bytes)?;
-                let component =
-                    Component::new(&self.inner.engine, bytes).map_err(|e| LoadError::Invalid {
-                        reason: format!("{e:#}"),
-                    })?;
-                (component, CacheOutcome::Miss)
+                owned = cache.read_artifact(&digest)?;
+                &owned
             }
         };
-
-        let pre = link(&self.inner.linker, &component)?;
-
-        if let Some(bytes) = bytes {
+        check_header(bytes)?;
+        if let Some(baseline) = &inner.baseline {
+            match self.baseline_component(baseline, &digest, bytes) {
+                Ok((component, outcome)) => {
+                    let pre = link(&baseline.linker, &component)?;
+                    if given {
+                        cache.store_artifact(&digest, bytes)?;
+                    }
+                    let code = TieredCode::new(
+                        digest,
+                        Code {
+                            env: ModuleEnv {
+                                engine: baseline.engine.clone(),
+                                _ticker: baseline.ticker.clone(),
+                                ..self.env()
+                            },
+                            pre,
+                            tier: Tier::Winch,
+                        },
+                    );
+                    baseline.optimizer.queue(Job {
+                        target: Arc::downgrade(&code),
+                        bytes: Arc::from(bytes),
+                    });
+                    return Ok((LoadedModule::new(code)?, outcome));
+                }
+                Err(e) => tracing::warn!(
+                    %digest,
+                    error = %e,
+                    "Winch cannot compile this module; compiling it with Cranelift before it serves"
+                ),
+            }
+        }
+        let code = Optimizing {
+            linker: inner.linker.clone(),
+            cache: cache.clone(),
+            env: self.env(),
+        }
+        .compile(digest, bytes)?;
+        if given {
             cache.store_artifact(&digest, bytes)?;
         }
-        if outcome == CacheOutcome::Miss {
-            let code = component.serialize().map_err(|e| LoadError::Invalid {
-                reason: format!("cannot serialize compiled code: {e:#}"),
-            })?;
-            cache.store_compiled(&digest, &code)?;
-        }
-        let env = ModuleEnv {
+        Ok((
+            LoadedModule::new(TieredCode::new(digest, code))?,
+            CacheOutcome::Miss,
+        ))
+    }
+
+    /// What a module of the Cranelift tier runs with.
+    fn env(&self) -> ModuleEnv {
+        ModuleEnv {
             engine: self.inner.engine.clone(),
             capabilities: self.inner.capabilities.clone(),
             limits: self.inner.config.limits,
             _ticker: self.inner.ticker.clone(),
-        };
-        Ok((LoadedModule::new(env, digest, pre)?, outcome))
+        }
     }
 
-    /// Maps cached code for `digest`, or `None` if absent or unusable.
-    fn load_precompiled(&self, digest: &Digest) -> Option<Component> {
-        let path = self.inner.cache.compiled_path(digest);
-        if !path.exists() {
-            return None;
+    /// The Winch code of `digest`: from the cache, or compiled (and cached).
+    fn baseline_component(
+        &self,
+        baseline: &Baseline,
+        digest: &Digest,
+        bytes: &[u8],
+    ) -> Result<(Component, CacheOutcome), LoadError> {
+        let cache = &self.inner.cache;
+        if let Some(component) = load_precompiled(cache, &baseline.engine, digest, Tier::Winch) {
+            return Ok((component, CacheOutcome::Hit));
         }
-        // SAFETY: the file was written by `ModuleCache::store_compiled` from
-        // `Component::serialize` of this same engine configuration (the engine
-        // tag is part of its name), renamed into place only once complete, and
-        // is never modified afterwards; wasmtime additionally checks its
-        // header and compatibility before use.
-        #[allow(unsafe_code)]
-        let loaded = unsafe { Component::deserialize_file(&self.inner.engine, &path) };
-        match loaded {
-            Ok(component) => Some(component),
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "discarding unusable precompiled module");
-                self.inner.cache.evict_compiled(digest);
-                None
-            }
+        if self.inner.config.force_winch_failure {
+            return Err(LoadError::Invalid {
+                reason: "Winch compilation failed on purpose (force_winch_failure is set)".into(),
+            });
+        }
+        let component =
+            Component::new(&baseline.engine, bytes).map_err(|e| LoadError::Invalid {
+                reason: format!("{e:#}"),
+            })?;
+        store_code(cache, digest, Tier::Winch, &component)?;
+        Ok((component, CacheOutcome::Miss))
+    }
+}
+
+/// Maps cached `tier` code for `digest`, or `None` if absent or unusable.
+fn load_precompiled(
+    cache: &ModuleCache,
+    engine: &Engine,
+    digest: &Digest,
+    tier: Tier,
+) -> Option<Component> {
+    let path = cache.compiled_path_of(digest, tier)?;
+    if !path.exists() {
+        return None;
+    }
+    // SAFETY: the file was written by `ModuleCache::store_compiled` from
+    // `Component::serialize` of this same engine configuration (the tier and
+    // engine tag are part of its name), renamed into place only once
+    // complete, and is never modified afterwards; wasmtime additionally
+    // checks its header and compatibility before use.
+    #[allow(unsafe_code)]
+    let loaded = unsafe { Component::deserialize_file(engine, &path) };
+    match loaded {
+        Ok(component) => Some(component),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "discarding unusable precompiled module");
+            cache.evict_compiled(digest, tier);
+            None
         }
     }
+}
+
+/// Serializes `component`'s `tier` code into the cache.
+fn store_code(
+    cache: &ModuleCache,
+    digest: &Digest,
+    tier: Tier,
+    component: &Component,
+) -> Result<(), LoadError> {
+    let code = component.serialize().map_err(|e| LoadError::Invalid {
+        reason: format!("cannot serialize compiled code: {e:#}"),
+    })?;
+    cache.store_compiled_tier(digest, tier, &code)
+}
+
+/// The engine of the Winch tier: Winch code, epoch interruption like the
+/// Cranelift engine, and on-demand instance allocation (the pool's slots are
+/// the Cranelift engine's: Winch code only serves until Cranelift's is
+/// ready, and memory stays capped by each store's limiter).
+fn baseline_engine() -> Result<Engine, LoadError> {
+    let mut wasm = Config::new();
+    wasm.strategy(Strategy::Winch);
+    wasm.epoch_interruption(true);
+    Engine::new(&wasm).map_err(|e| LoadError::Invalid {
+        reason: format!("cannot create the Winch engine: {e:#}"),
+    })
 }
 
 /// The wasmtime engine of a runtime with `config`: epoch interruption and

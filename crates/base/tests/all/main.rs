@@ -14,4 +14,5 @@ mod otlp;
 mod restart;
 mod sharing;
 mod support;
+mod tiers;
 mod traffic;

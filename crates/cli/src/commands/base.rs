@@ -44,6 +44,11 @@ pub struct BaseArgs {
     /// next instance (faster instantiation, memory not given back).
     #[arg(long, default_value_t = 0)]
     memory_keep_resident: usize,
+    /// Compilers a new module's code comes from: `winch,cranelift` serves
+    /// on Winch code at once and swaps in Cranelift's when its background
+    /// compile is done; `cranelift` waits for Cranelift's code.
+    #[arg(long, default_value = "winch,cranelift")]
+    tiers: berth_runtime::Tiers,
     /// Turn off per-module metrics, recent stats and log capture (guest
     /// output then goes to this process's stdout/stderr).
     #[arg(long)]
@@ -109,6 +114,7 @@ impl BaseArgs {
         config.version_header = !self.no_version_header;
         config.observability = !self.no_observability;
         config.runtime.memory_keep_resident = self.memory_keep_resident;
+        config.runtime.tiers = self.tiers;
         config.otlp_endpoint = self
             .otlp_endpoint
             .clone()

@@ -7,6 +7,7 @@ mod controller;
 #[allow(dead_code)] // `restart` serves the controller's own tests
 mod etcd_server;
 mod papercuts;
+mod polyglot;
 mod reclaim;
 mod support;
 mod workflow;

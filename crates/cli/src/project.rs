@@ -148,27 +148,33 @@ impl Project {
     pub fn build(&self, check: bool) -> Result<Built> {
         let (artifact, compile_time) = match self.language() {
             Language::Rust => self.build_rust()?,
-            Language::Python => {
-                let componentize_py = crate::toolchain::componentize_py()?;
+            language => {
                 let out = self.out_path()?;
-                self.componentize(
-                    Command::new(componentize_py)
-                        .args(["-d", "wit", "-w", WORLD, "componentize", "app", "-o"])
-                        .arg(&out),
-                    "componentize-py",
-                )?
-            }
-            Language::Js => {
-                let (node, cli) = crate::toolchain::componentize_js()?;
-                let out = self.out_path()?;
-                let world = WORLD.rsplit('/').next().expect("a world name");
-                self.componentize(
-                    Command::new(node)
-                        .arg(cli)
-                        .args(["app.js", "-w", "wit", "-n", world, "-o"])
-                        .arg(&out),
-                    "componentize-js",
-                )?
+                if self.up_to_date(&out) {
+                    eprintln!(
+                        "{} is up to date (newer than every source file)",
+                        out.display()
+                    );
+                    (out, Duration::ZERO)
+                } else if language == Language::Python {
+                    let mut componentize_py = crate::toolchain::componentize_py()?;
+                    self.componentize(
+                        componentize_py
+                            .args(["-d", "wit", "-w", WORLD, "componentize", "app", "-o"])
+                            .arg(&out),
+                        "componentize-py",
+                    )?
+                } else {
+                    let (node, cli) = crate::toolchain::componentize_js()?;
+                    let world = WORLD.rsplit('/').next().expect("a world name");
+                    self.componentize(
+                        Command::new(node)
+                            .arg(cli)
+                            .args(["app.js", "-w", "wit", "-n", world, "-o"])
+                            .arg(&out),
+                        "componentize-js",
+                    )?
+                }
             }
         };
         let bytes = std::fs::read(&artifact).with_context(|| match self.language() {
@@ -206,6 +212,40 @@ impl Project {
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
         Ok(dir.join(format!("{}.wasm", self.manifest.name)))
+    }
+
+    /// Whether `artifact` exists and is newer than every file of the
+    /// project (build output, installed packages and hidden files aside):
+    /// a Python or JavaScript build takes seconds, so `berth deploy` after
+    /// `berth build` reuses it.
+    fn up_to_date(&self, artifact: &Path) -> bool {
+        let Ok(built) = std::fs::metadata(artifact).and_then(|m| m.modified()) else {
+            return false;
+        };
+        fn newest(dir: &Path, top: bool) -> Option<std::time::SystemTime> {
+            let mut latest = std::time::SystemTime::UNIX_EPOCH;
+            for entry in std::fs::read_dir(dir).ok()? {
+                let entry = entry.ok()?;
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with('.')
+                    || name == "__pycache__"
+                    || name == "node_modules"
+                    || (top && name == "build")
+                {
+                    continue;
+                }
+                let meta = entry.metadata().ok()?;
+                let modified = if meta.is_dir() {
+                    newest(&entry.path(), false)?
+                } else {
+                    meta.modified().ok()?
+                };
+                latest = latest.max(modified);
+            }
+            Some(latest)
+        }
+        newest(&self.dir, true).is_some_and(|sources| sources < built)
     }
 
     /// Runs a componentize command (its output going to stderr) in the

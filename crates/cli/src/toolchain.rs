@@ -32,12 +32,22 @@ pub fn root() -> PathBuf {
     cache.join("berth").join("toolchains")
 }
 
-/// The `componentize-py` executable, installed first if needed.
-pub fn componentize_py() -> Result<PathBuf> {
+/// A command running componentize-py (add its arguments), installed first
+/// if needed.
+pub fn componentize_py() -> Result<Command> {
     let dir = root().join(format!("componentize-py-{COMPONENTIZE_PY}"));
-    let exe = dir.join("bin").join("componentize-py");
-    if exe.exists() {
-        return Ok(exe);
+    // The venv's own python, not its `bin/componentize-py` script: that
+    // script's `#!` names the temporary folder the venv was built in.
+    let command = || {
+        let mut command = Command::new(dir.join("bin").join("python3"));
+        command.args([
+            "-c",
+            "import sys; from componentize_py import script; sys.argv[0] = 'componentize-py'; sys.exit(script())",
+        ]);
+        command
+    };
+    if dir.join("bin").join("componentize-py").exists() {
+        return Ok(command());
     }
     let python = find("python3", "python3 python3-venv")?;
     install(
@@ -63,7 +73,7 @@ pub fn componentize_py() -> Result<PathBuf> {
             )
         },
     )?;
-    Ok(exe)
+    Ok(command())
 }
 
 /// `node` and the componentize-js entry point, installed first if needed.

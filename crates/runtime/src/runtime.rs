@@ -47,28 +47,41 @@ struct Baseline {
 }
 
 /// What compiling a module with Cranelift needs (shared with the optimizer
-/// thread).
+/// thread). It holds no capability state (e.g. the kv database): a base
+/// that shuts down while the optimizer still compiles can start again on
+/// the same data directory at once.
 #[derive(Clone)]
 struct Optimizing {
+    engine: Engine,
+    ticker: Arc<EpochTicker>,
     linker: Linker<HostState>,
     cache: ModuleCache,
-    env: ModuleEnv,
 }
 
 impl Optimizing {
-    /// Compiles `bytes` with Cranelift, links it and caches the code.
-    fn compile(&self, digest: Digest, bytes: &[u8]) -> Result<Code, LoadError> {
-        let component =
-            Component::new(&self.env.engine, bytes).map_err(|e| LoadError::Invalid {
-                reason: format!("{e:#}"),
-            })?;
+    /// Compiles `bytes` with Cranelift, links it and caches the code, which
+    /// then runs with `env` (capabilities and limits) on the Cranelift
+    /// engine.
+    fn compile(
+        &self,
+        digest: Digest,
+        bytes: &[u8],
+        env: impl FnOnce() -> Option<ModuleEnv>,
+    ) -> Result<Option<Code>, LoadError> {
+        let component = Component::new(&self.engine, bytes).map_err(|e| LoadError::Invalid {
+            reason: format!("{e:#}"),
+        })?;
         let pre = link(&self.linker, &component)?;
         store_code(&self.cache, &digest, Tier::Cranelift, &component)?;
-        Ok(Code {
-            env: self.env.clone(),
+        Ok(env().map(|env| Code {
+            env: ModuleEnv {
+                engine: self.engine.clone(),
+                _ticker: self.ticker.clone(),
+                ..env
+            },
             pre,
             tier: Tier::Cranelift,
-        })
+        }))
     }
 }
 
@@ -90,21 +103,21 @@ impl Runtime {
                 let winch = baseline_engine()?;
                 let cache = ModuleCache::open(&config.cache_dir, &engine)?.with_baseline(&winch);
                 let optimizing = Optimizing {
+                    engine: engine.clone(),
+                    ticker: ticker.clone(),
                     linker: linker.clone(),
                     cache: cache.clone(),
-                    env: ModuleEnv {
-                        engine: engine.clone(),
-                        capabilities: capabilities.clone(),
-                        limits: config.limits,
-                        _ticker: ticker.clone(),
-                    },
                 };
                 let baseline = Baseline {
                     linker: host_linker(&winch, &capabilities)?,
                     ticker: Arc::new(EpochTicker::start(winch.clone())),
                     engine: winch,
                     optimizer: Optimizer::start(
-                        Arc::new(move |digest, bytes: &[u8]| optimizing.compile(digest, bytes)),
+                        Arc::new(
+                            move |digest, bytes: &[u8], env: &dyn Fn() -> Option<ModuleEnv>| {
+                                optimizing.compile(digest, bytes, env)
+                            },
+                        ),
                         config.tier_up_gate.clone(),
                     ),
                 };
@@ -191,6 +204,24 @@ impl Runtime {
                 CacheOutcome::Hit,
             ));
         }
+        // Winch code from the cache serves while Cranelift's is compiled
+        // (from the artifact, when it is still there).
+        if let Some(baseline) = &inner.baseline
+            && let Some(component) = load_precompiled(cache, &baseline.engine, &digest, Tier::Winch)
+        {
+            let pre = link(&baseline.linker, &component)?;
+            if let Some(bytes) = bytes {
+                cache.store_artifact(&digest, bytes)?;
+            }
+            let artifact = match bytes {
+                Some(bytes) => Some(Arc::from(bytes)),
+                None => cache.read_artifact(&digest).ok().map(Arc::from),
+            };
+            return Ok((
+                self.on_winch(baseline, digest, pre, artifact)?,
+                CacheOutcome::Hit,
+            ));
+        }
         let given = bytes.is_some();
         let owned;
         let bytes = match bytes {
@@ -202,29 +233,14 @@ impl Runtime {
         };
         check_header(bytes)?;
         if let Some(baseline) = &inner.baseline {
-            match self.baseline_component(baseline, &digest, bytes) {
-                Ok((component, outcome)) => {
+            match self.compile_baseline(baseline, &digest, bytes) {
+                Ok(component) => {
                     let pre = link(&baseline.linker, &component)?;
                     if given {
                         cache.store_artifact(&digest, bytes)?;
                     }
-                    let code = TieredCode::new(
-                        digest,
-                        Code {
-                            env: ModuleEnv {
-                                engine: baseline.engine.clone(),
-                                _ticker: baseline.ticker.clone(),
-                                ..self.env()
-                            },
-                            pre,
-                            tier: Tier::Winch,
-                        },
-                    );
-                    baseline.optimizer.queue(Job {
-                        target: Arc::downgrade(&code),
-                        bytes: Arc::from(bytes),
-                    });
-                    return Ok((LoadedModule::new(code)?, outcome));
+                    let module = self.on_winch(baseline, digest, pre, Some(Arc::from(bytes)))?;
+                    return Ok((module, CacheOutcome::Miss));
                 }
                 Err(e) => tracing::warn!(
                     %digest,
@@ -234,11 +250,13 @@ impl Runtime {
             }
         }
         let code = Optimizing {
+            engine: inner.engine.clone(),
+            ticker: inner.ticker.clone(),
             linker: inner.linker.clone(),
             cache: cache.clone(),
-            env: self.env(),
         }
-        .compile(digest, bytes)?;
+        .compile(digest, bytes, || Some(self.env()))?
+        .expect("the environment is given");
         if given {
             cache.store_artifact(&digest, bytes)?;
         }
@@ -258,17 +276,47 @@ impl Runtime {
         }
     }
 
-    /// The Winch code of `digest`: from the cache, or compiled (and cached).
-    fn baseline_component(
+    /// A module on Winch code `pre`, queued for Cranelift's (compiled from
+    /// `artifact`; without it, the module stays on Winch code).
+    fn on_winch(
+        &self,
+        baseline: &Baseline,
+        digest: Digest,
+        pre: ProxyPre<HostState>,
+        artifact: Option<Arc<[u8]>>,
+    ) -> Result<LoadedModule, LoadError> {
+        let code = TieredCode::new(
+            digest,
+            Code {
+                env: ModuleEnv {
+                    engine: baseline.engine.clone(),
+                    _ticker: baseline.ticker.clone(),
+                    ..self.env()
+                },
+                pre,
+                tier: Tier::Winch,
+            },
+        );
+        match artifact {
+            Some(bytes) => baseline.optimizer.queue(Job {
+                target: Arc::downgrade(&code),
+                bytes,
+            }),
+            None => tracing::warn!(
+                %digest,
+                "the artifact is not in the cache: the module stays on Winch code until it is installed again"
+            ),
+        }
+        LoadedModule::new(code)
+    }
+
+    /// Compiles `bytes` with Winch (and caches the code).
+    fn compile_baseline(
         &self,
         baseline: &Baseline,
         digest: &Digest,
         bytes: &[u8],
-    ) -> Result<(Component, CacheOutcome), LoadError> {
-        let cache = &self.inner.cache;
-        if let Some(component) = load_precompiled(cache, &baseline.engine, digest, Tier::Winch) {
-            return Ok((component, CacheOutcome::Hit));
-        }
+    ) -> Result<Component, LoadError> {
         if self.inner.config.force_winch_failure {
             return Err(LoadError::Invalid {
                 reason: "Winch compilation failed on purpose (force_winch_failure is set)".into(),
@@ -278,8 +326,8 @@ impl Runtime {
             Component::new(&baseline.engine, bytes).map_err(|e| LoadError::Invalid {
                 reason: format!("{e:#}"),
             })?;
-        store_code(cache, digest, Tier::Winch, &component)?;
-        Ok((component, CacheOutcome::Miss))
+        store_code(&self.inner.cache, digest, Tier::Winch, &component)?;
+        Ok(component)
     }
 }
 

@@ -166,8 +166,12 @@ pub(crate) struct Job {
     pub(crate) bytes: Arc<[u8]>,
 }
 
-/// Compiles `bytes` with Cranelift into the code of a module (and caches it).
-pub(crate) type Compile = dyn Fn(Digest, &[u8]) -> Result<Code, crate::LoadError> + Send + Sync;
+/// Compiles `bytes` with Cranelift (and caches the code); makes it the code
+/// of a module with the environment (capabilities, limits) the last
+/// argument gives, or `None` when that gives none (the module is gone).
+pub(crate) type Compile = dyn Fn(Digest, &[u8], &dyn Fn() -> Option<ModuleEnv>) -> Result<Option<Code>, crate::LoadError>
+    + Send
+    + Sync;
 
 /// The background thread that moves modules up to Cranelift code, one at a
 /// time (Cranelift itself compiles a module's functions in parallel). It
@@ -195,13 +199,18 @@ impl Optimizer {
                     let digest = target.digest;
                     drop(target);
                     let started = Instant::now();
-                    match compile(digest, &job.bytes) {
-                        Ok(code) => {
+                    // The module's capabilities and limits, read only once
+                    // the code is ready: nothing of the module is held while
+                    // Cranelift runs.
+                    let env = || job.target.upgrade().map(|t| t.current().env.clone());
+                    match compile(digest, &job.bytes, &env) {
+                        Ok(Some(code)) => {
                             if let Some(target) = job.target.upgrade() {
                                 target.promote(code);
                                 tracing::info!(%digest, ms = started.elapsed().as_secs_f64() * 1e3, "module moved up to Cranelift code");
                             }
                         }
+                        Ok(None) => {}
                         Err(e) => {
                             tracing::warn!(%digest, error = %e, "Cranelift cannot compile this module; it stays on Winch code")
                         }

@@ -17,7 +17,9 @@ pub struct RuntimeConfig {
     /// instantiation, copy-on-write memory images). On by default.
     pub pooling: bool,
     /// Concurrent instances across all modules (pool slots). Requests beyond
-    /// it get 503 until a slot frees.
+    /// it get 503 until a slot frees. With [`Tiers::WinchThenCranelift`]
+    /// each tier's engine has a pool of this size (modules on Winch code use
+    /// the one, modules on Cranelift's the other).
     pub max_instances: u32,
     /// Limits of modules installed without their own (and the ceiling of
     /// the pool's per-instance memory).

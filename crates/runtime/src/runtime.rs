@@ -100,7 +100,7 @@ impl Runtime {
         let (baseline, cache) = match config.tiers {
             Tiers::CraneliftOnly => (None, ModuleCache::open(&config.cache_dir, &engine)?),
             Tiers::WinchThenCranelift => {
-                let winch = baseline_engine()?;
+                let winch = engine_for(&config, Strategy::Winch)?;
                 let cache = ModuleCache::open(&config.cache_dir, &engine)?.with_baseline(&winch);
                 let optimizing = Optimizing {
                     engine: engine.clone(),
@@ -372,14 +372,10 @@ fn store_code(
     cache.store_compiled_tier(digest, tier, &code)
 }
 
-/// The engine of the Winch tier: Winch code, epoch interruption like the
-/// Cranelift engine, and on-demand instance allocation (the pool's slots are
-/// the Cranelift engine's: Winch code only serves until Cranelift's is
-/// ready, and memory stays capped by each store's limiter).
+/// A Winch engine with wasmtime's defaults (what `validate` compiles with).
 fn baseline_engine() -> Result<Engine, LoadError> {
     let mut wasm = Config::new();
     wasm.strategy(Strategy::Winch);
-    wasm.epoch_interruption(true);
     Engine::new(&wasm).map_err(|e| LoadError::Invalid {
         reason: format!("cannot create the Winch engine: {e:#}"),
     })
@@ -391,7 +387,14 @@ fn baseline_engine() -> Result<Engine, LoadError> {
 /// controller compile a module once for all its bases
 /// ([`Engine::precompile_component`], [`ModuleCache::store_compiled`]).
 pub fn engine(config: &RuntimeConfig) -> Result<Engine, LoadError> {
+    engine_for(config, Strategy::Cranelift)
+}
+
+/// The engine of `config` compiling with `strategy`: both tiers share every
+/// setting but the compiler, so limits and memory behave the same on both.
+fn engine_for(config: &RuntimeConfig, strategy: Strategy) -> Result<Engine, LoadError> {
     let mut wasm = Config::new();
+    wasm.strategy(strategy);
     wasm.epoch_interruption(true);
     if config.pooling {
         let n = config.max_instances;

@@ -322,11 +322,19 @@ impl Runtime {
                 reason: "Winch compilation failed on purpose (force_winch_failure is set)".into(),
             });
         }
+        let started = std::time::Instant::now();
         let component =
             Component::new(&baseline.engine, bytes).map_err(|e| LoadError::Invalid {
                 reason: format!("{e:#}"),
             })?;
+        let compiled = started.elapsed();
         store_code(&self.inner.cache, digest, Tier::Winch, &component)?;
+        tracing::debug!(
+            %digest,
+            compile_ms = compiled.as_secs_f64() * 1e3,
+            store_ms = (started.elapsed() - compiled).as_secs_f64() * 1e3,
+            "compiled with Winch"
+        );
         Ok(component)
     }
 }

@@ -1,10 +1,15 @@
 //! Python and JavaScript modules end to end: `berth new --lang` → `build`
 //! (the pinned componentize-py / componentize-js, installed on first use
 //! into a toolchain folder shared by test runs) → `deploy` → `invoke`, with
-//! the base's key-value store called from the guest; and the one-line
-//! error when `python3` or `node` is missing.
+//! the base's key-value store called from the guest, and `berth dev`
+//! redeploying a saved Python module; and the one-line error when `python3`
+//! or `node` is missing.
 
-use crate::support::{BaseProcess, berth, failure, stdout, work_dir, work_root};
+use std::process::{Command, Stdio};
+
+use crate::support::{
+    BERTH, BaseProcess, berth, edit, failure, lines, stdout, wait_for, work_dir, work_root,
+};
 
 /// `berth ARGS` with the toolchains under the shared test work folder.
 fn with_toolchains(mut cmd: assert_cmd::Command) -> assert_cmd::Command {
@@ -12,8 +17,14 @@ fn with_toolchains(mut cmd: assert_cmd::Command) -> assert_cmd::Command {
     cmd
 }
 
-/// new → build → deploy → invoke twice (the counter lives in the base's kv).
-fn round_trip(lang: &str, name: &str, entry: &str, greeting: &str) {
+/// new → build → deploy → invoke twice (the counter lives in the base's
+/// kv); returns the base, the work folder and the module's folder.
+fn round_trip(
+    lang: &str,
+    name: &str,
+    entry: &str,
+    greeting: &str,
+) -> (BaseProcess, tempfile::TempDir, std::path::PathBuf) {
     let base = BaseProcess::start();
     let work = work_dir();
     let dir = work.path().join(name);
@@ -54,11 +65,34 @@ fn round_trip(lang: &str, name: &str, entry: &str, greeting: &str) {
     let status = stdout(base.berth(&["status", name]));
     assert!(status.contains("requests     2 (0 failed)"), "{status}");
     assert!(status.contains("code         "), "{status}");
+    (base, work, dir)
 }
 
 #[test]
-fn python_module_new_build_deploy_invoke_with_kv() {
-    round_trip("python", "greeter-py", "app.py", "Python");
+fn python_module_new_build_deploy_invoke_with_kv_then_dev() {
+    let (base, _work, dir) = round_trip("python", "greeter-py", "app.py", "Python");
+
+    // berth dev: the first deploy reuses the up-to-date build; a save is
+    // rebuilt with componentize-py and serves.
+    let mut dev = Command::new(BERTH)
+        .args(["dev", dir.to_str().unwrap(), "--base", &base.ops])
+        .env("BERTH_TOOLCHAINS", work_root().join("toolchains"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let dev_lines = lines(&mut dev);
+    wait_for(&dev_lines, "deployed greeter-py@0.1.0-dev.");
+    edit(&dir.join("app.py"), "\"Hello\"", "\"Howdy\"");
+    let line = wait_for(&dev_lines, "redeployed greeter-py@0.1.0-dev.");
+    assert!(line.contains("ms after the save (excluding"), "{line}");
+    let out = stdout(base.berth(&["invoke", "greeter-py"]));
+    assert!(
+        out.starts_with("Howdy from greeter-py (Python)! You asked for /greeter-py; hits: "),
+        "{out}"
+    );
+    let _ = dev.kill();
+    let _ = dev.wait();
 }
 
 #[test]

@@ -249,6 +249,17 @@ pub enum CacheOutcome {
     Miss,
 }
 
+/// Which compiler made the code a module version runs on now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum CodeTier {
+    /// wasmtime's baseline compiler, Winch: the first code of a freshly
+    /// compiled module, until Cranelift's is ready.
+    Winch,
+    /// wasmtime's optimizing compiler, Cranelift.
+    Cranelift,
+}
+
 /// One installed module version, as listed by `GET /v1/modules`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -269,6 +280,9 @@ pub struct ModuleInfo {
     pub install_duration_ms: f64,
     /// Whether the install hit the compile cache.
     pub compile_cache: CacheOutcome,
+    /// The compiler tier it runs on now (none when it is not loaded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<CodeTier>,
     /// Artifact size in bytes.
     pub size_bytes: u64,
     /// Requests this version served since the base started.

@@ -255,6 +255,7 @@ impl Base {
                     version: version.to_string(),
                     memory_bytes: module.memory_in_use(),
                     cpu_seconds: module.cpu_time().as_secs_f64(),
+                    tier: module.tier().as_str(),
                 })
                 .collect()
         };

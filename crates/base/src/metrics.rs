@@ -56,12 +56,26 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+/// `module`, `version`, `tier` (`winch`, `cranelift`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TierLabels {
+    /// Module name.
+    pub module: String,
+    /// Module version.
+    pub version: String,
+    /// The compiler of the code it runs on.
+    pub tier: String,
+}
+
 /// `result` (`ok`, `error`) or `outcome` (`hit`, `miss`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     /// The outcome.
     pub outcome: String,
 }
+
+/// The `tier` values of `berth_module_code_tier`.
+const TIERS: [&str; 2] = ["winch", "cranelift"];
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
@@ -99,6 +113,7 @@ pub struct Metrics {
     pool_resident_bound: Gauge,
     pool_warm_slots: Gauge,
     pool_instances: Gauge,
+    code_tier: Family<TierLabels, Gauge>,
     installs: Family<OutcomeLabels, Counter>,
     install_duration: Histogram,
     uninstalls: Counter,
@@ -236,6 +251,12 @@ impl Metrics {
             "Modules compiled into the cache ahead of an install, as a buffer base does (compiled, cached)",
             warmed.clone(),
         );
+        let code_tier = Family::<TierLabels, Gauge>::default();
+        registry.register(
+            "module_code_tier",
+            "1 for the compiler tier (winch, cranelift) a module version's new requests run on, 0 for the other",
+            code_tier.clone(),
+        );
         let rss = Gauge::default();
         registry.register(
             "process_resident_memory_bytes",
@@ -267,6 +288,7 @@ impl Metrics {
             pool_resident_bound,
             pool_warm_slots,
             pool_instances,
+            code_tier,
             installs,
             install_duration,
             uninstalls,
@@ -341,6 +363,13 @@ impl Metrics {
         self.instantiation.remove(l);
         self.memory_in_use.remove(l);
         self.cpu.remove(l);
+        for tier in TIERS {
+            self.code_tier.remove(&TierLabels {
+                module: l.module.clone(),
+                version: l.version.clone(),
+                tier: tier.into(),
+            });
+        }
         self.uninstalls.inc();
     }
 
@@ -384,6 +413,15 @@ impl Metrics {
                 module: v.module,
                 version: v.version,
             };
+            for tier in TIERS {
+                self.code_tier
+                    .get_or_create(&TierLabels {
+                        module: labels.module.clone(),
+                        version: labels.version.clone(),
+                        tier: tier.into(),
+                    })
+                    .set(i64::from(tier == v.tier));
+            }
             self.memory_in_use
                 .get_or_create(&labels)
                 .set(v.memory_bytes as i64);
@@ -435,6 +473,8 @@ pub struct VersionState {
     pub memory_bytes: u64,
     /// CPU its requests have used since it loaded, seconds.
     pub cpu_seconds: f64,
+    /// The compiler tier its new requests run on (`winch`, `cranelift`).
+    pub tier: &'static str,
 }
 
 /// Resident memory of this process, from `/proc/self/statm`.

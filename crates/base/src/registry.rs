@@ -85,6 +85,10 @@ impl Installed {
             .to_string(),
             install_duration_ms: r.install_duration_ms,
             compile_cache: r.compile_cache,
+            tier: self.module.as_ref().map(|m| match m.tier() {
+                berth_runtime::Tier::Winch => berth_api::CodeTier::Winch,
+                berth_runtime::Tier::Cranelift => berth_api::CodeTier::Cranelift,
+            }),
             size_bytes: r.size_bytes,
             requests: self.stats.requests.load(Ordering::Relaxed),
             errors: self.stats.errors.load(Ordering::Relaxed),

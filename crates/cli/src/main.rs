@@ -11,6 +11,7 @@ mod client;
 mod commands;
 mod error;
 mod project;
+mod toolchain;
 
 use std::path::PathBuf;
 
@@ -72,11 +73,17 @@ enum Command {
     /// Examples:
     ///   berth new greeter
     ///   berth new orders --template json --dir services/orders
+    ///   berth new greeter-py --lang python
+    ///   berth new greeter-js --lang js
     #[command(verbatim_doc_comment)]
     New {
         /// Module name (lowercase letters, digits, `-`).
         name: String,
-        /// Starting point.
+        /// Language: rust, python (componentize-py) or js (componentize-js);
+        /// the Python and JavaScript toolchains install on first build.
+        #[arg(long, value_enum, default_value_t = project::Language::Rust)]
+        lang: project::Language,
+        /// Starting point (Rust: http or json; Python and JavaScript: http).
         #[arg(long, value_enum, default_value_t = Template::Http)]
         template: Template,
         /// Folder to create [default: ./NAME]
@@ -581,10 +588,11 @@ fn run(command: Command) -> Result<()> {
             Command::Up(args) => commands::base::up(args).await,
             Command::New {
                 name,
+                lang,
                 template,
                 dir,
             } => {
-                let dir = commands::new::run(&name, dir, template)?;
+                let dir = commands::new::run(&name, dir, template, lang)?;
                 println!("created module `{name}` in {}", dir.display());
                 println!("next: cd {} && berth deploy", dir.display());
                 Ok(())

@@ -1,8 +1,8 @@
 //! Prometheus metrics of the gateway, served at `/metrics` on its listener.
 //!
 //! Per module: requests by status code, latency to the response head,
-//! retries, ejections, requests in flight, and requests held in a queue
-//! (queue depth).
+//! retries, ejections, requests in flight, requests held in a queue
+//! (queue depth), and the replicas the gateway may send new requests to.
 
 use std::sync::Mutex;
 
@@ -44,6 +44,9 @@ pub struct Metrics {
     pub in_flight: Family<ModuleLabels, Gauge>,
     /// Requests held waiting for a replica.
     pub queue_depth: Family<ModuleLabels, Gauge>,
+    /// Replicas of each module ready and not draining, in the endpoint
+    /// table the gateway routes by now.
+    pub replicas: Family<ModuleLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -59,6 +62,7 @@ impl Default for Metrics {
             ejections: Family::default(),
             in_flight: Family::default(),
             queue_depth: Family::default(),
+            replicas: Family::default(),
         };
         {
             let mut r = m.registry.lock().expect("metrics registry");
@@ -92,6 +96,11 @@ impl Default for Metrics {
                 "queue_depth",
                 "Requests held waiting for a ready replica",
                 m.queue_depth.clone(),
+            );
+            r.register(
+                "replicas",
+                "Replicas ready and not draining in the endpoint table routed by now",
+                m.replicas.clone(),
             );
         }
         m

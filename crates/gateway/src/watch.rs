@@ -60,6 +60,15 @@ pub(crate) async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
                 known = table.revision.clone();
                 let snapshot = shared.live.lock().expect("gateway state").build(&table);
                 shared.table.store(Arc::new(snapshot));
+                shared.metrics.replicas.clear();
+                for d in &table.deployments {
+                    let serving = d.replicas.iter().filter(|r| r.ready && !r.draining).count();
+                    shared
+                        .metrics
+                        .replicas
+                        .get_or_create(&crate::metrics::Metrics::module(&d.module))
+                        .set(serving as i64);
+                }
                 shared.changed.send_replace(());
                 continue;
             }

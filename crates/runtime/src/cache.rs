@@ -3,13 +3,15 @@
 //! Layout under the cache directory:
 //!
 //! ```text
-//! artifacts/<sha256 hex>.wasm                 the bytes as installed
-//! compiled/<sha256 hex>-<engine tag>.cwasm    wasmtime's serialized code
+//! artifacts/<sha256 hex>.wasm                        the bytes as installed
+//! compiled/<sha256 hex>-<tier>-<engine tag>.cwasm    wasmtime's serialized code
 //! ```
 //!
-//! The engine tag hashes [`Engine::precompile_compatibility_hash`], so code
-//! compiled by another wasmtime version or with other settings is never
-//! loaded: it simply misses and is compiled again. Precompiled files are
+//! `<tier>` is `cranelift` (optimized) or `winch` (baseline, see
+//! [`crate::Tiers`]); each tier has its own engine, and the engine tag hashes
+//! [`Engine::precompile_compatibility_hash`], so code compiled by another
+//! wasmtime version or with other settings is never loaded: it simply misses
+//! and is compiled again. Precompiled files are
 //! loaded with `mmap` ([`Component::deserialize_file`]), which is why a warm
 //! install or a base restart costs milliseconds, not a Cranelift run.
 //! Every write goes to a temporary file first and is renamed into place, so a
@@ -25,6 +27,7 @@ use wasmtime::Engine;
 
 use crate::artifact::Digest;
 use crate::error::LoadError;
+use crate::tier::Tier;
 
 /// Whether a load found precompiled code in the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +43,8 @@ pub enum CacheOutcome {
 pub struct ModuleCache {
     root: PathBuf,
     engine_tag: String,
+    /// The tag of the Winch engine, when the runtime has that tier.
+    baseline_tag: Option<String>,
 }
 
 impl ModuleCache {
@@ -53,7 +58,14 @@ impl ModuleCache {
         Ok(Self {
             root,
             engine_tag: engine_tag(engine),
+            baseline_tag: None,
         })
+    }
+
+    /// The same cache, also keeping Winch code compiled by `winch`.
+    pub(crate) fn with_baseline(mut self, winch: &Engine) -> Self {
+        self.baseline_tag = Some(engine_tag(winch));
+        self
     }
 
     /// Where the bytes of `digest` live.
@@ -63,11 +75,26 @@ impl ModuleCache {
             .join(format!("{}.wasm", digest.hex()))
     }
 
-    /// Where the precompiled code of `digest` for this engine lives.
+    /// Where the optimized (Cranelift) code of `digest` for this engine lives.
     pub fn compiled_path(&self, digest: &Digest) -> PathBuf {
+        self.tier_path(digest, Tier::Cranelift, &self.engine_tag)
+    }
+
+    /// Where the `tier` code of `digest` lives, if this cache keeps that tier.
+    pub fn compiled_path_of(&self, digest: &Digest, tier: Tier) -> Option<PathBuf> {
+        match tier {
+            Tier::Cranelift => Some(self.compiled_path(digest)),
+            Tier::Winch => self
+                .baseline_tag
+                .as_ref()
+                .map(|tag| self.tier_path(digest, Tier::Winch, tag)),
+        }
+    }
+
+    fn tier_path(&self, digest: &Digest, tier: Tier, tag: &str) -> PathBuf {
         self.root
             .join("compiled")
-            .join(format!("{}-{}.cwasm", digest.hex(), self.engine_tag))
+            .join(format!("{}-{tier}-{tag}.cwasm", digest.hex()))
     }
 
     /// Reads the stored bytes of `digest`.
@@ -90,18 +117,18 @@ impl ModuleCache {
         write_atomically(&self.artifact_path(digest), bytes)
     }
 
-    /// Names the engine settings this cache's code is for: code is shared
-    /// only between engines with the same tag.
+    /// Names the engine settings this cache's optimized code is for: code is
+    /// shared only between engines with the same tag.
     pub fn engine_tag(&self) -> &str {
         &self.engine_tag
     }
 
-    /// Whether precompiled code for `digest` is stored.
+    /// Whether optimized code for `digest` is stored.
     pub fn has_compiled(&self, digest: &Digest) -> bool {
         self.compiled_path(digest).exists()
     }
 
-    /// Stores precompiled code for `digest` — compiled here, or by another
+    /// Stores optimized code for `digest` — compiled here, or by another
     /// engine with the same [`ModuleCache::engine_tag`] (a controller).
     /// Code that this engine then refuses to load is evicted and the module
     /// compiled from its artifact instead.
@@ -109,9 +136,25 @@ impl ModuleCache {
         write_atomically(&self.compiled_path(digest), code)
     }
 
+    /// Stores `tier` code for `digest` (nothing if this cache keeps no
+    /// code of that tier).
+    pub(crate) fn store_compiled_tier(
+        &self,
+        digest: &Digest,
+        tier: Tier,
+        code: &[u8],
+    ) -> Result<(), LoadError> {
+        match self.compiled_path_of(digest, tier) {
+            Some(path) => write_atomically(&path, code),
+            None => Ok(()),
+        }
+    }
+
     /// Drops a precompiled entry that failed to load (e.g. a truncated file).
-    pub(crate) fn evict_compiled(&self, digest: &Digest) {
-        let _ = std::fs::remove_file(self.compiled_path(digest));
+    pub(crate) fn evict_compiled(&self, digest: &Digest, tier: Tier) {
+        if let Some(path) = self.compiled_path_of(digest, tier) {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 

@@ -1,10 +1,12 @@
 //! Runtime settings, with defaults that suit one base on one machine.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::capability::Capabilities;
 use crate::settings::Limits;
+use crate::tier::{TierUpGate, Tiers};
 
 /// Settings of a [`Runtime`](crate::Runtime).
 #[derive(Debug, Clone)]
@@ -15,7 +17,9 @@ pub struct RuntimeConfig {
     /// instantiation, copy-on-write memory images). On by default.
     pub pooling: bool,
     /// Concurrent instances across all modules (pool slots). Requests beyond
-    /// it get 503 until a slot frees.
+    /// it get 503 until a slot frees. With [`Tiers::WinchThenCranelift`]
+    /// each tier's engine has a pool of this size (modules on Winch code use
+    /// the one, modules on Cranelift's the other).
     pub max_instances: u32,
     /// Limits of modules installed without their own (and the ceiling of
     /// the pool's per-instance memory).
@@ -42,6 +46,15 @@ pub struct RuntimeConfig {
     /// kv and log ([`crate::capability`]); one named like a built-in
     /// replaces it.
     pub capabilities: Capabilities,
+    /// Which compilers make a module's code: Winch first and Cranelift in
+    /// the background (default), or Cranelift only.
+    pub tiers: Tiers,
+    /// Test support: every Winch compile fails, so modules take the
+    /// Cranelift fallback. Off by default.
+    pub force_winch_failure: bool,
+    /// Test support: background Cranelift compiles wait until this gate
+    /// opens (unset: they start at once).
+    pub tier_up_gate: Option<Arc<TierUpGate>>,
 }
 
 impl RuntimeConfig {
@@ -60,6 +73,9 @@ impl RuntimeConfig {
             pagemap_scan: true,
             max_unused_warm_slots: crate::pool::DEFAULT_MAX_UNUSED_WARM_SLOTS,
             capabilities: Capabilities::new(),
+            tiers: Tiers::default(),
+            force_winch_failure: false,
+            tier_up_gate: None,
         }
     }
 }

@@ -19,6 +19,11 @@
 //! [`RuntimeConfig::capabilities`]; its stdout and stderr go to a
 //! [`LogSink`].
 //!
+//! Code comes in two tiers ([`Tiers`]): a module whose code is not cached
+//! serves first on Winch's (a second engine, compiled in a fraction of
+//! Cranelift's time) while Cranelift compiles it in the background; the
+//! optimized code then takes over atomically ([`LoadedModule::tier`]).
+//!
 //! The runtime knows nothing about routes, names or versions: that is the
 //! base's business. It answers "is this a valid module, and run it".
 
@@ -43,6 +48,7 @@ mod runtime;
 mod settings;
 pub mod signature;
 mod ticker;
+mod tier;
 mod trace;
 
 pub use artifact::{Digest, ParseDigestError};
@@ -64,6 +70,7 @@ pub use pool::PoolStats;
 pub use runtime::{Runtime, compile_for_fleet, engine, validate};
 pub use settings::{InstancePolicy, Limits, MAX_HOPS, ModuleSettings};
 pub use signature::{SignatureError, TrustKeys};
+pub use tier::{ParseTiersError, Tier, TierUpGate, Tiers};
 pub use trace::{TRACEPARENT, TraceParent};
 pub use wasmtime::{self, Engine};
 pub use wasmtime_wasi_http::WasiBody;

@@ -21,7 +21,6 @@ use std::time::Duration;
 use http_body_util::BodyExt;
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use wasmtime_wasi_http::WasiHttpView;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
 use tokio::sync::Semaphore;
@@ -38,6 +37,7 @@ use crate::outgoing::CallContext;
 use crate::pool::InstanceCount;
 use crate::settings::{InstancePolicy, Limits, ModuleSettings};
 use crate::ticker::EpochTicker;
+use crate::tier::{Tier, TieredCode};
 
 /// What a module needs of the runtime that loaded it: the engine, the
 /// capabilities, the default limits, and the epoch ticker kept alive.
@@ -55,7 +55,7 @@ pub(crate) struct ModuleEnv {
 /// code and pre-instance.
 #[derive(Clone)]
 pub struct LoadedModule {
-    code: Arc<Code>,
+    code: Arc<TieredCode>,
     settings: Arc<ModuleSettings>,
     capabilities: Configured,
     permits: Arc<Semaphore>,
@@ -66,34 +66,23 @@ pub struct LoadedModule {
     log_sink: Option<Arc<dyn LogSink>>,
 }
 
-struct Code {
-    env: ModuleEnv,
-    digest: Digest,
-    pre: ProxyPre<HostState>,
-}
-
 impl LoadedModule {
-    pub(crate) fn new(
-        env: ModuleEnv,
-        digest: Digest,
-        pre: ProxyPre<HostState>,
-    ) -> Result<Self, LoadError> {
+    pub(crate) fn new(code: Arc<TieredCode>) -> Result<Self, LoadError> {
         let settings = ModuleSettings {
             name: String::new(),
             version: String::new(),
-            limits: env.limits,
+            limits: code.current().env.limits,
             allowed_hosts: Vec::new(),
             config: Default::default(),
             policy: InstancePolicy::Fresh,
         };
-        let code = Arc::new(Code { env, digest, pre });
         Self::assemble(code, settings)
     }
 
     /// The module under `settings`, configured by every capability of its
     /// runtime (the first refusal is the error).
-    fn assemble(code: Arc<Code>, settings: ModuleSettings) -> Result<Self, LoadError> {
-        let capabilities = code.env.capabilities.configure(&settings)?;
+    fn assemble(code: Arc<TieredCode>, settings: ModuleSettings) -> Result<Self, LoadError> {
+        let capabilities = code.current().env.capabilities.configure(&settings)?;
         let warm = match settings.policy {
             InstancePolicy::Fresh => None,
             InstancePolicy::Pooled {
@@ -161,9 +150,15 @@ impl LoadedModule {
     /// [`LoadError::Refused`]. The memory limit is capped by the pool's
     /// per-instance maximum.
     pub fn with_settings(&self, mut settings: ModuleSettings) -> Result<Self, LoadError> {
-        let ceiling = self.code.env.limits.max_memory_bytes;
+        let ceiling = self.code.current().env.limits.max_memory_bytes;
         settings.limits.max_memory_bytes = settings.limits.max_memory_bytes.min(ceiling);
         Self::assemble(self.code.clone(), settings)
+    }
+
+    /// The compiler tier new requests run on: `Winch` until Cranelift's
+    /// code has taken over (see [`crate::Tiers`]).
+    pub fn tier(&self) -> Tier {
+        self.code.tier()
     }
 
     /// The settings requests run under.
@@ -223,7 +218,16 @@ impl LoadedModule {
             request_id: request_id.as_deref(),
             log_sink: self.log_sink.as_ref(),
         });
-        let warm = self.warm.as_ref().and_then(|pool| pool.take());
+        // The code is loaded once: a request started on Winch code finishes
+        // on it even if Cranelift's takes over meanwhile. A warm instance
+        // made on the other tier's engine is dropped, so a pooled version
+        // moves up to the optimized code too.
+        let code = self.code.current();
+        let warm = self
+            .warm
+            .as_ref()
+            .and_then(|pool| pool.take())
+            .filter(|warm| Engine::same(warm.store.engine(), &code.env.engine));
         let generation = self.warm.as_ref().map_or(0, |pool| pool.generation());
         let (mut store, warm_proxy, served, generation) = match warm {
             Some(mut warm) => {
@@ -241,7 +245,7 @@ impl LoadedModule {
                 )
             }
             None => (
-                self.new_store(extensions, context, request_id),
+                self.new_store(&code.env.engine, extensions, context, request_id),
                 None,
                 0,
                 generation,
@@ -266,16 +270,18 @@ impl LoadedModule {
             (req, out)
         };
 
-        let pre = self.code.pre.clone();
+        let pre = code.pre.clone();
         let observer = self.observer.clone();
         let pool = self.warm.clone();
-        let instances = self.code.env.instances.clone();
+        let instances = code.env.instances.clone();
         // The guest runs in its own task so it can keep streaming the body
         // after the response head has gone out; it holds the concurrency
         // permit until it is done. Each poll is charged to the version's
         // CPU account, which holds it back while over its share.
         let guest = async move {
             let _permit = permit;
+            // Keeps this tier's engine and epoch ticker alive to the end.
+            let _code = code;
             let (proxy, live) = match warm_proxy {
                 Some(warm) => warm,
                 None => {
@@ -351,12 +357,13 @@ impl LoadedModule {
     /// deadline.
     fn new_store(
         &self,
+        engine: &Engine,
         extensions: crate::extensions::Extensions,
         context: CallContext,
         request_id: Option<String>,
     ) -> Store<HostState> {
         let mut store = Store::new(
-            &self.code.env.engine,
+            engine,
             HostState::new(
                 self.settings.clone(),
                 extensions,

@@ -115,6 +115,18 @@ pub struct PoolStats {
     pub resident_bytes_bound: u64,
 }
 
+impl PoolStats {
+    /// Two pools together (each engine of a tiered runtime has its own).
+    pub(crate) fn plus(self, other: Self) -> Self {
+        Self {
+            instances: self.instances + other.instances,
+            warm_memories: self.warm_memories + other.warm_memories,
+            resident_bytes: self.resident_bytes + other.resident_bytes,
+            resident_bytes_bound: self.resident_bytes_bound + other.resident_bytes_bound,
+        }
+    }
+}
+
 /// Instances alive now (serving, or idle in a `pooled` version's pool: both
 /// hold pool slots) and the most alive at once, across a runtime.
 #[derive(Debug, Default)]

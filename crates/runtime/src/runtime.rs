@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, Strategy};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::HTTP_HANDLER_EXPORT;
@@ -18,6 +18,7 @@ use crate::kv::{KvBackend, KvStore};
 use crate::module::{LoadedModule, ModuleEnv};
 use crate::pool::{InstanceCount, PoolStats};
 use crate::ticker::EpochTicker;
+use crate::tier::{Code, Job, Optimizer, Tier, TieredCode, Tiers};
 
 /// One wasmtime engine with its linker and module cache. Cheap to clone.
 #[derive(Clone)]
@@ -34,6 +35,56 @@ struct Inner {
     instances: Arc<InstanceCount>,
     kv: KvStore,
     capabilities: Capabilities,
+    /// The Winch tier, unless the runtime compiles with Cranelift only.
+    baseline: Option<Baseline>,
+}
+
+/// The baseline tier: a Winch engine with its own linker and ticker, and the
+/// thread that moves its modules up to Cranelift code.
+struct Baseline {
+    engine: Engine,
+    linker: Linker<HostState>,
+    ticker: Arc<EpochTicker>,
+    optimizer: Optimizer,
+}
+
+/// What compiling a module with Cranelift needs (shared with the optimizer
+/// thread). It holds no capability state (e.g. the kv database): a base
+/// that shuts down while the optimizer still compiles can start again on
+/// the same data directory at once.
+#[derive(Clone)]
+struct Optimizing {
+    engine: Engine,
+    ticker: Arc<EpochTicker>,
+    linker: Linker<HostState>,
+    cache: ModuleCache,
+}
+
+impl Optimizing {
+    /// Compiles `bytes` with Cranelift, links it and caches the code, which
+    /// then runs with `env` (capabilities and limits) on the Cranelift
+    /// engine.
+    fn compile(
+        &self,
+        digest: Digest,
+        bytes: &[u8],
+        env: impl FnOnce() -> Option<ModuleEnv>,
+    ) -> Result<Option<Code>, LoadError> {
+        let component = Component::new(&self.engine, bytes).map_err(|e| LoadError::Invalid {
+            reason: format!("{e:#}"),
+        })?;
+        let pre = link(&self.linker, &component)?;
+        store_code(&self.cache, &digest, Tier::Cranelift, &component)?;
+        Ok(env().map(|env| Code {
+            env: ModuleEnv {
+                engine: self.engine.clone(),
+                _ticker: self.ticker.clone(),
+                ..env
+            },
+            pre,
+            tier: Tier::Cranelift,
+        }))
+    }
 }
 
 impl Runtime {
@@ -47,8 +98,34 @@ impl Runtime {
             builtin_capabilities(Some(Arc::new(kv.clone()))).extended_by(&config.capabilities);
         let linker = host_linker(&engine, &capabilities)?;
 
-        let cache = ModuleCache::open(&config.cache_dir, &engine)?;
         let ticker = Arc::new(EpochTicker::start(engine.clone()));
+        let (baseline, cache) = match config.tiers {
+            Tiers::CraneliftOnly => (None, ModuleCache::open(&config.cache_dir, &engine)?),
+            Tiers::WinchThenCranelift => {
+                let winch = engine_for(&config, Strategy::Winch)?;
+                let cache = ModuleCache::open(&config.cache_dir, &engine)?.with_baseline(&winch);
+                let optimizing = Optimizing {
+                    engine: engine.clone(),
+                    ticker: ticker.clone(),
+                    linker: linker.clone(),
+                    cache: cache.clone(),
+                };
+                let baseline = Baseline {
+                    linker: host_linker(&winch, &capabilities)?,
+                    ticker: Arc::new(EpochTicker::start(winch.clone())),
+                    engine: winch,
+                    optimizer: Optimizer::start(
+                        Arc::new(
+                            move |digest, bytes: &[u8], env: &dyn Fn() -> Option<ModuleEnv>| {
+                                optimizing.compile(digest, bytes, env)
+                            },
+                        ),
+                        config.tier_up_gate.clone(),
+                    ),
+                };
+                (Some(baseline), cache)
+            }
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 engine,
@@ -59,6 +136,7 @@ impl Runtime {
                 instances: Arc::default(),
                 kv,
                 capabilities,
+                baseline,
             }),
         })
     }
@@ -79,13 +157,16 @@ impl Runtime {
     }
 
     /// What the instance pool keeps now, and the most it may keep resident
-    /// (`None` without the pooling allocator); see [`crate::pool`].
+    /// (`None` without the pooling allocator); see [`crate::pool`]. With
+    /// tiers, the Winch engine has a pool of its own: both are counted.
     pub fn pool_stats(&self) -> Option<PoolStats> {
-        crate::pool::stats(
-            &self.inner.engine,
-            &self.inner.config,
-            &self.inner.instances,
-        )
+        let stats = |engine| crate::pool::stats(engine, &self.inner.config, &self.inner.instances);
+        let optimized = stats(&self.inner.engine)?;
+        Some(match &self.inner.baseline {
+            // Modules on Winch code run in the Winch engine's own pool.
+            Some(baseline) => optimized.plus(stats(&baseline.engine)?),
+            None => optimized,
+        })
     }
 
     /// Every capability modules of this runtime may import.
@@ -107,63 +188,117 @@ impl Runtime {
 
     /// Turns the artifact `digest` into a module ready to serve.
     ///
-    /// Precompiled code is mapped from the cache when present; otherwise
-    /// `bytes` (or, when `None`, the cached artifact) is checked, compiled and
-    /// the result cached. The caller must have checked that `bytes` hash to
-    /// `digest`. Compilation is CPU-heavy and blocking: call this from
-    /// `spawn_blocking`, never from a request task.
+    /// Cranelift code from the cache is mapped when present. Otherwise
+    /// `bytes` (or, when `None`, the cached artifact) is checked and, with
+    /// [`Tiers::WinchThenCranelift`], compiled with Winch (or mapped from the
+    /// cache's Winch code): the module serves at once, and a background
+    /// thread compiles it with Cranelift and swaps the optimized code in. A
+    /// module Winch cannot compile, or a runtime with
+    /// [`Tiers::CraneliftOnly`], is compiled with Cranelift before this
+    /// returns. Every compiled tier is cached. The caller must have checked
+    /// that `bytes` hash to `digest`. Compilation is CPU-heavy and blocking:
+    /// call this from `spawn_blocking`, never from a request task.
     pub fn load(
         &self,
         digest: Digest,
         bytes: Option<&[u8]>,
     ) -> Result<(LoadedModule, CacheOutcome), LoadError> {
-        let cache = &self.inner.cache;
-        let (component, outcome) = match self.load_precompiled(&digest) {
-            Some(component) => (component, CacheOutcome::Hit),
+        let inner = &*self.inner;
+        let cache = &inner.cache;
+        if let Some(component) = load_precompiled(cache, &inner.engine, &digest, Tier::Cranelift) {
+            let pre = link(&inner.linker, &component)?;
+            if let Some(bytes) = bytes {
+                cache.store_artifact(&digest, bytes)?;
+            }
+            let code = Code {
+                env: self.env(),
+                pre,
+                tier: Tier::Cranelift,
+            };
+            return Ok((
+                LoadedModule::new(TieredCode::new(digest, code))?,
+                CacheOutcome::Hit,
+            ));
+        }
+        // Winch code from the cache serves while Cranelift's is compiled
+        // (from the artifact, when it is still there).
+        if let Some(baseline) = &inner.baseline
+            && let Some(component) = load_precompiled(cache, &baseline.engine, &digest, Tier::Winch)
+        {
+            let pre = link(&baseline.linker, &component)?;
+            if let Some(bytes) = bytes {
+                cache.store_artifact(&digest, bytes)?;
+            }
+            let artifact = match bytes {
+                Some(bytes) => Some(Arc::from(bytes)),
+                None => cache.read_artifact(&digest).ok().map(Arc::from),
+            };
+            return Ok((
+                self.on_winch(baseline, digest, pre, artifact)?,
+                CacheOutcome::Hit,
+            ));
+        }
+        let given = bytes.is_some();
+        let owned;
+        let bytes = match bytes {
+            Some(bytes) => bytes,
             None => {
-                let owned;
-                let bytes = match bytes {
-                    Some(bytes) => bytes,
-                    None => {
-                        owned = cache.read_artifact(&digest)?;
-                        &owned
-                    }
-                };
-                check_header(bytes)?;
-                let component =
-                    Component::new(&self.inner.engine, bytes).map_err(|e| LoadError::Invalid {
-                        reason: format!("{e:#}"),
-                    })?;
-                (component, CacheOutcome::Miss)
+                owned = cache.read_artifact(&digest)?;
+                &owned
             }
         };
-
-        let pre = link(&self.inner.linker, &component)?;
-
-        if let Some(bytes) = bytes {
+        check_header(bytes)?;
+        if let Some(baseline) = &inner.baseline {
+            match self.compile_baseline(baseline, &digest, bytes) {
+                Ok(component) => {
+                    let pre = link(&baseline.linker, &component)?;
+                    if given {
+                        cache.store_artifact(&digest, bytes)?;
+                    }
+                    let module = self.on_winch(baseline, digest, pre, Some(Arc::from(bytes)))?;
+                    return Ok((module, CacheOutcome::Miss));
+                }
+                Err(e) => tracing::warn!(
+                    %digest,
+                    error = %e,
+                    "Winch cannot compile this module; compiling it with Cranelift before it serves"
+                ),
+            }
+        }
+        let code = Optimizing {
+            engine: inner.engine.clone(),
+            ticker: inner.ticker.clone(),
+            linker: inner.linker.clone(),
+            cache: cache.clone(),
+        }
+        .compile(digest, bytes, || Some(self.env()))?
+        .expect("the environment is given");
+        if given {
             cache.store_artifact(&digest, bytes)?;
         }
-        if outcome == CacheOutcome::Miss {
-            let code = component.serialize().map_err(|e| LoadError::Invalid {
-                reason: format!("cannot serialize compiled code: {e:#}"),
-            })?;
-            cache.store_compiled(&digest, &code)?;
-        }
-        let env = ModuleEnv {
+        Ok((
+            LoadedModule::new(TieredCode::new(digest, code))?,
+            CacheOutcome::Miss,
+        ))
+    }
+
+    /// What a module of the Cranelift tier runs with.
+    fn env(&self) -> ModuleEnv {
+        ModuleEnv {
             engine: self.inner.engine.clone(),
             capabilities: self.inner.capabilities.clone(),
             limits: self.inner.config.limits,
             instances: self.inner.instances.clone(),
             _ticker: self.inner.ticker.clone(),
-        };
-        Ok((LoadedModule::new(env, digest, pre)?, outcome))
+        }
     }
 
-    /// Compiles `bytes` (of `digest`) into the cache without loading a
-    /// module, unless code for it is there already: what a buffer base does
-    /// ahead of a scale-out, so that the install that follows is a cache
-    /// hit. The caller must have checked that `bytes` hash to `digest`.
-    /// CPU-heavy and blocking, like [`Runtime::load`].
+    /// Compiles `bytes` (of `digest`) with Cranelift into the cache without
+    /// loading a module, unless its optimized code is there already: what a
+    /// buffer base does ahead of a scale-out, so that the install that
+    /// follows is a cache hit on optimized code. The caller must have checked
+    /// that `bytes` hash to `digest`. CPU-heavy and blocking, like
+    /// [`Runtime::load`].
     pub fn precompile(&self, digest: Digest, bytes: &[u8]) -> Result<CacheOutcome, LoadError> {
         let cache = &self.inner.cache;
         if cache.has_compiled(&digest) {
@@ -174,36 +309,122 @@ impl Runtime {
             Component::new(&self.inner.engine, bytes).map_err(|e| LoadError::Invalid {
                 reason: format!("{e:#}"),
             })?;
-        let code = component.serialize().map_err(|e| LoadError::Invalid {
-            reason: format!("cannot serialize compiled code: {e:#}"),
-        })?;
         cache.store_artifact(&digest, bytes)?;
-        cache.store_compiled(&digest, &code)?;
+        store_code(cache, &digest, Tier::Cranelift, &component)?;
         Ok(CacheOutcome::Miss)
     }
 
-    /// Maps cached code for `digest`, or `None` if absent or unusable.
-    fn load_precompiled(&self, digest: &Digest) -> Option<Component> {
-        let path = self.inner.cache.compiled_path(digest);
-        if !path.exists() {
-            return None;
+    /// A module on Winch code `pre`, queued for Cranelift's (compiled from
+    /// `artifact`; without it, the module stays on Winch code).
+    fn on_winch(
+        &self,
+        baseline: &Baseline,
+        digest: Digest,
+        pre: ProxyPre<HostState>,
+        artifact: Option<Arc<[u8]>>,
+    ) -> Result<LoadedModule, LoadError> {
+        let code = TieredCode::new(
+            digest,
+            Code {
+                env: ModuleEnv {
+                    engine: baseline.engine.clone(),
+                    _ticker: baseline.ticker.clone(),
+                    ..self.env()
+                },
+                pre,
+                tier: Tier::Winch,
+            },
+        );
+        match artifact {
+            Some(bytes) => baseline.optimizer.queue(Job {
+                target: Arc::downgrade(&code),
+                bytes,
+            }),
+            None => tracing::warn!(
+                %digest,
+                "the artifact is not in the cache: the module stays on Winch code until it is installed again"
+            ),
         }
-        // SAFETY: the file was written by `ModuleCache::store_compiled` from
-        // `Component::serialize` of this same engine configuration (the engine
-        // tag is part of its name), renamed into place only once complete, and
-        // is never modified afterwards; wasmtime additionally checks its
-        // header and compatibility before use.
-        #[allow(unsafe_code)]
-        let loaded = unsafe { Component::deserialize_file(&self.inner.engine, &path) };
-        match loaded {
-            Ok(component) => Some(component),
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "discarding unusable precompiled module");
-                self.inner.cache.evict_compiled(digest);
-                None
-            }
+        LoadedModule::new(code)
+    }
+
+    /// Compiles `bytes` with Winch (and caches the code).
+    fn compile_baseline(
+        &self,
+        baseline: &Baseline,
+        digest: &Digest,
+        bytes: &[u8],
+    ) -> Result<Component, LoadError> {
+        if self.inner.config.force_winch_failure {
+            return Err(LoadError::Invalid {
+                reason: "Winch compilation failed on purpose (force_winch_failure is set)".into(),
+            });
+        }
+        let started = std::time::Instant::now();
+        let component =
+            Component::new(&baseline.engine, bytes).map_err(|e| LoadError::Invalid {
+                reason: format!("{e:#}"),
+            })?;
+        let compiled = started.elapsed();
+        store_code(&self.inner.cache, digest, Tier::Winch, &component)?;
+        tracing::debug!(
+            %digest,
+            compile_ms = compiled.as_secs_f64() * 1e3,
+            store_ms = (started.elapsed() - compiled).as_secs_f64() * 1e3,
+            "compiled with Winch"
+        );
+        Ok(component)
+    }
+}
+
+/// Maps cached `tier` code for `digest`, or `None` if absent or unusable.
+fn load_precompiled(
+    cache: &ModuleCache,
+    engine: &Engine,
+    digest: &Digest,
+    tier: Tier,
+) -> Option<Component> {
+    let path = cache.compiled_path_of(digest, tier)?;
+    if !path.exists() {
+        return None;
+    }
+    // SAFETY: the file was written by `ModuleCache::store_compiled` from
+    // `Component::serialize` of this same engine configuration (the tier and
+    // engine tag are part of its name), renamed into place only once
+    // complete, and is never modified afterwards; wasmtime additionally
+    // checks its header and compatibility before use.
+    #[allow(unsafe_code)]
+    let loaded = unsafe { Component::deserialize_file(engine, &path) };
+    match loaded {
+        Ok(component) => Some(component),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "discarding unusable precompiled module");
+            cache.evict_compiled(digest, tier);
+            None
         }
     }
+}
+
+/// Serializes `component`'s `tier` code into the cache.
+fn store_code(
+    cache: &ModuleCache,
+    digest: &Digest,
+    tier: Tier,
+    component: &Component,
+) -> Result<(), LoadError> {
+    let code = component.serialize().map_err(|e| LoadError::Invalid {
+        reason: format!("cannot serialize compiled code: {e:#}"),
+    })?;
+    cache.store_compiled_tier(digest, tier, &code)
+}
+
+/// A Winch engine with wasmtime's defaults (what `validate` compiles with).
+fn baseline_engine() -> Result<Engine, LoadError> {
+    let mut wasm = Config::new();
+    wasm.strategy(Strategy::Winch);
+    Engine::new(&wasm).map_err(|e| LoadError::Invalid {
+        reason: format!("cannot create the Winch engine: {e:#}"),
+    })
 }
 
 /// The wasmtime engine of a runtime with `config`: epoch interruption and
@@ -212,7 +433,14 @@ impl Runtime {
 /// controller compile a module once for all its bases
 /// ([`Engine::precompile_component`], [`ModuleCache::store_compiled`]).
 pub fn engine(config: &RuntimeConfig) -> Result<Engine, LoadError> {
+    engine_for(config, Strategy::Cranelift)
+}
+
+/// The engine of `config` compiling with `strategy`: both tiers share every
+/// setting but the compiler, so limits and memory behave the same on both.
+fn engine_for(config: &RuntimeConfig, strategy: Strategy) -> Result<Engine, LoadError> {
     let mut wasm = Config::new();
+    wasm.strategy(strategy);
     wasm.epoch_interruption(true);
     if config.pooling {
         wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(
@@ -277,13 +505,28 @@ fn link(
 /// Checks that `bytes` are a module a base would install — a component
 /// exporting `wasi:http/incoming-handler` whose imports a base provides —
 /// without a base: compiles it in a throwaway engine (what `berth build`
-/// runs before it reports success).
+/// runs before it reports success). The engine is Winch's, which compiles
+/// an 18 MB Python module in a fraction of Cranelift's time; a component
+/// Winch cannot compile is checked with Cranelift.
 pub fn validate(bytes: &[u8]) -> Result<(), LoadError> {
     check_header(bytes)?;
-    let engine = Engine::default();
-    let component = Component::new(&engine, bytes).map_err(|e| LoadError::Invalid {
-        reason: format!("{e:#}"),
-    })?;
+    let compiled = baseline_engine().and_then(|engine| {
+        Component::new(&engine, bytes)
+            .map(|component| (engine, component))
+            .map_err(|e| LoadError::Invalid {
+                reason: format!("{e:#}"),
+            })
+    });
+    let (engine, component) = match compiled {
+        Ok(compiled) => compiled,
+        Err(_) => {
+            let engine = Engine::default();
+            let component = Component::new(&engine, bytes).map_err(|e| LoadError::Invalid {
+                reason: format!("{e:#}"),
+            })?;
+            (engine, component)
+        }
+    };
     link(
         &host_linker(&engine, &builtin_capabilities(None))?,
         &component,

@@ -18,5 +18,6 @@ mod pin;
 mod restart;
 mod sharing;
 mod support;
+mod tiers;
 mod traffic;
 mod trust;

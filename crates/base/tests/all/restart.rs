@@ -25,10 +25,13 @@ async fn a_restarted_base_serves_the_same_modules_from_the_cache() {
 }
 
 /// `modules` without their recent-traffic window, which starts at the
-/// process's install of each version and so differs after any restart.
+/// process's install of each version and so differs after any restart, and
+/// without their code tier, which moves from Winch to Cranelift in the
+/// background.
 fn without_recent(mut list: berth_api::ModuleList) -> berth_api::ModuleList {
     for module in &mut list.modules {
         module.recent = Default::default();
+        module.tier = None;
     }
     list
 }

@@ -57,6 +57,11 @@ pub struct BaseArgs {
     /// instance wrote (Linux PAGEMAP_SCAN, kernel 6.7+; used when available).
     #[arg(long)]
     no_pagemap_scan: bool,
+    /// Compilers a new module's code comes from: `winch,cranelift` serves
+    /// on Winch code at once and swaps in Cranelift's when its background
+    /// compile is done; `cranelift` waits for Cranelift's code.
+    #[arg(long, default_value = "winch,cranelift")]
+    tiers: berth_runtime::Tiers,
     /// Turn off per-module metrics, recent stats and log capture (guest
     /// output then goes to this process's stdout/stderr).
     #[arg(long)]
@@ -166,6 +171,7 @@ impl BaseArgs {
         config.runtime.max_unused_warm_slots = self.max_unused_warm_slots;
         config.runtime.pagemap_scan = !self.no_pagemap_scan;
         config.gateway_secret = self.gateway_secret.clone().filter(|s| !s.is_empty());
+        config.runtime.tiers = self.tiers;
         config.otlp_endpoint = self
             .otlp_endpoint
             .clone()

@@ -296,6 +296,12 @@ pub fn print(deployed: &Deployed) {
         .map_or(String::new(), |h| format!(" (Host: {h})"));
     if m.state == ModuleState::Active {
         println!("serving at {}{host}", deployed.url);
+        if m.tier == Some(berth_api::CodeTier::Winch) {
+            println!(
+                "code: winch (baseline) for now; Cranelift's optimized code takes over when compiled (`berth status {}` shows it)",
+                m.name
+            );
+        }
     } else {
         // Installed beside the default: the route's URL still reaches the default.
         println!(

@@ -104,7 +104,10 @@ fn is_source(dir: &Path, path: &Path) -> bool {
     let Ok(relative) = path.strip_prefix(dir) else {
         return false;
     };
-    if relative.starts_with("target")
+    // Build output and installed packages, not sources.
+    if ["target", "build", "node_modules", "__pycache__"]
+        .iter()
+        .any(|skip| relative.starts_with(skip))
         || relative
             .components()
             .any(|c| c.as_os_str().to_string_lossy().starts_with('.'))
@@ -113,7 +116,7 @@ fn is_source(dir: &Path, path: &Path) -> bool {
     }
     matches!(
         path.extension().and_then(|e| e.to_str()),
-        Some("rs" | "toml" | "wit")
+        Some("rs" | "toml" | "wit" | "py" | "js" | "mjs")
     ) && path.file_name().is_some_and(|n| n != "Cargo.lock")
 }
 

@@ -84,6 +84,17 @@ pub async fn status(client: &OpsClient, name: &str, output: Output) -> Result<()
             ),
         );
         field("size", human_bytes(m.size_bytes));
+        if let Some(tier) = &m.tier {
+            field(
+                "code",
+                match tier {
+                    berth_api::CodeTier::Winch => {
+                        "winch (baseline; Cranelift's code takes over when compiled)"
+                    }
+                    berth_api::CodeTier::Cranelift => "cranelift (optimized)",
+                },
+            );
+        }
         let l = &m.limits;
         let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_string());
         field(

@@ -739,6 +739,14 @@ fn held_requests_beyond_the_queue_and_an_activation_no_base_can_take_get_503_say
     );
     let gateway = Gateway::start_with(&ctl.addr, &["--hold-queue", "1", "--hold-timeout", "15s"]);
     ctl.wait_zero();
+    // The gateway follows the table a moment later: until it has seen zero
+    // replicas, a request would go to the (soon frozen) base, not the queue.
+    eventually("the gateway saw zero replicas", || {
+        get(&gateway.addr, "/metrics", &[]).is_some_and(|(_, text)| {
+            text.lines()
+                .any(|l| l == "berth_gateway_replicas{module=\"hello\"} 0")
+        })
+    });
     // The base is frozen: the activated replica cannot start, so the
     // first request stays held and fills the queue of one.
     signal(&base.child, "STOP");

@@ -11,6 +11,7 @@ mod fleet;
 mod gateway;
 mod ha;
 mod papercuts;
+mod polyglot;
 mod reclaim;
 mod sign;
 mod support;

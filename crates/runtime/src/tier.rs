@@ -1,0 +1,251 @@
+//! Tiered code: a module first serves on code from wasmtime's baseline
+//! compiler (Winch), and Cranelift's optimized code takes over once a
+//! background compile is done.
+//!
+//! A module version holds its code in a [`TieredCode`]: an [`ArcSwap`] of the
+//! current [`Code`] (engine, linked `InstancePre`, tier). Each request loads
+//! the current code once, so a swap is atomic: new requests run on the new
+//! code, requests in flight finish on the code they started on (their
+//! `Arc` keeps it alive). The [`Optimizer`] is one background thread per
+//! runtime that compiles queued modules with Cranelift, caches the result
+//! and swaps it in; a version uninstalled before its turn is skipped.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+use crate::artifact::Digest;
+use crate::host::HostState;
+use crate::module::ModuleEnv;
+
+/// Which compiler made the code a module version runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Tier {
+    /// wasmtime's baseline compiler: compiles in a fraction of Cranelift's
+    /// time, runs slower. The first tier of a freshly compiled module.
+    Winch,
+    /// wasmtime's optimizing compiler: the code a module ends up on.
+    Cranelift,
+}
+
+impl Tier {
+    /// `winch` or `cranelift`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Winch => "winch",
+            Tier::Cranelift => "cranelift",
+        }
+    }
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which tiers a runtime compiles modules with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Tiers {
+    /// Winch first (the module serves as soon as it is compiled), Cranelift
+    /// in the background, swapped in when done. Written `winch,cranelift`.
+    #[default]
+    WinchThenCranelift,
+    /// Cranelift only: an install returns once the optimized code is ready.
+    /// Written `cranelift`.
+    CraneliftOnly,
+}
+
+impl fmt::Display for Tiers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Tiers::WinchThenCranelift => "winch,cranelift",
+            Tiers::CraneliftOnly => "cranelift",
+        })
+    }
+}
+
+/// Why a string is not a tier list.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "`{input}` is not a tier list: use `winch,cranelift` (serve on Winch code first, Cranelift's when ready) or `cranelift` (Cranelift only)"
+)]
+pub struct ParseTiersError {
+    input: String,
+}
+
+impl FromStr for Tiers {
+    type Err = ParseTiersError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let tiers: Vec<String> = s
+            .split(',')
+            .map(|t| t.trim().to_ascii_lowercase())
+            .collect();
+        match tiers.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+            ["winch", "cranelift"] => Ok(Tiers::WinchThenCranelift),
+            ["cranelift"] => Ok(Tiers::CraneliftOnly),
+            _ => Err(ParseTiersError { input: s.into() }),
+        }
+    }
+}
+
+/// Test support: holds background Cranelift compiles until opened, so a
+/// test can watch a module serve on Winch code for as long as it needs.
+#[derive(Debug, Default)]
+pub struct TierUpGate {
+    open: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl TierUpGate {
+    /// A closed gate.
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    /// Lets every held and future compile through.
+    pub fn open(&self) {
+        *self.open.lock().expect("gate lock") = true;
+        self.opened.notify_all();
+    }
+
+    fn wait(&self) {
+        let mut open = self.open.lock().expect("gate lock");
+        while !*open {
+            open = self.opened.wait(open).expect("gate lock");
+        }
+    }
+}
+
+/// Compiled, linked code of one module on one tier.
+pub(crate) struct Code {
+    pub(crate) env: ModuleEnv,
+    pub(crate) pre: ProxyPre<HostState>,
+    pub(crate) tier: Tier,
+}
+
+/// A module version's current code, swapped atomically when a better tier
+/// is ready.
+pub(crate) struct TieredCode {
+    pub(crate) digest: Digest,
+    current: ArcSwap<Code>,
+}
+
+impl TieredCode {
+    pub(crate) fn new(digest: Digest, code: Code) -> Arc<Self> {
+        Arc::new(Self {
+            digest,
+            current: ArcSwap::from_pointee(code),
+        })
+    }
+
+    /// The code new requests run on.
+    pub(crate) fn current(&self) -> Arc<Code> {
+        self.current.load_full()
+    }
+
+    /// The tier new requests run on.
+    pub(crate) fn tier(&self) -> Tier {
+        self.current.load().tier
+    }
+
+    /// Makes `code` the code of every request from now on.
+    pub(crate) fn promote(&self, code: Code) {
+        self.current.store(Arc::new(code));
+    }
+}
+
+/// A module waiting for its optimized code.
+pub(crate) struct Job {
+    pub(crate) target: Weak<TieredCode>,
+    pub(crate) bytes: Arc<[u8]>,
+}
+
+/// Compiles `bytes` with Cranelift (and caches the code); makes it the code
+/// of a module with the environment (capabilities, limits) the last
+/// argument gives, or `None` when that gives none (the module is gone).
+pub(crate) type Compile = dyn Fn(Digest, &[u8], &dyn Fn() -> Option<ModuleEnv>) -> Result<Option<Code>, crate::LoadError>
+    + Send
+    + Sync;
+
+/// The background thread that moves modules up to Cranelift code, one at a
+/// time (Cranelift itself compiles a module's functions in parallel). It
+/// stops when its runtime is dropped.
+pub(crate) struct Optimizer {
+    queue: Mutex<std::sync::mpsc::Sender<Job>>,
+}
+
+impl Optimizer {
+    /// Starts the thread; `compile` makes optimized code, `gate` (tests)
+    /// holds every job until it opens.
+    pub(crate) fn start(compile: Arc<Compile>, gate: Option<Arc<TierUpGate>>) -> Self {
+        let (queue, jobs) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("berth-optimizer".into())
+            .spawn(move || {
+                for job in jobs {
+                    if let Some(gate) = &gate {
+                        gate.wait();
+                    }
+                    // Uninstalled while waiting: nothing to do.
+                    let Some(target) = job.target.upgrade() else {
+                        continue;
+                    };
+                    let digest = target.digest;
+                    drop(target);
+                    let started = Instant::now();
+                    // The module's capabilities and limits, read only once
+                    // the code is ready: nothing of the module is held while
+                    // Cranelift runs.
+                    let env = || job.target.upgrade().map(|t| t.current().env.clone());
+                    match compile(digest, &job.bytes, &env) {
+                        Ok(Some(code)) => {
+                            if let Some(target) = job.target.upgrade() {
+                                target.promote(code);
+                                tracing::info!(%digest, ms = started.elapsed().as_secs_f64() * 1e3, "module moved up to Cranelift code");
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(%digest, error = %e, "Cranelift cannot compile this module; it stays on Winch code")
+                        }
+                    }
+                }
+            })
+            .expect("spawn the optimizer thread");
+        Self {
+            queue: Mutex::new(queue),
+        }
+    }
+
+    /// Queues `job`.
+    pub(crate) fn queue(&self, job: Job) {
+        // The thread only ends when the sender is dropped.
+        let _ = self.queue.lock().expect("queue lock").send(job);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tier_lists_parse_and_print_back() {
+        for text in ["winch,cranelift", "cranelift"] {
+            assert_eq!(text.parse::<Tiers>().unwrap().to_string(), text);
+        }
+        assert_eq!(
+            " Winch , Cranelift".parse::<Tiers>().unwrap(),
+            Tiers::WinchThenCranelift
+        );
+        for bad in ["winch", "cranelift,winch", "", "llvm"] {
+            let e = bad.parse::<Tiers>().unwrap_err().to_string();
+            assert!(e.contains("winch,cranelift") && e.contains(bad), "{e}");
+        }
+    }
+}

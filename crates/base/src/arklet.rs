@@ -43,16 +43,19 @@ pub const GUIDE: &str = "docs/koupleless.md";
 /// Most async operations remembered for `queryBizOps` (oldest forgotten first).
 const MAX_OPS: usize = 1000;
 
-/// The commands, with Arklet's descriptions, for `help`.
+/// The commands, with Arklet's descriptions, for `help`: the Arklet guide's
+/// five in its order, then the later ones as Arklet's `BuiltinCommand`
+/// describes them (koupleless/runtime 029ce76; `batchInstallBiz`'s text is
+/// Arklet's own).
 const COMMANDS: &[(&str, &str)] = &[
     ("queryAllBiz", "query all ark biz(including master biz)"),
     ("help", "list all supported commands"),
     ("uninstallBiz", "uninstall one ark biz"),
     ("switchBiz", "switch one ark biz"),
     ("installBiz", "install one ark biz"),
-    ("batchInstallBiz", "install a list of ark biz"),
-    ("queryBizOps", "query the state of async biz operations"),
-    ("health", "query the health of the base and its biz"),
+    ("batchInstallBiz", "install one ark biz"),
+    ("queryBizOps", "query ark biz ops"),
+    ("health", "get all health info"),
 ];
 
 /// The state the Arklet commands share: the base and the async operations.

@@ -245,6 +245,16 @@ async fn arklet_commands_answer_the_guides_literal_bodies() {
         "",
         &[("data", Rule::Leading)],
     );
+    // The commands the guide's sample predates, as Arklet's BuiltinCommand
+    // (koupleless/runtime 029ce76) describes them.
+    assert_eq!(
+        reply["data"].as_array().unwrap()[5..],
+        [
+            json!({"id": "batchInstallBiz", "desc": "install one ark biz"}),
+            json!({"id": "queryBizOps", "desc": "query ark biz ops"}),
+            json!({"id": "health", "desc": "get all health info"}),
+        ]
+    );
 
     // The literal request as-is (biz `test`); the guide's response names
     // `dynamic-provider`, so its identity is read as ours.

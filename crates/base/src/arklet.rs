@@ -43,16 +43,19 @@ pub const GUIDE: &str = "docs/koupleless.md";
 /// Most async operations remembered for `queryBizOps` (oldest forgotten first).
 const MAX_OPS: usize = 1000;
 
-/// The commands, with Arklet's descriptions, for `help`.
+/// The commands, with Arklet's descriptions, for `help`: the Arklet guide's
+/// five in its order, then the later ones as Arklet's `BuiltinCommand`
+/// describes them (koupleless/runtime 029ce76; `batchInstallBiz`'s text is
+/// Arklet's own).
 const COMMANDS: &[(&str, &str)] = &[
     ("queryAllBiz", "query all ark biz(including master biz)"),
     ("help", "list all supported commands"),
     ("uninstallBiz", "uninstall one ark biz"),
     ("switchBiz", "switch one ark biz"),
     ("installBiz", "install one ark biz"),
-    ("batchInstallBiz", "install a list of ark biz"),
-    ("queryBizOps", "query the state of async biz operations"),
-    ("health", "query the health of the base and its biz"),
+    ("batchInstallBiz", "install one ark biz"),
+    ("queryBizOps", "query ark biz ops"),
+    ("health", "get all health info"),
 ];
 
 /// The state the Arklet commands share: the base and the async operations.
@@ -291,7 +294,8 @@ pub fn biz_state(state: ModuleState) -> &'static str {
     }
 }
 
-/// BizInfo of one installed version.
+/// BizInfo of one installed version, as `queryAllBiz` lists it: the keys of
+/// the Arklet guide's sample, no more.
 fn biz_info(module: &ModuleInfo) -> Value {
     json!({
         "bizName": module.name,
@@ -299,17 +303,26 @@ fn biz_info(module: &ModuleInfo) -> Value {
         "bizState": biz_state(module.state),
         "mainClass": "wasi:http/incoming-handler",
         "webContextPath": module.route.path_prefix.clone().unwrap_or_else(|| "/".into()),
-        "identity": format!("{}:{}", module.name, module.version),
     })
 }
 
-/// The base itself, listed first as Arklet lists its master biz.
+/// BizInfo as `installBiz` reports it in `bizInfos`: the guide's sample adds
+/// `identity`, `declaredMode` and `priority`. A berth module only reaches the
+/// imports it declares (Ark's declared mode) and has Ark's default priority.
+fn installed_biz_info(module: &ModuleInfo) -> Value {
+    let mut info = biz_info(module);
+    info["identity"] = json!(format!("{}:{}", module.name, module.version));
+    info["declaredMode"] = json!(true);
+    info["priority"] = json!(100);
+    info
+}
+
+/// The base itself as Arklet's master biz (`masterBizInfo` of `health`).
 fn master_biz() -> Value {
     json!({
         "bizName": "base",
         "bizVersion": env!("CARGO_PKG_VERSION"),
         "bizState": "ACTIVATED",
-        "mainClass": "embed main",
         "webContextPath": "/",
     })
 }
@@ -539,7 +552,7 @@ async fn install_now(base: &Base, request: InstallBiz) -> Value {
                 json!({
                     "code": "SUCCESS",
                     "message": message,
-                    "bizInfos": [biz_info(&response.module)],
+                    "bizInfos": [installed_biz_info(&response.module)],
                 }),
             )
         }
@@ -554,20 +567,20 @@ async fn uninstall(base: &Base, biz: BizRef) -> Value {
                 "Uninstall biz: {}:{} success.",
                 biz.biz_name, biz.biz_version
             );
-            envelope(
-                base,
-                "SUCCESS",
-                message.clone(),
-                json!({"code": "SUCCESS", "message": message}),
-            )
+            // No data, as in the guide's sample (Arklet's handler answers null).
+            envelope(base, "SUCCESS", message, Value::Null)
         }
         Err(e @ (OpsError::ModuleNotFound { .. } | OpsError::VersionNotFound { .. })) => failed(
             base,
             "NOT_FOUND_BIZ",
-            format!(
-                "Uninstall biz: {}:{} not found. {e}",
-                biz.biz_name, biz.biz_version
-            ),
+            // The guide's wording, exactly; the base's own reason goes to the log.
+            {
+                tracing::debug!(error = %e, "uninstallBiz: not found");
+                format!(
+                    "Uninstall biz: {}:{} not found.",
+                    biz.biz_name, biz.biz_version
+                )
+            },
         ),
         Err(e) => failed(base, data_code(&e), e.to_string()),
     }
@@ -577,12 +590,8 @@ async fn switch(base: &Base, biz: BizRef) -> Value {
     match base.switch(&biz.biz_name, &biz.biz_version).await {
         Ok(_) => {
             let message = format!("Switch biz: {}:{} success.", biz.biz_name, biz.biz_version);
-            envelope(
-                base,
-                "SUCCESS",
-                message.clone(),
-                json!({"code": "SUCCESS", "message": message}),
-            )
+            // No data, as in the guide's sample (Arklet's handler answers null).
+            envelope(base, "SUCCESS", message, Value::Null)
         }
         Err(e) => failed(base, data_code(&e), e.to_string()),
     }
@@ -595,8 +604,11 @@ fn modules(base: &Base) -> Result<Vec<ModuleInfo>, OpsError> {
 fn query_all(base: &Base) -> Value {
     match modules(base) {
         Ok(modules) => {
-            let mut list = vec![master_biz()];
-            list.extend(modules.iter().map(biz_info));
+            // Listed last with its main class, as in the guide's sample.
+            let mut master = master_biz();
+            master["mainClass"] = json!("embed main");
+            let mut list: Vec<Value> = modules.iter().map(biz_info).collect();
+            list.push(master);
             envelope(base, "SUCCESS", String::new(), Value::Array(list))
         }
         Err(e) => envelope(

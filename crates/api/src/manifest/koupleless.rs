@@ -464,6 +464,97 @@ spec:
         assert_eq!(parse(&yaml).unwrap(), Manifest::ModuleDeployment(d));
     }
 
+    /// Koupleless' published samples, byte for byte (sources in the
+    /// fixtures README).
+    const PROVIDER: &str =
+        include_str!("../../tests/fixtures/koupleless/moduledeployment_provider.yaml");
+    const FACADE: &str =
+        include_str!("../../tests/fixtures/koupleless/moduledeployment_facade.yaml");
+    const PROVIDER_JAR: &str = "http://serverless-opensource.oss-cn-shanghai.aliyuncs.com/module-packages/stable/dynamic-provider-1.0.2-ark-biz.jar";
+    const FACADE_JAR: &str = "http://serverless-opensource.oss-cn-shanghai.aliyuncs.com/module-packages/stable/dynamic-facade-1.0.0-ark-biz.jar";
+
+    fn refusal(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_published_samples_are_refused_at_their_java_jar() {
+        for (sample, jar) in [(PROVIDER, PROVIDER_JAR), (FACADE, FACADE_JAR)] {
+            assert!(sample.starts_with("apiVersion: koupleless.io/v1alpha1\n"));
+            let message = refusal(sample);
+            assert!(
+                message.starts_with(&format!(
+                    "spec.template.spec.module.url: `{jar}` is a Java jar; berth runs WebAssembly components"
+                )),
+                "{message}"
+            );
+            assert!(message.contains("docs/koupleless.md"), "{message}");
+        }
+    }
+
+    #[test]
+    fn the_published_provider_sample_maps_once_it_names_a_wasm_and_its_sha256() {
+        let wasm = "http://example.invalid/dynamic-provider-1.0.2.wasm";
+        let text = PROVIDER.replace(PROVIDER_JAR, wasm);
+        let message = refusal(&text);
+        assert!(
+            message.starts_with(
+                "spec.template.spec.module.md5: missing; berth pins every artifact by its sha256"
+            ),
+            "{message}"
+        );
+
+        let text = text.replace(
+            &format!("url: {wasm}"),
+            &format!("url: {wasm}\n        md5: \"{DIGEST}\""),
+        );
+        let Manifest::ModuleDeployment(d) = parse(&text).unwrap();
+        assert_eq!(d.api_version, "berth.dev/v1");
+        assert_eq!(d.metadata.name, "moduledeployment-sample-provider");
+        assert_eq!(d.metadata.labels.len(), 5);
+        assert_eq!(
+            d.metadata.labels["app.kubernetes.io/part-of"],
+            "module-controller"
+        );
+        assert_eq!(d.spec.module.name, "provider");
+        assert_eq!(d.spec.module.version, "1.0.2");
+        assert_eq!(d.spec.module.artifact, wasm);
+        assert_eq!(d.spec.module.digest, DIGEST);
+        assert_eq!(d.spec.replicas, Some(Replicas::Count(1)));
+        assert_eq!(
+            d.spec.base_selector.iter().collect::<Vec<_>>(),
+            [(
+                &"group".to_string(),
+                &"dynamic-stock-deployment".to_string()
+            )]
+        );
+        assert!(!d.spec.strategy.need_confirm);
+        assert_eq!(d.spec.strategy.batches, 1);
+        assert_eq!(d.spec.strategy.pause_between.as_deref(), Some("120s"));
+        assert_eq!(d.spec.placement, PlacementPolicy::Spread);
+    }
+
+    #[test]
+    fn the_published_facade_samples_upgrade_policy_is_refused_by_path() {
+        let wasm = "http://example.invalid/dynamic-facade-1.0.0.wasm";
+        let text = FACADE.replace(
+            &format!("url: {FACADE_JAR}"),
+            &format!("url: {wasm}\n        md5: \"{DIGEST}\""),
+        );
+        let message = refusal(&text);
+        assert!(
+            message.starts_with(
+                "spec.operationStrategy.upgradePolicy: `uninstall_then_install` is not supported"
+            ),
+            "{message}"
+        );
+        // The rest of the sample maps once that line says what berth does.
+        let text = text.replace("uninstall_then_install", "install_then_uninstall");
+        let Manifest::ModuleDeployment(d) = parse(&text).unwrap();
+        assert_eq!(d.spec.module.name, "dynamic-facade");
+        assert!(d.spec.strategy.need_confirm);
+    }
+
     #[test]
     fn what_berth_cannot_honour_is_refused_by_path() {
         let cases = [

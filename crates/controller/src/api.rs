@@ -392,22 +392,11 @@ async fn artifact(
         None => (file.as_str(), false),
     };
     let digest = format!("sha256:{}", hex.trim_start_matches("sha256:"));
-    let deployments = blocking(&shared, |shared| Ok(shared.resources().deployments()?)).await?;
-    let artifact = deployments
-        .iter()
-        .flat_map(|d| {
-            let s = &d.manifest.spec;
-            std::iter::once(&s.module)
-                .chain(d.rollout.as_ref().map(|r| &r.from))
-                .chain(d.history.iter())
-        })
-        .find(|m| m.digest == digest)
-        .map(|m| m.artifact.clone())
-        .ok_or_else(|| {
-            ApiError::ArtifactNotServed(format!(
-                "no deployment names artifact {digest}; the controller serves only what it deploys"
-            ))
-        })?;
+    let artifact = deployed_artifact(&shared, &digest).await?.ok_or_else(|| {
+        ApiError::ArtifactNotServed(format!(
+            "no deployment names artifact {digest}; the controller serves only what it deploys"
+        ))
+    })?;
     let unavailable =
         |e: crate::artifact::ArtifactError| ApiError::ArtifactUnavailable(e.to_string());
     let bytes = if want_signature {
@@ -430,6 +419,23 @@ async fn artifact(
         .into_response())
 }
 
+/// The artifact of `digest` if some deployment names it (its module, the
+/// version a rollout moves from, or one in its history): the controller
+/// serves only what it deploys.
+async fn deployed_artifact(shared: &Shared, digest: &str) -> Result<Option<String>, ApiError> {
+    let deployments = blocking(shared, |shared| Ok(shared.resources().deployments()?)).await?;
+    Ok(deployments
+        .iter()
+        .flat_map(|d| {
+            let s = &d.manifest.spec;
+            std::iter::once(&s.module)
+                .chain(d.rollout.as_ref().map(|r| &r.from))
+                .chain(d.history.iter())
+        })
+        .find(|m| m.digest == digest)
+        .map(|m| m.artifact.clone()))
+}
+
 async fn code(
     State(shared): State<Shared>,
     Path(digest): Path<String>,
@@ -446,17 +452,8 @@ async fn code(
             "this controller does not compile for its bases (started with --no-code); the base compiles the module itself".into(),
         ));
     };
-    let deployments = blocking(&shared, |shared| Ok(shared.resources().deployments()?)).await?;
-    let artifact = deployments
-        .iter()
-        .flat_map(|d| {
-            let s = &d.manifest.spec;
-            std::iter::once(&s.module)
-                .chain(d.rollout.as_ref().map(|r| &r.from))
-                .chain(d.history.iter())
-        })
-        .find(|m| m.digest == digest)
-        .map(|m| m.artifact.clone())
+    let artifact = deployed_artifact(&shared, &digest)
+        .await?
         .ok_or_else(|| no_code(CodeError::Unknown(digest.clone())))?;
     let bytes = shop
         .code(&digest, &artifact, &query.engine)

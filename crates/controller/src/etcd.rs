@@ -299,16 +299,7 @@ impl Store for EtcdStore {
                 if response.succeeded() {
                     return Ok(revision(response.header()));
                 }
-                let found = response
-                    .op_responses()
-                    .into_iter()
-                    .find_map(|op| match op {
-                        TxnOpResponse::Get(get) => {
-                            Some(get.kvs().first().map_or(0, |kv| kv.mod_revision()))
-                        }
-                        _ => None,
-                    })
-                    .unwrap_or(0) as u64;
+                let found = found_revision(response);
                 Err(StoreError::Conflict {
                     key,
                     expected,
@@ -395,16 +386,7 @@ impl Store for EtcdStore {
                 if response.succeeded() {
                     return Ok(revision(response.header()));
                 }
-                let found = response
-                    .op_responses()
-                    .into_iter()
-                    .find_map(|op| match op {
-                        TxnOpResponse::Get(get) => {
-                            Some(get.kvs().first().map_or(0, |kv| kv.mod_revision()))
-                        }
-                        _ => None,
-                    })
-                    .unwrap_or(0) as u64;
+                let found = found_revision(response);
                 Err(StoreError::Conflict {
                     key,
                     expected: 0,
@@ -503,4 +485,17 @@ async fn follow(
         }
         tokio::time::sleep(WATCH_RETRY).await;
     }
+}
+
+/// The revision a failed compare-and-swap found: what the txn's `else` get
+/// read (0: the key is absent).
+fn found_revision(response: etcd_client::TxnResponse) -> u64 {
+    response
+        .op_responses()
+        .into_iter()
+        .find_map(|op| match op {
+            TxnOpResponse::Get(get) => Some(get.kvs().first().map_or(0, |kv| kv.mod_revision())),
+            _ => None,
+        })
+        .unwrap_or(0) as u64
 }

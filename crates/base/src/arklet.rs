@@ -302,7 +302,7 @@ fn biz_info(module: &ModuleInfo) -> Value {
         "bizVersion": module.version,
         "bizState": biz_state(module.state),
         "mainClass": "wasi:http/incoming-handler",
-        "webContextPath": module.route.path_prefix.clone().unwrap_or_else(|| "/".into()),
+        "webContextPath": web_context_path(module),
     })
 }
 
@@ -315,6 +315,20 @@ fn installed_biz_info(module: &ModuleInfo) -> Value {
     info["declaredMode"] = json!(true);
     info["priority"] = json!(100);
     info
+}
+
+/// A module's route prefix as Koupleless writes a biz's web context path:
+/// without the leading slash (`provider` for `/provider`), `/` for the root.
+fn web_context_path(module: &ModuleInfo) -> String {
+    match module
+        .route
+        .path_prefix
+        .as_deref()
+        .map(|p| p.trim_matches('/'))
+    {
+        None | Some("") => "/".into(),
+        Some(path) => path.to_string(),
+    }
 }
 
 /// The base itself as Arklet's master biz (`masterBizInfo` of `health`).
@@ -661,7 +675,7 @@ fn health(base: &Base, query: HealthQuery) -> Value {
                 "bizName": m.name,
                 "bizVersion": m.version,
                 "bizState": biz_state(m.state),
-                "webContextPath": m.route.path_prefix.clone().unwrap_or_else(|| "/".into()),
+                "webContextPath": web_context_path(m),
             })
         })
         .collect();

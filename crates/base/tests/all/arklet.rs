@@ -301,6 +301,23 @@ async fn arklet_commands_answer_the_guides_literal_bodies() {
         "",
         none,
     );
+    // Web context paths as the guide writes them: the route prefix without
+    // its leading slash (`provider`), and `/` for the master biz.
+    let paths: Vec<(&str, &str)> = reply["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["bizName"].as_str().unwrap(),
+                b["webContextPath"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        paths,
+        [("dynamic-provider", "dynamic-provider"), ("base", "/")]
+    );
     // An empty body is `{}`, as Arklet clients send it with curl.
     let reply = base.arklet("queryAllBiz", "").await;
     conforms(

@@ -315,7 +315,18 @@ fn deployments(addr: &str) -> Vec<Value> {
 }
 
 fn wait_dead(child: &mut std::process::Child, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    wait_dead_within(child, what, Duration::from_secs(30), String::new);
+}
+
+/// Waits up to `limit` for `child` to die at its failpoint; `state` says
+/// what it was doing if it did not.
+fn wait_dead_within(
+    child: &mut std::process::Child,
+    what: &str,
+    limit: Duration,
+    state: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + limit;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
             assert!(!status.success(), "{what}: exited {status}");
@@ -323,7 +334,8 @@ fn wait_dead(child: &mut std::process::Child, what: &str) {
         }
         assert!(
             Instant::now() < deadline,
-            "{what}: did not die at its failpoint"
+            "{what}: did not die at its failpoint within {limit:?}; {}",
+            state()
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -372,8 +384,31 @@ fn a_controller_killed_at_apply_or_rollout_restarts_whole() {
     let _ = first.kill();
     let _ = first.wait();
     let (mut dying, addr) = controller(&dir, port, Some("rollout:stored"));
-    let _ = apply(&addr, work.path(), HELLO_V2, "2.0.0");
-    wait_dead(&mut dying, "rollout:stored");
+    let applied = apply(&addr, work.path(), HELLO_V2, "2.0.0");
+    assert!(
+        applied.status.success(),
+        "apply of 2.0.0: {}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    // The first rollout step is stored once the base runs 2.0.0: a fetch,
+    // a compile and a heartbeat, slow on a machine busy with other tests
+    // (CI once took over 30 s here).
+    wait_dead_within(
+        &mut dying,
+        "rollout:stored",
+        Duration::from_secs(90),
+        || {
+            let describe =
+                crate::support::berth(&["describe", "deployment", "hello", "--controller", &addr])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+            format!(
+                "the base serves {:?}; the controller says:\n{describe}",
+                hello(&base.ingress)
+            )
+        },
+    );
     let (mut ctl, addr) = controller(&dir, port, None);
     let deadline = Instant::now() + Duration::from_secs(60);
     while !hello(&base.ingress).is_some_and(|b| b.contains("version 2")) {

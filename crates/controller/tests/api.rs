@@ -88,7 +88,19 @@ fn manifest(replicas: &str, m: &Module) -> String {
 
 /// Sends base `a`'s heartbeat to `/v1/bases/{to}`.
 async fn heartbeat(client: &reqwest::Client, url: &str, to: &str) -> reqwest::Response {
-    let beat = serde_json::json!({"name": "a", "capacityModules": 10, "ingress": "127.0.0.1:1", "ops": "127.0.0.1:2"});
+    beat(client, url, to, "a", serde_json::json!({})).await
+}
+
+/// Sends the heartbeat of base `name`, labelled `labels`, to
+/// `/v1/bases/{to}`.
+async fn beat(
+    client: &reqwest::Client,
+    url: &str,
+    to: &str,
+    name: &str,
+    labels: Value,
+) -> reqwest::Response {
+    let beat = serde_json::json!({"name": name, "labels": labels, "capacityModules": 10, "ingress": "127.0.0.1:1", "ops": "127.0.0.1:2"});
     client
         .put(format!("{url}/v1/bases/{to}"))
         .json(&beat)
@@ -621,13 +633,14 @@ async fn activation_refuses_with_the_reason_and_places_one_replica() {
     );
 
     // A gold base: activation places one replica there, at once.
-    let beat = serde_json::json!({"name": "a", "labels": {"group": "gold"}, "capacityModules": 10, "ingress": "127.0.0.1:1", "ops": "127.0.0.1:2"});
-    let response = client
-        .put(format!("{url}/v1/bases/a"))
-        .json(&beat)
-        .send()
-        .await
-        .unwrap();
+    let response = beat(
+        &client,
+        &url,
+        "a",
+        "a",
+        serde_json::json!({"group": "gold"}),
+    )
+    .await;
     assert_eq!(response.status(), 200);
     let (status, body) = activate("orders").await;
     assert_eq!((status, body), (202, serde_json::json!({"replicas": 1})));
@@ -650,13 +663,14 @@ async fn a_peer_deployment_wants_one_replica_per_matching_base() {
     let (status, body) = post(&client, &url, peer).await;
     assert_eq!(status, 201, "{body}");
     for (name, group) in [("a", "gold"), ("b", "gold"), ("c", "silver")] {
-        let beat = serde_json::json!({"name": name, "labels": {"group": group}, "capacityModules": 10, "ingress": "127.0.0.1:1", "ops": "127.0.0.1:2"});
-        let response = client
-            .put(format!("{url}/v1/bases/{name}"))
-            .json(&beat)
-            .send()
-            .await
-            .unwrap();
+        let response = beat(
+            &client,
+            &url,
+            name,
+            name,
+            serde_json::json!({"group": group}),
+        )
+        .await;
         assert_eq!(response.status(), 200);
     }
     let shown = get_json(&client, &format!("{url}/v1/deployments/orders")).await;

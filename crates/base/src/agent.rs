@@ -243,7 +243,10 @@ impl Agent {
                     if intent != managed {
                         record_managed(&managed_file, &intent);
                     }
-                    let code = self.link.controller_code.then_some(&self.controllers);
+                    let code = self
+                        .link
+                        .controller_code
+                        .then_some((&self.controllers, self.link.code_wait));
                     let failures = reconcile(
                         &self.base,
                         assigned.modules,
@@ -347,7 +350,7 @@ async fn reconcile(
     assigned: Vec<Assignment>,
     managed: &mut BTreeSet<String>,
     controllers: &Controllers,
-    code: Option<&Controllers>,
+    code: Option<(&Controllers, Duration)>,
 ) -> BTreeMap<String, String> {
     let mut failures = BTreeMap::new();
     for a in &assigned {
@@ -361,8 +364,8 @@ async fn reconcile(
             Some(_) => base.switch(&a.name, &a.version).await.map(drop),
             None => {
                 let artifact = artifact_source(controllers, &a.digest);
-                if let Some(controllers) = code {
-                    fetch_code(base, controllers, &a.digest).await;
+                if let Some((controllers, wait)) = code {
+                    code_or_winch(base, controllers, &a.digest, wait).await;
                 }
                 let request = InstallRequest {
                     route: a.route.clone(),
@@ -408,6 +411,34 @@ async fn reconcile(
         }
     }
     failures
+}
+
+/// Gets the controller's code for `digest` before an install, without
+/// letting a slow controller compile hold the install up: on a base with the
+/// Winch tier the install waits at most `wait`, then compiles with Winch and
+/// serves while the fetch goes on. Until the fetch ends, the base does not
+/// compile Cranelift code for `digest` itself ([`berth_runtime::ExpectedCode`]);
+/// then the module maps the controller's code, or compiles its own if none
+/// came. A Cranelift-only base waits for the fetch.
+async fn code_or_winch(base: &Base, controllers: &Controllers, digest: &str, wait: Duration) {
+    let Ok(parsed) = digest.parse::<berth_runtime::Digest>() else {
+        return;
+    };
+    if base.runtime().cache().has_compiled(&parsed) {
+        return;
+    }
+    let Some(expected) = base.runtime().expect_code(parsed) else {
+        fetch_code(base, controllers, digest).await;
+        return;
+    };
+    let (base, controllers, digest) = (base.clone(), controllers.clone(), digest.to_owned());
+    let mut fetch = tokio::spawn(async move {
+        fetch_code(&base, &controllers, &digest).await;
+        drop(expected);
+    });
+    if tokio::time::timeout(wait, &mut fetch).await.is_err() {
+        tracing::debug!(digest = %parsed, "the controller's code is not ready: serving on Winch code until it is");
+    }
 }
 
 /// Puts the controller's compiled code for `digest` into this base's cache,

@@ -114,6 +114,12 @@ pub struct ControllerLink {
     /// Load the code the controller compiled for this engine, when it has
     /// some, instead of compiling each module here.
     pub controller_code: bool,
+    /// How long an install waits for the controller's code before it
+    /// compiles the module with Winch here and serves on that, the
+    /// controller's code taking over when it arrives (only with the Winch
+    /// tier: a Cranelift-only base waits for it). Default 250 ms: a small
+    /// module's code is usually ready by then, a large one's takes seconds.
+    pub code_wait: Duration,
     /// The ingress address reported to the controller (what gateways
     /// connect to); `None`: the address the ingress is bound to.
     pub advertise: Option<String>,
@@ -145,6 +151,7 @@ impl ControllerLink {
             capacity_modules: 500,
             interval: Duration::from_secs(2),
             controller_code: true,
+            code_wait: Duration::from_millis(250),
             advertise: None,
         })
     }

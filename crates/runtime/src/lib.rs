@@ -70,7 +70,7 @@ pub use pool::PoolStats;
 pub use runtime::{Runtime, compile_for_fleet, engine, validate};
 pub use settings::{InstancePolicy, Limits, MAX_HOPS, ModuleSettings};
 pub use signature::{SignatureError, TrustKeys};
-pub use tier::{ParseTiersError, Tier, TierUpGate, Tiers};
+pub use tier::{ExpectedCode, ParseTiersError, Tier, TierUpGate, Tiers};
 pub use trace::{TRACEPARENT, TraceParent};
 pub use wasmtime::{self, Engine};
 pub use wasmtime_wasi_http::WasiBody;

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, Strategy};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, Strategy};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::HTTP_HANDLER_EXPORT;
@@ -18,7 +18,7 @@ use crate::kv::{KvBackend, KvStore};
 use crate::module::{LoadedModule, ModuleEnv};
 use crate::pool::{InstanceCount, PoolStats};
 use crate::ticker::EpochTicker;
-use crate::tier::{Code, Job, Optimizer, Tier, TieredCode, Tiers};
+use crate::tier::{Code, ExpectedCode, Job, Optimizer, Save, Tier, TieredCode, Tiers};
 
 /// One wasmtime engine with its linker and module cache. Cheap to clone.
 #[derive(Clone)]
@@ -63,18 +63,27 @@ struct Optimizing {
 impl Optimizing {
     /// Compiles `bytes` with Cranelift, links it and caches the code, which
     /// then runs with `env` (capabilities and limits) on the Cranelift
-    /// engine.
+    /// engine. Code already in the cache (e.g. a controller's, stored while
+    /// the module served on Winch code) is mapped instead.
     fn compile(
         &self,
         digest: Digest,
         bytes: &[u8],
         env: impl FnOnce() -> Option<ModuleEnv>,
     ) -> Result<Option<Code>, LoadError> {
-        let component = Component::new(&self.engine, bytes).map_err(|e| LoadError::Invalid {
-            reason: format!("{e:#}"),
-        })?;
+        let component = match load_precompiled(&self.cache, &self.engine, &digest, Tier::Cranelift)
+        {
+            Some(component) => component,
+            None => {
+                let component =
+                    Component::new(&self.engine, bytes).map_err(|e| LoadError::Invalid {
+                        reason: format!("{e:#}"),
+                    })?;
+                store_code(&self.cache, &digest, Tier::Cranelift, &component)?;
+                component
+            }
+        };
         let pre = link(&self.linker, &component)?;
-        store_code(&self.cache, &digest, Tier::Cranelift, &component)?;
         Ok(env().map(|env| Code {
             env: ModuleEnv {
                 engine: self.engine.clone(),
@@ -234,7 +243,7 @@ impl Runtime {
                 None => cache.read_artifact(&digest).ok().map(Arc::from),
             };
             return Ok((
-                self.on_winch(baseline, digest, pre, artifact)?,
+                self.on_winch(baseline, digest, pre, artifact, None)?,
                 CacheOutcome::Hit,
             ));
         }
@@ -249,13 +258,28 @@ impl Runtime {
         };
         check_header(bytes)?;
         if let Some(baseline) = &inner.baseline {
-            match self.compile_baseline(baseline, &digest, bytes) {
+            let started = std::time::Instant::now();
+            // The artifact is written (and synced) while Winch compiles.
+            let (compiled, stored) = std::thread::scope(|s| {
+                let stored = given.then(|| s.spawn(|| cache.store_artifact(&digest, bytes)));
+                let compiled = self.compile_baseline(baseline, bytes);
+                (compiled, stored.map(|t| t.join().expect("artifact writer")))
+            });
+            let compile_ms = started.elapsed().as_secs_f64() * 1e3;
+            match compiled {
                 Ok(component) => {
+                    stored.transpose()?;
                     let pre = link(&baseline.linker, &component)?;
-                    if given {
-                        cache.store_artifact(&digest, bytes)?;
-                    }
-                    let module = self.on_winch(baseline, digest, pre, Some(Arc::from(bytes)))?;
+                    let save = save_later(cache, digest, Tier::Winch, component);
+                    let module =
+                        self.on_winch(baseline, digest, pre, Some(Arc::from(bytes)), Some(save))?;
+                    tracing::debug!(
+                        %digest,
+                        bytes = bytes.len(),
+                        compile_ms,
+                        total_ms = started.elapsed().as_secs_f64() * 1e3,
+                        "compiled with Winch (its code is cached in the background)"
+                    );
                     return Ok((module, CacheOutcome::Miss));
                 }
                 Err(e) => tracing::warn!(
@@ -265,17 +289,21 @@ impl Runtime {
                 ),
             }
         }
-        let code = Optimizing {
-            engine: inner.engine.clone(),
-            ticker: inner.ticker.clone(),
-            linker: inner.linker.clone(),
-            cache: cache.clone(),
-        }
-        .compile(digest, bytes, || Some(self.env()))?
+        let code = std::thread::scope(|s| {
+            let stored = given.then(|| s.spawn(|| cache.store_artifact(&digest, bytes)));
+            let code = Optimizing {
+                engine: inner.engine.clone(),
+                ticker: inner.ticker.clone(),
+                linker: inner.linker.clone(),
+                cache: cache.clone(),
+            }
+            .compile(digest, bytes, || Some(self.env()));
+            if let Some(stored) = stored {
+                stored.join().expect("artifact writer")?;
+            }
+            code
+        })?
         .expect("the environment is given");
-        if given {
-            cache.store_artifact(&digest, bytes)?;
-        }
         Ok((
             LoadedModule::new(TieredCode::new(digest, code))?,
             CacheOutcome::Miss,
@@ -314,14 +342,39 @@ impl Runtime {
         Ok(CacheOutcome::Miss)
     }
 
+    /// Marks the optimized code of `digest` as coming from elsewhere (a
+    /// controller) until the handle is dropped: modules of that digest serve
+    /// on their Winch code meanwhile instead of having Cranelift compile
+    /// them here; once the handle is dropped, each maps the optimized code
+    /// from the cache if it was stored (see [`ModuleCache::store_compiled`]),
+    /// else compiles it. `None` on a runtime without the Winch tier (its
+    /// installs compile with Cranelift, or map cached code, themselves).
+    pub fn expect_code(&self, digest: Digest) -> Option<ExpectedCode> {
+        self.inner
+            .baseline
+            .as_ref()
+            .map(|baseline| baseline.optimizer.expect(digest))
+    }
+
+    /// How many modules serve on Winch code while they wait for optimized
+    /// code from elsewhere ([`Runtime::expect_code`]).
+    pub fn awaiting_code(&self) -> usize {
+        self.inner
+            .baseline
+            .as_ref()
+            .map_or(0, |baseline| baseline.optimizer.awaiting())
+    }
+
     /// A module on Winch code `pre`, queued for Cranelift's (compiled from
-    /// `artifact`; without it, the module stays on Winch code).
+    /// `artifact`; without it, the module stays on Winch code); `save`
+    /// writes the Winch code to the cache, in the background.
     fn on_winch(
         &self,
         baseline: &Baseline,
         digest: Digest,
         pre: ProxyPre<HostState>,
         artifact: Option<Arc<[u8]>>,
+        save: Option<Save>,
     ) -> Result<LoadedModule, LoadError> {
         let code = TieredCode::new(
             digest,
@@ -339,42 +392,51 @@ impl Runtime {
             Some(bytes) => baseline.optimizer.queue(Job {
                 target: Arc::downgrade(&code),
                 bytes,
+                unsaved: save,
             }),
-            None => tracing::warn!(
-                %digest,
-                "the artifact is not in the cache: the module stays on Winch code until it is installed again"
-            ),
+            None => {
+                if let Some(save) = save {
+                    save();
+                }
+                tracing::warn!(
+                    %digest,
+                    "the artifact is not in the cache: the module stays on Winch code until it is installed again"
+                )
+            }
         }
         LoadedModule::new(code)
     }
 
-    /// Compiles `bytes` with Winch (and caches the code).
-    fn compile_baseline(
-        &self,
-        baseline: &Baseline,
-        digest: &Digest,
-        bytes: &[u8],
-    ) -> Result<Component, LoadError> {
+    /// Compiles `bytes` with Winch (the caller caches the code).
+    fn compile_baseline(&self, baseline: &Baseline, bytes: &[u8]) -> Result<Component, LoadError> {
         if self.inner.config.force_winch_failure {
             return Err(LoadError::Invalid {
                 reason: "Winch compilation failed on purpose (force_winch_failure is set)".into(),
             });
         }
-        let started = std::time::Instant::now();
-        let component =
-            Component::new(&baseline.engine, bytes).map_err(|e| LoadError::Invalid {
-                reason: format!("{e:#}"),
-            })?;
-        let compiled = started.elapsed();
-        store_code(&self.inner.cache, digest, Tier::Winch, &component)?;
-        tracing::debug!(
-            %digest,
-            compile_ms = compiled.as_secs_f64() * 1e3,
-            store_ms = (started.elapsed() - compiled).as_secs_f64() * 1e3,
-            "compiled with Winch"
-        );
-        Ok(component)
+        Component::new(&baseline.engine, bytes).map_err(|e| LoadError::Invalid {
+            reason: format!("{e:#}"),
+        })
     }
+}
+
+/// Writes `component`'s `tier` code into the cache when called (by the
+/// optimizer thread, after the install returned); a failure is logged: the
+/// module then compiles again after a restart.
+fn save_later(cache: &ModuleCache, digest: Digest, tier: Tier, component: Component) -> Save {
+    let cache = cache.clone();
+    Box::new(move || {
+        let started = std::time::Instant::now();
+        match store_code(&cache, &digest, tier, &component) {
+            Ok(()) => tracing::debug!(
+                %digest,
+                %tier,
+                store_ms = started.elapsed().as_secs_f64() * 1e3,
+                "code written to the cache"
+            ),
+            Err(e) => tracing::warn!(%digest, %tier, error = %e, "cannot cache compiled code"),
+        }
+    })
 }
 
 /// Maps cached `tier` code for `digest`, or `None` if absent or unusable.
@@ -422,6 +484,7 @@ fn store_code(
 fn baseline_engine() -> Result<Engine, LoadError> {
     let mut wasm = Config::new();
     wasm.strategy(Strategy::Winch);
+    wasm.cranelift_opt_level(OptLevel::None);
     Engine::new(&wasm).map_err(|e| LoadError::Invalid {
         reason: format!("cannot create the Winch engine: {e:#}"),
     })
@@ -441,6 +504,14 @@ pub fn engine(config: &RuntimeConfig) -> Result<Engine, LoadError> {
 fn engine_for(config: &RuntimeConfig, strategy: Strategy) -> Result<Engine, LoadError> {
     let mut wasm = Config::new();
     wasm.strategy(strategy);
+    if strategy == Strategy::Winch {
+        // Winch compiles a module's functions; Cranelift still compiles the
+        // trampolines between host and wasm (one per function that escapes:
+        // thousands in an interpreter like CPython or StarlingMonkey).
+        // They are a few instructions each, so optimizing them buys nothing
+        // and cost ~30% of a Winch install (bench/README.md, cold install).
+        wasm.cranelift_opt_level(OptLevel::None);
+    }
     wasm.epoch_interruption(true);
     if config.pooling {
         wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(

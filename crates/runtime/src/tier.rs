@@ -9,7 +9,17 @@
 //! `Arc` keeps it alive). The [`Optimizer`] is one background thread per
 //! runtime that compiles queued modules with Cranelift, caches the result
 //! and swaps it in; a version uninstalled before its turn is skipped.
+//!
+//! The optimizer stays out of the way of serving and of the next install:
+//! it writes a module's Winch code to the cache (which an install no longer
+//! waits for), and runs Cranelift on a thread pool of its own that leaves
+//! one core free (on a 2-core machine Cranelift would otherwise hold both
+//! cores while a fresh module answers its first requests or another module
+//! compiles with Winch). Code another party is bringing (a controller's, see
+//! [`ExpectedCode`]) is waited for instead of compiled here: the module's
+//! job is parked until that code is in the cache or will not come.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Condvar, Mutex, Weak};
@@ -164,7 +174,13 @@ impl TieredCode {
 pub(crate) struct Job {
     pub(crate) target: Weak<TieredCode>,
     pub(crate) bytes: Arc<[u8]>,
+    /// Winch code compiled by the install, still to be written to the cache
+    /// (off the install's critical path).
+    pub(crate) unsaved: Option<Save>,
 }
+
+/// Writes a module's Winch code to the cache.
+pub(crate) type Save = Box<dyn FnOnce() + Send>;
 
 /// Compiles `bytes` with Cranelift (and caches the code); makes it the code
 /// of a module with the environment (capabilities, limits) the last
@@ -174,10 +190,53 @@ pub(crate) type Compile = dyn Fn(Digest, &[u8], &dyn Fn() -> Option<ModuleEnv>) 
     + Sync;
 
 /// The background thread that moves modules up to Cranelift code, one at a
-/// time (Cranelift itself compiles a module's functions in parallel). It
-/// stops when its runtime is dropped.
+/// time (Cranelift itself compiles a module's functions in parallel, on the
+/// optimizer's own pool). It stops when its runtime is dropped.
 pub(crate) struct Optimizer {
     queue: Mutex<std::sync::mpsc::Sender<Job>>,
+    /// Digests whose optimized code someone else brings, with the jobs
+    /// parked until it is there.
+    expected: Arc<Mutex<HashMap<Digest, Expected>>>,
+}
+
+/// The holders of one expected digest and the jobs waiting for it.
+#[derive(Default)]
+struct Expected {
+    holders: usize,
+    parked: Vec<Job>,
+}
+
+/// Code someone else is bringing into the cache (a controller's compile):
+/// while this handle lives, the optimizer does not compile the digest
+/// itself; modules of that digest wait on their Winch code. Dropping it
+/// (the code is stored, or will not come) lets their jobs run: each maps
+/// the optimized code from the cache when it is there, or compiles it.
+pub struct ExpectedCode {
+    digest: Digest,
+    expected: Arc<Mutex<HashMap<Digest, Expected>>>,
+    queue: std::sync::mpsc::Sender<Job>,
+}
+
+impl Drop for ExpectedCode {
+    fn drop(&mut self) {
+        let mut expected = self.expected.lock().expect("expected lock");
+        let Some(entry) = expected.get_mut(&self.digest) else {
+            return;
+        };
+        entry.holders -= 1;
+        if entry.holders == 0 {
+            let entry = expected.remove(&self.digest).expect("present");
+            for job in entry.parked {
+                let _ = self.queue.send(job);
+            }
+        }
+    }
+}
+
+/// Threads of the optimizer's Cranelift pool: every core but one (at least
+/// one), so serving and Winch compiles always have a core.
+fn optimizer_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
 }
 
 impl Optimizer {
@@ -185,10 +244,23 @@ impl Optimizer {
     /// holds every job until it opens.
     pub(crate) fn start(compile: Arc<Compile>, gate: Option<Arc<TierUpGate>>) -> Self {
         let (queue, jobs) = std::sync::mpsc::channel::<Job>();
+        let expected: Arc<Mutex<HashMap<Digest, Expected>>> = Arc::default();
+        let parking = expected.clone();
+        let threads = optimizer_threads();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("berth-cranelift-{i}"))
+            .build()
+            .ok();
         std::thread::Builder::new()
             .name("berth-optimizer".into())
             .spawn(move || {
-                for job in jobs {
+                for mut job in jobs {
+                    // The install's Winch code first: a restart before
+                    // Cranelift is done then maps it instead of compiling.
+                    if let Some(save) = job.unsaved.take() {
+                        save();
+                    }
                     if let Some(gate) = &gate {
                         gate.wait();
                     }
@@ -198,12 +270,26 @@ impl Optimizer {
                     };
                     let digest = target.digest;
                     drop(target);
+                    // Someone else brings this code: wait for it.
+                    {
+                        let mut expected = parking.lock().expect("expected lock");
+                        if let Some(entry) = expected.get_mut(&digest) {
+                            tracing::debug!(%digest, "waiting for optimized code from elsewhere");
+                            entry.parked.push(job);
+                            continue;
+                        }
+                    }
                     let started = Instant::now();
                     // The module's capabilities and limits, read only once
                     // the code is ready: nothing of the module is held while
                     // Cranelift runs.
                     let env = || job.target.upgrade().map(|t| t.current().env.clone());
-                    match compile(digest, &job.bytes, &env) {
+                    let run = || compile(digest, &job.bytes, &env);
+                    let compiled = match &pool {
+                        Some(pool) => pool.install(run),
+                        None => run(),
+                    };
+                    match compiled {
                         Ok(Some(code)) => {
                             if let Some(target) = job.target.upgrade() {
                                 target.promote(code);
@@ -218,9 +304,33 @@ impl Optimizer {
                 }
             })
             .expect("spawn the optimizer thread");
+        tracing::debug!(threads, "optimizer started");
         Self {
             queue: Mutex::new(queue),
+            expected,
         }
+    }
+
+    /// Marks `digest`'s optimized code as coming from elsewhere until the
+    /// handle is dropped.
+    pub(crate) fn expect(&self, digest: Digest) -> ExpectedCode {
+        self.expected
+            .lock()
+            .expect("expected lock")
+            .entry(digest)
+            .or_default()
+            .holders += 1;
+        ExpectedCode {
+            digest,
+            expected: self.expected.clone(),
+            queue: self.queue.lock().expect("queue lock").clone(),
+        }
+    }
+
+    /// Modules waiting for optimized code from elsewhere.
+    pub(crate) fn awaiting(&self) -> usize {
+        let expected = self.expected.lock().expect("expected lock");
+        expected.values().map(|e| e.parked.len()).sum()
     }
 
     /// Queues `job`.

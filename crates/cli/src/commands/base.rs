@@ -91,6 +91,11 @@ pub struct BaseArgs {
     /// controller like this binary).
     #[arg(long)]
     compile_locally: bool,
+    /// How long an install waits for the controller's compiled code before
+    /// serving on code compiled here with Winch (the controller's takes
+    /// over when it arrives), e.g. 250ms, 0s, 30s.
+    #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
+    controller_code_wait: Duration,
     /// Most connections each listener (ingress, ops API) keeps open; more
     /// are answered 503 and closed.
     #[arg(long, default_value_t = 4096)]
@@ -145,6 +150,7 @@ impl BaseArgs {
         link.capacity_modules = self.capacity_modules;
         link.interval = self.heartbeat_interval;
         link.controller_code = !self.compile_locally;
+        link.code_wait = self.controller_code_wait;
         link.advertise = self.advertise.clone();
         Ok(Some(link))
     }

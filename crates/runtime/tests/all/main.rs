@@ -10,3 +10,4 @@ mod limits;
 mod memory;
 mod pooled;
 mod support;
+mod tiers;

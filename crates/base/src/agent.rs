@@ -17,6 +17,12 @@
 //!   background without being installed, so a later scale-out onto this
 //!   base installs from cache.
 //!
+//! An install maps the code the controller compiled when it is ready; a
+//! base with the Winch tier waits for it only `--controller-code-wait`
+//! (250 ms), then serves on its own Winch code and moves up to the
+//! controller's Cranelift code when it arrives, without compiling that tier
+//! itself meanwhile.
+//!
 //! Why a watch and not the heartbeat's answer: a change reaches the base in
 //! one round trip instead of up to one heartbeat interval later, while the
 //! heartbeat stays a cheap report. A controller that is down or refuses is

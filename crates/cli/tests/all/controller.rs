@@ -1073,7 +1073,9 @@ fn a_controller_restart_loses_nothing_and_bases_serve_throughout() {
 fn bases_load_the_code_the_controller_compiled_once() {
     let work = work_dir();
     let ctl = ControllerProcess::start(work.path(), &[]);
-    let trusting = ctl.base("a", "200ms", &[]);
+    // Waits for the controller's code however long it compiles, so the
+    // count below is the same on a loaded machine.
+    let trusting = ctl.base("a", "200ms", &["--controller-code-wait", "60s"]);
     let local = ctl.base("b", "200ms", &["--compile-locally"]);
     let digest = berth_runtime::Digest::of(&std::fs::read(berth_example_modules::HELLO).unwrap());
     ctl.apply(work.path(), "hello", "1.0.0", HELLO, None, "replicas: 2");
@@ -1136,6 +1138,40 @@ fn bases_load_the_code_the_controller_compiled_once() {
         usize::from(serves(&late.ingress, "/hello"))
     });
     assert_eq!((lookups(&late, "hit"), lookups(&late, "miss")), (0.0, 1.0));
+    drop(ctl);
+}
+
+#[test]
+fn a_base_serves_on_its_own_winch_code_until_the_controller_code_arrives() {
+    let work = work_dir();
+    let ctl = ControllerProcess::start(work.path(), &[]);
+    // Never waits for the controller: it compiles with Winch and serves.
+    let base = ctl.base("a", "200ms", &["--controller-code-wait", "0s"]);
+    ctl.apply(work.path(), "hello", "1.0.0", HELLO, None, "replicas: 1");
+    eventually("the base serving hello", 1, || {
+        usize::from(serves(&base.ingress, "/hello"))
+    });
+    let lookups = |outcome: &str| {
+        f64::max(
+            0.0,
+            metric(
+                &base.ops,
+                "berth_compile_cache_lookups_total",
+                &[("outcome", outcome)],
+            ),
+        )
+    };
+    assert_eq!((lookups("hit"), lookups("miss")), (0.0, 1.0));
+    // Then moves up to the optimized code (the controller's, mapped).
+    eventually("hello on Cranelift code", 1, || {
+        let tier = metric(
+            &base.ops,
+            "berth_module_code_tier",
+            &[("module", "hello"), ("tier", "cranelift")],
+        );
+        usize::from(tier == 1.0)
+    });
+    assert!(serves(&base.ingress, "/hello"));
     drop(ctl);
 }
 

@@ -65,11 +65,28 @@ fn main() {
     println!("{path}: {:.1} MiB", bytes.len() as f64 / (1 << 20) as f64);
 
     let mut settings: Vec<(&str, Engine)> = vec![
-        ("winch (as installed today)", engine(|_| {})),
         (
-            "winch, trampolines at opt-level none",
+            "winch, trampolines optimized (berth before 2026-11-30)",
+            engine(|_| {}),
+        ),
+        (
+            "winch, trampolines at opt-level none (berth now)",
             engine(|c| {
                 c.cranelift_opt_level(OptLevel::None);
+            }),
+        ),
+        (
+            "winch, opt-level none, no address map",
+            engine(|c| {
+                c.cranelift_opt_level(OptLevel::None)
+                    .generate_address_map(false);
+            }),
+        ),
+        (
+            "winch, opt-level none, no native unwind info",
+            engine(|c| {
+                c.cranelift_opt_level(OptLevel::None)
+                    .native_unwind_info(false);
             }),
         ),
     ];

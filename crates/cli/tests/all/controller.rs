@@ -1284,3 +1284,13 @@ spec:
     assert!(err.contains("-o yaml"), "{err}");
     drop(ctl);
 }
+
+/// `berth base --controller-code-wait` takes a duration and says so.
+#[test]
+fn base_refuses_a_controller_code_wait_that_is_no_duration() {
+    let err = failure(berth(&["base", "--controller-code-wait", "soon"]));
+    assert!(
+        err.contains("--controller-code-wait") && err.contains("soon"),
+        "{err}"
+    );
+}

@@ -208,7 +208,10 @@ impl Project {
 
     /// `build/NAME.wasm`, the artifact of a Python or JavaScript build.
     fn out_path(&self) -> Result<PathBuf> {
-        let dir = self.dir.join("build");
+        // Absolute: the componentizers run inside the project folder, so a
+        // path relative to the caller's folder would land in the wrong place.
+        let dir = std::path::absolute(self.dir.join("build"))
+            .with_context(|| format!("cannot resolve {}", self.dir.join("build").display()))?;
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
         Ok(dir.join(format!("{}.wasm", self.manifest.name)))

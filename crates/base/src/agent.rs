@@ -76,6 +76,7 @@ pub(crate) async fn run(
 ) {
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(2))
+        .default_headers(berth_api::auth::bearer_headers(link.join_token.as_deref()))
         .build()
         .expect("an HTTP client");
     let controllers = match Controllers::parse_with(&link.url, http) {

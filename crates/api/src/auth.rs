@@ -566,7 +566,18 @@ impl Gate {
             Access::Need(scope, changes) => (Some(scope), changes),
         };
         let action = format!("{method} {path}");
-        let target = target_of(&path);
+        let mut target = target_of(&path);
+        if target.is_empty() {
+            // An upload names its module in the query (`?name=…`).
+            target = request
+                .uri()
+                .query()
+                .unwrap_or("")
+                .split('&')
+                .find_map(|pair| pair.strip_prefix("name="))
+                .map(percent_decode)
+                .unwrap_or_default();
+        }
         let caller = match need.map(|need| self.check(authorization, need)) {
             Some(Err(denied)) => {
                 if changes {

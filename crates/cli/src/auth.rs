@@ -123,6 +123,10 @@ pub fn up_gate(data_dir: &Path, ops: SocketAddr) -> Result<Arc<Gate>> {
              hint: use `berth base --ops {ops}` (it requires tokens) to serve the ops API beyond this machine"
         );
     }
+    tracing::warn!(
+        "berth up runs without authentication (local development): its ops API on http://{ops} \
+         is open to anyone on this machine; use `berth base` for anything else"
+    );
     Ok(Arc::new(Gate::open(Some(open_audit(data_dir)?))))
 }
 

@@ -136,10 +136,8 @@ pub async fn serve(options: ServeOptions, json_logs: bool) -> Result<()> {
 /// The controllers `--controller` names (comma separated: the first that
 /// answers serves, see [`Controllers`]).
 fn controllers(list: &str) -> Result<Controllers> {
-    let http = crate::auth::client_builder()
-        .connect_timeout(std::time::Duration::from_secs(3))
-        .build()?;
-    Controllers::parse_with(list, http).map_err(|e| anyhow!("--controller: {e}"))
+    Controllers::with_token(list, crate::auth::client_token().as_deref())
+        .map_err(|e| anyhow!("--controller: {e}"))
 }
 
 /// Sends the request `build` makes for `path` to the first controller of

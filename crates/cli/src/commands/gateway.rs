@@ -58,7 +58,10 @@ pub async fn run(args: GatewayArgs) -> Result<()> {
     config.hold_timeout = args.hold_timeout;
     config.name = args.name.unwrap_or_default();
     config.token = args.join_token.filter(|t| !t.trim().is_empty());
+    let gateway = Gateway::start(config.clone()).await?;
     if config.token.is_none() && !args.insecure_no_auth {
+        // Checked once the address is bound, so a port clash is named first.
+        gateway.shutdown().await;
         anyhow::bail!(
             "berth gateway needs the controller's join token to read the endpoint table and \
              report load: pass --join-token (or set BERTH_JOIN_TOKEN); the controller printed it \
@@ -69,7 +72,6 @@ pub async fn run(args: GatewayArgs) -> Result<()> {
     if args.insecure_no_auth && config.token.is_none() {
         tracing::warn!("berth gateway sends no token to the controller (--insecure-no-auth)");
     }
-    let gateway = Gateway::start(config.clone()).await?;
     let addr = gateway.addr;
     if args.log_format == crate::LogFormat::Json {
         tracing::info!(listen = %format!("http://{addr}"), controllers = %config.controllers.join(","), "berth gateway serving");

@@ -267,6 +267,12 @@ fn a_base_generates_its_admin_token_once_and_scopes_decide_what_a_token_may_do()
     };
     assert!(find("ci", "POST /v1/modules", 403), "{audit}");
     assert!(find("release", "POST /v1/modules", 201), "{audit}");
+    assert!(
+        records
+            .iter()
+            .any(|r| r["action"] == "POST /v1/modules/hello/switch" && r["target"] == "hello"),
+        "the target is what the path names: {audit}"
+    );
     assert!(find("admin", "POST /v1/tokens", 201), "{audit}");
     assert!(
         records
@@ -409,7 +415,7 @@ fn a_controller_takes_only_bases_with_its_join_token() {
     std::fs::write(
         &manifest,
         format!(
-            "apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: {{ name: hello }}\nspec:\n  module: {{ name: hello, version: 1.0.0, artifact: \"file:{HELLO}\", digest: \"{}\" }}\n  replicas: 1\n  baseSelector: {{ group: online }}\n",
+            "apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: {{ name: hello }}\nspec:\n  module: {{ name: hello, version: 1.0.0, artifact: \"file:{HELLO}\", digest: \"{}\" }}\n  replicas: 1\n  baseSelector: {{ group: online }}\n  route: {{ pathPrefix: /hello }}\n",
             file_digest(HELLO)
         ),
     )
@@ -436,6 +442,43 @@ fn a_controller_takes_only_bases_with_its_join_token() {
     let bases = stdout(ctl(Some(&read), &["get", "bases"]));
     assert!(bases.contains("member"), "{bases}");
 
+    // A gateway needs the join token too; with it, it reads the endpoint
+    // table and serves the module (the data plane needs no token).
+    let refused = Command::new(BERTH)
+        .args(["gateway", "--listen", "127.0.0.1:0", "--controller", &url])
+        .env(INSECURE.0, "0")
+        .env_remove("BERTH_JOIN_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("--join-token"), "{stderr}");
+    let (_gateway, front) = Secured::start(
+        &[
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--controller",
+            &url,
+            "--join-token",
+            &join,
+        ],
+        &[],
+        "berth gateway serving on",
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = raw(&front, "GET", "/hello", None, "");
+        if status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway never served /hello: {status} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // The controller's audit log has both applies.
     let audit = stdout(ctl(Some(&admin), &["audit", "--since", "10m"]));
     assert!(
@@ -448,4 +491,43 @@ fn a_controller_takes_only_bases_with_its_join_token() {
             .any(|l| l.contains("admin") && l.contains("POST /v1/apply") && l.contains("201")),
         "{audit}"
     );
+}
+
+#[test]
+fn berth_up_runs_open_on_loopback_and_says_so() {
+    let work = work_dir();
+    let data = work.path().join("up");
+    let (up, ops) = Secured::start(
+        &[
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--ops",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[],
+        "ops API",
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !up.stdout().contains("auth     none") {
+        assert!(Instant::now() < deadline, "{}", up.stdout());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!data.join("admin.token").exists());
+    assert!(stdout(as_token(None, &["list", "--base", &ops])).contains("hello"));
+    let err = failure(as_token(
+        None,
+        &[
+            "up",
+            "--ops",
+            "0.0.0.0:0",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            work.path().join("wide").to_str().unwrap(),
+        ],
+    ));
+    assert!(err.contains("loopback only"), "{err}");
 }

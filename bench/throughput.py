@@ -43,6 +43,9 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASE = os.path.join(ROOT, "target", "release")
+# Every bench (they all load this file) measures servers on loopback with no
+# authentication: the berth processes they start run with --insecure-no-auth.
+os.environ.setdefault("BERTH_INSECURE_NO_AUTH", "1")
 HELLO_WASM = os.path.join(ROOT, "target", "wasm-modules", "wasm32-wasip2", "release", "hello.wasm")
 WASMTIME_VERSION = "48.0.8"
 

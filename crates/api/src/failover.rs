@@ -71,6 +71,17 @@ impl Controllers {
         Self::parse_with(list, http)
     }
 
+    /// The controllers in `list`, called with a default HTTP client that
+    /// sends `token` as `Authorization: Bearer …` ([`crate::auth`]).
+    pub fn with_token(list: &str, token: Option<&str>) -> Result<Self, FailoverError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(3))
+            .default_headers(crate::auth::bearer_headers(token))
+            .build()
+            .expect("an HTTP client");
+        Self::parse_with(list, http)
+    }
+
     /// The controllers in `list`, called with `http`.
     pub fn parse_with(list: &str, http: reqwest::Client) -> Result<Self, FailoverError> {
         let mut urls = Vec::new();

@@ -6,6 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod audit;
+pub mod auth;
 pub mod endpoints;
 pub mod failover;
 pub mod manifest;

@@ -82,6 +82,7 @@ pub(crate) async fn run(
 ) {
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(2))
+        .default_headers(berth_api::auth::bearer_headers(link.join_token.as_deref()))
         .build()
         .expect("an HTTP client");
     let controllers = match Controllers::parse_with(&link.url, http) {
@@ -177,6 +178,20 @@ impl Agent {
             let at = self.controllers.current();
             match sent {
                 Ok(r) if r.status().is_success() => link.ok(at),
+                Ok(r) if matches!(r.status().as_u16(), 401 | 403) => {
+                    // Refused: say why (no or a wrong --join-token).
+                    let status = r.status();
+                    let why = r
+                        .json::<berth_api::ErrorBody>()
+                        .await
+                        .map(|b| b.error.message)
+                        .unwrap_or_default();
+                    link.failed(
+                        at,
+                        &format!("it answered {status}: {why}"),
+                        self.link.interval,
+                    )
+                }
                 Ok(r) => link.failed(
                     at,
                     &format!("it answered {}", r.status()),

@@ -59,6 +59,9 @@ pub struct BaseConfig {
     /// deployment's rules). `None`: pins are ignored, the base's own rules
     /// decide.
     pub gateway_secret: Option<String>,
+    /// The token gate in front of the ops API (`berth base` sets it up from
+    /// its data directory). `None`: the ops API is open and unaudited.
+    pub auth: Option<std::sync::Arc<berth_api::auth::Gate>>,
 }
 
 impl BaseConfig {
@@ -84,6 +87,7 @@ impl BaseConfig {
             controller: None,
             otlp_endpoint: None,
             gateway_secret: None,
+            auth: None,
         }
     }
 
@@ -123,6 +127,10 @@ pub struct ControllerLink {
     /// The ingress address reported to the controller (what gateways
     /// connect to); `None`: the address the ingress is bound to.
     pub advertise: Option<String>,
+    /// The controller's join token (`--join-token`), sent as a bearer
+    /// token on every call to the controller; `None`: none is sent (a
+    /// controller running with `--insecure-no-auth`).
+    pub join_token: Option<String>,
 }
 
 impl ControllerLink {
@@ -153,6 +161,7 @@ impl ControllerLink {
             controller_code: true,
             code_wait: Duration::from_millis(250),
             advertise: None,
+            join_token: None,
         })
     }
 }

@@ -23,6 +23,7 @@
 
 mod agent;
 pub mod arklet;
+pub mod auth;
 mod base;
 mod builder;
 mod config;

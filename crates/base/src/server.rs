@@ -50,7 +50,10 @@ impl Base {
             base.clone(),
             watcher.clone(),
         )));
-        let app = ops::router(base.clone());
+        let mut app = ops::router(base.clone());
+        if let Some(gate) = base.config().auth.clone() {
+            app = crate::auth::wrap(app, gate);
+        }
         tasks.push(tokio::spawn(crate::listener::serve(
             ops_listener,
             base.listener_limits(),

@@ -65,6 +65,9 @@ pub(crate) struct Sources {
     hosts: Vec<String>,
     /// Hosts allowed whatever their address (the controller's).
     implicit: Vec<String>,
+    /// The controllers' `host:port`s and their join token: sent as a
+    /// bearer token to those origins only, never to another host.
+    controller_token: Option<(Vec<String>, String)>,
     max: usize,
     timeout: Duration,
 }
@@ -107,6 +110,17 @@ impl Sources {
                 .filter(|h| !h.is_empty())
                 .collect(),
             implicit,
+            controller_token: config.controller.as_ref().and_then(|link| {
+                let token = link.join_token.clone()?;
+                let origins = berth_api::failover::Controllers::parse(&link.url)
+                    .ok()?
+                    .urls()
+                    .iter()
+                    .filter_map(|u| reqwest::Url::parse(u).ok())
+                    .filter_map(|u| origin(&u))
+                    .collect();
+                Some((origins, token))
+            }),
             max: config.max_artifact_bytes,
             timeout: config.fetch_timeout,
         })
@@ -324,8 +338,13 @@ impl Sources {
             let client = builder
                 .build()
                 .map_err(|e| unreachable(format!("cannot build an HTTP client: {e}")))?;
-            let response = client
-                .get(parsed.clone())
+            let mut request = client.get(parsed.clone());
+            if let Some((origins, token)) = &self.controller_token
+                && origin(&parsed).is_some_and(|o| origins.contains(&o))
+            {
+                request = request.bearer_auth(token);
+            }
+            let response = request
                 .send()
                 .await
                 .map_err(|e| unreachable(error_chain(&e)))?;
@@ -387,6 +406,15 @@ impl Sources {
             .await?
             .map(|b| String::from_utf8_lossy(&b).into_owned()))
     }
+}
+
+/// `host:port` of `url` (the scheme's default port when it names none).
+fn origin(url: &reqwest::Url) -> Option<String> {
+    Some(format!(
+        "{}:{}",
+        url.host_str()?.to_ascii_lowercase(),
+        url.port_or_known_default()?
+    ))
 }
 
 /// A URL that passed the host policy.

@@ -31,7 +31,7 @@ impl OpsClient {
             .ok_or_else(|| {
                 anyhow!("`{url}` is not a base URL\nhint: pass the ops API address, e.g. --base http://127.0.0.1:1238")
             })?;
-        let http = reqwest::Client::builder()
+        let http = crate::auth::client_builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(300))
             .build()?;

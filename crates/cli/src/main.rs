@@ -7,6 +7,7 @@
 //! there is an obvious fix) and exit with status 1; under `-o json` the
 //! failure is `{"error": {"code", "message", "hint"}}` on stdout instead.
 
+mod auth;
 mod client;
 mod commands;
 mod error;
@@ -274,6 +275,13 @@ enum Command {
         /// Format of the controller's logs and banner.
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
+        /// Authentication of the API.
+        #[command(flatten)]
+        auth: auth::ServerAuthArgs,
+        /// The join token bases and gateways must present (instead of the
+        /// one generated at first start and kept in the data directory).
+        #[arg(long, env = "BERTH_JOIN_TOKEN", hide_env_values = true)]
+        join_token: Option<String>,
     },
     /// The controller's store: move its whole state between backends.
     ///
@@ -450,6 +458,28 @@ enum Command {
     ///   berth invoke orders --path /items -d '{"name":"pen"}' -H 'content-type: application/json'
     #[command(verbatim_doc_comment)]
     Invoke(InvokeArgs),
+    /// Mint and list API tokens (an admin token is needed).
+    ///
+    /// Clients send BERTH_TOKEN, else the first line of
+    /// ~/.config/berth/token ($XDG_CONFIG_HOME/berth/token).
+    ///
+    /// Examples:
+    ///   berth token create --scope read --name ci
+    ///   berth token list
+    #[command(verbatim_doc_comment)]
+    Token {
+        #[command(subcommand)]
+        command: commands::token::TokenCommand,
+    },
+    /// Print the audit log: every state-changing API call, who made it and
+    /// how it ended (an admin token is needed).
+    ///
+    /// Examples:
+    ///   berth audit --since 1h
+    ///   berth audit -f
+    ///   berth audit --base http://127.0.0.1:1238 -o json
+    #[command(verbatim_doc_comment)]
+    Audit(commands::token::AuditArgs),
 }
 
 /// One controller resource by kind and name.
@@ -555,6 +585,8 @@ impl Command {
             Command::Deploy(args) => args.output,
             Command::Invoke(args) => args.output,
             Command::Logs(args) => args.output,
+            Command::Token { command } => command.output(),
+            Command::Audit(args) => args.output,
             Command::Base(_)
             | Command::Up(_)
             | Command::New { .. }
@@ -640,6 +672,8 @@ fn run(command: Command) -> Result<()> {
                 trust_keys,
                 drain_grace,
                 log_format,
+                auth,
+                join_token,
             } => {
                 commands::controller::serve(
                     commands::controller::ServeOptions {
@@ -652,12 +686,16 @@ fn run(command: Command) -> Result<()> {
                         leader_ttl,
                         trust_keys: berth_runtime::TrustKeys::parse(&trust_keys)?,
                         drain_grace,
+                        auth,
+                        join_token: join_token.filter(|t| !t.trim().is_empty()),
                     },
                     log_format == LogFormat::Json,
                 )
                 .await
             }
             Command::Gateway(args) => commands::gateway::run(args).await,
+            Command::Token { command } => commands::token::token(command).await,
+            Command::Audit(args) => commands::token::audit(args).await,
             Command::Apply {
                 file,
                 controller,

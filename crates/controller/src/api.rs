@@ -70,6 +70,16 @@ pub async fn serve(
     shared: Shared,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with_gate(listener, shared, None, shutdown).await
+}
+
+/// [`serve`], with the API behind `gate` ([`crate::auth`]) when given.
+pub async fn serve_with_gate(
+    listener: tokio::net::TcpListener,
+    shared: Shared,
+    gate: Option<Arc<berth_api::auth::Gate>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let reconciler = shared.reconciler.clone();
     if let Some(shop) = &shared.code {
         reconciler.set_code(shop.clone());
@@ -80,7 +90,11 @@ pub async fn serve(
     let ticking = tokio::spawn(reconciler.clone().run());
     let scaling = tokio::spawn(crate::scaler::run(reconciler.clone()));
     let stopper = reconciler.clone();
-    let app = crate::forward::wrap(router(shared), reconciler.leadership());
+    let mut app = router(shared);
+    if let Some(gate) = gate {
+        app = crate::auth::wrap(app, gate);
+    }
+    let app = crate::forward::wrap(app, reconciler.leadership());
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;

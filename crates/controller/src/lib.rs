@@ -27,6 +27,7 @@
 
 pub mod api;
 pub mod artifact;
+pub mod auth;
 pub mod autoscale;
 pub mod bases;
 pub mod code;

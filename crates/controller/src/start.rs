@@ -103,6 +103,9 @@ pub struct Config {
     /// How long a replica taken off a Ready base drains (marked draining
     /// for the gateways, still assigned) before it is unassigned.
     pub drain_grace: Duration,
+    /// The token gate in front of the API ([`crate::auth`]); `None`: open
+    /// and unaudited.
+    pub auth: Option<Arc<berth_api::auth::Gate>>,
 }
 
 /// The leader TTL `berth controller` uses unless told otherwise.
@@ -155,6 +158,7 @@ pub struct Controller {
     shared: Shared,
     store: StoreSpec,
     leadership: Leadership,
+    gate: Option<Arc<berth_api::auth::Gate>>,
 }
 
 impl Controller {
@@ -223,6 +227,7 @@ impl Controller {
             },
             store: spec,
             leadership,
+            gate: config.auth.clone(),
         })
     }
 
@@ -274,7 +279,8 @@ impl Controller {
             self.shared.reconciler.clone(),
             self.leadership.clone(),
         ));
-        let served = crate::api::serve(self.listener, self.shared, shutdown).await;
+        let served =
+            crate::api::serve_with_gate(self.listener, self.shared, self.gate, shutdown).await;
         on_election.abort();
         on_change.abort();
         let leadership = self.leadership.clone();

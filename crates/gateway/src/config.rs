@@ -30,6 +30,10 @@ pub struct GatewayConfig {
     pub hold_queue: usize,
     /// How long a held request waits for a ready replica before a 503.
     pub hold_timeout: Duration,
+    /// The token sent to the controller (`--join-token`: its `fleet`
+    /// scope covers the endpoint table, load reports and activation);
+    /// `None`: none is sent.
+    pub token: Option<String>,
 }
 
 impl GatewayConfig {
@@ -63,6 +67,7 @@ impl GatewayConfig {
             max_ejection: Duration::from_secs(30),
             hold_queue: 1000,
             hold_timeout: Duration::from_secs(10),
+            token: None,
         })
     }
 }

@@ -75,6 +75,7 @@ impl Gateway {
         if config.name.is_empty() {
             config.name = format!("gateway-{}", addr.port());
         }
+        let headers = berth_api::auth::bearer_headers(config.token.as_deref());
         let shared = Arc::new(Shared {
             config,
             table: ArcSwap::from_pointee(Table::default()),
@@ -84,6 +85,7 @@ impl Gateway {
             controller: AtomicUsize::new(0),
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(2))
+                .default_headers(headers)
                 .build()
                 .expect("an HTTP client"),
             changed: Arc::new(tokio::sync::watch::channel(()).0),

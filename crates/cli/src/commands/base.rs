@@ -135,6 +135,14 @@ pub struct BaseArgs {
     /// Format of the base's logs (`json`: the banner is a JSON log line too).
     #[arg(long, value_enum, default_value_t = crate::LogFormat::Text)]
     pub log_format: crate::LogFormat,
+    /// Authentication of the ops API (`berth up` runs it open on loopback).
+    #[command(flatten)]
+    auth: crate::auth::ServerAuthArgs,
+    /// The controller's join token, presented at registration, heartbeats
+    /// and watches (`berth controller` printed it at its first start and
+    /// keeps it in its data directory as join.token).
+    #[arg(long, env = "BERTH_JOIN_TOKEN", hide_env_values = true)]
+    join_token: Option<String>,
 }
 
 impl BaseArgs {
@@ -152,6 +160,16 @@ impl BaseArgs {
         link.controller_code = !self.compile_locally;
         link.code_wait = self.controller_code_wait;
         link.advertise = self.advertise.clone();
+        link.join_token = self.join_token.clone().filter(|t| !t.trim().is_empty());
+        if link.join_token.is_none() && !self.auth.insecure_no_auth {
+            anyhow::bail!(
+                "--controller needs the controller's join token: pass --join-token (or set \
+                 BERTH_JOIN_TOKEN); the controller printed it at its first start and keeps it in \
+                 its data directory as join.token\n\
+                 hint: for a controller started with --insecure-no-auth, start this base with \
+                 --insecure-no-auth too"
+            );
+        }
         Ok(Some(link))
     }
 
@@ -190,6 +208,15 @@ impl BaseArgs {
 pub async fn base(args: BaseArgs) -> Result<()> {
     let mut config = args.config(default_data_dir())?;
     config.controller = args.controller_link()?;
+    config.auth = Some(crate::auth::server_gate(
+        crate::auth::Server {
+            command: "berth base",
+            data_dir: &config.data_dir,
+            api: config.ops_addr,
+            join: None,
+        },
+        &args.auth,
+    )?);
     run(config, false, args.log_format == crate::LogFormat::Json).await
 }
 
@@ -198,6 +225,7 @@ pub async fn up(args: BaseArgs) -> Result<()> {
     let json_logs = args.log_format == crate::LogFormat::Json;
     let mut config = args.config(PathBuf::from(".berth"))?;
     config.artifact_dirs.extend(up_artifact_dirs());
+    config.auth = Some(crate::auth::up_gate(&config.data_dir, config.ops_addr)?);
     run(config, true, json_logs).await
 }
 
@@ -305,6 +333,9 @@ async fn run(config: BaseConfig, with_examples: bool, json_logs: bool) -> Result
             );
         }
         if with_examples {
+            println!(
+                "  auth     none: berth up is for local development, its ops API is open on loopback"
+            );
             println!("try:  curl http://{ingress}/hello");
             println!("      curl -d 'hi there' http://{ingress}/echo/anything");
         }

@@ -42,6 +42,10 @@ pub struct ServeOptions {
     pub trust_keys: berth_runtime::TrustKeys,
     /// `--drain-grace`.
     pub drain_grace: std::time::Duration,
+    /// `--insecure-no-auth`, `--token-file`.
+    pub auth: crate::auth::ServerAuthArgs,
+    /// `--join-token`.
+    pub join_token: Option<String>,
 }
 
 /// `berth controller`.
@@ -56,8 +60,19 @@ pub async fn serve(options: ServeOptions, json_logs: bool) -> Result<()> {
         leader_ttl,
         trust_keys,
         drain_grace,
+        auth,
+        join_token,
     } = options;
     let data_dir = data_dir.unwrap_or_else(|| super::base::data_home().join("controller"));
+    let gate = crate::auth::server_gate(
+        crate::auth::Server {
+            command: "berth controller",
+            data_dir: &data_dir,
+            api: listen,
+            join: Some(join_token),
+        },
+        &auth,
+    )?;
     let controller = Controller::start(Config {
         listen,
         store,
@@ -68,6 +83,7 @@ pub async fn serve(options: ServeOptions, json_logs: bool) -> Result<()> {
         leader_ttl,
         trust_keys,
         drain_grace,
+        auth: Some(gate),
     })
     .await?;
     let local = controller.local_addr()?;
@@ -95,7 +111,16 @@ pub async fn serve(options: ServeOptions, json_logs: bool) -> Result<()> {
                 humantime::format_duration(leader_ttl)
             );
         }
-        println!("  bases join with: berth base --controller http://{listen}");
+        if auth.insecure_no_auth {
+            println!(
+                "  bases join with: berth base --controller http://{listen} --insecure-no-auth"
+            );
+        } else {
+            println!(
+                "  bases join with: berth base --controller http://{listen} --join-token $(cat {})",
+                data_dir.join(berth_api::auth::JOIN_TOKEN_FILE).display()
+            );
+        }
         if let Some(engine) = &engine {
             println!("  code  compiled once for bases with engine {engine}");
         }
@@ -111,12 +136,13 @@ pub async fn serve(options: ServeOptions, json_logs: bool) -> Result<()> {
 /// The controllers `--controller` names (comma separated: the first that
 /// answers serves, see [`Controllers`]).
 fn controllers(list: &str) -> Result<Controllers> {
-    Controllers::parse(list).map_err(|e| anyhow!("--controller: {e}"))
+    Controllers::with_token(list, crate::auth::client_token().as_deref())
+        .map_err(|e| anyhow!("--controller: {e}"))
 }
 
 /// Sends the request `build` makes for `path` to the first controller of
 /// `list` that answers, and decodes its JSON answer.
-async fn call(
+pub(crate) async fn call(
     list: &str,
     path: &str,
     build: impl Fn(&reqwest::Client, String) -> reqwest::RequestBuilder,

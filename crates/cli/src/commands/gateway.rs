@@ -39,6 +39,13 @@ pub struct GatewayArgs {
     /// Format of the gateway's logs.
     #[arg(long, value_enum, default_value_t = crate::LogFormat::Text)]
     pub log_format: crate::LogFormat,
+    /// The controller's join token (its `fleet` scope covers what a gateway
+    /// calls: the endpoint table, load reports, activation).
+    #[arg(long, env = "BERTH_JOIN_TOKEN", hide_env_values = true)]
+    join_token: Option<String>,
+    /// Talk to a controller started with --insecure-no-auth (send no token).
+    #[arg(long, env = "BERTH_INSECURE_NO_AUTH", value_parser = clap::builder::BoolishValueParser::new())]
+    insecure_no_auth: bool,
 }
 
 /// `berth gateway`.
@@ -50,7 +57,21 @@ pub async fn run(args: GatewayArgs) -> Result<()> {
     config.hold_queue = args.hold_queue;
     config.hold_timeout = args.hold_timeout;
     config.name = args.name.unwrap_or_default();
+    config.token = args.join_token.filter(|t| !t.trim().is_empty());
     let gateway = Gateway::start(config.clone()).await?;
+    if config.token.is_none() && !args.insecure_no_auth {
+        // Checked once the address is bound, so a port clash is named first.
+        gateway.shutdown().await;
+        anyhow::bail!(
+            "berth gateway needs the controller's join token to read the endpoint table and \
+             report load: pass --join-token (or set BERTH_JOIN_TOKEN); the controller printed it \
+             at its first start and keeps it in its data directory as join.token\n\
+             hint: for a controller started with --insecure-no-auth, pass --insecure-no-auth"
+        );
+    }
+    if args.insecure_no_auth && config.token.is_none() {
+        tracing::warn!("berth gateway sends no token to the controller (--insecure-no-auth)");
+    }
     let addr = gateway.addr;
     if args.log_format == crate::LogFormat::Json {
         tracing::info!(listen = %format!("http://{addr}"), controllers = %config.controllers.join(","), "berth gateway serving");

@@ -65,7 +65,8 @@ pub async fn run(args: LogsArgs) -> Result<()> {
     }
     // Checks the base answers (clear error otherwise) before a long poll.
     client.health().await?;
-    let response = reqwest::Client::new()
+    let response = crate::auth::client_builder()
+        .build()?
         .get(url)
         .send()
         .await

@@ -14,6 +14,7 @@ pub mod new;
 pub mod sign;
 pub mod store;
 pub mod table;
+pub mod token;
 pub mod traffic;
 
 /// How a command prints: the same set for base and fleet commands.

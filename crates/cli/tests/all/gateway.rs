@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use berth_example_modules::{HELLO, HELLO_V2};
 
 use crate::support::{
-    BERTH, BaseProcess, berth, failure, file_digest, spawn_announced, stdout, work_dir,
+    BERTH, BaseProcess, berth, failure, file_digest, insecure_unless_set, spawn_announced, stdout,
+    work_dir,
 };
 
 const SECRET: &str = "fleet-secret";
@@ -156,7 +157,7 @@ impl Gateway {
     /// A gateway with `extra` flags.
     fn start_with(controller: &str, extra: &[&str]) -> Self {
         let stderr = tempfile::NamedTempFile::new().unwrap();
-        let mut child = Command::new(BERTH)
+        let mut child = insecure_unless_set(&mut Command::new(BERTH))
             .args(["gateway", "--listen", "127.0.0.1:0", "--controller"])
             .arg(format!("http://{controller}"))
             .args(["--gateway-secret", SECRET])

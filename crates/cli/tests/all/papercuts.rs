@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use berth_example_modules::{HELLO, HELLO_V2, HOG, PANIC, SPIN};
 
 use crate::support::{
-    BERTH, BaseProcess, berth, failure, file_digest, spawn_announced, stdout, work_dir,
+    BERTH, BaseProcess, berth, failure, file_digest, insecure_unless_set, spawn_announced, stdout,
+    work_dir,
 };
 
 /// A `berth base` whose stderr goes to a file the test reads, with `env` set.
@@ -26,7 +27,7 @@ impl LoggedBase {
     fn start(env: &[(&str, &str)], extra: &[&str]) -> Self {
         let data = tempfile::tempdir().unwrap();
         let log = tempfile::NamedTempFile::new().unwrap();
-        let mut child = Command::new(BERTH)
+        let mut child = insecure_unless_set(&mut Command::new(BERTH))
             .args(["base", "--listen", "127.0.0.1:0", "--ops", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(data.path())
@@ -544,7 +545,7 @@ fn log_flags_live_on_the_commands_that_log() {
 fn json_banner(args: &[&str], data: &std::path::Path, marker: &str) -> (serde_json::Value, String) {
     let log = tempfile::NamedTempFile::new().unwrap();
     let out = tempfile::NamedTempFile::new().unwrap();
-    let mut child = Command::new(BERTH)
+    let mut child = insecure_unless_set(&mut Command::new(BERTH))
         .args(args)
         .args(["--log-format", "json"])
         .arg("--data-dir")
@@ -581,7 +582,7 @@ fn json_banner(args: &[&str], data: &std::path::Path, marker: &str) -> (serde_js
 /// the banner's module lines.
 fn banner_modules(command: &str, data: &std::path::Path) -> Vec<String> {
     let out = tempfile::NamedTempFile::new().unwrap();
-    let mut child = Command::new(BERTH)
+    let mut child = insecure_unless_set(&mut Command::new(BERTH))
         .args([command, "--listen", "127.0.0.1:0", "--ops", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(data)

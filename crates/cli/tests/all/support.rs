@@ -108,7 +108,21 @@ pub fn berth(args: &[&str]) -> Cmd {
     cmd
 }
 
-/// Spawns a server `cmd` and waits (up to 30 s) until its stdout has shown
+/// The environment that makes `berth base`, `controller` and `gateway`
+/// run with `--insecure-no-auth`.
+pub const INSECURE: (&str, &str) = ("BERTH_INSECURE_NO_AUTH", "1");
+
+/// The one place the suite decides about authentication: the servers tests
+/// start run without it, unless the test set `BERTH_INSECURE_NO_AUTH`
+/// itself (the auth tests set it to `0` and pass real tokens).
+pub fn insecure_unless_set(cmd: &mut Command) -> &mut Command {
+    if !cmd.get_envs().any(|(key, _)| key == INSECURE.0) {
+        cmd.env(INSECURE.0, INSECURE.1);
+    }
+    cmd
+}
+
+/// Spawns a server `cmd` (see [`insecure_unless_set`]) and waits (up to 30 s) until its stdout has shown
 /// a line starting with each of `labels`; returns the child and what
 /// followed each label (the address it listens on). Its stderr if it exits
 /// first.
@@ -116,6 +130,7 @@ pub fn berth(args: &[&str]) -> Cmd {
 /// Servers are started on port 0 and say which port they got, so no test
 /// probes a port free and then loses it to another test before binding it.
 pub fn spawn_announced(cmd: &mut Command, labels: &[&str]) -> Result<(Child, Vec<String>), String> {
+    insecure_unless_set(cmd);
     let log = tempfile::NamedTempFile::new().unwrap();
     let mut child = cmd
         .stdout(Stdio::piped())

@@ -16,6 +16,7 @@ use berth_api::{
 use berth_runtime::Runtime;
 use bytes::Bytes;
 
+use crate::admission::Admission;
 use crate::config::BaseConfig;
 use crate::dispatcher::Dispatcher;
 use crate::error::{BaseError, OpsError};
@@ -36,6 +37,7 @@ struct Inner {
     config: BaseConfig,
     runtime: Runtime,
     lifecycle: Lifecycle,
+    admission: Admission,
     dispatcher: Arc<Dispatcher>,
     instrumentation: Arc<Instrumentation>,
     started: Instant,
@@ -81,11 +83,13 @@ impl Base {
             instrumentation.clone(),
             dispatcher.clone(),
         );
+        let admission = Admission::new(config.max_pending_installs);
         let base = Self {
             inner: Arc::new(Inner {
                 config,
                 runtime,
                 lifecycle,
+                admission,
                 dispatcher,
                 instrumentation,
                 started: Instant::now(),
@@ -141,6 +145,7 @@ impl Base {
         request: InstallRequest,
         upload: Option<Bytes>,
     ) -> Result<InstallResponse, OpsError> {
+        let _admitted = self.inner.admission.admit().await?;
         self.inner.lifecycle.install(request, upload).await
     }
 

@@ -35,6 +35,10 @@ pub struct BaseConfig {
     /// Longest a client may take to send a request's headers before the
     /// connection is closed: slowloris protection (`--header-read-timeout`).
     pub header_read_timeout: Duration,
+    /// Most installs in progress or waiting at once; more are answered
+    /// `503 too_many_installs` with `Retry-After` and change nothing
+    /// (`--max-pending-installs`). As many prepare at once as there are cores.
+    pub max_pending_installs: usize,
     /// Directories install may read artifact files from (`--artifact-dir`).
     /// A path is canonicalized (symlinks, `..`) before the check. Empty:
     /// no artifact is read by path; uploads and URLs still work.
@@ -81,6 +85,7 @@ impl BaseConfig {
             observability: true,
             max_connections: 4096,
             header_read_timeout: Duration::from_secs(10),
+            max_pending_installs: 64,
             artifact_dirs: Vec::new(),
             artifact_hosts: Vec::new(),
             trust_keys: berth_runtime::TrustKeys::none(),

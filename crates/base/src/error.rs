@@ -111,6 +111,15 @@ pub enum OpsError {
     /// The installed-set database failed.
     #[error("the base's state store failed: {0}")]
     Store(String),
+    /// The base has as many installs in progress or waiting as it takes.
+    #[error(
+        "this base has {pending} installs in progress or waiting, its limit; nothing was \
+         changed: retry in a second (the limit is the base's --max-pending-installs)"
+    )]
+    TooManyInstalls {
+        /// The limit (`--max-pending-installs`).
+        pending: usize,
+    },
 }
 
 impl OpsError {
@@ -134,6 +143,7 @@ impl OpsError {
             OpsError::InvalidRules(_) => "invalid_rules",
             OpsError::NothingToRollBack(_) => "nothing_to_roll_back",
             OpsError::Store(_) => "store_failed",
+            OpsError::TooManyInstalls { .. } => "too_many_installs",
         }
     }
 
@@ -156,6 +166,7 @@ impl OpsError {
             OpsError::ArtifactUnreachable(_) => 502,
             OpsError::ArtifactForbidden(_) => 403,
             OpsError::Signature(_) => 422,
+            OpsError::TooManyInstalls { .. } => 503,
         }
     }
 

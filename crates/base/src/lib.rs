@@ -21,6 +21,7 @@
 //! binary around it, adding capabilities with [`Base::builder`]. [`Base::start`] binds both listeners and returns a
 //! [`RunningBase`] handle.
 
+mod admission;
 mod agent;
 pub mod arklet;
 pub mod auth;

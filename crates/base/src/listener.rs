@@ -3,6 +3,8 @@
 //! connections (the excess gets a `503` with a reason and is closed) and a
 //! header read timeout (a client that trickles its headers, slowloris, is
 //! cut off). Graceful shutdown lets in-flight requests finish (up to 10 s).
+//! At start the process's open-files limit is raised to what the caps need
+//! ([`fit_fd_limit`]), as far as the hard limit allows.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -45,10 +47,11 @@ pub(crate) async fn serve<S, B>(
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let lingering = Arc::new(Semaphore::new(MAX_LINGERING));
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (mut stream, peer) = match accepted {
+                let (stream, peer) = match accepted {
                     Ok(accepted) => accepted,
                     Err(e) => {
                         // e.g. out of file descriptors: back off instead of spinning.
@@ -59,23 +62,8 @@ pub(crate) async fn serve<S, B>(
                 };
                 let Ok(permit) = permits.clone().try_acquire_owned() else {
                     tracing::warn!(listener = what, %peer, max = limits.max_connections, "connection refused: too many open");
-                    let max = limits.max_connections;
-                    tokio::spawn(async move {
-                        let body = format!(
-                            "berth base: the {what} has {max} connections open, its limit; retry later \
-                             (the limit is the base's --max-connections)\n"
-                        );
-                        let reply = format!(
-                            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\
-                             retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
-                            body.len()
-                        );
-                        let _ = tokio::time::timeout(
-                            Duration::from_secs(1),
-                            stream.write_all(reply.as_bytes()),
-                        )
-                        .await;
-                    });
+                    let linger = lingering.clone().try_acquire_owned().ok();
+                    tokio::spawn(refuse(stream, what, limits.max_connections, linger));
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
@@ -101,4 +89,101 @@ pub(crate) async fn serve<S, B>(
             "connections still open after 10 s; closing them"
         );
     }
+}
+
+/// Most refused connections drained at once before they are closed; past
+/// it, a refusal is written and closed at once.
+const MAX_LINGERING: usize = 1024;
+
+/// Answers a connection over the cap with a `503` naming the limit, and
+/// closes it. With `linger`, the close is graceful: the write side is shut
+/// first and what the client sent is read and dropped (up to 500 ms) so
+/// the kernel sends a FIN, not a reset that would discard the `503` before
+/// an HTTP client that already sent its request reads it.
+async fn refuse(
+    mut stream: tokio::net::TcpStream,
+    what: &'static str,
+    max: usize,
+    linger: Option<tokio::sync::OwnedSemaphorePermit>,
+) {
+    use tokio::io::AsyncReadExt as _;
+    let body = format!(
+        "berth base: the {what} has {max} connections open, its limit; retry later \
+         (the limit is the base's --max-connections)\n"
+    );
+    let reply = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\
+         retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let written = tokio::time::timeout(Duration::from_secs(1), stream.write_all(reply.as_bytes()))
+        .await
+        .is_ok_and(|w| w.is_ok());
+    if !written || linger.is_none() {
+        return;
+    }
+    let _ = stream.shutdown().await;
+    let drain = async {
+        let mut sink = [0u8; 4096];
+        let mut left = 64 << 10;
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left -= n.min(left),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(500), drain).await;
+}
+
+/// Descriptors a base needs besides its connections: stores, cache files,
+/// outgoing requests, log files.
+const FD_MARGIN: u64 = 512;
+
+/// Raises this process's soft open-files limit (`RLIMIT_NOFILE`) to its
+/// hard limit, as Go's runtime does at start, so that `max_connections` per
+/// listener can really be reached: with the usual soft limit of 1024, the
+/// default cap of 4096 would fail accepts with "too many open files" long
+/// before it. Warns, naming the figures and the flag, when even the hard
+/// limit is too low for both listeners at their cap.
+#[allow(unsafe_code)]
+pub(crate) fn fit_fd_limit(max_connections: usize) {
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit only writes the struct it is given.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+            return;
+        }
+        let before = limit.rlim_cur;
+        if limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            // SAFETY: setrlimit only reads the struct it is given.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+                limit.rlim_cur = before;
+            }
+        }
+        let needed = 2 * (max_connections + MAX_LINGERING) as u64 + FD_MARGIN;
+        if limit.rlim_cur < needed {
+            tracing::warn!(
+                open_files = limit.rlim_cur,
+                needed,
+                "the process may open {} files, fewer than two listeners at --max-connections {} need \
+                 ({needed}); raise the hard limit (ulimit -Hn, LimitNOFILE=) or lower --max-connections",
+                limit.rlim_cur,
+                max_connections
+            );
+        } else if before < limit.rlim_cur {
+            tracing::debug!(
+                from = before,
+                to = limit.rlim_cur,
+                "raised the open-files limit"
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = max_connections;
 }

@@ -30,10 +30,9 @@ impl Base {
         let ingress_addr = config.ingress_addr;
         let ops_addr = config.ops_addr;
         let bind = |what: &'static str, addr: SocketAddr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|reason| BaseError::Bind { what, addr, reason })
+            bind_listener(addr).map_err(|reason| BaseError::Bind { what, addr, reason })
         };
+        crate::listener::fit_fd_limit(config.max_connections.max(1));
         // Bind first: a port clash should fail before any state is touched.
         let ingress = bind("ingress", ingress_addr).await?;
         let ops_listener = bind("ops API", ops_addr).await?;
@@ -85,6 +84,26 @@ impl Base {
             tasks,
         })
     }
+}
+
+/// Connections the kernel queues for a listener before the base accepts
+/// them (Linux caps it at `net.core.somaxconn`, 4096 by default). A burst
+/// larger than the queue would have its last handshakes dropped and
+/// retried a second or more later; 4096 absorbs a burst of thousands.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` (address reuse on, as `TcpListener::bind`) with a listen
+/// queue of [`LISTEN_BACKLOG`].
+fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 impl RunningBase {

@@ -57,6 +57,33 @@ async fn serve_trusting(
     (url, (stop, task))
 }
 
+/// What most tests start from: a controller of their own on a store in a
+/// temporary directory, and a client.
+struct Setup {
+    /// The temporary directory (the store, artifacts written beside it).
+    dir: tempfile::TempDir,
+    /// `http://HOST:PORT` of the controller API.
+    url: String,
+    client: reqwest::Client,
+    /// The server: stops when dropped.
+    _server: (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ),
+}
+
+/// A [`Setup`]: a controller on `DIR/controller.redb`.
+async fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _server) = serve(&dir.path().join("controller.redb")).await;
+    Setup {
+        dir,
+        url,
+        client: reqwest::Client::new(),
+        _server,
+    }
+}
+
 /// A module artifact: the 8-byte preamble of a WebAssembly component is
 /// all the controller checks besides the digest; written to DIR/NAME.
 fn component(dir: &std::path::Path, name: &str, extra: &[u8]) -> Module {
@@ -126,9 +153,12 @@ async fn post(client: &reqwest::Client, url: &str, body: String) -> (u16, Value)
 
 #[tokio::test]
 async fn a_heartbeat_must_name_the_base_it_is_sent_for() {
-    let dir = tempfile::tempdir().unwrap();
-    let (url, _server) = serve(&dir.path().join("controller.redb")).await;
-    let client = reqwest::Client::new();
+    let Setup {
+        dir: _dir,
+        url,
+        client,
+        _server,
+    } = setup().await;
     assert_eq!(heartbeat(&client, &url, "b").await.status(), 400);
     let response = heartbeat(&client, &url, "a").await;
     assert_eq!(response.status(), 200);
@@ -241,10 +271,13 @@ async fn apply_list_show_delete_and_survive_a_restart() {
 
 #[tokio::test]
 async fn an_assignment_watch_is_held_until_the_assignments_change() {
-    let dir = tempfile::tempdir().unwrap();
-    let (url, _server) = serve(&dir.path().join("controller.redb")).await;
+    let Setup {
+        dir,
+        url,
+        client,
+        _server,
+    } = setup().await;
     let m = component(dir.path(), "orders.wasm", b"");
-    let client = reqwest::Client::new();
     let watch = |known: &str, wait_ms: u64| {
         client
             .get(format!("{url}/v1/bases/a/assignments"))
@@ -284,9 +317,12 @@ async fn an_assignment_watch_is_held_until_the_assignments_change() {
 
 #[tokio::test]
 async fn an_artifact_the_bases_could_not_run_is_refused_and_changes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let (url, _server) = serve(&dir.path().join("controller.redb")).await;
-    let client = reqwest::Client::new();
+    let Setup {
+        dir,
+        url,
+        client,
+        _server,
+    } = setup().await;
     let good = component(dir.path(), "orders.wasm", b"");
     let (status, body) = post(&client, &url, manifest("2", &good)).await;
     assert_eq!(status, 201, "{body}");
@@ -485,9 +521,12 @@ async fn until(client: &reqwest::Client, url: &str, check: impl Fn(&Value) -> bo
 
 #[tokio::test]
 async fn load_reports_are_validated_summed_per_deployment_and_shown() {
-    let dir = tempfile::tempdir().unwrap();
-    let (url, _server) = serve(&dir.path().join("controller.redb")).await;
-    let client = reqwest::Client::new();
+    let Setup {
+        dir,
+        url,
+        client,
+        _server,
+    } = setup().await;
     let m = component(dir.path(), "orders.wasm", b"");
     assert_eq!(post(&client, &url, manifest("2", &m)).await.0, 201);
     let put = |gateway: &str, body: &str| {
@@ -572,9 +611,12 @@ async fn load_reports_are_validated_summed_per_deployment_and_shown() {
 
 #[tokio::test]
 async fn activation_refuses_with_the_reason_and_places_one_replica() {
-    let dir = tempfile::tempdir().unwrap();
-    let (url, _server) = serve(&dir.path().join("controller.redb")).await;
-    let client = reqwest::Client::new();
+    let Setup {
+        dir,
+        url,
+        client,
+        _server,
+    } = setup().await;
     let m = component(dir.path(), "orders.wasm", b"");
     let activate = |name: &str| {
         send(
@@ -652,9 +694,12 @@ async fn activation_refuses_with_the_reason_and_places_one_replica() {
 
 #[tokio::test]
 async fn a_peer_deployment_wants_one_replica_per_matching_base() {
-    let dir = tempfile::tempdir().unwrap();
-    let (url, _server) = serve(&dir.path().join("controller.redb")).await;
-    let client = reqwest::Client::new();
+    let Setup {
+        dir,
+        url,
+        client,
+        _server,
+    } = setup().await;
     let m = component(dir.path(), "orders.wasm", b"");
     let peer = manifest("all", &m).replace(
         "  strategy: { batches: 2, needConfirm: true }\n",
@@ -698,9 +743,12 @@ async fn a_peer_deployment_wants_one_replica_per_matching_base() {
 
 #[tokio::test]
 async fn bad_scaling_specs_are_refused_by_field_and_change_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let (url, _server) = serve(&dir.path().join("controller.redb")).await;
-    let client = reqwest::Client::new();
+    let Setup {
+        dir,
+        url,
+        client,
+        _server,
+    } = setup().await;
     let m = component(dir.path(), "orders.wasm", b"");
     assert_eq!(post(&client, &url, manifest("2", &m)).await.0, 201);
     let shown = || async {

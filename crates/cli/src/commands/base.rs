@@ -104,6 +104,10 @@ pub struct BaseArgs {
     /// protection), e.g. 10s.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     header_read_timeout: Duration,
+    /// Most installs in progress or waiting at once; more are answered 503
+    /// (retry after a second) and change nothing.
+    #[arg(long, default_value_t = 64)]
+    max_pending_installs: usize,
     /// A directory install may read artifact files from (repeatable).
     /// Paths are resolved (symlinks, `..`) first; without any, artifacts
     /// come by upload or URL only. `berth up` also allows its working
@@ -177,6 +181,7 @@ impl BaseArgs {
         let mut config = BaseConfig::new(self.data_dir.clone().unwrap_or(default_data_dir));
         config.max_connections = self.max_connections;
         config.header_read_timeout = self.header_read_timeout;
+        config.max_pending_installs = self.max_pending_installs;
         config.artifact_dirs = self.artifact_dirs.clone();
         config.artifact_hosts = self.artifact_hosts.clone();
         config.trust_keys = berth_runtime::TrustKeys::parse(&self.trust_keys)?;

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use berth_example_modules::HELLO;
 
 use crate::support::{
-    BERTH, BaseProcess, berth, failure, file_digest, spawn_announced, stdout, work_dir,
+    BaseProcess, berth, controller_command, failure, file_digest, spawn_controller, stdout,
+    work_dir, write_deployment,
 };
 
 fn manifest(replicas: &str, version: &str) -> String {
@@ -152,13 +153,7 @@ fn a_controller_keeps_its_state_in_the_store_named_by_store() {
     assert!(stdout(again.berth(&["get", "deployments"])).contains("orders"));
     drop(again);
     // A bad --store is refused before anything starts, saying what to write.
-    let err = failure(berth(&[
-        "controller",
-        "--listen",
-        "127.0.0.1:0",
-        "--store",
-        "etcd://h1",
-    ]));
+    let err = failure(controller_command(&["--store", "etcd://h1"]));
     assert!(
         err.contains("endpoint `h1` has no port") && err.contains("use `redb:PATH` or `etcd://"),
         "{err}"
@@ -196,7 +191,7 @@ fn a_controller_refuses_to_start_on_an_unreachable_etcd_naming_it() {
         .port();
     let work = work_dir();
     let store = format!("etcd://127.0.0.1:{port}");
-    let mut cmd = berth(&["controller", "--listen", "127.0.0.1:0", "--store", &store]);
+    let mut cmd = controller_command(&["--store", &store]);
     cmd.arg("--data-dir").arg(work.path().join("controller"));
     let err = failure(cmd);
     assert!(
@@ -220,14 +215,7 @@ impl ControllerProcess {
 
     /// A controller on `port` (to restart one where it was).
     fn start_on(port: u16, work: &std::path::Path, extra: &[&str]) -> Self {
-        let mut cmd = Command::new(BERTH);
-        cmd.args(["controller", "--listen", &format!("127.0.0.1:{port}")])
-            .args(extra)
-            .arg("--data-dir")
-            .arg(work.join("controller"));
-        let (child, urls) = spawn_announced(&mut cmd, &["berth controller serving on"])
-            .unwrap_or_else(|stderr| panic!("berth controller did not start:\n{stderr}"));
-        let addr = urls[0].trim_start_matches("http://").to_string();
+        let (child, addr) = spawn_controller(port, &work.join("controller"), extra, &[]);
         Self { child, addr }
     }
 
@@ -258,15 +246,7 @@ impl ControllerProcess {
         digest: Option<&str>,
         spec: &str,
     ) -> String {
-        let digest = digest.map_or_else(|| file_digest(artifact), str::to_string);
-        let file = work.join(format!("{name}.yaml"));
-        std::fs::write(
-            &file,
-            format!(
-                "apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: {{ name: {name} }}\nspec:\n  module: {{ name: {name}, version: \"{version}\", artifact: \"file:{artifact}\", digest: \"{digest}\" }}\n  {spec}\n"
-            ),
-        )
-        .unwrap();
+        let file = write_deployment(work, name, version, artifact, digest, spec);
         stdout(self.berth(&["apply", "-f", file.to_str().unwrap()]))
     }
 
@@ -389,15 +369,7 @@ fn body(ingress: &str, path: &str) -> Option<String> {
 
 /// The whole answer (status line, headers, body) to `GET path`, if any.
 fn get(ingress: &str, path: &str) -> Option<String> {
-    use std::io::{Read as _, Write as _};
-    let addr = ingress.trim_start_matches("http://");
-    let mut stream = std::net::TcpStream::connect(addr).ok()?;
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    Some(response)
+    crate::support::raw_get(ingress, path)
 }
 
 /// Waits until `count(&bases)` equals `want`.

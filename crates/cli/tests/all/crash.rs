@@ -6,25 +6,16 @@
 //! `berth_runtime::failpoint`).
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use berth_example_modules::{HELLO, HELLO_V2};
 use serde_json::Value;
 
-use crate::support::{BERTH, BaseProcess, spawn_announced};
+use crate::support::{BaseProcess, apply_command, spawn_controller, write_deployment};
 
 /// A `berth base` on `dir` that aborts at `failpoint`.
 fn base_failing_at(dir: &Path, failpoint: &str) -> BaseProcess {
-    let mut cmd = Command::new(BERTH);
-    cmd.args(["base", "--listen", "127.0.0.1:0", "--ops", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(dir)
-        .env("BERTH_TEST_FAILPOINT", failpoint);
-    let (child, urls) = spawn_announced(&mut cmd, &["ingress", "ops API"])
-        .unwrap_or_else(|stderr| panic!("berth base did not start; stderr:\n{stderr}"));
-    let [ingress, ops] = <[String; 2]>::try_from(urls).expect("two addresses");
-    BaseProcess::from_parts(child, ingress, ops)
+    BaseProcess::start_at_with_env(dir, &[], &[("BERTH_TEST_FAILPOINT", failpoint)])
 }
 
 fn run(base: &BaseProcess, args: &[&str]) -> std::process::Output {
@@ -272,32 +263,17 @@ fn a_base_killed_at_any_step_restarts_whole() {
 /// A `berth controller` on `port` (0: any) with its state in `dir`,
 /// aborting at `failpoint` when given; returns it and its `HOST:PORT`.
 fn controller(dir: &Path, port: u16, failpoint: Option<&str>) -> (std::process::Child, String) {
-    let mut cmd = Command::new(BERTH);
-    cmd.args(["controller", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(dir);
-    if let Some(step) = failpoint {
-        cmd.env("BERTH_TEST_FAILPOINT", step);
-    }
-    let (child, urls) = spawn_announced(&mut cmd, &["berth controller serving on"])
-        .unwrap_or_else(|stderr| panic!("berth controller did not start:\n{stderr}"));
-    let addr = urls[0].trim_start_matches("http://").to_string();
-    (child, addr)
+    let env: Vec<_> = failpoint
+        .map(|step| ("BERTH_TEST_FAILPOINT", step))
+        .into_iter()
+        .collect();
+    spawn_controller(port, dir, &[], &env)
 }
 
 fn apply(addr: &str, work: &Path, artifact: &str, version: &str) -> std::process::Output {
-    let digest = berth_runtime::Digest::of(&std::fs::read(artifact).unwrap());
-    let file = work.join("hello.yaml");
-    std::fs::write(
-        &file,
-        format!(
-            "apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: {{ name: hello }}\nspec:\n  module: {{ name: hello, version: \"{version}\", artifact: \"file:{artifact}\", digest: \"{digest}\" }}\n  replicas: 1\n  baseSelector: {{ group: online }}\n"
-        ),
-    )
-    .unwrap();
-    crate::support::berth(&["apply", "-f", file.to_str().unwrap(), "--controller", addr])
-        .output()
-        .unwrap()
+    let spec = "replicas: 1\n  baseSelector: { group: online }";
+    let file = write_deployment(work, "hello", version, artifact, None, spec);
+    apply_command(&file, addr).output().unwrap()
 }
 
 /// The stored deployments (`berth get deployments -o json`).
@@ -365,16 +341,8 @@ fn a_controller_killed_at_apply_or_rollout_restarts_whole() {
     let dir = work.path().join("ctl");
     let (mut first, addr) = controller(&dir, 0, None);
     let port: u16 = addr.rsplit_once(':').unwrap().1.parse().unwrap();
-    let base = BaseProcess::start_with(&[
-        "--controller",
-        &format!("http://{addr}"),
-        "--name",
-        "a",
-        "--labels",
-        "group=online",
-        "--heartbeat-interval",
-        "100ms",
-    ]);
+    let url = format!("http://{addr}");
+    let base = BaseProcess::joining(&url, "a", "group=online", "100ms", &[]);
     assert!(apply(&addr, work.path(), HELLO, "1.0.0").status.success());
     let deadline = Instant::now() + Duration::from_secs(30);
     while hello(&base.ingress).is_none_or(|b| b.contains("version 2")) {

@@ -6,7 +6,7 @@
 //! and restarted under load during a rollout), and an autoscale ramp
 //! driven by Debian's `hey` (installed when missing).
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 use berth_example_modules::{HELLO, HELLO_V2};
 
 use crate::support::{
-    BERTH, BaseProcess, berth, failure, file_digest, insecure_unless_set, spawn_announced, stdout,
-    work_dir,
+    BaseProcess, berth, failure, file_digest, spawn_controller, spawn_gateway, stdout, work_dir,
 };
 
 const SECRET: &str = "fleet-secret";
@@ -29,15 +28,9 @@ struct Controller {
 
 impl Controller {
     fn start(work: &std::path::Path, port: u16, extra: &[&str]) -> Self {
-        let mut cmd = Command::new(BERTH);
-        cmd.args(["controller", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--heartbeat-timeout", "1s"])
-            .args(extra)
-            .arg("--data-dir")
-            .arg(work.join("controller"));
-        let (child, urls) = spawn_announced(&mut cmd, &["berth controller serving on"])
-            .unwrap_or_else(|stderr| panic!("berth controller did not start:\n{stderr}"));
-        let addr = urls[0].trim_start_matches("http://").to_string();
+        let mut args = vec!["--heartbeat-timeout", "1s"];
+        args.extend_from_slice(extra);
+        let (child, addr) = spawn_controller(port, &work.join("controller"), &args, &[]);
         Self { child, addr }
     }
 
@@ -156,27 +149,9 @@ impl Gateway {
 
     /// A gateway with `extra` flags.
     fn start_with(controller: &str, extra: &[&str]) -> Self {
-        let stderr = tempfile::NamedTempFile::new().unwrap();
-        let mut child = insecure_unless_set(&mut Command::new(BERTH))
-            .args(["gateway", "--listen", "127.0.0.1:0", "--controller"])
-            .arg(format!("http://{controller}"))
-            .args(["--gateway-secret", SECRET])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(stderr.reopen().unwrap())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .and_then(Result::ok)
-                .expect("berth gateway printed its address");
-            if let Some(url) = line.strip_prefix("berth gateway serving on http://") {
-                break url.trim().to_string();
-            }
-        };
-        std::thread::spawn(move || lines.for_each(drop));
+        let mut args = vec!["--gateway-secret", SECRET];
+        args.extend_from_slice(extra);
+        let (child, addr, stderr) = spawn_gateway(controller, &args);
         Self {
             child,
             addr,

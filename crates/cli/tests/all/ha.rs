@@ -11,7 +11,8 @@ use berth_example_modules::{HELLO, HELLO_V2};
 
 use crate::etcd_server::EtcdCluster;
 use crate::support::{
-    BERTH, BaseProcess, berth, failure, file_digest, spawn_announced, stdout, work_dir,
+    BaseProcess, apply_command, berth, controller_command, failure, file_digest, spawn_controller,
+    stdout, work_dir, write_deployment,
 };
 
 /// The leader TTL the tests run with (etcd's smallest on its defaults).
@@ -31,14 +32,8 @@ impl Ctl {
     }
 
     fn start_on(work: &Path, name: &str, store: &str, port: u16) -> Self {
-        let mut cmd = Command::new(BERTH);
-        cmd.args(["controller", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--store", store, "--leader-ttl", "2s"])
-            .arg("--data-dir")
-            .arg(work.join(name));
-        let (child, urls) = spawn_announced(&mut cmd, &["berth controller serving on"])
-            .unwrap_or_else(|stderr| panic!("berth controller did not start:\n{stderr}"));
-        let addr = urls[0].trim_start_matches("http://").to_string();
+        let extra = ["--store", store, "--leader-ttl", "2s"];
+        let (child, addr) = spawn_controller(port, &work.join(name), &extra, &[]);
         Self { child, addr }
     }
 
@@ -79,15 +74,7 @@ fn http_get(addr: &str, path: &str) -> Option<String> {
 
 /// The whole answer to `GET path` at `addr` (status line, headers, body).
 fn raw_get(addr: &str, path: &str) -> Option<String> {
-    use std::io::{Read as _, Write as _};
-    let addr = addr.trim_start_matches("http://");
-    let mut stream = std::net::TcpStream::connect(addr).ok()?;
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    Some(response)
+    crate::support::raw_get(addr, path)
 }
 
 /// Polls `done` every 20 ms for up to `within`; how long it took.
@@ -118,38 +105,18 @@ fn the_leader(ctls: &[&Ctl]) -> usize {
 /// replicas), and applies it
 /// through the controllers `list`.
 fn apply(work: &Path, list: &str, name: &str, version: &str, artifact: &str, replicas: u32) {
-    let file = work.join(format!("{name}.yaml"));
-    std::fs::write(
-        &file,
-        format!(
-            "apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: {{ name: {name} }}\nspec:\n  module: {{ name: {name}, version: \"{version}\", artifact: \"file:{artifact}\", digest: \"{}\" }}\n  replicas: {replicas}\n  baseSelector: {{ group: online }}\n  strategy: {{ batches: {}, pauseBetween: 1s }}\n",
-            file_digest(artifact),
-            replicas.min(3)
-        ),
-    )
-    .unwrap();
-    let out = stdout(berth(&[
-        "apply",
-        "-f",
-        file.to_str().unwrap(),
-        "--controller",
-        list,
-    ]));
+    let spec = format!(
+        "replicas: {replicas}\n  baseSelector: {{ group: online }}\n  strategy: {{ batches: {}, pauseBetween: 1s }}",
+        replicas.min(3)
+    );
+    let file = write_deployment(work, name, version, artifact, None, &spec);
+    let out = stdout(apply_command(&file, list));
     assert!(out.contains("ModuleDeployment/"), "{out}");
 }
 
 /// A base in group `online` that talks to the controllers `list`.
 fn base(list: &str, name: &str) -> BaseProcess {
-    BaseProcess::start_with(&[
-        "--controller",
-        list,
-        "--name",
-        name,
-        "--heartbeat-interval",
-        "200ms",
-        "--labels",
-        "group=online",
-    ])
+    BaseProcess::joining(list, name, "group=online", "200ms", &[])
 }
 
 /// What `/hello` on `base` answers: 1 or 2 (the version), 0 if nothing.
@@ -691,7 +658,7 @@ fn a_leader_that_is_stopped_hands_over_at_once_and_a_bad_ttl_is_refused() {
     let took = within("the second leads", TTL / 2, || second.leads());
     eprintln!("handover after SIGINT: {took:?}");
     // Too short a lease to renew is refused at start, saying what works.
-    let mut cmd = berth(&["controller", "--listen", "127.0.0.1:0", "--store", &store]);
+    let mut cmd = controller_command(&["--store", &store]);
     cmd.args(["--leader-ttl", "500ms", "--data-dir"])
         .arg(work.path().join("c2"));
     let err = failure(cmd);

@@ -8,6 +8,7 @@ mod crash;
 mod engine;
 #[path = "../../../controller/tests/support/etcd.rs"]
 mod etcd_server;
+mod exhaustion;
 mod fleet;
 mod gateway;
 mod ha;

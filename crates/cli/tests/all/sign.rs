@@ -2,12 +2,13 @@
 //! base and a controller that trust the key, and a fleet base that gets the
 //! signature from the controller.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use berth_example_modules::{ECHO, HELLO};
 
-use crate::support::{BERTH, BaseProcess, berth, failure, spawn_announced, stdout};
+use crate::support::{
+    BaseProcess, apply_command, berth, failure, spawn_controller, stdout, write_deployment,
+};
 
 fn served(ingress: &str, path: &str) -> bool {
     use std::io::{Read as _, Write as _};
@@ -65,44 +66,27 @@ fn signed_artifacts_deploy_to_a_trusting_base_and_fleet_and_unsigned_ones_do_not
     // A fleet: the controller refuses the unsigned manifest, and a base that
     // trusts the key installs the signed one with the signature the
     // controller serves beside it.
-    let mut cmd = Command::new(BERTH);
-    cmd.args(["controller", "--listen", "127.0.0.1:0", "--trust-key"])
-        .arg(&public)
-        .arg("--data-dir")
-        .arg(work.path().join("ctl"));
-    let (mut ctl, urls) = spawn_announced(&mut cmd, &["berth controller serving on"])
-        .unwrap_or_else(|stderr| panic!("berth controller did not start:\n{stderr}"));
-    let addr = urls[0].trim_start_matches("http://").to_string();
-    let fleet_base = BaseProcess::start_with(&[
-        "--controller",
-        &format!("http://{addr}"),
-        "--name",
-        "a",
-        "--labels",
-        "group=online",
-        "--heartbeat-interval",
-        "100ms",
-        "--trust-key",
-        public.to_str().unwrap(),
-    ]);
+    let (mut ctl, addr) = spawn_controller(
+        0,
+        &work.path().join("ctl"),
+        &["--trust-key", public.to_str().unwrap()],
+        &[],
+    );
+    let controller = format!("http://{addr}");
+    let trust = ["--trust-key", public.to_str().unwrap()];
+    let fleet_base = BaseProcess::joining(&controller, "a", "group=online", "100ms", &trust);
     let manifest = |name: &str, file: &std::path::Path| {
-        let digest = berth_runtime::Digest::of(&std::fs::read(file).unwrap());
-        let path = work.path().join(format!("{name}.yaml"));
-        std::fs::write(
-            &path,
-            format!(
-                "apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: {{ name: {name} }}\nspec:\n  module: {{ name: {name}, version: \"1.0.0\", artifact: \"file:{}\", digest: \"{digest}\" }}\n  replicas: 1\n  baseSelector: {{ group: online }}\n",
-                file.display()
-            ),
+        let spec = "replicas: 1\n  baseSelector: { group: online }";
+        write_deployment(
+            work.path(),
+            name,
+            "1.0.0",
+            file.to_str().unwrap(),
+            None,
+            spec,
         )
-        .unwrap();
-        path
     };
-    let apply = |file: &std::path::Path| {
-        let mut cmd = berth(&["apply", "-f", file.to_str().unwrap()]);
-        cmd.args(["--controller", &addr]);
-        cmd
-    };
+    let apply = |file: &std::path::Path| apply_command(file, &addr);
     let err = failure(apply(&manifest("echo", &echo)));
     assert!(err.contains("is not signed"), "{err}");
     stdout(apply(&manifest("hello", &hello)));

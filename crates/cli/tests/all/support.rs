@@ -1,6 +1,9 @@
 //! Scaffolding shared by the CLI tests: a real `berth base` process, the
 //! `berth` binary with module builds sharing one target dir, and helpers to
-//! read its output.
+//! read its output. Every test starts its bases, controllers and gateways
+//! through one function each ([`BaseProcess::start_at_with_env`],
+//! [`spawn_controller`], [`spawn_gateway`]), and writes deployments with
+//! [`write_deployment`], so a change to how they start reaches every test.
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
@@ -37,6 +40,12 @@ impl BaseProcess {
     /// the system picks (see [`spawn_announced`]), reading artifact files
     /// from [`test_artifact_dirs`].
     pub fn start_at(dir: &Path, extra: &[&str]) -> Self {
+        Self::start_at_with_env(dir, extra, &[])
+    }
+
+    /// The same with environment variables `env` (e.g. a test failpoint):
+    /// the one place the tests start `berth base`.
+    pub fn start_at_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(BERTH);
         cmd.args(["base", "--listen", "127.0.0.1:0", "--ops", "127.0.0.1:0"])
             .arg("--data-dir")
@@ -44,7 +53,7 @@ impl BaseProcess {
         for allowed in test_artifact_dirs() {
             cmd.arg("--artifact-dir").arg(allowed);
         }
-        cmd.args(extra);
+        cmd.args(extra).envs(env.iter().copied());
         let (child, urls) = spawn_announced(&mut cmd, &["ingress", "ops API"])
             .unwrap_or_else(|stderr| panic!("berth base did not start; stderr:\n{stderr}"));
         let [ingress, ops] = <[String; 2]>::try_from(urls).expect("two addresses");
@@ -56,15 +65,28 @@ impl BaseProcess {
         }
     }
 
-    /// A base process started elsewhere (e.g. with an environment of its
-    /// own), listening on `ingress` and `ops`; killed on drop like the others.
-    pub fn from_parts(child: Child, ingress: String, ops: String) -> Self {
-        Self {
-            child,
-            ops,
-            ingress,
-            _data: None,
-        }
+    /// A base joining the controller(s) at `controller` (`http://…`, or a
+    /// comma-separated list) as `name` with `labels` (`k=v,…`),
+    /// heartbeating every `interval`, with `extra` flags.
+    pub fn joining(
+        controller: &str,
+        name: &str,
+        labels: &str,
+        interval: &str,
+        extra: &[&str],
+    ) -> Self {
+        let mut args = vec![
+            "--controller",
+            controller,
+            "--name",
+            name,
+            "--labels",
+            labels,
+            "--heartbeat-interval",
+            interval,
+        ];
+        args.extend_from_slice(extra);
+        Self::start_with(&args)
     }
 
     /// `berth ARGS --base <this base>`, with module builds sharing one target dir.
@@ -243,4 +265,110 @@ pub fn edit(file: &Path, from: &str, to: &str) {
 /// `sha256:…` of the file at `path`.
 pub fn file_digest(path: &str) -> String {
     berth_runtime::Digest::of(&std::fs::read(path).unwrap()).to_string()
+}
+
+/// Starts `berth controller` on 127.0.0.1:`port` (0: one the system picks)
+/// with its data in `data_dir`, `extra` flags and environment `env`: the
+/// one place the tests start a controller. Returns it and its `HOST:PORT`.
+pub fn spawn_controller(
+    port: u16,
+    data_dir: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (Child, String) {
+    let mut cmd = Command::new(BERTH);
+    cmd.args(["controller", "--listen", &format!("127.0.0.1:{port}")])
+        .args(extra)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .envs(env.iter().copied());
+    let (child, urls) = spawn_announced(&mut cmd, &["berth controller serving on"])
+        .unwrap_or_else(|stderr| panic!("berth controller did not start:\n{stderr}"));
+    let addr = urls[0].trim_start_matches("http://").to_string();
+    (child, addr)
+}
+
+/// `berth controller --listen 127.0.0.1:0 EXTRA`, not started: for the
+/// tests of a controller that refuses to start.
+pub fn controller_command(extra: &[&str]) -> Cmd {
+    let mut cmd = berth(&["controller", "--listen", "127.0.0.1:0"]);
+    cmd.args(extra).env(INSECURE.0, INSECURE.1);
+    cmd
+}
+
+/// Starts `berth gateway` in front of the controller at `controller`
+/// (`HOST:PORT`; `http://` is put before it) with `extra` flags, its stderr going to
+/// the returned file: the one place the tests start a gateway. Returns it,
+/// its `HOST:PORT` and that file.
+pub fn spawn_gateway(controller: &str, extra: &[&str]) -> (Child, String, tempfile::NamedTempFile) {
+    let stderr = tempfile::NamedTempFile::new().unwrap();
+    let mut child = insecure_unless_set(&mut Command::new(BERTH))
+        .args(["gateway", "--listen", "127.0.0.1:0", "--controller"])
+        .arg(format!("http://{controller}"))
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(stderr.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .and_then(Result::ok)
+            .expect("berth gateway printed its address");
+        if let Some(url) = line.strip_prefix("berth gateway serving on http://") {
+            break url.trim().to_string();
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, addr, stderr)
+}
+
+/// Writes WORK/NAME.yaml: a ModuleDeployment named after its module `name`,
+/// `version` from the file `artifact` pinned to `digest` (default: the
+/// file's own), with `spec` as further lines under `spec:` (indent the
+/// lines after the first by two spaces). Returns its path.
+pub fn write_deployment(
+    work: &Path,
+    name: &str,
+    version: &str,
+    artifact: &str,
+    digest: Option<&str>,
+    spec: &str,
+) -> PathBuf {
+    let digest = digest.map_or_else(|| file_digest(artifact), str::to_string);
+    let file = work.join(format!("{name}.yaml"));
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: berth.dev/v1\nkind: ModuleDeployment\nmetadata: {{ name: {name} }}\nspec:\n  module: {{ name: {name}, version: \"{version}\", artifact: \"file:{artifact}\", digest: \"{digest}\" }}\n  {spec}\n"
+        ),
+    )
+    .unwrap();
+    file
+}
+
+/// `berth apply -f FILE --controller CONTROLLER`, not run yet.
+pub fn apply_command(file: &Path, controller: &str) -> Cmd {
+    berth(&[
+        "apply",
+        "-f",
+        file.to_str().unwrap(),
+        "--controller",
+        controller,
+    ])
+}
+
+/// The whole answer (status line, headers, body) to `GET path` at `addr`
+/// (`HOST:PORT`, `http://` allowed) on a connection of its own, if any.
+pub fn raw_get(addr: &str, path: &str) -> Option<String> {
+    use std::io::{Read as _, Write as _};
+    let addr = addr.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    Some(response)
 }

@@ -3,9 +3,9 @@
 //!
 //! [`decide`] is a pure function of the policy, the replicas now, one
 //! observation and the time, plus the little history it keeps in
-//! [`State`]; [`crate::scaler`] calls it every [`TICK`] for each
-//! autoscaled deployment and turns each decision into a change and an
-//! event carrying its inputs.
+//! [`State`]; [`crate::scaler`] calls it every [`TICK`] (and when a load
+//! report arrives) for each autoscaled deployment and turns each decision
+//! into a change and an event carrying its inputs.
 //!
 //! - `desired = ceil(observed / target)`, kept within `[minReplicas, maxReplicas]`;
 //!   `observed` is the deployment's total (in flight plus held for a

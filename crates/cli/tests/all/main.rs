@@ -1,6 +1,7 @@
 //! End-to-end tests of the `berth` binary: a real base process, real module
 //! builds, real HTTP. One test binary with a module per topic, to link once.
 
+mod autoscale;
 mod base_flags;
 mod controller;
 mod crash;

@@ -3,9 +3,9 @@
 //!
 //! [`decide`] is a pure function of the policy, the replicas now, one
 //! observation and the time, plus the little history it keeps in
-//! [`State`]; [`crate::scaler`] calls it every [`TICK`] for each
-//! autoscaled deployment and turns each decision into a change and an
-//! event carrying its inputs.
+//! [`State`]; [`crate::scaler`] calls it every [`TICK`] (and when a load
+//! report arrives) for each autoscaled deployment and turns each decision
+//! into a change and an event carrying its inputs.
 //!
 //! - `desired = ceil(observed / target)`, kept within `[minReplicas, maxReplicas]`;
 //!   `observed` is the deployment's total (in flight plus held for a
@@ -13,9 +13,13 @@
 //!   what one replica should carry.
 //! - **Panic**: an observation above twice what the current replicas carry
 //!   at target (`observed > 2 × target × replicas`; any load at 0
-//!   replicas) scales up at once to its desired count. While panicking the
-//!   autoscaler never scales down; panic ends when the scale-up window's
-//!   average fits the replicas at target again.
+//!   replicas) scales up at once to its desired count. For a scale-up
+//!   window after that, each observation that wants more scales up at once
+//!   too: a step in the load reaches the autoscaler over two reports (the
+//!   first covers only part of its interval), and the second is rarely
+//!   twice the target again. While panicking the autoscaler never scales
+//!   down; panic ends when the scale-up window's average fits the
+//!   replicas at target again.
 //! - **Scale up**: the average over `scaleUpWindow` wants more replicas.
 //! - **Scale down**: only once every observation over a whole
 //!   `scaleDownWindow` wanted fewer replicas, and then to the most any of
@@ -80,6 +84,8 @@ pub struct State {
     below: Option<(u64, u32)>,
     /// In panic mode.
     panicking: bool,
+    /// When an observation was last above twice the target (ms).
+    panicked_at: Option<u64>,
 }
 
 impl State {
@@ -94,6 +100,8 @@ impl State {
 pub enum Window {
     /// Panic: one observation above twice the target.
     Panic,
+    /// Within a scale-up window of a panic, an observation wanting more.
+    AfterPanic(Duration),
     /// The scale-up window's average.
     Up(Duration),
     /// A whole scale-down window below target.
@@ -128,6 +136,10 @@ impl std::fmt::Display for Decision {
         };
         let window = match self.window {
             Window::Panic => "panic: above twice the target, at once".to_string(),
+            Window::AfterPanic(w) => format!(
+                "within the scale-up window {} of a panic, at once",
+                humantime::format_duration(w)
+            ),
             Window::Up(w) => format!("scale-up window {}", humantime::format_duration(w)),
             Window::Down(w) => format!(
                 "below target for the scale-down window {}",
@@ -183,9 +195,20 @@ pub fn decide(
     let carried = f64::from(current) * policy.target;
     if observed > 2.0 * carried {
         state.panicking = true;
+        state.panicked_at = Some(now_ms);
         state.below = None;
         let to = policy.desired(observed);
         return (to > current).then(|| decision(to, observed, Window::Panic));
+    }
+    if state
+        .panicked_at
+        .is_some_and(|at| now_ms.saturating_sub(at) <= up_ms)
+    {
+        let to = policy.desired(observed);
+        if to > current {
+            state.below = None;
+            return Some(decision(to, observed, Window::AfterPanic(policy.up_window)));
+        }
     }
     if state.panicking && average <= carried {
         state.panicking = false;
@@ -301,6 +324,39 @@ mod tests {
         // A whole scale-down window after panic ended: down to 1.
         let d = decide(&p, &mut s, 10, 5.0, 11_500).unwrap();
         assert_eq!((d.to, d.window), (1, Window::Down(Duration::from_secs(10))));
+    }
+
+    #[test]
+    fn a_step_seen_over_two_reports_reaches_its_count_at_the_second() {
+        let p = Policy {
+            metric: Metric::Rps,
+            target: 300.0,
+            ..policy()
+        };
+        let mut s = State::default();
+        // 50/s on 1 replica for a while; then a step to 1,500/s whose
+        // first report covers half its interval (775/s: panic, 1 → 3)…
+        let (replicas, _) = run(&p, &mut s, 1, 50.0, 0, 8);
+        let d = decide(&p, &mut s, replicas, 775.0, 4_000).unwrap();
+        assert_eq!((d.to, d.window), (3, Window::Panic));
+        // …and the next, a second later, the whole step: 1,500/s is not
+        // twice what 3 replicas carry, and the window's average (with the
+        // 50s before the step) wants fewer, yet it goes to 5 at once.
+        let d = decide(&p, &mut s, 3, 1500.0, 5_000).unwrap();
+        assert_eq!((d.from, d.to), (3, 5));
+        assert_eq!(
+            d.to_string(),
+            "observed 1500.0 requests/s, target 300 per replica (within the scale-up window 2s of a panic, at once): 3 → 5"
+        );
+        // Past the scale-up window of the panic, the window's average rules again.
+        let mut s = State::default();
+        decide(&p, &mut s, 1, 775.0, 0).unwrap();
+        run(&p, &mut s, 3, 800.0, 500, 5);
+        assert_eq!(
+            decide(&p, &mut s, 3, 1000.0, 3_000),
+            None,
+            "average 850 fits 3"
+        );
     }
 
     #[test]

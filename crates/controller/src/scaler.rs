@@ -12,9 +12,10 @@
 //!   does not scale to zero, or that no base can take, 409 with the reason
 //!   (the gateway shows it to its clients). Once the activated replica
 //!   runs, the deployment is back at its spec's count.
-//! - **Autoscale** (`spec.autoscale`): every [`autoscale::TICK`] the
-//!   [`autoscale::decide`] function sets the replicas; each decision is an
-//!   `Autoscaled` event carrying its inputs.
+//! - **Autoscale** (`spec.autoscale`): every [`autoscale::TICK`], and on
+//!   each load report as it arrives, the [`autoscale::decide`] function
+//!   sets the replicas; each decision is an `Autoscaled` event carrying
+//!   its inputs.
 //!
 //! The count is kept with the deployment ([`Scale`], in force instead of
 //! the spec's), so every controller and a restarted one agree on it; the
@@ -105,6 +106,9 @@ pub struct Scaler {
     /// The gateways' latest reports.
     pub load: LoadBoard,
     tracked: Mutex<BTreeMap<String, Tracked>>,
+    /// Woken by each load report, so a step in the load is decided on
+    /// when it arrives rather than at the next tick.
+    reported: tokio::sync::Notify,
 }
 
 impl Scaler {
@@ -113,6 +117,7 @@ impl Scaler {
         Self {
             load: LoadBoard::new(metrics),
             tracked: Mutex::default(),
+            reported: tokio::sync::Notify::new(),
         }
     }
 
@@ -135,13 +140,17 @@ impl Scaler {
     }
 }
 
-/// Runs [`tick`] every [`autoscale::TICK`] until the reconciler stops.
+/// Runs [`tick`] every [`autoscale::TICK`], and as soon as a load report
+/// arrives (a gateway reports each second: waiting for the next tick
+/// would add up to half a tick to every scale-up), until the reconciler
+/// stops.
 pub async fn run(reconciler: Arc<Reconciler>) {
     let mut interval = tokio::time::interval(autoscale::TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = interval.tick() => {}
+            _ = reconciler.scaler.reported.notified() => interval.reset(),
             _ = reconciler.stopped() => return,
         }
         // Scaling writes the store: only the leader decides (load reports
@@ -351,6 +360,7 @@ async fn put_load(
         .scaler
         .load
         .put(&gateway, report, Instant::now());
+    shared.reconciler.scaler.reported.notify_one();
     Ok(axum::Json(serde_json::json!({ "deployments": deployments })).into_response())
 }
 

@@ -900,17 +900,17 @@ fn ensure_hey() {
 
 /// What one `hey` run reported.
 #[derive(Debug)]
-struct Hey {
+pub(crate) struct Hey {
     /// Requests per second.
-    rps: f64,
+    pub(crate) rps: f64,
     /// 200 answers.
-    ok: u64,
+    pub(crate) ok: u64,
     /// Other answers and errors, as hey printed them.
-    failed: Vec<String>,
+    pub(crate) failed: Vec<String>,
 }
 
 /// `hey -z SECS -c WORKERS -q RATE` (rate per worker) on `url`, in a thread.
-fn hey(url: &str, secs: u32, workers: u32, rate: u32) -> std::thread::JoinHandle<Hey> {
+pub(crate) fn hey(url: &str, secs: u32, workers: u32, rate: u32) -> std::thread::JoinHandle<Hey> {
     ensure_hey();
     let url = url.to_string();
     std::thread::spawn(move || {

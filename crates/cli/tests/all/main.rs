@@ -2,6 +2,7 @@
 //! builds, real HTTP. One test binary with a module per topic, to link once.
 
 mod auth;
+mod autoscale;
 mod base_flags;
 mod controller;
 mod crash;

@@ -9,11 +9,18 @@ load (same connections, threads, duration) at, interleaved over rounds:
 - **gateway**: `berth gateway` (rules, least outstanding of two, pooled
   keep-alive connections to both bases);
 - **haproxy**: HAProxy (Debian package, installed with apt-get when
-  missing) as a round-robin HTTP reverse proxy to the same two bases, with
-  keep-alive to them.
+  missing) as a round-robin HTTP reverse proxy to the same two bases, a
+  fair peer: keep-alive to the bases with connections reused across client
+  connections (`http-reuse always`), no logging, and as many threads
+  (`nbthread`) as the gateway has runtime workers (`--proxy-threads`, given
+  to the gateway as TOKIO_WORKER_THREADS).
 
-Reports requests/s, p50 and p99 (median and min-max over rounds) and the
-gateway/HAProxy ratios (target: requests/s >= 1.0x HAProxy, p99 no worse).
+Reports requests/s, p50 and p99 (median and min-max over rounds), the
+proxy's own CPU time per request (user + system time of the gateway or
+HAProxy process over the run, from /proc, divided by the requests wrk
+counted: less sensitive to other load on a shared machine than
+requests/s), and the gateway/HAProxy ratios (target: requests/s >= 1.0x
+HAProxy, p99 no worse).
 
 Then counts failed requests (non-2xx and socket errors, as wrk reports
 them) through the gateway under load while (a) the deployment scales in
@@ -30,7 +37,8 @@ request was held). Each round costs about idleAfter + a tick, so 50
 activations take a couple of minutes.
 
 Usage: bench/gateway.py [--rounds 3] [--duration 10] [--connections 32] [--threads 2]
-                        [--activations 50] [--only throughput|failures|activation]
+                        [--proxy-threads 2] [--activations 50]
+                        [--only throughput|failures|activation]
                         [--skip-build] [--berth target/release/berth]
 A debug build works for a smoke run: --berth target/debug/berth --skip-build.
 """
@@ -83,12 +91,23 @@ def start_base(tmp, controller, name):
     return {"proc": proc, "port": port, "ops": ops}
 
 
-def start_gateway(controller):
+def start_gateway(controller, threads=None):
+    """`berth gateway`; `threads`: its runtime's worker threads (default: one per core)."""
+    # `env` execs berth in its own place: the process is still the gateway.
+    workers = ["env", f"TOKIO_WORKER_THREADS={threads}"] if threads else []
     proc, (port,) = bench.start_announced(
-        [BERTH, "gateway", "--listen", "127.0.0.1:0", "--controller", f"http://127.0.0.1:{controller}",
+        [*workers, BERTH, "gateway", "--listen", "127.0.0.1:0", "--controller", f"http://127.0.0.1:{controller}",
          "--gateway-secret", SECRET],
         [r"berth gateway serving on http://[\d.]+:(\d+)"])
     return proc, port
+
+
+def cpu_seconds(pid):
+    """User + system CPU time of process `pid` (all its threads) so far, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # utime and stime are fields 14 and 15 of stat(5); [0] here is field 3.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def apply(tmp, controller, replicas, extra="", version="1.0.0", artifact=None):
@@ -107,15 +126,19 @@ def serving(port, n=20):
     return all(bench.http("GET", f"http://127.0.0.1:{port}/hello", timeout=2)[0] == 200 for _ in range(n))
 
 
-def start_haproxy(tmp, base_ports):
+def start_haproxy(tmp, base_ports, threads):
     with __import__("socket").socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cfg = os.path.join(tmp, "haproxy.cfg")
     servers = "\n".join(f"    server b{i} 127.0.0.1:{p}" for i, p in enumerate(base_ports))
+    # A fair peer: as many threads as the gateway's workers, no logging
+    # (no `log` line anywhere), keep-alive on both sides and server
+    # connections shared by all client connections, like the gateway's pool.
+    nbthread = f"\n    nbthread {threads}" if threads else ""
     with open(cfg, "w") as f:
         f.write(f"""global
-    maxconn 4096
+    maxconn 4096{nbthread}
 defaults
     mode http
     timeout connect 2s
@@ -138,18 +161,23 @@ backend be
 def throughput(args, tmp):
     ctl, ctl_port = start_controller(tmp)
     bases = [start_base(tmp, ctl_port, f"t{i}") for i in range(2)]
-    gw, gw_port = start_gateway(ctl_port)
+    gw, gw_port = start_gateway(ctl_port, args.proxy_threads)
     apply(tmp, ctl_port, 2)
     bench.wait_until(lambda: serving(gw_port) and all(serving(b["port"], 1) for b in bases), what="gateway")
-    ha, ha_port = start_haproxy(tmp, [b["port"] for b in bases])
-    targets = {"direct": bases[0]["port"], "gateway": gw_port, "haproxy": ha_port}
+    ha, ha_port = start_haproxy(tmp, [b["port"] for b in bases], args.proxy_threads)
+    # Each target with the process whose CPU time per request is measured.
+    targets = {"direct": (bases[0]["port"], bases[0]["proc"].pid), "gateway": (gw_port, gw.pid),
+               "haproxy": (ha_port, ha.pid)}
     results = {k: [] for k in targets}
     try:
         for r in range(args.rounds):
-            for name, port in targets.items():
+            for name, (port, pid) in targets.items():
                 bench.log(f"round {r + 1}/{args.rounds}: {name}")
-                results[name].append(bench.run_wrk(f"http://127.0.0.1:{port}/hello", args.duration,
-                                                   args.connections, args.threads))
+                cpu = cpu_seconds(pid)
+                run = bench.run_wrk(f"http://127.0.0.1:{port}/hello", args.duration, args.connections,
+                                    args.threads)
+                run["cpu_us"] = (cpu_seconds(pid) - cpu) * 1e6 / max(run["requests"], 1)
+                results[name].append(run)
     finally:
         bench.stop(ha, [ha_port])
         bench.stop(gw, [gw_port])
@@ -157,21 +185,25 @@ def throughput(args, tmp):
             bench.stop(b["proc"], [b["port"], b["ops"]])
         bench.stop(ctl, [ctl_port])
     print(f"\n### Gateway overhead ({args.connections} connections, {args.threads} wrk threads, "
-          f"{args.duration} s x {args.rounds} rounds, 2 bases)\n")
-    print("| target | requests/s | p50 ms | p99 ms | errors |")
-    print("|---|---|---|---|---|")
+          f"{args.duration} s x {args.rounds} rounds, 2 bases, proxies with "
+          f"{args.proxy_threads or os.cpu_count()} threads)\n")
+    print("| target | requests/s | p50 ms | p99 ms | CPU µs/request (the proxy; direct: the base) | errors |")
+    print("|---|---|---|---|---|---|")
     for name, runs in results.items():
         print(f"| {name} | {bench.fmt_range([x['rps'] for x in runs])} | "
               f"{bench.fmt_range([x['p50'] for x in runs], '{:.2f}')} | "
-              f"{bench.fmt_range([x['p99'] for x in runs], '{:.2f}')} | {sum(x['errors'] for x in runs)} |")
+              f"{bench.fmt_range([x['p99'] for x in runs], '{:.2f}')} | "
+              f"{bench.fmt_range([x['cpu_us'] for x in runs], '{:.1f}')} | {sum(x['errors'] for x in runs)} |")
     gw_rps = [x["rps"] for x in results["gateway"]]
     ha_rps = [x["rps"] for x in results["haproxy"]]
     gw_p99 = [x["p99"] for x in results["gateway"]]
     ha_p99 = [x["p99"] for x in results["haproxy"]]
     ratios = [g / h for g, h in zip(gw_rps, ha_rps)]
     p99s = [g / h for g, h in zip(gw_p99, ha_p99)]
+    cpus = [g["cpu_us"] / h["cpu_us"] for g, h in zip(results["gateway"], results["haproxy"])]
     print(f"\ngateway / haproxy requests/s: {bench.fmt_range(ratios, '{:.2f}')}x (target >= 1.0); "
-          f"p99: {bench.fmt_range(p99s, '{:.2f}')}x (target <= 1.0)")
+          f"p99: {bench.fmt_range(p99s, '{:.2f}')}x (target <= 1.0); "
+          f"CPU per request: {bench.fmt_range(cpus, '{:.2f}')}x")
 
 
 def failures_during(args, tmp, n_bases, replicas, action, what):
@@ -282,7 +314,10 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     ap.add_argument("--connections", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="wrk threads")
+    ap.add_argument("--proxy-threads", type=int, default=2,
+                    help="the gateway's runtime workers and HAProxy's nbthread (0: the gateway's default, "
+                         "one per core, and HAProxy's, one per core)")
     ap.add_argument("--activations", type=int, default=50, help="activations from zero to time")
     ap.add_argument("--only", choices=["throughput", "failures", "activation"], help="run one part")
     ap.add_argument("--skip-build", action="store_true")

@@ -200,6 +200,7 @@ mod tests {
             draining: false,
             labels: [("group".to_string(), group.to_string())].into(),
             state: Arc::new(ReplicaState::new(Instant::now())),
+            upstream: Arc::new(crate::upstream::Upstream::new(&format!("{base}:80"))),
         }
     }
 
@@ -210,6 +211,7 @@ mod tests {
             rules: None,
             replicas,
             stats: Default::default(),
+            series: Default::default(),
         }
     }
 

@@ -11,10 +11,10 @@
 //! 3. picks a replica among the ready, non-draining, non-ejected ones of
 //!    that version and cell, by least outstanding requests over two random
 //!    choices ([`balance`]);
-//! 4. forwards it over pooled keep-alive connections, propagating the
-//!    request id and trace context; on a connect error or a reset before
-//!    any response byte it ejects the replica (with back-off) and retries
-//!    once on another ([`proxy`]).
+//! 4. forwards it over keep-alive connections pooled per base
+//!    ([`upstream`]), propagating the request id and trace context; on a
+//!    connect error or a reset before any response byte it ejects the
+//!    replica (with back-off) and retries once on another ([`proxy`]).
 //!
 //! A deployment with no ready replica has its requests held for a while
 //! and activated from zero ([`hold`]).
@@ -33,6 +33,7 @@ pub mod proxy;
 pub mod report;
 mod server;
 pub mod table;
+pub mod upstream;
 mod watch;
 
 pub use config::{GatewayConfig, GatewayError};

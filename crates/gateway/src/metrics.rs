@@ -123,4 +123,57 @@ impl Metrics {
             module: module.to_string(),
         }
     }
+
+    /// The series of `module`, resolved once: a request then counts with
+    /// atomics only, with no label to build, hash and look up under the
+    /// families' locks.
+    pub fn series(&self, module: &str) -> ModuleSeries {
+        let labels = Self::module(module);
+        ModuleSeries {
+            latency: self.latency.get_or_create(&labels).clone(),
+            in_flight: self.in_flight.get_or_create(&labels).clone(),
+            retries: self.retries.get_or_create(&labels).clone(),
+            ejections: self.ejections.get_or_create(&labels).clone(),
+            ok: self
+                .requests
+                .get_or_create(&RequestLabels {
+                    module: module.to_string(),
+                    code: 200,
+                })
+                .clone(),
+            module: module.to_string(),
+        }
+    }
+}
+
+/// One module's series, resolved ahead of its requests (see [`Metrics::series`]).
+#[derive(Debug, Clone)]
+pub struct ModuleSeries {
+    /// Time to the response head.
+    pub latency: Histogram,
+    /// Requests forwarded and not answered yet.
+    pub in_flight: Gauge,
+    /// Requests retried on another replica.
+    pub retries: Counter,
+    /// Replicas ejected after a failure.
+    pub ejections: Counter,
+    /// Requests answered 200 (the others are looked up by code).
+    ok: Counter,
+    module: String,
+}
+
+impl ModuleSeries {
+    /// Counts a request answered with `code`.
+    pub fn count(&self, metrics: &Metrics, code: u16) {
+        match code {
+            200 => self.ok.inc(),
+            _ => metrics
+                .requests
+                .get_or_create(&RequestLabels {
+                    module: self.module.clone(),
+                    code,
+                })
+                .inc(),
+        };
+    }
 }

@@ -23,34 +23,21 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode, Uri};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt as _, Full, Limited};
-use hyper::body::{Frame, Incoming, SizeHint};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 
 use crate::balance::{self, NoReplica, Outstanding};
-use crate::metrics::{Metrics, RequestLabels};
+use crate::metrics::{Metrics, ModuleSeries, RequestLabels};
 use crate::server::Shared;
 use crate::table::{Deployment, Replica};
+use crate::upstream::{Lease, UpstreamBody};
 
 /// What the gateway answers with.
 pub type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 
 /// The W3C trace context header.
 const TRACEPARENT: &str = "traceparent";
-
-/// The pooled keep-alive client to the bases.
-pub type BaseClient = Client<HttpConnector, Full<Bytes>>;
-
-/// A client with keep-alive connections pooled per base.
-pub fn client() -> BaseClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(std::time::Duration::from_secs(2)));
-    Client::builder(hyper_util::rt::TokioExecutor::new())
-        .pool_idle_timeout(std::time::Duration::from_secs(60))
-        .pool_max_idle_per_host(512)
-        .build(connector)
-}
+/// The client addresses a request came through.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// Serves one request from `client`.
 pub async fn handle(
@@ -106,11 +93,16 @@ pub async fn handle(
         None => (None, None),
     };
     let (parts, body) = request.into_parts();
-    let body = match Limited::new(body, shared.config.max_body_bytes)
-        .collect()
-        .await
-    {
-        Ok(collected) => collected.to_bytes(),
+    let body = if body.is_end_stream() {
+        Ok(Bytes::new())
+    } else {
+        Limited::new(body, shared.config.max_body_bytes)
+            .collect()
+            .await
+            .map(|collected| collected.to_bytes())
+    };
+    let body = match body {
+        Ok(body) => body,
         Err(e) => {
             let too_large = e.is::<http_body_util::LengthLimitError>();
             let (status, code, message) = if too_large {
@@ -156,7 +148,9 @@ pub async fn handle(
             }
         }
     }
-    let labels = Metrics::module(&deployment.module);
+    let series = deployment
+        .series
+        .get_or_init(|| shared.metrics.series(&deployment.module));
     let mut failed: Option<(String, String)> = None;
     for attempt in 0..2 {
         let exclude = failed.as_ref().map(|(address, _)| address.as_str());
@@ -181,7 +175,7 @@ pub async fn handle(
                         ),
                     ),
                 };
-                count(&shared.metrics, &deployment.module, status);
+                series.count(&shared.metrics, status.as_u16());
                 return error(status, code, message, &request_id);
             }
         };
@@ -195,7 +189,7 @@ pub async fn handle(
             client,
         );
         let Some(forwarded) = forwarded else {
-            count(&shared.metrics, &deployment.module, StatusCode::BAD_GATEWAY);
+            series.count(&shared.metrics, StatusCode::BAD_GATEWAY.as_u16());
             return error(
                 StatusCode::BAD_GATEWAY,
                 "bad_endpoint",
@@ -206,17 +200,13 @@ pub async fn handle(
                 &request_id,
             );
         };
-        let guards = Guards::begin(shared, &deployment, replica);
-        match shared.client.request(forwarded).await {
-            Ok(response) => {
+        let guards = Guards::begin(series, &deployment, replica);
+        match replica.upstream.send(forwarded).await {
+            Ok((response, lease)) => {
                 replica.state.succeeded();
-                shared
-                    .metrics
-                    .latency
-                    .get_or_create(&labels)
-                    .observe(started.elapsed().as_secs_f64());
-                count(&shared.metrics, &deployment.module, response.status());
-                return respond(response, guards, &request_id, cold_start);
+                series.latency.observe(started.elapsed().as_secs_f64());
+                series.count(&shared.metrics, response.status().as_u16());
+                return respond(response, lease, guards, &request_id, cold_start);
             }
             Err(e) => {
                 drop(guards);
@@ -224,7 +214,7 @@ pub async fn handle(
                 let ejected = replica
                     .state
                     .failed(shared.config.ejection, shared.config.max_ejection);
-                shared.metrics.ejections.get_or_create(&labels).inc();
+                series.ejections.inc();
                 tracing::warn!(
                     module = %deployment.module, base = %replica.base, address = %replica.address,
                     error = %why, ejected_for = ?ejected,
@@ -232,7 +222,7 @@ pub async fn handle(
                     if attempt == 0 { ", retrying on another" } else { "" }
                 );
                 if attempt == 0 {
-                    shared.metrics.retries.get_or_create(&labels).inc();
+                    series.retries.inc();
                 }
                 failed = Some((
                     replica.address.clone(),
@@ -242,7 +232,7 @@ pub async fn handle(
         }
     }
     let why = failed.map(|(_, why)| why).unwrap_or_default();
-    count(&shared.metrics, &deployment.module, StatusCode::BAD_GATEWAY);
+    series.count(&shared.metrics, StatusCode::BAD_GATEWAY.as_u16());
     error(
         StatusCode::BAD_GATEWAY,
         "replica_failed",
@@ -259,37 +249,43 @@ pub async fn handle(
 fn ids(headers: &HeaderMap) -> (HeaderValue, HeaderValue) {
     let traceparent = headers
         .get(TRACEPARENT)
-        .filter(|v| v.to_str().is_ok_and(valid_traceparent))
-        .cloned();
-    let (traceparent, trace_id) = match traceparent {
-        Some(tp) => {
-            let trace_id = tp.to_str().unwrap_or_default()[3..35].to_string();
-            (tp, trace_id)
-        }
-        None => {
-            let trace_id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(1..));
-            let span_id = format!("{:016x}", fastrand::u64(1..));
-            let tp = HeaderValue::from_str(&format!("00-{trace_id}-{span_id}-01"))
-                .expect("hex is a valid header");
-            (tp, trace_id)
-        }
-    };
+        .filter(|v| valid_traceparent(v.as_bytes()))
+        .cloned()
+        .unwrap_or_else(new_traceparent);
     let request_id = headers
         .get(REQUEST_ID_HEADER)
         .filter(|v| v.len() <= 128 && v.to_str().is_ok_and(|s| !s.is_empty()))
         .cloned()
-        .unwrap_or_else(|| HeaderValue::from_str(&trace_id).expect("hex is a valid header"));
+        .unwrap_or_else(|| {
+            HeaderValue::from_bytes(&traceparent.as_bytes()[3..35]).expect("hex is a valid header")
+        });
     (request_id, traceparent)
 }
 
+/// A new root trace context: random trace and span ids, sampled.
+fn new_traceparent() -> HeaderValue {
+    let mut tp = *b"00-00000000000000000000000000000000-0000000000000000-01";
+    put_hex(&mut tp[3..19], fastrand::u64(..));
+    put_hex(&mut tp[19..35], fastrand::u64(1..));
+    put_hex(&mut tp[36..52], fastrand::u64(1..));
+    HeaderValue::from_bytes(&tp).expect("hex is a valid header")
+}
+
+/// `value` as 16 lowercase hex digits into `out`.
+fn put_hex(out: &mut [u8], value: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, digit) in out.iter_mut().enumerate() {
+        *digit = HEX[((value >> (60 - 4 * i)) & 0xf) as usize];
+    }
+}
+
 /// `00-<32 hex>-<16 hex>-<2 hex>`.
-fn valid_traceparent(value: &str) -> bool {
-    let parts: Vec<&str> = value.split('-').collect();
-    parts.len() == 4
-        && [2, 32, 16, 2]
-            .iter()
-            .zip(&parts)
-            .all(|(len, p)| p.len() == *len && p.bytes().all(|b| b.is_ascii_hexdigit()))
+fn valid_traceparent(value: &[u8]) -> bool {
+    value.len() == 55
+        && value.iter().enumerate().all(|(i, b)| match i {
+            2 | 35 | 52 => *b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
 }
 
 /// Headers that belong to one hop and are never forwarded.
@@ -321,7 +317,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::TRANSFER_ENCODING);
 }
 
-/// The request to send to `replica`.
+/// The request to send to `replica`: origin-form (the connection is to
+/// the replica already), the client's Host kept.
 fn forward(
     parts: &http::request::Parts,
     body: Bytes,
@@ -330,9 +327,20 @@ fn forward(
     secret: Option<&str>,
     (request_id, traceparent): (&HeaderValue, &HeaderValue),
     client: Option<IpAddr>,
-) -> Option<Request<Full<Bytes>>> {
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let uri: Uri = format!("http://{}{path}", replica.address).parse().ok()?;
+) -> Option<Request<UpstreamBody>> {
+    let uri = if parts.uri.scheme().is_none() && parts.uri.authority().is_none() {
+        parts.uri.clone()
+    } else {
+        let mut origin = http::uri::Parts::default();
+        origin.path_and_query = Some(
+            parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        );
+        Uri::from_parts(origin).ok()?
+    };
     let mut headers = parts.headers.clone();
     strip_hop_by_hop(&mut headers);
     headers.remove(header::CONTENT_LENGTH);
@@ -351,19 +359,22 @@ fn forward(
     headers.insert(REQUEST_ID_HEADER, request_id.clone());
     headers.insert(TRACEPARENT, traceparent.clone());
     if let Some(ip) = client {
-        let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        let forwarded_for = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
             Some(before) => format!("{before}, {ip}"),
             None => ip.to_string(),
         };
-        if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-            headers.insert("x-forwarded-for", value);
+        if let Ok(value) = HeaderValue::try_from(forwarded_for) {
+            headers.insert(X_FORWARDED_FOR, value);
         }
     }
-    if !headers.contains_key(header::HOST)
-        && let Some(authority) = parts.uri.authority()
-        && let Ok(value) = HeaderValue::from_str(authority.as_str())
-    {
-        headers.insert(header::HOST, value);
+    if !headers.contains_key(header::HOST) {
+        // An absolute-form request names its host in the URI; failing
+        // that, the replica's address (what a client library would send).
+        let host = parts
+            .uri
+            .authority()
+            .map_or(replica.address.as_str(), |a| a.as_str());
+        headers.insert(header::HOST, HeaderValue::from_str(host).ok()?);
     }
     let mut request = Request::new(Full::new(body));
     *request.method_mut() = parts.method.clone();
@@ -380,12 +391,8 @@ struct Guards {
 }
 
 impl Guards {
-    fn begin(shared: &Shared, deployment: &Deployment, replica: &Replica) -> Self {
-        let in_flight = shared
-            .metrics
-            .in_flight
-            .get_or_create(&Metrics::module(&deployment.module))
-            .clone();
+    fn begin(series: &ModuleSeries, deployment: &Deployment, replica: &Replica) -> Self {
+        let in_flight = series.in_flight.clone();
         in_flight.inc();
         deployment
             .stats
@@ -408,10 +415,20 @@ impl Drop for Guards {
     }
 }
 
-/// A response body that holds its request's counts until it ends.
+/// A response body that holds its request's counts until it ends, and
+/// gives its connection back to the pool once read whole.
 struct Tracked {
     inner: Incoming,
+    lease: Option<Lease>,
     _guards: Guards,
+}
+
+impl Tracked {
+    fn release(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.release();
+        }
+    }
 }
 
 impl hyper::body::Body for Tracked {
@@ -422,7 +439,13 @@ impl hyper::body::Body for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.release(),
+            Poll::Ready(Some(Err(_))) => self.lease = None,
+            _ => {}
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -434,8 +457,19 @@ impl hyper::body::Body for Tracked {
     }
 }
 
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        // Sent whole without a last poll (a known length): reusable. Cut
+        // short: the lease drops and the connection with it.
+        if self.inner.is_end_stream() {
+            self.release();
+        }
+    }
+}
+
 fn respond(
     response: Response<Incoming>,
+    lease: Lease,
     guards: Guards,
     request_id: &HeaderValue,
     cold_start: Option<std::time::Duration>,
@@ -454,6 +488,7 @@ fn respond(
         .or_insert_with(|| request_id.clone());
     let body = Tracked {
         inner,
+        lease: Some(lease),
         _guards: guards,
     };
     Response::from_parts(parts, UnsyncBoxBody::new(body))
@@ -537,9 +572,17 @@ mod tests {
         headers.insert(REQUEST_ID_HEADER, "abc".parse().unwrap());
         assert_eq!(ids(&headers).0, "abc");
         let (id, new) = ids(&HeaderMap::new());
-        assert!(valid_traceparent(new.to_str().unwrap()), "{new:?}");
+        assert!(valid_traceparent(new.as_bytes()), "{new:?}");
         assert_eq!(id.len(), 32);
-        assert!(!valid_traceparent("00-xyz-1-01"));
+        assert_eq!(id.as_bytes(), &new.as_bytes()[3..35]);
+        assert_ne!(ids(&HeaderMap::new()).1, new, "each root trace is new");
+        assert!(!valid_traceparent(b"00-xyz-1-01"));
+        assert!(!valid_traceparent(
+            b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0g"
+        ));
+        assert!(!valid_traceparent(
+            b"00-0af7651916cd43dd8448eb211c80319c+b7ad6b7169203331-01"
+        ));
     }
 
     #[test]

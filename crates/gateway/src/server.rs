@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{GatewayConfig, GatewayError};
 use crate::metrics::Metrics;
-use crate::proxy::{self, BaseClient};
+use crate::proxy;
 use crate::table::{Live, Table};
 
 /// What the gateway's tasks share.
@@ -28,8 +28,6 @@ pub struct Shared {
     pub live: Mutex<Live>,
     /// Its metrics.
     pub metrics: Metrics,
-    /// The pooled client to the bases.
-    pub client: BaseClient,
     /// Index (in the config) of the controller that answered last.
     pub controller: AtomicUsize,
     /// HTTP client to the controller.
@@ -81,7 +79,6 @@ impl Gateway {
             table: ArcSwap::from_pointee(Table::default()),
             live: Mutex::new(Live::default()),
             metrics: Metrics::default(),
-            client: proxy::client(),
             controller: AtomicUsize::new(0),
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(2))

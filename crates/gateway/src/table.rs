@@ -8,14 +8,16 @@
 //! deployment's counters — lives in [`Live`] and is handed to the next.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use berth_api::endpoints::EndpointTable;
 use berth_rules::{CompiledRules, RouteTable};
 
 use crate::balance::ReplicaState;
+use crate::metrics::ModuleSeries;
+use crate::upstream::Upstream;
 
 /// One routing snapshot.
 #[derive(Default)]
@@ -40,6 +42,8 @@ pub struct Deployment {
     pub replicas: Vec<Replica>,
     /// Its counters (kept across snapshots).
     pub stats: Arc<DeploymentStats>,
+    /// Its module's metric series, resolved at its first request.
+    pub series: OnceLock<ModuleSeries>,
 }
 
 /// Per-deployment counters for the load report, and its hold queue.
@@ -81,6 +85,9 @@ pub struct Replica {
     pub labels: BTreeMap<String, String>,
     /// Its live state (kept across snapshots).
     pub state: Arc<ReplicaState>,
+    /// The pooled connections to its base (kept across snapshots, shared
+    /// by every deployment on that base).
+    pub upstream: Arc<Upstream>,
 }
 
 /// State that outlives snapshots.
@@ -88,6 +95,7 @@ pub struct Live {
     epoch: Instant,
     replicas: HashMap<(String, String, String), Arc<ReplicaState>>,
     stats: HashMap<String, Arc<DeploymentStats>>,
+    upstreams: HashMap<String, Arc<Upstream>>,
 }
 
 impl Default for Live {
@@ -96,6 +104,7 @@ impl Default for Live {
             epoch: Instant::now(),
             replicas: HashMap::new(),
             stats: HashMap::new(),
+            upstreams: HashMap::new(),
         }
     }
 }
@@ -107,6 +116,7 @@ impl Live {
     pub fn build(&mut self, endpoints: &EndpointTable) -> Table {
         let mut replicas = HashMap::new();
         let mut stats = HashMap::new();
+        let mut upstreams = HashMap::new();
         let mut routes = Vec::new();
         let mut deployments = Vec::new();
         for d in &endpoints.deployments {
@@ -140,6 +150,12 @@ impl Live {
                         .cloned()
                         .unwrap_or_else(|| Arc::new(ReplicaState::new(self.epoch)));
                     replicas.insert(key, state.clone());
+                    let upstream = self
+                        .upstreams
+                        .get(&e.address)
+                        .cloned()
+                        .unwrap_or_else(|| Arc::new(Upstream::new(&e.address)));
+                    upstreams.insert(e.address.clone(), upstream.clone());
                     Replica {
                         base: e.base.clone(),
                         address: e.address.clone(),
@@ -148,6 +164,7 @@ impl Live {
                         draining: e.draining,
                         labels: e.labels.clone(),
                         state,
+                        upstream,
                     }
                 })
                 .collect();
@@ -157,12 +174,14 @@ impl Live {
                 rules,
                 replicas: list,
                 stats: deployment_stats,
+                series: OnceLock::new(),
             });
             routes.push((route, deployment.clone()));
             deployments.push(deployment);
         }
         self.replicas = replicas;
         self.stats = stats;
+        self.upstreams = upstreams;
         Table {
             routes: RouteTable::new(routes),
             deployments,

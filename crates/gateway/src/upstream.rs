@@ -1,0 +1,307 @@
+//! Keep-alive HTTP/1 connections to one base's ingress, pooled per address.
+//!
+//! Each base address has its own small pool (a mutex held only to push or
+//! pop), so requests to different bases never wait on one another and a
+//! request costs no extra task: a connection goes back to its pool when its
+//! response body has been read to the end, from the body itself. A pooled
+//! connection is checked ready before it is used; one the base closed
+//! meanwhile is dropped, and a request it could not even start is sent on
+//! another connection (that is not a failure of the replica). Connections
+//! idle for longer than [`IDLE_TIMEOUT`] are closed.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// How long a connection may wait in the pool before it is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most idle connections kept per base address.
+pub const MAX_IDLE: usize = 512;
+/// How long a new connection may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The request body sent to a base (buffered, so it can be sent again).
+pub type UpstreamBody = Full<Bytes>;
+
+/// Why a request got no response from a base.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection could be made.
+    #[error("cannot connect to {address}: {source}")]
+    Connect {
+        /// The base address.
+        address: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Connecting took longer than [`CONNECT_TIMEOUT`].
+    #[error("cannot connect to {address}: timed out after {CONNECT_TIMEOUT:?}")]
+    ConnectTimeout {
+        /// The base address.
+        address: String,
+    },
+    /// The HTTP exchange failed (handshake, reset, closed before a response).
+    #[error("{0}")]
+    Http(#[from] hyper::Error),
+}
+
+/// The pooled connections to one base address.
+#[derive(Debug)]
+pub struct Upstream {
+    address: String,
+    resolved: Option<SocketAddr>,
+    idle: Mutex<VecDeque<Idle>>,
+}
+
+#[derive(Debug)]
+struct Idle {
+    sender: SendRequest<UpstreamBody>,
+    since: Instant,
+}
+
+/// A connection lent to one request; it goes back to the pool through
+/// [`Lease::release`] once the response was read whole, and is closed if
+/// the lease is dropped without that.
+#[derive(Debug)]
+pub struct Lease {
+    sender: Option<SendRequest<UpstreamBody>>,
+    upstream: Arc<Upstream>,
+}
+
+impl Lease {
+    /// The response was read to its end: the connection may serve another.
+    pub fn release(mut self) {
+        if let Some(sender) = self.sender.take() {
+            self.upstream.put(sender);
+        }
+    }
+}
+
+impl Upstream {
+    /// The pool of `address` (`host:port`), empty.
+    pub fn new(address: &str) -> Self {
+        Self {
+            address: address.to_string(),
+            resolved: address.parse().ok(),
+            idle: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// Connections idle in the pool now and not closed by the base.
+    pub fn idle(&self) -> usize {
+        let idle = self.idle.lock().expect("upstream pool");
+        idle.iter().filter(|i| !i.sender.is_closed()).count()
+    }
+
+    /// Sends `request` (origin-form URI, Host set) on a pooled connection,
+    /// or a new one, and returns the response head with the connection's
+    /// lease. A pooled connection that turns out closed before the request
+    /// started is dropped and the request sent on the next.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut request: Request<UpstreamBody>,
+    ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
+        loop {
+            let (mut sender, reused) = match self.take().await {
+                Some(sender) => (sender, true),
+                None => (self.connect().await?, false),
+            };
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    let lease = Lease {
+                        sender: Some(sender),
+                        upstream: self.clone(),
+                    };
+                    return Ok((response, lease));
+                }
+                Err(mut e) => match e.take_message() {
+                    // Not started on a connection the base had closed: not
+                    // the replica's failure, try the next connection.
+                    Some(unsent) if reused => request = unsent,
+                    _ => return Err(e.into_error().into()),
+                },
+            }
+        }
+    }
+
+    /// A pooled connection ready for a request, newest first; closed and
+    /// expired ones are dropped on the way.
+    async fn take(&self) -> Option<SendRequest<UpstreamBody>> {
+        loop {
+            let idle = self.idle.lock().expect("upstream pool").pop_back()?;
+            if idle.since.elapsed() > IDLE_TIMEOUT {
+                // Everything under it is older still.
+                self.idle.lock().expect("upstream pool").clear();
+                return None;
+            }
+            let mut sender = idle.sender;
+            if sender.is_closed() {
+                continue;
+            }
+            if sender.ready().await.is_ok() {
+                return Some(sender);
+            }
+        }
+    }
+
+    fn put(&self, sender: SendRequest<UpstreamBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().expect("upstream pool");
+        if idle.len() >= MAX_IDLE {
+            return;
+        }
+        let now = Instant::now();
+        while idle
+            .front()
+            .is_some_and(|oldest| now.duration_since(oldest.since) > IDLE_TIMEOUT)
+        {
+            idle.pop_front();
+        }
+        idle.push_back(Idle { sender, since: now });
+    }
+
+    async fn connect(&self) -> Result<SendRequest<UpstreamBody>, UpstreamError> {
+        let connecting = async {
+            match self.resolved {
+                Some(addr) => TcpStream::connect(addr).await,
+                None => TcpStream::connect(self.address.as_str()).await,
+            }
+        };
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| UpstreamError::ConnectTimeout {
+                address: self.address.clone(),
+            })?
+            .map_err(|source| UpstreamError::Connect {
+                address: self.address.clone(),
+                source,
+            })?;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection to a base ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt as _;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpListener;
+
+    /// A base stand-in: answers `ok` to each request; `keep_alive: false`
+    /// closes each connection after its first answer, without saying so
+    /// (as a base dropping an idle connection would). Counts connections.
+    async fn base(keep_alive: bool) -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    loop {
+                        let Ok(n) = stream.read(&mut buf).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        seen.extend_from_slice(&buf[..n]);
+                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            seen.drain(..end + 4);
+                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if stream.write_all(answer).await.is_err() || !keep_alive {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (address, accepted)
+    }
+
+    fn request(address: &str) -> Request<UpstreamBody> {
+        Request::builder()
+            .uri("/hello")
+            .header(http::header::HOST, address)
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    }
+
+    async fn eventually(what: &str, check: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !check() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_read_whole_serves_the_next_request_and_one_cut_short_does_not() {
+        let (address, accepted) = base(true).await;
+        let upstream = Arc::new(Upstream::new(&address));
+        for _ in 0..3 {
+            let (response, lease) = upstream.send(request(&address)).await.unwrap();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body, "ok");
+            lease.release();
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection reused");
+        assert_eq!(upstream.idle(), 1);
+        // A response not read whole: its connection is not reused.
+        let (_response, lease) = upstream.send(request(&address)).await.unwrap();
+        drop(lease);
+        let (response, lease) = upstream.send(request(&address)).await.unwrap();
+        assert_eq!(response.status(), 200);
+        drop(lease);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "a new connection");
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_the_base_closed_is_replaced_without_an_error() {
+        let (address, accepted) = base(false).await;
+        let upstream = Arc::new(Upstream::new(&address));
+        for n in 1..=3 {
+            let (response, lease) = upstream.send(request(&address)).await.unwrap();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body, "ok");
+            lease.release();
+            eventually("the base's close to be seen", || upstream.idle() == 0).await;
+            assert_eq!(accepted.load(Ordering::SeqCst), n);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_base_that_refuses_connections_is_an_error_naming_it() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let upstream = Arc::new(Upstream::new(&address));
+        let e = upstream.send(request(&address)).await.unwrap_err();
+        assert!(matches!(e, UpstreamError::Connect { .. }), "{e:?}");
+        assert!(e.to_string().contains(&address), "{e}");
+    }
+}

@@ -18,6 +18,12 @@ pub const PIN_VERSION_HEADER: &str = "x-berth-version";
 /// A base removes it before a module sees the request.
 pub const GATEWAY_SECRET_HEADER: &str = "x-berth-gateway-secret";
 
+/// Set by a base on its own 404 when no module is installed at the path.
+/// A gateway that routed there had a stale view (the replica was removed
+/// between its last table update and the request): it sends the request to
+/// another replica instead of passing the 404 on.
+pub const NOT_HERE_HEADER: &str = "x-berth-not-here";
+
 /// Every deployment gateways route to, with its replicas
 /// (`GET /v1/endpoints`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

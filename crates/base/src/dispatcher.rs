@@ -18,7 +18,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Weak};
 
 use arc_swap::ArcSwap;
-use berth_api::endpoints::{GATEWAY_SECRET_HEADER, PIN_VERSION_HEADER};
+use berth_api::endpoints::{GATEWAY_SECRET_HEADER, NOT_HERE_HEADER, PIN_VERSION_HEADER};
 use berth_api::{REQUEST_ID_HEADER, TRAFFIC_UNIT_HEADER};
 use berth_runtime::{
     BoxResponse, CallContext, ModuleCaller, ResponseBody, TRACEPARENT, TraceParent, WasiBody,
@@ -112,11 +112,15 @@ impl Dispatcher {
                 })
         };
         let Some((target, route)) = target else {
-            return plain(
+            let mut response = plain(
                 StatusCode::NOT_FOUND,
                 "404 Not Found: no module is installed at this path.\n".to_string(),
                 request_id,
             );
+            response
+                .headers_mut()
+                .insert(NOT_HERE_HEADER, HeaderValue::from_static("1"));
+            return response;
         };
         let headers = request.headers_mut();
         headers.insert(REQUEST_ID_HEADER, request_id.clone());

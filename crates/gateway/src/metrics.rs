@@ -79,7 +79,7 @@ impl Default for Metrics {
             );
             r.register(
                 "retries",
-                "Requests retried on another replica after a connect error or reset",
+                "Requests retried on another replica after a connect error, a reset, or a base that no longer hosts the module",
                 m.retries.clone(),
             );
             r.register(

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use berth_api::endpoints::{GATEWAY_SECRET_HEADER, PIN_VERSION_HEADER};
+use berth_api::endpoints::{GATEWAY_SECRET_HEADER, NOT_HERE_HEADER, PIN_VERSION_HEADER};
 use berth_api::{ErrorBody, ErrorDetail, REQUEST_ID_HEADER};
 use berth_rules::RequestView;
 use bytes::Bytes;
@@ -202,6 +202,24 @@ pub async fn handle(
         };
         let guards = Guards::begin(series, &deployment, replica);
         match replica.upstream.send(forwarded).await {
+            Ok((response, _)) if stale(&response) => {
+                // The replica was removed after the table this gateway
+                // holds: not a failure of the base, so no ejection; the
+                // next table update drops it.
+                drop(guards);
+                tracing::debug!(
+                    module = %deployment.module, base = %replica.base,
+                    "replica no longer hosts the module{}",
+                    if attempt == 0 { ", retrying on another" } else { "" }
+                );
+                if attempt == 0 {
+                    series.retries.inc();
+                }
+                failed = Some((
+                    replica.address.clone(),
+                    format!("base {}: no longer hosts the module", replica.base),
+                ));
+            }
             Ok((response, lease)) => {
                 replica.state.succeeded();
                 series.latency.observe(started.elapsed().as_secs_f64());
@@ -242,6 +260,12 @@ pub async fn handle(
         ),
         &request_id,
     )
+}
+
+/// Whether a base answered that no module is installed at the path: the
+/// replica is gone from it (see [`NOT_HERE_HEADER`]).
+fn stale<B>(response: &Response<B>) -> bool {
+    response.status() == StatusCode::NOT_FOUND && response.headers().contains_key(NOT_HERE_HEADER)
 }
 
 /// The request id (the client's if it sent a sane one, else the trace id)

@@ -620,6 +620,43 @@ fn a_gateway_refuses_bad_flags_naming_them() {
     assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
 }
 
+/// A replica removed from its base before the gateway heard of it (the
+/// controller is frozen, so the gateway's table stays stale): the base
+/// answers 404 saying no module is there, and the gateway sends the
+/// request to the other replica instead of passing the 404 on.
+#[test]
+fn a_replica_gone_from_its_base_before_the_gateway_knew_costs_no_request() {
+    let work = work_dir();
+    let ctl = Controller::start(work.path(), 0, &[]);
+    let a = ctl.base("a", "group=online");
+    let b = ctl.base("b", "group=online");
+    let gateway = Gateway::start(&ctl.addr);
+    ctl.apply(
+        work.path(),
+        "1.0.0",
+        "replicas: 2\n  baseSelector: { group: online }",
+    );
+    ctl.wait_ready(2, "1.0.0");
+    eventually("the gateway routes /hello", || {
+        get(&gateway.addr, "/hello", &[]).is_some_and(|(status, _)| status == 200)
+    });
+    signal(&ctl.child, "STOP");
+    stdout(a.berth(&["undeploy", "hello"]));
+    let (status, head, _) =
+        fetch(a.ingress.trim_start_matches("http://"), "/hello", &[]).expect("base a answers");
+    assert_eq!(status, 404);
+    assert!(head.contains("x-berth-not-here: 1"), "{head}");
+    let before = served(&[&a, &b]);
+    let answered = send(&gateway, 40, &[]);
+    signal(&ctl.child, "CONT");
+    assert!(answered.iter().all(|m| m == "hello@1.0.0"), "{answered:?}");
+    assert_eq!(delta(&[&a, &b], &before), vec![0, 40]);
+    assert!(
+        gateway.metric("berth_gateway_retries_total", &[("module", "hello")]) >= 1.0,
+        "the stale replica was never tried"
+    );
+}
+
 /// The cold start a held request reports, from its response head.
 fn cold_start_ms(head: &str) -> u64 {
     head.lines()

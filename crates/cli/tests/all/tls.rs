@@ -3,8 +3,8 @@
 //! its ops API and ingress over https to a CLI given the certificate as its
 //! CA (`BERTH_CA_FILE`, `--ca-file`), refuses plain HTTP on those ports, a
 //! CLI without the CA fails saying what to pass, a bad key or half a pair
-//! refuses to start naming the file, and a base joins a controller over
-//! https.
+//! refuses to start naming the file, a base joins a controller over
+//! https, and a gateway serves its front door over https.
 
 use std::path::Path;
 use std::process::Command;
@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use berth_example_modules::HELLO;
 
-use crate::support::{BaseProcess, berth, failure, raw_get, spawn_controller, stdout, work_dir};
+use crate::support::{
+    BaseProcess, berth, failure, raw_get, spawn_controller, spawn_gateway, stdout, work_dir,
+};
 
 /// The environment variable naming the CA file clients trust.
 const CA: &str = "BERTH_CA_FILE";
@@ -211,4 +213,43 @@ fn a_base_joins_a_controller_over_https() {
     drop(base);
     let _ = controller.kill();
     let _ = controller.wait();
+}
+
+#[test]
+fn a_gateway_serves_its_front_door_over_https() {
+    let work = work_dir();
+    let (cert, key) = self_signed(work.path(), "gateway");
+    let (mut controller, ctl) = spawn_controller(0, &work.path().join("controller"), &[], &[]);
+    let (mut gateway, addr, _log) = spawn_gateway(&ctl, &["--tls-cert", &cert, "--tls-key", &key]);
+    let pem = std::fs::read(&cert).unwrap();
+    let trusting = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .build()
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = format!("https://{addr}/metrics");
+    let metrics = runtime.block_on(async {
+        let answer = trusting.get(&url).send().await.unwrap();
+        assert_eq!(answer.status(), 200);
+        answer.text().await.unwrap()
+    });
+    // OpenMetrics text (no series yet: nothing was proxied).
+    assert!(metrics.trim_end().ends_with("# EOF"), "{metrics}");
+    // A client without the certificate is refused; plain HTTP gets no answer.
+    let refused = runtime.block_on(reqwest::Client::new().get(&url).send());
+    let err = refused.expect_err("an untrusted certificate");
+    let hint = berth_api::tls::untrusted_hint(&err).expect("a TLS refusal");
+    assert!(hint.contains("--ca-file"), "{hint}");
+    let plain = raw_get(&addr, "/metrics");
+    assert!(
+        !plain.as_deref().unwrap_or("").starts_with("HTTP/1.1"),
+        "plain HTTP was answered: {plain:?}"
+    );
+    for child in [&mut gateway, &mut controller] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }

@@ -261,7 +261,7 @@ enum Command {
         #[arg(long)]
         no_code: bool,
         /// The URL other controllers on the same etcd forward writes to
-        /// [default: http:// and the listen address]
+        /// [default: http:// (https:// with --tls-cert) and the listen address]
         #[arg(long)]
         advertise: Option<String>,
         /// On etcd: the leader's lease; a new leader takes over within it

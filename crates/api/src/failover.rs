@@ -64,7 +64,7 @@ impl Controllers {
     /// The controllers in `list` (comma separated; `http://` is added to
     /// an entry without a scheme), with a default HTTP client.
     pub fn parse(list: &str) -> Result<Self, FailoverError> {
-        let http = reqwest::Client::builder()
+        let http = crate::tls::with_trusted_ca(reqwest::Client::builder())
             .connect_timeout(std::time::Duration::from_secs(3))
             .build()
             .expect("an HTTP client");
@@ -74,7 +74,7 @@ impl Controllers {
     /// The controllers in `list`, called with a default HTTP client that
     /// sends `token` as `Authorization: Bearer …` ([`crate::auth`]).
     pub fn with_token(list: &str, token: Option<&str>) -> Result<Self, FailoverError> {
-        let http = reqwest::Client::builder()
+        let http = crate::tls::with_trusted_ca(reqwest::Client::builder())
             .connect_timeout(std::time::Duration::from_secs(3))
             .default_headers(crate::auth::bearer_headers(token))
             .build()
@@ -166,6 +166,9 @@ impl Controllers {
 
 /// The innermost cause of a connect error ("connection refused").
 fn connect_error(e: &reqwest::Error) -> String {
+    if let Some(hint) = crate::tls::untrusted_hint(e) {
+        return hint;
+    }
     let mut cause: &dyn std::error::Error = e;
     while let Some(inner) = cause.source() {
         cause = inner;

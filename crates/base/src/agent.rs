@@ -80,7 +80,7 @@ pub(crate) async fn run(
     ingress: SocketAddr,
     shutdown: watch::Receiver<bool>,
 ) {
-    let http = reqwest::Client::builder()
+    let http = berth_api::tls::with_trusted_ca(reqwest::Client::builder())
         .connect_timeout(Duration::from_secs(2))
         .default_headers(berth_api::auth::bearer_headers(link.join_token.as_deref()))
         .build()

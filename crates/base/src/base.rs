@@ -115,6 +115,7 @@ impl Base {
         crate::listener::Limits {
             max_connections: self.inner.config.max_connections.max(1),
             header_read_timeout: self.inner.config.header_read_timeout,
+            tls: self.inner.config.tls.clone(),
         }
     }
 

@@ -66,6 +66,9 @@ pub struct BaseConfig {
     /// The token gate in front of the ops API (`berth base` sets it up from
     /// its data directory). `None`: the ops API is open and unaudited.
     pub auth: Option<std::sync::Arc<berth_api::auth::Gate>>,
+    /// TLS both listeners serve over (`--tls-cert`/`--tls-key`); `None`:
+    /// plain HTTP.
+    pub tls: Option<berth_api::tls::ServerTls>,
 }
 
 impl BaseConfig {
@@ -93,6 +96,7 @@ impl BaseConfig {
             otlp_endpoint: None,
             gateway_secret: None,
             auth: None,
+            tls: None,
         }
     }
 

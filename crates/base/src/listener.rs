@@ -4,7 +4,9 @@
 //! header read timeout (a client that trickles its headers, slowloris, is
 //! cut off). Graceful shutdown lets in-flight requests finish (up to 10 s).
 //! At start the process's open-files limit is raised to what the caps need
-//! ([`fit_fd_limit`]), as far as the hard limit allows.
+//! ([`fit_fd_limit`]), as far as the hard limit allows. With TLS
+//! (`--tls-cert`/`--tls-key`), a connection under the cap does its
+//! handshake in its own task, within the header read timeout.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,12 +20,14 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
 /// Limits of one listener.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Limits {
     /// Most connections open at once.
     pub max_connections: usize,
     /// Longest a client may take to send a request's headers.
     pub header_read_timeout: Duration,
+    /// TLS every connection is served over, if any.
+    pub tls: Option<berth_api::tls::ServerTls>,
 }
 
 /// Serves connections on `listener` with `service(peer)` until `shutdown`
@@ -67,6 +71,28 @@ pub(crate) async fn serve<S, B>(
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
+                if let Some(tls) = limits.tls.clone() {
+                    let (watcher, http, service) = (graceful.watcher(), http.clone(), service(peer));
+                    let handshake_timeout = limits.header_read_timeout;
+                    tokio::spawn(async move {
+                        match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
+                            Ok(Ok(conn)) => {
+                                let connection = http.serve_connection(TokioIo::new(conn), service);
+                                if let Err(e) = watcher.watch(connection).await {
+                                    tracing::debug!(error = %e, listener = what, "connection ended with an error");
+                                }
+                            }
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, listener = what, %peer, "TLS handshake failed")
+                            }
+                            Err(_) => {
+                                tracing::debug!(listener = what, %peer, "TLS handshake timed out")
+                            }
+                        }
+                        drop(permit);
+                    });
+                    continue;
+                }
                 let connection =
                     graceful.watch(http.serve_connection(TokioIo::new(stream), service(peer)));
                 tokio::spawn(async move {

@@ -324,7 +324,7 @@ impl Sources {
                 addrs,
                 from_controller,
             } = self.check_url(&next).await?;
-            let mut builder = reqwest::Client::builder()
+            let mut builder = berth_api::tls::with_trusted_ca(reqwest::Client::builder())
                 .redirect(reqwest::redirect::Policy::none())
                 .timeout(self.timeout)
                 .connect_timeout(Duration::from_secs(10))

@@ -47,7 +47,7 @@ fn config_token_file() -> Option<PathBuf> {
 
 /// An HTTP client builder that sends the client token.
 pub fn client_builder() -> reqwest::ClientBuilder {
-    reqwest::Client::builder()
+    berth_api::tls::with_trusted_ca(reqwest::Client::builder())
         .default_headers(berth_api::auth::bearer_headers(client_token().as_deref()))
 }
 

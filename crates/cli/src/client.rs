@@ -69,7 +69,9 @@ impl OpsClient {
     }
 
     fn unreachable(&self, e: reqwest::Error) -> anyhow::Error {
-        if e.is_connect() || e.is_timeout() {
+        if let Some(hint) = berth_api::tls::untrusted_hint(&e) {
+            anyhow!("cannot talk to the base at {}: {hint}", self.base)
+        } else if e.is_connect() || e.is_timeout() {
             anyhow!(
                 "no base answers at {}\nhint: start one with `berth up`, or pass --base with the address of a running base's ops API",
                 self.base
@@ -188,7 +190,8 @@ impl OpsClient {
             addr.ip().to_string()
         };
         Ok(reqwest::Url::parse(&format!(
-            "http://{host}:{}",
+            "{}://{host}:{}",
+            self.base.scheme(),
             addr.port()
         ))?)
     }

@@ -12,6 +12,7 @@ mod client;
 mod commands;
 mod error;
 mod project;
+mod tls;
 mod toolchain;
 
 use std::path::PathBuf;
@@ -36,6 +37,11 @@ use commands::new::Template;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Trust the CA certificate(s) in this PEM file (or a self-signed
+    /// server certificate) when talking to a base, controller or gateway
+    /// over https, besides the public roots.
+    #[arg(long, global = true, env = berth_api::tls::CA_FILE_ENV, value_name = "PATH")]
+    ca_file: Option<PathBuf>,
 }
 
 /// Format of the logs of the long-running commands (`base`, `up`, `controller`).
@@ -255,7 +261,7 @@ enum Command {
         #[arg(long)]
         no_code: bool,
         /// The URL other controllers on the same etcd forward writes to
-        /// [default: http:// and the listen address]
+        /// [default: http:// (https:// with --tls-cert) and the listen address]
         #[arg(long)]
         advertise: Option<String>,
         /// On etcd: the leader's lease; a new leader takes over within it
@@ -278,6 +284,9 @@ enum Command {
         /// Authentication of the API.
         #[command(flatten)]
         auth: auth::ServerAuthArgs,
+        /// HTTPS for the API (`--tls-cert`, `--tls-key`).
+        #[command(flatten)]
+        tls: tls::ServerTlsArgs,
         /// The join token bases and gateways must present (instead of the
         /// one generated at first start and kept in the data directory).
         #[arg(long, env = "BERTH_JOIN_TOKEN", hide_env_values = true)]
@@ -550,7 +559,11 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let (log_format, output) = (cli.command.log_format(), cli.command.output());
     init_logging(log_format);
-    match run(cli.command) {
+    let trusted = match &cli.ca_file {
+        Some(path) => berth_api::tls::trust_ca_file(path).map_err(anyhow::Error::from),
+        None => Ok(()),
+    };
+    match trusted.and_then(|()| run(cli.command)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             if output == Output::Json {
@@ -673,6 +686,7 @@ fn run(command: Command) -> Result<()> {
                 drain_grace,
                 log_format,
                 auth,
+                tls,
                 join_token,
             } => {
                 commands::controller::serve(
@@ -687,6 +701,7 @@ fn run(command: Command) -> Result<()> {
                         trust_keys: berth_runtime::TrustKeys::parse(&trust_keys)?,
                         drain_grace,
                         auth,
+                        tls,
                         join_token: join_token.filter(|t| !t.trim().is_empty()),
                     },
                     log_format == LogFormat::Json,

@@ -73,13 +73,18 @@ pub async fn serve(
     serve_with_gate(listener, shared, None, shutdown).await
 }
 
-/// [`serve`], with the API behind `gate` ([`crate::auth`]) when given.
-pub async fn serve_with_gate(
-    listener: tokio::net::TcpListener,
+/// [`serve`], with the API behind `gate` ([`crate::auth`]) when given, on
+/// any listener (a [`crate::tls::TlsListener`] for HTTPS).
+pub async fn serve_with_gate<L>(
+    listener: L,
     shared: Shared,
     gate: Option<Arc<berth_api::auth::Gate>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let reconciler = shared.reconciler.clone();
     if let Some(shop) = &shared.code {
         reconciler.set_code(shop.clone());

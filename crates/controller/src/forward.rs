@@ -52,7 +52,7 @@ struct Forwarder {
 /// `router`, with writes forwarded to the leader while this controller
 /// follows, and `GET /v1/leader`.
 pub fn wrap(router: Router, leadership: Leadership) -> Router {
-    let http = reqwest::Client::builder()
+    let http = berth_api::tls::with_trusted_ca(reqwest::Client::builder())
         .connect_timeout(std::time::Duration::from_secs(2))
         .timeout(std::time::Duration::from_secs(300))
         .build()

@@ -47,3 +47,4 @@ pub mod scheduler;
 pub mod start;
 pub mod status;
 pub mod store;
+pub mod tls;

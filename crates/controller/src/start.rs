@@ -106,6 +106,9 @@ pub struct Config {
     /// The token gate in front of the API ([`crate::auth`]); `None`: open
     /// and unaudited.
     pub auth: Option<Arc<berth_api::auth::Gate>>,
+    /// TLS the API is served over (`--tls-cert`/`--tls-key`); `None`:
+    /// plain HTTP.
+    pub tls: Option<berth_api::tls::ServerTls>,
 }
 
 /// The leader TTL `berth controller` uses unless told otherwise.
@@ -159,6 +162,7 @@ pub struct Controller {
     store: StoreSpec,
     leadership: Leadership,
     gate: Option<Arc<berth_api::auth::Gate>>,
+    tls: Option<berth_api::tls::ServerTls>,
 }
 
 impl Controller {
@@ -191,7 +195,8 @@ impl Controller {
         let url = match &config.advertise {
             Some(url) => url.trim_end_matches('/').to_string(),
             None => format!(
-                "http://{}",
+                "{}://{}",
+                berth_api::tls::scheme(config.tls.as_ref()),
                 listener.local_addr().map_err(|source| StartError::Listen {
                     addr: config.listen,
                     source,
@@ -228,7 +233,13 @@ impl Controller {
             store: spec,
             leadership,
             gate: config.auth.clone(),
+            tls: config.tls.clone(),
         })
+    }
+
+    /// `https` when the API is served over TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        berth_api::tls::scheme(self.tls.as_ref())
     }
 
     /// The address the API listens on.
@@ -279,8 +290,15 @@ impl Controller {
             self.shared.reconciler.clone(),
             self.leadership.clone(),
         ));
-        let served =
-            crate::api::serve_with_gate(self.listener, self.shared, self.gate, shutdown).await;
+        let served = match self.tls {
+            Some(tls) => {
+                let listener = crate::tls::TlsListener::new(self.listener, tls)?;
+                crate::api::serve_with_gate(listener, self.shared, self.gate, shutdown).await
+            }
+            None => {
+                crate::api::serve_with_gate(self.listener, self.shared, self.gate, shutdown).await
+            }
+        };
         on_election.abort();
         on_change.abort();
         let leadership = self.leadership.clone();

@@ -34,6 +34,8 @@ pub struct GatewayConfig {
     /// scope covers the endpoint table, load reports and activation);
     /// `None`: none is sent.
     pub token: Option<String>,
+    /// TLS clients connect over (`--tls-cert`/`--tls-key`); `None`: plain HTTP.
+    pub tls: Option<berth_api::tls::ServerTls>,
 }
 
 impl GatewayConfig {
@@ -68,6 +70,7 @@ impl GatewayConfig {
             hold_queue: 1000,
             hold_timeout: Duration::from_secs(10),
             token: None,
+            tls: None,
         })
     }
 }

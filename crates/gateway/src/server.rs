@@ -80,7 +80,7 @@ impl Gateway {
             live: Mutex::new(Live::default()),
             metrics: Metrics::default(),
             controller: AtomicUsize::new(0),
-            http: reqwest::Client::builder()
+            http: berth_api::tls::with_trusted_ca(reqwest::Client::builder())
                 .connect_timeout(Duration::from_secs(2))
                 .default_headers(headers)
                 .build()
@@ -142,6 +142,7 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                let tls = shared.config.tls.clone();
                 let shared = shared.clone();
                 let service = hyper::service::service_fn(move |request| {
                     let shared = shared.clone();
@@ -149,6 +150,19 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::
                         Ok::<_, Infallible>(proxy::handle(&shared, request, Some(remote.ip())).await)
                     }
                 });
+                if let Some(tls) = tls {
+                    // HTTPS: the handshake runs in the connection's task, within 10 s.
+                    let (watcher, http) = (graceful.watcher(), http.clone());
+                    tokio::spawn(async move {
+                        match tokio::time::timeout(Duration::from_secs(10), tls.accept(stream)).await {
+                            Ok(Ok(conn)) => {
+                                let _ = watcher.watch(http.serve_connection(TokioIo::new(conn), service)).await;
+                            }
+                            _ => tracing::debug!(%remote, "gateway TLS handshake failed or timed out"),
+                        }
+                    });
+                    continue;
+                }
                 let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
                 tokio::spawn(async move {
                     if let Err(e) = connection.await {

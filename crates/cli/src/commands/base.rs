@@ -142,6 +142,9 @@ pub struct BaseArgs {
     /// Authentication of the ops API (`berth up` runs it open on loopback).
     #[command(flatten)]
     auth: crate::auth::ServerAuthArgs,
+    /// HTTPS on both listeners (`--tls-cert`, `--tls-key`).
+    #[command(flatten)]
+    tls: crate::tls::ServerTlsArgs,
     /// The controller's join token, presented at registration, heartbeats
     /// and watches (`berth controller` printed it at its first start and
     /// keeps it in its data directory as join.token).
@@ -187,6 +190,7 @@ impl BaseArgs {
         config.trust_keys = berth_runtime::TrustKeys::parse(&self.trust_keys)?;
         config.ingress_addr = self.listen;
         config.ops_addr = self.ops;
+        config.tls = self.tls.load()?;
         config.runtime.max_instances = self.max_instances;
         config.runtime.limits.max_memory_bytes = self.max_memory_mib << 20;
         config.runtime.limits.timeout = self.request_timeout;
@@ -305,12 +309,13 @@ async fn run(config: BaseConfig, with_examples: bool, json_logs: bool) -> Result
         }
     }
     let ingress = running.ingress_addr;
+    let scheme = berth_api::tls::scheme(running.base.config().tls.as_ref());
     let modules = running.base.list(None)?.modules;
     if json_logs {
         // Under `--log-format json` the banner is JSON log lines too.
         tracing::info!(
-            ingress = %format!("http://{ingress}"),
-            ops = %format!("http://{}", running.ops_addr),
+            ingress = %format!("{scheme}://{ingress}"),
+            ops = %format!("{scheme}://{}", running.ops_addr),
             data = %data_dir.display(),
             "berth base serving"
         );
@@ -324,8 +329,8 @@ async fn run(config: BaseConfig, with_examples: bool, json_logs: bool) -> Result
         }
     } else {
         println!("berth base serving");
-        println!("  ingress  http://{ingress}");
-        println!("  ops API  http://{}", running.ops_addr);
+        println!("  ingress  {scheme}://{ingress}");
+        println!("  ops API  {scheme}://{}", running.ops_addr);
         println!("  data     {}", data_dir.display());
         for module in &modules {
             println!(
@@ -341,8 +346,8 @@ async fn run(config: BaseConfig, with_examples: bool, json_logs: bool) -> Result
             println!(
                 "  auth     none: berth up is for local development, its ops API is open on loopback"
             );
-            println!("try:  curl http://{ingress}/hello");
-            println!("      curl -d 'hi there' http://{ingress}/echo/anything");
+            println!("try:  curl {scheme}://{ingress}/hello");
+            println!("      curl -d 'hi there' {scheme}://{ingress}/echo/anything");
         }
     }
     wait_for_stop().await?;

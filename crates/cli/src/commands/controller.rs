@@ -44,6 +44,8 @@ pub struct ServeOptions {
     pub drain_grace: std::time::Duration,
     /// `--insecure-no-auth`, `--token-file`.
     pub auth: crate::auth::ServerAuthArgs,
+    /// `--tls-cert`, `--tls-key`.
+    pub tls: crate::tls::ServerTlsArgs,
     /// `--join-token`.
     pub join_token: Option<String>,
 }
@@ -61,8 +63,10 @@ pub async fn serve(options: ServeOptions, json_logs: bool) -> Result<()> {
         trust_keys,
         drain_grace,
         auth,
+        tls,
         join_token,
     } = options;
+    let tls = tls.load()?;
     let data_dir = data_dir.unwrap_or_else(|| super::base::data_home().join("controller"));
     let gate = crate::auth::server_gate(
         crate::auth::Server {
@@ -84,9 +88,11 @@ pub async fn serve(options: ServeOptions, json_logs: bool) -> Result<()> {
         trust_keys,
         drain_grace,
         auth: Some(gate),
+        tls,
     })
     .await?;
     let local = controller.local_addr()?;
+    let scheme = controller.scheme();
     let engine = controller.engine().map(str::to_string);
     let store = controller.store().to_string();
     let shared_store = matches!(controller.store(), StoreSpec::Etcd(_));
@@ -94,7 +100,7 @@ pub async fn serve(options: ServeOptions, json_logs: bool) -> Result<()> {
     if json_logs {
         // Under `--log-format json` the banner is one more JSON log line.
         tracing::info!(
-            api = %format!("http://{local}"),
+            api = %format!("{scheme}://{local}"),
             data = %data_dir.display(),
             store = %store,
             engine = engine.as_deref().unwrap_or("none (bases compile)"),
@@ -102,7 +108,7 @@ pub async fn serve(options: ServeOptions, json_logs: bool) -> Result<()> {
             "berth controller serving"
         );
     } else {
-        println!("berth controller serving on http://{local}");
+        println!("berth controller serving on {scheme}://{local}");
         println!("  data  {}", data_dir.display());
         println!("  store {store}");
         if shared_store {
@@ -113,11 +119,11 @@ pub async fn serve(options: ServeOptions, json_logs: bool) -> Result<()> {
         }
         if auth.insecure_no_auth {
             println!(
-                "  bases join with: berth base --controller http://{listen} --insecure-no-auth"
+                "  bases join with: berth base --controller {scheme}://{listen} --insecure-no-auth"
             );
         } else {
             println!(
-                "  bases join with: berth base --controller http://{listen} --join-token $(cat {})",
+                "  bases join with: berth base --controller {scheme}://{listen} --join-token $(cat {})",
                 data_dir.join(berth_api::auth::JOIN_TOKEN_FILE).display()
             );
         }

@@ -46,6 +46,9 @@ pub struct GatewayArgs {
     /// Talk to a controller started with --insecure-no-auth (send no token).
     #[arg(long, env = "BERTH_INSECURE_NO_AUTH", value_parser = clap::builder::BoolishValueParser::new())]
     insecure_no_auth: bool,
+    /// HTTPS for clients (`--tls-cert`, `--tls-key`).
+    #[command(flatten)]
+    tls: crate::tls::ServerTlsArgs,
 }
 
 /// `berth gateway`.
@@ -58,6 +61,8 @@ pub async fn run(args: GatewayArgs) -> Result<()> {
     config.hold_timeout = args.hold_timeout;
     config.name = args.name.unwrap_or_default();
     config.token = args.join_token.filter(|t| !t.trim().is_empty());
+    config.tls = args.tls.load()?;
+    let scheme = berth_api::tls::scheme(config.tls.as_ref());
     let gateway = Gateway::start(config.clone()).await?;
     if config.token.is_none() && !args.insecure_no_auth {
         // Checked once the address is bound, so a port clash is named first.
@@ -74,9 +79,9 @@ pub async fn run(args: GatewayArgs) -> Result<()> {
     }
     let addr = gateway.addr;
     if args.log_format == crate::LogFormat::Json {
-        tracing::info!(listen = %format!("http://{addr}"), controllers = %config.controllers.join(","), "berth gateway serving");
+        tracing::info!(listen = %format!("{scheme}://{addr}"), controllers = %config.controllers.join(","), "berth gateway serving");
     } else {
-        println!("berth gateway serving on http://{addr}");
+        println!("berth gateway serving on {scheme}://{addr}");
         println!("  controller {}", config.controllers.join(", "));
         println!(
             "  pins       {}",
@@ -86,7 +91,7 @@ pub async fn run(args: GatewayArgs) -> Result<()> {
                 "none (no --gateway-secret): each base's own rules choose the version"
             }
         );
-        println!("  metrics    http://{addr}/metrics");
+        println!("  metrics    {scheme}://{addr}/metrics");
     }
     tokio::signal::ctrl_c().await?;
     gateway.shutdown().await;

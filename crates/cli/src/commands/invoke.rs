@@ -78,7 +78,8 @@ pub async fn run(args: InvokeArgs) -> Result<()> {
         .unwrap_or_else(|| if args.data.is_some() { "POST" } else { "GET" }.into());
     let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes())
         .with_context(|| format!("`{method}` is not an HTTP method"))?;
-    let mut request = reqwest::Client::new().request(method.clone(), &url);
+    let http = berth_api::tls::with_trusted_ca(reqwest::Client::builder()).build()?;
+    let mut request = http.request(method.clone(), &url);
     if let Some(host) = &active.route.host {
         request = request.header("host", host);
     }

@@ -18,4 +18,5 @@ mod polyglot;
 mod reclaim;
 mod sign;
 mod support;
+mod tls;
 mod workflow;

@@ -316,7 +316,9 @@ pub fn spawn_gateway(controller: &str, extra: &[&str]) -> (Child, String, tempfi
             .next()
             .and_then(Result::ok)
             .expect("berth gateway printed its address");
-        if let Some(url) = line.strip_prefix("berth gateway serving on http://") {
+        let url = line.strip_prefix("berth gateway serving on http://");
+        let url = url.or_else(|| line.strip_prefix("berth gateway serving on https://"));
+        if let Some(url) = url {
             break url.trim().to_string();
         }
     };

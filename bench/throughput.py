@@ -356,7 +356,8 @@ REQUIRED = ("berth", "wasmtime serve", "native hyper")
 
 def throughput(args, tmp, wasm, module):
     order = [name for name in SERVERS
-             if name in REQUIRED or not args.only or any(o in name for o in args.only)]
+             if (name in REQUIRED or not args.only or any(o in name for o in args.only))
+             and not (args.no_wasmtime and name.startswith("wasmtime"))]
     results = {name: [] for name in order}
     for rnd in range(args.rounds):
         for name in order[rnd % len(order):] + order[:rnd % len(order)]:
@@ -467,9 +468,12 @@ def main():
                     help="the components to serve")
     ap.add_argument("--skip-install", action="store_true",
                     help="skip the install-time and restart measurements")
+    ap.add_argument("--no-wasmtime", action="store_true",
+                    help="leave out the `wasmtime serve` rows (and do not install it): berth's rows and "
+                         "native hyper only, no ratio to the peer")
     args = ap.parse_args()
 
-    ensure_tools()
+    ensure_tools(wasmtime=not args.no_wasmtime)
     if not args.skip_build:
         build()
     tmp = tempfile.mkdtemp(prefix="berth-bench-")

@@ -27,7 +27,7 @@ instead of one per core);
 
 Usage: bench/throughput.py [--rounds 3] [--duration 10] [--connections 32]
                            [--modules hello wasi-proxy] [--only SUBSTRING ...]
-                           [--skip-install]
+                           [--skip-install] [--no-wasmtime] [--release-dir DIR]
 Prints markdown tables; the latest figures live in bench/README.md.
 """
 
@@ -471,8 +471,13 @@ def main():
     ap.add_argument("--no-wasmtime", action="store_true",
                     help="leave out the `wasmtime serve` rows (and do not install it): berth's rows and "
                          "native hyper only, no ratio to the peer")
+    ap.add_argument("--release-dir", help="where `berth` and `native-hello` are (default target/release; "
+                                           "e.g. a copy of an earlier build, for an A/B)")
     args = ap.parse_args()
 
+    global RELEASE
+    if args.release_dir:
+        RELEASE = os.path.abspath(args.release_dir)
     ensure_tools(wasmtime=not args.no_wasmtime)
     if not args.skip_build:
         build()

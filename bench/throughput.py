@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """berth's HTTP benchmark: berth vs `wasmtime serve` vs a native hyper server.
 
-Runs the same `hello` component (modules/hello) in a berth base and in
-`wasmtime serve` 48, plus `native-hello` (hyper, no wasm), one at a time on
+Runs the same component in a berth base and in `wasmtime serve` 48, plus
+`native-hello` (hyper, no wasm), one at a time on
 fresh ports, each driven by wrk with the same connections and duration.
 Configurations are interleaved over several rounds (runs on this kind of
 machine vary by up to ~1.8x), and each server is killed with SIGKILL and
@@ -10,17 +10,24 @@ waited for before the next starts. Then it measures berth's module install
 time (cold compile vs warm from the compile cache) and how long a base with
 10 installed modules takes from process start to serving all of them again.
 
+Components (`--modules`): `hello` (modules/hello) and `wasi-proxy`, the
+`wasip2` crate's own `http-proxy` example (a third-party component, 112 KB,
+built here from the crate's published source for wasm32-wasip2).
+
 The engine knobs each get a row: berth's defaults (64 KiB of each freed
 memory kept resident and reset with PAGEMAP_SCAN), nothing kept (every page
 returned with madvise, the pre-#16 default), 4 MiB kept with and without
 pagemap scan, and the opt-in `pooled` policy (warm instances reused for
-1000 requests) against `wasmtime serve --max-instance-reuse-count 1000`;
+1000 requests) against `wasmtime serve --max-instance-reuse-count 1000`,
+and one thread layout (`TOKIO_WORKER_THREADS=1`: one runtime worker
+instead of one per core);
 `wasmtime serve` runs with its defaults and tuned like issue #16
 (`-O pooling-memory-keep-resident=4194304 -O pooling-table-keep-resident=65536
 -O pooling-pagemap-scan=y`).
 
 Usage: bench/throughput.py [--rounds 3] [--duration 10] [--connections 32]
-                           [--only SUBSTRING ...]
+                           [--modules hello wasi-proxy] [--only SUBSTRING ...]
+                           [--skip-install] [--no-wasmtime] [--release-dir DIR]
 Prints markdown tables; the latest figures live in bench/README.md.
 """
 
@@ -48,6 +55,10 @@ RELEASE = os.path.join(ROOT, "target", "release")
 os.environ.setdefault("BERTH_INSECURE_NO_AUTH", "1")
 HELLO_WASM = os.path.join(ROOT, "target", "wasm-modules", "wasm32-wasip2", "release", "hello.wasm")
 WASMTIME_VERSION = "48.0.8"
+# The `wasip2` crate whose `http-proxy` example is the third-party component.
+WASIP2_VERSION = "1.0.4+wasi-0.2.12"
+PROXY_TARGET = os.path.join(ROOT, "target", "wasm-modules", "wasi-proxy")
+PROXY_WASM = os.path.join(PROXY_TARGET, "wasm32-wasip2", "release", "examples", "http_proxy.wasm")
 
 
 def log(msg):
@@ -76,14 +87,33 @@ def build():
     assert os.path.exists(HELLO_WASM), HELLO_WASM
 
 
-def start_announced(cmd, patterns, stream="stdout", timeout=60):
+def build_wasi_proxy():
+    """Builds the `wasip2` crate's own `http-proxy` example from its published
+    source (cargo's registry copy, fetched by the modules workspace)."""
+    if os.path.exists(PROXY_WASM):
+        return PROXY_WASM
+    subprocess.run(["cargo", "fetch", "--manifest-path", os.path.join(ROOT, "modules", "Cargo.toml")], check=True)
+    meta = json.loads(subprocess.run(
+        ["cargo", "metadata", "--format-version", "1", "--manifest-path", os.path.join(ROOT, "modules", "Cargo.toml")],
+        capture_output=True, text=True, check=True).stdout)
+    manifest = next(p["manifest_path"] for p in meta["packages"]
+                    if p["name"] == "wasip2" and p["version"] == WASIP2_VERSION)
+    log(f"building the wasip2 {WASIP2_VERSION} http-proxy example")
+    subprocess.run(["cargo", "build", "--manifest-path", manifest, "--example", "http-proxy", "--features", "std",
+                    "--target", "wasm32-wasip2", "--release", "--target-dir", PROXY_TARGET], check=True)
+    assert os.path.exists(PROXY_WASM), PROXY_WASM
+    return PROXY_WASM
+
+
+def start_announced(cmd, patterns, stream="stdout", timeout=60, env=None):
     """Starts a server bound to port 0 and returns it with the ports it
     announces: one per regex in `patterns` (group 1 is the port), read from
     its `stream`. No port is probed free and then bound by someone else.
     A thread keeps draining the stream, so the server never blocks on it."""
     pipe_out = subprocess.PIPE if stream == "stdout" else subprocess.DEVNULL
     pipe_err = subprocess.PIPE if stream == "stderr" else subprocess.DEVNULL
-    proc = subprocess.Popen(cmd, stdout=pipe_out, stderr=pipe_err, text=True, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=pipe_out, stderr=pipe_err, text=True, start_new_session=True,
+                            env={**os.environ, **(env or {})})
     lines = queue.Queue()
 
     def drain(pipe):
@@ -115,11 +145,11 @@ def start_announced(cmd, patterns, stream="stdout", timeout=60):
 BERTH_ANNOUNCES = [r"^\s*ingress\s+http://[\d.]+:(\d+)", r"^\s*ops API\s+http://[\d.]+:(\d+)"]
 
 
-def start_berth(data_dir, extra=()):
+def start_berth(data_dir, extra=(), env=None):
     """`berth base` on ports the system picks; returns (process, ingress port, ops port)."""
     proc, (port, ops) = start_announced(
         [os.path.join(RELEASE, "berth"), "base", "--listen", "127.0.0.1:0", "--ops", "127.0.0.1:0",
-         "--data-dir", data_dir, *extra], BERTH_ANNOUNCES)
+         "--data-dir", data_dir, *extra], BERTH_ANNOUNCES, env=env)
     return proc, port, ops
 
 
@@ -183,9 +213,9 @@ def variant(wasm, tag):
 class Berth:
     """A `berth base` process on fresh ports and a fresh (or given) data dir."""
 
-    def __init__(self, data_dir, extra=()):
+    def __init__(self, data_dir, extra=(), env=None):
         self.started = time.perf_counter()
-        self.proc, self.port, self.ops = start_berth(data_dir, extra)
+        self.proc, self.port, self.ops = start_berth(data_dir, extra, env)
         wait_until(lambda: http("GET", f"http://127.0.0.1:{self.ops}/v1/health")[0] == 200, what="berth")
 
     def install(self, name, wasm, version="1.0.0", limits=None):
@@ -240,59 +270,64 @@ def run_wrk(url, duration, connections, threads, script=None):
     return parse_wrk(out)
 
 
-def serve_berth(tmp, extra=(), limits=None):
-    b = Berth(tempfile.mkdtemp(dir=tmp), extra)
-    b.install("hello", open(HELLO_WASM, "rb").read(), limits=limits)
+def serve_berth(tmp, wasm, extra=(), limits=None, env=None):
+    b = Berth(tempfile.mkdtemp(dir=tmp), extra, env)
+    b.install("hello", open(wasm, "rb").read(), limits=limits)
     return b.proc, [b.port, b.ops], f"http://127.0.0.1:{b.port}/hello"
 
 
-def serve_berth_madvise(tmp):
+def serve_berth_madvise(tmp, wasm):
     # Nothing kept resident: every freed page goes back with madvise and
     # faults in again (berth's default before issue #16).
-    return serve_berth(tmp, ["--memory-keep-resident", "0", "--table-keep-resident", "0"])
+    return serve_berth(tmp, wasm, ["--memory-keep-resident", "0", "--table-keep-resident", "0"])
 
 
-def serve_berth_resident(tmp):
+def serve_berth_resident(tmp, wasm):
     # 4 MiB of each freed memory kept resident, reset where written (pagemap scan).
-    return serve_berth(tmp, ["--memory-keep-resident", str(4 << 20)])
+    return serve_berth(tmp, wasm, ["--memory-keep-resident", str(4 << 20)])
 
 
-def serve_berth_resident_memset(tmp):
+def serve_berth_resident_memset(tmp, wasm):
     # 4 MiB kept, but all of it rewritten on every reset (no pagemap scan).
-    return serve_berth(tmp, ["--memory-keep-resident", str(4 << 20), "--no-pagemap-scan"])
+    return serve_berth(tmp, wasm, ["--memory-keep-resident", str(4 << 20), "--no-pagemap-scan"])
 
 
-def serve_berth_pooled(tmp):
+def serve_berth_pooled(tmp, wasm):
     # The opt-in pooled policy: one warm instance serves up to 1000 requests.
-    return serve_berth(tmp, limits={"policy": {"pooled": {"maxRequests": 1000, "maxIdleMs": 10000}}})
+    return serve_berth(tmp, wasm, limits={"policy": {"pooled": {"maxRequests": 1000, "maxIdleMs": 10000}}})
+
+
+def serve_berth_one_worker(tmp, wasm):
+    # Thread layout: one tokio worker thread instead of one per core.
+    return serve_berth(tmp, wasm, env={"TOKIO_WORKER_THREADS": "1"})
 
 
 WASMTIME_TUNED = ["-O", f"pooling-memory-keep-resident={4 << 20}", "-O", f"pooling-table-keep-resident={64 << 10}",
                   "-O", "pooling-pagemap-scan=y"]
 
 
-def serve_wasmtime_with(extra):
-    proc, (port,) = start_announced(["wasmtime", "serve", "-Scli", *extra, "--addr", "127.0.0.1:0", HELLO_WASM],
+def serve_wasmtime_with(wasm, extra):
+    proc, (port,) = start_announced(["wasmtime", "serve", "-Scli", *extra, "--addr", "127.0.0.1:0", wasm],
                                     [r"Serving HTTP on http://[\d.]+:(\d+)"], stream="stderr")
     url = f"http://127.0.0.1:{port}/hello"
     wait_until(lambda: http("GET", url)[0] == 200, what="wasmtime serve")
     return proc, [port], url
 
 
-def serve_wasmtime_tuned(tmp):
-    return serve_wasmtime_with(WASMTIME_TUNED)
+def serve_wasmtime_tuned(tmp, wasm):
+    return serve_wasmtime_with(wasm, WASMTIME_TUNED)
 
 
-def serve_wasmtime_reuse(tmp):
+def serve_wasmtime_reuse(tmp, wasm):
     # wasmtime's own instance reuse: the peer of berth's pooled policy.
-    return serve_wasmtime_with(["--max-instance-reuse-count", "1000"])
+    return serve_wasmtime_with(wasm, ["--max-instance-reuse-count", "1000"])
 
 
-def serve_wasmtime(tmp):
-    return serve_wasmtime_with([])
+def serve_wasmtime(tmp, wasm):
+    return serve_wasmtime_with(wasm, [])
 
 
-def serve_native(tmp):
+def serve_native(tmp, wasm):
     proc, (port,) = start_announced([os.path.join(RELEASE, "native-hello"), "127.0.0.1:0"],
                                     [r"serving on http://[\d.]+:(\d+)"], stream="stderr")
     url = f"http://127.0.0.1:{port}/hello"
@@ -300,9 +335,9 @@ def serve_native(tmp):
     return proc, [port], url
 
 
-def serve_berth_unobserved(tmp):
+def serve_berth_unobserved(tmp, wasm):
     # Metrics, recent stats and log capture off: their cost is the difference.
-    return serve_berth(tmp, ["--no-observability"])
+    return serve_berth(tmp, wasm, ["--no-observability"])
 
 
 SERVERS = {
@@ -312,6 +347,7 @@ SERVERS = {
     "berth, 4 MiB kept resident": serve_berth_resident,
     "berth, 4 MiB kept resident, no pagemap scan": serve_berth_resident_memset,
     "berth, pooled (1000 requests)": serve_berth_pooled,
+    "berth, 1 worker thread": serve_berth_one_worker,
     "wasmtime serve": serve_wasmtime,
     "wasmtime serve, tuned": serve_wasmtime_tuned,
     "wasmtime serve --max-instance-reuse-count 1000": serve_wasmtime_reuse,
@@ -321,19 +357,20 @@ SERVERS = {
 REQUIRED = ("berth", "wasmtime serve", "native hyper")
 
 
-def throughput(args, tmp):
+def throughput(args, tmp, wasm, module):
     order = [name for name in SERVERS
-             if name in REQUIRED or not args.only or any(o in name for o in args.only)]
+             if (name in REQUIRED or not args.only or any(o in name for o in args.only))
+             and not (args.no_wasmtime and name.startswith("wasmtime"))]
     results = {name: [] for name in order}
     for rnd in range(args.rounds):
         for name in order[rnd % len(order):] + order[:rnd % len(order)]:
-            proc, ports, url = SERVERS[name](tmp)
+            proc, ports, url = SERVERS[name](tmp, wasm)
             try:
                 run_wrk(url, 2, args.connections, args.threads)  # warm-up
                 r = run_wrk(url, args.duration, args.connections, args.threads)
             finally:
                 stop(proc, ports)
-            log(f"round {rnd + 1} {name}: {r['rps']:.0f} rps, p50 {r['p50']:.3f} ms, p99 {r['p99']:.3f} ms, errors {r['errors']}")
+            log(f"{module} round {rnd + 1} {name}: {r['rps']:.0f} rps, p50 {r['p50']:.3f} ms, p99 {r['p99']:.3f} ms, errors {r['errors']}")
             results[name].append(r)
     return results
 
@@ -391,6 +428,35 @@ def fmt_range(values, f="{:.0f}"):
     return f"{f.format(statistics.median(values))} ({f.format(min(values))}–{f.format(max(values))})"
 
 
+def print_throughput(args, module, results, cpu):
+    print(f"\n## HTTP throughput: `{module}`, wrk -t{args.threads} -c{args.connections} -d{args.duration}s, "
+          f"{args.rounds} interleaved rounds")
+    print(f"machine: {os.cpu_count()} cores, {cpu}\n")
+    print("| server | requests/s median (min–max) | p50 ms median (min–max) | p99 ms median (min–max) | errors |")
+    print("|---|---|---|---|---|")
+    med = {}
+    for name, runs in results.items():
+        rps = [r["rps"] for r in runs]
+        med[name] = statistics.median(rps)
+        print(f"| {name} | {fmt_range(rps)} | {fmt_range([r['p50'] for r in runs], '{:.3f}')} | "
+              f"{fmt_range([r['p99'] for r in runs], '{:.3f}')} | {sum(r['errors'] for r in runs)} |")
+    print()
+    for ours, peer in [("berth", "wasmtime serve"),
+                       ("berth", "native hyper"),
+                       ("berth", "wasmtime serve, tuned"),
+                       ("berth, 4 MiB kept resident", "wasmtime serve, tuned"),
+                       ("berth, pooled (1000 requests)", "wasmtime serve --max-instance-reuse-count 1000"),
+                       ("berth, 1 worker thread", "berth")]:
+        if ours in med and peer in med:
+            print(f"- {ours} / {peer} = **{med[ours] / med[peer]:.2f}x** (medians)")
+
+
+MODULES = {
+    "hello": lambda: HELLO_WASM,
+    "wasi-proxy": build_wasi_proxy,
+}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
@@ -401,37 +467,37 @@ def main():
     ap.add_argument("--only", nargs="*", default=[],
                     help="run only the throughput rows whose name contains one of these (plus berth, "
                          "wasmtime serve and native hyper, which the ratios need)")
+    ap.add_argument("--modules", nargs="*", default=list(MODULES), choices=list(MODULES),
+                    help="the components to serve")
+    ap.add_argument("--skip-install", action="store_true",
+                    help="skip the install-time and restart measurements")
+    ap.add_argument("--no-wasmtime", action="store_true",
+                    help="leave out the `wasmtime serve` rows (and do not install it): berth's rows and "
+                         "native hyper only, no ratio to the peer")
+    ap.add_argument("--release-dir", help="where `berth` and `native-hello` are (default target/release; "
+                                           "e.g. a copy of an earlier build, for an A/B)")
     args = ap.parse_args()
 
-    ensure_tools()
+    global RELEASE
+    if args.release_dir:
+        RELEASE = os.path.abspath(args.release_dir)
+    ensure_tools(wasmtime=not args.no_wasmtime)
     if not args.skip_build:
         build()
     tmp = tempfile.mkdtemp(prefix="berth-bench-")
     try:
-        results = throughput(args, tmp)
-        cold, warm = install_times(tmp)
-        restart = restart_time(tmp)
+        results = {module: throughput(args, tmp, MODULES[module](), module) for module in args.modules}
+        if not args.skip_install:
+            cold, warm = install_times(tmp)
+            restart = restart_time(tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
     cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
-    print(f"\n## HTTP throughput: `hello`, wrk -t{args.threads} -c{args.connections} -d{args.duration}s, {args.rounds} interleaved rounds")
-    print(f"machine: {os.cpu_count()} cores, {cpu}\n")
-    print("| server | requests/s median (min–max) | p50 ms median (min–max) | p99 ms median (min–max) | errors |")
-    print("|---|---|---|---|---|")
-    med = {}
-    for name, runs in results.items():
-        rps = [r["rps"] for r in runs]
-        med[name] = statistics.median(rps)
-        print(f"| {name} | {fmt_range(rps)} | {fmt_range([r['p50'] for r in runs], '{:.3f}')} | "
-              f"{fmt_range([r['p99'] for r in runs], '{:.3f}')} | {sum(r['errors'] for r in runs)} |")
-    print(f"\nberth / wasmtime serve = **{med['berth'] / med['wasmtime serve']:.2f}x**; "
-          f"berth / native hyper = **{med['berth'] / med['native hyper']:.2f}x** (medians)")
-    for ours, peer in [("berth", "wasmtime serve, tuned"),
-                       ("berth, 4 MiB kept resident", "wasmtime serve, tuned"),
-                       ("berth, pooled (1000 requests)", "wasmtime serve --max-instance-reuse-count 1000")]:
-        if ours in med and peer in med:
-            print(f"{ours} / {peer} = **{med[ours] / med[peer]:.2f}x**")
+    for module, rows in results.items():
+        print_throughput(args, module, rows, cpu)
+    if args.skip_install:
+        return
     print()
     print("## Module install (`hello`, upload over the ops API)\n")
     print("| install | server-side ms median (min–max) | client wall ms median (min–max) |")

@@ -36,8 +36,9 @@ pub(crate) struct Dispatcher {
     instrumentation: Arc<Instrumentation>,
     /// The secret of trusted gateways, whose version pins are honoured.
     gateway_secret: Option<String>,
-    /// Itself, handed to modules as their [`ModuleCaller`].
-    me: Weak<Dispatcher>,
+    /// Itself, handed to modules as their [`ModuleCaller`]: made once,
+    /// each request takes a reference.
+    caller: Arc<dyn ModuleCaller>,
 }
 
 impl Dispatcher {
@@ -50,7 +51,7 @@ impl Dispatcher {
             routes: ArcSwap::from_pointee(RouteTable::default()),
             instrumentation,
             gateway_secret: gateway_secret.filter(|s| !s.is_empty()),
-            me: me.clone(),
+            caller: Arc::new(Calls(me.clone())),
         })
     }
 
@@ -66,9 +67,7 @@ impl Dispatcher {
 
     /// The caller modules use for `http://NAME.berth/` calls.
     fn caller(&self) -> Option<Arc<dyn ModuleCaller>> {
-        self.me
-            .upgrade()
-            .map(|me| Arc::new(Calls(me)) as Arc<dyn ModuleCaller>)
+        Some(self.caller.clone())
     }
 
     /// Routes and serves one ingress request from `client`.
@@ -92,24 +91,21 @@ impl Dispatcher {
             .unwrap_or_else(|| {
                 HeaderValue::from_str(&trace.trace_id_hex()).expect("hex is a valid header")
             });
+        let pinned = self.pinned(request.headers_mut());
         let host = request
             .headers()
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
-            .or_else(|| request.uri().host())
-            .map(str::to_owned);
-        let pinned = self.pinned(request.headers_mut());
+            .or_else(|| request.uri().host());
         let exporting = self.instrumentation.exporting();
         let target = {
             let routes = self.routes.load();
-            routes
-                .lookup(host.as_deref(), request.uri().path())
-                .map(|entry| {
-                    let target = entry
-                        .select_pinned(&view(&request, client), pinned.as_deref())
-                        .clone();
-                    (target, exporting.then(|| entry.prefix().to_owned()))
-                })
+            routes.lookup(host, request.uri().path()).map(|entry| {
+                let target = entry
+                    .select_pinned(&view(&request, client), pinned.as_deref())
+                    .clone();
+                (target, exporting.then(|| entry.prefix().to_owned()))
+            })
         };
         let Some((target, route)) = target else {
             let mut response = plain(
@@ -227,13 +223,25 @@ fn view<B>(request: &Request<B>, client: Option<IpAddr>) -> RequestView<'_> {
 }
 
 /// The [`ModuleCaller`] modules get: calls go back into the dispatcher,
-/// without a socket.
-struct Calls(Arc<Dispatcher>);
+/// without a socket. It holds the dispatcher weakly (the dispatcher holds
+/// it); a call made while the base is going away is answered 503.
+struct Calls(Weak<Dispatcher>);
 
 impl ModuleCaller for Calls {
     fn call(&self, name: &str, request: Request<WasiBody>, context: CallContext) -> BoxResponse {
-        let dispatcher = self.0.clone();
+        let dispatcher = self.0.upgrade();
         let name = name.to_string();
-        Box::pin(async move { dispatcher.call(&name, request, context).await })
+        Box::pin(async move {
+            match dispatcher {
+                Some(dispatcher) => dispatcher.call(&name, request, context).await,
+                None => plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "503 Service Unavailable: the base is shutting down; retry the call to `{name}`\n"
+                    ),
+                    context.request_id.unwrap_or_else(new_request_id),
+                ),
+            }
+        })
     }
 }

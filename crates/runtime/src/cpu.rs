@@ -143,18 +143,22 @@ impl CpuAccount {
     }
 }
 
-/// `future`, with the time of each poll charged to `account`, and not
-/// polled while the account is over its share.
-pub(crate) struct Metered<F> {
-    inner: Pin<Box<F>>,
-    account: std::sync::Arc<CpuAccount>,
-    delay: Option<Pin<Box<tokio::time::Sleep>>>,
+pin_project_lite::pin_project! {
+    /// `future`, with the time of each poll charged to `account`, and not
+    /// polled while the account is over its share.
+    pub(crate) struct Metered<F> {
+        // In place (the task that runs it is one allocation already).
+        #[pin]
+        inner: F,
+        account: std::sync::Arc<CpuAccount>,
+        delay: Option<Pin<Box<tokio::time::Sleep>>>,
+    }
 }
 
 impl<F: Future> Metered<F> {
     pub(crate) fn new(future: F, account: std::sync::Arc<CpuAccount>) -> Self {
         Self {
-            inner: Box::pin(future),
+            inner: future,
             account,
             delay: None,
         }
@@ -164,23 +168,23 @@ impl<F: Future> Metered<F> {
 impl<F: Future> Future for Metered<F> {
     type Output = F::Output;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = &mut *self;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
         loop {
-            if let Some(delay) = &mut this.delay {
+            if let Some(delay) = this.delay.as_mut() {
                 if delay.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
-                this.delay = None;
+                *this.delay = None;
             }
             let wait = this.account.throttle();
             if wait.is_zero() {
                 break;
             }
-            this.delay = Some(Box::pin(tokio::time::sleep(wait)));
+            *this.delay = Some(Box::pin(tokio::time::sleep(wait)));
         }
         let started = Instant::now();
-        let result = this.inner.as_mut().poll(cx);
+        let result = this.inner.poll(cx);
         this.account.charge(started.elapsed());
         result
     }

@@ -11,17 +11,32 @@
 //! [`WarmPool::discard`] (a version switch, an uninstall) drops them all,
 //! and those still serving when they finish.
 //!
+//! An instance goes back when the guest's handler returns, a moment after
+//! it finished writing its body. So that a client's next request always
+//! finds it there, a pooled response's body ([`Settled`]) holds its end
+//! (the end of the stream, its trailers, or the bytes that complete a
+//! declared length) until the instance is back in the pool (or dropped):
+//! the response is complete for the client only once the instance is
+//! free for the next request.
+//!
 //! The trade: what a request leaves in the instance's memory and globals is
 //! seen by the next request of the same version. `fresh` (the default)
 //! never allows that.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::sync::oneshot;
 use wasmtime::Store;
 use wasmtime_wasi_http::p2::bindings::Proxy;
 
+use crate::body::ResponseBody;
 use crate::host::HostState;
 use crate::pool::InstanceGuard;
 
@@ -170,6 +185,108 @@ async fn sweep(pool: Weak<WarmPool>, max_idle: Duration) {
             // found the flag set: look once more.
             if pool.idle() == 0 || pool.sweeping.swap(true, Ordering::AcqRel) {
                 return;
+            }
+        }
+    }
+}
+
+/// A pooled response's body, ending only once the instance that wrote it
+/// has gone back to its pool (or been dropped): see the module docs.
+pub(crate) struct Settled {
+    inner: ResponseBody,
+    /// Resolves (or fails: the sender is dropped) when the guest's task
+    /// has returned its instance; `None` once it has.
+    settled: Option<oneshot::Receiver<()>>,
+    /// Bytes left of a declared length: the frame that completes it ends
+    /// the response for the client, so it is held too.
+    remaining: Option<u64>,
+    /// The last frame (`Some(None)`: the end of the stream), held until
+    /// settled.
+    held: Option<Option<Frame<Bytes>>>,
+    done: bool,
+}
+
+impl Settled {
+    /// `inner`, whose response declared `length` bytes (a `content-length`
+    /// or an exact size hint), ending after `settled` resolves.
+    pub(crate) fn new(
+        inner: ResponseBody,
+        length: Option<u64>,
+        settled: oneshot::Receiver<()>,
+    ) -> Self {
+        Self {
+            inner,
+            settled: Some(settled),
+            remaining: length,
+            held: None,
+            done: false,
+        }
+    }
+}
+
+impl Body for Settled {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if this.held.is_none() {
+            let frame = match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => frame,
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => {
+                    this.held = Some(None);
+                    return this.release(cx);
+                }
+            };
+            let last = match (frame.data_ref(), this.remaining.as_mut()) {
+                (Some(data), Some(left)) => {
+                    *left = left.saturating_sub(data.len() as u64);
+                    *left == 0
+                }
+                (Some(_), None) => false,
+                // Trailers are the last frame of a body.
+                (None, _) => true,
+            };
+            if !last || this.settled.is_none() {
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            this.held = Some(Some(frame));
+        }
+        this.release(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Settled {
+    /// The held frame once the instance is settled.
+    fn release(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, wasmtime_wasi_http::Error>>> {
+        if let Some(settled) = self.settled.as_mut() {
+            // An error means the task dropped its sender: settled all the same.
+            let _ = ready!(Pin::new(settled).poll(cx));
+            self.settled = None;
+        }
+        match self.held.take() {
+            Some(Some(frame)) => Poll::Ready(Some(Ok(frame))),
+            _ => {
+                self.done = true;
+                Poll::Ready(None)
             }
         }
     }

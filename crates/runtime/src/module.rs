@@ -31,7 +31,7 @@ use crate::capability::{Capabilities, Configured, InstanceContext};
 use crate::cpu::{CpuAccount, Metered};
 use crate::error::{HandleError, LoadError};
 use crate::host::HostState;
-use crate::instances::{Warm, WarmPool};
+use crate::instances::{Settled, Warm, WarmPool};
 use crate::logs::LogSink;
 use crate::outgoing::CallContext;
 use crate::pool::InstanceCount;
@@ -273,12 +273,23 @@ impl LoadedModule {
         let pre = code.pre.clone();
         let observer = self.observer.clone();
         let pool = self.warm.clone();
+        // A pooled response ends only once its instance is back (see
+        // `instances::Settled`): the task drops `settled` when it is done.
+        let (settled, settled_rx) = match pool {
+            Some(_) => {
+                let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
         let instances = code.env.instances.clone();
         // The guest runs in its own task so it can keep streaming the body
         // after the response head has gone out; it holds the concurrency
         // permit until it is done. Each poll is charged to the version's
         // CPU account, which holds it back while over its share.
         let guest = async move {
+            // Dropped last, after the instance went back to the pool.
+            let _settled = settled;
             let _permit = permit;
             // Keeps this tier's engine and epoch ticker alive to the end.
             let _code = code;
@@ -335,7 +346,20 @@ impl LoadedModule {
 
         match receiver.await {
             Ok(Ok(response)) => {
-                Ok(response.map(|body| limit_body(body, limits.max_response_bytes, false)))
+                let length = response
+                    .headers()
+                    .get(http::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .or_else(|| http_body::Body::size_hint(response.body()).exact());
+                let response =
+                    response.map(|body| limit_body(body, limits.max_response_bytes, false));
+                Ok(match settled_rx {
+                    Some(settled) => {
+                        response.map(|body| Settled::new(body, length, settled).boxed_unsync())
+                    }
+                    None => response,
+                })
             }
             Ok(Err(code)) => Err(HandleError::GuestError(format!("{code:?}"))),
             // The sender was dropped with the store: the task ended without responding.

@@ -21,14 +21,9 @@ async fn global(module: &LoadedModule) -> u64 {
 async fn answers(module: &LoadedModule, n: usize) -> Vec<u64> {
     let mut out = Vec::new();
     for _ in 0..n {
+        // No wait between requests: a pooled response ends only once its
+        // instance is back in the pool.
         out.push(global(module).await);
-        // The instance goes back to the pool when its task ends, a moment
-        // after the response: give it that moment (bounded; an instance
-        // retired at its maxRequests never comes back).
-        let deadline = Instant::now() + Duration::from_millis(500);
-        while module.warm_instances() == 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
     }
     out
 }

@@ -726,11 +726,13 @@ pub enum FailureKind {
     NoResponse,
     /// It was over its CPU share and its queue wait (`limits.cpu`).
     Cpu,
+    /// Its response body was over its limit before the head went out.
+    ResponseBody,
 }
 
 impl FailureKind {
     /// Every kind, in the order of [`FailureKind::index`].
-    pub const ALL: [FailureKind; 8] = [
+    pub const ALL: [FailureKind; 9] = [
         Self::Trap,
         Self::Memory,
         Self::Deadline,
@@ -739,6 +741,7 @@ impl FailureKind {
         Self::Instantiate,
         Self::NoResponse,
         Self::Cpu,
+        Self::ResponseBody,
     ];
 
     /// The wire spelling.
@@ -752,6 +755,7 @@ impl FailureKind {
             Self::Instantiate => "instantiate",
             Self::NoResponse => "no_response",
             Self::Cpu => "cpu",
+            Self::ResponseBody => "response_body",
         }
     }
 

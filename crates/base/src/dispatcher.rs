@@ -88,9 +88,7 @@ impl Dispatcher {
             .get(REQUEST_ID_HEADER)
             .filter(|v| v.len() <= 128 && v.to_str().is_ok_and(|s| !s.is_empty()))
             .cloned()
-            .unwrap_or_else(|| {
-                HeaderValue::from_str(&trace.trace_id_hex()).expect("hex is a valid header")
-            });
+            .unwrap_or_else(|| trace.trace_id_header());
         let pinned = self.pinned(request.headers_mut());
         let host = request
             .headers()
@@ -120,9 +118,7 @@ impl Dispatcher {
         };
         let headers = request.headers_mut();
         headers.insert(REQUEST_ID_HEADER, request_id.clone());
-        if let Ok(value) = HeaderValue::from_str(&trace.to_string()) {
-            headers.insert(TRACEPARENT, value);
-        }
+        headers.insert(TRACEPARENT, trace.header_value());
         let context = CallContext {
             label: target.label.clone(),
             request_id: Some(request_id),

@@ -191,9 +191,9 @@ impl Hop<'_> {
         // Failures the base answers for a module name it too, like the
         // module's own responses.
         if instrumentation.version_header
-            && let Ok(label) = HeaderValue::from_str(&target.label)
+            && let Some(label) = &target.label_header
         {
-            response.headers_mut().insert(MODULE_HEADER, label);
+            response.headers_mut().insert(MODULE_HEADER, label.clone());
         }
         if let (Some(exporter), Some(span), Some(trace)) = (&instrumentation.otlp, span, trace) {
             exporter.record(crate::otlp::Hop {
@@ -213,10 +213,8 @@ impl Hop<'_> {
         }
         let headers = response.headers_mut();
         headers.insert(REQUEST_ID_HEADER, request_id);
-        if let Some(trace) = trace
-            && let Ok(value) = HeaderValue::from_str(&trace.to_string())
-        {
-            headers.insert(TRACEPARENT, value);
+        if let Some(trace) = trace {
+            headers.insert(TRACEPARENT, trace.header_value());
         }
         response
     }
@@ -230,6 +228,7 @@ fn failure_kind(error: &HandleError) -> FailureKind {
         HandleError::Deadline(_) => FailureKind::Deadline,
         HandleError::Overloaded(_) => FailureKind::Concurrency,
         HandleError::RequestTooLarge(_) => FailureKind::RequestBody,
+        HandleError::ResponseTooLarge(_) => FailureKind::ResponseBody,
         HandleError::Instantiate(_) => FailureKind::Instantiate,
         HandleError::CpuThrottled { .. } => FailureKind::Cpu,
         HandleError::NoResponse | HandleError::GuestError(_) | HandleError::BadRequest(_) => {

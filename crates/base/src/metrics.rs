@@ -88,7 +88,7 @@ fn latency_histogram() -> Histogram {
 pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// Failure kinds in the order of [`VersionMetrics::failures`].
-pub const FAILURE_KINDS: [&str; 8] = [
+pub const FAILURE_KINDS: [&str; 9] = [
     "trap",
     "memory",
     "deadline",
@@ -97,6 +97,7 @@ pub const FAILURE_KINDS: [&str; 8] = [
     "instantiate",
     "no_response",
     "cpu",
+    "response_body",
 ];
 
 /// Every metric family of a base.
@@ -137,8 +138,8 @@ pub struct VersionMetrics {
     /// Instantiation time, seconds.
     pub instantiation: Histogram,
     /// Failures by kind ([`FAILURE_KINDS`]); `memory`, `deadline`,
-    /// `concurrency` and `request_body` are the limit hits.
-    pub failures: [Counter; 8],
+    /// `concurrency`, `request_body` and `response_body` are the limit hits.
+    pub failures: [Counter; 9],
 }
 
 impl Default for Metrics {
@@ -182,7 +183,7 @@ impl Metrics {
         let failures = Family::<KindLabels, Counter>::default();
         registry.register(
             "module_failures",
-            "Requests a module failed: traps and limit hits (memory, deadline, concurrency, request_body)",
+            "Requests a module failed: traps and limit hits (memory, deadline, concurrency, request_body, response_body)",
             failures.clone(),
         );
         let memory_in_use = Family::<ModuleLabels, Gauge>::default();

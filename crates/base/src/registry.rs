@@ -308,8 +308,10 @@ impl Registry {
         RouteTable::new(self.modules.iter().filter_map(|(name, module)| {
             let default = module.default_version()?;
             let target = |v: &Installed| {
+                let label = v.record.key();
                 Some(Target {
-                    label: Arc::from(v.record.key()),
+                    label_header: http::HeaderValue::from_str(&label).ok(),
+                    label: Arc::from(label),
                     module: v.module.clone()?,
                     stats: v.stats.clone(),
                 })

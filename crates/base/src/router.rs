@@ -20,6 +20,8 @@ use crate::stats::VersionStats;
 pub struct Target {
     /// `name@version`, for logs and the `x-berth-module` header.
     pub label: Arc<str>,
+    /// `label` as a header value, made once (`None` if it is not one).
+    pub label_header: Option<http::HeaderValue>,
     /// The module to run.
     pub module: LoadedModule,
     /// Its request counters.

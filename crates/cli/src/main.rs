@@ -7,6 +7,12 @@
 //! there is an obvious fix) and exit with status 1; under `-o json` the
 //! failure is `{"error": {"code", "message", "hint"}}` on stdout instead.
 
+/// mimalloc instead of glibc malloc: per-request allocations on the
+/// ingress and gateway paths are small and short-lived, which mimalloc's
+/// thread-local free lists serve without locks (see bench/README.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod auth;
 mod client;
 mod commands;

@@ -140,6 +140,12 @@ pub enum HandleError {
     /// The request body is larger than the module accepts.
     #[error("the request body is larger than the module's limit of {0} bytes")]
     RequestTooLarge(u64),
+    /// The response body the guest wrote is larger than its limit, found
+    /// before the response head went out (later, the body is cut off).
+    #[error(
+        "the response body is larger than the module's limit of {0} bytes (limits.maxResponseBytes)"
+    )]
+    ResponseTooLarge(u64),
     /// The guest returned without setting a response.
     #[error("the module returned without sending a response")]
     NoResponse,

@@ -26,7 +26,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use tokio::sync::Semaphore;
 
 use crate::artifact::Digest;
-use crate::body::ResponseBody;
+use crate::body::{Coalesced, ResponseBody, coalesce, full_body};
 use crate::capability::{Capabilities, Configured, InstanceContext};
 use crate::cpu::{CpuAccount, Metered};
 use crate::error::{HandleError, LoadError};
@@ -352,8 +352,42 @@ impl LoadedModule {
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse::<u64>().ok())
                     .or_else(|| http_body::Body::size_hint(response.body()).exact());
-                let response =
+                let mut response =
                     response.map(|body| limit_body(body, limits.max_response_bytes, false));
+                if length.is_none() {
+                    // A short body that is already complete goes out with
+                    // its length, in one write (see `body::coalesce`).
+                    let (parts, body) = response.into_parts();
+                    match coalesce(body).await {
+                        Coalesced::Whole(whole) => {
+                            if let Some(settled) = settled_rx {
+                                // As `Settled` would: complete only once the
+                                // instance is back for the next request.
+                                let _ = settled.await;
+                            }
+                            return Ok(http::Response::from_parts(parts, full_body(whole)));
+                        }
+                        Coalesced::Streaming(body) => {
+                            response = http::Response::from_parts(parts, body);
+                        }
+                        Coalesced::Failed(wasmtime_wasi_http::Error::HttpResponseBodySize(_)) => {
+                            return Err(HandleError::ResponseTooLarge(limits.max_response_bytes));
+                        }
+                        Coalesced::Failed(e) => {
+                            // The guest failed while writing: its own error
+                            // (a trap, a deadline) if its task has ended.
+                            if task.is_finished()
+                                && let Ok(Err(error)) = task.await
+                            {
+                                return Err(error);
+                            }
+                            return Err(HandleError::Trap {
+                                message: "the module failed while writing its response body".into(),
+                                detail: format!("{e:?}"),
+                            });
+                        }
+                    }
+                }
                 Ok(match settled_rx {
                     Some(settled) => {
                         response.map(|body| Settled::new(body, length, settled).boxed_unsync())

@@ -73,7 +73,34 @@ impl TraceParent {
 
     /// The trace id as 32 hex characters.
     pub fn trace_id_hex(&self) -> String {
-        hex::encode(self.trace_id)
+        String::from_utf8_lossy(&self.trace_id_bytes()).into_owned()
+    }
+
+    /// The trace id as a header value (a request id), built without an
+    /// intermediate string: this runs on every request.
+    pub fn trace_id_header(&self) -> http::HeaderValue {
+        http::HeaderValue::from_bytes(&self.trace_id_bytes()).expect("hex is a valid header")
+    }
+
+    /// The `traceparent` header value of this span.
+    pub fn header_value(&self) -> http::HeaderValue {
+        http::HeaderValue::from_bytes(&self.encode()).expect("hex is a valid header")
+    }
+
+    fn trace_id_bytes(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        hex::encode_to_slice(self.trace_id, &mut out).expect("32 hex digits for 16 bytes");
+        out
+    }
+
+    /// `00-<trace>-<span>-<flags>` in a stack buffer.
+    fn encode(&self) -> [u8; 55] {
+        let mut out = [b'-'; 55];
+        out[..2].copy_from_slice(b"00");
+        hex::encode_to_slice(self.trace_id, &mut out[3..35]).expect("32 hex digits");
+        hex::encode_to_slice(self.span_id, &mut out[36..52]).expect("16 hex digits");
+        hex::encode_to_slice([self.flags], &mut out[53..55]).expect("2 hex digits");
+        out
     }
 }
 
@@ -85,13 +112,8 @@ fn new_span_id() -> [u8; 8] {
 
 impl fmt::Display for TraceParent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "00-{}-{}-{:02x}",
-            hex::encode(self.trace_id),
-            hex::encode(self.span_id),
-            self.flags
-        )
+        let encoded = self.encode();
+        f.write_str(std::str::from_utf8(&encoded).expect("hex is ASCII"))
     }
 }
 
@@ -122,5 +144,7 @@ mod tests {
             assert!(TraceParent::parse(bad).is_none(), "{bad}");
         }
         assert!(TraceParent::parse(&TraceParent::new_root().to_string()).is_some());
+        assert_eq!(t.header_value(), t.to_string().as_str());
+        assert_eq!(t.trace_id_header(), "4bf92f3577b34da6a3ce929d0e0e4736");
     }
 }

@@ -158,32 +158,42 @@ async fn request_and_response_bodies_are_capped() {
         .await
         .unwrap();
     assert_eq!(response.bytes().await.unwrap().len(), 5000);
-    // Over it, the head arrives and the body is cut off: the guest writes
-    // 1 KiB at a time, so the first writes pass and the connection ends
-    // before more than the cap arrives.
+    // Over it, the client never gets the whole body. Short bodies are
+    // gathered before the head goes out (see the runtime's `body`
+    // module), so a guest that writes fast is answered with an error that
+    // names the limit; one that writes slower gets its head, and then the
+    // body is cut off before more than the cap arrives.
     let mut response = base
         .client
         .get(base.url("/hog/chunks?n=100000"))
         .send()
         .await
-        .expect("the head of an over-cap response arrives");
-    assert_eq!(response.status(), 200);
-    let mut received = 0;
-    let ended_cleanly = loop {
-        match response.chunk().await {
-            Ok(Some(chunk)) => received += chunk.len(),
-            Ok(None) => break true,
-            Err(_) => break false,
-        }
-    };
-    assert!(
-        !ended_cleanly,
-        "a 100 kB body over a 10 kB cap ended as if complete after {received} bytes"
-    );
-    assert!(
-        (4096..=10_000).contains(&received),
-        "{received} bytes of a 100 kB body arrived under a 10 kB cap (expected 4 KiB to 10,000)"
-    );
+        .expect("an over-cap response has a head");
+    if response.status() == 500 {
+        let text = response.text().await.unwrap();
+        assert!(
+            text.contains("larger than the module's limit of 10000 bytes"),
+            "{text}"
+        );
+    } else {
+        assert_eq!(response.status(), 200);
+        let mut received = 0;
+        let ended_cleanly = loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => received += chunk.len(),
+                Ok(None) => break true,
+                Err(_) => break false,
+            }
+        };
+        assert!(
+            !ended_cleanly,
+            "a 100 kB body over a 10 kB cap ended as if complete after {received} bytes"
+        );
+        assert!(
+            (1024..=10_000).contains(&received),
+            "{received} bytes of a 100 kB body arrived under a 10 kB cap (expected 1 KiB to 10,000)"
+        );
+    }
     base.assert_hello_serves().await;
 }
 

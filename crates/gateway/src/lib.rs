@@ -20,8 +20,8 @@
 //! and activated from zero ([`hold`]).
 //!
 //! It serves its own Prometheus metrics at `/metrics` ([`metrics`]) and
-//! reports each deployment's load to the controller every second
-//! ([`report`]).
+//! reports each deployment's load to the controller every
+//! `--load-report-interval` (250 ms by default, [`report`]).
 //!
 //! [`Gateway::start`] binds and runs it; [`GatewayConfig`] holds its settings.
 
@@ -36,5 +36,8 @@ pub mod table;
 pub mod upstream;
 mod watch;
 
-pub use config::{GatewayConfig, GatewayError};
+pub use config::{
+    DEFAULT_REPORT_INTERVAL, GatewayConfig, GatewayError, MAX_REPORT_INTERVAL, MIN_REPORT_INTERVAL,
+    check_report_interval,
+};
 pub use server::{Gateway, RunningGateway};

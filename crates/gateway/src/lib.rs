@@ -14,7 +14,9 @@
 //! 4. forwards it over keep-alive connections pooled per base
 //!    ([`upstream`]), propagating the request id and trace context; on a
 //!    connect error or a reset before any response byte it ejects the
-//!    replica (with back-off) and retries once on another ([`proxy`]).
+//!    replica (with back-off) and retries once on another; a base's "no
+//!    module here" 404 (a replica removed before the gateway's table
+//!    caught up) sends it on to each replica not tried yet ([`proxy`]).
 //!
 //! A deployment with no ready replica has its requests held for a while
 //! and activated from zero ([`hold`]).

@@ -677,6 +677,44 @@ fn a_gateway_reports_load_at_its_interval() {
     );
 }
 
+/// A scale-in that removed several replicas before the gateway heard of
+/// it (the controller is frozen, so the table stays stale; scale-in 8 → 1
+/// removes 7 at once): a request that meets one gone replica and then
+/// another still reaches the one left. With a single retry on a base's
+/// "no module here" 404, such a request was answered 502 (this test then
+/// fails on its first one).
+#[test]
+fn replicas_gone_from_several_bases_before_the_gateway_knew_cost_no_request() {
+    let work = work_dir();
+    let ctl = Controller::start(work.path(), 0, &[]);
+    let a = ctl.base("a", "group=online");
+    let b = ctl.base("b", "group=online");
+    let c = ctl.base("c", "group=online");
+    let gateway = Gateway::start(&ctl.addr);
+    ctl.apply(
+        work.path(),
+        "1.0.0",
+        "replicas: 3\n  baseSelector: { group: online }",
+    );
+    ctl.wait_ready(3, "1.0.0");
+    eventually("the gateway routes /hello", || {
+        get(&gateway.addr, "/hello", &[]).is_some_and(|(status, _)| status == 200)
+    });
+    signal(&ctl.child, "STOP");
+    for gone in [&a, &b] {
+        stdout(gone.berth(&["undeploy", "hello"]));
+    }
+    let before = served(&[&a, &b, &c]);
+    let answered = send(&gateway, 60, &[]);
+    signal(&ctl.child, "CONT");
+    assert!(answered.iter().all(|m| m == "hello@1.0.0"), "{answered:?}");
+    assert_eq!(delta(&[&a, &b, &c], &before), vec![0, 0, 60]);
+    assert!(
+        gateway.metric("berth_gateway_retries_total", &[("module", "hello")]) >= 2.0,
+        "the gone replicas were never tried"
+    );
+}
+
 /// A replica removed from its base before the gateway heard of it (the
 /// controller is frozen, so the gateway's table stays stale): the base
 /// answers 404 saying no module is there, and the gateway sends the

@@ -154,8 +154,9 @@ pub async fn handle(
     let series = deployment
         .series
         .get_or_init(|| shared.metrics.series(&deployment.module));
-    // Replicas tried (never picked again for this request), the last
-    // failure, and how many replicas failed (a failure is retried once).
+    // Replicas tried and failed or gone (never picked again for this
+    // request; empty, so no allocation, until one is), the last failure,
+    // and how many replicas failed (a failure is retried once).
     let mut tried: Vec<&str> = Vec::new();
     let mut failed: Option<String> = None;
     let mut failures = 0;
@@ -188,7 +189,6 @@ pub async fn handle(
         if !tried.is_empty() {
             series.retries.inc();
         }
-        tried.push(&replica.address);
         let forwarded = forward(
             &parts,
             body.clone(),
@@ -219,6 +219,7 @@ pub async fn handle(
                 // replica not tried yet is tried (a scale-in may have
                 // removed several at once: 8 → 1 removes 7).
                 drop(guards);
+                tried.push(&replica.address);
                 tracing::debug!(
                     module = %deployment.module, base = %replica.base,
                     "replica no longer hosts the module; trying another"
@@ -233,6 +234,7 @@ pub async fn handle(
             }
             Err(e) => {
                 drop(guards);
+                tried.push(&replica.address);
                 let why = error_chain(&e);
                 let ejected = replica
                     .state

@@ -35,6 +35,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{post, put};
 use berth_api::manifest::{DeploymentSpec, Metric, Replicas};
 use berth_api::{ErrorBody, ErrorDetail};
+use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
 
 use crate::api::{ApiError, Shared};
@@ -109,15 +110,25 @@ pub struct Scaler {
     /// Woken by each load report, so a step in the load is decided on
     /// when it arrives rather than at the next tick.
     reported: tokio::sync::Notify,
+    /// Ticks run (`berth_controller_scaler_ticks_total`): what the load
+    /// reports cost the controller, beyond parsing them.
+    ticks: Counter,
 }
 
 impl Scaler {
     /// A scaler whose metrics are registered in `metrics`.
     pub fn new(metrics: &Metrics) -> Self {
+        let ticks = Counter::default();
+        metrics.register(
+            "scaler_ticks",
+            "Looks of the scaler and autoscaler at every deployment's load: each 500 ms, and on load reports at most each 100 ms",
+            ticks.clone(),
+        );
         Self {
             load: LoadBoard::new(metrics),
             tracked: Mutex::default(),
             reported: tokio::sync::Notify::new(),
+            ticks,
         }
     }
 
@@ -177,6 +188,7 @@ pub async fn run(reconciler: Arc<Reconciler>) {
         if !reconciler.leading() {
             continue;
         }
+        reconciler.scaler.ticks.inc();
         let this = reconciler.clone();
         match tokio::task::spawn_blocking(move || tick(&this, Instant::now())).await {
             Ok(Ok(())) => {}

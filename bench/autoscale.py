@@ -84,7 +84,7 @@ def venv_python():
 class Fleet:
     """Controller, gateway, 6 group bases and 2 buffer bases; `hello` autoscaled."""
 
-    def __init__(self, berth, tmp, down_window, up_window):
+    def __init__(self, berth, tmp, down_window, up_window, report_interval=None):
         self.berth = berth
         self.procs = []
         proc, (self.ctl,) = bench.start_announced(
@@ -107,7 +107,8 @@ class Fleet:
             self.bases.append(name)
         proc, (self.gw,) = bench.start_announced(
             [berth, "gateway", "--listen", "127.0.0.1:0", "--controller", f"http://127.0.0.1:{self.ctl}",
-             "--gateway-secret", SECRET],
+             "--gateway-secret", SECRET]
+            + (["--load-report-interval", report_interval] if report_interval else []),
             [r"berth gateway serving on http://[\d.]+:(\d+)"])
         self.procs.append((proc, [self.gw]))
         self.tmp, self.down_window, self.up_window = tmp, down_window, up_window
@@ -447,6 +448,8 @@ def main():
                    help="requests/s per replica during the buffer steps")
     p.add_argument("--down-window", default="3s", help="scaleDownWindow of the deployment")
     p.add_argument("--up-window", default="2s", help="scaleUpWindow of the deployment")
+    p.add_argument("--load-report-interval", default=None,
+                   help="the gateway's --load-report-interval (default: the gateway's own, 250ms)")
     p.add_argument("--plot", default=os.path.join(bench.ROOT, "bench", "autoscale.png"))
     args = p.parse_args()
     ensure_hey()
@@ -455,10 +458,11 @@ def main():
     if args.plot and args.only in (None, "ramp"):
         venv_python()
     tmp = tempfile.mkdtemp(prefix="berth-autoscale-")
-    fleet = Fleet(args.berth, tmp, args.down_window, args.up_window)
+    fleet = Fleet(args.berth, tmp, args.down_window, args.up_window, args.load_report_interval)
     try:
         print(f"berth: {args.berth}; {GROUP_BASES} group bases + {BUFFER_BASES} buffer bases, "
-              f"scaleUpWindow {args.up_window}, scaleDownWindow {args.down_window}, {os.cpu_count()} cores")
+              f"scaleUpWindow {args.up_window}, scaleDownWindow {args.down_window}, "
+              f"gateway load reports every {args.load_report_interval or '250ms (default)'}, {os.cpu_count()} cores")
         if args.only in (None, "ramp"):
             ramp(args, fleet)
         if args.only in (None, "step"):

@@ -1,7 +1,8 @@
 //! Wire types between the controller and the fleet gateway: the endpoint
 //! table gateways watch (`GET /v1/endpoints?known=REV`), the load report
-//! they send back every second, and the headers a gateway pins a version
-//! with on the request it forwards to a base.
+//! they send back every report interval (250 ms by default), and the
+//! headers a gateway pins a version with on the request it forwards to a
+//! base.
 
 use std::collections::BTreeMap;
 
@@ -79,7 +80,8 @@ pub struct Endpoint {
     pub labels: BTreeMap<String, String>,
 }
 
-/// What a gateway reports every second
+/// What a gateway reports every report interval (`berth gateway
+/// --load-report-interval`, 250 ms by default)
 /// (`PUT /v1/gateways/{gateway}/load`): per deployment, its traffic.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct GatewayLoad {

@@ -489,6 +489,12 @@ async fn code(
 }
 
 async fn metrics(State(shared): State<Shared>) -> Response {
+    // The load gauges are summed here, once per scrape, not per report.
+    shared
+        .reconciler
+        .scaler
+        .load
+        .export(std::time::Instant::now());
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -360,6 +360,49 @@ mod tests {
     }
 
     #[test]
+    fn with_reports_every_250_ms_a_step_is_decided_within_two_and_the_windows_hold() {
+        // The gateway's default interval: one observation per report.
+        let p = Policy {
+            metric: Metric::Rps,
+            target: 300.0,
+            ..policy()
+        };
+        let mut s = State::default();
+        let mut current = 1;
+        for i in 0..16 {
+            assert_eq!(decide(&p, &mut s, current, 50.0, i * 250), None);
+        }
+        // The step lands 100 ms before a report: that report covers 40%
+        // of it (620/s, above twice one replica's 300: panic, 1 → 3), the
+        // next the whole step (1 → 5 within 500 ms of the step).
+        let d = decide(&p, &mut s, current, 50.0 * 0.6 + 1500.0 * 0.4, 4_000).unwrap();
+        assert_eq!((d.to, d.window), (3, Window::Panic));
+        current = d.to;
+        let d = decide(&p, &mut s, current, 1500.0, 4_250).unwrap();
+        assert_eq!((d.to, d.window), (5, Window::AfterPanic(p.up_window)));
+        current = d.to;
+        // Steady at 1,500/s: nothing more, for as long as it lasts.
+        for i in 0..40 {
+            assert_eq!(decide(&p, &mut s, current, 1500.0, 4_500 + i * 250), None);
+        }
+        // Back to 50/s at 14.5 s: no scale-down until a whole 10 s
+        // scale-down window of 250 ms observations wanted fewer.
+        let fell = 14_500;
+        let mut down = None;
+        for i in 0..60 {
+            if let Some(d) = decide(&p, &mut s, current, 50.0, fell + i * 250) {
+                down = Some((i * 250, d));
+                break;
+            }
+        }
+        let (after, d) = down.expect("a scale-down");
+        assert_eq!(
+            (after, d.to, d.window),
+            (10_000, 1, Window::Down(p.down_window))
+        );
+    }
+
+    #[test]
     fn scale_up_follows_the_window_average_without_panic() {
         let p = policy();
         let mut s = State::default();

@@ -1,7 +1,8 @@
 //! The load the gateways report: what scale-to-zero and the autoscaler
 //! decide from.
 //!
-//! Each gateway sends `PUT /v1/gateways/{name}/load` every second:
+//! Each gateway sends `PUT /v1/gateways/{name}/load` every
+//! `--load-report-interval` (250 ms by default):
 //!
 //! ```json
 //! {"deployments": {"orders": {"in_flight": 3, "rps": 41.5, "held": 0}}}
@@ -10,8 +11,10 @@
 //! The controller keeps the latest report of each gateway in memory with
 //! its arrival time; a report older than [`FRESH`] counts for nothing (the
 //! gateway stopped, or cannot reach this controller). A deployment's load
-//! is the sum over the fresh reports. Reports are not stored: after a
-//! restart the next second's reports fill the board again.
+//! is the sum over the fresh reports: each gateway's rate is over its own
+//! last interval and its in-flight count is its own, so the sum is right
+//! whatever interval each gateway uses. Reports are not stored: after a
+//! restart the next reports fill the board again.
 //!
 //! The sums are in `berth describe deployment` (through the status) and in
 //! the controller's `/metrics` (`berth_controller_load_*`).
@@ -179,13 +182,15 @@ impl LoadBoard {
     }
 
     /// Keeps `report` as gateway `gateway`'s latest, received at `now`.
+    /// Cheap: the sums are computed by the scaler's tick this report
+    /// wakes, and the gauges at each scrape of `/metrics`
+    /// ([`LoadBoard::export`]), not once per report.
     pub fn put(&self, gateway: &str, report: LoadReport, now: Instant) {
         self.received.inc();
         self.reports
             .lock()
             .expect("load board")
             .insert(gateway.to_string(), (now, report));
-        self.export(now);
     }
 
     /// Every deployment's load at `now`, summed over the fresh reports

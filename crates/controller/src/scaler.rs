@@ -13,9 +13,9 @@
 //!   (the gateway shows it to its clients). Once the activated replica
 //!   runs, the deployment is back at its spec's count.
 //! - **Autoscale** (`spec.autoscale`): every [`autoscale::TICK`], and on
-//!   each load report as it arrives, the [`autoscale::decide`] function
-//!   sets the replicas; each decision is an `Autoscaled` event carrying
-//!   its inputs.
+//!   each load report as it arrives (at most one tick per [`REPORT_GAP`]),
+//!   the [`autoscale::decide`] function sets the replicas; each decision
+//!   is an `Autoscaled` event carrying its inputs.
 //!
 //! The count is kept with the deployment ([`Scale`], in force instead of
 //! the spec's), so every controller and a restarted one agree on it; the
@@ -25,7 +25,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -35,6 +35,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{post, put};
 use berth_api::manifest::{DeploymentSpec, Metric, Replicas};
 use berth_api::{ErrorBody, ErrorDetail};
+use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
 
 use crate::api::{ApiError, Shared};
@@ -109,15 +110,25 @@ pub struct Scaler {
     /// Woken by each load report, so a step in the load is decided on
     /// when it arrives rather than at the next tick.
     reported: tokio::sync::Notify,
+    /// Ticks run (`berth_controller_scaler_ticks_total`): what the load
+    /// reports cost the controller, beyond parsing them.
+    ticks: Counter,
 }
 
 impl Scaler {
     /// A scaler whose metrics are registered in `metrics`.
     pub fn new(metrics: &Metrics) -> Self {
+        let ticks = Counter::default();
+        metrics.register(
+            "scaler_ticks",
+            "Looks of the scaler and autoscaler at every deployment's load: each 500 ms, and on load reports at most each 100 ms",
+            ticks.clone(),
+        );
         Self {
             load: LoadBoard::new(metrics),
             tracked: Mutex::default(),
             reported: tokio::sync::Notify::new(),
+            ticks,
         }
     }
 
@@ -140,24 +151,44 @@ impl Scaler {
     }
 }
 
+/// The shortest time between two ticks a load report wakes: reports
+/// arriving closer together (several gateways, each every 250 ms by
+/// default) share one tick, so the controller's work stays at most one
+/// tick per `REPORT_GAP` however many gateways report, for at most this
+/// much delay on a decision.
+pub const REPORT_GAP: Duration = Duration::from_millis(100);
+
 /// Runs [`tick`] every [`autoscale::TICK`], and as soon as a load report
-/// arrives (a gateway reports each second: waiting for the next tick
-/// would add up to half a tick to every scale-up), until the reconciler
-/// stops.
+/// arrives (waiting for the next tick would add up to half a tick to
+/// every scale-up), at most once per [`REPORT_GAP`], until the
+/// reconciler stops.
 pub async fn run(reconciler: Arc<Reconciler>) {
     let mut interval = tokio::time::interval(autoscale::TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = Instant::now();
     loop {
         tokio::select! {
             _ = interval.tick() => {}
-            _ = reconciler.scaler.reported.notified() => interval.reset(),
+            _ = reconciler.scaler.reported.notified() => {
+                let gap = REPORT_GAP.saturating_sub(last.elapsed());
+                if !gap.is_zero() {
+                    // Reports arriving meanwhile are summed by this tick.
+                    tokio::select! {
+                        _ = tokio::time::sleep(gap) => {}
+                        _ = reconciler.stopped() => return,
+                    }
+                }
+                interval.reset();
+            }
             _ = reconciler.stopped() => return,
         }
+        last = Instant::now();
         // Scaling writes the store: only the leader decides (load reports
         // sent to a follower are forwarded to it).
         if !reconciler.leading() {
             continue;
         }
+        reconciler.scaler.ticks.inc();
         let this = reconciler.clone();
         match tokio::task::spawn_blocking(move || tick(&this, Instant::now())).await {
             Ok(Ok(())) => {}
@@ -173,7 +204,6 @@ pub async fn run(reconciler: Arc<Reconciler>) {
 pub fn tick(reconciler: &Reconciler, now: Instant) -> Result<(), ResourceError> {
     let scaler = &reconciler.scaler;
     let loads = scaler.load.sum(now);
-    scaler.load.export(now);
     let deployments = reconciler.resources().deployments()?;
     let snapshot = reconciler.subscribe().borrow().clone();
     let mut changes: Vec<(String, Option<Scale>, NewEvent)> = Vec::new();

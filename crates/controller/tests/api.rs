@@ -609,6 +609,67 @@ async fn load_reports_are_validated_summed_per_deployment_and_shown() {
     }
 }
 
+/// A burst of load reports (10 gateways, 100 reports back to back) wakes
+/// the autoscaler at most once per 100 ms (`scaler::REPORT_GAP`), not once
+/// per report; and a report does wake it.
+#[tokio::test]
+async fn a_burst_of_load_reports_shares_the_autoscalers_ticks() {
+    let Setup {
+        dir,
+        url,
+        client,
+        _server,
+    } = setup().await;
+    let m = component(dir.path(), "orders.wasm", b"");
+    assert_eq!(post(&client, &url, manifest("2", &m)).await.0, 201);
+    let ticks = || async {
+        let metrics = client
+            .get(format!("{url}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("berth_controller_scaler_ticks_total "))
+            .expect("the scaler's tick counter")
+            .parse::<f64>()
+            .unwrap()
+    };
+    let (before, since) = (ticks().await, std::time::Instant::now());
+    for i in 0..100 {
+        let (status, _) = send(
+            &client,
+            reqwest::Method::PUT,
+            format!("{url}/v1/gateways/gw-{}/load", i % 10),
+            r#"{"deployments": {"orders": {"in_flight": 1, "rps": 2.0, "held": 0}}}"#.into(),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    // Every tick the burst may have caused: one per 100 ms of it, one
+    // per 500 ms of the timer, and one in progress at each end.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut after = ticks().await;
+    while after <= before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no tick after 100 reports"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        after = ticks().await;
+    }
+    let ms = since.elapsed().as_millis() as f64;
+    let bound = (ms / 100.0).floor() + (ms / 500.0).floor() + 2.0;
+    assert!(
+        after - before <= bound,
+        "{} ticks for 100 reports in {ms} ms (at most {bound})",
+        after - before
+    );
+}
+
 #[tokio::test]
 async fn activation_refuses_with_the_reason_and_places_one_replica() {
     let Setup {

@@ -127,13 +127,13 @@ pub fn cell_label(cell: &BTreeMap<String, String>) -> String {
 }
 
 /// Picks a replica of `deployment` for a request that the rules sent to
-/// `version` (`None`: any) and `cell` (`None`: any base), never `exclude`
-/// (the replica a retry comes from).
+/// `version` (`None`: any) and `cell` (`None`: any base), never one whose
+/// address is in `exclude` (the replicas a retry comes from).
 pub fn pick<'a>(
     deployment: &'a Deployment,
     version: Option<&str>,
     cell: Option<&BTreeMap<String, String>>,
-    exclude: Option<&str>,
+    exclude: &[&str],
 ) -> Result<&'a Replica, NoReplica> {
     let mut candidates: Vec<&Replica> = deployment.replicas.iter().collect();
     if candidates.is_empty() {
@@ -161,8 +161,11 @@ pub fn pick<'a>(
     }
     narrow(&|r| r.ready, NoReplica::NoneReady)?;
     narrow(&|r| !r.draining, NoReplica::AllDraining)?;
-    if let Some(exclude) = exclude {
-        narrow(&|r| r.address != exclude, NoReplica::NoOtherReplica)?;
+    if !exclude.is_empty() {
+        narrow(
+            &|r| !exclude.contains(&r.address.as_str()),
+            NoReplica::NoOtherReplica,
+        )?;
     }
     if candidates.iter().any(|r| !r.state.ejected()) {
         candidates.retain(|r| !r.state.ejected());
@@ -220,27 +223,43 @@ mod tests {
         let d = deployment(vec![replica("a", "1", "gold"), replica("b", "2", "std")]);
         let _busy: Vec<_> = (0..5).map(|_| d.replicas[0].state.begin()).collect();
         for _ in 0..20 {
-            assert_eq!(pick(&d, None, None, None).unwrap().base, "b");
+            assert_eq!(pick(&d, None, None, &[]).unwrap().base, "b");
         }
         let gold: BTreeMap<String, String> = [("group".into(), "gold".into())].into();
-        assert_eq!(pick(&d, None, Some(&gold), None).unwrap().base, "a");
-        assert_eq!(pick(&d, Some("2"), None, None).unwrap().base, "b");
+        assert_eq!(pick(&d, None, Some(&gold), &[]).unwrap().base, "a");
+        assert_eq!(pick(&d, Some("2"), None, &[]).unwrap().base, "b");
         assert_eq!(
-            pick(&d, Some("2"), Some(&gold), None).unwrap_err(),
+            pick(&d, Some("2"), Some(&gold), &[]).unwrap_err(),
             NoReplica::NoneOfVersion("2".into())
         );
         assert_eq!(
-            pick(&d, Some("2"), None, Some("b:80")).unwrap_err(),
+            pick(&d, Some("2"), None, &["b:80"]).unwrap_err(),
+            NoReplica::NoOtherReplica
+        );
+        // Several excluded (a request tried on replicas gone from their bases).
+        let three = deployment(vec![
+            replica("a", "1", "std"),
+            replica("b", "1", "std"),
+            replica("c", "1", "std"),
+        ]);
+        for _ in 0..20 {
+            assert_eq!(
+                pick(&three, None, None, &["a:80", "c:80"]).unwrap().base,
+                "b"
+            );
+        }
+        assert_eq!(
+            pick(&three, None, None, &["a:80", "b:80", "c:80"]).unwrap_err(),
             NoReplica::NoOtherReplica
         );
         assert_eq!(
-            pick(&deployment(vec![]), None, None, None).unwrap_err(),
+            pick(&deployment(vec![]), None, None, &[]).unwrap_err(),
             NoReplica::NoneScheduled
         );
         let mut draining = replica("c", "1", "std");
         draining.draining = true;
         assert_eq!(
-            pick(&deployment(vec![draining]), None, None, None).unwrap_err(),
+            pick(&deployment(vec![draining]), None, None, &[]).unwrap_err(),
             NoReplica::AllDraining
         );
     }
@@ -254,11 +273,11 @@ mod tests {
         assert_eq!(d.replicas[0].state.failed(base, max), base * 2);
         assert_eq!(d.replicas[0].state.failed(base, max), max);
         for _ in 0..20 {
-            assert_eq!(pick(&d, None, None, None).unwrap().base, "b");
+            assert_eq!(pick(&d, None, None, &[]).unwrap().base, "b");
         }
         d.replicas[1].state.failed(base, max);
         // Both ejected: still served.
-        assert!(pick(&d, None, None, None).is_ok());
+        assert!(pick(&d, None, None, &[]).is_ok());
         d.replicas[0].state.succeeded();
         assert_eq!(d.replicas[0].state.failed(base, max), base, "streak ended");
     }

@@ -3,6 +3,35 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// How often a gateway reports load by default: a step in the traffic
+/// reaches the autoscaler within one or two reports (the first covers
+/// only part of its interval), so this bounds how fast replicas follow
+/// it. 250 ms keeps a step's decision well under a second (`berth
+/// gateway` reported each second before, which alone took up to 2 s; see
+/// bench/README.md, "Autoscale"), and costs the controller 4 small
+/// requests per second per gateway.
+pub const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_millis(250);
+
+/// The shortest report interval: below it the reports would cost the
+/// controller more than they tell it (and a rate over a few milliseconds
+/// is mostly noise).
+pub const MIN_REPORT_INTERVAL: Duration = Duration::from_millis(10);
+
+/// The longest report interval: the controller forgets a gateway's
+/// report after 5 s, so a longer interval would make its load vanish
+/// between reports (and a deployment look idle).
+pub const MAX_REPORT_INTERVAL: Duration = Duration::from_secs(4);
+
+/// Checks a load report interval (`--load-report-interval`): within
+/// [`MIN_REPORT_INTERVAL`] and [`MAX_REPORT_INTERVAL`].
+pub fn check_report_interval(interval: Duration) -> Result<(), GatewayError> {
+    if (MIN_REPORT_INTERVAL..=MAX_REPORT_INTERVAL).contains(&interval) {
+        Ok(())
+    } else {
+        Err(GatewayError::ReportInterval(interval))
+    }
+}
+
 /// Settings of a [`Gateway`](crate::Gateway).
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -15,7 +44,9 @@ pub struct GatewayConfig {
     /// The secret bases trust a gateway by (`berth base --gateway-secret`);
     /// without it the gateway pins no version.
     pub secret: Option<String>,
-    /// How often the load report goes to the controller.
+    /// How often the load report goes to the controller
+    /// ([`DEFAULT_REPORT_INTERVAL`]; within [`MIN_REPORT_INTERVAL`] and
+    /// [`MAX_REPORT_INTERVAL`], see [`check_report_interval`]).
     pub report_interval: Duration,
     /// Largest request body forwarded (it is buffered, so that a request
     /// can be retried on another replica).
@@ -63,7 +94,7 @@ impl GatewayConfig {
             controllers,
             name: String::new(),
             secret: None,
-            report_interval: Duration::from_secs(1),
+            report_interval: DEFAULT_REPORT_INTERVAL,
             max_body_bytes: 16 << 20,
             ejection: Duration::from_secs(1),
             max_ejection: Duration::from_secs(30),
@@ -83,6 +114,12 @@ pub enum GatewayError {
         "--controller names no controller; give one or more, e.g. --controller http://127.0.0.1:1239"
     )]
     NoController,
+    /// A load report interval outside its bounds (zero included).
+    #[error(
+        "--load-report-interval {} is out of range: give a duration from 10ms to 4s, e.g. 250ms (the default); shorter floods the controller with reports, longer outlives the 5 s the controller keeps a report",
+        humantime::format_duration(*.0)
+    )]
+    ReportInterval(Duration),
     /// The listen address cannot be bound.
     #[error("cannot listen on {addr}: {source}; is another gateway running there?")]
     Bind {
@@ -110,5 +147,28 @@ mod tests {
         );
         let err = GatewayConfig::new(" , ", "127.0.0.1:0".parse().unwrap()).unwrap_err();
         assert!(err.to_string().contains("--controller http://"), "{err}");
+        assert_eq!(config.report_interval, DEFAULT_REPORT_INTERVAL);
+    }
+
+    #[test]
+    fn a_report_interval_out_of_bounds_is_refused_with_the_range() {
+        for ok in ["10ms", "250ms", "1s", "4s"] {
+            let d = humantime::parse_duration(ok).unwrap();
+            assert!(check_report_interval(d).is_ok(), "{ok}");
+        }
+        for (bad, shown) in [
+            ("0s", "0s"),
+            ("9ms", "9ms"),
+            ("4s 1ms", "4s 1ms"),
+            ("1m", "1m"),
+        ] {
+            let err = check_report_interval(humantime::parse_duration(bad).unwrap()).unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.starts_with(&format!("--load-report-interval {shown} is out of range"))
+                    && text.contains("from 10ms to 4s, e.g. 250ms"),
+                "{text}"
+            );
+        }
     }
 }

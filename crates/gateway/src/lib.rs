@@ -14,14 +14,16 @@
 //! 4. forwards it over keep-alive connections pooled per base
 //!    ([`upstream`]), propagating the request id and trace context; on a
 //!    connect error or a reset before any response byte it ejects the
-//!    replica (with back-off) and retries once on another ([`proxy`]).
+//!    replica (with back-off) and retries once on another; a base's "no
+//!    module here" 404 (a replica removed before the gateway's table
+//!    caught up) sends it on to each replica not tried yet ([`proxy`]).
 //!
 //! A deployment with no ready replica has its requests held for a while
 //! and activated from zero ([`hold`]).
 //!
 //! It serves its own Prometheus metrics at `/metrics` ([`metrics`]) and
-//! reports each deployment's load to the controller every second
-//! ([`report`]).
+//! reports each deployment's load to the controller every
+//! `--load-report-interval` (250 ms by default, [`report`]).
 //!
 //! [`Gateway::start`] binds and runs it; [`GatewayConfig`] holds its settings.
 
@@ -36,5 +38,8 @@ pub mod table;
 pub mod upstream;
 mod watch;
 
-pub use config::{GatewayConfig, GatewayError};
+pub use config::{
+    DEFAULT_REPORT_INTERVAL, GatewayConfig, GatewayError, MAX_REPORT_INTERVAL, MIN_REPORT_INTERVAL,
+    check_report_interval,
+};
 pub use server::{Gateway, RunningGateway};

@@ -2,7 +2,10 @@
 //!
 //! The request body is read whole first (up to the configured limit), so a
 //! request that failed on one replica before any response byte can be sent
-//! again, once, to another; the response streams back as it comes. The
+//! again, once, to another; the response streams back as it comes. A
+//! base's "no module here" 404 (`x-berth-not-here`: the replica was
+//! removed before this gateway's table caught up) is no failure: the
+//! request goes on to each replica not tried yet. The
 //! gateway answers by itself only when no replica can: 404 (no route; the
 //! body names nothing internal), 503 (no replica can take it: the module
 //! and the reason), 502 (the replicas tried failed), 413 (body too large).
@@ -151,18 +154,22 @@ pub async fn handle(
     let series = deployment
         .series
         .get_or_init(|| shared.metrics.series(&deployment.module));
-    let mut failed: Option<(String, String)> = None;
-    for attempt in 0..2 {
-        let exclude = failed.as_ref().map(|(address, _)| address.as_str());
-        let replica = match balance::pick(&deployment, version.as_deref(), cell.as_ref(), exclude) {
+    // Replicas tried and failed or gone (never picked again for this
+    // request; empty, so no allocation, until one is), the last failure,
+    // and how many replicas failed (a failure is retried once).
+    let mut tried: Vec<&str> = Vec::new();
+    let mut failed: Option<String> = None;
+    let mut failures = 0;
+    loop {
+        let replica = match balance::pick(&deployment, version.as_deref(), cell.as_ref(), &tried) {
             Ok(replica) => replica,
             Err(why) => {
                 let (status, code, message) = match (&failed, why) {
-                    (Some((_, first)), NoReplica::NoOtherReplica) => (
+                    (Some(last), NoReplica::NoOtherReplica) => (
                         StatusCode::BAD_GATEWAY,
                         "replica_failed",
                         format!(
-                            "module `{}`: the replica that took the request failed ({first}) and no other can take it",
+                            "module `{}`: the replica that took the request failed ({last}) and no other can take it",
                             deployment.module
                         ),
                     ),
@@ -179,6 +186,9 @@ pub async fn handle(
                 return error(status, code, message, &request_id);
             }
         };
+        if !tried.is_empty() {
+            series.retries.inc();
+        }
         let forwarded = forward(
             &parts,
             body.clone(),
@@ -204,21 +214,17 @@ pub async fn handle(
         match replica.upstream.send(forwarded).await {
             Ok((response, _)) if stale(&response) => {
                 // The replica was removed after the table this gateway
-                // holds: not a failure of the base, so no ejection; the
-                // next table update drops it.
+                // holds: not a failure of the base, so no ejection and no
+                // retry spent; the next table update drops it. Every
+                // replica not tried yet is tried (a scale-in may have
+                // removed several at once: 8 → 1 removes 7).
                 drop(guards);
+                tried.push(&replica.address);
                 tracing::debug!(
                     module = %deployment.module, base = %replica.base,
-                    "replica no longer hosts the module{}",
-                    if attempt == 0 { ", retrying on another" } else { "" }
+                    "replica no longer hosts the module; trying another"
                 );
-                if attempt == 0 {
-                    series.retries.inc();
-                }
-                failed = Some((
-                    replica.address.clone(),
-                    format!("base {}: no longer hosts the module", replica.base),
-                ));
+                failed = Some(format!("base {}: no longer hosts the module", replica.base));
             }
             Ok((response, lease)) => {
                 replica.state.succeeded();
@@ -228,28 +234,27 @@ pub async fn handle(
             }
             Err(e) => {
                 drop(guards);
+                tried.push(&replica.address);
                 let why = error_chain(&e);
                 let ejected = replica
                     .state
                     .failed(shared.config.ejection, shared.config.max_ejection);
                 series.ejections.inc();
+                failures += 1;
                 tracing::warn!(
                     module = %deployment.module, base = %replica.base, address = %replica.address,
                     error = %why, ejected_for = ?ejected,
                     "replica failed before answering; ejected{}",
-                    if attempt == 0 { ", retrying on another" } else { "" }
+                    if failures == 1 { ", retrying on another" } else { "" }
                 );
-                if attempt == 0 {
-                    series.retries.inc();
+                failed = Some(format!("base {}: {why}", replica.base));
+                if failures == 2 {
+                    break;
                 }
-                failed = Some((
-                    replica.address.clone(),
-                    format!("base {}: {why}", replica.base),
-                ));
             }
         }
     }
-    let why = failed.map(|(_, why)| why).unwrap_or_default();
+    let why = failed.unwrap_or_default();
     series.count(&shared.metrics, StatusCode::BAD_GATEWAY.as_u16());
     error(
         StatusCode::BAD_GATEWAY,

@@ -62,6 +62,7 @@ impl Gateway {
     /// and reporting load. A controller that is not reachable yet is
     /// retried; meanwhile requests are answered 503.
     pub async fn start(mut config: GatewayConfig) -> Result<RunningGateway, GatewayError> {
+        crate::config::check_report_interval(config.report_interval)?;
         let listener =
             TcpListener::bind(config.listen)
                 .await

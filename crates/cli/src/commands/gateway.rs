@@ -36,6 +36,11 @@ pub struct GatewayArgs {
     /// How long a held request waits for a ready replica before a 503.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     hold_timeout: Duration,
+    /// How often the gateway reports each deployment's load to the
+    /// controller (the autoscaler's input), from 10ms to 4s, e.g. 250ms,
+    /// 1s: a traffic step reaches the autoscaler within about two of them.
+    #[arg(long, default_value = "250ms", value_parser = load_report_interval)]
+    load_report_interval: Duration,
     /// Format of the gateway's logs.
     #[arg(long, value_enum, default_value_t = crate::LogFormat::Text)]
     pub log_format: crate::LogFormat,
@@ -51,6 +56,14 @@ pub struct GatewayArgs {
     tls: crate::tls::ServerTlsArgs,
 }
 
+/// `--load-report-interval`: a duration within the gateway's bounds.
+fn load_report_interval(text: &str) -> Result<Duration, String> {
+    let interval = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("`{text}` is not a duration ({e}); give e.g. 250ms or 1s"))?;
+    berth_gateway::check_report_interval(interval).map_err(|e| e.to_string())?;
+    Ok(interval)
+}
+
 /// `berth gateway`.
 pub async fn run(args: GatewayArgs) -> Result<()> {
     let mut config = GatewayConfig::new(&args.controller, args.listen)?;
@@ -59,6 +72,7 @@ pub async fn run(args: GatewayArgs) -> Result<()> {
     config.ejection = args.ejection;
     config.hold_queue = args.hold_queue;
     config.hold_timeout = args.hold_timeout;
+    config.report_interval = args.load_report_interval;
     config.name = args.name.unwrap_or_default();
     config.token = args.join_token.filter(|t| !t.trim().is_empty());
     config.tls = args.tls.load()?;

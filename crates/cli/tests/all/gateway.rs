@@ -618,6 +618,101 @@ fn a_gateway_refuses_bad_flags_naming_them() {
         &addr,
     ]));
     assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+    // A load report interval that is no duration, zero, or out of range.
+    for (value, says) in [
+        (
+            "fast",
+            "`fast` is not a duration (expected number at 0); give e.g. 250ms or 1s",
+        ),
+        (
+            "0s",
+            "--load-report-interval 0s is out of range: give a duration from 10ms to 4s, e.g. 250ms",
+        ),
+        ("1ms", "--load-report-interval 1ms is out of range"),
+        (
+            "10s",
+            "longer outlives the 5 s the controller keeps a report",
+        ),
+    ] {
+        let err = failure(berth(&[
+            "gateway",
+            "--controller",
+            "127.0.0.1:1",
+            "--listen",
+            "127.0.0.1:0",
+            "--load-report-interval",
+            value,
+        ]));
+        assert!(
+            err.contains(&format!(
+                "invalid value '{value}' for '--load-report-interval"
+            )) && err.contains(says),
+            "{value}: {err}"
+        );
+    }
+}
+
+/// `--load-report-interval` sets how often the gateway reports load: at
+/// 2 s, a 3 s window sees at most 2 reports (at the 250 ms default it
+/// would see about 12). Counted by the controller's
+/// `berth_controller_load_reports_total`.
+#[test]
+fn a_gateway_reports_load_at_its_interval() {
+    let work = work_dir();
+    let ctl = Controller::start(work.path(), 0, &[]);
+    let reports =
+        || crate::controller::metric(&ctl.addr, "berth_controller_load_reports_total", &[]);
+    let _gateway = Gateway::start_with(&ctl.addr, &["--load-report-interval", "2s"]);
+    eventually("the gateway's first load report", || reports() >= 1.0);
+    let (before, since) = (reports(), Instant::now());
+    // A measurement window, not a wait for a state: the count in it is
+    // bounded above, whatever else slows the machine.
+    std::thread::sleep(Duration::from_secs(3));
+    let more = reports() - before;
+    let bound = (since.elapsed().as_secs_f64() / 2.0).floor() + 1.0;
+    assert!(
+        more <= bound,
+        "{more} reports in {:?} at --load-report-interval 2s (at most {bound})",
+        since.elapsed()
+    );
+}
+
+/// A scale-in that removed several replicas before the gateway heard of
+/// it (the controller is frozen, so the table stays stale; scale-in 8 → 1
+/// removes 7 at once): a request that meets one gone replica and then
+/// another still reaches the one left. With a single retry on a base's
+/// "no module here" 404, such a request was answered 502 (this test then
+/// fails on its first one).
+#[test]
+fn replicas_gone_from_several_bases_before_the_gateway_knew_cost_no_request() {
+    let work = work_dir();
+    let ctl = Controller::start(work.path(), 0, &[]);
+    let a = ctl.base("a", "group=online");
+    let b = ctl.base("b", "group=online");
+    let c = ctl.base("c", "group=online");
+    let gateway = Gateway::start(&ctl.addr);
+    ctl.apply(
+        work.path(),
+        "1.0.0",
+        "replicas: 3\n  baseSelector: { group: online }",
+    );
+    ctl.wait_ready(3, "1.0.0");
+    eventually("the gateway routes /hello", || {
+        get(&gateway.addr, "/hello", &[]).is_some_and(|(status, _)| status == 200)
+    });
+    signal(&ctl.child, "STOP");
+    for gone in [&a, &b] {
+        stdout(gone.berth(&["undeploy", "hello"]));
+    }
+    let before = served(&[&a, &b, &c]);
+    let answered = send(&gateway, 60, &[]);
+    signal(&ctl.child, "CONT");
+    assert!(answered.iter().all(|m| m == "hello@1.0.0"), "{answered:?}");
+    assert_eq!(delta(&[&a, &b, &c], &before), vec![0, 0, 60]);
+    assert!(
+        gateway.metric("berth_gateway_retries_total", &[("module", "hello")]) >= 2.0,
+        "the gone replicas were never tried"
+    );
 }
 
 /// A replica removed from its base before the gateway heard of it (the

@@ -91,13 +91,16 @@ def start_base(tmp, controller, name):
     return {"proc": proc, "port": port, "ops": ops}
 
 
-def start_gateway(controller, threads=None):
-    """`berth gateway`; `threads`: its runtime's worker threads (default: one per core)."""
+def start_gateway(controller, threads=None, listener_threads=None):
+    """`berth gateway`; `threads`: its runtime's worker threads (default: one per core);
+    `listener_threads`: its `--threads` (None: its default, one per core; 0: connections
+    served on that runtime)."""
     # `env` execs berth in its own place: the process is still the gateway.
     workers = ["env", f"TOKIO_WORKER_THREADS={threads}"] if threads else []
     proc, (port,) = bench.start_announced(
         [*workers, BERTH, "gateway", "--listen", "127.0.0.1:0", "--controller", f"http://127.0.0.1:{controller}",
-         "--gateway-secret", SECRET],
+         "--gateway-secret", SECRET,
+         *(["--threads", str(listener_threads)] if listener_threads is not None else [])],
         [r"berth gateway serving on http://[\d.]+:(\d+)"])
     return proc, port
 
@@ -161,7 +164,7 @@ backend be
 def throughput(args, tmp):
     ctl, ctl_port = start_controller(tmp)
     bases = [start_base(tmp, ctl_port, f"t{i}") for i in range(2)]
-    gw, gw_port = start_gateway(ctl_port, args.proxy_threads)
+    gw, gw_port = start_gateway(ctl_port, args.proxy_threads, args.listener_threads)
     apply(tmp, ctl_port, 2)
     bench.wait_until(lambda: serving(gw_port) and all(serving(b["port"], 1) for b in bases), what="gateway")
     ha, ha_port = start_haproxy(tmp, [b["port"] for b in bases], args.proxy_threads)
@@ -186,7 +189,7 @@ def throughput(args, tmp):
         bench.stop(ctl, [ctl_port])
     print(f"\n### Gateway overhead ({args.connections} connections, {args.threads} wrk threads, "
           f"{args.duration} s x {args.rounds} rounds, 2 bases, proxies with "
-          f"{args.proxy_threads or os.cpu_count()} threads)\n")
+          f"{args.proxy_threads or os.cpu_count()} threads, gateway --threads {'default' if args.listener_threads is None else args.listener_threads})\n")
     print("| target | requests/s | p50 ms | p99 ms | CPU µs/request (the proxy; direct: the base) | errors |")
     print("|---|---|---|---|---|---|")
     for name, runs in results.items():
@@ -318,6 +321,10 @@ def main():
     ap.add_argument("--proxy-threads", type=int, default=2,
                     help="the gateway's runtime workers and HAProxy's nbthread (0: the gateway's default, "
                          "one per core, and HAProxy's, one per core)")
+    ap.add_argument("--listener-threads", type=int, default=None,
+                    help="the gateway's --threads (listener threads, each with its own runtime and "
+                         "connections; default: the gateway's, one per core; 0: connections served on "
+                         "its work-stealing runtime)")
     ap.add_argument("--activations", type=int, default=50, help="activations from zero to time")
     ap.add_argument("--only", choices=["throughput", "failures", "activation"], help="run one part")
     ap.add_argument("--skip-build", action="store_true")

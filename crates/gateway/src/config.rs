@@ -67,6 +67,13 @@ pub struct GatewayConfig {
     pub token: Option<String>,
     /// TLS clients connect over (`--tls-cert`/`--tls-key`); `None`: plain HTTP.
     pub tls: Option<berth_api::tls::ServerTls>,
+    /// Listener threads (`--threads`), each with its own single-threaded
+    /// runtime, its own listening socket on the same address
+    /// (`SO_REUSEPORT`: the kernel spreads connections) and its own
+    /// connections to the bases, so a request never leaves the thread
+    /// that accepted it. 0: connections are served on the caller's
+    /// (work-stealing) runtime. See `crate::server` for why.
+    pub threads: usize,
 }
 
 impl GatewayConfig {
@@ -102,6 +109,7 @@ impl GatewayConfig {
             hold_timeout: Duration::from_secs(10),
             token: None,
             tls: None,
+            threads: 0,
         })
     }
 }

@@ -1,5 +1,19 @@
 //! Starting and stopping a gateway: the listener, the endpoint-table watch
 //! and the load report.
+//!
+//! **Thread layout.** By default client connections are served on the
+//! caller's tokio runtime, whose workers steal work from each other. With
+//! listener threads (`berth gateway --threads N`), each of N threads runs a
+//! single-threaded runtime with its own listening socket on the same
+//! address (`SO_REUSEPORT`: the kernel spreads new connections over them)
+//! and its own idle connections to the bases (`crate::upstream`), the way
+//! HAProxy's and nginx's workers own their connections. A request then
+//! never moves between threads, which saves the cross-thread wake-ups of
+//! work stealing, and a task can no longer wait in the local slot of a
+//! worker the OS has descheduled, which is what stretched the gateway's
+//! p99 on a busy 2-core machine (bench/README.md, "Request path"). The
+//! price: a thread does not help another that is busier, so a few heavy
+//! connections can load one thread while another idles.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -63,14 +77,19 @@ impl Gateway {
     /// retried; meanwhile requests are answered 503.
     pub async fn start(mut config: GatewayConfig) -> Result<RunningGateway, GatewayError> {
         crate::config::check_report_interval(config.report_interval)?;
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| GatewayError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
-        let addr = listener.local_addr().expect("bound");
+        let bind_error = |source| GatewayError::Bind {
+            addr: config.listen,
+            source,
+        };
+        let (listeners, addr) = if config.threads == 0 {
+            let listener = TcpListener::bind(config.listen).await.map_err(bind_error)?;
+            let addr = listener.local_addr().map_err(bind_error)?;
+            (Listeners::Shared(listener), addr)
+        } else {
+            let (listeners, addr) =
+                bind_reuseport(config.listen, config.threads).map_err(bind_error)?;
+            (Listeners::PerThread(listeners), addr)
+        };
         if config.name.is_empty() {
             config.name = format!("gateway-{}", addr.port());
         }
@@ -89,11 +108,23 @@ impl Gateway {
             changed: Arc::new(tokio::sync::watch::channel(()).0),
         });
         let (shutdown, watcher) = watch::channel(false);
-        let tasks = vec![
-            tokio::spawn(serve(listener, shared.clone(), watcher.clone())),
+        let mut tasks = vec![
             tokio::spawn(crate::watch::run(shared.clone(), watcher.clone())),
-            tokio::spawn(crate::report::run(shared.clone(), watcher)),
+            tokio::spawn(crate::report::run(shared.clone(), watcher.clone())),
         ];
+        match listeners {
+            Listeners::Shared(listener) => {
+                tasks.push(tokio::spawn(serve(listener, shared.clone(), watcher)));
+            }
+            Listeners::PerThread(listeners) => {
+                for (n, listener) in listeners.into_iter().enumerate() {
+                    let (shared, watcher) = (shared.clone(), watcher.clone());
+                    tasks.push(tokio::task::spawn_blocking(move || {
+                        listener_thread(n + 1, listener, shared, watcher)
+                    }));
+                }
+            }
+        }
         tracing::info!(%addr, controllers = %shared.config.controllers.join(","), "gateway serving");
         Ok(RunningGateway {
             addr,
@@ -125,6 +156,68 @@ impl RunningGateway {
             let _ = task.await;
         }
     }
+}
+
+/// Where client connections are accepted.
+enum Listeners {
+    /// One socket, served on the caller's runtime.
+    Shared(TcpListener),
+    /// One socket per listener thread, all on the same address.
+    PerThread(Vec<std::net::TcpListener>),
+}
+
+/// `count` listening sockets on `addr` with `SO_REUSEPORT` (port 0: the
+/// port the first one got), and the address they listen on.
+fn bind_reuseport(
+    addr: SocketAddr,
+    count: usize,
+) -> std::io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
+    let mut bound = addr;
+    let mut listeners = Vec::with_capacity(count);
+    for _ in 0..count {
+        let socket = if bound.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket.bind(bound)?;
+        // Registered with no runtime yet: each thread adopts its own.
+        let listener = socket.listen(4096)?.into_std()?;
+        bound = listener.local_addr()?;
+        listeners.push(listener);
+    }
+    Ok((listeners, bound))
+}
+
+/// Listener thread `n`: a single-threaded runtime serving `listener` until
+/// `shutdown` changes (see the module docs).
+fn listener_thread(
+    n: usize,
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) {
+    crate::upstream::set_thread_slot(n);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!(error = %e, thread = n, "gateway listener thread has no runtime; its connections go to the others");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        match TcpListener::from_std(listener) {
+            Ok(listener) => serve(listener, shared, shutdown).await,
+            Err(e) => {
+                tracing::error!(error = %e, thread = n, "gateway listener thread cannot listen")
+            }
+        }
+    });
 }
 
 /// Accepts connections until `shutdown` changes.

@@ -8,7 +8,13 @@
 //! meanwhile is dropped, and a request it could not even start is sent on
 //! another connection (that is not a failure of the replica). Connections
 //! idle for longer than [`IDLE_TIMEOUT`] are closed.
+//!
+//! With listener threads (`GatewayConfig::threads`), each thread keeps its
+//! own idle list ([`thread_slot`]): a connection's task runs on the runtime
+//! of the thread that opened it, so lending it to a request on another
+//! thread would cost a wake-up across threads per request.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -28,6 +34,26 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const MAX_IDLE: usize = 512;
 /// How long a new connection may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Idle lists per base address: one per listener thread (more threads
+/// share lists modulo this).
+const SLOTS: usize = 16;
+
+thread_local! {
+    static SLOT: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Marks the current thread as listener thread `n` (1-based), whose
+/// requests use their own idle connections; 0 (the default) is every
+/// other thread.
+pub fn set_thread_slot(n: usize) {
+    SLOT.with(|slot| slot.set(n % SLOTS));
+}
+
+/// The idle list of the current thread (see [`set_thread_slot`]).
+pub fn thread_slot() -> usize {
+    SLOT.with(Cell::get)
+}
 
 /// The request body sent to a base (buffered, so it can be sent again).
 pub type UpstreamBody = Full<Bytes>;
@@ -59,7 +85,8 @@ pub enum UpstreamError {
 pub struct Upstream {
     address: String,
     resolved: Option<SocketAddr>,
-    idle: Mutex<VecDeque<Idle>>,
+    /// Idle connections, one list per listener thread ([`thread_slot`]).
+    idle: [Mutex<VecDeque<Idle>>; SLOTS],
 }
 
 #[derive(Debug)]
@@ -75,13 +102,14 @@ struct Idle {
 pub struct Lease {
     sender: Option<SendRequest<UpstreamBody>>,
     upstream: Arc<Upstream>,
+    slot: usize,
 }
 
 impl Lease {
     /// The response was read to its end: the connection may serve another.
     pub fn release(mut self) {
         if let Some(sender) = self.sender.take() {
-            self.upstream.put(sender);
+            self.upstream.put(self.slot, sender);
         }
     }
 }
@@ -92,14 +120,19 @@ impl Upstream {
         Self {
             address: address.to_string(),
             resolved: address.parse().ok(),
-            idle: Mutex::new(VecDeque::new()),
+            idle: std::array::from_fn(|_| Mutex::new(VecDeque::new())),
         }
     }
 
     /// Connections idle in the pool now and not closed by the base.
     pub fn idle(&self) -> usize {
-        let idle = self.idle.lock().expect("upstream pool");
-        idle.iter().filter(|i| !i.sender.is_closed()).count()
+        self.idle
+            .iter()
+            .map(|list| {
+                let idle = list.lock().expect("upstream pool");
+                idle.iter().filter(|i| !i.sender.is_closed()).count()
+            })
+            .sum()
     }
 
     /// Sends `request` (origin-form URI, Host set) on a pooled connection,
@@ -110,8 +143,9 @@ impl Upstream {
         self: &Arc<Self>,
         mut request: Request<UpstreamBody>,
     ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
+        let slot = thread_slot();
         loop {
-            let (mut sender, reused) = match self.take().await {
+            let (mut sender, reused) = match self.take(slot).await {
                 Some(sender) => (sender, true),
                 None => (self.connect().await?, false),
             };
@@ -120,6 +154,7 @@ impl Upstream {
                     let lease = Lease {
                         sender: Some(sender),
                         upstream: self.clone(),
+                        slot,
                     };
                     return Ok((response, lease));
                 }
@@ -135,12 +170,13 @@ impl Upstream {
 
     /// A pooled connection ready for a request, newest first; closed and
     /// expired ones are dropped on the way.
-    async fn take(&self) -> Option<SendRequest<UpstreamBody>> {
+    async fn take(&self, slot: usize) -> Option<SendRequest<UpstreamBody>> {
+        let list = &self.idle[slot];
         loop {
-            let idle = self.idle.lock().expect("upstream pool").pop_back()?;
+            let idle = list.lock().expect("upstream pool").pop_back()?;
             if idle.since.elapsed() > IDLE_TIMEOUT {
                 // Everything under it is older still.
-                self.idle.lock().expect("upstream pool").clear();
+                list.lock().expect("upstream pool").clear();
                 return None;
             }
             let mut sender = idle.sender;
@@ -153,11 +189,11 @@ impl Upstream {
         }
     }
 
-    fn put(&self, sender: SendRequest<UpstreamBody>) {
+    fn put(&self, slot: usize, sender: SendRequest<UpstreamBody>) {
         if sender.is_closed() {
             return;
         }
-        let mut idle = self.idle.lock().expect("upstream pool");
+        let mut idle = self.idle[slot].lock().expect("upstream pool");
         if idle.len() >= MAX_IDLE {
             return;
         }

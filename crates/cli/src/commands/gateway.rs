@@ -41,6 +41,12 @@ pub struct GatewayArgs {
     /// 1s: a traffic step reaches the autoscaler within about two of them.
     #[arg(long, default_value = "250ms", value_parser = load_report_interval)]
     load_report_interval: Duration,
+    /// Listener threads, each with its own single-threaded runtime, its
+    /// own socket on the listen address (SO_REUSEPORT) and its own
+    /// connections to the bases [default: one per core]; 0 serves on one
+    /// work-stealing runtime (TOKIO_WORKER_THREADS workers) instead.
+    #[arg(long, env = "BERTH_GATEWAY_THREADS")]
+    threads: Option<usize>,
     /// Format of the gateway's logs.
     #[arg(long, value_enum, default_value_t = crate::LogFormat::Text)]
     pub log_format: crate::LogFormat,
@@ -73,6 +79,9 @@ pub async fn run(args: GatewayArgs) -> Result<()> {
     config.hold_queue = args.hold_queue;
     config.hold_timeout = args.hold_timeout;
     config.report_interval = args.load_report_interval;
+    config.threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
     config.name = args.name.unwrap_or_default();
     config.token = args.join_token.filter(|t| !t.trim().is_empty());
     config.tls = args.tls.load()?;

@@ -350,7 +350,9 @@ fn a_gateway_spreads_requests_and_follows_version_rules_and_traffic_cells() {
         .map(|(name, tier)| ctl.base(name, &format!("group=online,tier={tier}")))
         .collect();
     let all: Vec<&BaseProcess> = bases.iter().collect();
-    let gateway = Gateway::start(&ctl.addr);
+    // The other tests run the default layout (a listener thread per core);
+    // this one serves every connection on the shared runtime.
+    let gateway = Gateway::start_with(&ctl.addr, &["--threads", "0"]);
     let rules = "rules:\n    rules:\n      - { name: gold, match: [{ on: header, name: x-tier, exact: gold }], cell: { tier: gold } }\n      - { name: beta, match: [{ on: header, name: x-beta }], version: \"2.0.0\" }";
     let spec =
         |extra: &str| format!("replicas: 4\n  baseSelector: {{ group: online }}\n  {rules}{extra}");

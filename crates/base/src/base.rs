@@ -112,8 +112,10 @@ impl Base {
 
     /// The connection limits of both listeners.
     pub(crate) fn listener_limits(&self) -> crate::listener::Limits {
+        let max_connections = self.inner.config.max_connections.max(1);
         crate::listener::Limits {
-            max_connections: self.inner.config.max_connections.max(1),
+            max_connections,
+            connections: Arc::new(tokio::sync::Semaphore::new(max_connections)),
             header_read_timeout: self.inner.config.header_read_timeout,
             tls: self.inner.config.tls.clone(),
         }

@@ -32,6 +32,12 @@ pub struct BaseConfig {
     /// Most connections each listener (ingress, ops API) keeps open; more
     /// are answered `503` and closed (`--max-connections`).
     pub max_connections: usize,
+    /// Ingress threads (`--ingress-threads`), each with its own
+    /// single-threaded runtime and its own socket on the ingress address
+    /// (`SO_REUSEPORT`), so a request and its guest never leave the thread
+    /// that accepted it; 0: the ingress is served on the caller's
+    /// work-stealing runtime. See `crate::server`.
+    pub ingress_threads: usize,
     /// Longest a client may take to send a request's headers before the
     /// connection is closed: slowloris protection (`--header-read-timeout`).
     pub header_read_timeout: Duration,
@@ -87,6 +93,7 @@ impl BaseConfig {
             version_header: true,
             observability: true,
             max_connections: 4096,
+            ingress_threads: 0,
             header_read_timeout: Duration::from_secs(10),
             max_pending_installs: 64,
             artifact_dirs: Vec::new(),

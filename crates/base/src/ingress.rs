@@ -26,8 +26,12 @@ use crate::base::Base;
 /// Accepts connections on `listener` until `shutdown` changes, then lets
 /// in-flight requests finish (up to 10 s); the connection cap and header
 /// read timeout are the base's ([`crate::listener`]).
-pub(crate) async fn serve(listener: TcpListener, base: Base, shutdown: watch::Receiver<bool>) {
-    let limits = base.listener_limits();
+pub(crate) async fn serve(
+    listener: TcpListener,
+    base: Base,
+    limits: crate::listener::Limits,
+    shutdown: watch::Receiver<bool>,
+) {
     crate::listener::serve(
         listener,
         limits,

@@ -28,6 +28,9 @@ pub(crate) struct Limits {
     pub header_read_timeout: Duration,
     /// TLS every connection is served over, if any.
     pub tls: Option<berth_api::tls::ServerTls>,
+    /// The open-connection permits (`max_connections` of them), shared by
+    /// every accept loop of the listener (one per ingress thread).
+    pub connections: Arc<Semaphore>,
 }
 
 /// Serves connections on `listener` with `service(peer)` until `shutdown`
@@ -50,7 +53,7 @@ pub(crate) async fn serve<S, B>(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let permits = limits.connections.clone();
     let lingering = Arc::new(Semaphore::new(MAX_LINGERING));
     loop {
         tokio::select! {

@@ -34,21 +34,41 @@ impl Base {
         };
         crate::listener::fit_fd_limit(config.max_connections.max(1));
         // Bind first: a port clash should fail before any state is touched.
-        let ingress = bind("ingress", ingress_addr).await?;
+        let ingress_threads = config.ingress_threads;
+        let ingress =
+            bind_ingress(ingress_addr, ingress_threads).map_err(|reason| BaseError::Bind {
+                what: "ingress",
+                addr: ingress_addr,
+                reason,
+            })?;
         let ops_listener = bind("ops API", ops_addr).await?;
         let controller = config.controller.clone();
         let base = Base::open(config).await?;
-        let ingress_addr = ingress.local_addr().expect("bound");
+        let ingress_addr = ingress.addr;
         let ops_addr = ops_listener.local_addr().expect("bound");
         base.set_ingress_addr(ingress_addr);
 
         let (shutdown, watcher) = watch::channel(false);
         let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(ingress::serve(
-            ingress,
-            base.clone(),
-            watcher.clone(),
-        )));
+        let limits = base.listener_limits();
+        match ingress.listeners {
+            IngressListeners::Shared(listener) => {
+                tasks.push(tokio::spawn(ingress::serve(
+                    listener,
+                    base.clone(),
+                    limits,
+                    watcher.clone(),
+                )));
+            }
+            IngressListeners::PerThread(listeners) => {
+                for (n, listener) in listeners.into_iter().enumerate() {
+                    let (base, limits, watcher) = (base.clone(), limits.clone(), watcher.clone());
+                    tasks.push(tokio::task::spawn_blocking(move || {
+                        ingress_thread(n + 1, listener, base, limits, watcher)
+                    }));
+                }
+            }
+        }
         let mut app = ops::router(base.clone());
         if let Some(gate) = base.config().auth.clone() {
             app = crate::auth::wrap(app, gate);
@@ -95,6 +115,10 @@ const LISTEN_BACKLOG: u32 = 4096;
 /// Binds `addr` (address reuse on, as `TcpListener::bind`) with a listen
 /// queue of [`LISTEN_BACKLOG`].
 fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    bind_socket(addr, false)
+}
+
+fn bind_socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
@@ -102,8 +126,77 @@ fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     };
     #[cfg(unix)]
     socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
+}
+
+/// The ingress socket(s) and the address they listen on.
+struct Ingress {
+    listeners: IngressListeners,
+    addr: SocketAddr,
+}
+
+enum IngressListeners {
+    /// One socket, served on the caller's runtime.
+    Shared(TcpListener),
+    /// One socket per ingress thread, all on the same address
+    /// (`SO_REUSEPORT`), not yet registered with any runtime.
+    PerThread(Vec<std::net::TcpListener>),
+}
+
+/// The ingress socket on `addr`, or `threads` of them (port 0: the port
+/// the first one got).
+fn bind_ingress(addr: SocketAddr, threads: usize) -> std::io::Result<Ingress> {
+    if threads == 0 {
+        let listener = bind_listener(addr)?;
+        let addr = listener.local_addr()?;
+        return Ok(Ingress {
+            listeners: IngressListeners::Shared(listener),
+            addr,
+        });
+    }
+    let mut bound = addr;
+    let mut listeners = Vec::with_capacity(threads);
+    for _ in 0..threads {
+        let listener = bind_socket(bound, true)?.into_std()?;
+        bound = listener.local_addr()?;
+        listeners.push(listener);
+    }
+    Ok(Ingress {
+        listeners: IngressListeners::PerThread(listeners),
+        addr: bound,
+    })
+}
+
+/// Ingress thread `n`: a single-threaded runtime serving `listener` until
+/// `shutdown` changes. Guests of the requests it accepts run on it too.
+fn ingress_thread(
+    n: usize,
+    listener: std::net::TcpListener,
+    base: Base,
+    limits: crate::listener::Limits,
+    shutdown: watch::Receiver<bool>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name(format!("berth-ingress-{n}"))
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!(error = %e, thread = n, "ingress thread has no runtime; its connections go to the others");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        match TcpListener::from_std(listener) {
+            Ok(listener) => ingress::serve(listener, base, limits, shutdown).await,
+            Err(e) => tracing::error!(error = %e, thread = n, "ingress thread cannot listen"),
+        }
+    });
 }
 
 impl RunningBase {

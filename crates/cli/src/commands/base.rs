@@ -100,6 +100,13 @@ pub struct BaseArgs {
     /// are answered 503 and closed.
     #[arg(long, default_value_t = 4096)]
     max_connections: usize,
+    /// Ingress threads, each with its own single-threaded runtime and its
+    /// own socket on the ingress address (SO_REUSEPORT), so a request and
+    /// its module instance never change thread [default: one per core]; 0
+    /// serves the ingress on one work-stealing runtime
+    /// (TOKIO_WORKER_THREADS workers) instead.
+    #[arg(long, env = "BERTH_INGRESS_THREADS")]
+    ingress_threads: Option<usize>,
     /// Longest a client may take to send a request's headers (slowloris
     /// protection), e.g. 10s.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
@@ -183,6 +190,9 @@ impl BaseArgs {
     fn config(&self, default_data_dir: PathBuf) -> Result<BaseConfig> {
         let mut config = BaseConfig::new(self.data_dir.clone().unwrap_or(default_data_dir));
         config.max_connections = self.max_connections;
+        config.ingress_threads = self
+            .ingress_threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
         config.header_read_timeout = self.header_read_timeout;
         config.max_pending_installs = self.max_pending_installs;
         config.artifact_dirs = self.artifact_dirs.clone();

@@ -233,6 +233,22 @@ impl Drop for ExpectedCode {
     }
 }
 
+/// Lowers the calling thread's CPU priority to the least (nice 19): the
+/// optimizer's compiles then run on CPU that serving leaves idle. Without
+/// it, a compile thread sharing a core with an ingress thread (one
+/// single-threaded runtime per core, see the base's `server` module)
+/// delayed that thread's requests by hundreds of milliseconds while a
+/// new version tiered up (bench/README.md, "Ingress threads").
+#[allow(unsafe_code)] // one FFI call with no pointers; rustix's safe wrapper is not built here
+fn background_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority only reads its arguments; on Linux, `who` 0 with
+    // PRIO_PROCESS is the calling thread.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 19);
+    }
+}
+
 /// Threads of the optimizer's Cranelift pool: every core but one (at least
 /// one), so serving and Winch compiles always have a core.
 fn optimizer_threads() -> usize {
@@ -250,11 +266,13 @@ impl Optimizer {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("berth-cranelift-{i}"))
+            .start_handler(|_| background_priority())
             .build()
             .ok();
         std::thread::Builder::new()
             .name("berth-optimizer".into())
             .spawn(move || {
+                background_priority();
                 for mut job in jobs {
                     // The install's Winch code first: a restart before
                     // Cranelift is done then maps it instead of compiling.

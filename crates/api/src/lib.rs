@@ -12,6 +12,7 @@ pub mod endpoints;
 pub mod failover;
 pub mod manifest;
 mod names;
+pub mod threads;
 pub mod tls;
 
 pub use names::{MODULE_NAME_RULE, ModuleName, ModuleRef, NameError, VERSION_RULE, Version};

@@ -61,10 +61,10 @@ impl Base {
                 )));
             }
             IngressListeners::PerThread(listeners) => {
-                for (n, listener) in listeners.into_iter().enumerate() {
+                for listener in listeners {
                     let (base, limits, watcher) = (base.clone(), limits.clone(), watcher.clone());
                     tasks.push(tokio::task::spawn_blocking(move || {
-                        ingress_thread(n + 1, listener, base, limits, watcher)
+                        ingress_thread(listener, base, limits, watcher)
                     }));
                 }
             }
@@ -115,10 +115,6 @@ const LISTEN_BACKLOG: u32 = 4096;
 /// Binds `addr` (address reuse on, as `TcpListener::bind`) with a listen
 /// queue of [`LISTEN_BACKLOG`].
 fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    bind_socket(addr, false)
-}
-
-fn bind_socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
@@ -126,9 +122,6 @@ fn bind_socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListene
     };
     #[cfg(unix)]
     socket.set_reuseaddr(true)?;
-    if reuse_port {
-        socket.set_reuseport(true)?;
-    }
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
 }
@@ -158,44 +151,23 @@ fn bind_ingress(addr: SocketAddr, threads: usize) -> std::io::Result<Ingress> {
             addr,
         });
     }
-    let mut bound = addr;
-    let mut listeners = Vec::with_capacity(threads);
-    for _ in 0..threads {
-        let listener = bind_socket(bound, true)?.into_std()?;
-        bound = listener.local_addr()?;
-        listeners.push(listener);
-    }
+    let (listeners, addr) = berth_api::threads::bind_reuseport(addr, threads, LISTEN_BACKLOG)?;
     Ok(Ingress {
         listeners: IngressListeners::PerThread(listeners),
-        addr: bound,
+        addr,
     })
 }
 
-/// Ingress thread `n`: a single-threaded runtime serving `listener` until
+/// An ingress thread: a single-threaded runtime serving `listener` until
 /// `shutdown` changes. Guests of the requests it accepts run on it too.
 fn ingress_thread(
-    n: usize,
     listener: std::net::TcpListener,
     base: Base,
     limits: crate::listener::Limits,
     shutdown: watch::Receiver<bool>,
 ) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .thread_name(format!("berth-ingress-{n}"))
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            tracing::error!(error = %e, thread = n, "ingress thread has no runtime; its connections go to the others");
-            return;
-        }
-    };
-    runtime.block_on(async move {
-        match TcpListener::from_std(listener) {
-            Ok(listener) => ingress::serve(listener, base, limits, shutdown).await,
-            Err(e) => tracing::error!(error = %e, thread = n, "ingress thread cannot listen"),
-        }
+    berth_api::threads::serve_on_own_runtime("ingress", listener, |listener| {
+        ingress::serve(listener, base, limits, shutdown)
     });
 }
 

@@ -87,7 +87,8 @@ impl Gateway {
             (Listeners::Shared(listener), addr)
         } else {
             let (listeners, addr) =
-                bind_reuseport(config.listen, config.threads).map_err(bind_error)?;
+                berth_api::threads::bind_reuseport(config.listen, config.threads, 4096)
+                    .map_err(bind_error)?;
             (Listeners::PerThread(listeners), addr)
         };
         if config.name.is_empty() {
@@ -166,31 +167,6 @@ enum Listeners {
     PerThread(Vec<std::net::TcpListener>),
 }
 
-/// `count` listening sockets on `addr` with `SO_REUSEPORT` (port 0: the
-/// port the first one got), and the address they listen on.
-fn bind_reuseport(
-    addr: SocketAddr,
-    count: usize,
-) -> std::io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
-    let mut bound = addr;
-    let mut listeners = Vec::with_capacity(count);
-    for _ in 0..count {
-        let socket = if bound.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()?
-        } else {
-            tokio::net::TcpSocket::new_v6()?
-        };
-        socket.set_reuseaddr(true)?;
-        socket.set_reuseport(true)?;
-        socket.bind(bound)?;
-        // Registered with no runtime yet: each thread adopts its own.
-        let listener = socket.listen(4096)?.into_std()?;
-        bound = listener.local_addr()?;
-        listeners.push(listener);
-    }
-    Ok((listeners, bound))
-}
-
 /// Listener thread `n`: a single-threaded runtime serving `listener` until
 /// `shutdown` changes (see the module docs).
 fn listener_thread(
@@ -200,23 +176,8 @@ fn listener_thread(
     shutdown: watch::Receiver<bool>,
 ) {
     crate::upstream::set_thread_slot(n);
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            tracing::error!(error = %e, thread = n, "gateway listener thread has no runtime; its connections go to the others");
-            return;
-        }
-    };
-    runtime.block_on(async move {
-        match TcpListener::from_std(listener) {
-            Ok(listener) => serve(listener, shared, shutdown).await,
-            Err(e) => {
-                tracing::error!(error = %e, thread = n, "gateway listener thread cannot listen")
-            }
-        }
+    berth_api::threads::serve_on_own_runtime("gateway", listener, |listener| {
+        serve(listener, shared, shutdown)
     });
 }
 

@@ -272,7 +272,6 @@ impl Optimizer {
         std::thread::Builder::new()
             .name("berth-optimizer".into())
             .spawn(move || {
-                background_priority();
                 for mut job in jobs {
                     // The install's Winch code first: a restart before
                     // Cranelift is done then maps it instead of compiling.

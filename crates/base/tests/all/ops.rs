@@ -169,6 +169,9 @@ async fn reinstalling_uninstalled_bytes_hits_the_compile_cache() {
     let base = TestBase::start().await;
     let first = base.install_path("hello", "1.0.0", HELLO).await;
     assert_eq!(first["module"]["compileCache"], "miss");
+    // Its code reaches the cache in the background, after the answer.
+    base.wait_for_cached_code(first["module"]["digest"].as_str().unwrap())
+        .await;
     let (status, body) = base.ops_delete("/v1/modules/hello").await;
     assert_eq!(status, 200, "{body}");
     let second = base.install_path("hello", "1.0.0", HELLO).await;

@@ -14,20 +14,8 @@ async fn a_restarted_base_serves_the_same_modules_from_the_cache() {
     // A Winch-compiled module's code reaches the cache in the background,
     // after its install answered: wait for it before taking the artifacts
     // away.
-    let compiled = base.data_dir.path().join("cache/compiled");
     for module in &before.modules {
-        let hex = module.digest.trim_start_matches("sha256:").to_string();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while !std::fs::read_dir(&compiled).is_ok_and(|mut files| {
-            files.any(|f| f.is_ok_and(|f| f.file_name().to_string_lossy().starts_with(&hex)))
-        }) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no compiled code of {} reached the cache",
-                module.digest
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        base.wait_for_cached_code(&module.digest).await;
     }
 
     // Remove the stored artifacts: if the restart still loads, it used the

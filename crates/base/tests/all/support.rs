@@ -102,6 +102,24 @@ impl TestBase {
         (response.status().as_u16(), response.json().await.unwrap())
     }
 
+    /// Waits until compiled code of the artifact `digest` (`sha256:…`) is
+    /// in the compile cache: a Winch-compiled module's code is written in
+    /// the background, after its install answered.
+    pub async fn wait_for_cached_code(&self, digest: &str) {
+        let hex = digest.trim_start_matches("sha256:").to_string();
+        let compiled = self.data_dir.path().join("cache/compiled");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !std::fs::read_dir(&compiled).is_ok_and(|mut files| {
+            files.any(|f| f.is_ok_and(|f| f.file_name().to_string_lossy().starts_with(&hex)))
+        }) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no compiled code of {digest} reached the cache"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Installs the file at `path` as `name@version` at `/<name>`, asserting success.
     pub async fn install_path(&self, name: &str, version: &str, path: &str) -> Value {
         let (status, body) = self.install(&install_request(name, version, path)).await;

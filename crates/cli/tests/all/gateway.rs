@@ -689,28 +689,19 @@ fn a_gateway_reports_load_at_its_interval() {
 fn replicas_gone_from_several_bases_before_the_gateway_knew_cost_no_request() {
     let work = work_dir();
     let ctl = Controller::start(work.path(), 0, &[]);
-    let a = ctl.base("a", "group=online");
-    let b = ctl.base("b", "group=online");
-    let c = ctl.base("c", "group=online");
-    let gateway = Gateway::start(&ctl.addr);
-    ctl.apply(
-        work.path(),
-        "1.0.0",
-        "replicas: 3\n  baseSelector: { group: online }",
-    );
-    ctl.wait_ready(3, "1.0.0");
-    eventually("the gateway routes /hello", || {
-        get(&gateway.addr, "/hello", &[]).is_some_and(|(status, _)| status == 200)
-    });
+    let (bases, gateway) = hello_on_every_base(&ctl, work.path(), &["a", "b", "c"]);
+    let [a, b, c] = &bases[..] else {
+        unreachable!()
+    };
     signal(&ctl.child, "STOP");
-    for gone in [&a, &b] {
+    for gone in [a, b] {
         stdout(gone.berth(&["undeploy", "hello"]));
     }
-    let before = served(&[&a, &b, &c]);
+    let before = served(&[a, b, c]);
     let answered = send(&gateway, 60, &[]);
     signal(&ctl.child, "CONT");
     assert!(answered.iter().all(|m| m == "hello@1.0.0"), "{answered:?}");
-    assert_eq!(delta(&[&a, &b, &c], &before), vec![0, 0, 60]);
+    assert_eq!(delta(&[a, b, c], &before), vec![0, 0, 60]);
     assert!(
         gateway.metric("berth_gateway_retries_total", &[("module", "hello")]) >= 2.0,
         "the gone replicas were never tried"
@@ -725,33 +716,47 @@ fn replicas_gone_from_several_bases_before_the_gateway_knew_cost_no_request() {
 fn a_replica_gone_from_its_base_before_the_gateway_knew_costs_no_request() {
     let work = work_dir();
     let ctl = Controller::start(work.path(), 0, &[]);
-    let a = ctl.base("a", "group=online");
-    let b = ctl.base("b", "group=online");
-    let gateway = Gateway::start(&ctl.addr);
-    ctl.apply(
-        work.path(),
-        "1.0.0",
-        "replicas: 2\n  baseSelector: { group: online }",
-    );
-    ctl.wait_ready(2, "1.0.0");
-    eventually("the gateway routes /hello", || {
-        get(&gateway.addr, "/hello", &[]).is_some_and(|(status, _)| status == 200)
-    });
+    let (bases, gateway) = hello_on_every_base(&ctl, work.path(), &["a", "b"]);
+    let [a, b] = &bases[..] else { unreachable!() };
     signal(&ctl.child, "STOP");
     stdout(a.berth(&["undeploy", "hello"]));
     let (status, head, _) =
         fetch(a.ingress.trim_start_matches("http://"), "/hello", &[]).expect("base a answers");
     assert_eq!(status, 404);
     assert!(head.contains("x-berth-not-here: 1"), "{head}");
-    let before = served(&[&a, &b]);
+    let before = served(&[a, b]);
     let answered = send(&gateway, 40, &[]);
     signal(&ctl.child, "CONT");
     assert!(answered.iter().all(|m| m == "hello@1.0.0"), "{answered:?}");
-    assert_eq!(delta(&[&a, &b], &before), vec![0, 40]);
+    assert_eq!(delta(&[a, b], &before), vec![0, 40]);
     assert!(
         gateway.metric("berth_gateway_retries_total", &[("module", "hello")]) >= 1.0,
         "the stale replica was never tried"
     );
+}
+
+/// Bases named `names` in group `online`, a gateway, and `hello` with a
+/// replica on each base, served through the gateway.
+fn hello_on_every_base(
+    ctl: &Controller,
+    work: &std::path::Path,
+    names: &[&str],
+) -> (Vec<BaseProcess>, Gateway) {
+    let bases: Vec<BaseProcess> = names.iter().map(|n| ctl.base(n, "group=online")).collect();
+    let gateway = Gateway::start(&ctl.addr);
+    ctl.apply(
+        work,
+        "1.0.0",
+        &format!(
+            "replicas: {}\n  baseSelector: {{ group: online }}",
+            names.len()
+        ),
+    );
+    ctl.wait_ready(names.len(), "1.0.0");
+    eventually("the gateway routes /hello", || {
+        get(&gateway.addr, "/hello", &[]).is_some_and(|(status, _)| status == 200)
+    });
+    (bases, gateway)
 }
 
 /// The cold start a held request reports, from its response head.

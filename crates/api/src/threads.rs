@@ -13,6 +13,57 @@
 use std::future::Future;
 use std::net::SocketAddr;
 
+/// Where a server accepts client connections.
+pub enum Listeners {
+    /// One socket, served on the caller's (work-stealing) runtime.
+    Shared(tokio::net::TcpListener),
+    /// One socket per listener thread, all on the same address
+    /// (`SO_REUSEPORT`), not yet registered with any runtime: each thread
+    /// serves its own with [`serve_on_own_runtime`].
+    PerThread(Vec<std::net::TcpListener>),
+}
+
+/// The listening socket(s) for `threads` listener threads on `addr`, with
+/// a listen queue of `backlog`, and the address they listen on (port 0:
+/// the port the system picked). `threads` 0: one socket on the caller's
+/// runtime. Call it from within a tokio runtime.
+pub fn bind(
+    addr: SocketAddr,
+    threads: usize,
+    backlog: u32,
+) -> std::io::Result<(Listeners, SocketAddr)> {
+    if threads == 0 {
+        let listener = socket(addr, false)?.listen(backlog)?;
+        let addr = listener.local_addr()?;
+        return Ok((Listeners::Shared(listener), addr));
+    }
+    let (listeners, addr) = bind_reuseport(addr, threads, backlog)?;
+    Ok((Listeners::PerThread(listeners), addr))
+}
+
+/// One listening socket on `addr` (address reuse on, as
+/// `TcpListener::bind`) with a listen queue of `backlog`, on the caller's
+/// runtime.
+pub fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<tokio::net::TcpListener> {
+    socket(addr, false)?.listen(backlog)
+}
+
+/// A socket bound to `addr`, address reuse on, and port reuse if asked.
+fn socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<tokio::net::TcpSocket> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(addr)?;
+    Ok(socket)
+}
+
 /// `count` listening sockets on `addr`, with `SO_REUSEPORT` and a listen
 /// queue of `backlog` (port 0: the port the first one got), not yet
 /// registered with any runtime; and the address they listen on. Call it
@@ -25,14 +76,7 @@ pub fn bind_reuseport(
     let mut bound = addr;
     let mut listeners = Vec::with_capacity(count);
     for _ in 0..count {
-        let socket = if bound.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()?
-        } else {
-            tokio::net::TcpSocket::new_v6()?
-        };
-        socket.set_reuseaddr(true)?;
-        socket.set_reuseport(true)?;
-        socket.bind(bound)?;
+        let socket = socket(bound, true)?;
         // Registered with the caller's runtime only for a moment: each
         // listener thread adopts its socket into its own runtime.
         let listener = socket.listen(backlog)?.into_std()?;

@@ -6,6 +6,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use berth_api::threads::Listeners;
+
 use crate::base::Base;
 use crate::config::BaseConfig;
 use crate::error::BaseError;
@@ -35,24 +37,26 @@ impl Base {
         crate::listener::fit_fd_limit(config.max_connections.max(1));
         // Bind first: a port clash should fail before any state is touched.
         let ingress_threads = config.ingress_threads;
-        let ingress =
-            bind_ingress(ingress_addr, ingress_threads).map_err(|reason| BaseError::Bind {
-                what: "ingress",
-                addr: ingress_addr,
-                reason,
-            })?;
+        let (ingress, ingress_bound) =
+            berth_api::threads::bind(ingress_addr, ingress_threads, LISTEN_BACKLOG).map_err(
+                |reason| BaseError::Bind {
+                    what: "ingress",
+                    addr: ingress_addr,
+                    reason,
+                },
+            )?;
         let ops_listener = bind("ops API", ops_addr).await?;
         let controller = config.controller.clone();
         let base = Base::open(config).await?;
-        let ingress_addr = ingress.addr;
+        let ingress_addr = ingress_bound;
         let ops_addr = ops_listener.local_addr().expect("bound");
         base.set_ingress_addr(ingress_addr);
 
         let (shutdown, watcher) = watch::channel(false);
         let mut tasks = Vec::new();
         let limits = base.listener_limits();
-        match ingress.listeners {
-            IngressListeners::Shared(listener) => {
+        match ingress {
+            Listeners::Shared(listener) => {
                 tasks.push(tokio::spawn(ingress::serve(
                     listener,
                     base.clone(),
@@ -60,7 +64,7 @@ impl Base {
                     watcher.clone(),
                 )));
             }
-            IngressListeners::PerThread(listeners) => {
+            Listeners::PerThread(listeners) => {
                 for listener in listeners {
                     let (base, limits, watcher) = (base.clone(), limits.clone(), watcher.clone());
                     tasks.push(tokio::task::spawn_blocking(move || {
@@ -115,47 +119,7 @@ const LISTEN_BACKLOG: u32 = 4096;
 /// Binds `addr` (address reuse on, as `TcpListener::bind`) with a listen
 /// queue of [`LISTEN_BACKLOG`].
 fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    #[cfg(unix)]
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
-}
-
-/// The ingress socket(s) and the address they listen on.
-struct Ingress {
-    listeners: IngressListeners,
-    addr: SocketAddr,
-}
-
-enum IngressListeners {
-    /// One socket, served on the caller's runtime.
-    Shared(TcpListener),
-    /// One socket per ingress thread, all on the same address
-    /// (`SO_REUSEPORT`), not yet registered with any runtime.
-    PerThread(Vec<std::net::TcpListener>),
-}
-
-/// The ingress socket on `addr`, or `threads` of them (port 0: the port
-/// the first one got).
-fn bind_ingress(addr: SocketAddr, threads: usize) -> std::io::Result<Ingress> {
-    if threads == 0 {
-        let listener = bind_listener(addr)?;
-        let addr = listener.local_addr()?;
-        return Ok(Ingress {
-            listeners: IngressListeners::Shared(listener),
-            addr,
-        });
-    }
-    let (listeners, addr) = berth_api::threads::bind_reuseport(addr, threads, LISTEN_BACKLOG)?;
-    Ok(Ingress {
-        listeners: IngressListeners::PerThread(listeners),
-        addr,
-    })
+    berth_api::threads::listen(addr, LISTEN_BACKLOG)
 }
 
 /// An ingress thread: a single-threaded runtime serving `listener` until

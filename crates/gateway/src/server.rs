@@ -1,9 +1,10 @@
 //! Starting and stopping a gateway: the listener, the endpoint-table watch
 //! and the load report.
 //!
-//! **Thread layout.** By default client connections are served on the
-//! caller's tokio runtime, whose workers steal work from each other. With
-//! listener threads (`berth gateway --threads N`), each of N threads runs a
+//! **Thread layout.** With `GatewayConfig::threads` 0 client connections
+//! are served on the caller's tokio runtime, whose workers steal work from
+//! each other. With listener threads (`berth gateway --threads N`, one per
+//! core by default), each of N threads runs a
 //! single-threaded runtime with its own listening socket on the same
 //! address (`SO_REUSEPORT`: the kernel spreads new connections over them)
 //! and its own idle connections to the bases (`crate::upstream`), the way
@@ -26,6 +27,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+use berth_api::threads::Listeners;
 
 use crate::config::{GatewayConfig, GatewayError};
 use crate::metrics::Metrics;
@@ -81,16 +84,9 @@ impl Gateway {
             addr: config.listen,
             source,
         };
-        let (listeners, addr) = if config.threads == 0 {
-            let listener = TcpListener::bind(config.listen).await.map_err(bind_error)?;
-            let addr = listener.local_addr().map_err(bind_error)?;
-            (Listeners::Shared(listener), addr)
-        } else {
-            let (listeners, addr) =
-                berth_api::threads::bind_reuseport(config.listen, config.threads, 4096)
-                    .map_err(bind_error)?;
-            (Listeners::PerThread(listeners), addr)
-        };
+        let (listeners, addr) =
+            berth_api::threads::bind(config.listen, config.threads, LISTEN_BACKLOG)
+                .map_err(bind_error)?;
         if config.name.is_empty() {
             config.name = format!("gateway-{}", addr.port());
         }
@@ -159,13 +155,9 @@ impl RunningGateway {
     }
 }
 
-/// Where client connections are accepted.
-enum Listeners {
-    /// One socket, served on the caller's runtime.
-    Shared(TcpListener),
-    /// One socket per listener thread, all on the same address.
-    PerThread(Vec<std::net::TcpListener>),
-}
+/// Connections the kernel queues for each listening socket before the
+/// gateway accepts them (Linux caps it at `net.core.somaxconn`).
+const LISTEN_BACKLOG: u32 = 4096;
 
 /// Listener thread `n`: a single-threaded runtime serving `listener` until
 /// `shutdown` changes (see the module docs).

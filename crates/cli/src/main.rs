@@ -561,7 +561,25 @@ enum RulesCommand {
     },
 }
 
+/// Keeps `RUST_BACKTRACE=1` (a common setting, for panics) from making
+/// every error capture a host backtrace: wasmtime would walk the stack on
+/// each guest trap, and anything that printed such an error with `{:?}`
+/// would symbolize it against this binary's debug info, hundreds of ms on
+/// the thread serving requests. berth's logs and error replies never show
+/// those backtraces; panics keep theirs. Set `RUST_LIB_BACKTRACE=1` to
+/// have errors capture them anyway.
+fn no_error_backtraces_unless_asked() {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY: the first thing `main` does, before any thread exists.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var("RUST_LIB_BACKTRACE", "0");
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
+    no_error_backtraces_unless_asked();
     let cli = Cli::parse();
     let (log_format, output) = (cli.command.log_format(), cli.command.output());
     init_logging(log_format);

@@ -549,7 +549,7 @@ async fn apply(State(shared): State<Shared>, body: Bytes) -> Result<Response, Ap
                 .code(&module.digest, &module.artifact, shop.tag())
                 .await;
             if let Err(e) = reconcile(&again).await {
-                tracing::warn!(error = ?e, "reconcile after compile failed; retrying on the tick");
+                tracing::warn!(error = %format!("{e:#}"), "reconcile after compile failed; retrying on the tick");
             }
         });
     }

@@ -16,6 +16,8 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -37,6 +39,48 @@ pub fn full_body(bytes: impl Into<bytes::Bytes>) -> ResponseBody {
     http_body_util::Full::new(bytes.into())
         .map_err(|never| match never {})
         .boxed_unsync()
+}
+
+/// `body`, ending in an error instead of cleanly if `failed` is set by the
+/// time it ends. wasmtime-wasi-http ends the body of a guest that went away
+/// without `finish` (a trap, a deadline) as if it were complete, so a
+/// client would take a cut-off body for the whole response. The request
+/// path sets `failed` before the failed instance is dropped, which is what
+/// ends the body: the flag is always seen.
+pub(crate) fn unless_failed(body: ResponseBody, failed: Arc<AtomicBool>) -> ResponseBody {
+    UnlessFailed {
+        inner: body,
+        failed,
+    }
+    .boxed_unsync()
+}
+
+struct UnlessFailed {
+    inner: ResponseBody,
+    failed: Arc<AtomicBool>,
+}
+
+impl Body for UnlessFailed {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(None) if self.failed.load(Ordering::Acquire) => {
+                Poll::Ready(Some(Err(wasmtime_wasi_http::Error::InternalError(Some(
+                    "the module failed before finishing its response body".into(),
+                )))))
+            }
+            other => other,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// What [`coalesce`] made of a response body.

@@ -26,7 +26,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use tokio::sync::Semaphore;
 
 use crate::artifact::Digest;
-use crate::body::{Coalesced, ResponseBody, coalesce, full_body};
+use crate::body::{Coalesced, ResponseBody, coalesce, full_body, unless_failed};
 use crate::capability::{Capabilities, Configured, InstanceContext};
 use crate::cpu::{CpuAccount, Metered};
 use crate::error::{HandleError, LoadError};
@@ -255,6 +255,10 @@ impl LoadedModule {
 
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let responded = Arc::new(AtomicBool::new(false));
+        // Set when the guest fails, before its instance (and with it the
+        // response body's sender) is dropped: see `body::unless_failed`.
+        let failed = Arc::new(AtomicBool::new(false));
+        let guest_failed = failed.clone();
         let (req, out) = {
             let mut http = store.data_mut().http();
             let req = http
@@ -328,6 +332,7 @@ impl LoadedModule {
                     Ok(())
                 }
                 Err(e) => {
+                    guest_failed.store(true, Ordering::Release);
                     let error = if store.data().limiter.hit {
                         HandleError::MemoryLimit(limits.max_memory_bytes)
                     } else {
@@ -336,7 +341,7 @@ impl LoadedModule {
                     if responded.load(Ordering::Acquire) {
                         // Too late for an error status (the caller logs those):
                         // the body stream ends in an error, so log it here.
-                        tracing::warn!(module = %label, error = ?e, "module failed after sending its response head: {error}");
+                        tracing::warn!(module = %label, error = %chain_without_host_backtrace(&e), "module failed after sending its response head: {error}");
                     }
                     Err(error)
                 }
@@ -352,8 +357,12 @@ impl LoadedModule {
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse::<u64>().ok())
                     .or_else(|| http_body::Body::size_hint(response.body()).exact());
-                let mut response =
-                    response.map(|body| limit_body(body, limits.max_response_bytes, false));
+                let mut response = response.map(|body| {
+                    unless_failed(
+                        limit_body(body, limits.max_response_bytes, false),
+                        failed.clone(),
+                    )
+                });
                 if length.is_none() {
                     // A short body that is already complete goes out with
                     // its length, in one write (see `body::coalesce`).
@@ -375,8 +384,9 @@ impl LoadedModule {
                         }
                         Coalesced::Failed(e) => {
                             // The guest failed while writing: its own error
-                            // (a trap, a deadline) if its task has ended.
-                            if task.is_finished()
+                            // (a trap, a deadline) once its task has ended,
+                            // which it does at once when it failed.
+                            if (failed.load(Ordering::Acquire) || task.is_finished())
                                 && let Ok(Err(error)) = task.await
                             {
                                 return Err(error);
@@ -486,7 +496,9 @@ fn classify_trap(error: &wasmtime::Error, timeout: std::time::Duration) -> Handl
 
 /// The error and its causes (the wasm backtrace is one of them), like
 /// `{:?}` but without the host backtrace that `RUST_BACKTRACE=1` makes
-/// anyhow capture: symbolizing it costs hundreds of ms and MB per trap.
+/// wasmtime capture: symbolizing it costs hundreds of ms and MB per trap,
+/// on the thread serving the request (a client closing connections with
+/// requests in flight once stalled new connections for up to 0.9 s).
 fn chain_without_host_backtrace(error: &wasmtime::Error) -> String {
     let causes: Vec<String> = error.chain().map(ToString::to_string).collect();
     causes.join("\n\nCaused by:\n    ")

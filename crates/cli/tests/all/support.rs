@@ -43,9 +43,15 @@ impl BaseProcess {
         Self::start_at_with_env(dir, extra, &[])
     }
 
-    /// The same with environment variables `env` (e.g. a test failpoint):
-    /// the one place the tests start `berth base`.
+    /// The same with environment variables `env` (e.g. a test failpoint).
     pub fn start_at_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        Self::start_logged(dir, extra, env, log.path())
+    }
+
+    /// The same, with the base's log (stderr) written to `log`: the one
+    /// place the tests start `berth base`.
+    pub fn start_logged(dir: &Path, extra: &[&str], env: &[(&str, &str)], log: &Path) -> Self {
         let mut cmd = Command::new(BERTH);
         cmd.args(["base", "--listen", "127.0.0.1:0", "--ops", "127.0.0.1:0"])
             .arg("--data-dir")
@@ -54,7 +60,7 @@ impl BaseProcess {
             cmd.arg("--artifact-dir").arg(allowed);
         }
         cmd.args(extra).envs(env.iter().copied());
-        let (child, urls) = spawn_announced(&mut cmd, &["ingress", "ops API"])
+        let (child, urls) = spawn_announced_logging_to(&mut cmd, &["ingress", "ops API"], log)
             .unwrap_or_else(|stderr| panic!("berth base did not start; stderr:\n{stderr}"));
         let [ingress, ops] = <[String; 2]>::try_from(urls).expect("two addresses");
         Self {
@@ -152,11 +158,21 @@ pub fn insecure_unless_set(cmd: &mut Command) -> &mut Command {
 /// Servers are started on port 0 and say which port they got, so no test
 /// probes a port free and then loses it to another test before binding it.
 pub fn spawn_announced(cmd: &mut Command, labels: &[&str]) -> Result<(Child, Vec<String>), String> {
-    insecure_unless_set(cmd);
     let log = tempfile::NamedTempFile::new().unwrap();
+    spawn_announced_logging_to(cmd, labels, log.path())
+}
+
+/// [`spawn_announced`] with the server's stderr (its log) written to `log`,
+/// for a test that reads what the server logged.
+pub fn spawn_announced_logging_to(
+    cmd: &mut Command,
+    labels: &[&str],
+    log: &Path,
+) -> Result<(Child, Vec<String>), String> {
+    insecure_unless_set(cmd);
     let mut child = cmd
         .stdout(Stdio::piped())
-        .stderr(log.reopen().unwrap())
+        .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .unwrap();
     let (tx, rx) = mpsc::channel();
@@ -176,11 +192,11 @@ pub fn spawn_announced(cmd: &mut Command, labels: &[&str]) -> Result<(Child, Vec
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 let _ = child.wait();
-                return Err(std::fs::read_to_string(log.path()).unwrap_or_default());
+                return Err(std::fs::read_to_string(log).unwrap_or_default());
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let _ = child.kill();
-                let stderr = std::fs::read_to_string(log.path()).unwrap_or_default();
+                let stderr = std::fs::read_to_string(log).unwrap_or_default();
                 panic!(
                     "{:?} did not start within 30 s; stderr:\n{stderr}",
                     cmd.get_program()

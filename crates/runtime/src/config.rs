@@ -47,7 +47,7 @@ pub struct RuntimeConfig {
     /// replaces it.
     pub capabilities: Capabilities,
     /// Which compilers make a module's code: Winch first and Cranelift in
-    /// the background (default), or Cranelift only.
+    /// the background (default), Cranelift only, or Winch only.
     pub tiers: Tiers,
     /// Test support: every Winch compile fails, so modules take the
     /// Cranelift fallback. Off by default.

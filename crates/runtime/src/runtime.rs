@@ -110,7 +110,7 @@ impl Runtime {
         let ticker = Arc::new(EpochTicker::start(engine.clone()));
         let (baseline, cache) = match config.tiers {
             Tiers::CraneliftOnly => (None, ModuleCache::open(&config.cache_dir, &engine)?),
-            Tiers::WinchThenCranelift => {
+            Tiers::WinchThenCranelift | Tiers::WinchOnly => {
                 let winch = engine_for(&config, Strategy::Winch)?;
                 let cache = ModuleCache::open(&config.cache_dir, &engine)?.with_baseline(&winch);
                 let optimizing = Optimizing {
@@ -214,7 +214,12 @@ impl Runtime {
     ) -> Result<(LoadedModule, CacheOutcome), LoadError> {
         let inner = &*self.inner;
         let cache = &inner.cache;
-        if let Some(component) = load_precompiled(cache, &inner.engine, &digest, Tier::Cranelift) {
+        // `winch` keeps a module on Winch code even when Cranelift's is cached.
+        let optimized = match inner.config.tiers {
+            Tiers::WinchOnly => None,
+            _ => load_precompiled(cache, &inner.engine, &digest, Tier::Cranelift),
+        };
+        if let Some(component) = optimized {
             let pre = link(&inner.linker, &component)?;
             if let Some(bytes) = bytes {
                 cache.store_artifact(&digest, bytes)?;
@@ -347,12 +352,14 @@ impl Runtime {
     /// on their Winch code meanwhile instead of having Cranelift compile
     /// them here; once the handle is dropped, each maps the optimized code
     /// from the cache if it was stored (see [`ModuleCache::store_compiled`]),
-    /// else compiles it. `None` on a runtime without the Winch tier (its
-    /// installs compile with Cranelift, or map cached code, themselves).
+    /// else compiles it. `None` on a runtime that does not tier up (its
+    /// installs compile with Cranelift, or map cached code, themselves; or,
+    /// with [`Tiers::WinchOnly`], stay on Winch code).
     pub fn expect_code(&self, digest: Digest) -> Option<ExpectedCode> {
         self.inner
             .baseline
             .as_ref()
+            .filter(|_| self.inner.config.tiers.tiers_up())
             .map(|baseline| baseline.optimizer.expect(digest))
     }
 
@@ -389,6 +396,12 @@ impl Runtime {
             },
         );
         match artifact {
+            // `winch`: the module stays on this code; only it is cached.
+            _ if !self.inner.config.tiers.tiers_up() => {
+                if let Some(save) = save {
+                    save();
+                }
+            }
             Some(bytes) => baseline.optimizer.queue(Job {
                 target: Arc::downgrade(&code),
                 bytes,

@@ -68,6 +68,24 @@ pub enum Tiers {
     /// Cranelift only: an install returns once the optimized code is ready.
     /// Written `cranelift`.
     CraneliftOnly,
+    /// Winch only: a module serves on Winch code and is never compiled with
+    /// Cranelift here (nor mapped from Cranelift code in the cache), so the
+    /// tier it runs on is fixed. For quick edit loops on heavy modules, and
+    /// to measure the baseline tier on its own (`bench/throughput.py`).
+    /// Written `winch`.
+    WinchOnly,
+}
+
+impl Tiers {
+    /// Whether a module starts on Winch code (`winch,cranelift`, `winch`).
+    pub fn uses_winch(self) -> bool {
+        self != Tiers::CraneliftOnly
+    }
+
+    /// Whether Cranelift's code takes over from Winch's (`winch,cranelift`).
+    pub fn tiers_up(self) -> bool {
+        self == Tiers::WinchThenCranelift
+    }
 }
 
 impl fmt::Display for Tiers {
@@ -75,6 +93,7 @@ impl fmt::Display for Tiers {
         f.write_str(match self {
             Tiers::WinchThenCranelift => "winch,cranelift",
             Tiers::CraneliftOnly => "cranelift",
+            Tiers::WinchOnly => "winch",
         })
     }
 }
@@ -82,7 +101,7 @@ impl fmt::Display for Tiers {
 /// Why a string is not a tier list.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "`{input}` is not a tier list: use `winch,cranelift` (serve on Winch code first, Cranelift's when ready) or `cranelift` (Cranelift only)"
+    "`{input}` is not a tier list: use `winch,cranelift` (serve on Winch code first, Cranelift's when ready), `cranelift` (Cranelift only) or `winch` (Winch only)"
 )]
 pub struct ParseTiersError {
     input: String,
@@ -99,6 +118,7 @@ impl FromStr for Tiers {
         match tiers.iter().map(String::as_str).collect::<Vec<_>>()[..] {
             ["winch", "cranelift"] => Ok(Tiers::WinchThenCranelift),
             ["cranelift"] => Ok(Tiers::CraneliftOnly),
+            ["winch"] => Ok(Tiers::WinchOnly),
             _ => Err(ParseTiersError { input: s.into() }),
         }
     }
@@ -363,14 +383,14 @@ mod tests {
 
     #[test]
     fn tier_lists_parse_and_print_back() {
-        for text in ["winch,cranelift", "cranelift"] {
+        for text in ["winch,cranelift", "cranelift", "winch"] {
             assert_eq!(text.parse::<Tiers>().unwrap().to_string(), text);
         }
         assert_eq!(
             " Winch , Cranelift".parse::<Tiers>().unwrap(),
             Tiers::WinchThenCranelift
         );
-        for bad in ["winch", "cranelift,winch", "", "llvm"] {
+        for bad in ["winch,winch", "cranelift,winch", "", "llvm"] {
             let e = bad.parse::<Tiers>().unwrap_err().to_string();
             assert!(e.contains("winch,cranelift") && e.contains(bad), "{e}");
         }

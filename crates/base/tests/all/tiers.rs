@@ -134,3 +134,40 @@ async fn cranelift_only_never_compiles_with_winch() {
         "{compiled:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn winch_only_stays_on_winch_code_and_never_compiles_with_cranelift() {
+    let base = TestBase::start_with(|c| c.runtime.tiers = Tiers::WinchOnly).await;
+    base.install_path("hello", "1", HELLO).await;
+    assert_eq!(tier_of(&base, "hello").await, Some(CodeTier::Winch));
+    base.assert_hello_serves().await;
+    // The Winch code is written to the cache in the background; once it is
+    // there, nothing else may follow.
+    let compiled_dir = base.data_dir.path().join("cache/compiled");
+    let compiled = || -> Vec<String> {
+        std::fs::read_dir(&compiled_dir)
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().into_string().unwrap())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !compiled().iter().any(|f| f.contains("-winch-")) {
+        assert!(
+            Instant::now() < deadline,
+            "Winch code never cached: {:?}",
+            compiled()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Long enough for a background Cranelift compile of hello to land.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        compiled().iter().all(|f| f.contains("-winch-")),
+        "{:?}",
+        compiled()
+    );
+    assert_eq!(tier_of(&base, "hello").await, Some(CodeTier::Winch));
+    base.assert_hello_serves().await;
+}

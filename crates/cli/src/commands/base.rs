@@ -59,7 +59,9 @@ pub struct BaseArgs {
     no_pagemap_scan: bool,
     /// Compilers a new module's code comes from: `winch,cranelift` serves
     /// on Winch code at once and swaps in Cranelift's when its background
-    /// compile is done; `cranelift` waits for Cranelift's code.
+    /// compile is done; `cranelift` waits for Cranelift's code; `winch`
+    /// serves on Winch code only and never compiles with Cranelift (quick
+    /// edit loops on heavy modules; measuring the baseline tier).
     #[arg(long, default_value = "winch,cranelift")]
     tiers: berth_runtime::Tiers,
     /// Turn off per-module metrics, recent stats and log capture (guest

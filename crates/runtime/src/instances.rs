@@ -19,6 +19,12 @@
 //! the response is complete for the client only once the instance is
 //! free for the next request.
 //!
+//! A module that cannot be reused shows it by returning without a response
+//! from a reused instance (componentize-js components do that on their
+//! second request). That request gets its error, and the version stops
+//! reusing instances: [`WarmPool::give_up`], one warning, fresh instances
+//! from then on, so it fails once instead of on every other request.
+//!
 //! The trade: what a request leaves in the instance's memory and globals is
 //! seen by the next request of the same version. `fresh` (the default)
 //! never allows that.
@@ -83,6 +89,8 @@ pub(crate) struct WarmPool {
     generation: AtomicU64,
     /// A sweeper task is scheduled.
     sweeping: AtomicBool,
+    /// Reuse was given up ([`WarmPool::give_up`]): nothing is kept.
+    given_up: AtomicBool,
 }
 
 impl WarmPool {
@@ -93,7 +101,17 @@ impl WarmPool {
             idle: Mutex::new(Vec::new()),
             generation: AtomicU64::new(0),
             sweeping: AtomicBool::new(false),
+            given_up: AtomicBool::new(false),
         }
+    }
+
+    /// Stops reusing instances of this version (it showed it cannot be
+    /// reused): idle ones are dropped and none is kept again. True the
+    /// first time, so the caller logs it once.
+    pub(crate) fn give_up(&self) -> bool {
+        let first = !self.given_up.swap(true, Ordering::AcqRel);
+        self.discard();
+        first
     }
 
     /// The most recently returned idle instance that has not expired.
@@ -121,7 +139,7 @@ impl WarmPool {
     /// Returns an instance that served a request normally; dropped instead
     /// if it has served its requests or was discarded while it served.
     pub(crate) fn put(self: &Arc<Self>, mut warm: Warm) {
-        if warm.served >= self.max_requests {
+        if warm.served >= self.max_requests || self.given_up.load(Ordering::Acquire) {
             return;
         }
         warm.idle_since = Instant::now();

@@ -321,6 +321,21 @@ impl LoadedModule {
                 .call_handle(&mut store, req, out)
                 .await;
             match result {
+                Ok(()) if !responded.load(Ordering::Acquire) => {
+                    // No response: the instance is dropped (which ends the
+                    // wait for one). From a reused instance, that is a
+                    // module that cannot be reused: stop reusing them.
+                    if let Some(pool) = pool
+                        && served > 0
+                        && pool.give_up()
+                    {
+                        tracing::warn!(
+                            module = %label,
+                            "the module returned without a response from a reused instance: it cannot serve two requests on one instance (componentize-js components cannot), so this version now gets a fresh instance per request; set its policy to fresh"
+                        );
+                    }
+                    Ok(())
+                }
                 Ok(()) => {
                     // A pooled instance that served normally goes back; one
                     // that hit its memory limit (and recovered) does not.

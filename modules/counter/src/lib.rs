@@ -10,7 +10,9 @@
 //! the `pooled` policy. `…/global/trap` counts and then panics (a trap),
 //! `…/global/hog` counts and then allocates past any memory limit,
 //! `…/global/spin` counts and then loops past any deadline: the same
-//! answer must come back after each.
+//! answer must come back after each. `…/global/once` answers only on an
+//! instance's first request and returns without a response after that, as
+//! a component that cannot be reused does (componentize-js's, for one).
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use wasip2::http::types::{IncomingRequest, ResponseOutparam};
@@ -29,6 +31,7 @@ impl wasip2::exports::http::incoming_handler::Guest for Counter {
             let n = GLOBAL.fetch_add(1, Ordering::Relaxed) + 1;
             match rest {
                 "/trap" => panic!("counter traps on purpose after counting {n}"),
+                "/once" if n > 1 => return drop(out),
                 "/hog" => {
                     let mut hoard: Vec<Vec<u8>> = Vec::new();
                     loop {

@@ -144,3 +144,31 @@ async fn concurrent_requests_never_share_an_instance() {
     }
     assert!(count(2) >= 1, "no reuse at all: {all:?}");
 }
+
+/// A module that cannot be reused (it returns without a response from a
+/// reused instance, as componentize-js components do) fails once, at once,
+/// and its version serves on fresh instances from then on. Before, the
+/// failed instance went back to the pool, still holding the response's
+/// sender: the request hung until the idle sweep dropped it (60 s here),
+/// and every other request failed the same way.
+#[tokio::test]
+async fn a_module_that_cannot_be_reused_fails_once_then_gets_fresh_instances() {
+    let rt = cranelift_only();
+    let counter = pooled(&rt, 100, Duration::from_secs(60));
+    let once = |module| async move { call(module, "/global/once", None).await };
+    assert_eq!(once(&counter).await.expect("first request").0, 200);
+    let second = tokio::time::timeout(Duration::from_secs(20), once(&counter))
+        .await
+        .expect("the request on the reused instance hung");
+    assert!(matches!(second, Err(HandleError::NoResponse)), "{second:?}");
+    assert_eq!(counter.warm_instances(), 0, "nothing is kept after that");
+    for _ in 0..5 {
+        assert_eq!(once(&counter).await.expect("fresh instances answer").0, 200);
+    }
+    assert_eq!(
+        answers(&counter, 3).await,
+        [1, 1, 1],
+        "every request gets a fresh instance"
+    );
+    assert_eq!(counter.warm_instances(), 0);
+}

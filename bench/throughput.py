@@ -12,7 +12,16 @@ time (cold compile vs warm from the compile cache) and how long a base with
 
 Components (`--modules`): `hello` (modules/hello) and `wasi-proxy`, the
 `wasip2` crate's own `http-proxy` example (a third-party component, 112 KB,
-built here from the crate's published source for wasm32-wasip2).
+built here from the crate's published source for wasm32-wasip2), and the
+heavy ones, `python` and `js`: the hello components of `berth new --lang
+python|js` built with `berth build` (componentize-py / componentize-js at the
+versions berth pins, installed on first use; ~18 MB and ~13 MB). Heavy
+components are measured on Cranelift code (berth's rows wait for the
+optimized tier to take over, and reuse its compiled code across rounds;
+`wasmtime serve` uses its own compile cache), plus one row on berth's
+Winch tier (`--tiers winch`). What "kept resident" means is sized per
+component: 4 MiB for the small ones, 64 MiB for the heavy ones (what their
+instances write), for berth and for the tuned `wasmtime serve` alike.
 
 The engine knobs each get a row: berth's defaults (64 KiB of each freed
 memory kept resident and reset with PAGEMAP_SCAN), nothing kept (every page
@@ -59,6 +68,11 @@ WASMTIME_VERSION = "48.0.8"
 WASIP2_VERSION = "1.0.4+wasi-0.2.12"
 PROXY_TARGET = os.path.join(ROOT, "target", "wasm-modules", "wasi-proxy")
 PROXY_WASM = os.path.join(PROXY_TARGET, "wasm32-wasip2", "release", "examples", "http_proxy.wasm")
+# Where the Python and JavaScript hello components are built (delete it to rebuild).
+HEAVY_DIR = os.path.join(ROOT, "target", "wasm-modules", "heavy")
+# Bytes of each freed memory "kept resident" means, per component: what an
+# instance of it writes, rounded up (Rust hello: 20 KiB; Python/JS: tens of MiB).
+KEEP_RESIDENT = {"hello": 4 << 20, "wasi-proxy": 4 << 20, "python": 64 << 20, "js": 64 << 20}
 
 
 def log(msg):
@@ -103,6 +117,70 @@ def build_wasi_proxy():
                     "--target", "wasm32-wasip2", "--release", "--target-dir", PROXY_TARGET], check=True)
     assert os.path.exists(PROXY_WASM), PROXY_WASM
     return PROXY_WASM
+
+
+# A plain `wasi:http` hello in each language, with none of the base's
+# capabilities (the template's kv counter is a durable write per request, and
+# `wasmtime serve` could not link `berth:base`): what both servers can run.
+PLAIN_HELLO = {
+    "python": ("app.py", '''from componentize_py_types import Ok
+from wit_world import exports
+from wit_world.imports.types import Fields, OutgoingBody, OutgoingResponse, ResponseOutparam
+
+
+class IncomingHandler(exports.IncomingHandler):
+    def handle(self, request, response_out):
+        path = request.path_with_query() or "/"
+        body = f"Hello from Python! You asked for {path}\\n".encode()
+        response = OutgoingResponse(Fields.from_list([("content-type", b"text/plain; charset=utf-8")]))
+        response.set_status_code(200)
+        outgoing = response.body()
+        ResponseOutparam.set(response_out, Ok(response))
+        with outgoing.write() as stream:
+            stream.blocking_write_and_flush(body)
+        OutgoingBody.finish(outgoing, None)
+'''),
+    "js": ("app.js", '''addEventListener('fetch', (event) => event.respondWith(handle(event.request)));
+
+async function handle(request) {
+  const url = new URL(request.url);
+  return new Response(`Hello from JavaScript! You asked for ${url.pathname}${url.search}\\n`, {
+    headers: { 'content-type': 'text/plain; charset=utf-8' },
+  });
+}
+'''),
+}
+
+
+def build_heavy(lang, name):
+    """A plain hello component in Python or JavaScript (PLAIN_HELLO), made the
+    way a team would: `berth new NAME --lang LANG`, the world narrowed to
+    `wasi:http/proxy`, then `berth build` (the pinned componentize-py or
+    componentize-js, installed by berth on first use). Built once into
+    HEAVY_DIR."""
+    folder = os.path.join(HEAVY_DIR, name)
+    artifact = os.path.join(folder, "build", f"{name}.wasm")
+    if os.path.exists(artifact):
+        return artifact
+    berth = os.path.join(RELEASE, "berth")
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(HEAVY_DIR, exist_ok=True)
+    subprocess.run([berth, "new", name, "--lang", lang, "--dir", folder], check=True, stdout=subprocess.DEVNULL)
+    world = os.path.join(folder, "wit", "world.wit")
+    text = open(world).read()
+    assert "include berth:base/host@0.1.0;" in text, text
+    open(world, "w").write(text.replace("  include berth:base/host@0.1.0;\n", ""))
+    source, code = PLAIN_HELLO[lang]
+    open(os.path.join(folder, source), "w").write(code)
+    log(f"building {name} with `berth build` ({lang})")
+    built = subprocess.run([berth, "build", folder, "-o", "json"], check=True, capture_output=True, text=True)
+    artifact = json.loads(built.stdout)["artifact"]
+    assert os.path.exists(artifact), artifact
+    return artifact
+
+
+def is_heavy(wasm):
+    return os.path.getsize(wasm) > (4 << 20)
 
 
 def start_announced(cmd, patterns, stream="stdout", timeout=60, env=None):
@@ -270,10 +348,32 @@ def run_wrk(url, duration, connections, threads, script=None):
     return parse_wrk(out)
 
 
+# A heavy component's compile cache, copied into each new base's data dir so
+# that only the first base of a run compiles it (keyed by artifact path).
+SEEDED_CACHES = {}
+
+
 def serve_berth(tmp, wasm, extra=(), limits=None, env=None):
-    b = Berth(tempfile.mkdtemp(dir=tmp), extra, env)
+    data_dir = tempfile.mkdtemp(dir=tmp)
+    heavy = is_heavy(wasm)
+    if heavy and wasm in SEEDED_CACHES:
+        shutil.copytree(SEEDED_CACHES[wasm], os.path.join(data_dir, "cache"))
+    b = Berth(data_dir, extra, env)
     b.install("hello", open(wasm, "rb").read(), limits=limits)
+    if heavy and "winch" not in extra:
+        # Measure the code a module ends up on: wait for Cranelift's.
+        wait_until(lambda: module_tier(b, "hello") == "cranelift", timeout=300, what="the Cranelift tier")
+        if wasm not in SEEDED_CACHES:
+            seed = tempfile.mkdtemp(dir=tmp)
+            shutil.rmtree(seed)
+            shutil.copytree(os.path.join(data_dir, "cache"), seed)
+            SEEDED_CACHES[wasm] = seed
     return b.proc, [b.port, b.ops], f"http://127.0.0.1:{b.port}/hello"
+
+
+def module_tier(b, name):
+    status, body = http("GET", f"http://127.0.0.1:{b.ops}/v1/modules/{name}")
+    return json.loads(body)["modules"][0].get("tier") if status == 200 else None
 
 
 def serve_berth_madvise(tmp, wasm):
@@ -283,13 +383,18 @@ def serve_berth_madvise(tmp, wasm):
 
 
 def serve_berth_resident(tmp, wasm):
-    # 4 MiB of each freed memory kept resident, reset where written (pagemap scan).
-    return serve_berth(tmp, wasm, ["--memory-keep-resident", str(4 << 20)])
+    # KEEP bytes of each freed memory kept resident, reset where written (pagemap scan).
+    return serve_berth(tmp, wasm, ["--memory-keep-resident", str(KEEP)])
 
 
 def serve_berth_resident_memset(tmp, wasm):
-    # 4 MiB kept, but all of it rewritten on every reset (no pagemap scan).
-    return serve_berth(tmp, wasm, ["--memory-keep-resident", str(4 << 20), "--no-pagemap-scan"])
+    # KEEP bytes kept, but all of them rewritten on every reset (no pagemap scan).
+    return serve_berth(tmp, wasm, ["--memory-keep-resident", str(KEEP), "--no-pagemap-scan"])
+
+
+def serve_berth_winch(tmp, wasm):
+    # The baseline tier alone: Winch code, no Cranelift (issue #17's per-tier figures).
+    return serve_berth(tmp, wasm, ["--tiers", "winch"])
 
 
 def serve_berth_pooled(tmp, wasm):
@@ -302,20 +407,27 @@ def serve_berth_one_worker(tmp, wasm):
     return serve_berth(tmp, wasm, env={"TOKIO_WORKER_THREADS": "1"})
 
 
-WASMTIME_TUNED = ["-O", f"pooling-memory-keep-resident={4 << 20}", "-O", f"pooling-table-keep-resident={64 << 10}",
-                  "-O", "pooling-pagemap-scan=y"]
+# Bytes "kept resident" means for the component being measured (KEEP_RESIDENT).
+KEEP = 4 << 20
+
+
+def wasmtime_tuned():
+    return ["-O", f"pooling-memory-keep-resident={KEEP}", "-O", f"pooling-table-keep-resident={64 << 10}",
+            "-O", "pooling-pagemap-scan=y"]
 
 
 def serve_wasmtime_with(wasm, extra):
+    # A heavy component compiles for seconds on the first start (then comes
+    # from wasmtime's own compile cache).
     proc, (port,) = start_announced(["wasmtime", "serve", "-Scli", *extra, "--addr", "127.0.0.1:0", wasm],
-                                    [r"Serving HTTP on http://[\d.]+:(\d+)"], stream="stderr")
+                                    [r"Serving HTTP on http://[\d.]+:(\d+)"], stream="stderr", timeout=300)
     url = f"http://127.0.0.1:{port}/hello"
     wait_until(lambda: http("GET", url)[0] == 200, what="wasmtime serve")
     return proc, [port], url
 
 
 def serve_wasmtime_tuned(tmp, wasm):
-    return serve_wasmtime_with(wasm, WASMTIME_TUNED)
+    return serve_wasmtime_with(wasm, wasmtime_tuned())
 
 
 def serve_wasmtime_reuse(tmp, wasm):
@@ -340,12 +452,17 @@ def serve_berth_unobserved(tmp, wasm):
     return serve_berth(tmp, wasm, ["--no-observability"])
 
 
+def mib(n):
+    return f"{n >> 20} MiB"
+
+
 SERVERS = {
     "berth": serve_berth,
+    "berth, Winch tier": serve_berth_winch,
     "berth, observability off": serve_berth_unobserved,
     "berth, nothing kept resident (madvise)": serve_berth_madvise,
-    "berth, 4 MiB kept resident": serve_berth_resident,
-    "berth, 4 MiB kept resident, no pagemap scan": serve_berth_resident_memset,
+    "berth, KEEP kept resident": serve_berth_resident,
+    "berth, KEEP kept resident, no pagemap scan": serve_berth_resident_memset,
     "berth, pooled (1000 requests)": serve_berth_pooled,
     "berth, 1 worker thread": serve_berth_one_worker,
     "wasmtime serve": serve_wasmtime,
@@ -358,13 +475,16 @@ REQUIRED = ("berth", "wasmtime serve", "native hyper")
 
 
 def throughput(args, tmp, wasm, module):
-    order = [name for name in SERVERS
+    global KEEP
+    KEEP = KEEP_RESIDENT[module]
+    servers = {name.replace("KEEP", mib(KEEP)): serve for name, serve in SERVERS.items()}
+    order = [name for name in servers
              if (name in REQUIRED or not args.only or any(o in name for o in args.only))
              and not (args.no_wasmtime and name.startswith("wasmtime"))]
     results = {name: [] for name in order}
     for rnd in range(args.rounds):
         for name in order[rnd % len(order):] + order[:rnd % len(order)]:
-            proc, ports, url = SERVERS[name](tmp, wasm)
+            proc, ports, url = servers[name](tmp, wasm)
             try:
                 run_wrk(url, 2, args.connections, args.threads)  # warm-up
                 r = run_wrk(url, args.duration, args.connections, args.threads)
@@ -444,7 +564,8 @@ def print_throughput(args, module, results, cpu):
     for ours, peer in [("berth", "wasmtime serve"),
                        ("berth", "native hyper"),
                        ("berth", "wasmtime serve, tuned"),
-                       ("berth, 4 MiB kept resident", "wasmtime serve, tuned"),
+                       (f"berth, {mib(KEEP_RESIDENT[module])} kept resident", "wasmtime serve, tuned"),
+                       ("berth, Winch tier", "berth"),
                        ("berth, pooled (1000 requests)", "wasmtime serve --max-instance-reuse-count 1000"),
                        ("berth, 1 worker thread", "berth")]:
         if ours in med and peer in med:
@@ -454,6 +575,8 @@ def print_throughput(args, module, results, cpu):
 MODULES = {
     "hello": lambda: HELLO_WASM,
     "wasi-proxy": build_wasi_proxy,
+    "python": lambda: build_heavy("python", "hello-py"),
+    "js": lambda: build_heavy("js", "hello-js"),
 }
 
 
@@ -467,8 +590,8 @@ def main():
     ap.add_argument("--only", nargs="*", default=[],
                     help="run only the throughput rows whose name contains one of these (plus berth, "
                          "wasmtime serve and native hyper, which the ratios need)")
-    ap.add_argument("--modules", nargs="*", default=list(MODULES), choices=list(MODULES),
-                    help="the components to serve")
+    ap.add_argument("--modules", nargs="*", default=["hello", "wasi-proxy"], choices=list(MODULES),
+                    help="the components to serve (python and js: the heavy ones, not run by default)")
     ap.add_argument("--skip-install", action="store_true",
                     help="skip the install-time and restart measurements")
     ap.add_argument("--no-wasmtime", action="store_true",

@@ -144,15 +144,16 @@ fn new_refuses_the_json_template_for_python() {
 }
 
 /// `berth base --tiers` (the compilers behind a cold install) takes only the
-/// two lists it documents.
+/// three lists it documents.
 #[test]
 fn base_refuses_a_tier_list_it_does_not_know() {
-    for bad in ["winch", "cranelift,winch", "llvm"] {
+    for bad in ["winch,winch", "cranelift,winch", "llvm"] {
         let err = failure(berth(&["base", "--tiers", bad]));
         assert!(
             err.contains(&format!("`{bad}` is not a tier list"))
                 && err.contains("`winch,cranelift`")
-                && err.contains("`cranelift`"),
+                && err.contains("`cranelift`")
+                && err.contains("`winch`"),
             "{err}"
         );
     }

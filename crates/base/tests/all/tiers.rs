@@ -17,6 +17,16 @@ async fn tier_of(base: &TestBase, name: &str) -> Option<CodeTier> {
     list.modules[0].tier
 }
 
+/// The files in the base's compiled-code cache (none before the first).
+fn compiled_files(base: &TestBase) -> Vec<String> {
+    std::fs::read_dir(base.data_dir.path().join("cache/compiled"))
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// `berth_module_code_tier{module, version="1", tier}`.
 fn tier_gauge(metrics: &str, module: &str, tier: &str) -> Option<String> {
     let prefix =
@@ -125,10 +135,7 @@ async fn cranelift_only_never_compiles_with_winch() {
     base.install_path("hello", "1", HELLO).await;
     assert_eq!(tier_of(&base, "hello").await, Some(CodeTier::Cranelift));
     base.assert_hello_serves().await;
-    let compiled: Vec<String> = std::fs::read_dir(base.data_dir.path().join("cache/compiled"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
+    let compiled = compiled_files(&base);
     assert!(
         compiled.iter().all(|f| f.contains("-cranelift-")),
         "{compiled:?}"
@@ -143,15 +150,7 @@ async fn winch_only_stays_on_winch_code_and_never_compiles_with_cranelift() {
     base.assert_hello_serves().await;
     // The Winch code is written to the cache in the background; once it is
     // there, nothing else may follow.
-    let compiled_dir = base.data_dir.path().join("cache/compiled");
-    let compiled = || -> Vec<String> {
-        std::fs::read_dir(&compiled_dir)
-            .map(|d| {
-                d.map(|e| e.unwrap().file_name().into_string().unwrap())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let compiled = || compiled_files(&base);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !compiled().iter().any(|f| f.contains("-winch-")) {
         assert!(

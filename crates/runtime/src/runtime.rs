@@ -39,8 +39,8 @@ struct Inner {
     baseline: Option<Baseline>,
 }
 
-/// The baseline tier: a Winch engine with its own linker and ticker, and the
-/// thread that moves its modules up to Cranelift code.
+/// The baseline tier: a Winch engine with its own linker (and the shared
+/// ticker), and the thread that moves its modules up to Cranelift code.
 struct Baseline {
     engine: Engine,
     linker: Linker<HostState>,
@@ -107,11 +107,21 @@ impl Runtime {
             builtin_capabilities(Some(Arc::new(kv.clone()))).extended_by(&config.capabilities);
         let linker = host_linker(&engine, &capabilities)?;
 
-        let ticker = Arc::new(EpochTicker::start(engine.clone()));
-        let (baseline, cache) = match config.tiers {
-            Tiers::CraneliftOnly => (None, ModuleCache::open(&config.cache_dir, &engine)?),
-            Tiers::WinchThenCranelift | Tiers::WinchOnly => {
-                let winch = engine_for(&config, Strategy::Winch)?;
+        let winch = config
+            .tiers
+            .uses_winch()
+            .then(|| engine_for(&config, Strategy::Winch))
+            .transpose()?;
+        // One ticker thread for both engines: each tick is one wake-up that
+        // preempts whatever runs on its core, so two tickers cost twice that.
+        let ticker = Arc::new(EpochTicker::start(
+            std::iter::once(engine.clone())
+                .chain(winch.clone())
+                .collect(),
+        ));
+        let (baseline, cache) = match winch {
+            None => (None, ModuleCache::open(&config.cache_dir, &engine)?),
+            Some(winch) => {
                 let cache = ModuleCache::open(&config.cache_dir, &engine)?.with_baseline(&winch);
                 let optimizing = Optimizing {
                     engine: engine.clone(),
@@ -121,7 +131,7 @@ impl Runtime {
                 };
                 let baseline = Baseline {
                     linker: host_linker(&winch, &capabilities)?,
-                    ticker: Arc::new(EpochTicker::start(winch.clone())),
+                    ticker: ticker.clone(),
                     engine: winch,
                     optimizer: Optimizer::start(
                         Arc::new(

@@ -1,5 +1,8 @@
-//! The epoch ticker: advances an engine's epoch every [`EPOCH_TICK`], which
-//! drives CPU deadlines and lets busy guests yield their worker thread.
+//! The epoch ticker: advances the epoch of a runtime's engines (Cranelift's,
+//! and Winch's when tiers are on) every [`EPOCH_TICK`], which drives CPU
+//! deadlines and lets busy guests yield their worker thread. One thread
+//! ticks them all: each tick wakes a thread that preempts whatever runs on
+//! its core.
 //!
 //! The [`Runtime`](crate::Runtime) and every module it loaded hold it, so it
 //! stops only when the last of them is gone (deadlines keep working for a
@@ -18,8 +21,8 @@ pub(crate) struct EpochTicker {
 }
 
 impl EpochTicker {
-    /// Starts the thread ticking `engine`.
-    pub(crate) fn start(engine: Engine) -> Self {
+    /// Starts the thread ticking `engines`.
+    pub(crate) fn start(engines: Vec<Engine>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         std::thread::Builder::new()
@@ -27,7 +30,9 @@ impl EpochTicker {
             .spawn(move || {
                 while !flag.load(Ordering::Relaxed) {
                     std::thread::sleep(EPOCH_TICK);
-                    engine.increment_epoch();
+                    for engine in &engines {
+                        engine.increment_epoch();
+                    }
                 }
             })
             .expect("spawn the epoch ticker thread");

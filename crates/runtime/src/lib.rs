@@ -1,6 +1,6 @@
 //! The berth runtime: compiles, caches, instantiates and limits modules.
 //!
-//! A base owns one [`Runtime`]: one wasmtime [`Engine`](wasmtime::Engine)
+//! A base owns one [`Runtime`]: one wasmtime [`Engine`]
 //! with the pooling allocator, one [`Linker`](wasmtime::component::Linker)
 //! with the WASI 0.2 and `wasi:http` host interfaces, and one on-disk
 //! [`ModuleCache`] holding every artifact by sha256 digest beside its

@@ -18,24 +18,24 @@ struct Panic;
 impl wasip2::exports::http::incoming_handler::Guest for Panic {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
         let path = request.path_with_query().unwrap_or_default();
-        if path.ends_with("/after-head") {
-            let response = OutgoingResponse::new(Fields::new());
-            let body = response.body().expect("body is taken once");
-            ResponseOutparam::set(response_out, Ok(response));
-            let mut out = body.write().expect("stream is taken once");
-            out.write_all(b"the start of a body, then ").expect("write");
-            out.flush().expect("flush");
-            panic!("the panic module panics after its response head, on purpose");
-        }
-        if !path.ends_with("/ok") {
+        let after_head = path.ends_with("/after-head");
+        if !after_head && !path.ends_with("/ok") {
             panic!("the panic module was asked for {path} and panics on purpose");
         }
         let response = OutgoingResponse::new(Fields::new());
         let body = response.body().expect("body is taken once");
         ResponseOutparam::set(response_out, Ok(response));
         let mut out = body.write().expect("stream is taken once");
-        out.write_all(b"not panicking this time\n").expect("write");
+        let first: &[u8] = if after_head {
+            b"the start of a body, then "
+        } else {
+            b"not panicking this time\n"
+        };
+        out.write_all(first).expect("write");
         out.flush().expect("flush");
+        if after_head {
+            panic!("the panic module panics after its response head, on purpose");
+        }
         drop(out);
         OutgoingBody::finish(body, None).expect("finish body");
     }

@@ -33,9 +33,9 @@ pub struct BaseConfig {
     /// are answered `503` and closed (`--max-connections`).
     pub max_connections: usize,
     /// Ingress threads (`--ingress-threads`), each with its own
-    /// single-threaded runtime and its own socket on the ingress address
-    /// (`SO_REUSEPORT`), so a request and its guest never leave the thread
-    /// that accepted it; 0: the ingress is served on the caller's
+    /// single-threaded runtime and its own connections (a new one goes to
+    /// the thread with the fewest open: `berth_api::threads`), so a request
+    /// and its guest never leave the thread that took its connection; 0: the ingress is served on the caller's
     /// work-stealing runtime. See `crate::server`.
     pub ingress_threads: usize,
     /// Longest a client may take to send a request's headers before the

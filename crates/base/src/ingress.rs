@@ -15,10 +15,10 @@
 use std::convert::Infallible;
 use std::net::IpAddr;
 
+use berth_api::threads::Acceptor;
 use berth_runtime::ResponseBody;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::base::Base;
@@ -27,7 +27,7 @@ use crate::base::Base;
 /// in-flight requests finish (up to 10 s); the connection cap and header
 /// read timeout are the base's ([`crate::listener`]).
 pub(crate) async fn serve(
-    listener: TcpListener,
+    listener: Acceptor,
     base: Base,
     limits: crate::listener::Limits,
     shutdown: watch::Receiver<bool>,

@@ -12,11 +12,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use berth_api::threads::Acceptor;
 use http::{Request, Response};
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt as _;
-use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
 /// Limits of one listener.
@@ -36,7 +36,7 @@ pub(crate) struct Limits {
 /// Serves connections on `listener` with `service(peer)` until `shutdown`
 /// changes. `what` names the listener in logs and refusals.
 pub(crate) async fn serve<S, B>(
-    listener: TcpListener,
+    mut listener: Acceptor,
     limits: Limits,
     what: &'static str,
     service: impl Fn(SocketAddr) -> S,
@@ -58,7 +58,7 @@ pub(crate) async fn serve<S, B>(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
+                let (stream, peer, open) = match accepted {
                     Ok(accepted) => accepted,
                     Err(e) => {
                         // e.g. out of file descriptors: back off instead of spinning.
@@ -68,6 +68,7 @@ pub(crate) async fn serve<S, B>(
                     }
                 };
                 let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    drop(open);
                     tracing::warn!(listener = what, %peer, max = limits.max_connections, "connection refused: too many open");
                     let linger = lingering.clone().try_acquire_owned().ok();
                     tokio::spawn(refuse(stream, what, limits.max_connections, linger));
@@ -92,7 +93,7 @@ pub(crate) async fn serve<S, B>(
                                 tracing::debug!(listener = what, %peer, "TLS handshake timed out")
                             }
                         }
-                        drop(permit);
+                        drop((permit, open));
                     });
                     continue;
                 }
@@ -102,7 +103,7 @@ pub(crate) async fn serve<S, B>(
                     if let Err(e) = connection.await {
                         tracing::debug!(error = %e, listener = what, "connection ended with an error");
                     }
-                    drop(permit);
+                    drop((permit, open));
                 });
             }
             _ = shutdown.changed() => break,

@@ -58,7 +58,7 @@ impl Base {
         match ingress {
             Listeners::Shared(listener) => {
                 tasks.push(tokio::spawn(ingress::serve(
-                    listener,
+                    listener.into(),
                     base.clone(),
                     limits,
                     watcher.clone(),
@@ -78,7 +78,7 @@ impl Base {
             app = crate::auth::wrap(app, gate);
         }
         tasks.push(tokio::spawn(crate::listener::serve(
-            ops_listener,
+            ops_listener.into(),
             base.listener_limits(),
             "ops API",
             move |_| {
@@ -125,7 +125,7 @@ fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// An ingress thread: a single-threaded runtime serving `listener` until
 /// `shutdown` changes. Guests of the requests it accepts run on it too.
 fn ingress_thread(
-    listener: std::net::TcpListener,
+    listener: berth_api::threads::ThreadSocket,
     base: Base,
     limits: crate::listener::Limits,
     shutdown: watch::Receiver<bool>,

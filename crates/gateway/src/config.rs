@@ -68,9 +68,8 @@ pub struct GatewayConfig {
     /// TLS clients connect over (`--tls-cert`/`--tls-key`); `None`: plain HTTP.
     pub tls: Option<berth_api::tls::ServerTls>,
     /// Listener threads (`--threads`), each with its own single-threaded
-    /// runtime, its own listening socket on the same address
-    /// (`SO_REUSEPORT`: the kernel spreads connections) and its own
-    /// connections to the bases, so a request never leaves the thread
+    /// runtime, its own client connections (a new one goes to the thread
+    /// with the fewest open) and its own connections to the bases, so a request never leaves the thread
     /// that accepted it. 0: connections are served on the caller's
     /// (work-stealing) runtime. See `crate::server` for why.
     pub threads: usize,

@@ -5,8 +5,8 @@
 //! are served on the caller's tokio runtime, whose workers steal work from
 //! each other. With listener threads (`berth gateway --threads N`, one per
 //! core by default), each of N threads runs a
-//! single-threaded runtime with its own listening socket on the same
-//! address (`SO_REUSEPORT`: the kernel spreads new connections over them)
+//! single-threaded runtime with its own client connections (a new one goes
+//! to the thread with the fewest open: `berth_api::threads`)
 //! and its own idle connections to the bases (`crate::upstream`), the way
 //! HAProxy's and nginx's workers own their connections. A request then
 //! never moves between threads, which saves the cross-thread wake-ups of
@@ -24,11 +24,10 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use berth_api::threads::Listeners;
+use berth_api::threads::{Acceptor, Listeners};
 
 use crate::config::{GatewayConfig, GatewayError};
 use crate::metrics::Metrics;
@@ -111,7 +110,11 @@ impl Gateway {
         ];
         match listeners {
             Listeners::Shared(listener) => {
-                tasks.push(tokio::spawn(serve(listener, shared.clone(), watcher)));
+                tasks.push(tokio::spawn(serve(
+                    listener.into(),
+                    shared.clone(),
+                    watcher,
+                )));
             }
             Listeners::PerThread(listeners) => {
                 for (n, listener) in listeners.into_iter().enumerate() {
@@ -163,7 +166,7 @@ const LISTEN_BACKLOG: u32 = 4096;
 /// `shutdown` changes (see the module docs).
 fn listener_thread(
     n: usize,
-    listener: std::net::TcpListener,
+    listener: berth_api::threads::ThreadSocket,
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -174,13 +177,13 @@ fn listener_thread(
 }
 
 /// Accepts connections until `shutdown` changes.
-async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+async fn serve(mut listener: Acceptor, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let http = hyper::server::conn::http1::Builder::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (stream, remote) = match accepted {
+                let (stream, remote, open) = match accepted {
                     Ok(accepted) => accepted,
                     Err(e) => {
                         tracing::warn!(error = %e, "gateway accept failed");
@@ -207,6 +210,7 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::
                             }
                             _ => tracing::debug!(%remote, "gateway TLS handshake failed or timed out"),
                         }
+                        drop(open);
                     });
                     continue;
                 }
@@ -215,6 +219,7 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::
                     if let Err(e) = connection.await {
                         tracing::debug!(error = %e, "gateway connection ended with an error");
                     }
+                    drop(open);
                 });
             }
             _ = shutdown.changed() => break,

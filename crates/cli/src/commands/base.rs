@@ -103,8 +103,8 @@ pub struct BaseArgs {
     #[arg(long, default_value_t = 4096)]
     max_connections: usize,
     /// Ingress threads, each with its own single-threaded runtime and its
-    /// own socket on the ingress address (SO_REUSEPORT), so a request and
-    /// its module instance never change thread [default: one per core]; 0
+    /// own connections (a new one goes to the thread with the fewest
+    /// open), so a request and its module instance never change thread [default: one per core]; 0
     /// serves the ingress on one work-stealing runtime
     /// (TOKIO_WORKER_THREADS workers) instead.
     #[arg(long, env = "BERTH_INGRESS_THREADS")]

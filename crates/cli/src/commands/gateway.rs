@@ -42,8 +42,8 @@ pub struct GatewayArgs {
     #[arg(long, default_value = "250ms", value_parser = load_report_interval)]
     load_report_interval: Duration,
     /// Listener threads, each with its own single-threaded runtime, its
-    /// own socket on the listen address (SO_REUSEPORT) and its own
-    /// connections to the bases [default: one per core]; 0 serves on one
+    /// own client connections (a new one goes to the thread with the
+    /// fewest open) and its own connections to the bases [default: one per core]; 0 serves on one
     /// work-stealing runtime (TOKIO_WORKER_THREADS workers) instead.
     #[arg(long, env = "BERTH_GATEWAY_THREADS")]
     threads: Option<usize>,

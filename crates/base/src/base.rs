@@ -263,6 +263,7 @@ impl Base {
                     version: version.to_string(),
                     memory_bytes: module.memory_in_use(),
                     cpu_seconds: module.cpu_time().as_secs_f64(),
+                    long_requests: module.long_requests(),
                     tier: module.tier().as_str(),
                 })
                 .collect()

@@ -110,6 +110,7 @@ pub struct Metrics {
     failures: Family<KindLabels, Counter>,
     memory_in_use: Family<ModuleLabels, Gauge>,
     cpu: Family<ModuleLabels, Counter<f64, AtomicU64>>,
+    long_requests: Family<ModuleLabels, Counter>,
     pool_resident: Gauge,
     pool_resident_bound: Gauge,
     pool_warm_slots: Gauge,
@@ -198,6 +199,12 @@ impl Metrics {
             "Time a module version's requests spent inside guest code (every poll of instantiation and handler)",
             cpu.clone(),
         );
+        let long_requests = Family::<ModuleLabels, Counter>::default();
+        registry.register(
+            "module_long_requests",
+            "Requests of a module version that ran longer than one quantum (1 ms) of guest time and finished on the long-request workers, at a lower OS priority than the ingress threads",
+            long_requests.clone(),
+        );
         let pool_resident = Gauge::default();
         registry.register(
             "pool_resident_bytes",
@@ -285,6 +292,7 @@ impl Metrics {
             failures,
             memory_in_use,
             cpu,
+            long_requests,
             pool_resident,
             pool_resident_bound,
             pool_warm_slots,
@@ -432,6 +440,11 @@ impl Metrics {
             if v.cpu_seconds > seen {
                 cpu.inc_by(v.cpu_seconds - seen);
             }
+            let long = self.long_requests.get_or_create(&labels);
+            let seen = long.get();
+            if v.long_requests > seen {
+                long.inc_by(v.long_requests - seen);
+            }
         }
         if let Some(pool) = pool {
             self.pool_resident.set(pool.resident_bytes as i64);
@@ -474,6 +487,9 @@ pub struct VersionState {
     pub memory_bytes: u64,
     /// CPU its requests have used since it loaded, seconds.
     pub cpu_seconds: f64,
+    /// Its requests that ran longer than one quantum and moved to the
+    /// long-request workers.
+    pub long_requests: u64,
     /// The compiler tier its new requests run on (`winch`, `cranelift`).
     pub tier: &'static str,
 }

@@ -16,6 +16,22 @@
 //! version uses its share. A new request that would wait longer than its
 //! queue wait is turned away at once: 503 with `Retry-After`
 //! ([`HandleError::CpuThrottled`]).
+//!
+//! **Long requests leave the thread they started on.** A request starts on
+//! the thread that took its connection (an ingress thread) and, while it
+//! is short, finishes there: that is what makes a fresh instance per
+//! request cheap. A request whose polls have taken one quantum
+//! ([`LONG_AFTER`]) is moved to the long-request workers ([`Demotable`]),
+//! threads at a lower OS priority, and finishes there. Why: every runnable
+//! guest on an ingress thread adds up to a quantum to the wait of each
+//! short request behind it on that thread, and the OS gave a spinning
+//! thread as much of a core as one that serves many short requests. With
+//! a module spinning to its deadline and another hogging memory beside
+//! hello on 2 cores, hello kept 3% of its requests/s alone; with the move
+//! it keeps most of them (bench/README.md, "Long requests move off the
+//! ingress threads"). Nothing is configured: a module is not marked slow,
+//! each of its requests earns the move by running long, the way a
+//! multilevel feedback queue demotes a process that uses its whole slice.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -33,6 +49,8 @@ pub(crate) const BURST: Duration = Duration::from_millis(20);
 #[derive(Debug)]
 pub(crate) struct CpuAccount {
     used_ns: AtomicU64,
+    /// Requests that outran [`LONG_AFTER`] and moved ([`Demotable`]).
+    long_requests: AtomicU64,
     share: Option<Share>,
 }
 
@@ -73,6 +91,7 @@ impl CpuAccount {
     pub(crate) fn new(millis: Option<u32>) -> Self {
         Self {
             used_ns: AtomicU64::new(0),
+            long_requests: AtomicU64::new(0),
             share: millis.map(|millis| Share {
                 millis: millis.max(1),
                 bucket: Mutex::new(Bucket {
@@ -86,6 +105,11 @@ impl CpuAccount {
     /// CPU time used so far.
     pub(crate) fn used(&self) -> Duration {
         Duration::from_nanos(self.used_ns.load(Ordering::Relaxed))
+    }
+
+    /// Requests that ran long and moved to the long-request workers.
+    pub(crate) fn long_requests(&self) -> u64 {
+        self.long_requests.load(Ordering::Relaxed)
     }
 
     fn charge(&self, took: Duration) {
@@ -143,6 +167,157 @@ impl CpuAccount {
     }
 }
 
+/// Guest time after which a request counts as long and leaves the thread
+/// it started on for the long-request workers: one quantum (the epoch
+/// tick), so a request that yields once for running too long moves.
+pub(crate) const LONG_AFTER: Duration = Duration::from_millis(1);
+
+/// The niceness of the long-request workers: weight 110 against a normal
+/// thread's 1024, so the OS runs a waking ingress thread first, while a
+/// long request still gets about a tenth of a busy core (a lower priority
+/// class, `SCHED_IDLE`, starved them entirely, and a lock held by a starved
+/// thread then stalled an ingress thread for 300 ms).
+const LONG_WORKER_NICE: i32 = 10;
+
+/// The long-request workers: one per core, at [`LONG_WORKER_NICE`], shared
+/// by every base in the process (as the epoch ticker is). Built on first use.
+fn long_workers() -> &'static tokio::runtime::Handle {
+    static WORKERS: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    WORKERS
+        .get_or_init(|| {
+            let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(cores)
+                .thread_name("long-requests")
+                .on_thread_start(lower_this_threads_priority)
+                .enable_all()
+                .build()
+                .expect("the long-request worker threads could not start")
+        })
+        .handle()
+}
+
+/// Sets the calling thread's niceness to [`LONG_WORKER_NICE`] (Linux: the
+/// niceness is per thread).
+#[allow(unsafe_code)]
+fn lower_this_threads_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: setpriority changes only this thread's scheduling weight.
+        let tid = unsafe { libc::gettid() } as libc::id_t;
+        // SAFETY: as above; a failure leaves the priority as it was.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, LONG_WORKER_NICE) } != 0 {
+            tracing::debug!(
+                error = %std::io::Error::last_os_error(),
+                "long-request worker keeps its priority"
+            );
+        }
+    }
+}
+
+/// A future and the time its polls took so far.
+struct Timed<F> {
+    future: Pin<Box<F>>,
+    spent: Duration,
+}
+
+impl<F: Future> Future for Timed<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let started = Instant::now();
+        let polled = self.future.as_mut().poll(cx);
+        self.spent += started.elapsed();
+        polled
+    }
+}
+
+/// A request's guest future: polled where it was spawned (an ingress
+/// thread) until its polls have taken [`LONG_AFTER`], then moved to the
+/// long-request workers, where it runs to the end.
+pub(crate) struct Demotable<F: Future> {
+    state: Lane<F>,
+    account: std::sync::Arc<CpuAccount>,
+}
+
+enum Lane<F: Future> {
+    /// On the thread it started on.
+    Here(Timed<F>),
+    /// On the long-request workers.
+    Long(tokio::task::JoinHandle<F::Output>),
+    Done,
+}
+
+impl<F: Future> Demotable<F> {
+    /// `future`, counted in `account` if it moves.
+    pub(crate) fn new(future: F, account: std::sync::Arc<CpuAccount>) -> Self {
+        Self {
+            state: Lane::Here(Timed {
+                future: Box::pin(future),
+                spent: Duration::ZERO,
+            }),
+            account,
+        }
+    }
+}
+
+impl<F: Future> Drop for Demotable<F> {
+    fn drop(&mut self) {
+        if let Lane::Long(handle) = &self.state {
+            handle.abort();
+        }
+    }
+}
+
+impl<F> Future for Demotable<F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        let out = match &mut this.state {
+            Lane::Here(timed) => match Pin::new(&mut *timed).poll(cx) {
+                Poll::Ready(out) => out,
+                Poll::Pending if timed.spent >= LONG_AFTER => {
+                    let Lane::Here(timed) = std::mem::replace(&mut this.state, Lane::Done) else {
+                        unreachable!("matched above")
+                    };
+                    this.account.long_requests.fetch_add(1, Ordering::Relaxed);
+                    // Spawned tasks are scheduled at once; polling the
+                    // handle registers this task to be woken at the end.
+                    let mut handle = long_workers().spawn(timed);
+                    if let Poll::Ready(joined) = Pin::new(&mut handle).poll(cx) {
+                        return Poll::Ready(joined_output(joined));
+                    }
+                    this.state = Lane::Long(handle);
+                    return Poll::Pending;
+                }
+                Poll::Pending => return Poll::Pending,
+            },
+            Lane::Long(handle) => match Pin::new(handle).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(joined) => joined_output(joined),
+            },
+            Lane::Done => panic!("a request's guest future was polled after it completed"),
+        };
+        this.state = Lane::Done;
+        Poll::Ready(out)
+    }
+}
+
+/// The output of a guest future that ran on the long-request workers; its
+/// panic goes on in the task that waits for it.
+fn joined_output<T>(joined: Result<T, tokio::task::JoinError>) -> T {
+    match joined {
+        Ok(out) => out,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => panic!("the long-request workers dropped a request: {e}"),
+    }
+}
+
 pin_project_lite::pin_project! {
     /// `future`, with the time of each poll charged to `account`, and not
     /// polled while the account is over its share.
@@ -193,6 +368,52 @@ impl<F: Future> Future for Metered<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The name of the thread a future finished on, after spinning for
+    /// `spin` and yielding once.
+    async fn finishes_on(spin: Duration, account: std::sync::Arc<CpuAccount>) -> String {
+        Demotable::new(
+            async move {
+                let started = Instant::now();
+                while started.elapsed() < spin {
+                    std::hint::spin_loop();
+                }
+                tokio::task::yield_now().await;
+                std::thread::current().name().unwrap_or("").to_string()
+            },
+            account,
+        )
+        .await
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_request_that_runs_a_quantum_moves_to_the_long_request_workers() {
+        let account = std::sync::Arc::new(CpuAccount::new(None));
+        let here = std::thread::current().name().map(str::to_string);
+        let short = finishes_on(Duration::ZERO, account.clone()).await;
+        assert_eq!(Some(short), here, "a short request stays where it started");
+        assert_eq!(account.long_requests(), 0);
+
+        let long = finishes_on(LONG_AFTER * 3, account.clone()).await;
+        assert_eq!(long, "long-requests");
+        assert_eq!(account.long_requests(), 1);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_panic_on_the_long_request_workers_reaches_the_task_that_waits() {
+        let account = std::sync::Arc::new(CpuAccount::new(None));
+        let waiting = tokio::spawn(Demotable::new(
+            async {
+                std::thread::sleep(LONG_AFTER * 2);
+                tokio::task::yield_now().await;
+                panic!("guest host code panicked");
+            },
+            account.clone(),
+        ));
+        let error = waiting.await.expect_err("the panic went on");
+        assert!(error.is_panic());
+        assert_eq!(account.long_requests(), 1);
+    }
 
     #[test]
     fn a_share_drains_at_its_rate() {

@@ -131,6 +131,12 @@ impl LoadedModule {
         self.cpu.used()
     }
 
+    /// Requests of this version that ran longer than one quantum of guest
+    /// time and finished on the long-request workers (see `cpu`).
+    pub fn long_requests(&self) -> u64 {
+        self.cpu.long_requests()
+    }
+
     /// Idle warm instances of a `pooled` version (0 for `fresh`).
     pub fn warm_instances(&self) -> usize {
         self.warm.as_ref().map_or(0, |pool| pool.idle())
@@ -362,7 +368,10 @@ impl LoadedModule {
                 }
             }
         };
-        let task = tokio::spawn(Metered::new(guest, self.cpu.clone()));
+        let task = tokio::spawn(crate::cpu::Demotable::new(
+            Metered::new(guest, self.cpu.clone()),
+            self.cpu.clone(),
+        ));
 
         match receiver.await {
             Ok(Ok(response)) => {

@@ -1,6 +1,7 @@
 //! The per-request engine through a real base: a CPU share answered with
 //! 503 + `Retry-After`, CPU seconds and the instance pool in `/metrics`,
-//! and the `pooled` policy discarded by a version switch.
+//! the `pooled` policy discarded by a version switch, and a request that
+//! runs long moving to the long-request workers.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -187,4 +188,41 @@ async fn a_bad_cpu_share_or_pool_bound_is_refused_and_changes_nothing() {
     let modules = base.list().await.modules;
     assert_eq!(modules.len(), 1, "only hello is installed: {modules:?}");
     base.assert_hello_serves().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_runs_long_moves_off_and_short_ones_keep_serving() {
+    let base = Arc::new(TestBase::start().await);
+    base.install_path("hello", "1", HELLO).await;
+    let request = InstallRequest {
+        limits: Some(Limits {
+            timeout_ms: Some(300),
+            ..Limits::default()
+        }),
+        ..install_request("spin", "1", SPIN)
+    };
+    let (status, body) = base.install(&request).await;
+    assert_eq!(status, 201, "{body}");
+
+    let spinner = {
+        let base = base.clone();
+        tokio::spawn(async move { base.get("/spin").await.0 })
+    };
+    // hello answers while spin runs to its deadline.
+    for _ in 0..5 {
+        base.assert_hello_serves().await;
+    }
+    assert_eq!(spinner.await.unwrap(), 504, "spin runs to its deadline");
+
+    let text = base.metrics_text().await;
+    let long = |module: &str| {
+        metric(
+            &text,
+            &format!(r#"berth_module_long_requests_total{{module="{module}",version="1"}}"#),
+        )
+    };
+    assert_eq!(long("spin"), Some(1.0), "{text}");
+    // hello's requests take microseconds; one the OS preempted for a
+    // quantum in the middle of a poll may move too, but not all of them.
+    assert!(long("hello").is_some_and(|n| n < 5.0), "{text}");
 }

@@ -202,7 +202,7 @@ impl Metrics {
         let long_requests = Family::<ModuleLabels, Counter>::default();
         registry.register(
             "module_long_requests",
-            "Requests of a module version that ran longer than one quantum (1 ms) of guest time and finished on the long-request workers, at a lower OS priority than the ingress threads",
+            "Requests of a module version that ran on the long-request workers (at a lower OS priority than the ingress threads): moved there after one quantum (1 ms) of guest time, or started there because most of its recent requests ran that long",
             long_requests.clone(),
         );
         let pool_resident = Gauge::default();
@@ -487,8 +487,7 @@ pub struct VersionState {
     pub memory_bytes: u64,
     /// CPU its requests have used since it loaded, seconds.
     pub cpu_seconds: f64,
-    /// Its requests that ran longer than one quantum and moved to the
-    /// long-request workers.
+    /// Its requests that ran on the long-request workers.
     pub long_requests: u64,
     /// The compiler tier its new requests run on (`winch`, `cranelift`).
     pub tier: &'static str,

@@ -32,11 +32,15 @@
 //! ingress threads"). Nothing is configured: a module is not marked slow,
 //! each of its requests earns the move by running long, the way a
 //! multilevel feedback queue demotes a process that uses its whole slice.
+//! A version most of whose recent requests ran long starts its requests
+//! on the workers, so their first quanta do not run on the ingress threads
+//! either; one request that only looked long (the OS preempted it mid-poll)
+//! does not do that, as the average needs about six in a row.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -49,8 +53,11 @@ pub(crate) const BURST: Duration = Duration::from_millis(20);
 #[derive(Debug)]
 pub(crate) struct CpuAccount {
     used_ns: AtomicU64,
-    /// Requests that outran [`LONG_AFTER`] and moved ([`Demotable`]).
+    /// Requests that ran on the long-request workers ([`Demotable`]).
     long_requests: AtomicU64,
+    /// How many of the recent requests ran long, in 1/1024: a moving
+    /// average over about the last 8.
+    recently_long: AtomicU32,
     share: Option<Share>,
 }
 
@@ -92,6 +99,7 @@ impl CpuAccount {
         Self {
             used_ns: AtomicU64::new(0),
             long_requests: AtomicU64::new(0),
+            recently_long: AtomicU32::new(0),
             share: millis.map(|millis| Share {
                 millis: millis.max(1),
                 bucket: Mutex::new(Bucket {
@@ -107,9 +115,28 @@ impl CpuAccount {
         Duration::from_nanos(self.used_ns.load(Ordering::Relaxed))
     }
 
-    /// Requests that ran long and moved to the long-request workers.
+    /// Requests that ran on the long-request workers.
     pub(crate) fn long_requests(&self) -> u64 {
         self.long_requests.load(Ordering::Relaxed)
+    }
+
+    /// Records whether a request's guest ran past [`LONG_AFTER`].
+    fn ran(&self, long: bool) {
+        let sample = if long { 1024 } else { 0 };
+        let _ = self
+            .recently_long
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |average| {
+                Some(average - average / 8 + sample / 8)
+            });
+    }
+
+    /// Whether most of the version's recent requests ran long, so its next
+    /// one starts on the long-request workers. A short module whose request
+    /// the OS happened to preempt mid-poll (and so looked long) needs about
+    /// six such requests in a row to get there; one that starts there and
+    /// runs short comes back after about six.
+    fn starts_long(&self) -> bool {
+        self.recently_long.load(Ordering::Relaxed) >= 512
     }
 
     fn charge(&self, took: Duration) {
@@ -222,19 +249,23 @@ struct Timed<F> {
 }
 
 impl<F: Future> Future for Timed<F> {
-    type Output = F::Output;
+    /// The output and the time all polls took.
+    type Output = (F::Output, Duration);
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let started = Instant::now();
         let polled = self.future.as_mut().poll(cx);
         self.spent += started.elapsed();
-        polled
+        polled.map(|out| (out, self.spent))
     }
 }
 
 /// A request's guest future: polled where it was spawned (an ingress
 /// thread) until its polls have taken [`LONG_AFTER`], then moved to the
-/// long-request workers, where it runs to the end.
+/// long-request workers, where it runs to the end. A version most of whose
+/// recent requests ran long ([`CpuAccount::starts_long`]) starts its
+/// requests on the workers: its first quanta would otherwise still run on
+/// the ingress threads, ahead of the requests it already moved there.
 pub(crate) struct Demotable<F: Future> {
     state: Lane<F>,
     account: std::sync::Arc<CpuAccount>,
@@ -244,20 +275,28 @@ enum Lane<F: Future> {
     /// On the thread it started on.
     Here(Timed<F>),
     /// On the long-request workers.
-    Long(tokio::task::JoinHandle<F::Output>),
+    Long(tokio::task::JoinHandle<(F::Output, Duration)>),
     Done,
 }
 
-impl<F: Future> Demotable<F> {
-    /// `future`, counted in `account` if it moves.
+impl<F> Demotable<F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    /// `future`, counted in `account`.
     pub(crate) fn new(future: F, account: std::sync::Arc<CpuAccount>) -> Self {
-        Self {
-            state: Lane::Here(Timed {
-                future: Box::pin(future),
-                spent: Duration::ZERO,
-            }),
-            account,
-        }
+        let timed = Timed {
+            future: Box::pin(future),
+            spent: Duration::ZERO,
+        };
+        let state = if account.starts_long() {
+            account.long_requests.fetch_add(1, Ordering::Relaxed);
+            Lane::Long(long_workers().spawn(timed))
+        } else {
+            Lane::Here(timed)
+        };
+        Self { state, account }
     }
 }
 
@@ -278,7 +317,7 @@ where
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = &mut *self;
-        let out = match &mut this.state {
+        let (out, spent) = match &mut this.state {
             Lane::Here(timed) => match Pin::new(&mut *timed).poll(cx) {
                 Poll::Ready(out) => out,
                 Poll::Pending if timed.spent >= LONG_AFTER => {
@@ -289,11 +328,13 @@ where
                     // Spawned tasks are scheduled at once; polling the
                     // handle registers this task to be woken at the end.
                     let mut handle = long_workers().spawn(timed);
-                    if let Poll::Ready(joined) = Pin::new(&mut handle).poll(cx) {
-                        return Poll::Ready(joined_output(joined));
+                    match Pin::new(&mut handle).poll(cx) {
+                        Poll::Ready(joined) => joined_output(joined),
+                        Poll::Pending => {
+                            this.state = Lane::Long(handle);
+                            return Poll::Pending;
+                        }
                     }
-                    this.state = Lane::Long(handle);
-                    return Poll::Pending;
                 }
                 Poll::Pending => return Poll::Pending,
             },
@@ -304,6 +345,7 @@ where
             Lane::Done => panic!("a request's guest future was polled after it completed"),
         };
         this.state = Lane::Done;
+        this.account.ran(spent >= LONG_AFTER);
         Poll::Ready(out)
     }
 }
@@ -397,6 +439,19 @@ mod tests {
         let long = finishes_on(LONG_AFTER * 3, account.clone()).await;
         assert_eq!(long, "long-requests");
         assert_eq!(account.long_requests(), 1);
+
+        // A version whose requests keep running long starts them on the
+        // workers, even a short one; short ones bring it back.
+        for _ in 0..7 {
+            finishes_on(LONG_AFTER * 2, account.clone()).await;
+        }
+        let short = finishes_on(Duration::ZERO, account.clone()).await;
+        assert_eq!(short, "long-requests", "started on the workers");
+        for _ in 0..8 {
+            finishes_on(Duration::ZERO, account.clone()).await;
+        }
+        let short = finishes_on(Duration::ZERO, account.clone()).await;
+        assert_eq!(Some(short), here, "back where it started");
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -131,8 +131,9 @@ impl LoadedModule {
         self.cpu.used()
     }
 
-    /// Requests of this version that ran longer than one quantum of guest
-    /// time and finished on the long-request workers (see `cpu`).
+    /// Requests of this version that ran on the long-request workers:
+    /// moved there after one quantum of guest time, or started there
+    /// because most of its recent requests ran that long (see `cpu`).
     pub fn long_requests(&self) -> u64 {
         self.cpu.long_requests()
     }

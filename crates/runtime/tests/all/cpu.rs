@@ -53,11 +53,9 @@ async fn hello_stays_prompt_beside_spinning_requests_and_spin_cpu_is_counted() {
         slowest < Duration::from_millis(300),
         "hello took {slowest:?} beside spinning requests"
     );
-    assert!(
-        spin.cpu_time() > before,
-        "spin's CPU time did not grow: {:?}",
-        spin.cpu_time()
-    );
+    // The spinners run on the long-request workers, below hello's priority:
+    // they may get no CPU while hello's requests run, but they do go on.
+    until("spin's CPU time to grow", || spin.cpu_time() > before).await;
     while let Some(done) = spinning.join_next().await {
         done.unwrap();
     }

@@ -242,24 +242,6 @@ fn lower_this_threads_priority() {
     }
 }
 
-/// A future and the time its polls took so far.
-struct Timed<F> {
-    future: Pin<Box<F>>,
-    spent: Duration,
-}
-
-impl<F: Future> Future for Timed<F> {
-    /// The output and the time all polls took.
-    type Output = (F::Output, Duration);
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let started = Instant::now();
-        let polled = self.future.as_mut().poll(cx);
-        self.spent += started.elapsed();
-        polled.map(|out| (out, self.spent))
-    }
-}
-
 /// A request's guest future: polled where it was spawned (an ingress
 /// thread) until its polls have taken [`LONG_AFTER`], then moved to the
 /// long-request workers, where it runs to the end. A version most of whose
@@ -273,7 +255,7 @@ pub(crate) struct Demotable<F: Future> {
 
 enum Lane<F: Future> {
     /// On the thread it started on.
-    Here(Timed<F>),
+    Here(Pin<Box<Metered<F>>>),
     /// On the long-request workers.
     Long(tokio::task::JoinHandle<(F::Output, Duration)>),
     Done,
@@ -284,17 +266,15 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    /// `future`, counted in `account`.
+    /// `future`, metered in `account` ([`Metered`]).
     pub(crate) fn new(future: F, account: std::sync::Arc<CpuAccount>) -> Self {
-        let timed = Timed {
-            future: Box::pin(future),
-            spent: Duration::ZERO,
-        };
+        // Boxed: it may move to the workers after its first polls.
+        let metered = Box::pin(Metered::new(future, account.clone()));
         let state = if account.starts_long() {
             account.long_requests.fetch_add(1, Ordering::Relaxed);
-            Lane::Long(long_workers().spawn(timed))
+            Lane::Long(long_workers().spawn(metered))
         } else {
-            Lane::Here(timed)
+            Lane::Here(metered)
         };
         Self { state, account }
     }
@@ -318,16 +298,16 @@ where
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = &mut *self;
         let (out, spent) = match &mut this.state {
-            Lane::Here(timed) => match Pin::new(&mut *timed).poll(cx) {
+            Lane::Here(metered) => match metered.as_mut().poll(cx) {
                 Poll::Ready(out) => out,
-                Poll::Pending if timed.spent >= LONG_AFTER => {
-                    let Lane::Here(timed) = std::mem::replace(&mut this.state, Lane::Done) else {
+                Poll::Pending if metered.spent >= LONG_AFTER => {
+                    let Lane::Here(metered) = std::mem::replace(&mut this.state, Lane::Done) else {
                         unreachable!("matched above")
                     };
                     this.account.long_requests.fetch_add(1, Ordering::Relaxed);
                     // Spawned tasks are scheduled at once; polling the
                     // handle registers this task to be woken at the end.
-                    let mut handle = long_workers().spawn(timed);
+                    let mut handle = long_workers().spawn(metered);
                     match Pin::new(&mut handle).poll(cx) {
                         Poll::Ready(joined) => joined_output(joined),
                         Poll::Pending => {
@@ -362,13 +342,15 @@ fn joined_output<T>(joined: Result<T, tokio::task::JoinError>) -> T {
 
 pin_project_lite::pin_project! {
     /// `future`, with the time of each poll charged to `account`, and not
-    /// polled while the account is over its share.
+    /// polled while the account is over its share. Its output comes with
+    /// the time all its polls took.
     pub(crate) struct Metered<F> {
-        // In place (the task that runs it is one allocation already).
         #[pin]
         inner: F,
         account: std::sync::Arc<CpuAccount>,
         delay: Option<Pin<Box<tokio::time::Sleep>>>,
+        // The time its polls have taken so far.
+        spent: Duration,
     }
 }
 
@@ -378,14 +360,15 @@ impl<F: Future> Metered<F> {
             inner: future,
             account,
             delay: None,
+            spent: Duration::ZERO,
         }
     }
 }
 
 impl<F: Future> Future for Metered<F> {
-    type Output = F::Output;
+    type Output = (F::Output, Duration);
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         loop {
             if let Some(delay) = this.delay.as_mut() {
@@ -402,8 +385,10 @@ impl<F: Future> Future for Metered<F> {
         }
         let started = Instant::now();
         let result = this.inner.poll(cx);
-        this.account.charge(started.elapsed());
-        result
+        let took = started.elapsed();
+        this.account.charge(took);
+        *this.spent += took;
+        result.map(|out| (out, *this.spent))
     }
 }
 

@@ -28,7 +28,7 @@ use tokio::sync::Semaphore;
 use crate::artifact::Digest;
 use crate::body::{Coalesced, ResponseBody, coalesce, full_body, unless_failed};
 use crate::capability::{Capabilities, Configured, InstanceContext};
-use crate::cpu::{CpuAccount, Metered};
+use crate::cpu::{CpuAccount, Demotable};
 use crate::error::{HandleError, LoadError};
 use crate::host::HostState;
 use crate::instances::{Settled, Warm, WarmPool};
@@ -369,10 +369,7 @@ impl LoadedModule {
                 }
             }
         };
-        let task = tokio::spawn(crate::cpu::Demotable::new(
-            Metered::new(guest, self.cpu.clone()),
-            self.cpu.clone(),
-        ));
+        let task = tokio::spawn(Demotable::new(guest, self.cpu.clone()));
 
         match receiver.await {
             Ok(Ok(response)) => {

@@ -47,7 +47,7 @@ pub fn bind(
     threads: usize,
     backlog: u32,
 ) -> std::io::Result<(Listeners, SocketAddr)> {
-    let listener = socket(addr)?.listen(backlog)?;
+    let listener = listen(addr, backlog)?;
     let addr = listener.local_addr()?;
     if threads == 0 {
         return Ok((Listeners::Shared(listener), addr));

@@ -271,8 +271,7 @@ where
         // Boxed: it may move to the workers after its first polls.
         let metered = Box::pin(Metered::new(future, account.clone()));
         let state = if account.starts_long() {
-            account.long_requests.fetch_add(1, Ordering::Relaxed);
-            Lane::Long(long_workers().spawn(metered))
+            Lane::Long(to_long_workers(metered, &account))
         } else {
             Lane::Here(metered)
         };
@@ -304,10 +303,9 @@ where
                     let Lane::Here(metered) = std::mem::replace(&mut this.state, Lane::Done) else {
                         unreachable!("matched above")
                     };
-                    this.account.long_requests.fetch_add(1, Ordering::Relaxed);
                     // Spawned tasks are scheduled at once; polling the
                     // handle registers this task to be woken at the end.
-                    let mut handle = long_workers().spawn(metered);
+                    let mut handle = to_long_workers(metered, &this.account);
                     match Pin::new(&mut handle).poll(cx) {
                         Poll::Ready(joined) => joined_output(joined),
                         Poll::Pending => {
@@ -328,6 +326,19 @@ where
         this.account.ran(spent >= LONG_AFTER);
         Poll::Ready(out)
     }
+}
+
+/// Runs `metered` on the long-request workers, counted in `account`.
+fn to_long_workers<F>(
+    metered: Pin<Box<Metered<F>>>,
+    account: &CpuAccount,
+) -> tokio::task::JoinHandle<(F::Output, Duration)>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    account.long_requests.fetch_add(1, Ordering::Relaxed);
+    long_workers().spawn(metered)
 }
 
 /// The output of a guest future that ran on the long-request workers; its

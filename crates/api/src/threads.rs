@@ -112,6 +112,11 @@ impl Balance {
 /// before the thread registers it with its runtime.
 pub struct ThreadSocket {
     listener: std::net::TcpListener,
+    seat: Seat,
+}
+
+/// A listener thread's place among the threads of one socket.
+struct Seat {
     index: usize,
     inbox: mpsc::UnboundedReceiver<Handover>,
     balance: Arc<Balance>,
@@ -143,9 +148,11 @@ fn balanced(
         .map(|(index, inbox)| {
             Ok(ThreadSocket {
                 listener: listener.try_clone()?,
-                index,
-                inbox,
-                balance: balance.clone(),
+                seat: Seat {
+                    index,
+                    inbox,
+                    balance: balance.clone(),
+                },
             })
         })
         .collect()
@@ -162,9 +169,7 @@ pub enum Acceptor {
 /// A [`ThreadSocket`] registered with its thread's runtime.
 pub struct BalancedAcceptor {
     listener: tokio::net::TcpListener,
-    index: usize,
-    inbox: mpsc::UnboundedReceiver<Handover>,
-    balance: Arc<Balance>,
+    seat: Seat,
 }
 
 impl From<tokio::net::TcpListener> for Acceptor {
@@ -206,36 +211,35 @@ impl BalancedAcceptor {
     async fn accept(
         &mut self,
     ) -> std::io::Result<(tokio::net::TcpStream, SocketAddr, OpenConnection)> {
+        let seat = &mut self.seat;
         loop {
             let (stream, peer) = tokio::select! {
                 biased;
-                Some((stream, peer)) = self.inbox.recv() => {
+                Some((stream, peer)) = seat.inbox.recv() => {
                     // Counted by the thread that chose this one.
-                    return Ok((tokio::net::TcpStream::from_std(stream)?, peer, self.open()));
+                    return Ok((tokio::net::TcpStream::from_std(stream)?, peer, seat.open()));
                 }
                 accepted = self.listener.accept() => accepted?,
             };
-            let thread = self.balance.choose(self.index);
-            if thread == self.index {
-                return Ok((stream, peer, self.open()));
+            let threads = &seat.balance.threads;
+            let thread = seat.balance.choose(seat.index);
+            if thread == seat.index {
+                return Ok((stream, peer, seat.open()));
             }
             // Off this runtime (still non-blocking), onto the other's.
             let handed = (stream.into_std()?, peer);
-            if let Err(mpsc::error::SendError((stream, peer))) =
-                self.balance.threads[thread].inbox.send(handed)
+            if let Err(mpsc::error::SendError((stream, peer))) = threads[thread].inbox.send(handed)
             {
                 // That thread has stopped: serve the connection here.
-                self.balance.threads[thread]
-                    .open
-                    .fetch_sub(1, Ordering::Relaxed);
-                self.balance.threads[self.index]
-                    .open
-                    .fetch_add(1, Ordering::Relaxed);
-                return Ok((tokio::net::TcpStream::from_std(stream)?, peer, self.open()));
+                threads[thread].open.fetch_sub(1, Ordering::Relaxed);
+                threads[seat.index].open.fetch_add(1, Ordering::Relaxed);
+                return Ok((tokio::net::TcpStream::from_std(stream)?, peer, seat.open()));
             }
         }
     }
+}
 
+impl Seat {
     /// A connection's place in this thread's count (already raised).
     fn open(&self) -> OpenConnection {
         OpenConnection(Some((self.balance.clone(), self.index)))
@@ -261,22 +265,9 @@ where
         }
     };
     runtime.block_on(async move {
-        let ThreadSocket {
-            listener,
-            index,
-            inbox,
-            balance,
-        } = socket;
+        let ThreadSocket { listener, seat } = socket;
         match tokio::net::TcpListener::from_std(listener) {
-            Ok(listener) => {
-                serve(Acceptor::Balanced(BalancedAcceptor {
-                    listener,
-                    index,
-                    inbox,
-                    balance,
-                }))
-                .await
-            }
+            Ok(listener) => serve(Acceptor::Balanced(BalancedAcceptor { listener, seat })).await,
             Err(e) => tracing::error!(error = %e, thread = name, "listener thread cannot listen"),
         }
     });
@@ -298,7 +289,7 @@ mod tests {
         let Listeners::PerThread(sockets) = listeners else {
             panic!("two threads asked, one shared socket given")
         };
-        let balance = sockets[0].balance.clone();
+        let balance = sockets[0].seat.balance.clone();
         let (stop, stopped) = tokio::sync::watch::channel(false);
         for socket in sockets {
             let mut stopped = stopped.clone();
@@ -312,7 +303,7 @@ mod tests {
                         let Acceptor::Balanced(balanced) = &acceptor else {
                             panic!("a listener thread got a plain socket")
                         };
-                        let index = balanced.index as u8;
+                        let index = balanced.seat.index as u8;
                         tokio::spawn(async move {
                             stream.write_all(&[index]).await.unwrap();
                             let _ = stream.read(&mut [0u8; 1]).await;

@@ -70,7 +70,7 @@ fn main() {
             engine(|_| {}),
         ),
         (
-            "winch, trampolines at opt-level none (berth now)",
+            "winch, trampolines at opt-level none (berth before 2026-12-01)",
             engine(|c| {
                 c.cranelift_opt_level(OptLevel::None);
             }),
@@ -87,6 +87,16 @@ fn main() {
             engine(|c| {
                 c.cranelift_opt_level(OptLevel::None)
                     .native_unwind_info(false);
+            }),
+        ),
+        (
+            "winch, opt-level none, trampolines through a cache (berth now)",
+            engine(|c| {
+                c.cranelift_opt_level(OptLevel::None)
+                    .enable_incremental_compilation(std::sync::Arc::new(
+                        berth_runtime::TrampolineCache::new(berth_runtime::trampolines::BUDGET),
+                    ))
+                    .expect("incremental cache");
             }),
         ),
     ];

@@ -22,7 +22,9 @@
 //! Code comes in two tiers ([`Tiers`]): a module whose code is not cached
 //! serves first on Winch's (a second engine, compiled in a fraction of
 //! Cranelift's time) while Cranelift compiles it in the background; the
-//! optimized code then takes over atomically ([`LoadedModule::tier`]).
+//! optimized code then takes over atomically ([`LoadedModule::tier`]). The
+//! Cranelift trampolines beside Winch's code compile once per shape
+//! ([`trampolines`]).
 //!
 //! The runtime knows nothing about routes, names or versions: that is the
 //! base's business. It answers "is this a valid module, and run it".
@@ -50,6 +52,7 @@ pub mod signature;
 mod ticker;
 mod tier;
 mod trace;
+pub mod trampolines;
 
 pub use artifact::{Digest, ParseDigestError};
 pub use async_trait::async_trait;
@@ -72,6 +75,7 @@ pub use settings::{InstancePolicy, Limits, MAX_HOPS, ModuleSettings};
 pub use signature::{SignatureError, TrustKeys};
 pub use tier::{ExpectedCode, ParseTiersError, Tier, TierUpGate, Tiers};
 pub use trace::{TRACEPARENT, TraceParent};
+pub use trampolines::TrampolineCache;
 pub use wasmtime::{self, Engine};
 pub use wasmtime_wasi_http::WasiBody;
 

@@ -19,6 +19,7 @@ use crate::module::{LoadedModule, ModuleEnv};
 use crate::pool::{InstanceCount, PoolStats};
 use crate::ticker::EpochTicker;
 use crate::tier::{Code, ExpectedCode, Job, Optimizer, Save, Tier, TieredCode, Tiers};
+use crate::trampolines::TrampolineCache;
 
 /// One wasmtime engine with its linker and module cache. Cheap to clone.
 #[derive(Clone)]
@@ -507,10 +508,24 @@ fn store_code(
 fn baseline_engine() -> Result<Engine, LoadError> {
     let mut wasm = Config::new();
     wasm.strategy(Strategy::Winch);
-    wasm.cranelift_opt_level(OptLevel::None);
+    share_trampolines(&mut wasm)?;
     Engine::new(&wasm).map_err(|e| LoadError::Invalid {
         reason: format!("cannot create the Winch engine: {e:#}"),
     })
+}
+
+/// Settings of every Winch engine for the trampolines wasmtime compiles
+/// with Cranelift beside Winch's code: at opt-level none, through the
+/// process's [`TrampolineCache`] (one compile per shape).
+fn share_trampolines(wasm: &mut Config) -> Result<(), LoadError> {
+    // They are a few instructions each, so optimizing them buys nothing
+    // and cost ~30% of a Winch install (bench/README.md, cold install).
+    wasm.cranelift_opt_level(OptLevel::None);
+    wasm.enable_incremental_compilation(TrampolineCache::shared())
+        .map_err(|e| LoadError::Invalid {
+            reason: format!("cannot share the Winch engine's trampolines: {e:#}"),
+        })?;
+    Ok(())
 }
 
 /// The wasmtime engine of a runtime with `config`: epoch interruption and
@@ -531,9 +546,7 @@ fn engine_for(config: &RuntimeConfig, strategy: Strategy) -> Result<Engine, Load
         // Winch compiles a module's functions; Cranelift still compiles the
         // trampolines between host and wasm (one per function that escapes:
         // thousands in an interpreter like CPython or StarlingMonkey).
-        // They are a few instructions each, so optimizing them buys nothing
-        // and cost ~30% of a Winch install (bench/README.md, cold install).
-        wasm.cranelift_opt_level(OptLevel::None);
+        share_trampolines(&mut wasm)?;
     }
     wasm.epoch_interruption(true);
     if config.pooling {

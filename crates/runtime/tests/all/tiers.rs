@@ -5,7 +5,8 @@
 use std::time::{Duration, Instant};
 
 use berth_example_modules::{COUNTER, ECHO, HELLO};
-use berth_runtime::{Digest, InstancePolicy, LoadedModule, Tier, TierUpGate};
+use berth_runtime::trampolines::{self, TrampolineCache};
+use berth_runtime::{Digest, InstancePolicy, LoadedModule, Tier, TierUpGate, Tiers};
 
 use crate::support::{TestRuntime, call};
 
@@ -133,4 +134,57 @@ async fn a_tier_up_drops_the_warm_instances_made_on_winch_code() {
         "Cranelift's code starts a new instance, then reuses it"
     );
     assert_eq!(counter.warm_instances(), 1);
+}
+
+#[test]
+fn winch_compiles_each_trampoline_shape_once() {
+    use wasmtime::component::Component;
+    // An engine and cache of its own: other tests' compiles do not count.
+    let cache = std::sync::Arc::new(TrampolineCache::new(trampolines::BUDGET));
+    let mut config = wasmtime::Config::new();
+    config
+        .strategy(wasmtime::Strategy::Winch)
+        .cranelift_opt_level(wasmtime::OptLevel::None)
+        .enable_incremental_compilation(cache.clone())
+        .expect("the vendored Winch builder takes an incremental cache");
+    let engine = wasmtime::Engine::new(&config).unwrap();
+
+    Component::new(&engine, std::fs::read(HELLO).unwrap()).unwrap();
+    let (hits, misses) = (cache.hits(), cache.misses());
+    assert!(misses > 0, "no trampoline went through the cache");
+    assert!(
+        hits > 0,
+        "hello has trampolines of one shape, yet each compiled ({misses} misses)"
+    );
+    // A second module: most of its shapes are hello's.
+    Component::new(&engine, std::fs::read(COUNTER).unwrap()).unwrap();
+    let (hits, misses) = (cache.hits() - hits, cache.misses() - misses);
+    eprintln!("counter after hello: {hits} trampolines from the cache, {misses} compiled");
+    assert!(
+        hits > misses,
+        "counter's trampolines mostly compiled again: {hits} hits, {misses} misses"
+    );
+}
+
+#[tokio::test]
+async fn winch_code_with_shared_trampolines_serves() {
+    // hello's and counter's Winch code, counter's trampolines partly from
+    // the process's cache (filled by hello's compile if by nothing else).
+    let rt = TestRuntime::with(|c| c.tiers = Tiers::WinchOnly);
+    let hello = rt.try_load(HELLO).unwrap();
+    let before = TrampolineCache::shared().hits();
+    let counter = rt.try_load(COUNTER).unwrap();
+    assert_eq!((hello.tier(), counter.tier()), (Tier::Winch, Tier::Winch));
+    assert!(
+        TrampolineCache::shared().hits() > before,
+        "the runtime's Winch engine does not use the shared trampoline cache"
+    );
+    let (status, body) = call(&hello, "/", None).await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "Hello from berth!\n"));
+    for _ in 0..2 {
+        let (status, body) = call(&counter, "/global", None).await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        let value: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(value["global"], 1, "{body}");
+    }
 }

@@ -15,7 +15,12 @@ Cranelift's code took over (`berth status` shows the tier). Target: <= 1 s
 each on Winch code (Cranelift only: 5.4 s Python, 6.7 s JavaScript).
 
 Usage: bench/cold_install.py [--rounds 3] [--skip-build] [--debug]
-(`--debug` runs the debug build, for a quick smoke run: not figures.)
+                              [--tiers winch,cranelift] [--first-only]
+                              [--berth PATH]
+(`--debug` runs the debug build, for a quick smoke run: not figures;
+`--tiers` measures one tier setting only; `--first-only` stops at the
+first 200 instead of also waiting for Cranelift to take over; `--berth`
+measures another binary, e.g. an older build for an A/B run.)
 """
 
 import argparse
@@ -65,7 +70,7 @@ def cpu_seconds(pid):
         return None
 
 
-def cold_install(work, tiers, name, wasm):
+def cold_install(work, tiers, name, wasm, first_only=False):
     """One install on an empty cache: (upload -> first 200 ms, install ms,
     tier at first 200, s until Cranelift took over or None, CPU ms the base
     spent from upload to first 200 or None)."""
@@ -88,7 +93,7 @@ def cold_install(work, tiers, name, wasm):
         cpu_ms = (cpu1 - cpu0) * 1e3 if cpu0 is not None and cpu1 is not None else None
         tier = tier_of(base, name)
         took_over = None
-        if tier == "winch":
+        if tier == "winch" and not first_only:
             while tier_of(base, name) != "cranelift":
                 if time.perf_counter() - t0 > 300:
                     break
@@ -105,8 +110,14 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--skip-build", action="store_true")
     ap.add_argument("--debug", action="store_true", help="use target/debug (smoke run, not figures)")
+    ap.add_argument("--tiers", choices=TIERS, help="measure this tier setting only")
+    ap.add_argument("--first-only", action="store_true",
+                    help="stop at the first 200 (do not wait for Cranelift to take over)")
+    ap.add_argument("--berth", help="a berth binary to measure instead of the release build")
     args = ap.parse_args()
-    if args.debug:
+    if args.berth:
+        bench.RELEASE = os.path.dirname(os.path.abspath(args.berth))
+    elif args.debug:
         bench.RELEASE = os.path.join(bench.ROOT, "target", "debug")
         if not args.skip_build:
             subprocess.run(["cargo", "build", "--workspace", "--bins"], cwd=bench.ROOT, check=True)
@@ -116,9 +127,9 @@ def main():
     work = tempfile.mkdtemp(dir=os.path.join(bench.ROOT, "target"), prefix="bench-cold-")
     components = build_components(berth, work)
     results = {}
-    for tiers in TIERS:
+    for tiers in [args.tiers] if args.tiers else TIERS:
         for lang, (name, wasm) in components.items():
-            runs = [cold_install(work, tiers, name, wasm) for _ in range(args.rounds)]
+            runs = [cold_install(work, tiers, name, wasm, args.first_only) for _ in range(args.rounds)]
             firsts = [r[0] for r in runs]
             over = [r[3] for r in runs if r[3] is not None]
             results[f"{lang} --tiers {tiers}"] = {

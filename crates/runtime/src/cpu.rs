@@ -199,12 +199,22 @@ impl CpuAccount {
 /// tick), so a request that yields once for running too long moves.
 pub(crate) const LONG_AFTER: Duration = Duration::from_millis(1);
 
-/// The niceness of the long-request workers: weight 110 against a normal
+/// The niceness of the long-request workers: weight 335 against a normal
 /// thread's 1024, so the OS runs a waking ingress thread first, while a
-/// long request still gets about a tenth of a busy core (a lower priority
-/// class, `SCHED_IDLE`, starved them entirely, and a lock held by a starved
-/// thread then stalled an ingress thread for 300 ms).
-const LONG_WORKER_NICE: i32 = 10;
+/// long request still gets about a quarter of a busy core.
+///
+/// Why 5 (bench/README.md, "Long-request workers at nice 5"): not every
+/// request that runs past a quantum belongs to a long module. A pooled
+/// Python module saturated by short requests has a few hundred a second
+/// that do (a new warm instance, a garbage collection, a poll the OS
+/// preempted); at nice 10 (a tenth of a core) they queued there for
+/// 330–455 ms, its p99, against 19–35 ms at nice 5 and 10 ms at nice 0.
+/// Beside `spin` and `hog`, hello keeps about as much at nice 5 as at 10
+/// (74% against 73% of its requests/s alone), its p99 4.7 against 3.6 ms;
+/// at nice 0 it keeps 58% at 7.7 ms. A lower priority class, `SCHED_IDLE`,
+/// starved the workers entirely, and a lock held by a starved thread then
+/// stalled an ingress thread for 300 ms.
+const LONG_WORKER_NICE: i32 = 5;
 
 /// The long-request workers: one per core, at [`LONG_WORKER_NICE`], shared
 /// by every base in the process (as the epoch ticker is). Built on first use.

@@ -7,16 +7,7 @@ use std::time::{Duration, Instant};
 use berth_example_modules::{HELLO, SPIN};
 use berth_runtime::{HandleError, LoadedModule};
 
-use crate::support::{TestRuntime, call};
-
-/// Polls `check` every 10 ms until it holds, failing after 10 s.
-async fn until(what: &str, check: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+use crate::support::{TestRuntime, call, until};
 
 fn spinners(spin: &LoadedModule, n: usize) -> tokio::task::JoinSet<()> {
     let mut set = tokio::task::JoinSet::new();

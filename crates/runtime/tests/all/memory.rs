@@ -1,25 +1,21 @@
 //! Memory reset: a freed instance's written pages stay resident (up to the
 //! keep-resident bytes) for the next instance, bounded and reported.
 
-use std::time::{Duration, Instant};
-
 use berth_example_modules::{HELLO, HOG};
 use berth_runtime::{PoolStats, Runtime};
 
-use crate::support::{TestRuntime, call};
+use crate::support::{TestRuntime, call, until};
 
 /// The pool once no instance is live: a request's instance is freed when
 /// its guest task ends, a moment after the client has the whole response
 /// (later still if the request ran on the long-request workers).
 async fn settled(runtime: &Runtime) -> PoolStats {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let stats = runtime.pool_stats().expect("the runtime pools");
-        if stats.instances == 0 || Instant::now() > deadline {
-            return stats;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let stats = || runtime.pool_stats().expect("the runtime pools");
+    until("the request's instance to be freed", || {
+        stats().instances == 0
+    })
+    .await;
+    stats()
 }
 
 #[tokio::test]

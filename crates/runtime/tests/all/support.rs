@@ -80,3 +80,15 @@ pub async fn call(
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
     Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
 }
+
+/// Polls `check` every 10 ms until it holds, failing after 10 s.
+pub async fn until(what: &str, check: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

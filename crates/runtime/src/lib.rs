@@ -39,6 +39,7 @@ mod error;
 mod extensions;
 pub mod failpoint;
 mod host;
+mod hugepages;
 mod instances;
 mod interfaces;
 mod kv;

@@ -76,10 +76,7 @@ impl Optimizing {
         {
             Some(component) => component,
             None => {
-                let component =
-                    Component::new(&self.engine, bytes).map_err(|e| LoadError::Invalid {
-                        reason: format!("{e:#}"),
-                    })?;
+                let component = compile(&self.engine, bytes)?;
                 store_code(&self.cache, &digest, Tier::Cranelift, &component)?;
                 component
             }
@@ -349,10 +346,7 @@ impl Runtime {
             return Ok(CacheOutcome::Hit);
         }
         check_header(bytes)?;
-        let component =
-            Component::new(&self.inner.engine, bytes).map_err(|e| LoadError::Invalid {
-                reason: format!("{e:#}"),
-            })?;
+        let component = compile(&self.inner.engine, bytes)?;
         cache.store_artifact(&digest, bytes)?;
         store_code(cache, &digest, Tier::Cranelift, &component)?;
         Ok(CacheOutcome::Miss)
@@ -438,9 +432,7 @@ impl Runtime {
                 reason: "Winch compilation failed on purpose (force_winch_failure is set)".into(),
             });
         }
-        Component::new(&baseline.engine, bytes).map_err(|e| LoadError::Invalid {
-            reason: format!("{e:#}"),
-        })
+        compile(&baseline.engine, bytes)
     }
 }
 
@@ -460,6 +452,16 @@ fn save_later(cache: &ModuleCache, digest: Digest, tier: Tier, component: Compon
             ),
             Err(e) => tracing::warn!(%digest, %tier, error = %e, "cannot cache compiled code"),
         }
+    })
+}
+
+/// Compiles `bytes` with `engine`: every compile of the runtime goes
+/// through here, with transparent huge pages off while it runs
+/// ([`crate::hugepages`]).
+fn compile(engine: &Engine, bytes: &[u8]) -> Result<Component, LoadError> {
+    let _small_pages = crate::hugepages::small_pages();
+    Component::new(engine, bytes).map_err(|e| LoadError::Invalid {
+        reason: format!("{e:#}"),
     })
 }
 
@@ -617,20 +619,13 @@ fn link(
 /// Winch cannot compile is checked with Cranelift.
 pub fn validate(bytes: &[u8]) -> Result<(), LoadError> {
     check_header(bytes)?;
-    let compiled = baseline_engine().and_then(|engine| {
-        Component::new(&engine, bytes)
-            .map(|component| (engine, component))
-            .map_err(|e| LoadError::Invalid {
-                reason: format!("{e:#}"),
-            })
-    });
+    let compiled = baseline_engine()
+        .and_then(|engine| compile(&engine, bytes).map(|component| (engine, component)));
     let (engine, component) = match compiled {
         Ok(compiled) => compiled,
         Err(_) => {
             let engine = Engine::default();
-            let component = Component::new(&engine, bytes).map_err(|e| LoadError::Invalid {
-                reason: format!("{e:#}"),
-            })?;
+            let component = compile(&engine, bytes)?;
             (engine, component)
         }
     };
@@ -651,9 +646,7 @@ pub fn compile_for_fleet(
     bytes: &[u8],
 ) -> Result<(Vec<u8>, Vec<String>), LoadError> {
     check_header(bytes)?;
-    let component = Component::new(engine, bytes).map_err(|e| LoadError::Invalid {
-        reason: format!("{e:#}"),
-    })?;
+    let component = compile(engine, bytes)?;
     let mut imports: Vec<String> = component
         .component_type()
         .imports(engine)

@@ -788,6 +788,14 @@ impl Controller {
     }
 }
 
+/// Waits until `base` no longer serves `hello` (uninstalled after its drain).
+fn wait_dropped(base: &BaseProcess) {
+    eventually("the base dropped hello", || {
+        get(base.ingress.trim_start_matches("http://"), "/hello", &[])
+            .is_some_and(|(status, _)| status == 404)
+    });
+}
+
 /// Sends `signal` (`STOP`, `CONT`) to `child`.
 fn signal(child: &Child, signal: &str) {
     let status = Command::new("kill")
@@ -821,10 +829,7 @@ fn an_idle_deployment_goes_to_zero_and_the_next_request_through_the_gateway_acti
     assert!(!head.contains("x-berth-cold-start-ms"), "{head}");
     // No request for idleAfter: 0 replicas, nothing left on the base.
     ctl.wait_zero();
-    eventually("the base dropped hello", || {
-        get(base.ingress.trim_start_matches("http://"), "/hello", &[])
-            .is_some_and(|(status, _)| status == 404)
-    });
+    wait_dropped(&base);
     // The next request is held, activates it, and is answered.
     let (status, head, body) = fetch(&gateway.addr, "/hello", &[]).unwrap();
     assert_eq!(status, 200, "{body}");
@@ -862,8 +867,11 @@ fn held_requests_beyond_the_queue_and_an_activation_no_base_can_take_get_503_say
                 .any(|l| l == "berth_gateway_replicas{module=\"hello\"} 0")
         })
     });
-    // The base is frozen: the activated replica cannot start, so the
-    // first request stays held and fills the queue of one.
+    // The base is frozen once it has uninstalled hello (frozen before, its
+    // last report would still show hello ready, and the controller would
+    // route the activation's request to it): the activated replica cannot
+    // start, so the first request stays held and fills the queue of one.
+    wait_dropped(&base);
     signal(&base.child, "STOP");
     let held = in_thread(&gateway);
     eventually("one request held", || {

@@ -1,15 +1,16 @@
 //! Compiles run with transparent huge pages off.
 //!
 //! A compile allocates and frees a few hundred MB (an 18 MB Python
-//! component peaks at ~450 MB of heap). The allocator (mimalloc) asks the
+//! component's compile peaks at 450–590 MB). The allocator (mimalloc) asks the
 //! kernel for huge pages on its arenas, so each fresh 2 MiB of that heap is
 //! one huge-page fault that zeroes all 2 MiB at once, from physical memory
 //! the kernel must find contiguous: on these machines (a VM, where memory
 //! the guest has not touched yet is also faulted in by the host), zeroing
 //! pages took 40–50% of a cold install's CPU, and installs of the same
-//! component ranged from 1.1 to 2.1 s. With huge pages off while it runs,
-//! the same install took 1.05–1.12 s, every time (bench/README.md,
-//! "Compiles run on small pages").
+//! component ranged from 0.9 to 2.1 s. With huge pages off while it runs,
+//! the slowest of 10 installs took 1.09 s against 1.32 s, and the
+//! slowest JavaScript one 1.26 s against 1.63 s; the medians did not move
+//! (bench/README.md, "Compiles run on small pages").
 //!
 //! Why not off for good: the flag is per process, and serving is what huge
 //! pages are for (an earlier measurement with them off for the whole

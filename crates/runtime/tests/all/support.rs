@@ -2,6 +2,7 @@
 //! requests made with hyper types.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use berth_runtime::{
     CallContext, Digest, LoadError, LoadedModule, ModuleSettings, Runtime, RuntimeConfig,
@@ -83,12 +84,9 @@ pub async fn call(
 
 /// Polls `check` every 10 ms until it holds, failing after 10 s.
 pub async fn until(what: &str, check: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(10);
     while !check() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

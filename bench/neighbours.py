@@ -8,13 +8,16 @@ while two more wrk processes keep `--neighbour-connections` requests in
 flight on each of `spin` and `hog` (both saturating their limits the whole
 time), interleaved over rounds. With `--cpu-share X` the two neighbours are
 also installed with `limits.cpu` X cores each (their requests queue past
-it), as a second loaded row.
+it), as a second loaded row. A last row is the reference the OS gives
+without berth: hello beside one busy loop per core in *other* processes
+(`python3 -c "while True: pass"`) at niceness `--outside-nice` (19, the
+lowest; a negative value leaves the row out).
 
 Targets (issue #16): beside the neighbours, hello keeps >= 50% of its
 requests/s alone, and its p99 stays <= 3x its p99 alone.
 
 Usage: bench/neighbours.py [--rounds 3] [--duration 8] [--connections 8]
-                           [--neighbour-connections 4] [--cpu-share 0.25]
+                           [--neighbour-connections 4] [--cpu-share 0.25] [--outside-nice 19]
                            [--skip-build] [--berth target/debug/berth]  (smoke run)
 """
 
@@ -55,10 +58,20 @@ def start_base(tmp, cpu_share):
     return b
 
 
-def measure(b, args, loaded):
-    """hello's wrk figures, with the two neighbours saturated when `loaded`."""
+def busy_loops(nice):
+    """One busy loop per core in processes of their own, at niceness `nice`."""
+    return [subprocess.Popen(["nice", "-n", str(nice), "python3", "-c", "while True: pass"])
+            for _ in range(os.cpu_count() or 2)]
+
+
+def measure(b, args, load):
+    """hello's wrk figures, with the two neighbours saturated when `load` is
+    "modules", with busy loops in other processes when it is "outside"."""
     neighbours = []
-    if loaded:
+    outside = busy_loops(args.outside_nice) if load == "outside" else []
+    if outside:
+        time.sleep(0.5)
+    if load == "modules":
         for path in ("spin", "hog"):
             neighbours.append(subprocess.Popen(
                 bench.wrk_command(f"http://127.0.0.1:{b.port}/{path}", args.duration + 4,
@@ -68,6 +81,9 @@ def measure(b, args, loaded):
     try:
         r = bench.run_wrk(f"http://127.0.0.1:{b.port}/hello", args.duration, args.connections, 1)
     finally:
+        for proc in outside:
+            proc.kill()
+            proc.wait()
         loads = []
         for proc in neighbours:
             out, _ = proc.communicate()
@@ -84,6 +100,8 @@ def main():
     ap.add_argument("--neighbour-connections", type=int, default=4, help="wrk connections on each of spin and hog")
     ap.add_argument("--cpu-share", type=float, default=0.25,
                     help="limits.cpu of spin and hog in the second loaded row (0: no such row)")
+    ap.add_argument("--outside-nice", type=int, default=19,
+                    help="niceness of the busy loops in the reference row (negative: no such row)")
     ap.add_argument("--skip-build", action="store_true")
     ap.add_argument("--berth", help="a berth binary to use instead of the release build (smoke runs)")
     args = ap.parse_args()
@@ -93,18 +111,21 @@ def main():
         bench.RELEASE = os.path.dirname(os.path.abspath(args.berth))
     elif not args.skip_build:
         bench.build()
-    configs = [("hello alone", 0, False), ("beside spin + hog", 0, True)]
+    configs = [("hello alone", 0, None), ("beside spin + hog", 0, "modules")]
     if args.cpu_share:
-        configs.append((f"beside spin + hog at limits.cpu {args.cpu_share:g} each", args.cpu_share, True))
+        configs.append((f"beside spin + hog at limits.cpu {args.cpu_share:g} each", args.cpu_share, "modules"))
+    if args.outside_nice >= 0:
+        configs.append((f"reference: beside {os.cpu_count() or 2} busy loops in other processes at nice "
+                        f"{args.outside_nice}", 0, "outside"))
     results = {name: [] for name, _, _ in configs}
     tmp = tempfile.mkdtemp(prefix="berth-neighbours-")
     try:
         for rnd in range(args.rounds):
-            for name, share, loaded in configs[rnd % len(configs):] + configs[:rnd % len(configs)]:
+            for name, share, load in configs[rnd % len(configs):] + configs[:rnd % len(configs)]:
                 b = start_base(tmp, share)
                 try:
                     bench.run_wrk(f"http://127.0.0.1:{b.port}/hello", 2, args.connections, 1)  # warm-up
-                    r = measure(b, args, loaded)
+                    r = measure(b, args, load)
                 finally:
                     b.stop()
                 bench.log(f"round {rnd + 1} {name}: {r['rps']:.0f} rps, p50 {r['p50']:.3f} ms, "
@@ -130,8 +151,9 @@ def main():
             continue
         rps = statistics.median(r["rps"] for r in runs) / statistics.median(r["rps"] for r in alone)
         p99 = statistics.median(r["p99"] for r in runs) / statistics.median(r["p99"] for r in alone)
-        print(f"- {name}: hello keeps **{rps:.0%}** of its requests/s alone (target >= 50%), "
-              f"p99 **{p99:.1f}x** alone (target <= 3x)")
+        targets = ("", "") if name.startswith("reference") else (" (target >= 50%)", " (target <= 3x)")
+        print(f"- {name}: hello keeps **{rps:.0%}** of its requests/s alone{targets[0]}, "
+              f"p99 **{p99:.1f}x** alone{targets[1]}")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ memory kept resident and reset with PAGEMAP_SCAN), nothing kept (every page
 returned with madvise, the pre-#16 default), 4 MiB kept with and without
 pagemap scan, and the opt-in `pooled` policy (warm instances reused for
 1000 requests) against `wasmtime serve --max-instance-reuse-count 1000`,
-and one thread layout (`TOKIO_WORKER_THREADS=1`: one runtime worker
+with and without `-Wtimeout` (a timeout turns on the epoch checks berth
+always has, to stop a guest that runs too long), and one thread layout (`TOKIO_WORKER_THREADS=1`: one runtime worker
 instead of one per core);
 `wasmtime serve` runs with its defaults and tuned like issue #16
 (`-O pooling-memory-keep-resident=4194304 -O pooling-table-keep-resident=65536
@@ -435,6 +436,13 @@ def serve_wasmtime_reuse(tmp, wasm):
     return serve_wasmtime_with(wasm, ["--max-instance-reuse-count", "1000"])
 
 
+def serve_wasmtime_reuse_timeout(tmp, wasm):
+    # The same, able to stop a guest that runs too long as berth always is:
+    # `-Wtimeout` turns on epoch interruption, whose checks at function
+    # entries and loop heads cost guest code some speed.
+    return serve_wasmtime_with(wasm, ["--max-instance-reuse-count", "1000", "-Wtimeout=30s"])
+
+
 def serve_wasmtime(tmp, wasm):
     return serve_wasmtime_with(wasm, [])
 
@@ -468,6 +476,7 @@ SERVERS = {
     "wasmtime serve": serve_wasmtime,
     "wasmtime serve, tuned": serve_wasmtime_tuned,
     "wasmtime serve --max-instance-reuse-count 1000": serve_wasmtime_reuse,
+    "wasmtime serve --max-instance-reuse-count 1000 -Wtimeout=30s": serve_wasmtime_reuse_timeout,
     "native hyper": serve_native,
 }
 # Rows every ratio below needs, whatever --only selects.
@@ -567,6 +576,8 @@ def print_throughput(args, module, results, cpu):
                        (f"berth, {mib(KEEP_RESIDENT[module])} kept resident", "wasmtime serve, tuned"),
                        ("berth, Winch tier", "berth"),
                        ("berth, pooled (1000 requests)", "wasmtime serve --max-instance-reuse-count 1000"),
+                       ("berth, pooled (1000 requests)",
+                        "wasmtime serve --max-instance-reuse-count 1000 -Wtimeout=30s"),
                        ("berth, 1 worker thread", "berth")]:
         if ours in med and peer in med:
             print(f"- {ours} / {peer} = **{med[ours] / med[peer]:.2f}x** (medians)")

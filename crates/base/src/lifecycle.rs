@@ -431,7 +431,7 @@ impl Lifecycle {
         let runtime = self.runtime.clone();
         let size_bytes = bytes.len() as u64;
         let (module, outcome) =
-            tokio::task::spawn_blocking(move || runtime.load(digest, Some(&bytes)))
+            tokio::task::spawn_blocking(move || runtime.load(digest, Some(bytes)))
                 .await
                 .expect("load task")?;
         berth_runtime::failpoint::hit("install:compiled");

@@ -335,15 +335,89 @@ fn upload_options_from_query(query: &str) -> Result<InstallRequest, OpsError> {
     })
 }
 
-/// Reads at most `max` bytes of `body`.
-async fn read_body(body: Body, max: usize, what: &str) -> Result<bytes::Bytes, OpsError> {
-    axum::body::to_bytes(body, max).await.map_err(|e| {
-        // The only error besides I/O is the length limit.
-        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-        {
-            too_large(what, max as u64 + 1, max)
-        } else {
-            OpsError::InvalidRequest(format!("cannot read {what}: {e}"))
+/// Reads at most `max` bytes of `body`, into one buffer sized from its
+/// Content-Length: each chunk is copied once and dropped, so the
+/// connection's read buffer is reused. (Collecting the chunks and joining
+/// them at the end held a whole upload twice, in freshly faulted memory:
+/// ~3% of a cold install's CPU for an 18 MB module, before its compile
+/// could start.)
+async fn read_body(mut body: Body, max: usize, what: &str) -> Result<bytes::Bytes, OpsError> {
+    use http_body::Body as _;
+    use http_body_util::BodyExt as _;
+    let announced = body.size_hint().lower();
+    if announced > max as u64 {
+        return Err(too_large(what, announced, max));
+    }
+    let mut buffer = bytes::BytesMut::with_capacity(announced as usize);
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| OpsError::InvalidRequest(format!("cannot read {what}: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            if buffer.len() + data.len() > max {
+                return Err(too_large(what, max as u64 + 1, max));
+            }
+            buffer.extend_from_slice(&data);
         }
-    })
+    }
+    Ok(buffer.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use std::collections::VecDeque;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// A body of chunks, streamed with no length known up front.
+    struct Chunks(VecDeque<&'static [u8]>);
+
+    impl http_body::Body for Chunks {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+            Poll::Ready(
+                self.0
+                    .pop_front()
+                    .map(|c| Ok(http_body::Frame::data(Bytes::from_static(c)))),
+            )
+        }
+    }
+
+    fn streamed(chunks: &[&'static [u8]]) -> Body {
+        Body::new(Chunks(chunks.iter().copied().collect()))
+    }
+
+    #[tokio::test]
+    async fn an_upload_is_read_whole_up_to_the_limit_and_refused_past_it() {
+        let read = read_body(streamed(&[b"abc", b"def", b"g"]), 7, "the body").await;
+        assert_eq!(read.unwrap(), Bytes::from_static(b"abcdefg"));
+
+        // Streamed past the limit: refused once the limit is crossed.
+        let over = read_body(streamed(&[b"abc", b"def", b"gh"]), 7, "the body").await;
+        let Err(OpsError::PayloadTooLarge(message)) = over else {
+            panic!("an 8-byte body over a 7-byte limit was read: {over:?}")
+        };
+        assert!(message.contains("limit of 7 bytes"), "{message}");
+
+        // A length announced past the limit: refused before any byte is read.
+        let announced = read_body(Body::from(vec![0u8; 8]), 7, "the body").await;
+        let Err(OpsError::PayloadTooLarge(message)) = announced else {
+            panic!("an announced 8-byte body over a 7-byte limit was read: {announced:?}")
+        };
+        assert!(message.contains("is 8 bytes or more"), "{message}");
+
+        assert_eq!(
+            read_body(Body::from(vec![1u8; 7]), 7, "the body")
+                .await
+                .unwrap()
+                .len(),
+            7
+        );
+    }
 }

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, Strategy};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -215,10 +217,15 @@ impl Runtime {
     /// returns. Every compiled tier is cached. The caller must have checked
     /// that `bytes` hash to `digest`. Compilation is CPU-heavy and blocking:
     /// call this from `spawn_blocking`, never from a request task.
+    ///
+    /// `bytes` is shared, not copied: the background Cranelift compile keeps
+    /// a reference (a copy of an 18 MB artifact, into freshly faulted
+    /// memory, cost a Winch install ~1% of its CPU, between Winch's code
+    /// and the first request).
     pub fn load(
         &self,
         digest: Digest,
-        bytes: Option<&[u8]>,
+        bytes: Option<Bytes>,
     ) -> Result<(LoadedModule, CacheOutcome), LoadError> {
         let inner = &*self.inner;
         let cache = &inner.cache;
@@ -229,7 +236,7 @@ impl Runtime {
         };
         if let Some(component) = optimized {
             let pre = link(&inner.linker, &component)?;
-            if let Some(bytes) = bytes {
+            if let Some(bytes) = &bytes {
                 cache.store_artifact(&digest, bytes)?;
             }
             let code = Code {
@@ -248,12 +255,12 @@ impl Runtime {
             && let Some(component) = load_precompiled(cache, &baseline.engine, &digest, Tier::Winch)
         {
             let pre = link(&baseline.linker, &component)?;
-            if let Some(bytes) = bytes {
+            if let Some(bytes) = &bytes {
                 cache.store_artifact(&digest, bytes)?;
             }
             let artifact = match bytes {
-                Some(bytes) => Some(Arc::from(bytes)),
-                None => cache.read_artifact(&digest).ok().map(Arc::from),
+                Some(bytes) => Some(bytes),
+                None => cache.read_artifact(&digest).ok().map(Bytes::from),
             };
             return Ok((
                 self.on_winch(baseline, digest, pre, artifact, None)?,
@@ -261,14 +268,11 @@ impl Runtime {
             ));
         }
         let given = bytes.is_some();
-        let owned;
-        let bytes = match bytes {
+        let shared = match bytes {
             Some(bytes) => bytes,
-            None => {
-                owned = cache.read_artifact(&digest)?;
-                &owned
-            }
+            None => Bytes::from(cache.read_artifact(&digest)?),
         };
+        let bytes = &shared[..];
         check_header(bytes)?;
         if let Some(baseline) = &inner.baseline {
             let started = std::time::Instant::now();
@@ -285,7 +289,7 @@ impl Runtime {
                     let pre = link(&baseline.linker, &component)?;
                     let save = save_later(cache, digest, Tier::Winch, component);
                     let module =
-                        self.on_winch(baseline, digest, pre, Some(Arc::from(bytes)), Some(save))?;
+                        self.on_winch(baseline, digest, pre, Some(shared.clone()), Some(save))?;
                     tracing::debug!(
                         %digest,
                         bytes = bytes.len(),
@@ -385,7 +389,7 @@ impl Runtime {
         baseline: &Baseline,
         digest: Digest,
         pre: ProxyPre<HostState>,
-        artifact: Option<Arc<[u8]>>,
+        artifact: Option<Bytes>,
         save: Option<Save>,
     ) -> Result<LoadedModule, LoadError> {
         let code = TieredCode::new(

@@ -193,7 +193,7 @@ impl TieredCode {
 /// A module waiting for its optimized code.
 pub(crate) struct Job {
     pub(crate) target: Weak<TieredCode>,
-    pub(crate) bytes: Arc<[u8]>,
+    pub(crate) bytes: bytes::Bytes,
     /// Winch code compiled by the install, still to be written to the cache
     /// (off the install's critical path).
     pub(crate) unsaved: Option<Save>,

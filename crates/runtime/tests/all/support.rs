@@ -35,7 +35,7 @@ impl TestRuntime {
     pub fn try_load(&self, path: &str) -> Result<LoadedModule, LoadError> {
         let bytes = std::fs::read(path).unwrap();
         self.runtime
-            .load(Digest::of(&bytes), Some(&bytes))
+            .load(Digest::of(&bytes), Some(bytes.into()))
             .map(|(module, _)| module)
     }
 

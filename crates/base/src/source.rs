@@ -377,12 +377,13 @@ impl Sources {
                 }
                 return Err(unreachable(format!("the server answered {status}")));
             }
-            if let Some(len) = response.content_length()
-                && len > max as u64
-            {
-                return Err(too_large(url, len, max));
+            let announced = response.content_length().unwrap_or(0);
+            if announced > max as u64 {
+                return Err(too_large(url, announced, max));
             }
-            let mut body = Vec::new();
+            // Sized from the announced length (within the limit), as an
+            // upload is: one buffer, no regrowth copies of a large artifact.
+            let mut body = Vec::with_capacity(announced as usize);
             let mut stream = response.bytes_stream();
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(|e| unreachable(error_chain(&e)))?;

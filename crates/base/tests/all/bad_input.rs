@@ -286,6 +286,32 @@ async fn an_oversized_upload_is_refused() {
 }
 
 #[tokio::test]
+async fn a_streamed_upload_past_the_limit_is_refused_and_changes_nothing() {
+    // No Content-Length: the limit can only be found while reading.
+    let hello = std::fs::read(HELLO).unwrap();
+    let limit = hello.len();
+    let base = TestBase::start_with(|c| c.max_artifact_bytes = limit).await;
+    base.install_path("hello", "1.0.0", HELLO).await;
+    let before = base.list().await;
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = vec![Ok(hello), Ok(vec![0u8; 64])];
+    let response = base
+        .client
+        .post(base.ops(&format!("/v1/modules?{}", upload_query("big"))))
+        .header("content-type", "application/wasm")
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    let message = expect_error(
+        (response.status().as_u16(), response.json().await.unwrap()),
+        413,
+        "payload_too_large",
+    );
+    assert!(message.contains(&limit.to_string()), "{message}");
+    assert_untouched(&base, &before).await;
+}
+
+#[tokio::test]
 async fn uninstalling_what_is_not_there_is_a_clear_404() {
     let (base, before) = base_with_hello().await;
     let delete = |path: &str| {

@@ -20,15 +20,14 @@
 //! The defaults (64 KiB of memory, 64 KiB of tables) cover what a Rust
 //! hello writes (20 KiB, 5 pages), so a hot small module's instances run
 //! without a fault or an `madvise`; a module that writes more gets the rest
-//! back by `madvise`. Heavy components (Python, JavaScript) write tens of
-//! MiB per instance: a base that hosts them gains from
-//! `--memory-keep-resident 67108864` (see `bench/README.md`), at the cost
-//! below. For CPython, add `--no-pagemap-scan`: wasmtime 48's scan collects
-//! at most 32 dirty regions and decommits everything past them, and a
-//! CPython heap is written in far more, so with the scan most of it is
-//! faulted in again (with a TLB shootdown each) by the next instance;
-//! rewriting the whole kept range is 2.5× faster there (544 against 217
-//! requests/s), while for small modules the scan is 1.9× faster.
+//! back by `madvise`. Heavy components (Python, JavaScript) write MiBs
+//! per instance, scattered over hundreds of runs of pages: a base that
+//! hosts them gains from `--memory-keep-resident 67108864` (3.9× for the
+//! Python hello, 7.4× for the JavaScript one; `bench/README.md`), at the
+//! cost below. That needs the patched wasmtime in `vendor/wasmtime`:
+//! upstream's scan stops after 32 runs and decommits the rest, so the next
+//! instance faulted most of an interpreter's heap in again, with a TLB
+//! shootdown per page; the patched scan resumes until the budget is spent.
 //!
 //! Kept pages are never given back by wasmtime 48 while their slot lives:
 //! uninstalling a module unmaps its image, but the heap pages a slot keeps

@@ -7,6 +7,10 @@
 //!   head and the first writes leave before a response cap cuts the body;
 //! - `GET /hog/touch?mib=N` writes every page of N MiB, then answers (for
 //!   memory reclaim: the pages are really resident while it runs);
+//! - `GET /hog/scatter?pages=N` writes one byte in every other page of 2N
+//!   pages fresh from `memory.grow`, N runs of written memory with a clean
+//!   page between each, and says how many of those bytes were not zero
+//!   before it wrote them (memory left over from an earlier instance);
 //! - anything else answers a short text, so tests can see it still serves.
 use wasip2::http::types::{
     Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
@@ -30,6 +34,9 @@ impl wasip2::exports::http::incoming_handler::Guest for Hog {
             let body = format!("touched {mib} MiB ({} bytes)\n", block.iter().map(|&b| b as usize).sum::<usize>());
             return berth_guest::http::respond(out, 200, "text/plain", body.as_bytes());
         }
+        if let Some(pages) = path.split_once("/scatter?pages=").and_then(|(_, n)| n.parse::<usize>().ok()) {
+            return scatter(out, pages);
+        }
         if path.ends_with("/hog") {
             let mut hoard: Vec<Vec<u8>> = Vec::new();
             loop {
@@ -40,6 +47,33 @@ impl wasip2::exports::http::incoming_handler::Guest for Hog {
         }
         berth_guest::http::respond(out, 200, "text/plain", b"hog is fine\n");
     }
+}
+
+/// Writes one byte in every other page of `2 * pages` pages of memory
+/// fresh from `memory.grow`, and answers how many were not zero before.
+/// Grown memory is zero by the wasm spec, so a byte that is not was left
+/// by an earlier instance. (Not through the allocator: it would zero the
+/// block itself, writing every page.)
+fn scatter(out: ResponseOutparam, pages: usize) {
+    const PAGE: usize = 4096;
+    const WASM_PAGE: usize = 65536;
+    let old = core::arch::wasm32::memory_grow(0, (2 * pages * PAGE).div_ceil(WASM_PAGE));
+    if old == usize::MAX {
+        return berth_guest::http::respond(out, 500, "text/plain", b"memory.grow failed\n");
+    }
+    let base = (old * WASM_PAGE) as *mut u8;
+    let mut stale = 0;
+    for page in 0..pages {
+        // SAFETY: the grown pages are this instance's and nothing else
+        // (not the allocator: it only ever grows memory further) uses them.
+        unsafe {
+            let byte = base.add(2 * page * PAGE);
+            stale += usize::from(byte.read_volatile() != 0);
+            byte.write_volatile(1);
+        }
+    }
+    let body = format!("scattered {pages} pages, {stale} not zero before\n");
+    berth_guest::http::respond(out, 200, "text/plain", body.as_bytes());
 }
 
 /// Answers 200 with `n` bytes written 1 KiB at a time; stops quietly when

@@ -77,6 +77,9 @@ async fn scattered_writes_stay_resident_and_come_back_clean() {
             stats.resident_bytes >= (PAGES * 4096) as u64,
             "round {round}: {PAGES} scattered written pages should stay resident: {stats:?}"
         );
-        assert!(stats.resident_bytes <= stats.resident_bytes_bound, "{stats:?}");
+        assert!(
+            stats.resident_bytes <= stats.resident_bytes_bound,
+            "{stats:?}"
+        );
     }
 }

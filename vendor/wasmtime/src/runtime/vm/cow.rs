@@ -530,6 +530,26 @@ impl MemoryImageSlot {
         Ok(())
     }
 
+    /// (berth's patch.) Gives back to the OS the pages of this slot that
+    /// freed instances left resident (`keep_resident`), once the slot holds
+    /// no image any more (`remove_image`, when its module is purged). Such a
+    /// slot's accessible bytes are all zero, which is what the pages read as
+    /// after they are decommitted.
+    pub(crate) fn release_resident_pages(&mut self) -> Result<()> {
+        assert!(!self.dirty);
+        assert!(self.image.is_none());
+        if self.accessible.byte_count() > 0 {
+            let iov = libc::iovec {
+                iov_base: self.base.as_mut_ptr().cast(),
+                iov_len: self.accessible.byte_count(),
+            };
+            // SAFETY: the range is this slot's accessible memory, which no
+            // instance uses: the slot is taken out of the pool.
+            unsafe { vm::decommit_pages(&[iov])? };
+        }
+        Ok(())
+    }
+
     /// Resets this linear memory slot back to a "pristine state".
     ///
     /// This will reset the memory back to its original contents on Linux or

@@ -566,8 +566,12 @@ impl MemoryPool {
                     // anonymous memory.
                     let index = StripedAllocationIndex(id.0)
                         .as_unstriped_slot_index(stripe_index, self.stripes.len());
+                    //
+                    // (berth's patch.) The pages freed instances of `module`
+                    // kept resident are given back too, so a module that is
+                    // gone leaves no memory behind in its slots.
                     if let Ok(mut slot) = self.take_memory_image_slot(index) {
-                        if slot.remove_image().is_ok() {
+                        if slot.remove_image().is_ok() && slot.release_resident_pages().is_ok() {
                             self.return_memory_image_slot(index, Some(slot));
                         }
                     }

@@ -29,8 +29,10 @@ pub struct RuntimeConfig {
     /// Bytes of a freed instance's linear memory the pool keeps resident
     /// and resets in place for the next instance (with `pagemap_scan`, only
     /// the pages the instance really wrote), instead of returning them with
-    /// `madvise` and faulting them in again. Default 64 KiB (a Rust hello
-    /// writes 20 KiB). See [`crate::pool`] for the bound and the trade.
+    /// `madvise` and faulting them in again. Default 64 MiB (a Python or
+    /// JavaScript hello writes MiBs, a Rust hello 20 KiB, and a slot keeps
+    /// only what was written). See [`crate::pool`] for the bound and the
+    /// trade.
     pub memory_keep_resident: usize,
     /// The same for a freed instance's tables. Default 64 KiB.
     pub table_keep_resident: usize,

@@ -17,24 +17,26 @@
 //! [`RuntimeConfig::pagemap_scan`] the reset asks the kernel (`PAGEMAP_SCAN`,
 //! Linux ≥ 6.7) which pages the instance really wrote and restores only
 //! those; without it, it would `memset` the whole kept range every time.
-//! The defaults (64 KiB of memory, 64 KiB of tables) cover what a Rust
-//! hello writes (20 KiB, 5 pages), so a hot small module's instances run
-//! without a fault or an `madvise`; a module that writes more gets the rest
-//! back by `madvise`. Heavy components (Python, JavaScript) write MiBs
-//! per instance, scattered over hundreds of runs of pages: a base that
-//! hosts them gains from `--memory-keep-resident 67108864` (3.9× for the
-//! Python hello, 7.4× for the JavaScript one; `bench/README.md`), at the
-//! cost below. That needs the patched wasmtime in `vendor/wasmtime`:
-//! upstream's scan stops after 32 runs and decommits the rest, so the next
-//! instance faulted most of an interpreter's heap in again, with a TLB
-//! shootdown per page; the patched scan resumes until the budget is spent.
+//! With the scan, what a slot keeps is what its last instance wrote, up
+//! to the keep-resident bytes, so the default memory budget is large
+//! (64 MiB) and costs a small module nothing: a Rust hello's slot keeps
+//! the 20 KiB (5 pages) it writes, and its instances run without a fault
+//! or an `madvise`. Heavy components (Python, JavaScript) write MiBs per
+//! instance, scattered over hundreds of runs of pages; with 64 MiB kept
+//! their hellos serve 3.6× and 6.5× a tuned `wasmtime serve`
+//! (`bench/README.md`), where 64 KiB left them at 0.73× and 0.53×. That
+//! needs the patched wasmtime in `vendor/wasmtime`: upstream's scan stops
+//! after 32 runs and decommits the rest, so the next instance faulted most
+//! of an interpreter's heap in again, with a TLB shootdown per page; the
+//! patched scan resumes until the budget is spent. Tables keep 64 KiB.
 //!
-//! Kept pages are never given back by wasmtime 48 while their slot lives:
-//! uninstalling a module unmaps its image, but the heap pages a slot keeps
-//! stay resident (zeroed) until the slot is reused. So the default is small
-//! enough that the whole pool keeping it stays within the reclaim test's
-//! 5 MB (`crates/cli/tests/all/reclaim.rs`), and larger values are a
-//! deliberate trade of memory for speed, bounded as below.
+//! A module that is uninstalled gives its kept pages back at once: when
+//! its last reference goes, wasmtime purges the slots affine to it, and
+//! the patched purge decommits their pages as well as unmapping the image
+//! (upstream left the heap pages resident until the slot was reused,
+//! which is why the default used to be 64 KiB). So the reclaim test
+//! (`crates/cli/tests/all/reclaim.rs`) stays flat with the large default,
+//! and the memory of a hot module is held only while it is installed.
 //!
 //! # What stays resident, and the bound
 //!
@@ -67,11 +69,12 @@ use wasmtime::{Enabled, Engine, PoolingAllocationConfig};
 
 use crate::config::RuntimeConfig;
 
-/// Default of [`RuntimeConfig::memory_keep_resident`]: 64 KiB, three times
-/// what a Rust hello instance writes (20 KiB, measured by
-/// `crates/runtime/tests/all/memory.rs`), and small enough that every slot
-/// of a base's pool keeping it stays a few MB (the reclaim test's bound).
-pub const DEFAULT_MEMORY_KEEP_RESIDENT: usize = 64 << 10;
+/// Default of [`RuntimeConfig::memory_keep_resident`]: 64 MiB, room for
+/// what a Python or JavaScript hello instance writes. A slot keeps only
+/// the pages its last instance wrote (a Rust hello: 20 KiB, measured by
+/// `crates/runtime/tests/all/memory.rs`), and gives them back when its
+/// module is uninstalled (see the module docs).
+pub const DEFAULT_MEMORY_KEEP_RESIDENT: usize = 64 << 20;
 /// Default of [`RuntimeConfig::table_keep_resident`]: 64 KiB.
 pub const DEFAULT_TABLE_KEEP_RESIDENT: usize = 64 << 10;
 /// Default of [`RuntimeConfig::max_unused_warm_slots`]: 16.

@@ -42,8 +42,10 @@ pub struct BaseArgs {
     max_artifact_bytes: usize,
     /// Bytes of a freed instance's linear memory the pool keeps resident
     /// and resets in place for the next instance, instead of returning them
-    /// to the OS and faulting them in again (0: return everything). The
-    /// most kept is shown as berth_pool_resident_bytes_bound in /metrics.
+    /// to the OS and faulting them in again (0: return everything). With
+    /// the pagemap scan a slot keeps only the pages its last instance
+    /// wrote, and an uninstalled module's slots give theirs back. The most
+    /// kept is shown as berth_pool_resident_bytes_bound in /metrics.
     #[arg(long, default_value_t = berth_runtime::pool::DEFAULT_MEMORY_KEEP_RESIDENT)]
     memory_keep_resident: usize,
     /// The same for a freed instance's tables, in bytes.

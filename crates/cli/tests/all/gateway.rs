@@ -824,6 +824,11 @@ fn an_idle_deployment_goes_to_zero_and_the_next_request_through_the_gateway_acti
     );
     let gateway = Gateway::start(&ctl.addr);
     ctl.wait_ready(1, "1.0.0");
+    // The gateway's table follows the controller's by a long poll: a
+    // request sent before it shows the replica would be held (for 0 ms).
+    eventually("the gateway routes to the ready replica", || {
+        gateway.metric("berth_gateway_replicas", &[("module", "hello")]) == 1.0
+    });
     let (status, head, _) = fetch(&gateway.addr, "/hello", &[]).unwrap();
     assert_eq!(status, 200);
     assert!(!head.contains("x-berth-cold-start-ms"), "{head}");

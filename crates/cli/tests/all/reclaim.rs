@@ -123,42 +123,34 @@ async fn cycles(base: &BaseProcess, first: usize, cycles: usize, digests: usize,
     }
 }
 
-/// A base started with `extra`, warmed up with `warmup` cycles whose
-/// requests write nothing (every host path: compile, install, concurrent
-/// requests, uninstall), then `measured` cycles over `digests` digests
-/// writing `TOUCH_MIB` per request.
-/// Calls `settled(before, now)` on the RSS until it says yes or 5 s pass
-/// (freed pages may be returned just after the last response); returns the
-/// RSS before and after the measured cycles.
-async fn measure(
-    extra: &[&str],
-    warmup: usize,
-    measured: usize,
-    digests: usize,
-    settled: impl Fn(u64, u64) -> bool,
-) -> (u64, u64) {
-    let mut args = vec!["--max-instances", MAX_INSTANCES];
-    args.extend_from_slice(extra);
-    let base = BaseProcess::start_with(&args);
-    let pid = base.child.id();
-    cycles(&base, 0, warmup, warmup, 0).await;
-    let before = rss(pid);
-    cycles(&base, 1000, measured, digests, TOUCH_MIB).await;
+/// The RSS of process `pid` once `settled(rss)` says yes, or after 5 s
+/// (freed pages may be returned just after the last response).
+async fn rss_once(pid: u32, settled: impl Fn(u64) -> bool) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(5);
-    let mut after = rss(pid);
-    while !settled(before, after) && Instant::now() < deadline {
+    let mut now = rss(pid);
+    while !settled(now) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        after = rss(pid);
+        now = rss(pid);
     }
-    (before, after)
+    now
+}
+
+/// A base with `MAX_INSTANCES` instances, warmed up with `warmup` cycles
+/// whose requests write nothing (every host path: compile, install,
+/// concurrent requests, uninstall).
+async fn warmed_up_base(warmup: usize) -> BaseProcess {
+    let base = BaseProcess::start_with(&["--max-instances", MAX_INSTANCES]);
+    cycles(&base, 0, warmup, warmup, 0).await;
+    base
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uninstall_gives_the_memory_back() {
-    let (before, after) = measure(&[], 40, 300, 100, |before, now| {
-        now <= before + ALLOWED_GROWTH
-    })
-    .await;
+    let base = warmed_up_base(40).await;
+    let pid = base.child.id();
+    let before = rss(pid);
+    cycles(&base, 1000, 300, 100, TOUCH_MIB).await;
+    let after = rss_once(pid, |now| now <= before + ALLOWED_GROWTH).await;
     eprintln!(
         "base RSS: {:.1} MB after the warm-up, {:.1} MB after 300 cycles writing {TOUCH_MIB} MiB per request",
         before as f64 / 1e6,
@@ -181,18 +173,14 @@ async fn uninstall_gives_the_memory_back() {
 async fn a_hot_module_keeps_its_pages_until_it_is_uninstalled() {
     // At least one instance's pages (the requests may share a slot).
     let at_least = (TOUCH_MIB as u64) << 20;
-    let base = BaseProcess::start_with(&["--max-instances", MAX_INSTANCES]);
+    let base = warmed_up_base(20).await;
     let pid = base.child.id();
-    cycles(&base, 0, 20, 20, 0).await;
     let before = rss(pid);
     let client = reqwest::Client::new();
-    let name = install_and_touch(&client, &base.ops, &base.ingress, 2000, TOUCH_MIB).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut held = rss(pid);
-    while held < before + at_least && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        held = rss(pid);
-    }
+    // A digest of the warm-up: it installs from the compile cache, so the
+    // RSS moves by the written pages and not by a compile's heap.
+    let name = install_and_touch(&client, &base.ops, &base.ingress, 0, TOUCH_MIB).await;
+    let held = rss_once(pid, |now| now >= before + at_least).await;
     eprintln!(
         "base RSS: {:.1} MB after the warm-up, {:.1} MB with the module installed after {REQUESTS_PER_MODULE} requests writing {TOUCH_MIB} MiB",
         before as f64 / 1e6,
@@ -206,12 +194,7 @@ async fn a_hot_module_keeps_its_pages_until_it_is_uninstalled() {
         held as f64 / 1e6
     );
     uninstall(&client, &base.ops, &name).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut after = rss(pid);
-    while after > before + ALLOWED_GROWTH && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        after = rss(pid);
-    }
+    let after = rss_once(pid, |now| now <= before + ALLOWED_GROWTH).await;
     eprintln!("and {:.1} MB after it was uninstalled", after as f64 / 1e6);
     assert!(
         after <= before + ALLOWED_GROWTH,

@@ -37,10 +37,23 @@ use crate::upstream::{Lease, UpstreamBody};
 /// What the gateway answers with.
 pub type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 
+// Header names as `HeaderName` constants, not `&str`: a `&str` name is
+// parsed and validated again on every map operation, and this file does
+// about twenty of them per request.
 /// The W3C trace context header.
-const TRACEPARENT: &str = "traceparent";
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// The client addresses a request came through.
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// [`REQUEST_ID_HEADER`].
+const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
+/// [`PIN_VERSION_HEADER`].
+const PIN_VERSION: HeaderName = HeaderName::from_static(PIN_VERSION_HEADER);
+/// [`GATEWAY_SECRET_HEADER`].
+const GATEWAY_SECRET: HeaderName = HeaderName::from_static(GATEWAY_SECRET_HEADER);
+/// [`NOT_HERE_HEADER`].
+const NOT_HERE: HeaderName = HeaderName::from_static(NOT_HERE_HEADER);
+/// [`crate::hold::COLD_START_HEADER`].
+const COLD_START: HeaderName = HeaderName::from_static(crate::hold::COLD_START_HEADER);
 
 /// Serves one request from `client`.
 pub async fn handle(
@@ -270,7 +283,7 @@ pub async fn handle(
 /// Whether a base answered that no module is installed at the path: the
 /// replica is gone from it (see [`NOT_HERE_HEADER`]).
 fn stale<B>(response: &Response<B>) -> bool {
-    response.status() == StatusCode::NOT_FOUND && response.headers().contains_key(NOT_HERE_HEADER)
+    response.status() == StatusCode::NOT_FOUND && response.headers().contains_key(NOT_HERE)
 }
 
 /// The request id (the client's if it sent a sane one, else the trace id)
@@ -282,7 +295,7 @@ fn ids(headers: &HeaderMap) -> (HeaderValue, HeaderValue) {
         .cloned()
         .unwrap_or_else(new_traceparent);
     let request_id = headers
-        .get(REQUEST_ID_HEADER)
+        .get(REQUEST_ID)
         .filter(|v| v.len() <= 128 && v.to_str().is_ok_and(|s| !s.is_empty()))
         .cloned()
         .unwrap_or_else(|| {
@@ -318,18 +331,25 @@ fn valid_traceparent(value: &[u8]) -> bool {
 }
 
 /// Headers that belong to one hop and are never forwarded.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
+/// Drops the hop-by-hop headers and those the `Connection` header names.
+/// Most messages carry none, and one pass over their few names is cheaper
+/// than a lookup per hop-by-hop name (done twice per request).
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -340,10 +360,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
-    headers.remove(header::TRANSFER_ENCODING);
 }
 
 /// The request to send to `replica`: origin-form (the connection is to
@@ -374,18 +393,18 @@ fn forward(
     strip_hop_by_hop(&mut headers);
     headers.remove(header::CONTENT_LENGTH);
     // Only this gateway pins, and only with the secret.
-    headers.remove(PIN_VERSION_HEADER);
-    headers.remove(GATEWAY_SECRET_HEADER);
+    headers.remove(PIN_VERSION);
+    headers.remove(GATEWAY_SECRET);
     if let (Some(version), Some(secret)) = (version, secret)
         && let (Ok(v), Ok(s)) = (
             HeaderValue::from_str(version),
             HeaderValue::from_str(secret),
         )
     {
-        headers.insert(PIN_VERSION_HEADER, v);
-        headers.insert(GATEWAY_SECRET_HEADER, s);
+        headers.insert(PIN_VERSION, v);
+        headers.insert(GATEWAY_SECRET, s);
     }
-    headers.insert(REQUEST_ID_HEADER, request_id.clone());
+    headers.insert(REQUEST_ID, request_id.clone());
     headers.insert(TRACEPARENT, traceparent.clone());
     if let Some(ip) = client {
         let forwarded_for = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
@@ -506,14 +525,13 @@ fn respond(
     let (mut parts, inner) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     if let Some(waited) = cold_start {
-        parts.headers.insert(
-            crate::hold::COLD_START_HEADER,
-            HeaderValue::from(waited.as_millis() as u64),
-        );
+        parts
+            .headers
+            .insert(COLD_START, HeaderValue::from(waited.as_millis() as u64));
     }
     parts
         .headers
-        .entry(REQUEST_ID_HEADER)
+        .entry(REQUEST_ID)
         .or_insert_with(|| request_id.clone());
     let body = Tracked {
         inner,
@@ -554,7 +572,7 @@ fn error(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    headers.insert(REQUEST_ID_HEADER, request_id.clone());
+    headers.insert(REQUEST_ID, request_id.clone());
     response
 }
 
@@ -624,5 +642,22 @@ mod tests {
         strip_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 1);
         assert!(headers.contains_key("x-user"));
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_dropped_without_a_connection_header_and_others_kept() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-user", "u".parse().unwrap());
+        headers.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
+        let untouched = headers.clone();
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers, untouched);
+
+        for name in ["te", "proxy-connection", "transfer-encoding", "upgrade"] {
+            let mut headers = untouched.clone();
+            headers.insert(name, "x".parse().unwrap());
+            strip_hop_by_hop(&mut headers);
+            assert_eq!(headers, untouched, "{name} is forwarded");
+        }
     }
 }

@@ -265,6 +265,9 @@ fn replicas_follow_a_load_ramp_through_the_gateway_onto_the_buffer_group_and_bac
         .as_array()
         .map_or(0, |r| r.iter().filter(|r| r["ready"] == true).count());
     runs.push(("up to 320/s", peak.join().unwrap()));
+    // The load falls when the peak's run ends, not after the checks below
+    // (a `describe` can take a few hundred ms on a loaded machine).
+    let fell = now_ms();
     assert!(
         reached && (7..=8).contains(&wanted),
         "at 320/s: {wanted} replicas wanted, {ready} ready, buffer serving: {buffered_at:?}"
@@ -288,7 +291,6 @@ fn replicas_follow_a_load_ramp_through_the_gateway_onto_the_buffer_group_and_bac
     );
 
     // Back to 120/s: after the 2 s window, 3-4 replicas, the buffer base's first to go.
-    let fell = now_ms();
     let down = load(&url, 8, 120);
     // (The first report after the fall still counts part of the peak: the
     // window's most wanted can take two steps down, 2 s each.)
@@ -303,12 +305,18 @@ fn replicas_follow_a_load_ramp_through_the_gateway_onto_the_buffer_group_and_bac
         "back at 120/s: {wanted} wanted, {} on buffer bases",
         on_buffer()
     );
+    // The first step below what the peak wanted (7-8): a step 8 → 7 may
+    // come sooner, from peak reports that wanted 7 while 8 ran, which is
+    // the policy at work rather than the fall. The window counts from the
+    // first low report, and the gateway reports every 250 ms, so on a
+    // loaded machine the peak's last report can already be low: the step
+    // may come up to one report interval before 2 s after the fall.
     let first_down = decisions(&ctl, "hello", fell)
         .into_iter()
-        .find(|(_, from, to)| to < from)
-        .expect("a scale-down decision");
+        .find(|(_, from, to)| to < from && *to < 7)
+        .expect("a scale-down decision below the peak's 7");
     assert!(
-        first_down.0 - fell >= 2_000,
+        first_down.0 + 250 >= fell + 2_000,
         "scaled down {} ms after the load fell, within the 2 s window",
         first_down.0 - fell
     );

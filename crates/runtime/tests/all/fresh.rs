@@ -6,7 +6,7 @@ use std::time::Duration;
 use berth_example_modules::COUNTER;
 use berth_runtime::{HandleError, LoadedModule};
 
-use crate::support::{TestRuntime, call};
+use crate::support::{TestRuntime, call, until};
 
 /// `counter`'s `/global`: the instance's own count after this request.
 async fn global(module: &LoadedModule) -> u64 {
@@ -55,4 +55,31 @@ async fn a_global_counts_one_on_every_request_under_concurrency_and_after_failur
         other => panic!("expected the deadline, got {other:?}"),
     }
     assert_eq!(global(&counter).await, 1, "after the deadline");
+}
+
+/// A caller that goes away (hyper drops a request whose client closed the
+/// connection) does not cut the module short: its guest runs on to its
+/// own end, here the deadline, and only then gives its permit back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_caller_goes_away_still_runs_to_its_end() {
+    let rt = TestRuntime::new();
+    let deadline = Duration::from_millis(600);
+    let counter = rt.load(COUNTER, "counter", |s| s.limits.timeout = deadline);
+    let started = std::time::Instant::now();
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(100),
+        call(&counter, "/global/spin", None),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the spin answered: {gave_up:?}");
+    // The caller's future is gone; the guest is not.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(counter.in_flight(), 1, "the guest stopped with its caller");
+    until("the guest to reach its deadline", || counter.in_flight() == 0).await;
+    assert!(
+        started.elapsed() >= deadline,
+        "the guest ended after {:?}, before its {deadline:?} deadline",
+        started.elapsed()
+    );
+    assert_eq!(global(&counter).await, 1, "the next request is fresh");
 }

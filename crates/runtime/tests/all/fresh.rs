@@ -75,7 +75,10 @@ async fn a_request_whose_caller_goes_away_still_runs_to_its_end() {
     // The caller's future is gone; the guest is not.
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(counter.in_flight(), 1, "the guest stopped with its caller");
-    until("the guest to reach its deadline", || counter.in_flight() == 0).await;
+    until("the guest to reach its deadline", || {
+        counter.in_flight() == 0
+    })
+    .await;
     assert!(
         started.elapsed() >= deadline,
         "the guest ended after {:?}, before its {deadline:?} deadline",

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod auth;
 pub mod endpoints;
 pub mod failover;
+pub mod header;
 pub mod manifest;
 mod names;
 pub mod threads;

@@ -18,11 +18,10 @@ use std::net::IpAddr;
 use std::sync::{Arc, Weak};
 
 use arc_swap::ArcSwap;
-use berth_api::endpoints::{GATEWAY_SECRET_HEADER, NOT_HERE_HEADER, PIN_VERSION_HEADER};
-use berth_api::{REQUEST_ID_HEADER, TRAFFIC_UNIT_HEADER};
-use berth_runtime::{
-    BoxResponse, CallContext, ModuleCaller, ResponseBody, TRACEPARENT, TraceParent, WasiBody,
+use berth_api::header::{
+    GATEWAY_SECRET, NOT_HERE, PIN_VERSION, REQUEST_ID, TRACEPARENT, TRAFFIC_UNIT,
 };
+use berth_runtime::{BoxResponse, CallContext, ModuleCaller, ResponseBody, TraceParent, WasiBody};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
@@ -85,7 +84,7 @@ impl Dispatcher {
         let trace = incoming.map_or_else(TraceParent::new_root, |parent| parent.child());
         let request_id = request
             .headers()
-            .get(REQUEST_ID_HEADER)
+            .get(REQUEST_ID)
             .filter(|v| v.len() <= 128 && v.to_str().is_ok_and(|s| !s.is_empty()))
             .cloned()
             .unwrap_or_else(|| trace.trace_id_header());
@@ -113,16 +112,16 @@ impl Dispatcher {
             );
             response
                 .headers_mut()
-                .insert(NOT_HERE_HEADER, HeaderValue::from_static("1"));
+                .insert(NOT_HERE, HeaderValue::from_static("1"));
             return response;
         };
         let headers = request.headers_mut();
-        headers.insert(REQUEST_ID_HEADER, request_id.clone());
+        headers.insert(REQUEST_ID, request_id.clone());
         headers.insert(TRACEPARENT, trace.header_value());
         let context = CallContext {
             label: target.label.clone(),
             request_id: Some(request_id),
-            traffic_unit: request.headers().get(TRAFFIC_UNIT_HEADER).cloned(),
+            traffic_unit: request.headers().get(TRAFFIC_UNIT).cloned(),
             hops: 0,
             trace: Some(trace),
             parent_span_id: incoming.map(|parent| parent.span_id),
@@ -134,8 +133,8 @@ impl Dispatcher {
     /// The version a trusted gateway pinned, if any; removes the pin and
     /// the secret from `headers` either way.
     fn pinned(&self, headers: &mut http::HeaderMap) -> Option<String> {
-        let secret = headers.remove(GATEWAY_SECRET_HEADER);
-        let pin = headers.remove(PIN_VERSION_HEADER)?;
+        let secret = headers.remove(GATEWAY_SECRET);
+        let pin = headers.remove(PIN_VERSION)?;
         let trusted = match (&self.gateway_secret, secret) {
             (Some(want), Some(got)) => constant_time_eq(want.as_bytes(), got.as_bytes()),
             _ => false,

@@ -11,8 +11,9 @@
 
 use std::time::{Instant, SystemTime};
 
-use berth_api::{FailureKind, MODULE_HEADER, REQUEST_ID_HEADER};
-use berth_runtime::{HandleError, LoadedModule, ResponseBody, TRACEPARENT, TraceParent, full_body};
+use berth_api::FailureKind;
+use berth_api::header::{MODULE, REQUEST_ID, TRACEPARENT};
+use berth_runtime::{HandleError, LoadedModule, ResponseBody, TraceParent, full_body};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 
 use crate::logs::LogHub;
@@ -193,7 +194,7 @@ impl Hop<'_> {
         if instrumentation.version_header
             && let Some(label) = &target.label_header
         {
-            response.headers_mut().insert(MODULE_HEADER, label.clone());
+            response.headers_mut().insert(MODULE, label.clone());
         }
         if let (Some(exporter), Some(span), Some(trace)) = (&instrumentation.otlp, span, trace) {
             exporter.record(crate::otlp::Hop {
@@ -212,7 +213,7 @@ impl Hop<'_> {
             });
         }
         let headers = response.headers_mut();
-        headers.insert(REQUEST_ID_HEADER, request_id);
+        headers.insert(REQUEST_ID, request_id);
         if let Some(trace) = trace {
             headers.insert(TRACEPARENT, trace.header_value());
         }
@@ -250,7 +251,7 @@ pub(crate) fn plain(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    headers.insert(REQUEST_ID_HEADER, request_id);
+    headers.insert(REQUEST_ID, request_id);
     response
 }
 

@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use berth_api::endpoints::{GATEWAY_SECRET_HEADER, NOT_HERE_HEADER, PIN_VERSION_HEADER};
-use berth_api::{ErrorBody, ErrorDetail, REQUEST_ID_HEADER};
+use berth_api::header::{GATEWAY_SECRET, NOT_HERE, PIN_VERSION, REQUEST_ID, TRACEPARENT};
+use berth_api::{ErrorBody, ErrorDetail};
 use berth_rules::RequestView;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
@@ -37,21 +37,11 @@ use crate::upstream::{Lease, UpstreamBody};
 /// What the gateway answers with.
 pub type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 
-// Header names as `HeaderName` constants, not `&str`: a `&str` name is
-// parsed and validated again on every map operation, and this file does
-// about twenty of them per request.
-/// The W3C trace context header.
-const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+// Header names as `HeaderName` constants, not `&str` (see
+// `berth_api::header`): this file does about twenty map operations per
+// request.
 /// The client addresses a request came through.
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-/// [`REQUEST_ID_HEADER`].
-const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
-/// [`PIN_VERSION_HEADER`].
-const PIN_VERSION: HeaderName = HeaderName::from_static(PIN_VERSION_HEADER);
-/// [`GATEWAY_SECRET_HEADER`].
-const GATEWAY_SECRET: HeaderName = HeaderName::from_static(GATEWAY_SECRET_HEADER);
-/// [`NOT_HERE_HEADER`].
-const NOT_HERE: HeaderName = HeaderName::from_static(NOT_HERE_HEADER);
 /// [`crate::hold::COLD_START_HEADER`].
 const COLD_START: HeaderName = HeaderName::from_static(crate::hold::COLD_START_HEADER);
 
@@ -281,7 +271,7 @@ pub async fn handle(
 }
 
 /// Whether a base answered that no module is installed at the path: the
-/// replica is gone from it (see [`NOT_HERE_HEADER`]).
+/// replica is gone from it (see [`berth_api::endpoints::NOT_HERE_HEADER`]).
 fn stale<B>(response: &Response<B>) -> bool {
     response.status() == StatusCode::NOT_FOUND && response.headers().contains_key(NOT_HERE)
 }
@@ -616,7 +606,7 @@ mod tests {
         let (id, kept) = ids(&headers);
         assert_eq!(kept, tp);
         assert_eq!(id, "0af7651916cd43dd8448eb211c80319c");
-        headers.insert(REQUEST_ID_HEADER, "abc".parse().unwrap());
+        headers.insert(REQUEST_ID, "abc".parse().unwrap());
         assert_eq!(ids(&headers).0, "abc");
         let (id, new) = ids(&HeaderMap::new());
         assert!(valid_traceparent(new.as_bytes()), "{new:?}");

@@ -26,7 +26,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
-use berth_api::{Match, On, RequestValue, Rule, TRAFFIC_UNIT_HEADER, TrafficRules};
+use berth_api::header::TRAFFIC_UNIT;
+use berth_api::{Match, On, RequestValue, Rule, TrafficRules};
 use http::HeaderMap;
 use ipnet::IpNet;
 use regex::Regex;
@@ -170,7 +171,7 @@ impl CompiledRules {
         if !self.units.is_empty()
             && let Some(unit) = request
                 .headers
-                .get(TRAFFIC_UNIT_HEADER)
+                .get(TRAFFIC_UNIT)
                 .and_then(|v| v.to_str().ok())
             && let Some(&version) = self.units.get(unit)
         {

@@ -544,11 +544,8 @@ impl Gate {
     {
         let path = request.uri().path().to_string();
         let method = request.method().clone();
-        let request_id = request
-            .headers()
-            .get(REQUEST_ID_HEADER)
+        let request_id = crate::header::client_request_id(request.headers())
             .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty() && v.len() <= 128)
             .map(str::to_string)
             .unwrap_or_else(|| generate()[6..22].to_string());
         let (access, own) = if path == TOKENS_PATH || path == AUDIT_PATH {

@@ -6,7 +6,7 @@
 //! again on every header-map operation; the base and the gateway do
 //! dozens per request, so their hot paths use these.
 
-use http::HeaderName;
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// [`crate::REQUEST_ID_HEADER`].
 pub const REQUEST_ID: HeaderName = HeaderName::from_static(crate::REQUEST_ID_HEADER);
@@ -24,3 +24,32 @@ pub const NOT_HERE: HeaderName = HeaderName::from_static(crate::endpoints::NOT_H
 /// The W3C trace context header. (`berth_runtime`, which does not depend
 /// on this crate, names it for its own module calls.)
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// The request id a client sent, if it is one to keep and pass on: 1 to
+/// 128 visible ASCII characters. Otherwise the receiver makes its own.
+pub fn client_request_id(headers: &HeaderMap) -> Option<&HeaderValue> {
+    headers
+        .get(REQUEST_ID)
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.to_str().is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_id(value: &[u8]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(REQUEST_ID, HeaderValue::from_bytes(value).unwrap());
+        headers
+    }
+
+    #[test]
+    fn a_client_request_id_is_kept_only_when_short_and_printable() {
+        assert_eq!(client_request_id(&with_id(b"abc-123")).unwrap(), "abc-123");
+        assert!(client_request_id(&with_id(&[b'a'; 128])).is_some());
+        assert!(client_request_id(&with_id(&[b'a'; 129])).is_none());
+        assert!(client_request_id(&with_id(b"")).is_none());
+        assert!(client_request_id(&with_id("caf\u{e9}".as_bytes())).is_none());
+        assert!(client_request_id(&HeaderMap::new()).is_none());
+    }
+}

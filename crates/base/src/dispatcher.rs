@@ -19,7 +19,7 @@ use std::sync::{Arc, Weak};
 
 use arc_swap::ArcSwap;
 use berth_api::header::{
-    GATEWAY_SECRET, NOT_HERE, PIN_VERSION, REQUEST_ID, TRACEPARENT, TRAFFIC_UNIT,
+    GATEWAY_SECRET, NOT_HERE, PIN_VERSION, REQUEST_ID, TRACEPARENT, TRAFFIC_UNIT, client_request_id,
 };
 use berth_runtime::{BoxResponse, CallContext, ModuleCaller, ResponseBody, TraceParent, WasiBody};
 use http::{HeaderValue, Request, Response, StatusCode, header};
@@ -82,10 +82,7 @@ impl Dispatcher {
             .and_then(|v| v.to_str().ok())
             .and_then(TraceParent::parse);
         let trace = incoming.map_or_else(TraceParent::new_root, |parent| parent.child());
-        let request_id = request
-            .headers()
-            .get(REQUEST_ID)
-            .filter(|v| v.len() <= 128 && v.to_str().is_ok_and(|s| !s.is_empty()))
+        let request_id = client_request_id(request.headers())
             .cloned()
             .unwrap_or_else(|| trace.trace_id_header());
         let pinned = self.pinned(request.headers_mut());

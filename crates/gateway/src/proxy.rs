@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use berth_api::header::{GATEWAY_SECRET, NOT_HERE, PIN_VERSION, REQUEST_ID, TRACEPARENT};
+use berth_api::header::{
+    GATEWAY_SECRET, NOT_HERE, PIN_VERSION, REQUEST_ID, TRACEPARENT, client_request_id,
+};
 use berth_api::{ErrorBody, ErrorDetail};
 use berth_rules::RequestView;
 use bytes::Bytes;
@@ -284,13 +286,9 @@ fn ids(headers: &HeaderMap) -> (HeaderValue, HeaderValue) {
         .filter(|v| valid_traceparent(v.as_bytes()))
         .cloned()
         .unwrap_or_else(new_traceparent);
-    let request_id = headers
-        .get(REQUEST_ID)
-        .filter(|v| v.len() <= 128 && v.to_str().is_ok_and(|s| !s.is_empty()))
-        .cloned()
-        .unwrap_or_else(|| {
-            HeaderValue::from_bytes(&traceparent.as_bytes()[3..35]).expect("hex is a valid header")
-        });
+    let request_id = client_request_id(headers).cloned().unwrap_or_else(|| {
+        HeaderValue::from_bytes(&traceparent.as_bytes()[3..35]).expect("hex is a valid header")
+    });
     (request_id, traceparent)
 }
 

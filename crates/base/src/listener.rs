@@ -7,6 +7,13 @@
 //! ([`fit_fd_limit`]), as far as the hard limit allows. With TLS
 //! (`--tls-cert`/`--tls-key`), a connection under the cap does its
 //! handshake in its own task, within the header read timeout.
+//!
+//! A connection speaks HTTP/1.1 or HTTP/2, told apart by its first bytes
+//! (HTTP/2 with prior knowledge: the client opens with its preface; TLS
+//! offers no ALPN choice). The fleet gateway
+//! sends its requests to a base as HTTP/2 streams on one connection per
+//! gateway thread (see `berth_gateway::BaseProtocol` for why); clients
+//! that come straight to a base mostly speak HTTP/1.1.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,9 +22,15 @@ use std::time::Duration;
 use berth_api::threads::Acceptor;
 use http::{Request, Response};
 use hyper::body::{Body, Incoming};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt as _;
 use tokio::sync::{Semaphore, watch};
+
+/// How often an HTTP/2 connection is pinged, so one whose peer vanished
+/// without closing it is closed (and its permit given back).
+const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
+/// How long a ping may go unanswered.
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Limits of one listener.
 #[derive(Debug, Clone)]
@@ -50,9 +63,14 @@ pub(crate) async fn serve<S, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
+    let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    http.http1()
+        .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
+    http.http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(H2_PING_INTERVAL)
+        .keep_alive_timeout(H2_PING_TIMEOUT);
     let permits = limits.connections.clone();
     let lingering = Arc::new(Semaphore::new(MAX_LINGERING));
     loop {
@@ -81,7 +99,7 @@ pub(crate) async fn serve<S, B>(
                     tokio::spawn(async move {
                         match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
                             Ok(Ok(conn)) => {
-                                let connection = http.serve_connection(TokioIo::new(conn), service);
+                                let connection = http.serve_connection(TokioIo::new(conn), service).into_owned();
                                 if let Err(e) = watcher.watch(connection).await {
                                     tracing::debug!(error = %e, listener = what, "connection ended with an error");
                                 }
@@ -98,7 +116,7 @@ pub(crate) async fn serve<S, B>(
                     continue;
                 }
                 let connection =
-                    graceful.watch(http.serve_connection(TokioIo::new(stream), service(peer)));
+                    graceful.watch(http.serve_connection(TokioIo::new(stream), service(peer)).into_owned());
                 tokio::spawn(async move {
                     if let Err(e) = connection.await {
                         tracing::debug!(error = %e, listener = what, "connection ended with an error");

@@ -1,5 +1,6 @@
 //! The ingress: 404 for unknown paths, 500 with a request id for a trapping
-//! module, and a base that keeps serving through both.
+//! module, a base that keeps serving through both, and HTTP/2 streams (as
+//! the fleet gateway sends them) served side by side.
 
 use std::time::Instant;
 
@@ -136,6 +137,48 @@ async fn a_module_that_runs_past_its_deadline_gets_504_and_neighbours_keep_servi
             elapsed >= timeout && elapsed < timeout * 4,
             "spin ended after {elapsed:?}"
         );
+    }
+    base.assert_hello_serves().await;
+}
+
+/// The fleet gateway sends its requests to a base as HTTP/2 streams
+/// (cleartext, prior knowledge) on one connection per gateway thread: the
+/// base serves them side by side on that connection, each answered with
+/// its own request id, and still serves HTTP/1.1 clients.
+#[tokio::test]
+async fn http2_streams_on_one_connection_are_served_side_by_side() {
+    use http_body_util::{BodyExt as _, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let base = TestBase::start().await;
+    base.install_path("hello", "1.0.0", HELLO).await;
+    let stream = tokio::net::TcpStream::connect(base.running().ingress_addr)
+        .await
+        .unwrap();
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let requests = (0..32).map(|i| {
+        let mut sender = sender.clone();
+        async move {
+            let request = http::Request::get("/hello")
+                .header(http::header::HOST, "localhost")
+                .header("x-request-id", format!("stream-{i}"))
+                .body(Empty::<bytes::Bytes>::new())
+                .unwrap();
+            let response = sender.send_request(request).await.unwrap();
+            assert_eq!(response.version(), http::Version::HTTP_2);
+            let (head, body) = response.into_parts();
+            let body = body.collect().await.unwrap().to_bytes();
+            (i, head, body)
+        }
+    });
+    for (i, head, body) in futures::future::join_all(requests).await {
+        assert_eq!(head.status, 200, "stream {i}: {body:?}");
+        assert_eq!(body, "Hello from berth!\n");
+        assert_eq!(head.headers["x-request-id"], format!("stream-{i}").as_str());
     }
     base.assert_hello_serves().await;
 }

@@ -57,7 +57,8 @@ impl TestBase {
         }
     }
 
-    fn running(&self) -> &RunningBase {
+    /// The running base (its addresses).
+    pub fn running(&self) -> &RunningBase {
         self.running.as_ref().expect("base is running")
     }
 

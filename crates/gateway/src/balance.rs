@@ -203,7 +203,10 @@ mod tests {
             draining: false,
             labels: [("group".to_string(), group.to_string())].into(),
             state: Arc::new(ReplicaState::new(Instant::now())),
-            upstream: Arc::new(crate::upstream::Upstream::new(&format!("{base}:80"))),
+            upstream: Arc::new(crate::upstream::Upstream::new(
+                &format!("{base}:80"),
+                Default::default(),
+            )),
         }
     }
 

@@ -11,8 +11,8 @@
 //! 3. picks a replica among the ready, non-draining, non-ejected ones of
 //!    that version and cell, by least outstanding requests over two random
 //!    choices ([`balance`]);
-//! 4. forwards it over keep-alive connections pooled per base
-//!    ([`upstream`]), propagating the request id and trace context; on a
+//! 4. forwards it to the base over HTTP/2, on one connection per listener
+//!    thread and base (or pooled HTTP/1 connections; [`upstream`]), propagating the request id and trace context; on a
 //!    connect error or a reset before any response byte it ejects the
 //!    replica (with back-off) and retries once on another; a base's "no
 //!    module here" 404 (a replica removed before the gateway's table
@@ -39,7 +39,7 @@ pub mod upstream;
 mod watch;
 
 pub use config::{
-    DEFAULT_REPORT_INTERVAL, GatewayConfig, GatewayError, MAX_REPORT_INTERVAL, MIN_REPORT_INTERVAL,
-    check_report_interval,
+    BaseProtocol, DEFAULT_REPORT_INTERVAL, GatewayConfig, GatewayError, MAX_REPORT_INTERVAL,
+    MIN_REPORT_INTERVAL, check_report_interval,
 };
 pub use server::{Gateway, RunningGateway};

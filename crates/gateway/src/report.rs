@@ -108,7 +108,7 @@ mod tests {
             }],
             revision: "r".into(),
         };
-        let table = crate::table::Live::default().build(&endpoints);
+        let table = crate::table::Live::new(Default::default()).build(&endpoints);
         let stats = &table.deployments[0].stats;
         stats.requests.store(100, Ordering::Relaxed);
         let mut last = HashMap::new();

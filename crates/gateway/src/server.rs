@@ -90,10 +90,11 @@ impl Gateway {
             config.name = format!("gateway-{}", addr.port());
         }
         let headers = berth_api::auth::bearer_headers(config.token.as_deref());
+        let base_protocol = config.base_protocol;
         let shared = Arc::new(Shared {
             config,
             table: ArcSwap::from_pointee(Table::default()),
-            live: Mutex::new(Live::default()),
+            live: Mutex::new(Live::new(base_protocol)),
             metrics: Metrics::default(),
             controller: AtomicUsize::new(0),
             http: berth_api::tls::with_trusted_ca(reqwest::Client::builder())

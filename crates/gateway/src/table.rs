@@ -15,6 +15,7 @@ use std::time::Instant;
 use berth_api::endpoints::EndpointTable;
 use berth_rules::{CompiledRules, RouteTable};
 
+use crate::BaseProtocol;
 use crate::balance::ReplicaState;
 use crate::metrics::ModuleSeries;
 use crate::upstream::Upstream;
@@ -96,20 +97,21 @@ pub struct Live {
     replicas: HashMap<(String, String, String), Arc<ReplicaState>>,
     stats: HashMap<String, Arc<DeploymentStats>>,
     upstreams: HashMap<String, Arc<Upstream>>,
+    protocol: BaseProtocol,
 }
 
-impl Default for Live {
-    fn default() -> Self {
+impl Live {
+    /// No state yet; connections to bases will speak `protocol`.
+    pub fn new(protocol: BaseProtocol) -> Self {
         Self {
             epoch: Instant::now(),
             replicas: HashMap::new(),
             stats: HashMap::new(),
             upstreams: HashMap::new(),
+            protocol,
         }
     }
-}
 
-impl Live {
     /// The snapshot of `endpoints`, reusing the live state of what it keeps
     /// and forgetting the rest. A deployment with an invalid route is left
     /// out and one with invalid rules routes without them, each with a warning.
@@ -139,6 +141,7 @@ impl Live {
                 });
             let deployment_stats = self.stats.get(&d.name).cloned().unwrap_or_default();
             stats.insert(d.name.clone(), deployment_stats.clone());
+            let protocol = self.protocol;
             let list = d
                 .replicas
                 .iter()
@@ -154,7 +157,7 @@ impl Live {
                         .upstreams
                         .get(&e.address)
                         .cloned()
-                        .unwrap_or_else(|| Arc::new(Upstream::new(&e.address)));
+                        .unwrap_or_else(|| Arc::new(Upstream::new(&e.address, protocol)));
                     upstreams.insert(e.address.clone(), upstream.clone());
                     Replica {
                         base: e.base.clone(),
@@ -225,7 +228,7 @@ mod tests {
 
     #[test]
     fn live_state_outlives_snapshots_of_the_replicas_they_keep() {
-        let mut live = Live::default();
+        let mut live = Live::new(Default::default());
         let first = live.build(&endpoints("/orders/", &["a", "b"]));
         let d = first.routes.lookup(None, "/orders/1").unwrap();
         let _held = d.replicas[0].state.begin();

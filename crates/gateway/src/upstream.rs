@@ -1,6 +1,14 @@
-//! Keep-alive HTTP/1 connections to one base's ingress, pooled per address.
+//! Connections to one base's ingress, per address: one shared HTTP/2
+//! connection per listener thread (the default), or pooled keep-alive
+//! HTTP/1 connections ([`BaseProtocol`] says why HTTP/2).
 //!
-//! Each base address has its own small pool (a mutex held only to push or
+//! With HTTP/2, the first request a listener thread sends to a base opens
+//! the connection (the others wait for it rather than open their own) and
+//! every later one is a stream on it; a connection the base closed is
+//! replaced on the next request, and a request it could not even start on
+//! a closed one is sent on the new one.
+//!
+//! With HTTP/1, each base address has its own small pool (a mutex held only to push or
 //! pop), so requests to different bases never wait on one another and a
 //! request costs no extra task: a connection goes back to its pool when its
 //! response body has been read to the end, from the body itself. A pooled
@@ -10,9 +18,9 @@
 //! idle for longer than [`IDLE_TIMEOUT`] are closed.
 //!
 //! With listener threads (`GatewayConfig::threads`), each thread keeps its
-//! own idle list ([`thread_slot`]): a connection's task runs on the runtime
-//! of the thread that opened it, so lending it to a request on another
-//! thread would cost a wake-up across threads per request.
+//! own connections ([`thread_slot`]): a connection's task runs on the
+//! runtime of the thread that opened it, so lending it to a request on
+//! another thread would cost a wake-up across threads per request.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -25,8 +33,11 @@ use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
+
+use crate::BaseProtocol;
 
 /// How long a connection may wait in the pool before it is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -34,6 +45,11 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const MAX_IDLE: usize = 512;
 /// How long a new connection may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often an idle HTTP/2 connection is pinged, so a base that vanished
+/// without closing it (a host gone, a partition) is noticed.
+pub const PING_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a ping may go unanswered before its connection is closed.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Idle lists per base address: one per listener thread (more threads
 /// share lists modulo this).
@@ -80,13 +96,17 @@ pub enum UpstreamError {
     Http(#[from] hyper::Error),
 }
 
-/// The pooled connections to one base address.
+/// The connections to one base address.
 #[derive(Debug)]
 pub struct Upstream {
     address: String,
     resolved: Option<SocketAddr>,
-    /// Idle connections, one list per listener thread ([`thread_slot`]).
+    protocol: BaseProtocol,
+    /// HTTP/1: idle connections, one list per listener thread ([`thread_slot`]).
     idle: [Mutex<VecDeque<Idle>>; SLOTS],
+    /// HTTP/2: the shared connection of each listener thread. An async
+    /// lock, held across a connect, so one thread opens one connection.
+    shared: [tokio::sync::Mutex<Option<http2::SendRequest<UpstreamBody>>>; SLOTS],
 }
 
 #[derive(Debug)]
@@ -95,9 +115,10 @@ struct Idle {
     since: Instant,
 }
 
-/// A connection lent to one request; it goes back to the pool through
-/// [`Lease::release`] once the response was read whole, and is closed if
-/// the lease is dropped without that.
+/// An HTTP/1 connection lent to one request; it goes back to the pool
+/// through [`Lease::release`] once the response was read whole, and is
+/// closed if the lease is dropped without that. (An HTTP/2 request's lease
+/// holds no connection: its stream ends with its response body.)
 #[derive(Debug)]
 pub struct Lease {
     sender: Option<SendRequest<UpstreamBody>>,
@@ -115,13 +136,27 @@ impl Lease {
 }
 
 impl Upstream {
-    /// The pool of `address` (`host:port`), empty.
-    pub fn new(address: &str) -> Self {
+    /// The connections to `address` (`host:port`) in `protocol`, none open yet.
+    pub fn new(address: &str, protocol: BaseProtocol) -> Self {
         Self {
             address: address.to_string(),
             resolved: address.parse().ok(),
+            protocol,
             idle: std::array::from_fn(|_| Mutex::new(VecDeque::new())),
+            shared: std::array::from_fn(|_| tokio::sync::Mutex::new(None)),
         }
+    }
+
+    /// Shared HTTP/2 connections open now (one per listener thread that
+    /// has sent this base a request).
+    pub fn shared(&self) -> usize {
+        self.shared
+            .iter()
+            .filter(|slot| {
+                slot.try_lock()
+                    .is_ok_and(|s| s.as_ref().is_some_and(|s| !s.is_closed()))
+            })
+            .count()
     }
 
     /// Connections idle in the pool now and not closed by the base.
@@ -135,11 +170,80 @@ impl Upstream {
             .sum()
     }
 
-    /// Sends `request` (origin-form URI, Host set) on a pooled connection,
-    /// or a new one, and returns the response head with the connection's
-    /// lease. A pooled connection that turns out closed before the request
-    /// started is dropped and the request sent on the next.
+    /// Sends `request` (origin-form URI, Host set) on this thread's HTTP/2
+    /// connection or a pooled HTTP/1 one (or a new one), and returns the
+    /// response head with its lease. A connection that turns out closed
+    /// before the request started is dropped and the request sent on the
+    /// next.
     pub async fn send(
+        self: &Arc<Self>,
+        request: Request<UpstreamBody>,
+    ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
+        match self.protocol {
+            BaseProtocol::Http2 => self.send_shared(request).await,
+            BaseProtocol::Http1 => self.send_pooled(request).await,
+        }
+    }
+
+    async fn send_shared(
+        self: &Arc<Self>,
+        mut request: Request<UpstreamBody>,
+    ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
+        let slot = thread_slot();
+        let mut fresh = false;
+        loop {
+            let (mut sender, reused) = self.shared_connection(slot, fresh).await?;
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    let lease = Lease {
+                        sender: None,
+                        upstream: self.clone(),
+                        slot,
+                    };
+                    return Ok((response, lease));
+                }
+                Err(mut e) => match e.take_message() {
+                    // Not started on a connection the base had closed: not
+                    // the replica's failure, try a new connection.
+                    Some(unsent) if reused => {
+                        request = unsent;
+                        fresh = true;
+                    }
+                    _ => return Err(e.into_error().into()),
+                },
+            }
+        }
+    }
+
+    /// This thread's HTTP/2 connection, and whether it was open already;
+    /// a new one if there is none, it was closed, or `fresh` asks for one.
+    async fn shared_connection(
+        &self,
+        slot: usize,
+        fresh: bool,
+    ) -> Result<(http2::SendRequest<UpstreamBody>, bool), UpstreamError> {
+        let mut shared = self.shared[slot].lock().await;
+        if let Some(sender) = shared.as_ref().filter(|s| !fresh && !s.is_closed()) {
+            return Ok((sender.clone(), true));
+        }
+        *shared = None;
+        let stream = self.connect_tcp().await?;
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .keep_alive_interval(PING_INTERVAL)
+            .keep_alive_timeout(PING_TIMEOUT);
+        let (sender, connection) = builder.handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection to a base ended with an error");
+            }
+        });
+        *shared = Some(sender.clone());
+        Ok((sender, false))
+    }
+
+    async fn send_pooled(
         self: &Arc<Self>,
         mut request: Request<UpstreamBody>,
     ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
@@ -208,6 +312,18 @@ impl Upstream {
     }
 
     async fn connect(&self) -> Result<SendRequest<UpstreamBody>, UpstreamError> {
+        let stream = self.connect_tcp().await?;
+        let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection to a base ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// A TCP connection to the base, within [`CONNECT_TIMEOUT`].
+    async fn connect_tcp(&self) -> Result<TcpStream, UpstreamError> {
         let connecting = async {
             match self.resolved {
                 Some(addr) => TcpStream::connect(addr).await,
@@ -224,13 +340,7 @@ impl Upstream {
                 source,
             })?;
         let _ = stream.set_nodelay(true);
-        let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "connection to a base ended with an error");
-            }
-        });
-        Ok(sender)
+        Ok(stream)
     }
 }
 
@@ -279,6 +389,74 @@ mod tests {
         (address, accepted)
     }
 
+    /// An HTTP/2 base stand-in: answers `ok` on every stream; counts
+    /// connections. Aborting the handles closes the connections.
+    async fn h2_base() -> (
+        String,
+        Arc<AtomicUsize>,
+        Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let connections = Arc::new(Mutex::new(Vec::new()));
+        let (count, open) = (accepted.clone(), connections.clone());
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                let service = hyper::service::service_fn(|_request| async {
+                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from("ok"))))
+                });
+                let serving = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service);
+                let handle = tokio::spawn(async move {
+                    let _ = serving.await;
+                });
+                open.lock().unwrap().push(handle);
+            }
+        });
+        (address, accepted, connections)
+    }
+
+    async fn ok(upstream: &Arc<Upstream>, address: &str) {
+        let (response, lease) = upstream.send(request(address)).await.unwrap();
+        assert_eq!(response.version(), http::Version::HTTP_2);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "ok");
+        lease.release();
+    }
+
+    #[tokio::test]
+    async fn http2_requests_in_flight_together_share_one_connection() {
+        let (address, accepted, _connections) = h2_base().await;
+        let upstream = Arc::new(Upstream::new(&address, BaseProtocol::Http2));
+        let all = (0..32).map(|_| ok(&upstream, &address));
+        futures::future::join_all(all).await;
+        ok(&upstream, &address).await;
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "33 requests, 32 of them at once, on one connection"
+        );
+        assert_eq!(upstream.shared(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_http2_connection_the_base_closed_is_replaced_without_an_error() {
+        let (address, accepted, connections) = h2_base().await;
+        let upstream = Arc::new(Upstream::new(&address, BaseProtocol::Http2));
+        for n in 1..=3 {
+            ok(&upstream, &address).await;
+            ok(&upstream, &address).await;
+            assert_eq!(accepted.load(Ordering::SeqCst), n);
+            for connection in connections.lock().unwrap().drain(..) {
+                connection.abort();
+            }
+            eventually("the base's close to be seen", || upstream.shared() == 0).await;
+        }
+    }
+
     fn request(address: &str) -> Request<UpstreamBody> {
         Request::builder()
             .uri("/hello")
@@ -298,7 +476,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_read_whole_serves_the_next_request_and_one_cut_short_does_not() {
         let (address, accepted) = base(true).await;
-        let upstream = Arc::new(Upstream::new(&address));
+        let upstream = Arc::new(Upstream::new(&address, BaseProtocol::Http1));
         for _ in 0..3 {
             let (response, lease) = upstream.send(request(&address)).await.unwrap();
             let body = response.into_body().collect().await.unwrap().to_bytes();
@@ -319,7 +497,7 @@ mod tests {
     #[tokio::test]
     async fn a_pooled_connection_the_base_closed_is_replaced_without_an_error() {
         let (address, accepted) = base(false).await;
-        let upstream = Arc::new(Upstream::new(&address));
+        let upstream = Arc::new(Upstream::new(&address, BaseProtocol::Http1));
         for n in 1..=3 {
             let (response, lease) = upstream.send(request(&address)).await.unwrap();
             let body = response.into_body().collect().await.unwrap().to_bytes();
@@ -335,7 +513,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap().to_string();
         drop(listener);
-        let upstream = Arc::new(Upstream::new(&address));
+        let upstream = Arc::new(Upstream::new(&address, BaseProtocol::Http1));
         let e = upstream.send(request(&address)).await.unwrap_err();
         assert!(matches!(e, UpstreamError::Connect { .. }), "{e:?}");
         assert!(e.to_string().contains(&address), "{e}");

@@ -47,6 +47,12 @@ pub struct GatewayArgs {
     /// work-stealing runtime (TOKIO_WORKER_THREADS workers) instead.
     #[arg(long, env = "BERTH_GATEWAY_THREADS")]
     threads: Option<usize>,
+    /// The HTTP version requests go to bases in: http2 (cleartext, one
+    /// connection per listener thread and base, requests multiplexed on
+    /// it) or http1 (a pool of keep-alive connections, for a base that
+    /// does not speak HTTP/2; every berth base does).
+    #[arg(long, default_value = "http2", value_parser = clap::builder::ValueParser::new(str::parse::<berth_gateway::BaseProtocol>))]
+    base_protocol: berth_gateway::BaseProtocol,
     /// Format of the gateway's logs.
     #[arg(long, value_enum, default_value_t = crate::LogFormat::Text)]
     pub log_format: crate::LogFormat,
@@ -82,6 +88,7 @@ pub async fn run(args: GatewayArgs) -> Result<()> {
     config.threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+    config.base_protocol = args.base_protocol;
     config.name = args.name.unwrap_or_default();
     config.token = args.join_token.filter(|t| !t.trim().is_empty());
     config.tls = args.tls.load()?;

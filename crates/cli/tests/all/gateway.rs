@@ -567,9 +567,14 @@ fn a_gateway_started_before_its_controllers_serves_once_one_answers() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
     };
-    // Two controllers named: one never comes, the other comes late.
+    // Two controllers named: one never comes, the other comes late. This
+    // gateway speaks HTTP/1 to bases (the others here speak the default,
+    // HTTP/2), so that path is covered end to end too.
     let (never, port) = (free_port(), free_port());
-    let gateway = Gateway::start(&format!("127.0.0.1:{never},http://127.0.0.1:{port}"));
+    let gateway = Gateway::start_with(
+        &format!("127.0.0.1:{never},http://127.0.0.1:{port}"),
+        &["--base-protocol", "http1"],
+    );
     let (status, body) = get(&gateway.addr, "/hello", &[]).unwrap();
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("not reached its controller"), "{body}");
@@ -620,6 +625,20 @@ fn a_gateway_refuses_bad_flags_naming_them() {
         &addr,
     ]));
     assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+    let err = failure(berth(&[
+        "gateway",
+        "--controller",
+        "127.0.0.1:1",
+        "--listen",
+        "127.0.0.1:0",
+        "--base-protocol",
+        "http3",
+    ]));
+    assert!(
+        err.contains("invalid value 'http3' for '--base-protocol")
+            && err.contains("give http2 or http1"),
+        "{err}"
+    );
     // A load report interval that is no duration, zero, or out of range.
     for (value, says) in [
         (

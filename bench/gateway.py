@@ -6,21 +6,26 @@ machine, deploys `hello` with one replica per base, and drives the same wrk
 load (same connections, threads, duration) at, interleaved over rounds:
 
 - **direct**: one base's ingress, no proxy;
-- **gateway**: `berth gateway` (rules, least outstanding of two, pooled
-  keep-alive connections to both bases);
+- **gateway**: `berth gateway` (rules, least outstanding of two), twice:
+  speaking HTTP/2 to the bases (its default: one connection per thread
+  and base, requests multiplexed on it) and HTTP/1.1 (`--base-protocol
+  http1`: pooled keep-alive connections);
 - **haproxy**: HAProxy (Debian package, installed with apt-get when
   missing) as a round-robin HTTP reverse proxy to the same two bases, a
   fair peer: keep-alive to the bases with connections reused across client
   connections (`http-reuse always`), no logging, and as many threads
   (`nbthread`) as the gateway has runtime workers (`--proxy-threads`, given
-  to the gateway as TOKIO_WORKER_THREADS).
+  to the gateway as TOKIO_WORKER_THREADS); also twice, speaking HTTP/1.1
+  to the bases and HTTP/2 (`proto h2` on its server lines), so each
+  gateway has a peer speaking its protocol.
 
 Reports requests/s, p50 and p99 (median and min-max over rounds), the
 proxy's own CPU time per request (user + system time of the gateway or
 HAProxy process over the run, from /proc, divided by the requests wrk
 counted: less sensitive to other load on a shared machine than
 requests/s), and the gateway/HAProxy ratios (target: requests/s >= 1.0x
-HAProxy, p99 no worse).
+HAProxy, p99 no worse): the gateway as shipped against HAProxy in its
+usual HTTP/1.1, against HAProxy in HTTP/2, and HTTP/1.1 against HTTP/1.1.
 
 Then counts failed requests (non-2xx and socket errors, as wrk reports
 them) through the gateway under load while (a) the deployment scales in
@@ -91,15 +96,15 @@ def start_base(tmp, controller, name):
     return {"proc": proc, "port": port, "ops": ops}
 
 
-def start_gateway(controller, threads=None, listener_threads=None):
+def start_gateway(controller, threads=None, listener_threads=None, base_protocol="http2"):
     """`berth gateway`; `threads`: its runtime's worker threads (default: one per core);
     `listener_threads`: its `--threads` (None: its default, one per core; 0: connections
-    served on that runtime)."""
+    served on that runtime); `base_protocol`: its `--base-protocol`."""
     # `env` execs berth in its own place: the process is still the gateway.
     workers = ["env", f"TOKIO_WORKER_THREADS={threads}"] if threads else []
     proc, (port,) = bench.start_announced(
         [*workers, BERTH, "gateway", "--listen", "127.0.0.1:0", "--controller", f"http://127.0.0.1:{controller}",
-         "--gateway-secret", SECRET,
+         "--gateway-secret", SECRET, "--base-protocol", base_protocol,
          *(["--threads", str(listener_threads)] if listener_threads is not None else [])],
         [r"berth gateway serving on http://[\d.]+:(\d+)"])
     return proc, port
@@ -129,12 +134,14 @@ def serving(port, n=20):
     return all(bench.http("GET", f"http://127.0.0.1:{port}/hello", timeout=2)[0] == 200 for _ in range(n))
 
 
-def start_haproxy(tmp, base_ports, threads):
+def start_haproxy(tmp, base_ports, threads, h2=False):
+    """HAProxy round-robin to the bases, in HTTP/1.1 or (`h2`) cleartext HTTP/2."""
     with __import__("socket").socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cfg = os.path.join(tmp, "haproxy.cfg")
-    servers = "\n".join(f"    server b{i} 127.0.0.1:{p}" for i, p in enumerate(base_ports))
+    proto = " proto h2" if h2 else ""
+    servers = "\n".join(f"    server b{i} 127.0.0.1:{p}{proto}" for i, p in enumerate(base_ports))
     # A fair peer: as many threads as the gateway's workers, no logging
     # (no `log` line anywhere), keep-alive on both sides and server
     # connections shared by all client connections, like the gateway's pool.
@@ -165,12 +172,19 @@ def throughput(args, tmp):
     ctl, ctl_port = start_controller(tmp)
     bases = [start_base(tmp, ctl_port, f"t{i}") for i in range(2)]
     gw, gw_port = start_gateway(ctl_port, args.proxy_threads, args.listener_threads)
+    gw1, gw1_port = start_gateway(ctl_port, args.proxy_threads, args.listener_threads, "http1")
     apply(tmp, ctl_port, 2)
-    bench.wait_until(lambda: serving(gw_port) and all(serving(b["port"], 1) for b in bases), what="gateway")
-    ha, ha_port = start_haproxy(tmp, [b["port"] for b in bases], args.proxy_threads)
+    bench.wait_until(lambda: serving(gw_port) and serving(gw1_port) and all(serving(b["port"], 1) for b in bases),
+                     what="gateway")
+    ports = [b["port"] for b in bases]
+    ha, ha_port = start_haproxy(tmp, ports, args.proxy_threads)
+    ha2, ha2_port = start_haproxy(tmp, ports, args.proxy_threads, h2=True)
+    bench.wait_until(lambda: serving(ha2_port), what="haproxy speaking HTTP/2 to the bases")
     # Each target with the process whose CPU time per request is measured.
-    targets = {"direct": (bases[0]["port"], bases[0]["proc"].pid), "gateway": (gw_port, gw.pid),
-               "haproxy": (ha_port, ha.pid)}
+    # The first of each pair speaks HTTP/2 to the bases, the second HTTP/1.1.
+    targets = {"direct": (bases[0]["port"], bases[0]["proc"].pid),
+               "gateway (h2 to bases)": (gw_port, gw.pid), "gateway (http1 to bases)": (gw1_port, gw1.pid),
+               "haproxy (h2 to bases)": (ha2_port, ha2.pid), "haproxy (http1 to bases)": (ha_port, ha.pid)}
     results = {k: [] for k in targets}
     try:
         for r in range(args.rounds):
@@ -183,7 +197,9 @@ def throughput(args, tmp):
                 results[name].append(run)
     finally:
         bench.stop(ha, [ha_port])
+        bench.stop(ha2, [ha2_port])
         bench.stop(gw, [gw_port])
+        bench.stop(gw1, [gw1_port])
         for b in bases:
             bench.stop(b["proc"], [b["port"], b["ops"]])
         bench.stop(ctl, [ctl_port])
@@ -197,16 +213,17 @@ def throughput(args, tmp):
               f"{bench.fmt_range([x['p50'] for x in runs], '{:.2f}')} | "
               f"{bench.fmt_range([x['p99'] for x in runs], '{:.2f}')} | "
               f"{bench.fmt_range([x['cpu_us'] for x in runs], '{:.1f}')} | {sum(x['errors'] for x in runs)} |")
-    gw_rps = [x["rps"] for x in results["gateway"]]
-    ha_rps = [x["rps"] for x in results["haproxy"]]
-    gw_p99 = [x["p99"] for x in results["gateway"]]
-    ha_p99 = [x["p99"] for x in results["haproxy"]]
-    ratios = [g / h for g, h in zip(gw_rps, ha_rps)]
-    p99s = [g / h for g, h in zip(gw_p99, ha_p99)]
-    cpus = [g["cpu_us"] / h["cpu_us"] for g, h in zip(results["gateway"], results["haproxy"])]
-    print(f"\ngateway / haproxy requests/s: {bench.fmt_range(ratios, '{:.2f}')}x (target >= 1.0); "
-          f"p99: {bench.fmt_range(p99s, '{:.2f}')}x (target <= 1.0); "
-          f"CPU per request: {bench.fmt_range(cpus, '{:.2f}')}x")
+    print()
+    for gateway, haproxy in [("gateway (h2 to bases)", "haproxy (http1 to bases)"),
+                             ("gateway (h2 to bases)", "haproxy (h2 to bases)"),
+                             ("gateway (http1 to bases)", "haproxy (http1 to bases)")]:
+        g, h = results[gateway], results[haproxy]
+        ratios = [a["rps"] / b["rps"] for a, b in zip(g, h)]
+        p99s = [a["p99"] / b["p99"] for a, b in zip(g, h)]
+        cpus = [a["cpu_us"] / b["cpu_us"] for a, b in zip(g, h)]
+        print(f"{gateway} / {haproxy}: requests/s {bench.fmt_range(ratios, '{:.2f}')}x (target >= 1.0); "
+              f"p99 {bench.fmt_range(p99s, '{:.2f}')}x (target <= 1.0); "
+              f"CPU per request {bench.fmt_range(cpus, '{:.2f}')}x")
 
 
 def failures_during(args, tmp, n_bases, replicas, action, what):

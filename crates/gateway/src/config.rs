@@ -84,12 +84,11 @@ pub struct GatewayConfig {
 /// base on it as a stream. The requests in flight to a base then share
 /// reads and writes: one `writev` carries the frames of several requests
 /// and one read brings back several responses, where HTTP/1 costs two
-/// system calls per request on each side and a wake-up for each. On this
-/// 2-core machine that took ~15% off the gateway's CPU per request and
-/// put its requests/s ahead of HAProxy's (bench/README.md, "The gateway
-/// speaks HTTP/2 to bases"). HTTP/1 (a pool of keep-alive connections,
-/// one request at a time on each) is there for a base that does not speak
-/// HTTP/2; every berth base does.
+/// system calls per request on each side and a wake-up for each. On a
+/// 2-core machine that took 5–17% off the gateway's CPU per request
+/// (bench/README.md, "The gateway speaks HTTP/2 to bases"). HTTP/1 (a
+/// pool of keep-alive connections, one request at a time on each) is
+/// there for a base that does not speak HTTP/2; every berth base does.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum BaseProtocol {
     /// HTTP/2 over cleartext TCP (h2c, prior knowledge), requests

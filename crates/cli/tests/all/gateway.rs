@@ -625,15 +625,19 @@ fn a_gateway_refuses_bad_flags_naming_them() {
         &addr,
     ]));
     assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
-    let err = failure(berth(&[
-        "gateway",
-        "--controller",
-        "127.0.0.1:1",
-        "--listen",
-        "127.0.0.1:0",
-        "--base-protocol",
-        "http3",
-    ]));
+    // The error of a gateway given one bad `flag value`.
+    let refused = |flag: &str, value: &str| {
+        failure(berth(&[
+            "gateway",
+            "--controller",
+            "127.0.0.1:1",
+            "--listen",
+            "127.0.0.1:0",
+            flag,
+            value,
+        ]))
+    };
+    let err = refused("--base-protocol", "http3");
     assert!(
         err.contains("invalid value 'http3' for '--base-protocol")
             && err.contains("give http2 or http1"),
@@ -655,15 +659,7 @@ fn a_gateway_refuses_bad_flags_naming_them() {
             "longer outlives the 5 s the controller keeps a report",
         ),
     ] {
-        let err = failure(berth(&[
-            "gateway",
-            "--controller",
-            "127.0.0.1:1",
-            "--listen",
-            "127.0.0.1:0",
-            "--load-report-interval",
-            value,
-        ]));
+        let err = refused("--load-report-interval", value);
         assert!(
             err.contains(&format!(
                 "invalid value '{value}' for '--load-report-interval"

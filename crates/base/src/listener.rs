@@ -10,10 +10,10 @@
 //!
 //! A connection speaks HTTP/1.1 or HTTP/2, told apart by its first bytes
 //! (HTTP/2 with prior knowledge: the client opens with its preface; TLS
-//! offers no ALPN choice). The fleet gateway
-//! sends its requests to a base as HTTP/2 streams on one connection per
-//! gateway thread (see `berth_gateway::BaseProtocol` for why); clients
-//! that come straight to a base mostly speak HTTP/1.1.
+//! offers no ALPN choice). The fleet gateway sends its requests to a base
+//! as HTTP/2 streams on one connection per gateway thread (see
+//! `berth_gateway::BaseProtocol` for why); clients that come straight to a
+//! base mostly speak HTTP/1.1.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -99,7 +99,9 @@ pub(crate) async fn serve<S, B>(
                     tokio::spawn(async move {
                         match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
                             Ok(Ok(conn)) => {
-                                let connection = http.serve_connection(TokioIo::new(conn), service).into_owned();
+                                let connection = http
+                                    .serve_connection(TokioIo::new(conn), service)
+                                    .into_owned();
                                 if let Err(e) = watcher.watch(connection).await {
                                     tracing::debug!(error = %e, listener = what, "connection ended with an error");
                                 }
@@ -115,8 +117,10 @@ pub(crate) async fn serve<S, B>(
                     });
                     continue;
                 }
-                let connection =
-                    graceful.watch(http.serve_connection(TokioIo::new(stream), service(peer)).into_owned());
+                let connection = http
+                    .serve_connection(TokioIo::new(stream), service(peer))
+                    .into_owned();
+                let connection = graceful.watch(connection);
                 tokio::spawn(async move {
                     if let Err(e) = connection.await {
                         tracing::debug!(error = %e, listener = what, "connection ended with an error");

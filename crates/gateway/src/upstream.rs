@@ -8,14 +8,14 @@
 //! replaced on the next request, and a request it could not even start on
 //! a closed one is sent on the new one.
 //!
-//! With HTTP/1, each base address has its own small pool (a mutex held only to push or
-//! pop), so requests to different bases never wait on one another and a
-//! request costs no extra task: a connection goes back to its pool when its
-//! response body has been read to the end, from the body itself. A pooled
-//! connection is checked ready before it is used; one the base closed
-//! meanwhile is dropped, and a request it could not even start is sent on
-//! another connection (that is not a failure of the replica). Connections
-//! idle for longer than [`IDLE_TIMEOUT`] are closed.
+//! With HTTP/1, each base address has its own small pool (a mutex held
+//! only to push or pop), so requests to different bases never wait on one
+//! another and a request costs no extra task: a connection goes back to
+//! its pool when its response body has been read to the end, from the body
+//! itself. A pooled connection is checked ready before it is used; one the
+//! base closed meanwhile is dropped, and a request it could not even start
+//! is sent on another connection (that is not a failure of the replica).
+//! Connections idle for longer than [`IDLE_TIMEOUT`] are closed.
 //!
 //! With listener threads (`GatewayConfig::threads`), each thread keeps its
 //! own connections ([`thread_slot`]): a connection's task runs on the
@@ -120,17 +120,26 @@ struct Idle {
 /// closed if the lease is dropped without that. (An HTTP/2 request's lease
 /// holds no connection: its stream ends with its response body.)
 #[derive(Debug)]
-pub struct Lease {
-    sender: Option<SendRequest<UpstreamBody>>,
+pub struct Lease(Option<Pooled>);
+
+/// The HTTP/1 connection a [`Lease`] lends, and where it goes back.
+#[derive(Debug)]
+struct Pooled {
+    sender: SendRequest<UpstreamBody>,
     upstream: Arc<Upstream>,
     slot: usize,
 }
 
 impl Lease {
     /// The response was read to its end: the connection may serve another.
-    pub fn release(mut self) {
-        if let Some(sender) = self.sender.take() {
-            self.upstream.put(self.slot, sender);
+    pub fn release(self) {
+        if let Some(Pooled {
+            sender,
+            upstream,
+            slot,
+        }) = self.0
+        {
+            upstream.put(slot, sender);
         }
     }
 }
@@ -194,14 +203,7 @@ impl Upstream {
         loop {
             let (mut sender, reused) = self.shared_connection(slot, fresh).await?;
             match sender.try_send_request(request).await {
-                Ok(response) => {
-                    let lease = Lease {
-                        sender: None,
-                        upstream: self.clone(),
-                        slot,
-                    };
-                    return Ok((response, lease));
-                }
+                Ok(response) => return Ok((response, Lease(None))),
                 Err(mut e) => match e.take_message() {
                     // Not started on a connection the base had closed: not
                     // the replica's failure, try a new connection.
@@ -234,11 +236,7 @@ impl Upstream {
             .keep_alive_interval(PING_INTERVAL)
             .keep_alive_timeout(PING_TIMEOUT);
         let (sender, connection) = builder.handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "connection to a base ended with an error");
-            }
-        });
+        drive(connection);
         *shared = Some(sender.clone());
         Ok((sender, false))
     }
@@ -255,11 +253,11 @@ impl Upstream {
             };
             match sender.try_send_request(request).await {
                 Ok(response) => {
-                    let lease = Lease {
-                        sender: Some(sender),
+                    let lease = Lease(Some(Pooled {
+                        sender,
                         upstream: self.clone(),
                         slot,
-                    };
+                    }));
                     return Ok((response, lease));
                 }
                 Err(mut e) => match e.take_message() {
@@ -314,11 +312,7 @@ impl Upstream {
     async fn connect(&self) -> Result<SendRequest<UpstreamBody>, UpstreamError> {
         let stream = self.connect_tcp().await?;
         let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "connection to a base ended with an error");
-            }
-        });
+        drive(connection);
         Ok(sender)
     }
 
@@ -342,6 +336,16 @@ impl Upstream {
         let _ = stream.set_nodelay(true);
         Ok(stream)
     }
+}
+
+/// Runs a connection to a base in its own task (on this thread's runtime)
+/// until it closes.
+fn drive(connection: impl Future<Output = Result<(), hyper::Error>> + Send + 'static) {
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "connection to a base ended with an error");
+        }
+    });
 }
 
 #[cfg(test)]

@@ -51,7 +51,7 @@ pub struct GatewayArgs {
     /// connection per listener thread and base, requests multiplexed on
     /// it) or http1 (a pool of keep-alive connections, for a base that
     /// does not speak HTTP/2; every berth base does).
-    #[arg(long, default_value = "http2", value_parser = clap::builder::ValueParser::new(str::parse::<berth_gateway::BaseProtocol>))]
+    #[arg(long, default_value = "http2")]
     base_protocol: berth_gateway::BaseProtocol,
     /// Format of the gateway's logs.
     #[arg(long, value_enum, default_value_t = crate::LogFormat::Text)]

@@ -139,7 +139,8 @@ def start_haproxy(tmp, base_ports, threads, h2=False):
     with __import__("socket").socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cfg = os.path.join(tmp, "haproxy.cfg")
+    # One file per instance: the HTTP/1.1 and HTTP/2 peers run side by side.
+    cfg = os.path.join(tmp, f"haproxy-{port}.cfg")
     proto = " proto h2" if h2 else ""
     servers = "\n".join(f"    server b{i} 127.0.0.1:{p}{proto}" for i, p in enumerate(base_ports))
     # A fair peer: as many threads as the gateway's workers, no logging

@@ -42,6 +42,7 @@ Prints markdown tables; the latest figures live in bench/README.md.
 """
 
 import argparse
+import hashlib
 import json
 import os
 import queue
@@ -520,7 +521,7 @@ def install_times(tmp, warm_runs=20):
         # The install answers on Winch's code; the code it caches is
         # written in the background. Reinstalled before that, it compiles
         # again (a miss), so wait for the cache file first.
-        hexdigest = __import__("hashlib").sha256(bytes_).hexdigest()
+        hexdigest = hashlib.sha256(bytes_).hexdigest()
         compiled = os.path.join(data_dir, "cache", "compiled")
         wait_until(lambda: os.path.isdir(compiled) and any(f.startswith(hexdigest) for f in os.listdir(compiled)),
                    what="the warm module's compiled code in the cache")

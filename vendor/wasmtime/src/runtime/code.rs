@@ -11,7 +11,7 @@ use core::ops::{Add, Range, Sub};
 use wasmtime_core::error::OutOfMemory;
 #[cfg(feature = "component-model")]
 use wasmtime_environ::component::ComponentTypes;
-use wasmtime_environ::{FuncKey, ModuleTypes, StaticModuleIndex};
+use wasmtime_environ::{DefinedFuncIndex, FuncKey, ModuleTypes, StaticModuleIndex};
 
 macro_rules! define_pc_kind {
     ($ty:ident) => {
@@ -434,5 +434,17 @@ impl<'a> ModuleWithCode<'a> {
     pub fn function(&self, key: FuncKey) -> &[u8] {
         let range = self.module.compiled_module().function_range(key);
         &self.store_code.text()[range]
+    }
+
+    /// (berth's patch.) The array-to-wasm trampoline and the body of defined
+    /// function `index`: the same slices as `function` gives for their two
+    /// keys, with one table lookup.
+    #[inline]
+    pub fn defined_function(&self, index: DefinedFuncIndex) -> [&[u8]; 2] {
+        let text = self.store_code.text();
+        self.module
+            .compiled_module()
+            .defined_function_ranges(index)
+            .map(|range| &text[range])
     }
 }

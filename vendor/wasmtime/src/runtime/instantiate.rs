@@ -7,6 +7,7 @@ use crate::code::EngineCode;
 use crate::prelude::*;
 use crate::profiling_agent::ProfilingAgent;
 use crate::runtime::vm::CompiledModuleId;
+use crate::sync::OnceLock;
 use alloc::sync::Arc;
 use core::ops::Range;
 use core::str;
@@ -25,6 +26,11 @@ pub struct CompiledModule {
     index: Arc<CompiledFunctionsTable>,
     /// Sorted list, by function index, of names we have for this module.
     func_names: Vec<FunctionName>,
+    /// (berth's patch.) For each defined function, where its array-to-wasm
+    /// trampoline and its body are in the text section (an empty location
+    /// when it has no trampoline). Filled the first time a function
+    /// reference is made, so a module never instantiated pays nothing.
+    defined_func_locs: OnceLock<Box<[[FunctionLoc; 2]]>>,
 }
 
 impl CompiledModule {
@@ -58,6 +64,7 @@ impl CompiledModule {
             meta: info.meta,
             index,
             func_names: info.func_names,
+            defined_func_locs: OnceLock::new(),
         };
         ret.register_profiling(profiler)?;
 
@@ -129,6 +136,49 @@ impl CompiledModule {
         let start = usize::try_from(loc.start).unwrap();
         let end = usize::try_from(loc.start + loc.length).unwrap();
         start..end
+    }
+
+    /// (berth's patch.) The ranges in the text section of defined function
+    /// `index`'s array-to-wasm trampoline and of its body: what
+    /// `function_range` gives for `FuncKey::ArrayToWasmTrampoline` and
+    /// `FuncKey::DefinedWasmFunction`, found by indexing a table instead of
+    /// searching the function index twice. Instantiation makes a function
+    /// reference for every export a component wires, so this is on every
+    /// request's path.
+    #[inline]
+    pub fn defined_function_ranges(&self, index: DefinedFuncIndex) -> [Range<usize>; 2] {
+        let locs = self.defined_func_locs.get_or_init(|| {
+            let none = FunctionLoc {
+                start: 0,
+                length: 0,
+            };
+            let module = self.module_index();
+            let loc = |key| self.index.func_loc(key).copied().unwrap_or(none);
+            self.module
+                .defined_func_indices()
+                .map(|i| {
+                    [
+                        loc(FuncKey::ArrayToWasmTrampoline(module, i)),
+                        loc(FuncKey::DefinedWasmFunction(module, i)),
+                    ]
+                })
+                .collect()
+        });
+        let ranges = locs[index.as_u32() as usize].map(|loc| {
+            assert!(!loc.is_empty(), "defined function should be present");
+            let start = usize::try_from(loc.start).unwrap();
+            start..start + usize::try_from(loc.length).unwrap()
+        });
+        // The table must say what the searches say (checked in berth's
+        // tests, which build dependencies with debug assertions).
+        debug_assert_eq!(
+            ranges,
+            [
+                self.function_range(FuncKey::ArrayToWasmTrampoline(self.module_index(), index)),
+                self.function_range(FuncKey::DefinedWasmFunction(self.module_index(), index)),
+            ]
+        );
+        ranges
     }
 
     /// Get the Wasm-to-array trampoline for the given signature, as a

@@ -99,6 +99,12 @@ struct ComponentInner {
 
     /// The checksum of the source binary from which the module was compiled.
     checksum: WasmChecksum,
+
+    /// (berth's patch.) Where each trampoline's wasm and array entry points
+    /// are in the text section, found once here: every instantiation sets
+    /// up every trampoline, and searching the function index for each was
+    /// on every request's path.
+    trampoline_locs: PrimaryMap<TrampolineIndex, [FunctionLoc; 2]>,
 }
 
 impl fmt::Debug for Component {
@@ -471,6 +477,19 @@ impl Component {
             [ValType::I32],
         ));
 
+        let trampoline_locs = info
+            .component
+            .trampolines
+            .keys()
+            .map(|i| {
+                [Abi::Wasm, Abi::Array].map(|abi| {
+                    *index
+                        .func_loc(FuncKey::ComponentTrampoline(abi, i))
+                        .expect("every trampoline is compiled")
+                })
+            })
+            .collect();
+
         Ok(Component {
             inner: Arc::new(ComponentInner {
                 id: CompiledModuleId::new(),
@@ -482,6 +501,7 @@ impl Component {
                 index,
                 realloc_func_type,
                 checksum,
+                trampoline_locs,
             }),
         })
     }
@@ -518,14 +538,17 @@ impl Component {
     }
 
     pub(crate) fn trampoline_ptrs(&self, index: TrampolineIndex) -> AllCallFuncPointers {
-        let wasm_call = self
-            .store_invariant_func(FuncKey::ComponentTrampoline(Abi::Wasm, index))
-            .unwrap()
-            .cast();
-        let array_call = self
-            .store_invariant_func(FuncKey::ComponentTrampoline(Abi::Array, index))
-            .unwrap()
-            .cast();
+        // (berth's patch.) From the table made at load, not the index.
+        let [wasm, array] = &self.inner.trampoline_locs[index];
+        let wasm_call = self.func_loc_to_pointer(wasm).cast();
+        let array_call = self.func_loc_to_pointer(array).cast();
+        debug_assert_eq!(
+            (Some(wasm_call.cast()), Some(array_call.cast())),
+            (
+                self.store_invariant_func(FuncKey::ComponentTrampoline(Abi::Wasm, index)),
+                self.store_invariant_func(FuncKey::ComponentTrampoline(Abi::Array, index)),
+            )
+        );
         AllCallFuncPointers {
             wasm_call,
             array_call,

@@ -44,6 +44,15 @@ use wasmtime_wmemcheck::Wmemcheck;
 mod allocator;
 pub use allocator::*;
 
+/// (berth's patch.) Which code a `VMFuncRef` being initialized points at.
+enum FuncRefCode {
+    /// A defined function: its trampoline and body come from the module's
+    /// per-function table (`ModuleWithCode::defined_function`).
+    Defined(DefinedFuncIndex),
+    /// Anything else, looked up by key.
+    Keys { array_to_wasm: FuncKey, wasm: FuncKey },
+}
+
 /// A type that roughly corresponds to a WebAssembly instance, but is also used
 /// for host-defined objects.
 ///
@@ -880,17 +889,14 @@ impl Instance {
         let func = &module.functions[index];
         let type_index = func.signature.unwrap_engine_type_index();
         let vmctx_offset = self.offsets().vmctx_func_ref(func.func_ref);
-        let array_to_wasm_key = FuncKey::ArrayToWasmTrampoline(module.module_index, def_index);
-        let wasm_key = FuncKey::DefinedWasmFunction(module.module_index, def_index);
-        // SAFETY: the type/offset/keys here are all valid for the defined
+        // SAFETY: the type/offset/index here are all valid for the defined
         // function at `def_index`.
         unsafe {
             self.initialize_and_return_funcref(
                 registry,
                 type_index,
                 vmctx_offset,
-                array_to_wasm_key,
-                wasm_key,
+                FuncRefCode::Defined(def_index),
             )
         }
     }
@@ -907,19 +913,13 @@ impl Instance {
             }
         };
         let vmctx_offset = self.offsets().vmctx_startup_func_ref();
-        let array_to_wasm_key = FuncKey::ModuleStartup(Abi::Array, module.module_index);
-        let wasm_key = FuncKey::ModuleStartup(Abi::Wasm, module.module_index);
+        let code = FuncRefCode::Keys {
+            array_to_wasm: FuncKey::ModuleStartup(Abi::Array, module.module_index),
+            wasm: FuncKey::ModuleStartup(Abi::Wasm, module.module_index),
+        };
         // SAFETY: the type/offset/keys here are all valid for the module
         // startup function.
-        unsafe {
-            self.initialize_and_return_funcref(
-                registry,
-                type_index,
-                vmctx_offset,
-                array_to_wasm_key,
-                wasm_key,
-            )
-        }
+        unsafe { self.initialize_and_return_funcref(registry, type_index, vmctx_offset, code) }
     }
 
     /// Common implementation of initializing a `VMFuncRef` stored within this
@@ -936,8 +936,7 @@ impl Instance {
         registry: &ModuleRegistry,
         type_index: VMSharedTypeIndex,
         vmctx_offset: u32,
-        array_to_wasm_key: FuncKey,
-        wasm_key: FuncKey,
+        code: FuncRefCode,
     ) -> Option<NonNull<VMFuncRef>> {
         // For now, we eagerly initialize an funcref struct in-place whenever
         // asked for a reference to it. This is mostly fine, because in practice
@@ -967,14 +966,22 @@ impl Instance {
         )
         .expect("module not in store");
 
-        let array_call =
-            VmPtr::from(NonNull::from(module_with_code.function(array_to_wasm_key)).cast());
+        let [array_to_wasm, wasm] = match code {
+            FuncRefCode::Defined(index) => module_with_code.defined_function(index),
+            FuncRefCode::Keys {
+                array_to_wasm,
+                wasm,
+            } => [
+                module_with_code.function(array_to_wasm),
+                module_with_code.function(wasm),
+            ],
+        };
+
+        let array_call = VmPtr::from(NonNull::from(array_to_wasm).cast());
 
         let wasm_call = Some(VmPtr::from(
             NonNull::new(
-                module_with_code
-                    .function(wasm_key)
-                    .as_ptr()
+                wasm.as_ptr()
                     .cast::<VMWasmCallFunction>()
                     .cast_mut(),
             )

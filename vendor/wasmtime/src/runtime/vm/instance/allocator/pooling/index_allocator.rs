@@ -464,8 +464,9 @@ impl ModuleAffinityIndexAllocator {
     /// acquisition per shard to reduce contention when a decommit-queue
     /// flush returns a whole batch of slots at once.
     pub(crate) fn free_many(&self, items: impl IntoIterator<Item = (SlotId, usize)>) {
-        // (berth's patch.) The slots are sorted by shard and each run of one
-        // shard is freed under one lock. Upstream built an array of 16
+        // (berth's patch.) The slots are sorted by shard (a stable sort: a
+        // shard's slots are freed in the order given, as upstream) and each
+        // run of one shard is freed under one lock. Upstream built an array of 16
         // per-shard vectors (~2 KB) and moved it, on every call; every
         // memory, table and stack a freed instance gives back comes through
         // here, usually one slot at a time.
@@ -476,7 +477,7 @@ impl ModuleAffinityIndexAllocator {
                 (shard, local, bytes_resident)
             })
             .collect();
-        items.sort_unstable_by_key(|&(shard, ..)| shard.index());
+        items.sort_by_key(|&(shard, ..)| shard.index());
         for run in items.chunk_by(|a, b| a.0 == b.0) {
             let mut inner = self.shard(run[0].0).lock().unwrap();
             for &(_, local, bytes_resident) in run {

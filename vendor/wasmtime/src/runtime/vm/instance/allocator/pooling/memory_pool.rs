@@ -506,7 +506,7 @@ impl MemoryPool {
                 (stripe_index, slot_id, bytes_resident)
             })
             .collect();
-        slots.sort_unstable_by_key(|&(stripe_index, ..)| stripe_index);
+        slots.sort_by_key(|&(stripe_index, ..)| stripe_index);
         for run in slots.chunk_by(|a, b| a.0 == b.0) {
             self.stripes[run[0].0]
                 .allocator

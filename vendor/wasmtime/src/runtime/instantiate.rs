@@ -132,10 +132,7 @@ impl CompiledModule {
     /// points to.
     #[inline]
     pub fn function_range(&self, key: FuncKey) -> Range<usize> {
-        let loc = self.func_loc(key);
-        let start = usize::try_from(loc.start).unwrap();
-        let end = usize::try_from(loc.start + loc.length).unwrap();
-        start..end
+        text_range(self.func_loc(key))
     }
 
     /// (berth's patch.) The ranges in the text section of defined function
@@ -166,8 +163,7 @@ impl CompiledModule {
         });
         let ranges = locs[index.as_u32() as usize].map(|loc| {
             assert!(!loc.is_empty(), "defined function should be present");
-            let start = usize::try_from(loc.start).unwrap();
-            start..start + usize::try_from(loc.length).unwrap()
+            text_range(&loc)
         });
         // The table must say what the searches say (checked in berth's
         // tests, which build dependencies with debug assertions).
@@ -319,4 +315,12 @@ impl<'a> SymbolizeContext<'a> {
     pub fn code_section_offset(&self) -> u64 {
         self.code_section_offset
     }
+}
+
+/// Where `loc` is in the text section, as a byte range. (berth's patch:
+/// shared by `function_range` and `defined_function_ranges`.)
+fn text_range(loc: &FunctionLoc) -> Range<usize> {
+    let start = usize::try_from(loc.start).unwrap();
+    let end = usize::try_from(loc.start + loc.length).unwrap();
+    start..end
 }

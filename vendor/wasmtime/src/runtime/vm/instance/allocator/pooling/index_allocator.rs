@@ -466,8 +466,8 @@ impl ModuleAffinityIndexAllocator {
     pub(crate) fn free_many(&self, items: impl IntoIterator<Item = (SlotId, usize)>) {
         // (berth's patch.) The slots are sorted by shard (a stable sort: a
         // shard's slots are freed in the order given, as upstream) and each
-        // run of one shard is freed under one lock. Upstream built an array of 16
-        // per-shard vectors (~2 KB) and moved it, on every call; every
+        // run of one shard is freed under one lock. Upstream built an array
+        // of 16 per-shard vectors (~2 KB) and moved it, on every call; every
         // memory, table and stack a freed instance gives back comes through
         // here, usually one slot at a time.
         let mut items: smallvec::SmallVec<[(ShardId, SlotId, usize); 8]> = items

@@ -393,8 +393,9 @@ mod tests {
         (address, accepted)
     }
 
-    /// An HTTP/2 base stand-in: answers `ok` on every stream; counts
-    /// connections. Aborting the handles closes the connections.
+    /// An HTTP/2 base stand-in: answers every stream with its request body,
+    /// or `ok` if it had none; counts connections. Aborting the handles
+    /// closes the connections.
     async fn h2_base() -> (
         String,
         Arc<AtomicUsize>,
@@ -409,8 +410,14 @@ mod tests {
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
                 count.fetch_add(1, Ordering::SeqCst);
-                let service = hyper::service::service_fn(|_request| async {
-                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from("ok"))))
+                let service = hyper::service::service_fn(|request: Request<Incoming>| async {
+                    let body = request.into_body().collect().await?.to_bytes();
+                    let answer = if body.is_empty() {
+                        Bytes::from("ok")
+                    } else {
+                        body
+                    };
+                    Ok::<_, hyper::Error>(Response::new(Full::new(answer)))
                 });
                 let serving = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service);
@@ -459,6 +466,44 @@ mod tests {
             }
             eventually("the base's close to be seen", || upstream.shared() == 0).await;
         }
+    }
+
+    #[tokio::test]
+    async fn http2_bodies_larger_than_the_flow_control_windows_go_and_come_back_whole() {
+        let (address, accepted, _connections) = h2_base().await;
+        let upstream = Arc::new(Upstream::new(&address, BaseProtocol::Http2));
+        // Two at once, 3 MiB each: over the 2 MiB stream window, and
+        // together over the 5 MiB connection window, both ways.
+        let echo = |seed: u8| {
+            let upstream = upstream.clone();
+            let address = address.clone();
+            async move {
+                let sent: Bytes = (0..3u32 << 20)
+                    .map(|i| (i % 251) as u8 ^ seed)
+                    .collect::<Vec<u8>>()
+                    .into();
+                let request = Request::builder()
+                    .method(http::Method::POST)
+                    .uri("/echo")
+                    .header(http::header::HOST, &address)
+                    .body(Full::new(sent.clone()))
+                    .unwrap();
+                let (response, _lease) = upstream.send(request).await.unwrap();
+                assert_eq!(response.status(), 200);
+                assert_eq!(
+                    hyper::body::Body::size_hint(response.body()).exact(),
+                    Some(3 << 20)
+                );
+                let body = response.into_body().collect().await.unwrap().to_bytes();
+                assert!(
+                    body == sent,
+                    "the echo of {} bytes came back changed",
+                    sent.len()
+                );
+            }
+        };
+        futures::future::join(echo(1), echo(2)).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 
     fn request(address: &str) -> Request<UpstreamBody> {

@@ -83,6 +83,8 @@ async fn serve(mut acceptor: Acceptor, bases: Arc<Vec<SocketAddr>>) {
     let next = Arc::new(AtomicUsize::new(0));
     loop {
         let Ok((stream, _, open)) = acceptor.accept().await else {
+            // Out of file descriptors or the like: wait rather than spin.
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             continue;
         };
         let _ = stream.set_nodelay(true);

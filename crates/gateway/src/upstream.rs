@@ -472,8 +472,10 @@ mod tests {
     async fn http2_bodies_larger_than_the_flow_control_windows_go_and_come_back_whole() {
         let (address, accepted, _connections) = h2_base().await;
         let upstream = Arc::new(Upstream::new(&address, BaseProtocol::Http2));
-        // Two at once, 3 MiB each: over the 2 MiB stream window, and
-        // together over the 5 MiB connection window, both ways.
+        // Two at once, 3 MiB each: each over a stream's window, and
+        // together over the connection's, in both directions (the
+        // gateway's windows are 2 and 5 MiB, hyper's client defaults; the
+        // stand-in's are hyper's server defaults, 1 MiB each).
         let echo = |seed: u8| {
             let upstream = upstream.clone();
             let address = address.clone();

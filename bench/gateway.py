@@ -246,10 +246,10 @@ def throughput(args, tmp):
         cpus = [a["cpu_us"] / b["cpu_us"] for a, b in zip(g, h)]
         # #13's targets are the gateway's against HAProxy; the floor's lines
         # say where the gap is.
-        targets = gateway.startswith("gateway") and haproxy.startswith("haproxy")
+        is_target = gateway.startswith("gateway") and haproxy.startswith("haproxy")
         print(f"{gateway} / {haproxy}: requests/s {bench.fmt_range(ratios, '{:.2f}')}x"
-              f"{' (target >= 1.0)' if targets else ''}; "
-              f"p99 {bench.fmt_range(p99s, '{:.2f}')}x{' (target <= 1.0)' if targets else ''}; "
+              f"{' (target >= 1.0)' if is_target else ''}; "
+              f"p99 {bench.fmt_range(p99s, '{:.2f}')}x{' (target <= 1.0)' if is_target else ''}; "
               f"CPU per request {bench.fmt_range(cpus, '{:.2f}')}x")
 
 
